@@ -1,0 +1,61 @@
+-- Node schema v1: the master's directory and mailbox, every node's view of
+-- the mesh (servers, presence) and the replay caches of PROTOCOL.md C3/C5.
+
+-- Directory (master): user id -> first key registered for it, pinned (C2).
+CREATE TABLE users (
+    user_id       TEXT PRIMARY KEY NOT NULL,
+    pubkey        TEXT NOT NULL,             -- base64url SPKI DER
+    legacy        INTEGER NOT NULL DEFAULT 0 -- registered by an unsigned hello
+                  CHECK (legacy IN (0, 1)),
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms  INTEGER NOT NULL
+) STRICT;
+
+-- Servers of the mesh: id pinned to its first key (C5), and where to dial it.
+CREATE TABLE servers (
+    server_id     TEXT PRIMARY KEY NOT NULL,
+    pubkey        TEXT NOT NULL,
+    role          TEXT NOT NULL CHECK (role IN ('master', 'local')),
+    host          TEXT NOT NULL,
+    port          INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms  INTEGER NOT NULL
+) STRICT;
+
+-- Presence cache: where each online user is, as last advertised. Kept so a
+-- restarted node resumes with what reference peers will not re-advertise.
+CREATE TABLE presence (
+    user_id    TEXT PRIMARY KEY NOT NULL,
+    location   TEXT NOT NULL,             -- server id
+    proof      TEXT,                      -- the user's signed hello, JSON
+    updated_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX presence_by_location ON presence (location);
+
+-- Signed user hellos already seen (C3 replay cache), by SHA-256 of the
+-- signature; rows older than the freshness window are pruned.
+CREATE TABLE seen_hellos (
+    digest  BLOB PRIMARY KEY NOT NULL,
+    seen_ms INTEGER NOT NULL
+) STRICT;
+
+-- Presence proofs and the server that first presented each (C5).
+CREATE TABLE proof_owners (
+    digest    BLOB PRIMARY KEY NOT NULL,
+    server_id TEXT NOT NULL,
+    user_id   TEXT NOT NULL,
+    first_ms  INTEGER NOT NULL
+) STRICT;
+
+-- Offline mailbox (master): content for registered users online nowhere,
+-- delivered in `seq` order.
+CREATE TABLE mailbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient  TEXT NOT NULL,
+    msg_id     TEXT NOT NULL,
+    frame      TEXT NOT NULL,             -- the envelope as JSON
+    bytes      INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    UNIQUE (recipient, msg_id)
+) STRICT;
+CREATE INDEX mailbox_by_recipient ON mailbox (recipient, seq);

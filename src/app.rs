@@ -1,0 +1,90 @@
+//! What each subcommand does: the glue between the parsed command line and
+//! the library, with `anyhow` context for the user.
+
+use anyhow::{Context, Result, bail};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, ClientArgs, Command, GenArgs, NodeArgs, RoleArg};
+use crate::node::{self, NodeConfig};
+
+/// Runs a parsed command line to completion.
+pub fn run(cli: Cli) -> Result<()> {
+    init_logging();
+    match cli.command {
+        Command::Gen(args) => gen_identity(args),
+        Command::Node(args) => run_node(args),
+        Command::Client(args) => run_client(args),
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn gen_identity(args: GenArgs) -> Result<()> {
+    let master = args.role == RoleArg::Master;
+    let (identity, created) =
+        node::identity::load_or_create(&args.keys, master).with_context(|| {
+            format!(
+                "creating the {} identity in {}",
+                args.role.name(),
+                args.keys.display()
+            )
+        })?;
+    let verb = if created {
+        "created"
+    } else {
+        "already exists:"
+    };
+    println!(
+        "{} identity {verb} {} (key fingerprint {})",
+        args.role.name(),
+        identity.id,
+        identity.key.public().fingerprint()
+    );
+    Ok(())
+}
+
+fn run_node(args: NodeArgs) -> Result<()> {
+    let config = NodeConfig::from_args(&args)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let node = node::Node::start(config).await?;
+        tokio::select! {
+            signal = stop_signal() => {
+                tracing::info!("{}: shutting down", signal?);
+            }
+            () = node.stopped() => {}
+        }
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+fn run_client(_args: ClientArgs) -> Result<()> {
+    bail!("`socp client` is not yet implemented in this build")
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM, naming the signal.
+async fn stop_signal() -> Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT").context("waiting for Ctrl-C"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}

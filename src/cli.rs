@@ -1,0 +1,141 @@
+//! The command line: `socp gen`, `socp node`, `socp client`. Parsing only;
+//! each subcommand calls into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Secure Overlay Chat Protocol: a mesh of chat servers with end-to-end
+/// encrypted messages, groups and files.
+#[derive(Debug, Parser)]
+#[command(name = "socp", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a server identity (id and RSA-4096 key) in the keys folder.
+    Gen(GenArgs),
+    /// Run a server: the master (user directory, mailbox) or a local.
+    Node(NodeArgs),
+    /// Attach to a server as a user.
+    Client(ClientArgs),
+}
+
+/// Which kind of server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Holds the user directory, the server identities and the offline mailbox.
+    Master,
+    /// Serves users and links to the master.
+    Local,
+}
+
+impl RoleArg {
+    /// The file stem of this role's identity in the keys folder.
+    pub fn name(self) -> &'static str {
+        match self {
+            RoleArg::Master => "master",
+            RoleArg::Local => "local",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// The identity to create.
+    #[arg(value_enum)]
+    pub role: RoleArg,
+    /// Folder for the identity files (<role>.pem, mode 0600, and <role>.id).
+    #[arg(long, default_value = "keys")]
+    pub keys: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Run as the master or as a local server.
+    #[arg(long, value_enum, default_value = "master")]
+    pub role: RoleArg,
+    /// Address to listen on; port 0 picks a free port (the log says which).
+    /// Default: 127.0.0.1:9101 for the master, 127.0.0.1:9102 for a local.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// SQLite database file, created with its folder if missing.
+    /// Default: data/master.sqlite or data/local.sqlite.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Folder holding this server's identity (<role>.pem and <role>.id),
+    /// created on first start.
+    #[arg(long, default_value = "keys")]
+    pub keys: PathBuf,
+    /// WebSocket URL of the master (required for a local), e.g. ws://127.0.0.1:9101.
+    #[arg(long)]
+    pub master_url: Option<String>,
+    /// WebSocket URLs of other servers to link to directly.
+    #[arg(long, num_args = 1..)]
+    pub peers: Vec<String>,
+    /// Admit reference (unsigned) clients: their hello carries no signature,
+    /// so anyone can claim their name before they do.
+    #[arg(long)]
+    pub allow_legacy_clients: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Your user id: 1-64 of A-Z a-z 0-9 . _ -
+    #[arg(long)]
+    pub user: String,
+    /// WebSocket URL of the server to attach to, e.g. ws://127.0.0.1:9102.
+    #[arg(long)]
+    pub server: String,
+    /// Folder holding your key (<user>.pem, created on first run) and keyring.
+    #[arg(long, default_value = "keys")]
+    pub keys: PathBuf,
+    /// Folder received files are saved in.
+    #[arg(long, default_value = "downloads")]
+    pub downloads: PathBuf,
+    /// Read commands from stdin and print one JSON event per line on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl NodeArgs {
+    /// The listen address, defaulted by role.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| match self.role {
+            RoleArg::Master => SocketAddr::from(([127, 0, 0, 1], 9101)),
+            RoleArg::Local => SocketAddr::from(([127, 0, 0, 1], 9102)),
+        })
+    }
+
+    /// The database path, defaulted by role.
+    pub fn db_path(&self) -> PathBuf {
+        self.db
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("data/{}.sqlite", self.role.name())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn master_needs_no_flags() {
+        let cli = Cli::try_parse_from(["socp", "node", "--role", "master"]).unwrap();
+        let Command::Node(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.listen_addr().to_string(), "127.0.0.1:9101");
+        assert_eq!(args.db_path(), PathBuf::from("data/master.sqlite"));
+    }
+}

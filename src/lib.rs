@@ -1,0 +1,12 @@
+//! `socp`: a Secure Overlay Chat Protocol node and client.
+//!
+//! Module map: [`wire`] is the format on the wire, [`crypto`] the keys and
+//! ciphers, [`store`] the SQLite databases, [`cli`] the command line.
+
+pub mod app;
+pub mod cli;
+pub mod content;
+pub mod crypto;
+pub mod node;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,133 @@
+//! Canonical JSON (PROTOCOL.md A3): byte-identical to Python's
+//! `json.dumps(obj, sort_keys=True, separators=(",", ":"))`, the bytes every
+//! signature and MAC is computed over.
+
+use serde_json::Value;
+use std::fmt::Write as _;
+
+/// Why a value has no canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CanonicalError {
+    /// SOCP payloads carry integers only; float formatting differs between
+    /// encoders, so we refuse rather than guess.
+    #[error("non-integer number {0} (SOCP payloads carry integers only)")]
+    NonInteger(String),
+}
+
+/// The canonical encoding of `value` as bytes.
+pub fn to_vec(value: &Value) -> Result<Vec<u8>, CanonicalError> {
+    to_string(value).map(String::into_bytes)
+}
+
+/// The canonical encoding of `value`.
+pub fn to_string(value: &Value) -> Result<String, CanonicalError> {
+    let mut out = String::with_capacity(256);
+    write_value(&mut out, value)?;
+    Ok(out)
+}
+
+/// The canonical encoding of a JSON object given as a map.
+pub fn map_to_string(map: &serde_json::Map<String, Value>) -> Result<String, CanonicalError> {
+    let mut out = String::with_capacity(256);
+    write_object(&mut out, map)?;
+    Ok(out)
+}
+
+fn write_value(out: &mut String, value: &Value) -> Result<(), CanonicalError> {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                let _ = write!(out, "{i}");
+            } else if let Some(u) = n.as_u64() {
+                let _ = write!(out, "{u}");
+            } else {
+                return Err(CanonicalError::NonInteger(n.to_string()));
+            }
+        }
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(out, item)?;
+            }
+            out.push(']');
+        }
+        Value::Object(map) => write_object(out, map)?,
+    }
+    Ok(())
+}
+
+fn write_object(
+    out: &mut String,
+    map: &serde_json::Map<String, Value>,
+) -> Result<(), CanonicalError> {
+    // Rust orders `str` by UTF-8 bytes, which is the same as ordering by code
+    // point, which is what Python's `sorted` does for `str` keys.
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.push('{');
+    for (i, (key, value)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(out, key);
+        out.push(':');
+        write_value(out, value)?;
+    }
+    out.push('}');
+    Ok(())
+}
+
+/// Python's `ensure_ascii` string escaping.
+fn write_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn escapes_like_python() {
+        let v = json!({"s": "a\u{7f}\u{0}é😀/\"\\"});
+        assert_eq!(
+            to_string(&v).unwrap(),
+            r#"{"s":"a\u007f\u0000\u00e9\ud83d\ude00/\"\\"}"#
+        );
+    }
+
+    #[test]
+    fn refuses_floats() {
+        assert!(to_string(&json!({"x": 1.5})).is_err());
+        assert_eq!(
+            to_string(&json!([u64::MAX, i64::MIN])).unwrap(),
+            format!("[{},{}]", u64::MAX, i64::MIN)
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! The envelope every frame travels in (PROTOCOL.md A2), and the wire errors
+//! that map onto SOCP error codes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::canonical::{self, CanonicalError};
+
+/// The largest WebSocket message we accept or send (PROTOCOL.md C8).
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// The SOCP error codes (PROTOCOL.md A5, plus the ones `socp` adds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    UserNotFound,
+    InvalidSig,
+    BadKey,
+    Timeout,
+    UnknownType,
+    NameInUse,
+    BadFrame,
+    TooLarge,
+    RateLimited,
+    QuotaExceeded,
+    NotAllowed,
+}
+
+impl ErrorCode {
+    /// The code as it appears in an `ERROR` payload.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UserNotFound => "USER_NOT_FOUND",
+            ErrorCode::InvalidSig => "INVALID_SIG",
+            ErrorCode::BadKey => "BAD_KEY",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::UnknownType => "UNKNOWN_TYPE",
+            ErrorCode::NameInUse => "NAME_IN_USE",
+            ErrorCode::BadFrame => "BAD_FRAME",
+            ErrorCode::TooLarge => "TOO_LARGE",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            ErrorCode::NotAllowed => "NOT_ALLOWED",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a frame from a peer was refused; each maps to the code its `ERROR`
+/// answer carries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {0} bytes is over the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("frame is not a JSON envelope: {0}")]
+    NotEnvelope(String),
+    #[error("payload has no canonical form: {0}")]
+    NotCanonical(#[from] CanonicalError),
+    #[error("unknown frame type {0:?}")]
+    UnknownType(String),
+    #[error("bad {kind} payload: {detail}")]
+    BadPayload { kind: String, detail: String },
+}
+
+impl WireError {
+    /// The SOCP error code a peer is told.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WireError::TooLarge(_) => ErrorCode::TooLarge,
+            WireError::UnknownType(_) => ErrorCode::UnknownType,
+            WireError::NotEnvelope(_)
+            | WireError::NotCanonical(_)
+            | WireError::BadPayload { .. } => ErrorCode::BadFrame,
+        }
+    }
+}
+
+/// `{"type", "from", "to", "ts", "payload", "sig"}`, plus `seq` and `mac` on a
+/// link session (PROTOCOL.md B, `mac-v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub from: String,
+    pub to: String,
+    pub ts: i64,
+    pub payload: Map<String, Value>,
+    #[serde(default)]
+    pub sig: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+impl Envelope {
+    /// A new unsigned envelope stamped with the current time.
+    pub fn new(kind: &str, from: &str, to: &str, payload: Map<String, Value>) -> Self {
+        Envelope {
+            kind: kind.to_owned(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+            ts: now_ms(),
+            payload,
+            sig: String::new(),
+            seq: None,
+            mac: None,
+        }
+    }
+
+    /// Parses one text frame, refusing oversized frames and payloads that
+    /// have no canonical form (so that every accepted frame can be verified).
+    pub fn parse(text: &str) -> Result<Self, WireError> {
+        if text.len() > MAX_FRAME_BYTES {
+            return Err(WireError::TooLarge(text.len()));
+        }
+        let env: Envelope =
+            serde_json::from_str(text).map_err(|e| WireError::NotEnvelope(e.to_string()))?;
+        env.signed_bytes()?;
+        Ok(env)
+    }
+
+    /// The bytes the RSA `sig` is computed over: the canonical payload.
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, CanonicalError> {
+        canonical::map_to_string(&self.payload).map(String::into_bytes)
+    }
+
+    /// The bytes a `mac-v1` MAC is computed over: the canonical envelope
+    /// without `sig` and `mac`.
+    pub fn mac_bytes(&self) -> Result<Vec<u8>, CanonicalError> {
+        let mut map = Map::new();
+        map.insert("type".into(), Value::String(self.kind.clone()));
+        map.insert("from".into(), Value::String(self.from.clone()));
+        map.insert("to".into(), Value::String(self.to.clone()));
+        map.insert("ts".into(), Value::from(self.ts));
+        map.insert("payload".into(), Value::Object(self.payload.clone()));
+        if let Some(seq) = self.seq {
+            map.insert("seq".into(), Value::from(seq));
+        }
+        canonical::map_to_string(&map).map(String::into_bytes)
+    }
+
+    /// The frame as sent on the wire.
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of strings, integers and a `Map` cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Milliseconds since the Unix epoch, as `ts` fields carry.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses() {
+        let env = Envelope::parse(
+            r#"{"type":"HEARTBEAT","from":"a","to":"b","ts":1,"payload":{},"sig":""}"#,
+        )
+        .unwrap();
+        assert_eq!(env.kind, "HEARTBEAT");
+        assert_eq!(
+            Envelope::parse(r#"{"type":"X","from":"a","to":"b","ts":1,"payload":{"f":1.5}}"#)
+                .unwrap_err()
+                .code(),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            Envelope::parse("[1]").unwrap_err().code(),
+            ErrorCode::BadFrame
+        );
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
+        assert_eq!(
+            Envelope::parse(&big).unwrap_err().code(),
+            ErrorCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn mac_bytes_cover_header_and_seq() {
+        let mut env = Envelope::new("HEARTBEAT", "a", "b", Map::new());
+        env.ts = 5;
+        env.seq = Some(7);
+        env.sig = "ignored".into();
+        env.mac = Some("ignored".into());
+        assert_eq!(
+            String::from_utf8(env.mac_bytes().unwrap()).unwrap(),
+            r#"{"from":"a","payload":{},"seq":7,"to":"b","ts":5,"type":"HEARTBEAT"}"#
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! The wire format: envelope, canonical JSON, ids, base64url and the typed
+//! message catalogue (PROTOCOL.md A and B).
+
+pub mod b64;
+pub mod canonical;
+pub mod envelope;
+pub mod ids;
+pub mod messages;
+
+pub use envelope::{Envelope, ErrorCode, MAX_FRAME_BYTES, WireError, now_ms};
+pub use messages::Message;

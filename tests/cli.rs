@@ -1,0 +1,109 @@
+//! The real `socp` binary: the master starts with no flags but the port,
+//! creates its database and identity, and stops cleanly on Ctrl-C.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_socp");
+
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line containing {needle:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn master_starts_with_defaults_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["node", "--role", "master", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = wait_for_line(&rx, "listening on ws://127.0.0.1:");
+    assert!(line.contains("node master_server_"), "{line}");
+    let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    assert_ne!(port, 0);
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the node accepts connections");
+
+    assert!(dir.path().join("data/master.sqlite").exists());
+    assert!(dir.path().join("keys/master.pem").exists());
+    let id = std::fs::read_to_string(dir.path().join("keys/master.id")).unwrap();
+    assert!(line.contains(id.trim()));
+
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit}");
+
+    // Migrations were applied.
+    let conn = rusqlite::Connection::open(dir.path().join("data/master.sqlite")).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert!(version >= 1);
+}
+
+#[test]
+fn local_without_master_url_says_what_to_do() {
+    let out = Command::new(BIN)
+        .args(["node", "--role", "local"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--master-url"), "{err}");
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sub in ["gen", "node", "client"] {
+        assert!(text.contains(sub), "{text}");
+    }
+    let out = Command::new(BIN).args(["node", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--role",
+        "--listen",
+        "--db",
+        "--keys",
+        "--master-url",
+        "--peers",
+        "--allow-legacy-clients",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from node --help");
+    }
+}
