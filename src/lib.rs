@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod content;
 pub mod crypto;
 pub mod node;

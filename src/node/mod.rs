@@ -1,20 +1,33 @@
 //! A SOCP server: the master (user directory, server identities, offline
 //! mailbox) or a local (serves users, links to the master).
 
+pub(crate) mod conn;
+pub(crate) mod dial;
+pub(crate) mod hub;
 pub mod identity;
+pub(crate) mod router;
+pub(crate) mod state;
+
+pub use hub::Status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::crypto::PrivateKey;
+
 use crate::cli::{NodeArgs, RoleArg};
-use crate::store::{self, Pool, Schema};
+use crate::store::{self, Schema};
+use conn::ConnCtx;
+use hub::HubEvent;
 use identity::Identity;
+use router::{Router, RouterConfig};
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -50,28 +63,25 @@ impl NodeConfig {
     }
 }
 
-/// A running node; dropping it does not stop it, [`Node::shutdown`] does.
+/// A running node; [`Node::shutdown`] stops it.
 pub struct Node {
     pub id: String,
     pub addr: SocketAddr,
+    hub: mpsc::Sender<HubEvent>,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
-/// State shared by every task of a node.
-pub(crate) struct Shared {
-    pub(crate) identity: Identity,
-    pub(crate) store: Pool,
-    pub(crate) config: NodeConfig,
-}
+/// Events queued for the hub before connections wait.
+const HUB_QUEUE: usize = 4096;
 
 impl Node {
     /// Opens the database, loads or creates the identity, binds the listener
-    /// and starts serving.
+    /// and starts serving and dialing.
     pub async fn start(config: NodeConfig) -> Result<Node> {
-        let (store, identity) = {
+        let (store, identity, snapshot) = {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || -> Result<(Pool, Identity)> {
+            tokio::task::spawn_blocking(move || -> Result<_> {
                 let store = store::open(&config.db, Schema::Node)
                     .with_context(|| format!("opening the database {}", config.db.display()))?;
                 let (identity, created) = identity::load_or_create(&config.keys, config.master)
@@ -79,29 +89,80 @@ impl Node {
                 if created {
                     tracing::info!(id = %identity.id, keys = %config.keys.display(), "created a new server identity");
                 }
-                Ok((store, identity))
+                let snapshot = state::load(&*store.get()?, crate::wire::now_ms())
+                    .with_context(|| format!("reading the state in {}", config.db.display()))?;
+                Ok((store, identity, snapshot))
             })
             .await
-            .context("identity task")??
+            .context("startup task")??
         };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
-        let id = identity.id.clone();
+        let Identity { id, key } = identity;
+        let key = Arc::new(key);
+        let pubkey = key.public().to_b64().to_owned();
+        let router = Router::new(
+            RouterConfig {
+                me: id.clone(),
+                master: config.master,
+                allow_legacy: config.allow_legacy_clients,
+                pubkey: pubkey.clone(),
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            },
+            snapshot,
+        );
+        let writer = state::Writer::start(store).context("starting the store writer")?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
+        let mut tasks = vec![tokio::spawn(hub::run(
+            router,
+            writer,
+            hub_tx.clone(),
+            hub_rx,
+        ))];
+        let next_conn = Arc::new(AtomicU64::new(1));
+        let ctx = Accept {
+            me: id.clone(),
+            key: key.clone(),
+            hub: hub_tx.clone(),
+            shutdown: shutdown_rx.clone(),
+            next_conn: next_conn.clone(),
+        };
+        tasks.push(tokio::spawn(serve(listener, ctx)));
+        let hello = dial::our_hello(&addr.ip().to_string(), addr.port(), &pubkey, config.master);
+        let urls = config
+            .master_url
+            .iter()
+            .map(|u| (u.clone(), true))
+            .chain(config.peers.iter().map(|u| (u.clone(), false)));
+        for (url, is_master) in urls {
+            let dialer = dial::Dialer {
+                url,
+                is_master,
+                me: id.clone(),
+                key: key.clone(),
+                hello: hello.clone(),
+                hub: hub_tx.clone(),
+                shutdown: shutdown_rx.clone(),
+                next_conn: next_conn.clone(),
+            };
+            tasks.push(tokio::spawn(dialer.run()));
+        }
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "listening on {addr} without TLS: frames are signed but readable on the network"
+            );
+        }
         tracing::info!("node {id} listening on ws://{addr}");
-        let shared = Arc::new(Shared {
-            identity,
-            store,
-            config,
-        });
-        let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, shared, rx));
         Ok(Node {
             id,
             addr,
+            hub: hub_tx,
             shutdown,
-            task,
+            tasks,
         })
     }
 
@@ -110,32 +171,81 @@ impl Node {
         format!("ws://{}", self.addr)
     }
 
+    /// Who is online and which servers are linked, as the router sees it.
+    pub async fn status(&self) -> Status {
+        let (tx, rx) = oneshot::channel();
+        if self.hub.send(HubEvent::Status(tx)).await.is_err() {
+            return Status::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// Resolves when the node stopped by itself.
     pub async fn stopped(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|stop| *stop).await;
     }
 
-    /// Stops accepting, closes every connection and waits for the tasks.
+    /// Stops accepting and dialing, closes every connection, flushes the
+    /// store and waits for the tasks.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
-        tracing::info!(id = %self.id, "node stopped");
+        let Node { id, hub, tasks, .. } = self;
+        drop(hub);
+        let mut tasks = tasks;
+        let hub_task = tasks.remove(0);
+        for task in tasks {
+            let _ = task.await;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), hub_task).await;
+        tracing::info!(id = %id, "node stopped");
     }
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let _ = &shared;
+/// Resolves once shutdown is requested.
+pub(crate) async fn stop_requested(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+struct Accept {
+    me: String,
+    key: Arc<PrivateKey>,
+    hub: mpsc::Sender<HubEvent>,
+    shutdown: watch::Receiver<bool>,
+    next_conn: Arc<AtomicU64>,
+}
+
+async fn serve(listener: TcpListener, ctx: Accept) {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            () = stop_requested(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tracing::debug!(%peer, "connection accepted");
-                    drop(stream);
+                    let _ = stream.set_nodelay(true);
+                    let conn_ctx = ConnCtx {
+                        me: ctx.me.clone(),
+                        key: ctx.key.clone(),
+                        hub: ctx.hub.clone(),
+                        shutdown: ctx.shutdown.clone(),
+                    };
+                    let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+                    conns.spawn(async move {
+                        match tokio::time::timeout(conn::HELLO_TIMEOUT, tokio_tungstenite::accept_async_with_config(stream, Some(conn::ws_config()))).await {
+                            Ok(Ok(ws)) => conn::serve_accepted(ws, conn, conn_ctx).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
+                        }
+                    });
                 }
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
-            }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+    while conns.join_next().await.is_some() {}
 }

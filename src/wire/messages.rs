@@ -100,6 +100,7 @@ payload!(
 
 payload!(
     /// A payload with no fields of its own (`USER_LIST_REQ`, `HEARTBEAT`).
+    #[derive(Default)]
     Empty {}
 );
 

@@ -26,3 +26,5 @@ pub fn fixture_key(rel: &str) -> PrivateKey {
     let path = vectors_dir().join(rel);
     PrivateKey::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+pub mod cluster;

@@ -27,6 +27,7 @@ CREATE TABLE servers (
 CREATE TABLE presence (
     user_id    TEXT PRIMARY KEY NOT NULL,
     location   TEXT NOT NULL,             -- server id
+    via        TEXT NOT NULL,             -- the linked server it was learned from
     proof      TEXT,                      -- the user's signed hello, JSON
     updated_ms INTEGER NOT NULL
 ) STRICT;
@@ -59,3 +60,11 @@ CREATE TABLE mailbox (
     UNIQUE (recipient, msg_id)
 ) STRICT;
 CREATE INDEX mailbox_by_recipient ON mailbox (recipient, seq);
+
+-- Group membership (master and locals), from the latest key share seen for
+-- each group: who a group message or file is fanned out to.
+CREATE TABLE groups (
+    group_id   TEXT PRIMARY KEY NOT NULL,
+    members    TEXT NOT NULL,             -- JSON array of user ids
+    updated_ms INTEGER NOT NULL
+) STRICT;

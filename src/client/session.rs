@@ -1,0 +1,275 @@
+//! A user's connection to a node: connect, say a signed hello, wait to be
+//! accepted, then send and receive typed frames. Every frame the session
+//! sends is signed with the user's key (PROTOCOL.md B), on the blocking pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Map, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::crypto::PrivateKey;
+use crate::wire::messages::{ErrorBody, Message, UserHello};
+use crate::wire::{Envelope, MAX_FRAME_BYTES, ids, now_ms};
+
+/// What our client calls itself in `USER_HELLO`.
+pub const CLIENT_NAME: &str = concat!("socp-rs/", env!("CARGO_PKG_VERSION"));
+/// How long to wait for the node to accept a hello.
+pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a session could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tokio_tungstenite::tungstenite::Error,
+    },
+    #[error("the server refused the hello: {code}: {detail}")]
+    Refused { code: String, detail: String },
+    #[error("the server did not accept the hello within {0:?}")]
+    NoWelcome(Duration),
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+impl SessionError {
+    /// True if trying again later may succeed (the server was down or busy,
+    /// or the connection dropped); false if the server said no.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SessionError::Refused { code, .. } => code == "TIMEOUT" || code == "NAME_IN_USE",
+            SessionError::Sign(_) => false,
+            _ => true,
+        }
+    }
+}
+
+/// How a session says hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloStyle {
+    /// Signed, with `ts` and our id: what `socp` clients send.
+    Signed,
+    /// Unsigned, as the reference client does (for interoperability tests).
+    Legacy,
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// An accepted session with a node.
+pub struct Session {
+    ws: Ws,
+    user: String,
+    key: Arc<PrivateKey>,
+    style: HelloStyle,
+    /// The node's id, from its welcome (or its first answer).
+    pub server_id: String,
+    /// A `USER_LIST` answer to our acceptance probe is still due.
+    swallow_list: bool,
+}
+
+impl Session {
+    /// Connects and says a signed hello.
+    pub async fn connect(
+        url: &str,
+        user: &str,
+        key: Arc<PrivateKey>,
+    ) -> Result<Self, SessionError> {
+        Self::connect_with(url, user, key, HelloStyle::Signed).await
+    }
+
+    /// Connects and says hello in the given style.
+    pub async fn connect_with(
+        url: &str,
+        user: &str,
+        key: Arc<PrivateKey>,
+        style: HelloStyle,
+    ) -> Result<Self, SessionError> {
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+            .await
+            .map_err(|source| SessionError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        let mut session = Session {
+            ws,
+            user: user.to_owned(),
+            key,
+            style,
+            server_id: String::new(),
+            swallow_list: false,
+        };
+        session.hello().await?;
+        Ok(session)
+    }
+
+    /// Connects, retrying transient failures with capped exponential backoff
+    /// for at most `patience`.
+    pub async fn connect_retrying(
+        url: &str,
+        user: &str,
+        key: Arc<PrivateKey>,
+        patience: Duration,
+    ) -> Result<Self, SessionError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match Self::connect(url, user, key.clone()).await {
+                Ok(s) => return Ok(s),
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + wait < deadline => {
+                    tracing::debug!(error = %e, "connect failed; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Our user id.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Our key.
+    pub fn key(&self) -> &Arc<PrivateKey> {
+        &self.key
+    }
+
+    async fn hello(&mut self) -> Result<(), SessionError> {
+        let pubkey = self.key.public().to_b64().to_owned();
+        let mut hello = UserHello {
+            client: CLIENT_NAME.to_owned(),
+            pubkey: pubkey.clone(),
+            enc_pubkey: pubkey,
+            ts: None,
+            caps: None,
+            extra: Map::new(),
+        };
+        if self.style == HelloStyle::Signed {
+            hello.ts = Some(now_ms());
+            hello
+                .extra
+                .insert("user_id".into(), Value::String(self.user.clone()));
+        }
+        self.send_message(ids::TO_SERVER, &Message::UserHello(hello))
+            .await?;
+        // A reference node sends no welcome; its answer to a list request
+        // tells us we were accepted.
+        self.send(ids::TO_SERVER, &Message::UserListReq(Default::default()))
+            .await?;
+        let outcome = tokio::time::timeout(WELCOME_TIMEOUT, async {
+            loop {
+                let Some((env, msg)) = self.recv_raw().await? else {
+                    return Err(SessionError::Lost("closed during hello".into()));
+                };
+                match msg {
+                    Message::UserWelcome(w) => {
+                        self.server_id = w.server_id;
+                        self.swallow_list = true;
+                        return Ok(());
+                    }
+                    Message::UserList(_) => {
+                        self.server_id = env.from;
+                        return Ok(());
+                    }
+                    Message::Error(ErrorBody { code, detail, .. }) => {
+                        return Err(SessionError::Refused { code, detail });
+                    }
+                    _ => continue,
+                }
+            }
+        })
+        .await;
+        outcome.unwrap_or(Err(SessionError::NoWelcome(WELCOME_TIMEOUT)))
+    }
+
+    /// Signs (unless legacy) and sends a frame.
+    pub async fn send(&mut self, to: &str, msg: &Message) -> Result<(), SessionError> {
+        self.send_message(to, msg).await
+    }
+
+    async fn send_message(&mut self, to: &str, msg: &Message) -> Result<(), SessionError> {
+        let mut env = msg.into_envelope(&self.user, to);
+        if self.style == HelloStyle::Signed {
+            let bytes = env
+                .signed_bytes()
+                .map_err(|e| SessionError::Sign(e.to_string()))?;
+            let key = self.key.clone();
+            env.sig = tokio::task::spawn_blocking(move || key.sign_b64(&bytes))
+                .await
+                .map_err(|e| SessionError::Sign(e.to_string()))?
+                .map_err(|e| SessionError::Sign(e.to_string()))?;
+        }
+        self.send_envelope(&env).await
+    }
+
+    /// Sends an envelope exactly as given (tests use this to misbehave).
+    pub async fn send_envelope(&mut self, env: &Envelope) -> Result<(), SessionError> {
+        self.ws
+            .send(WsMessage::text(env.to_json()))
+            .await
+            .map_err(|e| SessionError::Lost(e.to_string()))
+    }
+
+    /// Sends raw text (tests use this to send what no client would).
+    pub async fn send_text(&mut self, text: String) -> Result<(), SessionError> {
+        self.ws
+            .send(WsMessage::text(text))
+            .await
+            .map_err(|e| SessionError::Lost(e.to_string()))
+    }
+
+    /// The next frame from the node; None when the connection closed.
+    /// Frames that do not parse are skipped with a log line.
+    pub async fn recv(&mut self) -> Result<Option<(Envelope, Message)>, SessionError> {
+        loop {
+            let Some((env, msg)) = self.recv_raw().await? else {
+                return Ok(None);
+            };
+            if self.swallow_list && matches!(msg, Message::UserList(_)) {
+                self.swallow_list = false;
+                continue;
+            }
+            return Ok(Some((env, msg)));
+        }
+    }
+
+    async fn recv_raw(&mut self) -> Result<Option<(Envelope, Message)>, SessionError> {
+        loop {
+            let text = match self.ws.next().await {
+                None | Some(Ok(WsMessage::Close(_))) => return Ok(None),
+                Some(Ok(WsMessage::Text(t))) => t,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
+            };
+            let env = match Envelope::parse(text.as_str()) {
+                Ok(env) => env,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable frame from the server");
+                    continue;
+                }
+            };
+            match Message::from_envelope(&env) {
+                Ok(msg) => return Ok(Some((env, msg))),
+                Err(e) => {
+                    tracing::warn!(kind = %env.kind, error = %e, "unknown frame from the server")
+                }
+            }
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

@@ -1,0 +1,497 @@
+//! One connection (a user session or a server link) as an actor: it checks
+//! the hello, then runs one `select!` over the socket, its bounded outgoing
+//! queue, the heartbeat timer and shutdown. Frames from a link are verified
+//! with the peer's pinned key here, before the router sees them; frames to
+//! peers are signed here, on the blocking pool, never on the reactor.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+
+use super::hub::HubEvent;
+use super::router::{
+    CAP_SOCP, ConnId, HELLO_FRESHNESS_MS, Input, LinkHelloIn, Outgoing, UserHelloIn,
+};
+use crate::crypto::{PrivateKey, PublicKey};
+use crate::wire::ids;
+use crate::wire::messages::{ErrorBody, Message, PeerHelloLink, Proof, UserHello};
+use crate::wire::{Envelope, ErrorCode, MAX_FRAME_BYTES, WireError, now_ms};
+
+/// A connection must say hello within this time.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames queued for one connection before it counts as too slow.
+pub const SEND_QUEUE: usize = 1024;
+/// How often a link sends `HEARTBEAT`.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+/// A link silent this long is closed (and redialled by its dialer).
+pub const LINK_SILENCE: Duration = Duration::from_secs(45);
+
+/// What the hub tells a connection.
+#[derive(Debug)]
+pub(crate) enum ConnCmd {
+    Frame(Outgoing),
+    Close,
+}
+
+/// WebSocket limits for every connection (PROTOCOL.md C8).
+pub(crate) fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+}
+
+/// What every connection task shares.
+pub(crate) struct ConnCtx {
+    pub me: String,
+    pub key: Arc<PrivateKey>,
+    pub hub: mpsc::Sender<HubEvent>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Why a hello was refused, with the code the peer is told.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub code: ErrorCode,
+    pub detail: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<WireError> for Refusal {
+    fn from(e: WireError) -> Self {
+        Refusal::new(e.code(), e.to_string())
+    }
+}
+
+/// Signs and serializes a frame from this node (RSA off the reactor).
+pub(crate) async fn seal(key: &Arc<PrivateKey>, me: &str, out: Outgoing) -> Option<String> {
+    let mut env = Envelope::new(out.kind, me, &out.to, out.payload);
+    let bytes = env.signed_bytes().ok()?;
+    let key = key.clone();
+    let sig = tokio::task::spawn_blocking(move || key.sign_b64(&bytes))
+        .await
+        .ok()?
+        .ok()?;
+    env.sig = sig;
+    Some(env.to_json())
+}
+
+/// Checks a `USER_HELLO` (PROTOCOL.md C1, C3): key policy, and for a signed
+/// hello its signature, freshness and binding to the claimed id. Replays
+/// and legacy admission are the router's call.
+pub(crate) fn check_user_hello(
+    env: &Envelope,
+    now: i64,
+) -> Result<(String, PublicKey, Option<Proof>), Refusal> {
+    ids::check_user(&env.from).map_err(|e| Refusal::new(ErrorCode::BadFrame, e.to_string()))?;
+    let hello = match Message::from_envelope(env)? {
+        Message::UserHello(h) => h,
+        _ => return Err(Refusal::new(ErrorCode::BadFrame, "expected USER_HELLO")),
+    };
+    let key = PublicKey::from_b64(&hello.pubkey)
+        .map_err(|e| Refusal::new(ErrorCode::BadKey, e.to_string()))?;
+    if hello.enc_pubkey != hello.pubkey {
+        return Err(Refusal::new(
+            ErrorCode::BadKey,
+            "enc_pubkey must be the same key as pubkey",
+        ));
+    }
+    if env.sig.is_empty() {
+        return Ok((env.from.clone(), key, None));
+    }
+    check_signed_hello(env, &hello, &key, now)?;
+    let proof = Proof {
+        payload: env.payload.clone(),
+        sig: env.sig.clone(),
+        extra: Default::default(),
+    };
+    Ok((env.from.clone(), key, Some(proof)))
+}
+
+fn check_signed_hello(
+    env: &Envelope,
+    hello: &UserHello,
+    key: &PublicKey,
+    now: i64,
+) -> Result<(), Refusal> {
+    let Some(ts) = hello.ts else {
+        return Err(Refusal::new(
+            ErrorCode::BadFrame,
+            "a signed hello needs ts (Unix ms)",
+        ));
+    };
+    let skew = (now - ts).abs();
+    if skew > HELLO_FRESHNESS_MS {
+        return Err(Refusal::new(
+            ErrorCode::InvalidSig,
+            format!(
+                "hello ts is {} s away from the server's clock; check your clock",
+                skew / 1000
+            ),
+        ));
+    }
+    if let Some(claimed) = hello.extra.get("user_id")
+        && claimed.as_str() != Some(env.from.as_str())
+    {
+        return Err(Refusal::new(
+            ErrorCode::NotAllowed,
+            "hello user_id differs from from",
+        ));
+    }
+    let bytes = env.signed_bytes().map_err(WireError::from)?;
+    key.verify_b64(&bytes, &env.sig).map_err(|_| {
+        Refusal::new(
+            ErrorCode::InvalidSig,
+            "hello signature does not verify with its pubkey",
+        )
+    })
+}
+
+/// Checks a `PEER_HELLO_LINK` (PROTOCOL.md C5): a server id, an acceptable
+/// key, and a signature by that key. Pinning is the router's call.
+pub(crate) fn check_link_hello(env: &Envelope) -> Result<(PeerHelloLink, PublicKey), Refusal> {
+    ids::check_server(&env.from).map_err(|e| Refusal::new(ErrorCode::BadFrame, e.to_string()))?;
+    let hello = match Message::from_envelope(env)? {
+        Message::PeerHelloLink(h) => h,
+        _ => {
+            return Err(Refusal::new(
+                ErrorCode::BadFrame,
+                "expected PEER_HELLO_LINK",
+            ));
+        }
+    };
+    let key = PublicKey::from_b64(&hello.pubkey)
+        .map_err(|e| Refusal::new(ErrorCode::BadKey, e.to_string()))?;
+    let bytes = env.signed_bytes().map_err(WireError::from)?;
+    key.verify_b64(&bytes, &env.sig).map_err(|_| {
+        Refusal::new(
+            ErrorCode::InvalidSig,
+            "link hello is not signed by the key it presents",
+        )
+    })?;
+    Ok((hello, key))
+}
+
+/// Builds the router's view of a checked link hello.
+pub(crate) fn link_hello_in(
+    conn: ConnId,
+    env: &Envelope,
+    hello: PeerHelloLink,
+    key: PublicKey,
+    dialed: bool,
+    dialed_master: bool,
+) -> LinkHelloIn {
+    let socp = hello
+        .caps
+        .as_ref()
+        .is_some_and(|c| c.iter().any(|c| c == CAP_SOCP));
+    LinkHelloIn {
+        conn,
+        server_id: env.from.clone(),
+        key,
+        role: hello.role,
+        host: hello.host,
+        port: hello.port,
+        socp,
+        dialed,
+        dialed_master,
+    }
+}
+
+/// Reads the next text frame, answering pings; None at end of stream.
+pub(crate) async fn next_text<S>(ws: &mut WebSocketStream<S>) -> Option<Result<String, WsError>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await? {
+            Ok(WsMessage::Text(t)) => return Some(Ok(t.as_str().to_owned())),
+            Ok(WsMessage::Close(_)) => return None,
+            Ok(WsMessage::Binary(_)) => {
+                return Some(Err(WsError::Protocol(
+                    tokio_tungstenite::tungstenite::error::ProtocolError::UnmaskedFrameFromClient,
+                )));
+            }
+            Ok(_) => continue, // ping, pong: tungstenite answers pings itself
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}
+
+/// Sends an `ERROR` frame straight from a connection (before the hub knows it).
+pub(crate) async fn send_error<S>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &ConnCtx,
+    to: &str,
+    code: ErrorCode,
+    detail: &str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let payload = match serde_json::to_value(ErrorBody {
+        code: code.as_str().to_owned(),
+        detail: detail.to_owned(),
+        extra: Default::default(),
+    }) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => return,
+    };
+    let out = Outgoing {
+        kind: "ERROR",
+        to: to.to_owned(),
+        payload,
+    };
+    if let Some(text) = seal(&ctx.key, &ctx.me, out).await {
+        let _ = ws.send(WsMessage::text(text)).await;
+    }
+}
+
+/// The kind of peer on a connection, once its hello is accepted.
+pub(crate) enum Peer {
+    User(String),
+    Link { server_id: String, key: PublicKey },
+}
+
+/// Runs an accepted connection until it closes: reads the hello, hands it
+/// to the router, then serves frames both ways.
+pub(crate) async fn serve_accepted<S>(mut ws: WebSocketStream<S>, conn: ConnId, ctx: ConnCtx)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let first = match tokio::time::timeout(HELLO_TIMEOUT, next_text(&mut ws)).await {
+        Ok(Some(Ok(text))) => text,
+        Ok(Some(Err(WsError::Capacity(e)))) => {
+            send_error(
+                &mut ws,
+                &ctx,
+                ids::TO_USER,
+                ErrorCode::TooLarge,
+                &e.to_string(),
+            )
+            .await;
+            let _ = ws.close(None).await;
+            return;
+        }
+        Ok(_) => return,
+        Err(_) => {
+            send_error(
+                &mut ws,
+                &ctx,
+                ids::TO_USER,
+                ErrorCode::Timeout,
+                "no hello within 10 s",
+            )
+            .await;
+            let _ = ws.close(None).await;
+            return;
+        }
+    };
+    let (input, peer) = match Envelope::parse(&first) {
+        Err(e) => {
+            let r = Refusal::from(e);
+            send_error(&mut ws, &ctx, ids::TO_USER, r.code, &r.detail).await;
+            let _ = ws.close(None).await;
+            return;
+        }
+        Ok(env) if env.kind == "USER_HELLO" => match check_user_hello(&env, now_ms()) {
+            Ok((user_id, key, proof)) => (
+                Input::UserHello(UserHelloIn {
+                    conn,
+                    user_id: user_id.clone(),
+                    key,
+                    proof,
+                }),
+                Peer::User(user_id),
+            ),
+            Err(r) => {
+                tracing::info!(user = %env.from.chars().take(64).collect::<String>(), code = %r.code, detail = %r.detail, "hello refused");
+                send_error(&mut ws, &ctx, ids::TO_USER, r.code, &r.detail).await;
+                let _ = ws.close(None).await;
+                return;
+            }
+        },
+        Ok(env) if env.kind == "PEER_HELLO_LINK" => match check_link_hello(&env) {
+            Ok((hello, key)) => (
+                Input::LinkHello(link_hello_in(conn, &env, hello, key.clone(), false, false)),
+                Peer::Link {
+                    server_id: env.from.clone(),
+                    key,
+                },
+            ),
+            Err(r) => {
+                tracing::warn!(code = %r.code, detail = %r.detail, "link hello refused");
+                send_error(&mut ws, &ctx, ids::TO_SERVER, r.code, &r.detail).await;
+                let _ = ws.close(None).await;
+                return;
+            }
+        },
+        Ok(env) => {
+            let detail = format!(
+                "the first frame must be USER_HELLO or PEER_HELLO_LINK, not {}",
+                env.kind.chars().take(64).collect::<String>()
+            );
+            send_error(&mut ws, &ctx, ids::TO_USER, ErrorCode::UnknownType, &detail).await;
+            let _ = ws.close(None).await;
+            return;
+        }
+    };
+    run(ws, conn, ctx, input, peer).await;
+}
+
+/// Registers the connection with the hub, delivers its hello, and serves it.
+pub(crate) async fn run<S>(
+    mut ws: WebSocketStream<S>,
+    conn: ConnId,
+    ctx: ConnCtx,
+    hello: Input,
+    peer: Peer,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel(SEND_QUEUE);
+    if ctx.hub.send(HubEvent::Register(conn, tx)).await.is_err()
+        || ctx.hub.send(HubEvent::Input(Box::new(hello))).await.is_err()
+    {
+        return;
+    }
+    let is_link = matches!(peer, Peer::Link { .. });
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    heartbeat.tick().await;
+    let mut last_heard = Instant::now();
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            () = super::stop_requested(&mut shutdown) => break,
+            cmd = rx.recv() => match cmd {
+                Some(ConnCmd::Frame(out)) => {
+                    let Some(text) = seal(&ctx.key, &ctx.me, out).await else { continue };
+                    if ws.send(WsMessage::text(text)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(ConnCmd::Close) | None => break,
+            },
+            _ = heartbeat.tick(), if is_link => {
+                if last_heard.elapsed() > LINK_SILENCE {
+                    tracing::warn!(conn, "link silent for 45 s; closing");
+                    break;
+                }
+                let out = Outgoing { kind: "HEARTBEAT", to: ids::TO_SERVER.to_owned(), payload: Default::default() };
+                if let Some(text) = seal(&ctx.key, &ctx.me, out).await
+                    && ws.send(WsMessage::text(text)).await.is_err()
+                {
+                    break;
+                }
+            },
+            frame = ws.next() => {
+                last_heard = Instant::now();
+                let text = match frame {
+                    None | Some(Ok(WsMessage::Close(_))) => break,
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        let to = peer.id().to_owned();
+                        send_error(&mut ws, &ctx, &to, ErrorCode::BadFrame, "binary frames are not SOCP; send JSON text frames").await;
+                        continue;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(WsError::Capacity(e))) => {
+                        tracing::warn!(conn, error = %e, "oversized frame; closing");
+                        send_error(&mut ws, &ctx, ids::TO_USER, ErrorCode::TooLarge, &format!("{e}; frames are limited to 1 MiB")).await;
+                        break;
+                    }
+                    Some(Err(_)) => break,
+                };
+                match handle_frame(&ctx, conn, &peer, text.as_str()).await {
+                    Verdict::Continue => {}
+                    Verdict::Reply(code, detail) => {
+                        let to = peer.id().to_owned();
+                        send_error(&mut ws, &ctx, &to, code, &detail).await;
+                    }
+                    Verdict::Stop => break,
+                }
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    let closed = match peer {
+        Peer::User(_) => Input::UserClosed(conn),
+        Peer::Link { .. } => Input::LinkClosed(conn),
+    };
+    let _ = ctx.hub.send(HubEvent::Input(Box::new(closed))).await;
+    let _ = ctx.hub.send(HubEvent::Unregister(conn)).await;
+}
+
+/// What to do after a frame.
+enum Verdict {
+    Continue,
+    Reply(ErrorCode, String),
+    Stop,
+}
+
+impl Peer {
+    fn id(&self) -> &str {
+        match self {
+            Peer::User(u) => u,
+            Peer::Link { server_id, .. } => server_id,
+        }
+    }
+}
+
+/// Parses and checks one frame and hands it to the router.
+async fn handle_frame(ctx: &ConnCtx, conn: ConnId, peer: &Peer, text: &str) -> Verdict {
+    let env = match Envelope::parse(text) {
+        Ok(env) => env,
+        Err(e) => return Verdict::Reply(e.code(), e.to_string()),
+    };
+    let msg = match Message::from_envelope(&env) {
+        Ok(msg) => msg,
+        Err(e) => {
+            tracing::info!(conn, kind = %env.kind.chars().take(64).collect::<String>(), error = %e, "refused frame");
+            return Verdict::Reply(e.code(), e.to_string());
+        }
+    };
+    let input = match peer {
+        Peer::User(_) => {
+            if matches!(msg, Message::UserHello(_)) {
+                return Verdict::Reply(ErrorCode::BadFrame, "already said hello".into());
+            }
+            Input::UserFrame { conn, env, msg }
+        }
+        Peer::Link { server_id, key } => {
+            if &env.from != server_id {
+                tracing::warn!(conn, server = %server_id, from = %env.from.chars().take(64).collect::<String>(), "dropped link frame: from is not the linked server");
+                return Verdict::Continue;
+            }
+            let verified = env
+                .signed_bytes()
+                .ok()
+                .is_some_and(|b| key.verify_b64(&b, &env.sig).is_ok());
+            if !verified {
+                tracing::warn!(conn, server = %server_id, kind = %env.kind, "dropped link frame: signature does not verify");
+                return Verdict::Continue;
+            }
+            if matches!(msg, Message::Heartbeat(_)) {
+                return Verdict::Continue;
+            }
+            Input::LinkFrame { conn, env, msg }
+        }
+    };
+    if ctx.hub.send(HubEvent::Input(Box::new(input))).await.is_ok() {
+        Verdict::Continue
+    } else {
+        Verdict::Stop
+    }
+}

@@ -1,0 +1,136 @@
+//! Dialing other servers: the master (`--master-url`) and `--peers`. Each URL
+//! has a loop that connects, says `PEER_HELLO_LINK`, checks the answer, serves
+//! the link until it drops, and tries again with capped exponential backoff.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::conn::{self, ConnCtx, HELLO_TIMEOUT, Peer};
+use super::hub::HubEvent;
+use super::router::{CAP_SOCP, Input, Outgoing};
+use crate::crypto::PrivateKey;
+use crate::wire::messages::{PeerHelloLink, Role};
+use crate::wire::{Envelope, ids};
+
+/// First wait before redialling.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest wait between dials.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A link that lived this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(30);
+
+/// What a dialer needs.
+pub(crate) struct Dialer {
+    pub url: String,
+    pub is_master: bool,
+    pub me: String,
+    pub key: Arc<PrivateKey>,
+    pub hello: PeerHelloLink,
+    pub hub: mpsc::Sender<HubEvent>,
+    pub shutdown: watch::Receiver<bool>,
+    pub next_conn: Arc<AtomicU64>,
+}
+
+/// Our `PEER_HELLO_LINK` payload.
+pub(crate) fn our_hello(host: &str, port: u16, pubkey: &str, master: bool) -> PeerHelloLink {
+    PeerHelloLink {
+        host: host.to_owned(),
+        port,
+        pubkey: pubkey.to_owned(),
+        role: if master { Role::Master } else { Role::Local },
+        caps: Some(vec![CAP_SOCP.to_owned()]),
+        session: None,
+        extra: Default::default(),
+    }
+}
+
+impl Dialer {
+    /// Dials until shutdown.
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            match self.link_once().await {
+                Ok(()) => tracing::info!(url = %self.url, "link closed; redialling"),
+                Err(e) => {
+                    tracing::warn!(url = %self.url, error = %e, "cannot link; retrying in {backoff:?}")
+                }
+            }
+            if started.elapsed() > STABLE {
+                backoff = BACKOFF_MIN;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                () = super::stop_requested(&mut self.shutdown) => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn link_once(&mut self) -> anyhow::Result<()> {
+        let (mut ws, _) = tokio::select! {
+            r = tokio_tungstenite::connect_async_with_config(&self.url, Some(conn::ws_config()), true) => r?,
+            () = super::stop_requested(&mut self.shutdown) => return Ok(()),
+        };
+        let payload = match serde_json::to_value(&self.hello)? {
+            serde_json::Value::Object(m) => m,
+            _ => anyhow::bail!("hello is not an object"),
+        };
+        let out = Outgoing {
+            kind: "PEER_HELLO_LINK",
+            to: ids::TO_SERVER.to_owned(),
+            payload,
+        };
+        let text = conn::seal(&self.key, &self.me, out)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("cannot sign our hello"))?;
+        ws.send(WsMessage::text(text)).await?;
+        let answer = match tokio::time::timeout(HELLO_TIMEOUT, conn::next_text(&mut ws)).await {
+            Ok(Some(Ok(text))) => text,
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(None) => anyhow::bail!("closed before answering our hello"),
+            Err(_) => anyhow::bail!("no answer to our hello within {HELLO_TIMEOUT:?}"),
+        };
+        let env = Envelope::parse(&answer)?;
+        if env.kind == "ERROR" {
+            anyhow::bail!(
+                "refused our hello: {}",
+                serde_json::Value::Object(env.payload)
+            );
+        }
+        if env.kind != "PEER_HELLO_LINK" {
+            anyhow::bail!("answered our hello with {}", env.kind);
+        }
+        let (hello, key) = conn::check_link_hello(&env)
+            .map_err(|r| anyhow::anyhow!("{}: {}", r.code, r.detail))?;
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let input = Input::LinkHello(conn::link_hello_in(
+            conn_id,
+            &env,
+            hello,
+            key.clone(),
+            true,
+            self.is_master,
+        ));
+        let ctx = ConnCtx {
+            me: self.me.clone(),
+            key: self.key.clone(),
+            hub: self.hub.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        let peer = Peer::Link {
+            server_id: env.from.clone(),
+            key,
+        };
+        conn::run(ws, conn_id, ctx, input, peer).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,101 @@
+//! The hub: the one task that owns the router. It feeds the router the
+//! connections' events in order, hands its frames to the connections'
+//! bounded queues (a full queue disconnects that peer, never blocks the
+//! others), passes its writes to the store thread and arms its timers.
+
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::conn::ConnCmd;
+use super::router::{ConnId, Input, Output, Router};
+use super::state::Writer;
+use crate::wire::now_ms;
+
+/// Events the hub consumes.
+pub(crate) enum HubEvent {
+    /// A connection's queue, before its hello is delivered.
+    Register(ConnId, mpsc::Sender<ConnCmd>),
+    Unregister(ConnId),
+    Input(Box<Input>),
+    Status(oneshot::Sender<Status>),
+}
+
+/// What tests and operators can ask a running node.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// Users online anywhere in the mesh, as `USER_LIST` would say.
+    pub online: Vec<String>,
+    /// Servers with a live link.
+    pub linked: Vec<String>,
+    /// Connections dropped because their queue was full.
+    pub slow_disconnects: u64,
+}
+
+/// Runs the hub until every sender is gone.
+pub(crate) async fn run(
+    mut router: Router,
+    writer: Writer,
+    tx: mpsc::Sender<HubEvent>,
+    mut rx: mpsc::Receiver<HubEvent>,
+) {
+    let mut conns: HashMap<ConnId, mpsc::Sender<ConnCmd>> = HashMap::new();
+    let mut slow_disconnects = 0u64;
+    while let Some(event) = rx.recv().await {
+        let input = match event {
+            HubEvent::Register(conn, queue) => {
+                conns.insert(conn, queue);
+                continue;
+            }
+            HubEvent::Unregister(conn) => {
+                conns.remove(&conn);
+                continue;
+            }
+            HubEvent::Status(reply) => {
+                let mut linked = router.linked();
+                linked.sort();
+                let _ = reply.send(Status {
+                    online: router.online(),
+                    linked,
+                    slow_disconnects,
+                });
+                continue;
+            }
+            HubEvent::Input(input) => *input,
+        };
+        for output in router.step(now_ms(), input) {
+            match output {
+                Output::Send(conn, frame) => {
+                    let Some(queue) = conns.get(&conn) else {
+                        continue;
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(_)) =
+                        queue.try_send(ConnCmd::Frame(frame))
+                    {
+                        // Dropping the queue ends the connection task, which
+                        // reports the close like any other.
+                        tracing::warn!(conn, "send queue full: disconnecting the slow peer");
+                        slow_disconnects += 1;
+                        conns.remove(&conn);
+                    }
+                }
+                Output::Close(conn) => {
+                    if let Some(queue) = conns.get(&conn)
+                        && queue.try_send(ConnCmd::Close).is_err()
+                    {
+                        conns.remove(&conn);
+                    }
+                }
+                Output::Persist(op) => writer.write(op),
+                Output::Timer { req_id, after } => {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = tx.send(HubEvent::Input(Box::new(Input::Timeout(req_id)))).await;
+                    });
+                }
+            }
+        }
+    }
+    writer.flush().await;
+}

@@ -1,0 +1,333 @@
+//! What a node keeps in SQLite: the records the router works with, loading
+//! them at start, and the single writer thread that applies the router's
+//! `StoreOp`s in batched transactions (SQLite has one writer; keeping every
+//! write on one path avoids lock contention and keeps the router free of I/O).
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, params};
+use serde_json::Value;
+
+use super::router::{HELLO_FRESHNESS_MS, StoreOp};
+use crate::store::{Pool, StoreError};
+use crate::wire::messages::{Proof, Role};
+
+/// A directory entry: the key a user id is pinned to.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct UserRecord {
+    pub pubkey: String,
+    /// Registered through an unsigned (reference) hello.
+    pub legacy: bool,
+    pub first_seen_ms: i64,
+}
+
+impl UserRecord {
+    pub fn new(pubkey: String, legacy: bool, now: i64) -> Self {
+        UserRecord {
+            pubkey,
+            legacy,
+            first_seen_ms: now,
+        }
+    }
+}
+
+/// A server of the mesh, pinned to its first key.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ServerRecord {
+    pub pubkey: String,
+    pub role: Role,
+    pub host: String,
+    pub port: u16,
+    pub last_seen_ms: i64,
+}
+
+/// Where a remote user is, and which link told us.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PresenceRecord {
+    pub location: String,
+    pub via: String,
+    pub proof: Option<Proof>,
+    /// Listed as online: the link it came over is up.
+    pub live: bool,
+    pub updated_ms: i64,
+}
+
+/// A group's members, from the latest key share.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GroupRecord {
+    pub members: Vec<String>,
+    pub updated_ms: i64,
+}
+
+/// Everything the router resumes from.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub users: HashMap<String, UserRecord>,
+    pub servers: HashMap<String, ServerRecord>,
+    pub presence: HashMap<String, PresenceRecord>,
+    pub groups: HashMap<String, GroupRecord>,
+    pub seen_hellos: HashMap<[u8; 32], i64>,
+    pub proof_owners: HashMap<[u8; 32], String>,
+}
+
+fn digest_of(bytes: Vec<u8>) -> Option<[u8; 32]> {
+    bytes.try_into().ok()
+}
+
+fn role_of(text: &str) -> Role {
+    if text == "master" {
+        Role::Master
+    } else {
+        Role::Local
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Master => "master",
+        Role::Local => "local",
+    }
+}
+
+/// Loads the router's state. Hellos older than the freshness window are
+/// left out: their `ts` check refuses them anyway.
+pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> {
+    let mut snap = Snapshot::default();
+    let mut stmt = conn.prepare("SELECT user_id, pubkey, legacy, first_seen_ms FROM users")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            UserRecord {
+                pubkey: r.get(1)?,
+                legacy: r.get::<_, i64>(2)? != 0,
+                first_seen_ms: r.get(3)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (id, rec) = row?;
+        snap.users.insert(id, rec);
+    }
+    let mut stmt =
+        conn.prepare("SELECT server_id, pubkey, role, host, port, last_seen_ms FROM servers")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            ServerRecord {
+                pubkey: r.get(1)?,
+                role: role_of(&r.get::<_, String>(2)?),
+                host: r.get(3)?,
+                port: r.get::<_, i64>(4)?.clamp(0, 65535) as u16,
+                last_seen_ms: r.get(5)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (id, rec) = row?;
+        snap.servers.insert(id, rec);
+    }
+    let mut stmt =
+        conn.prepare("SELECT user_id, location, via, proof, updated_ms FROM presence")?;
+    let rows = stmt.query_map([], |r| {
+        let proof: Option<String> = r.get(3)?;
+        Ok((
+            r.get::<_, String>(0)?,
+            PresenceRecord {
+                location: r.get(1)?,
+                via: r.get(2)?,
+                proof: proof.and_then(|p| serde_json::from_str(&p).ok()),
+                live: false,
+                updated_ms: r.get(4)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (id, rec) = row?;
+        snap.presence.insert(id, rec);
+    }
+    let mut stmt = conn.prepare("SELECT group_id, members, updated_ms FROM groups")?;
+    let rows = stmt.query_map([], |r| {
+        let members: String = r.get(1)?;
+        Ok((
+            r.get::<_, String>(0)?,
+            GroupRecord {
+                members: serde_json::from_str(&members).unwrap_or_default(),
+                updated_ms: r.get(2)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (id, rec) = row?;
+        snap.groups.insert(id, rec);
+    }
+    let mut stmt = conn.prepare("SELECT digest, seen_ms FROM seen_hellos WHERE seen_ms >= ?1")?;
+    let rows = stmt.query_map([now - 2 * HELLO_FRESHNESS_MS], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (digest, at) = row?;
+        if let Some(d) = digest_of(digest) {
+            snap.seen_hellos.insert(d, at);
+        }
+    }
+    let mut stmt = conn.prepare("SELECT digest, server_id FROM proof_owners")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+    })?;
+    for row in rows {
+        let (digest, server) = row?;
+        if let Some(d) = digest_of(digest) {
+            snap.proof_owners.insert(d, server);
+        }
+    }
+    Ok(snap)
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Result<()> {
+    match op {
+        StoreOp::PinUser(id, rec) => {
+            // Pinning: the first key stays; a later insert only refreshes last_seen.
+            tx.execute(
+                "INSERT INTO users (user_id, pubkey, legacy, first_seen_ms, last_seen_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT (user_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+                params![id, rec.pubkey, rec.legacy as i64, rec.first_seen_ms],
+            )?;
+        }
+        StoreOp::PinServer(id, rec) => {
+            tx.execute(
+                "INSERT INTO servers (server_id, pubkey, role, host, port, first_seen_ms, last_seen_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                 ON CONFLICT (server_id) DO UPDATE SET role = excluded.role, host = excluded.host,
+                   port = excluded.port, last_seen_ms = excluded.last_seen_ms",
+                params![id, rec.pubkey, role_name(rec.role), rec.host, rec.port, rec.last_seen_ms],
+            )?;
+        }
+        StoreOp::SetPresence(user, rec) => {
+            let proof = rec
+                .proof
+                .as_ref()
+                .and_then(|p| serde_json::to_string(p).ok());
+            tx.execute(
+                "INSERT INTO presence (user_id, location, via, proof, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (user_id) DO UPDATE SET location = excluded.location, via = excluded.via,
+                   proof = excluded.proof, updated_ms = excluded.updated_ms",
+                params![user, rec.location, rec.via, proof, rec.updated_ms],
+            )?;
+        }
+        StoreOp::RemovePresence(user) => {
+            tx.execute("DELETE FROM presence WHERE user_id = ?1", [user])?;
+        }
+        StoreOp::SeenHello(digest, at) => {
+            tx.execute(
+                "INSERT OR IGNORE INTO seen_hellos (digest, seen_ms) VALUES (?1, ?2)",
+                params![digest.as_slice(), at],
+            )?;
+        }
+        StoreOp::ProofOwner(digest, server, user) => {
+            tx.execute(
+                "INSERT OR IGNORE INTO proof_owners (digest, server_id, user_id, first_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![digest.as_slice(), server, user, now],
+            )?;
+        }
+        StoreOp::SetGroup(group, rec) => {
+            let members = Value::from(rec.members.clone()).to_string();
+            tx.execute(
+                "INSERT INTO groups (group_id, members, updated_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (group_id) DO UPDATE SET members = excluded.members, updated_ms = excluded.updated_ms",
+                params![group, members, rec.updated_ms],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+enum Job {
+    Op(StoreOp),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The one path every node write takes: a thread that applies ops in
+/// batches, one transaction per batch.
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Job>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn start(pool: Pool) -> Result<Self, StoreError> {
+        let mut conn = pool.get()?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("socp-store".into())
+            .spawn(move || {
+                let mut pruned_at = 0usize;
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let now = crate::wire::now_ms();
+                    let mut flushes = Vec::new();
+                    let result = (|| -> rusqlite::Result<()> {
+                        let tx = conn.transaction()?;
+                        for job in batch {
+                            match job {
+                                Job::Op(op) => {
+                                    if matches!(op, StoreOp::SeenHello(..)) {
+                                        pruned_at += 1;
+                                    }
+                                    apply(&tx, &op, now)?;
+                                }
+                                Job::Flush(done) => flushes.push(done),
+                            }
+                        }
+                        if pruned_at >= 1000 {
+                            pruned_at = 0;
+                            tx.execute(
+                                "DELETE FROM seen_hellos WHERE seen_ms < ?1",
+                                [now - 2 * HELLO_FRESHNESS_MS],
+                            )?;
+                        }
+                        tx.commit()
+                    })();
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "store write failed");
+                    }
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the store thread: {e}")))?;
+        Ok(Writer {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a write.
+    pub fn write(&self, op: StoreOp) {
+        if self.tx.send(Job::Op(op)).is_err() {
+            tracing::error!("store thread is gone; a write was lost");
+        }
+    }
+
+    /// Resolves once everything queued before it is committed.
+    pub async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(Job::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let (tx, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

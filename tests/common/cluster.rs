@@ -1,0 +1,243 @@
+//! A test cluster: nodes in-process, each with its own temp dir, fixture or
+//! cached keys (no RSA generation per test), started on port 0 and stopped
+//! on drop; and helpers to wait, with timeouts, for what a user would see.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socp::client::Session;
+use socp::crypto::PrivateKey;
+use socp::node::{Node, NodeConfig, Status};
+use socp::wire::Envelope;
+use socp::wire::messages::Message;
+use tempfile::TempDir;
+
+/// Every wait in a test gives up after this long.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A key generated once per machine and cached under the target dir, for
+/// server identities (users use the fixture keys).
+pub fn cached_key(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("socp-test-keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.pem"));
+    if !path.exists() {
+        let key = PrivateKey::generate().unwrap();
+        // Another test binary may have won the race; then use its key.
+        let _ = key.save(&path);
+    }
+    path
+}
+
+/// A user key: the fixture keys, by user name.
+pub fn user_key(user: &str) -> Arc<PrivateKey> {
+    let rel = match user.to_ascii_lowercase().as_str() {
+        "alice" => "keys/alice.pem",
+        "bob" => "keys/bob.pem",
+        "carol" => "keys/carol.pem",
+        "dave" => "reference-run/Alice.pem",
+        "erin" => "reference-run/Bob.pem",
+        other => panic!("no fixture key for {other}"),
+    };
+    Arc::new(super::fixture_key(rel))
+}
+
+static NEXT_SERVER_KEY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A node under test.
+pub struct TestNode {
+    pub dir: TempDir,
+    pub config: NodeConfig,
+    pub node: Option<Node>,
+}
+
+fn install_key(keys: &Path, role: &str) {
+    std::fs::create_dir_all(keys).unwrap();
+    let n = NEXT_SERVER_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 6;
+    std::fs::copy(
+        cached_key(&format!("server-{n}")),
+        keys.join(format!("{role}.pem")),
+    )
+    .unwrap();
+}
+
+impl TestNode {
+    pub async fn start(master: bool, master_url: Option<String>, legacy: bool) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        install_key(&keys, if master { "master" } else { "local" });
+        let config = NodeConfig {
+            master,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            db: dir.path().join("node.sqlite"),
+            keys,
+            master_url,
+            peers: Vec::new(),
+            allow_legacy_clients: legacy,
+        };
+        let node = Node::start(config.clone()).await.unwrap();
+        let mut config = config;
+        config.listen = node.addr;
+        TestNode {
+            dir,
+            config,
+            node: Some(node),
+        }
+    }
+
+    pub async fn master() -> TestNode {
+        Self::start(true, None, false).await
+    }
+
+    pub async fn local(master_url: &str) -> TestNode {
+        Self::start(false, Some(master_url.to_owned()), false).await
+    }
+
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("node is running")
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.config.listen)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.config.listen
+    }
+
+    pub fn id(&self) -> String {
+        self.node().id.clone()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// Stops and starts again with the same database, keys and address.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut tries = 0;
+        loop {
+            match Node::start(self.config.clone()).await {
+                Ok(node) => {
+                    self.node = Some(node);
+                    return;
+                }
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("restart: {e:#}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("restart failed: {e:#}"),
+            }
+        }
+    }
+
+    pub async fn status(&self) -> Status {
+        self.node().status().await
+    }
+
+    /// Waits until the node has `n` live links.
+    pub async fn wait_linked(&self, n: usize) {
+        let ok = wait_until(|| async { self.status().await.linked.len() >= n }).await;
+        assert!(
+            ok,
+            "node {} has links {:?}, wanted {n}",
+            self.id(),
+            self.status().await.linked
+        );
+    }
+
+    /// Waits until the node lists every one of `users` as online.
+    pub async fn wait_online(&self, users: &[&str]) {
+        let ok = wait_until(|| async {
+            let online = self.status().await.online;
+            users.iter().all(|u| online.iter().any(|o| o == u))
+        })
+        .await;
+        assert!(
+            ok,
+            "node {} lists {:?}, wanted {users:?}",
+            self.id(),
+            self.status().await.online
+        );
+    }
+
+    /// Waits until the node no longer lists `user`.
+    pub async fn wait_offline(&self, user: &str) {
+        let ok =
+            wait_until(|| async { !self.status().await.online.iter().any(|o| o == user) }).await;
+        assert!(ok, "node {} still lists {user}", self.id());
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        // Dropping the runtime's tasks stops a node that was not shut down.
+        if let Some(node) = self.node.take() {
+            drop(node);
+        }
+    }
+}
+
+/// Polls `check` until it is true or `WAIT` passes.
+pub async fn wait_until<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// Connects `user` (fixture key) to `url`, retrying while the mesh forms.
+pub async fn connect(url: &str, user: &str) -> Session {
+    Session::connect_retrying(url, user, user_key(user), WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{user} cannot connect to {url}: {e}"))
+}
+
+/// Receives until a frame matches `pred`, failing after `WAIT`.
+pub async fn expect<F>(session: &mut Session, what: &str, mut pred: F) -> (Envelope, Message)
+where
+    F: FnMut(&Envelope, &Message) -> bool,
+{
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            match session.recv().await {
+                Ok(Some((env, msg))) if pred(&env, &msg) => return Some((env, msg)),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(Some(frame)) => frame,
+        Ok(None) => panic!(
+            "{}: connection closed while waiting for {what}",
+            session.user()
+        ),
+        Err(_) => panic!("{}: no {what} within {WAIT:?}", session.user()),
+    }
+}
+
+/// Receives every frame that arrives within `quiet`, for "nothing more came" checks.
+pub async fn drain(session: &mut Session, quiet: Duration) -> Vec<(Envelope, Message)> {
+    let mut got = Vec::new();
+    while let Ok(Ok(Some(frame))) = tokio::time::timeout(quiet, session.recv()).await {
+        got.push(frame);
+    }
+    got
+}
