@@ -366,7 +366,12 @@ impl Router {
                 self.accept_user(hello);
             }
             None => match self.master_link().map(str::to_owned) {
+                // Register, then look the id up on the same link: the answer
+                // comes after the master applied the registration, so it
+                // says which key the id is pinned to now.
                 Some(master) => {
+                    let reg = registration(&user, &key, hello.proof.clone());
+                    self.send_link(&master, "DB_REGISTER_USER", &master, reg);
                     let req_id = self.new_req_id();
                     let ask = payload_of(&DirectoryLookup {
                         user_id: user,
@@ -421,12 +426,12 @@ impl Router {
         self.send(hello.conn, "USER_WELCOME", &user, welcome);
         if !self.cfg.master {
             if !self.users.contains_key(&user) {
-                let rec = UserRecord::new(key, hello.proof.is_none(), self.now);
+                let rec = UserRecord::new(key.clone(), hello.proof.is_none(), self.now);
                 self.users.insert(user.clone(), rec.clone());
                 self.persist(StoreOp::PinUser(user.clone(), rec));
             }
             if let Some(master) = self.master_link().map(str::to_owned) {
-                let reg = self.registration(&user);
+                let reg = registration(&user, &key, hello.proof.clone());
                 self.send_link(&master, "DB_REGISTER_USER", &master, reg);
             }
         }
@@ -435,16 +440,6 @@ impl Router {
         for (env, msg) in early {
             self.user_frame(hello.conn, env, msg);
         }
-    }
-
-    fn registration(&self, user: &str) -> Map<String, Value> {
-        let session = self.sessions.get(user);
-        payload_of(&RegisterUser {
-            user_id: user.to_owned(),
-            pubkey: session.map(|s| s.key.clone()).unwrap_or_default(),
-            proof: session.and_then(|s| s.proof.clone()),
-            extra: Map::new(),
-        })
     }
 
     fn own_advert(&self, user: &str) -> Map<String, Value> {
@@ -1020,8 +1015,8 @@ impl Router {
         let own: Vec<String> = self.sessions.keys().cloned().collect();
         let is_master_link = self.master_id.as_deref() == Some(server);
         for user in &own {
-            if is_master_link {
-                let reg = self.registration(user);
+            if is_master_link && let Some(session) = self.sessions.get(user) {
+                let reg = registration(user, &session.key, session.proof.clone());
                 self.send_link(server, "DB_REGISTER_USER", server, reg);
             }
             let adv = self.own_advert(user);
@@ -1214,8 +1209,10 @@ impl Router {
                 }
             }
             Some(Pending::Hello(hello)) if hello.user_id == a.user_id => {
-                if a.found && a.pubkey != hello.key.to_b64() {
-                    let user = hello.user_id.clone();
+                let user = hello.user_id.clone();
+                if !a.found {
+                    self.refuse(hello.conn, &user, ErrorCode::NotAllowed, "the master refused to register this user");
+                } else if a.pubkey != hello.key.to_b64() {
                     self.refuse(
                         hello.conn,
                         &user,
@@ -1382,6 +1379,15 @@ fn proof_signed_by(proof: &Proof, user: &str, pubkey: &str) -> bool {
         return false;
     };
     key.verify_b64(bytes.as_bytes(), &proof.sig).is_ok()
+}
+
+fn registration(user: &str, pubkey: &str, proof: Option<Proof>) -> Map<String, Value> {
+    payload_of(&RegisterUser {
+        user_id: user.to_owned(),
+        pubkey: pubkey.to_owned(),
+        proof,
+        extra: Map::new(),
+    })
 }
 
 fn lookup_answer(user: &str, pubkey: Option<&str>) -> Map<String, Value> {

@@ -28,3 +28,4 @@ pub fn fixture_key(rel: &str) -> PrivateKey {
 }
 
 pub mod cluster;
+pub mod procs;

@@ -1,0 +1,106 @@
+//! Nodes as real `socp` processes, for tests that kill them with SIGKILL.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::cluster::cached_key;
+
+const BIN: &str = env!("CARGO_BIN_EXE_socp");
+
+/// A `socp node` process with its own folder.
+pub struct NodeProc {
+    pub dir: PathBuf,
+    pub args: Vec<String>,
+    pub port: u16,
+    pub id: String,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    /// Starts a node; `role_args` are the role flags (`--role local --master-url …`).
+    pub fn start(dir: PathBuf, role: &str, key: &str, extra: &[String]) -> NodeProc {
+        let keys = dir.join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let pem = keys.join(format!("{role}.pem"));
+        if !pem.exists() {
+            std::fs::copy(cached_key(key), &pem).unwrap();
+        }
+        let mut args = vec!["node".to_owned(), "--role".into(), role.into(), "--db".into(), dir.join("node.sqlite").display().to_string(), "--keys".into(), keys.display().to_string()];
+        args.extend(extra.iter().cloned());
+        let mut p = NodeProc { dir, args, port: 0, id: String::new(), child: None };
+        p.spawn("127.0.0.1:0");
+        p
+    }
+
+    fn spawn(&mut self, listen: &str) {
+        let mut child = Command::new(BIN)
+            .args(&self.args)
+            .args(["--listen", listen])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("SOCP_TEST_LOGS").is_some() {
+                    eprintln!("[node] {line}");
+                }
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let line = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("listening on ws://") => break line,
+                Ok(_) => {}
+                Err(_) => panic!("node did not start: {:?}", self.args),
+            }
+        };
+        self.port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        self.id = line.split_whitespace().find(|w| w.contains("server_")).unwrap_or_default().to_owned();
+        self.child = Some(child);
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again with the same flags and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let listen = format!("127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The port may linger for a moment after the kill.
+            if std::net::TcpListener::bind(&listen).is_ok() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.spawn(&listen);
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,89 @@
+//! kill -9 of a local and of the master: after a restart with the same
+//! flags, links re-form by themselves, lookups answer with the same keys and
+//! DMs flow again.
+
+mod common;
+
+use common::cluster::{connect, expect, user_key};
+use common::procs::NodeProc;
+use socp::content;
+use socp::crypto::PublicKey;
+use socp::wire::ids::TO_SERVER;
+use socp::wire::messages::{Message, MsgPrivate, UserLookup};
+
+async fn lookup(s: &mut socp::client::Session, target: &str) -> PublicKey {
+    let q = Message::UserDbGetUser(UserLookup { user_id: target.into(), extra: Default::default() });
+    s.send(TO_SERVER, &q).await.unwrap();
+    let (_, m) = expect(s, "USER_DB_USER", |_, m| matches!(m, Message::UserDbUser(a) if a.user_id == target)).await;
+    let Message::UserDbUser(a) = m else { unreachable!() };
+    assert!(a.found, "{target} not found");
+    PublicKey::from_b64(&a.pubkey).unwrap()
+}
+
+async fn dm_arrives(from: &mut socp::client::Session, to: &mut socp::client::Session, text: &str) {
+    let key = lookup(from, to.user()).await;
+    assert_eq!(&key, user_key(to.user()).public());
+    // The recipient may still be reconnecting; retry until it arrives.
+    for attempt in 0..40 {
+        let dm = content::seal_dm(from.key(), from.user(), to.user(), &key, text.as_bytes(), socp::wire::now_ms()).unwrap();
+        let recipient = to.user().to_owned();
+        from.send(&recipient, &Message::MsgPrivate(dm)).await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+            loop {
+                match to.recv().await {
+                    Ok(Some((_, Message::UserDeliver(d)))) => return Some(d),
+                    Ok(Some(_)) => continue,
+                    _ => return None,
+                }
+            }
+        })
+        .await;
+        if let Ok(Some(d)) = got {
+            let dm = MsgPrivate {
+                ciphertext: d.ciphertext, iv: d.iv, tag: d.tag, wrapped_key: d.wrapped_key,
+                sender_pub: d.sender_pub, content_sig: d.content_sig, content_ts: d.content_ts,
+                msg_id: None, extra: Default::default(),
+            };
+            assert_eq!(content::open_dm(to.key(), &dm).unwrap(), text.as_bytes());
+            return;
+        }
+        let _ = attempt;
+    }
+    panic!("DM {text:?} from {} never reached {}", from.user(), to.user());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_local_and_master_then_traffic_flows_again() {
+    let root = tempfile::tempdir().unwrap();
+    let mut master = NodeProc::start(root.path().join("master"), "master", "server-0", &[]);
+    let master_arg = vec!["--master-url".to_owned(), master.url()];
+    let mut l1 = NodeProc::start(root.path().join("l1"), "local", "server-1", &master_arg);
+    let l2 = NodeProc::start(root.path().join("l2"), "local", "server-2", &master_arg);
+
+    let mut alice = connect(&l1.url(), "alice").await;
+    let mut bob = connect(&l2.url(), "bob").await;
+    dm_arrives(&mut alice, &mut bob, "before any kill").await;
+
+    // kill -9 the local Alice is on; she reconnects once it is back.
+    l1.restart();
+    alice = connect(&l1.url(), "alice").await;
+    dm_arrives(&mut alice, &mut bob, "after the local restarted").await;
+    dm_arrives(&mut bob, &mut alice, "back to alice").await;
+
+    // Carol registers at the master, then leaves.
+    connect(&master.url(), "carol").await.close().await;
+
+    // kill -9 the master: the locals redial it by themselves.
+    master.kill9();
+    master.restart();
+    dm_arrives(&mut alice, &mut bob, "after the master restarted").await;
+    assert_eq!(&lookup(&mut bob, "alice").await, user_key("alice").public());
+
+    // A master restart keeps the directory: another key for carol is refused.
+    let refused = socp::client::Session::connect(&master.url(), "carol", user_key("alice")).await;
+    match refused {
+        Err(socp::client::SessionError::Refused { code, .. }) => assert_eq!(code, "BAD_KEY"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("carol's id accepted another key after a master restart"),
+    }
+}
