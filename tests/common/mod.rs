@@ -29,3 +29,4 @@ pub fn fixture_key(rel: &str) -> PrivateKey {
 
 pub mod cluster;
 pub mod procs;
+pub mod raw;
