@@ -13,10 +13,18 @@ use socp::wire::messages::{Message, UserLookup};
 
 async fn directory_key(url: &str, asker: &str, target: &str) -> Option<String> {
     let mut s = connect(url, asker).await;
-    let q = Message::UserDbGetUser(UserLookup { user_id: target.into(), extra: Default::default() });
+    let q = Message::UserDbGetUser(UserLookup {
+        user_id: target.into(),
+        extra: Default::default(),
+    });
     s.send(TO_SERVER, &q).await.unwrap();
-    let (_, m) = expect(&mut s, "USER_DB_USER", |_, m| matches!(m, Message::UserDbUser(_))).await;
-    let Message::UserDbUser(a) = m else { unreachable!() };
+    let (_, m) = expect(&mut s, "USER_DB_USER", |_, m| {
+        matches!(m, Message::UserDbUser(_))
+    })
+    .await;
+    let Message::UserDbUser(a) = m else {
+        unreachable!()
+    };
     s.close().await;
     a.found.then_some(a.pubkey)
 }
@@ -24,10 +32,23 @@ async fn directory_key(url: &str, asker: &str, target: &str) -> Option<String> {
 /// A DM from `from` to `to` arrives and opens.
 async fn dm_flows(from: &mut socp::client::Session, to: &mut socp::client::Session) {
     let key = user_key(to.user()).public().clone();
-    let dm = content::seal_dm(from.key(), from.user(), to.user(), &key, b"still works", socp::wire::now_ms()).unwrap();
+    let dm = content::seal_dm(
+        from.key(),
+        from.user(),
+        to.user(),
+        &key,
+        b"still works",
+        socp::wire::now_ms(),
+    )
+    .unwrap();
     let recipient = to.user().to_owned();
-    from.send(&recipient, &Message::MsgPrivate(dm)).await.unwrap();
-    expect(to, "USER_DELIVER", |_, m| matches!(m, Message::UserDeliver(_))).await;
+    from.send(&recipient, &Message::MsgPrivate(dm))
+        .await
+        .unwrap();
+    expect(to, "USER_DELIVER", |_, m| {
+        matches!(m, Message::UserDeliver(_))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,7 +61,12 @@ async fn c1_weak_keys_are_refused() {
         }
         let pubkey = case["pubkey"].as_str().unwrap();
         let mut raw = Raw::connect(&master.url()).await;
-        let hello = unsigned("USER_HELLO", "mallory", TO_SERVER, json!({"client": "x", "pubkey": pubkey, "enc_pubkey": pubkey}));
+        let hello = unsigned(
+            "USER_HELLO",
+            "mallory",
+            TO_SERVER,
+            json!({"client": "x", "pubkey": pubkey, "enc_pubkey": pubkey}),
+        );
         raw.send(&hello).await;
         assert_eq!(raw.expect_error().await, "BAD_KEY", "{name}");
         assert!(raw.closed().await, "{name}: connection left open");
@@ -57,7 +83,14 @@ async fn c2_registered_user_with_a_new_key_is_refused_and_the_key_kept() {
     let carol = user_key("carol");
     for url in [master.url(), local.url()] {
         let mut raw = Raw::connect(&url).await;
-        raw.send(&signed("USER_HELLO", "alice", TO_SERVER, hello_payload("alice", carol.public().to_b64()), &carol)).await;
+        raw.send(&signed(
+            "USER_HELLO",
+            "alice",
+            TO_SERVER,
+            hello_payload("alice", carol.public().to_b64()),
+            &carol,
+        ))
+        .await;
         assert_eq!(raw.expect_error().await, "BAD_KEY");
         assert!(raw.closed().await);
     }
@@ -71,13 +104,25 @@ async fn c3_unsigned_hello_without_the_legacy_flag_is_refused() {
     let alice = user_key("alice");
     let mut raw = Raw::connect(&master.url()).await;
     let pk = alice.public().to_b64();
-    raw.send(&unsigned("USER_HELLO", "alice", TO_SERVER, json!({"client": "ref", "pubkey": pk, "enc_pubkey": pk}))).await;
+    raw.send(&unsigned(
+        "USER_HELLO",
+        "alice",
+        TO_SERVER,
+        json!({"client": "ref", "pubkey": pk, "enc_pubkey": pk}),
+    ))
+    .await;
     assert_eq!(raw.expect_error().await, "INVALID_SIG");
     assert!(raw.closed().await);
     // With the flag, the same hello is admitted.
     let legacy = TestNode::start(true, None, true).await;
     let mut raw = Raw::connect(&legacy.url()).await;
-    raw.send(&unsigned("USER_HELLO", "alice", TO_SERVER, json!({"client": "ref", "pubkey": pk, "enc_pubkey": pk}))).await;
+    raw.send(&unsigned(
+        "USER_HELLO",
+        "alice",
+        TO_SERVER,
+        json!({"client": "ref", "pubkey": pk, "enc_pubkey": pk}),
+    ))
+    .await;
     raw.expect_kind("USER_WELCOME").await;
 }
 
@@ -87,18 +132,33 @@ async fn c3_hello_signed_by_another_key_is_refused() {
     let alice = user_key("alice");
     let bob = user_key("bob");
     let mut raw = Raw::connect(&master.url()).await;
-    raw.send(&signed("USER_HELLO", "alice", TO_SERVER, hello_payload("alice", alice.public().to_b64()), &bob)).await;
+    raw.send(&signed(
+        "USER_HELLO",
+        "alice",
+        TO_SERVER,
+        hello_payload("alice", alice.public().to_b64()),
+        &bob,
+    ))
+    .await;
     assert_eq!(raw.expect_error().await, "INVALID_SIG");
     assert!(raw.closed().await);
     // A stale hello (ts 10 minutes old) is refused too.
     let mut stale = hello_payload("alice", alice.public().to_b64());
     stale["ts"] = json!(socp::wire::now_ms() - 600_000);
     let mut raw = Raw::connect(&master.url()).await;
-    raw.send(&signed("USER_HELLO", "alice", TO_SERVER, stale, &alice)).await;
+    raw.send(&signed("USER_HELLO", "alice", TO_SERVER, stale, &alice))
+        .await;
     assert_eq!(raw.expect_error().await, "INVALID_SIG");
     // A hello naming another user id in its signed payload is refused.
     let mut raw = Raw::connect(&master.url()).await;
-    raw.send(&signed("USER_HELLO", "alice", TO_SERVER, hello_payload("bob", alice.public().to_b64()), &alice)).await;
+    raw.send(&signed(
+        "USER_HELLO",
+        "alice",
+        TO_SERVER,
+        hello_payload("bob", alice.public().to_b64()),
+        &alice,
+    ))
+    .await;
     assert_eq!(raw.expect_error().await, "NOT_ALLOWED");
 }
 
@@ -106,7 +166,13 @@ async fn c3_hello_signed_by_another_key_is_refused() {
 async fn c3_replayed_hello_is_refused() {
     let master = TestNode::master().await;
     let alice = user_key("alice");
-    let hello = signed("USER_HELLO", "alice", TO_SERVER, hello_payload("alice", alice.public().to_b64()), &alice);
+    let hello = signed(
+        "USER_HELLO",
+        "alice",
+        TO_SERVER,
+        hello_payload("alice", alice.public().to_b64()),
+        &alice,
+    );
     let mut first = Raw::connect(&master.url()).await;
     first.send(&hello).await;
     first.expect_kind("USER_WELCOME").await;
@@ -129,9 +195,19 @@ async fn c4_spoofed_from_is_refused_and_the_session_kept() {
     let master = TestNode::master().await;
     let mut alice = connect(&master.url(), "alice").await;
     let mut bob = connect(&master.url(), "bob").await;
-    let dm = content::seal_dm(&user_key("carol"), "carol", "bob", user_key("bob").public(), b"spoof", 1).unwrap();
+    let dm = content::seal_dm(
+        &user_key("carol"),
+        "carol",
+        "bob",
+        user_key("bob").public(),
+        b"spoof",
+        1,
+    )
+    .unwrap();
     let mut env = Message::MsgPrivate(dm).into_envelope("carol", "bob");
-    env.sig = user_key("alice").sign_b64(&env.signed_bytes().unwrap()).unwrap();
+    env.sig = user_key("alice")
+        .sign_b64(&env.signed_bytes().unwrap())
+        .unwrap();
     alice.send_envelope(&env).await.unwrap();
     let (_, m) = expect(&mut alice, "ERROR", |_, m| matches!(m, Message::Error(_))).await;
     let Message::Error(e) = m else { unreachable!() };
@@ -139,11 +215,23 @@ async fn c4_spoofed_from_is_refused_and_the_session_kept() {
     // Alice is still connected, and the forged DM never reached Bob.
     dm_flows(&mut alice, &mut bob).await;
     let got = common::cluster::drain(&mut bob, std::time::Duration::from_millis(300)).await;
-    assert!(got.iter().all(|(_, m)| !matches!(m, Message::UserDeliver(d) if d.sender == "carol")));
+    assert!(
+        got.iter()
+            .all(|(_, m)| !matches!(m, Message::UserDeliver(d) if d.sender == "carol"))
+    );
     // A user may not send server frames either.
-    alice.send(TO_SERVER, &Message::UserAdvertise(socp::wire::messages::Presence {
-        user_id: "alice".into(), location: master.id(), proof: None, extra: Default::default(),
-    })).await.unwrap();
+    alice
+        .send(
+            TO_SERVER,
+            &Message::UserAdvertise(socp::wire::messages::Presence {
+                user_id: "alice".into(),
+                location: master.id(),
+                proof: None,
+                extra: Default::default(),
+            }),
+        )
+        .await
+        .unwrap();
     let (_, m) = expect(&mut alice, "ERROR", |_, m| matches!(m, Message::Error(_))).await;
     assert!(matches!(m, Message::Error(e) if e.code == "NOT_ALLOWED"));
 }
@@ -153,7 +241,14 @@ async fn c4_spoofed_from_is_refused_and_the_session_kept() {
 async fn rogue_link(url: &str, id: &str, key: &PrivateKey) -> Raw {
     let mut raw = Raw::connect(url).await;
     let pk = key.public().to_b64();
-    raw.send(&signed("PEER_HELLO_LINK", id, TO_SERVER, json!({"host": "127.0.0.1", "port": 1, "pubkey": pk, "role": "local"}), key)).await;
+    raw.send(&signed(
+        "PEER_HELLO_LINK",
+        id,
+        TO_SERVER,
+        json!({"host": "127.0.0.1", "port": 1, "pubkey": pk, "role": "local"}),
+        key,
+    ))
+    .await;
     raw
 }
 
@@ -173,7 +268,14 @@ async fn c5_forged_link_for_an_existing_server_id_is_refused() {
     let real = PrivateKey::load(&cached_key("server-4")).unwrap();
     let mut raw = Raw::connect(&master.url()).await;
     let pk = real.public().to_b64();
-    raw.send(&signed("PEER_HELLO_LINK", &socp::wire::ids::new_local_server_id(), TO_SERVER, json!({"host": "h", "port": 1, "pubkey": pk, "role": "local"}), &forger)).await;
+    raw.send(&signed(
+        "PEER_HELLO_LINK",
+        &socp::wire::ids::new_local_server_id(),
+        TO_SERVER,
+        json!({"host": "h", "port": 1, "pubkey": pk, "role": "local"}),
+        &forger,
+    ))
+    .await;
     assert_eq!(raw.expect_error().await, "INVALID_SIG");
     // The real link is intact.
     assert!(master.status().await.linked.contains(&local.id()));
@@ -202,16 +304,51 @@ async fn c5_rogue_server_cannot_draw_a_users_traffic() {
     };
     let proof = bob_advert.payload["proof"].clone();
     assert!(proof.is_object(), "relayed presence carries the proof");
-    rogue.send(&signed("USER_ADVERTISE", &rogue_id, "*", json!({"user_id": "bob", "location": rogue_id}), &rogue_key)).await;
-    rogue.send(&signed("USER_ADVERTISE", &rogue_id, "*", json!({"user_id": "bob", "location": rogue_id, "proof": proof}), &rogue_key)).await;
+    rogue
+        .send(&signed(
+            "USER_ADVERTISE",
+            &rogue_id,
+            "*",
+            json!({"user_id": "bob", "location": rogue_id}),
+            &rogue_key,
+        ))
+        .await;
+    rogue
+        .send(&signed(
+            "USER_ADVERTISE",
+            &rogue_id,
+            "*",
+            json!({"user_id": "bob", "location": rogue_id, "proof": proof}),
+            &rogue_key,
+        ))
+        .await;
     // Claims for another location, from a server that is not the master, are refused too.
-    rogue.send(&signed("USER_ADVERTISE", &rogue_id, "*", json!({"user_id": "bob", "location": local.id(), "proof": proof}), &rogue_key)).await;
-    rogue.send(&signed("USER_REMOVE", &rogue_id, "*", json!({"user_id": "bob", "location": local.id()}), &rogue_key)).await;
+    rogue
+        .send(&signed(
+            "USER_ADVERTISE",
+            &rogue_id,
+            "*",
+            json!({"user_id": "bob", "location": local.id(), "proof": proof}),
+            &rogue_key,
+        ))
+        .await;
+    rogue
+        .send(&signed(
+            "USER_REMOVE",
+            &rogue_id,
+            "*",
+            json!({"user_id": "bob", "location": local.id()}),
+            &rogue_key,
+        ))
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // DMs still reach the real Bob, and nothing reaches the rogue.
     dm_flows(&mut alice, &mut bob).await;
     dm_flows(&mut alice, &mut bob).await;
-    while let Some(env) = rogue.recv_within(std::time::Duration::from_millis(300)).await {
+    while let Some(env) = rogue
+        .recv_within(std::time::Duration::from_millis(300))
+        .await
+    {
         assert_ne!(env.kind, "PEER_DELIVER", "the rogue drew Bob's DM");
     }
     assert!(master.status().await.online.contains(&"bob".to_owned()));
@@ -223,7 +360,10 @@ async fn c8_oversized_frame_is_refused_and_others_are_served() {
     let mut alice = connect(&master.url(), "alice").await;
     let mut bob = connect(&master.url(), "bob").await;
     let mut mallory = connect(&master.url(), "carol").await;
-    let huge = format!(r#"{{"type":"USER_LIST_REQ","from":"carol","to":"server_*","ts":1,"payload":{{"pad":"{}"}},"sig":""}}"#, "x".repeat(2 << 20));
+    let huge = format!(
+        r#"{{"type":"USER_LIST_REQ","from":"carol","to":"server_*","ts":1,"payload":{{"pad":"{}"}},"sig":""}}"#,
+        "x".repeat(2 << 20)
+    );
     let _ = mallory.send_text(huge).await;
     let closed = tokio::time::timeout(common::cluster::WAIT, async {
         loop {
@@ -249,7 +389,8 @@ async fn c9_unknown_frame_types_are_refused() {
     // As a first frame: UNKNOWN_TYPE, then closed.
     for kind in ["DEBUG_DUMP", "ADMIN", "SHUTDOWN", "HEARTBEAT"] {
         let mut raw = Raw::connect(&master.url()).await;
-        raw.send(&unsigned(kind, "alice", TO_SERVER, json!({}))).await;
+        raw.send(&unsigned(kind, "alice", TO_SERVER, json!({})))
+            .await;
         assert_eq!(raw.expect_error().await, "UNKNOWN_TYPE", "{kind}");
         assert!(raw.closed().await);
     }
@@ -257,7 +398,9 @@ async fn c9_unknown_frame_types_are_refused() {
     let mut alice = connect(&master.url(), "alice").await;
     let mut bob = connect(&master.url(), "bob").await;
     let mut env = unsigned("DEBUG_DUMP", "alice", TO_SERVER, json!({"all": true}));
-    env.sig = user_key("alice").sign_b64(&env.signed_bytes().unwrap()).unwrap();
+    env.sig = user_key("alice")
+        .sign_b64(&env.signed_bytes().unwrap())
+        .unwrap();
     alice.send_envelope(&env).await.unwrap();
     let (_, m) = expect(&mut alice, "ERROR", |_, m| matches!(m, Message::Error(_))).await;
     assert!(matches!(m, Message::Error(e) if e.code == "UNKNOWN_TYPE"));

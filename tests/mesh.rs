@@ -189,12 +189,22 @@ async fn group_of_three_on_three_servers() {
     ];
     let (group_key, share) =
         content::new_group_share(&user_key("alice"), "alice", "group_trio", &members).unwrap();
-    alice.send(socp::wire::ids::TO_SERVER, &share_msg(share)).await.unwrap();
+    alice
+        .send(socp::wire::ids::TO_SERVER, &share_msg(share))
+        .await
+        .unwrap();
     for s in [&mut bob, &mut carol] {
-        let (_, msg) = expect(s, "GROUP_KEY_SHARE", |_, m| matches!(m, Message::GroupKeyShare(_))).await;
-        let Message::GroupKeyShare(got) = msg else { unreachable!() };
+        let (_, msg) = expect(s, "GROUP_KEY_SHARE", |_, m| {
+            matches!(m, Message::GroupKeyShare(_))
+        })
+        .await;
+        let Message::GroupKeyShare(got) = msg else {
+            unreachable!()
+        };
         let user = s.user().to_owned();
-        let key = content::open_group_share(&user_key(&user), &user, &got).unwrap().unwrap();
+        let key = content::open_group_share(&user_key(&user), &user, &got)
+            .unwrap()
+            .unwrap();
         assert_eq!(key, group_key);
     }
     // Each member sends; the other two get it exactly once.
@@ -202,30 +212,57 @@ async fn group_of_three_on_three_servers() {
     let mut sessions = [alice, bob, carol];
     for (i, s) in sessions.iter_mut().enumerate() {
         let text = format!("hi from {}", names[i]);
-        let m = content::seal_group(&user_key(names[i]), names[i], "group_trio", &group_key, text.as_bytes(), socp::wire::now_ms()).unwrap();
+        let m = content::seal_group(
+            &user_key(names[i]),
+            names[i],
+            "group_trio",
+            &group_key,
+            text.as_bytes(),
+            socp::wire::now_ms(),
+        )
+        .unwrap();
         s.send("group_trio", &Message::MsgGroup(m)).await.unwrap();
     }
     for (j, s) in sessions.iter_mut().enumerate() {
         let mut texts = Vec::new();
         for (_, msg) in drain(s, Duration::from_millis(1500)).await {
             if let Message::MsgGroup(m) = msg {
-                assert!(content::verify(user_key(&m.from).public(), &content::group_signed_bytes(&m).unwrap(), &m.content_sig));
-                texts.push(String::from_utf8(content::open_group(&group_key, &m).unwrap()).unwrap());
+                assert!(content::verify(
+                    user_key(&m.from).public(),
+                    &content::group_signed_bytes(&m).unwrap(),
+                    &m.content_sig
+                ));
+                texts
+                    .push(String::from_utf8(content::open_group(&group_key, &m).unwrap()).unwrap());
             }
         }
         texts.sort();
-        let mut want: Vec<String> = (0..3).filter(|i| *i != j).map(|i| format!("hi from {}", names[i])).collect();
+        let mut want: Vec<String> = (0..3)
+            .filter(|i| *i != j)
+            .map(|i| format!("hi from {}", names[i]))
+            .collect();
         want.sort();
         assert_eq!(texts, want, "{} saw the wrong group messages", names[j]);
     }
 }
 
 /// Sends `data` as a file from `session` to `to` (a user or a group).
-async fn send_file(session: &mut socp::client::Session, to: &str, name: &str, data: &[u8], group_key: Option<&[u8]>, recipient: Option<&PublicKey>) {
+async fn send_file(
+    session: &mut socp::client::Session,
+    to: &str,
+    name: &str,
+    data: &[u8],
+    group_key: Option<&[u8]>,
+    recipient: Option<&PublicKey>,
+) {
     use socp::crypto::{aead, hex, sha256};
     use socp::wire::messages::{FileEnd, FileMode, FileStart};
     let file_id = uuid::Uuid::new_v4().to_string();
-    let mode = if group_key.is_some() { FileMode::Group } else { FileMode::Dm };
+    let mode = if group_key.is_some() {
+        FileMode::Group
+    } else {
+        FileMode::Dm
+    };
     let start = FileStart {
         file_id: file_id.clone(),
         name: name.to_owned(),
@@ -243,27 +280,47 @@ async fn send_file(session: &mut socp::client::Session, to: &str, name: &str, da
     let wrapped = recipient.map(|r| socp::wire::b64::encode(r.wrap(file_key.as_ref()).unwrap()));
     let key: &[u8] = group_key.unwrap_or(file_key.as_ref());
     for (i, piece) in data.chunks(content::CHUNK_SIZE).enumerate() {
-        let chunk = content::seal_chunk(&file_id, i as u64, key, wrapped.as_deref(), piece).unwrap();
+        let chunk =
+            content::seal_chunk(&file_id, i as u64, key, wrapped.as_deref(), piece).unwrap();
         session.send(to, &Message::FileChunk(chunk)).await.unwrap();
     }
-    let end = FileEnd { file_id, user_id: None, msg_id: None, extra: Default::default() };
+    let end = FileEnd {
+        file_id,
+        user_id: None,
+        msg_id: None,
+        extra: Default::default(),
+    };
     session.send(to, &Message::FileEnd(end)).await.unwrap();
 }
 
 /// Receives one file and returns its name and bytes.
-async fn receive_file(session: &mut socp::client::Session, group_key: Option<&[u8]>) -> (String, Vec<u8>, String) {
-    let (_, msg) = expect(session, "FILE_START", |_, m| matches!(m, Message::FileStart(_))).await;
-    let Message::FileStart(start) = msg else { unreachable!() };
+async fn receive_file(
+    session: &mut socp::client::Session,
+    group_key: Option<&[u8]>,
+) -> (String, Vec<u8>, String) {
+    let (_, msg) = expect(session, "FILE_START", |_, m| {
+        matches!(m, Message::FileStart(_))
+    })
+    .await;
+    let Message::FileStart(start) = msg else {
+        unreachable!()
+    };
     assert_eq!(start.user_id.as_deref(), Some(session.user()));
     let mut data = Vec::new();
     loop {
-        let (_, msg) = expect(session, "file frame", |_, m| matches!(m, Message::FileChunk(_) | Message::FileEnd(_))).await;
+        let (_, msg) = expect(session, "file frame", |_, m| {
+            matches!(m, Message::FileChunk(_) | Message::FileEnd(_))
+        })
+        .await;
         match msg {
             Message::FileChunk(c) => {
                 assert_eq!(c.file_id, start.file_id);
                 let key = match group_key {
                     Some(k) => k.to_vec(),
-                    None => content::unwrap_file_key(session.key(), c.wrapped_key.as_deref().unwrap()).unwrap(),
+                    None => {
+                        content::unwrap_file_key(session.key(), c.wrapped_key.as_deref().unwrap())
+                            .unwrap()
+                    }
                 };
                 data.extend(content::open_chunk(&key, &c).unwrap());
             }
@@ -289,9 +346,19 @@ async fn one_megabyte_files_dm_and_group_across_locals() {
     let mut carol = connect(&master.url(), "carol").await;
     l1.wait_online(&["alice", "bob", "carol"]).await;
     l2.wait_online(&["alice", "bob", "carol"]).await;
-    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
 
-    send_file(&mut alice, "bob", "big.bin", &data, None, Some(user_key("bob").public())).await;
+    send_file(
+        &mut alice,
+        "bob",
+        "big.bin",
+        &data,
+        None,
+        Some(user_key("bob").public()),
+    )
+    .await;
     let (name, got, sha) = receive_file(&mut bob, None).await;
     assert_eq!(name, "big.bin");
     assert_eq!(hex(&sha256(&got)), sha);
@@ -301,11 +368,29 @@ async fn one_megabyte_files_dm_and_group_across_locals() {
         ("bob".to_owned(), user_key("bob").public().clone()),
         ("carol".to_owned(), user_key("carol").public().clone()),
     ];
-    let (group_key, share) = content::new_group_share(&user_key("alice"), "alice", "group_files", &members).unwrap();
-    alice.send(socp::wire::ids::TO_SERVER, &share_msg(share)).await.unwrap();
-    expect(&mut bob, "share", |_, m| matches!(m, Message::GroupKeyShare(_))).await;
-    expect(&mut carol, "share", |_, m| matches!(m, Message::GroupKeyShare(_))).await;
-    send_file(&mut alice, "group_files", "team.bin", &data, Some(&group_key), None).await;
+    let (group_key, share) =
+        content::new_group_share(&user_key("alice"), "alice", "group_files", &members).unwrap();
+    alice
+        .send(socp::wire::ids::TO_SERVER, &share_msg(share))
+        .await
+        .unwrap();
+    expect(&mut bob, "share", |_, m| {
+        matches!(m, Message::GroupKeyShare(_))
+    })
+    .await;
+    expect(&mut carol, "share", |_, m| {
+        matches!(m, Message::GroupKeyShare(_))
+    })
+    .await;
+    send_file(
+        &mut alice,
+        "group_files",
+        "team.bin",
+        &data,
+        Some(&group_key),
+        None,
+    )
+    .await;
     for s in [&mut bob, &mut carol] {
         let (name, got, sha) = receive_file(s, Some(&group_key)).await;
         assert_eq!(name, "team.bin");
@@ -325,9 +410,19 @@ async fn a_server_that_links_later_learns_who_is_online() {
     let l2 = TestNode::local(&master.url()).await;
     l2.wait_online(&["alice", "carol"]).await;
     let mut bob = connect(&l2.url(), "bob").await;
-    bob.send(socp::wire::ids::TO_SERVER, &Message::UserListReq(Default::default())).await.unwrap();
-    let (_, msg) = expect(&mut bob, "USER_LIST", |_, m| matches!(m, Message::UserList(_))).await;
-    let Message::UserList(list) = msg else { unreachable!() };
+    bob.send(
+        socp::wire::ids::TO_SERVER,
+        &Message::UserListReq(Default::default()),
+    )
+    .await
+    .unwrap();
+    let (_, msg) = expect(&mut bob, "USER_LIST", |_, m| {
+        matches!(m, Message::UserList(_))
+    })
+    .await;
+    let Message::UserList(list) = msg else {
+        unreachable!()
+    };
     assert_eq!(list.users, ["alice", "bob", "carol"]);
     // And a user who leaves is no longer listed anywhere.
     drop(_alice);

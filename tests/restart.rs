@@ -12,10 +12,20 @@ use socp::wire::ids::TO_SERVER;
 use socp::wire::messages::{Message, MsgPrivate, UserLookup};
 
 async fn lookup(s: &mut socp::client::Session, target: &str) -> PublicKey {
-    let q = Message::UserDbGetUser(UserLookup { user_id: target.into(), extra: Default::default() });
+    let q = Message::UserDbGetUser(UserLookup {
+        user_id: target.into(),
+        extra: Default::default(),
+    });
     s.send(TO_SERVER, &q).await.unwrap();
-    let (_, m) = expect(s, "USER_DB_USER", |_, m| matches!(m, Message::UserDbUser(a) if a.user_id == target)).await;
-    let Message::UserDbUser(a) = m else { unreachable!() };
+    let (_, m) = expect(
+        s,
+        "USER_DB_USER",
+        |_, m| matches!(m, Message::UserDbUser(a) if a.user_id == target),
+    )
+    .await;
+    let Message::UserDbUser(a) = m else {
+        unreachable!()
+    };
     assert!(a.found, "{target} not found");
     PublicKey::from_b64(&a.pubkey).unwrap()
 }
@@ -25,9 +35,19 @@ async fn dm_arrives(from: &mut socp::client::Session, to: &mut socp::client::Ses
     assert_eq!(&key, user_key(to.user()).public());
     // The recipient may still be reconnecting; retry until it arrives.
     for attempt in 0..40 {
-        let dm = content::seal_dm(from.key(), from.user(), to.user(), &key, text.as_bytes(), socp::wire::now_ms()).unwrap();
+        let dm = content::seal_dm(
+            from.key(),
+            from.user(),
+            to.user(),
+            &key,
+            text.as_bytes(),
+            socp::wire::now_ms(),
+        )
+        .unwrap();
         let recipient = to.user().to_owned();
-        from.send(&recipient, &Message::MsgPrivate(dm)).await.unwrap();
+        from.send(&recipient, &Message::MsgPrivate(dm))
+            .await
+            .unwrap();
         let got = tokio::time::timeout(std::time::Duration::from_millis(500), async {
             loop {
                 match to.recv().await {
@@ -40,16 +60,26 @@ async fn dm_arrives(from: &mut socp::client::Session, to: &mut socp::client::Ses
         .await;
         if let Ok(Some(d)) = got {
             let dm = MsgPrivate {
-                ciphertext: d.ciphertext, iv: d.iv, tag: d.tag, wrapped_key: d.wrapped_key,
-                sender_pub: d.sender_pub, content_sig: d.content_sig, content_ts: d.content_ts,
-                msg_id: None, extra: Default::default(),
+                ciphertext: d.ciphertext,
+                iv: d.iv,
+                tag: d.tag,
+                wrapped_key: d.wrapped_key,
+                sender_pub: d.sender_pub,
+                content_sig: d.content_sig,
+                content_ts: d.content_ts,
+                msg_id: None,
+                extra: Default::default(),
             };
             assert_eq!(content::open_dm(to.key(), &dm).unwrap(), text.as_bytes());
             return;
         }
         let _ = attempt;
     }
-    panic!("DM {text:?} from {} never reached {}", from.user(), to.user());
+    panic!(
+        "DM {text:?} from {} never reached {}",
+        from.user(),
+        to.user()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

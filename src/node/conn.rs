@@ -205,6 +205,7 @@ pub(crate) fn link_hello_in(
         role: hello.role,
         host: hello.host,
         port: hello.port,
+        ts: env.ts,
         socp,
         dialed,
         dialed_master,
@@ -363,7 +364,11 @@ pub(crate) async fn run<S>(
 {
     let (tx, mut rx) = mpsc::channel(SEND_QUEUE);
     if ctx.hub.send(HubEvent::Register(conn, tx)).await.is_err()
-        || ctx.hub.send(HubEvent::Input(Box::new(hello))).await.is_err()
+        || ctx
+            .hub
+            .send(HubEvent::Input(Box::new(hello)))
+            .await
+            .is_err()
     {
         return;
     }

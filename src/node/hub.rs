@@ -19,6 +19,8 @@ pub(crate) enum HubEvent {
     Unregister(ConnId),
     Input(Box<Input>),
     Status(oneshot::Sender<Status>),
+    /// Flush the store and stop (every connection has ended).
+    Stop,
 }
 
 /// What tests and operators can ask a running node.
@@ -32,7 +34,7 @@ pub struct Status {
     pub slow_disconnects: u64,
 }
 
-/// Runs the hub until every sender is gone.
+/// Runs the hub until told to stop.
 pub(crate) async fn run(
     mut router: Router,
     writer: Writer,
@@ -62,6 +64,7 @@ pub(crate) async fn run(
                 continue;
             }
             HubEvent::Input(input) => *input,
+            HubEvent::Stop => break,
         };
         for output in router.step(now_ms(), input) {
             match output {
@@ -91,7 +94,9 @@ pub(crate) async fn run(
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(after).await;
-                        let _ = tx.send(HubEvent::Input(Box::new(Input::Timeout(req_id)))).await;
+                        let _ = tx
+                            .send(HubEvent::Input(Box::new(Input::Timeout(req_id))))
+                            .await;
                     });
                 }
             }

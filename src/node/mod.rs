@@ -190,13 +190,14 @@ impl Node {
     /// store and waits for the tasks.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let Node { id, hub, tasks, .. } = self;
-        drop(hub);
-        let mut tasks = tasks;
+        let Node {
+            id, hub, mut tasks, ..
+        } = self;
         let hub_task = tasks.remove(0);
         for task in tasks {
             let _ = task.await;
         }
+        let _ = hub.send(HubEvent::Stop).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), hub_task).await;
         tracing::info!(id = %id, "node stopped");
     }

@@ -85,6 +85,8 @@ pub(crate) struct LinkHelloIn {
     pub role: Role,
     pub host: String,
     pub port: u16,
+    /// The hello's envelope `ts`: must grow from one link to the next.
+    pub ts: i64,
     /// The peer listed our capability: it re-advertises after a reconnect.
     pub socp: bool,
     /// We dialed it (its hello is the answer to ours).
@@ -896,6 +898,17 @@ impl Router {
                 "this server id is pinned to another key",
             );
         }
+        if let Some(rec) = self.servers.get(&id)
+            && hello.ts <= rec.hello_ts
+        {
+            tracing::warn!(server = %id, "refused link: its hello is not newer than the last one (a replay?)");
+            return self.refuse(
+                hello.conn,
+                &id,
+                ErrorCode::NotAllowed,
+                "link hello is not newer than the last accepted one (replayed, or the clock went back)",
+            );
+        }
         match (self.cfg.master, hello.role) {
             (true, Role::Master) => {
                 return self.refuse(
@@ -942,6 +955,7 @@ impl Router {
             role: hello.role,
             host: hello.host.clone(),
             port: hello.port,
+            hello_ts: hello.ts,
             last_seen_ms: self.now,
         };
         if self.servers.get(&id) != Some(&rec) {
@@ -1211,7 +1225,12 @@ impl Router {
             Some(Pending::Hello(hello)) if hello.user_id == a.user_id => {
                 let user = hello.user_id.clone();
                 if !a.found {
-                    self.refuse(hello.conn, &user, ErrorCode::NotAllowed, "the master refused to register this user");
+                    self.refuse(
+                        hello.conn,
+                        &user,
+                        ErrorCode::NotAllowed,
+                        "the master refused to register this user",
+                    );
                 } else if a.pubkey != hello.key.to_b64() {
                     self.refuse(
                         hello.conn,

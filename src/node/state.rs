@@ -40,6 +40,8 @@ pub(crate) struct ServerRecord {
     pub role: Role,
     pub host: String,
     pub port: u16,
+    /// `ts` of the last link hello accepted from it: a hello must be newer.
+    pub hello_ts: i64,
     pub last_seen_ms: i64,
 }
 
@@ -110,8 +112,9 @@ pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> 
         let (id, rec) = row?;
         snap.users.insert(id, rec);
     }
-    let mut stmt =
-        conn.prepare("SELECT server_id, pubkey, role, host, port, last_seen_ms FROM servers")?;
+    let mut stmt = conn.prepare(
+        "SELECT server_id, pubkey, role, host, port, hello_ts, last_seen_ms FROM servers",
+    )?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -120,7 +123,8 @@ pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> 
                 role: role_of(&r.get::<_, String>(2)?),
                 host: r.get(3)?,
                 port: r.get::<_, i64>(4)?.clamp(0, 65535) as u16,
-                last_seen_ms: r.get(5)?,
+                hello_ts: r.get(5)?,
+                last_seen_ms: r.get(6)?,
             },
         ))
     })?;
@@ -198,11 +202,11 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
         }
         StoreOp::PinServer(id, rec) => {
             tx.execute(
-                "INSERT INTO servers (server_id, pubkey, role, host, port, first_seen_ms, last_seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                "INSERT INTO servers (server_id, pubkey, role, host, port, hello_ts, first_seen_ms, last_seen_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
                  ON CONFLICT (server_id) DO UPDATE SET role = excluded.role, host = excluded.host,
-                   port = excluded.port, last_seen_ms = excluded.last_seen_ms",
-                params![id, rec.pubkey, role_name(rec.role), rec.host, rec.port, rec.last_seen_ms],
+                   port = excluded.port, hello_ts = excluded.hello_ts, last_seen_ms = excluded.last_seen_ms",
+                params![id, rec.pubkey, role_name(rec.role), rec.host, rec.port, rec.hello_ts, rec.last_seen_ms],
             )?;
         }
         StoreOp::SetPresence(user, rec) => {

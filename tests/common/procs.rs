@@ -29,9 +29,23 @@ impl NodeProc {
         if !pem.exists() {
             std::fs::copy(cached_key(key), &pem).unwrap();
         }
-        let mut args = vec!["node".to_owned(), "--role".into(), role.into(), "--db".into(), dir.join("node.sqlite").display().to_string(), "--keys".into(), keys.display().to_string()];
+        let mut args = vec![
+            "node".to_owned(),
+            "--role".into(),
+            role.into(),
+            "--db".into(),
+            dir.join("node.sqlite").display().to_string(),
+            "--keys".into(),
+            keys.display().to_string(),
+        ];
         args.extend(extra.iter().cloned());
-        let mut p = NodeProc { dir, args, port: 0, id: String::new(), child: None };
+        let mut p = NodeProc {
+            dir,
+            args,
+            port: 0,
+            id: String::new(),
+            child: None,
+        };
         p.spawn("127.0.0.1:0");
         p
     }
@@ -65,7 +79,11 @@ impl NodeProc {
             }
         };
         self.port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-        self.id = line.split_whitespace().find(|w| w.contains("server_")).unwrap_or_default().to_owned();
+        self.id = line
+            .split_whitespace()
+            .find(|w| w.contains("server_"))
+            .unwrap_or_default()
+            .to_owned();
         self.child = Some(child);
         // Keep draining stderr so the child never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});

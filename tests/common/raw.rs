@@ -20,7 +20,9 @@ pub struct Raw {
 
 /// An envelope whose payload is signed with `key`.
 pub fn signed(kind: &str, from: &str, to: &str, payload: Value, key: &PrivateKey) -> Envelope {
-    let Value::Object(map) = payload else { panic!("payload must be an object") };
+    let Value::Object(map) = payload else {
+        panic!("payload must be an object")
+    };
     let mut env = Envelope::new(kind, from, to, map);
     env.sig = key.sign_b64(&env.signed_bytes().unwrap()).unwrap();
     env
@@ -28,7 +30,9 @@ pub fn signed(kind: &str, from: &str, to: &str, payload: Value, key: &PrivateKey
 
 /// An unsigned envelope.
 pub fn unsigned(kind: &str, from: &str, to: &str, payload: Value) -> Envelope {
-    let Value::Object(map) = payload else { panic!("payload must be an object") };
+    let Value::Object(map) = payload else {
+        panic!("payload must be an object")
+    };
     Envelope::new(kind, from, to, map)
 }
 

@@ -18,6 +18,7 @@ CREATE TABLE servers (
     role          TEXT NOT NULL CHECK (role IN ('master', 'local')),
     host          TEXT NOT NULL,
     port          INTEGER NOT NULL,
+    hello_ts      INTEGER NOT NULL,          -- ts of the last accepted link hello
     first_seen_ms INTEGER NOT NULL,
     last_seen_ms  INTEGER NOT NULL
 ) STRICT;
