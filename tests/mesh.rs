@@ -92,6 +92,26 @@ async fn four_servers_every_user_reaches_every_other() {
         }
         assert!(lookup(&mut sessions[i], "nobody").await.is_none());
     }
+    // A DM to an unknown user is answered USER_NOT_FOUND, on the master and
+    // through a local, and the sender stays connected.
+    for i in [0, 1] {
+        let key = sessions[i].key().clone();
+        let dm = content::seal_dm(&key, users[i], "nobody", key.public(), b"?", 1).unwrap();
+        sessions[i]
+            .send("nobody", &Message::MsgPrivate(dm))
+            .await
+            .unwrap();
+        let (_, m) = expect(&mut sessions[i], "ERROR", |_, m| {
+            matches!(m, Message::Error(_))
+        })
+        .await;
+        assert!(
+            matches!(m, Message::Error(e) if e.code == "USER_NOT_FOUND"),
+            "{}",
+            users[i]
+        );
+    }
+
     // A DM from every user to every other arrives once and verifies.
     for i in 0..4 {
         for j in 0..4 {
