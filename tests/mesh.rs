@@ -449,3 +449,48 @@ async fn a_server_that_links_later_learns_who_is_online() {
     l2.wait_offline("alice").await;
     master.wait_offline("alice").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locals_linked_directly_with_peers() {
+    let master = TestNode::master().await;
+    let l1 = TestNode::local(&master.url()).await;
+    let l2 = TestNode::start_with_peers(false, Some(master.url()), false, vec![l1.url()]).await;
+    l2.wait_linked(2).await;
+    l1.wait_linked(2).await;
+    assert!(l1.status().await.linked.contains(&l2.id()));
+    let mut alice = connect(&l1.url(), "alice").await;
+    let mut bob = connect(&l2.url(), "bob").await;
+    l1.wait_online(&["alice", "bob"]).await;
+    l2.wait_online(&["alice", "bob"]).await;
+    for (from, to) in [(&mut alice, &mut bob)] {
+        let dm = content::seal_dm(
+            from.key(),
+            "alice",
+            "bob",
+            user_key("bob").public(),
+            b"direct",
+            1,
+        )
+        .unwrap();
+        from.send("bob", &Message::MsgPrivate(dm)).await.unwrap();
+        let (env, _) = expect(to, "USER_DELIVER", |_, m| {
+            matches!(m, Message::UserDeliver(_))
+        })
+        .await;
+        assert_eq!(env.from, l2.id());
+    }
+    let dm = content::seal_dm(
+        bob.key(),
+        "bob",
+        "alice",
+        user_key("alice").public(),
+        b"back",
+        1,
+    )
+    .unwrap();
+    bob.send("alice", &Message::MsgPrivate(dm)).await.unwrap();
+    expect(&mut alice, "USER_DELIVER", |_, m| {
+        matches!(m, Message::UserDeliver(_))
+    })
+    .await;
+}

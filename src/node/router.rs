@@ -1678,4 +1678,34 @@ mod tests {
         r.step(30, Input::LinkHello(again));
         assert!(r.online().is_empty());
     }
+
+    #[test]
+    fn a_lookup_the_master_does_not_answer_times_out() {
+        let mut r = router(false);
+        r.step(
+            0,
+            link(
+                9,
+                "master_server_m",
+                &key("carol"),
+                Role::Master,
+                true,
+                true,
+            ),
+        );
+        let out = r.step(0, signed_hello(1, "alice", &key("alice"), 0));
+        let req = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Timer { req_id, after } => {
+                    assert_eq!(*after, LOOKUP_TIMEOUT);
+                    Some(req_id.clone())
+                }
+                _ => None,
+            })
+            .unwrap();
+        let out = r.step(5000, Input::Timeout(req));
+        assert_eq!(error_code(&out).as_deref(), Some("TIMEOUT"));
+        assert!(out.contains(&Output::Close(1)));
+    }
 }

@@ -66,6 +66,15 @@ fn install_key(keys: &Path, role: &str) {
 
 impl TestNode {
     pub async fn start(master: bool, master_url: Option<String>, legacy: bool) -> TestNode {
+        Self::start_with_peers(master, master_url, legacy, Vec::new()).await
+    }
+
+    pub async fn start_with_peers(
+        master: bool,
+        master_url: Option<String>,
+        legacy: bool,
+        peers: Vec<String>,
+    ) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");
         install_key(&keys, if master { "master" } else { "local" });
@@ -75,7 +84,7 @@ impl TestNode {
             db: dir.path().join("node.sqlite"),
             keys,
             master_url,
-            peers: Vec::new(),
+            peers,
             allow_legacy_clients: legacy,
         };
         let node = Node::start(config.clone()).await.unwrap();
