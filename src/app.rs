@@ -5,6 +5,7 @@ use anyhow::{Context, Result, bail};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, ClientArgs, Command, GenArgs, NodeArgs, RoleArg};
+use crate::client;
 use crate::node::{self, NodeConfig};
 
 /// Runs a parsed command line to completion.
@@ -66,8 +67,23 @@ fn run_node(args: NodeArgs) -> Result<()> {
     })
 }
 
-fn run_client(_args: ClientArgs) -> Result<()> {
-    bail!("`socp client` is not yet implemented in this build")
+fn run_client(args: ClientArgs) -> Result<()> {
+    if !(args.server.starts_with("ws://") || args.server.starts_with("wss://")) {
+        bail!("--server must be a ws:// or wss:// URL, e.g. ws://127.0.0.1:9102 (got {:?})", args.server);
+    }
+    let config = client::config(&args.user, &args.server, &args.keys, args.downloads.clone(), args.max_file_size);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let input = client::spawn_stdin();
+        if args.json {
+            client::Engine::open(config, client::JsonFrontend).await?.run(input).await;
+        } else {
+            let mut front = client::TerminalFrontend::default();
+            client::Frontend::emit(&mut front, &client::Event::Help { text: format!("socp client: /help lists the commands; connecting to {} as {}", args.server, args.user) });
+            client::Engine::open(config, front).await?.run(input).await;
+        }
+        Ok(())
+    })
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM, naming the signal.

@@ -100,6 +100,9 @@ pub struct ClientArgs {
     /// Read commands from stdin and print one JSON event per line on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Largest file to send or accept, in bytes.
+    #[arg(long, default_value_t = crate::client::files::DEFAULT_MAX_FILE)]
+    pub max_file_size: u64,
 }
 
 impl NodeArgs {

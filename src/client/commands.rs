@@ -1,0 +1,226 @@
+//! The commands a user types, parsed into values; a usage error names the
+//! right usage.
+
+use std::path::PathBuf;
+
+use crate::wire::ids;
+
+/// The group `/all` writes to.
+pub const GLOBAL_GROUP: &str = "group_global";
+
+/// One command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    List,
+    Pubget,
+    Dbget(String),
+    Msg { to: String, text: String },
+    Gshare { group: String, members: Vec<String> },
+    Gmsg { group: String, text: String },
+    File { to: String, path: PathBuf },
+    Fingerprint(Option<String>),
+    Trust(String),
+    Quit,
+}
+
+/// Every command with its usage, for `/help` and usage errors.
+pub const USAGE: &[(&str, &str)] = &[
+    ("/help", "show this help"),
+    ("/list", "who is online anywhere in the mesh"),
+    ("/pubget", "your own public key and fingerprint"),
+    ("/dbget USER", "look USER's key up in the directory (and pin it)"),
+    ("/msg USER TEXT", "send USER an end-to-end encrypted message"),
+    ("/all TEXT", "send TEXT to group_global"),
+    ("/gshare GROUP MEMBER...", "create or rotate GROUP's key and share it with the members"),
+    ("/gmsg GROUP TEXT", "send TEXT to GROUP"),
+    ("/file USER|GROUP PATH", "send a file to a user or a group"),
+    ("/fingerprint [USER]", "your key's fingerprint, or USER's pinned one"),
+    ("/trust USER", "accept USER's new key after a key change"),
+    ("/quit", "leave"),
+];
+
+/// A command line that is not a valid command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{problem}; usage: {usage}")]
+pub struct UsageError {
+    pub problem: String,
+    pub usage: String,
+}
+
+fn usage(cmd: &str, problem: impl Into<String>) -> UsageError {
+    let usage = USAGE
+        .iter()
+        .find(|(u, _)| u.split_whitespace().next() == Some(cmd))
+        .map(|(u, _)| (*u).to_owned())
+        .unwrap_or_else(|| "/help".to_owned());
+    UsageError {
+        problem: problem.into(),
+        usage,
+    }
+}
+
+fn user_arg(cmd: &str, s: &str) -> Result<String, UsageError> {
+    ids::check_user(s).map_err(|e| usage(cmd, e.to_string()))?;
+    Ok(s.to_owned())
+}
+
+fn group_arg(cmd: &str, s: &str) -> Result<String, UsageError> {
+    ids::check_group(s).map_err(|e| usage(cmd, e.to_string()))?;
+    Ok(s.to_owned())
+}
+
+/// Splits off the first word.
+fn word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim_start()),
+        None => (s, ""),
+    }
+}
+
+/// Parses one line; `Ok(None)` for a blank line.
+pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
+    let line = line.trim();
+    if line.is_empty() {
+        return Ok(None);
+    }
+    if !line.starts_with('/') {
+        return Err(UsageError {
+            problem: "commands start with /".into(),
+            usage: "/msg USER TEXT, /gmsg GROUP TEXT, or /help".into(),
+        });
+    }
+    let (cmd, rest) = word(line);
+    let cmd = cmd.to_ascii_lowercase();
+    let no_args = |c: Command| {
+        if rest.is_empty() {
+            Ok(Some(c))
+        } else {
+            Err(usage(&cmd, format!("{cmd} takes no arguments")))
+        }
+    };
+    match cmd.as_str() {
+        "/help" => no_args(Command::Help),
+        "/list" => no_args(Command::List),
+        "/pubget" => no_args(Command::Pubget),
+        "/quit" | "/exit" => no_args(Command::Quit),
+        "/dbget" | "/trust" => {
+            let (user, extra) = word(rest);
+            if user.is_empty() || !extra.is_empty() {
+                return Err(usage(&cmd, "name exactly one user"));
+            }
+            let user = user_arg(&cmd, user)?;
+            Ok(Some(if cmd == "/dbget" { Command::Dbget(user) } else { Command::Trust(user) }))
+        }
+        "/fingerprint" => {
+            let (user, extra) = word(rest);
+            if !extra.is_empty() {
+                return Err(usage(&cmd, "name at most one user"));
+            }
+            let user = if user.is_empty() { None } else { Some(user_arg(&cmd, user)?) };
+            Ok(Some(Command::Fingerprint(user)))
+        }
+        "/msg" => {
+            let (to, text) = word(rest);
+            if to.is_empty() || text.is_empty() {
+                return Err(usage(&cmd, "name a user and a message"));
+            }
+            Ok(Some(Command::Msg { to: user_arg(&cmd, to)?, text: text.to_owned() }))
+        }
+        "/all" => {
+            if rest.is_empty() {
+                return Err(usage(&cmd, "write a message"));
+            }
+            Ok(Some(Command::Gmsg { group: GLOBAL_GROUP.into(), text: rest.to_owned() }))
+        }
+        "/gmsg" => {
+            let (group, text) = word(rest);
+            if group.is_empty() || text.is_empty() {
+                return Err(usage(&cmd, "name a group and a message"));
+            }
+            Ok(Some(Command::Gmsg { group: group_arg(&cmd, group)?, text: text.to_owned() }))
+        }
+        "/gshare" => {
+            let mut words = rest.split_whitespace();
+            let group = words.next().ok_or_else(|| usage(&cmd, "name a group and its members"))?;
+            let group = group_arg(&cmd, group)?;
+            let mut members = Vec::new();
+            for m in words {
+                let m = user_arg(&cmd, m)?;
+                if !members.contains(&m) {
+                    members.push(m);
+                }
+            }
+            if members.is_empty() {
+                return Err(usage(&cmd, "name at least one member"));
+            }
+            Ok(Some(Command::Gshare { group, members }))
+        }
+        "/file" => {
+            let (to, path) = word(rest);
+            if to.is_empty() || path.is_empty() {
+                return Err(usage(&cmd, "name a user or group and a file"));
+            }
+            ids::classify(to)
+                .ok()
+                .filter(|k| matches!(k, ids::IdKind::User | ids::IdKind::Group))
+                .ok_or_else(|| usage(&cmd, format!("{to:?} is not a user or group id")))?;
+            Ok(Some(Command::File { to: to.to_owned(), path: PathBuf::from(path) }))
+        }
+        other => Err(UsageError {
+            problem: format!("unknown command {other}"),
+            usage: "/help lists the commands".into(),
+        }),
+    }
+}
+
+/// The help text.
+pub fn help() -> String {
+    let width = USAGE.iter().map(|(u, _)| u.len()).max().unwrap_or(0);
+    USAGE
+        .iter()
+        .map(|(u, what)| format!("  {u:width$}  {what}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(parse("  ").unwrap(), None);
+        assert_eq!(parse("/list").unwrap(), Some(Command::List));
+        assert_eq!(
+            parse("/msg Bob hello  there ").unwrap(),
+            Some(Command::Msg { to: "Bob".into(), text: "hello  there".into() })
+        );
+        assert_eq!(
+            parse("/all hi").unwrap(),
+            Some(Command::Gmsg { group: GLOBAL_GROUP.into(), text: "hi".into() })
+        );
+        assert_eq!(
+            parse("/gshare group_x bob carol bob").unwrap(),
+            Some(Command::Gshare { group: "group_x".into(), members: vec!["bob".into(), "carol".into()] })
+        );
+        assert_eq!(
+            parse("/file group_x /tmp/a b.txt").unwrap(),
+            Some(Command::File { to: "group_x".into(), path: "/tmp/a b.txt".into() })
+        );
+        assert_eq!(parse("/fingerprint").unwrap(), Some(Command::Fingerprint(None)));
+    }
+
+    #[test]
+    fn usage_errors_name_the_usage() {
+        let e = parse("/msg Bob").unwrap_err();
+        assert_eq!(e.usage, "/msg USER TEXT");
+        assert_eq!(parse("/gmsg notagroup hi").unwrap_err().usage, "/gmsg GROUP TEXT");
+        assert_eq!(parse("/gshare group_x").unwrap_err().usage, "/gshare GROUP MEMBER...");
+        assert!(parse("hello").unwrap_err().to_string().contains("/help"));
+        assert!(parse("/nope").unwrap_err().problem.contains("unknown command"));
+        assert!(parse("/dbget ../x").is_err());
+        assert!(parse("/list extra").is_err());
+    }
+}

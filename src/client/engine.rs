@@ -1,0 +1,781 @@
+//! The client engine: one task that turns commands into frames and frames
+//! into events. It fetches missing keys before sending, verifies content
+//! with pinned directory keys (never `sender_pub`), drops duplicates by
+//! `msg_id`, receives files safely and reconnects with backoff.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use super::commands::{self, Command};
+use super::events::{Event, Frontend};
+use super::files::{self, Receiver};
+use super::keyring::{GroupKey, Keyring, Observed};
+use super::session::{Session, SessionError};
+use crate::content;
+use crate::crypto::{self, PrivateKey, PublicKey, aead};
+use crate::wire::messages::{
+    Deliver, FileChunk, FileEnd, FileMode, FileStart, GroupKeyShare, Message, MsgGroup, MsgPrivate,
+    UserLookup,
+};
+use crate::wire::{Envelope, b64, canonical, ids, now_ms};
+
+/// How long to wait for the directory to answer a key lookup.
+pub const LOOKUP_PATIENCE: Duration = Duration::from_secs(10);
+/// Reconnect backoff bounds.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(250);
+pub const RECONNECT_MAX: Duration = Duration::from_secs(10);
+
+/// Settings of one client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub user: String,
+    pub server: String,
+    pub key_path: PathBuf,
+    pub keyring_path: PathBuf,
+    pub downloads: PathBuf,
+    pub max_file_size: u64,
+}
+
+/// Work waiting for a user's directory key.
+enum Deferred {
+    Cmd(Command),
+    Frame(Box<(Envelope, Message)>),
+}
+
+/// Runs RSA and other CPU work off the reactor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+/// A `msg_id` for content from a reference client, which sends none: the
+/// SHA-256 of its canonical payload.
+fn derived_msg_id(payload: &Map<String, Value>) -> String {
+    let bytes = canonical::map_to_string(payload).unwrap_or_default();
+    format!("sha256:{}", crypto::hex(&crypto::sha256(bytes.as_bytes())))
+}
+
+fn new_msg_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The client.
+pub struct Engine<F: Frontend> {
+    cfg: ClientConfig,
+    key: Arc<PrivateKey>,
+    keyring: Keyring,
+    receiver: Receiver,
+    front: F,
+    session: Option<Session>,
+    waiting: HashMap<String, Vec<Deferred>>,
+    requested: HashMap<String, Instant>,
+    explicit: HashSet<String>,
+    /// Users the directory does not know (or did not answer for): their
+    /// content is shown unverified instead of waiting.
+    unknown: HashSet<String>,
+    ready: VecDeque<Deferred>,
+}
+
+impl<F: Frontend> Engine<F> {
+    /// Loads (or creates) the user's key and keyring.
+    pub async fn open(cfg: ClientConfig, front: F) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        ids::check_user(&cfg.user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+        let key_path = cfg.key_path.clone();
+        let (key, created) = blocking(move || PrivateKey::load_or_generate(&key_path))
+            .await
+            .context("key task")?
+            .with_context(|| format!("loading your key {}", cfg.key_path.display()))?;
+        if created {
+            tracing::info!(path = %cfg.key_path.display(), "created your key");
+        }
+        let keyring = Keyring::open(&cfg.keyring_path)
+            .with_context(|| format!("opening your keyring {}", cfg.keyring_path.display()))?;
+        let receiver = Receiver::new(&cfg.downloads, cfg.max_file_size)
+            .with_context(|| format!("preparing the downloads folder {}", cfg.downloads.display()))?;
+        Ok(Engine {
+            cfg,
+            key: Arc::new(key),
+            keyring,
+            receiver,
+            front,
+            session: None,
+            waiting: HashMap::new(),
+            requested: HashMap::new(),
+            explicit: HashSet::new(),
+            unknown: HashSet::new(),
+            ready: VecDeque::new(),
+        })
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.front.emit(&event);
+    }
+
+    /// Runs until `/quit` or the end of input.
+    pub async fn run(mut self, mut input: mpsc::Receiver<String>) {
+        let mut attempt = 0u32;
+        let mut reconnect_at = Some(tokio::time::Instant::now());
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            while let Some(work) = self.ready.pop_front() {
+                match work {
+                    Deferred::Cmd(cmd) => {
+                        if !self.command(cmd).await {
+                            return self.quit().await;
+                        }
+                    }
+                    Deferred::Frame(frame) => self.frame(frame.0, frame.1).await,
+                }
+            }
+            let connected = self.session.is_some();
+            tokio::select! {
+                line = input.recv() => match line {
+                    None => return self.quit().await,
+                    Some(line) => match commands::parse(&line) {
+                        Ok(None) => {}
+                        Ok(Some(cmd)) => {
+                            if !self.command(cmd).await {
+                                return self.quit().await;
+                            }
+                        }
+                        Err(e) => self.emit(Event::error("USAGE", e.to_string())),
+                    },
+                },
+                frame = recv(&mut self.session), if connected => match frame {
+                    Ok(Some((env, msg))) => self.frame(env, msg).await,
+                    Ok(None) => self.lost("the server closed the connection".into(), &mut reconnect_at, attempt),
+                    Err(e) => self.lost(e.to_string(), &mut reconnect_at, attempt),
+                },
+                _ = sleep_until(reconnect_at), if !connected => {
+                    attempt += 1;
+                    match Session::connect(&self.cfg.server, &self.cfg.user, self.key.clone()).await {
+                        Ok(session) => {
+                            attempt = 0;
+                            reconnect_at = None;
+                            self.emit(Event::Connected { user: self.cfg.user.clone(), server: session.server_id.clone() });
+                            self.session = Some(session);
+                        }
+                        Err(e) if e.is_transient() => {
+                            let wait = backoff(attempt);
+                            tracing::info!(error = %e, "not connected");
+                            self.emit(Event::Reconnecting { attempt, in_ms: wait.as_millis() as u64 });
+                            reconnect_at = Some(tokio::time::Instant::now() + wait);
+                        }
+                        Err(e) => {
+                            let code = match &e {
+                                SessionError::Refused { code, .. } => code.clone(),
+                                _ => "CONNECT".into(),
+                            };
+                            self.emit(Event::error(&code, format!("{e}; not retrying: fix this and start again")));
+                            return;
+                        }
+                    }
+                },
+                _ = tick.tick() => self.expire_lookups(),
+            }
+        }
+    }
+
+    fn lost(&mut self, reason: String, reconnect_at: &mut Option<tokio::time::Instant>, attempt: u32) {
+        self.session = None;
+        for name in self.receiver.abort_all() {
+            self.emit(Event::error("FILE", format!("{name}: transfer cut off by the disconnect; nothing was saved")));
+        }
+        self.emit(Event::Disconnected { reason });
+        let wait = backoff(attempt + 1);
+        self.emit(Event::Reconnecting { attempt: attempt + 1, in_ms: wait.as_millis() as u64 });
+        *reconnect_at = Some(tokio::time::Instant::now() + wait);
+    }
+
+    async fn quit(mut self) {
+        if let Some(session) = self.session.take() {
+            session.close().await;
+        }
+        for name in self.receiver.abort_all() {
+            self.emit(Event::error("FILE", format!("{name}: transfer incomplete at /quit; nothing was saved")));
+        }
+        self.emit(Event::Disconnected { reason: "quit".into() });
+    }
+
+    async fn send(&mut self, to: &str, msg: &Message) -> bool {
+        let Some(session) = self.session.as_mut() else {
+            self.emit(Event::error("NOT_CONNECTED", "not connected to the server; try again when it says connected"));
+            return false;
+        };
+        match session.send(to, msg).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.emit(Event::error("NOT_CONNECTED", format!("sending failed: {e}")));
+                false
+            }
+        }
+    }
+
+    // ---- keys ----
+
+    /// The pinned directory key of `user`, parsed.
+    fn pinned(&self, user: &str) -> Option<PublicKey> {
+        if user == self.cfg.user {
+            return Some(self.key.public().clone());
+        }
+        let pinned = self.keyring.get(user).ok().flatten()?;
+        PublicKey::from_b64(&pinned.pubkey).ok()
+    }
+
+    /// The key to send to `user` with: pinned and not awaiting `/trust`.
+    fn sendable(&mut self, user: &str) -> Result<Option<PublicKey>, ()> {
+        if user == self.cfg.user {
+            return Ok(Some(self.key.public().clone()));
+        }
+        match self.keyring.get(user) {
+            Ok(Some(p)) if p.pending.is_some() => {
+                self.emit(Event::error(
+                    "KEY_CHANGED",
+                    format!("{user}'s key changed; compare /fingerprint {user} with them, then /trust {user}"),
+                ));
+                Err(())
+            }
+            Ok(Some(p)) => Ok(PublicKey::from_b64(&p.pubkey).ok()),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.emit(Event::error("KEYRING", e.to_string()));
+                Err(())
+            }
+        }
+    }
+
+    async fn request_key(&mut self, user: &str) {
+        if self.requested.contains_key(user) {
+            return;
+        }
+        self.requested.insert(user.to_owned(), Instant::now());
+        let q = Message::UserDbGetUser(UserLookup { user_id: user.to_owned(), extra: Map::new() });
+        if !self.send(ids::TO_SERVER, &q).await {
+            self.requested.remove(user);
+        }
+    }
+
+    async fn defer(&mut self, user: &str, work: Deferred) {
+        self.waiting.entry(user.to_owned()).or_default().push(work);
+        self.request_key(user).await;
+    }
+
+    fn key_answer(&mut self, user: &str, pubkey: Option<&str>) {
+        self.requested.remove(user);
+        let fingerprint = pubkey.and_then(|k| PublicKey::from_b64(k).ok()).map(|k| k.fingerprint());
+        if let (Some(pk), Some(_)) = (pubkey, &fingerprint) {
+            match self.keyring.observe(user, pk) {
+                Ok(Observed::Changed { old, new }) => {
+                    let fp = |k: &str| PublicKey::from_b64(k).map(|k| k.fingerprint()).unwrap_or_default();
+                    self.emit(Event::KeyChanged { user: user.to_owned(), old: fp(&old), new: fp(&new) });
+                }
+                Ok(_) => {}
+                Err(e) => self.emit(Event::error("KEYRING", e.to_string())),
+            }
+        }
+        if fingerprint.is_some() {
+            self.unknown.remove(user);
+        } else {
+            self.unknown.insert(user.to_owned());
+        }
+        if self.explicit.remove(user) {
+            self.emit(Event::Pubkey { user: user.to_owned(), found: fingerprint.is_some(), fingerprint: fingerprint.clone() });
+        }
+        let waiting = self.waiting.remove(user).unwrap_or_default();
+        for work in waiting {
+            match work {
+                Deferred::Cmd(_) if fingerprint.is_none() => {
+                    self.emit(Event::error("NO_KEY", format!("{user} is not in the directory; nothing was sent")))
+                }
+                // Frames are handled either way: without a key they show as unverified.
+                other => self.ready.push_back(other),
+            }
+        }
+    }
+
+    fn expire_lookups(&mut self) {
+        let late: Vec<String> = self
+            .requested
+            .iter()
+            .filter(|(_, at)| at.elapsed() > LOOKUP_PATIENCE)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for user in late {
+            self.requested.remove(&user);
+            self.explicit.remove(&user);
+            self.unknown.insert(user.clone());
+            for work in self.waiting.remove(&user).unwrap_or_default() {
+                match work {
+                    Deferred::Cmd(_) => self.emit(Event::error(
+                        "NO_KEY",
+                        format!("the directory did not answer for {user}'s key; nothing was sent"),
+                    )),
+                    // Shown unverified rather than never.
+                    frame => self.ready.push_back(frame),
+                }
+            }
+        }
+    }
+
+    // ---- commands ----
+
+    /// Carries out one command; false means quit.
+    async fn command(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Quit => return false,
+            Command::Help => self.emit(Event::Help { text: commands::help() }),
+            Command::List => {
+                self.send(ids::TO_SERVER, &Message::UserListReq(Default::default())).await;
+            }
+            Command::Pubget => {
+                let public = self.key.public();
+                self.emit(Event::Pubget { pubkey: public.to_b64().to_owned(), fingerprint: public.fingerprint() });
+            }
+            Command::Dbget(user) => {
+                self.explicit.insert(user.clone());
+                self.requested.remove(&user);
+                self.request_key(&user).await;
+            }
+            Command::Fingerprint(None) => {
+                let fp = self.key.public().fingerprint();
+                self.emit(Event::Fingerprint { user: self.cfg.user.clone(), fingerprint: fp });
+            }
+            Command::Fingerprint(Some(user)) => match self.pinned(&user) {
+                Some(k) => self.emit(Event::Fingerprint { user, fingerprint: k.fingerprint() }),
+                None => self.emit(Event::error("NO_KEY", format!("no key pinned for {user}; /dbget {user} fetches it"))),
+            },
+            Command::Trust(user) => match self.keyring.trust(&user) {
+                Ok(Some((_, new))) => {
+                    let fingerprint = PublicKey::from_b64(&new).map(|k| k.fingerprint()).unwrap_or_default();
+                    self.emit(Event::Trusted { user, fingerprint });
+                }
+                Ok(None) => self.emit(Event::error("USAGE", format!("{user} has no key change waiting for /trust"))),
+                Err(e) => self.emit(Event::error("KEYRING", e.to_string())),
+            },
+            Command::Msg { to, text } => self.send_dm(to, text).await,
+            Command::Gshare { group, members } => self.share(group, members).await,
+            Command::Gmsg { group, text } => self.send_group(group, text).await,
+            Command::File { to, path } => self.send_file(to, path).await,
+        }
+        true
+    }
+
+    async fn send_dm(&mut self, to: String, text: String) {
+        let recipient = match self.sendable(&to) {
+            Err(()) => return,
+            Ok(None) => return self.defer(&to.clone(), Deferred::Cmd(Command::Msg { to, text })).await,
+            Ok(Some(k)) => k,
+        };
+        let (key, user, to2) = (self.key.clone(), self.cfg.user.clone(), to.clone());
+        let sealed = blocking(move || content::seal_dm(&key, &user, &to2, &recipient, text.as_bytes(), now_ms())).await;
+        let Some(Ok(mut dm)) = sealed else {
+            return self.emit(Event::error("CRYPTO", "could not seal the message"));
+        };
+        let msg_id = new_msg_id();
+        dm.msg_id = Some(msg_id.clone());
+        if self.send(&to, &Message::MsgPrivate(dm)).await {
+            self.emit(Event::Sent { kind: "dm", to, msg_id });
+        }
+    }
+
+    async fn share(&mut self, group: String, members: Vec<String>) {
+        let mut keys = Vec::new();
+        for m in &members {
+            match self.sendable(m) {
+                Err(()) => return,
+                Ok(Some(k)) => keys.push((m.clone(), k)),
+                Ok(None) => {
+                    // Ask for every missing key at once; run again when they are here.
+                    let missing: Vec<String> = members.iter().filter(|u| self.pinned(u).is_none()).cloned().collect();
+                    for u in &missing[1..] {
+                        self.request_key(u).await;
+                    }
+                    return self.defer(&missing[0].clone(), Deferred::Cmd(Command::Gshare { group, members })).await;
+                }
+            }
+        }
+        let (key, user, group2) = (self.key.clone(), self.cfg.user.clone(), group.clone());
+        let made = blocking(move || content::new_group_share(&key, &user, &group2, &keys)).await;
+        let Some(Ok((group_key, mut share))) = made else {
+            return self.emit(Event::error("CRYPTO", "could not create the group key"));
+        };
+        let mut all = members.clone();
+        if !all.contains(&self.cfg.user) {
+            all.push(self.cfg.user.clone());
+        }
+        let record = GroupKey { key: group_key, creator: self.cfg.user.clone(), members: all };
+        if let Err(e) = self.keyring.set_group_key(&group, &record) {
+            return self.emit(Event::error("KEYRING", e.to_string()));
+        }
+        let msg_id = new_msg_id();
+        share.msg_id = Some(msg_id.clone());
+        if self.send(ids::TO_SERVER, &Message::GroupKeyShare(share)).await {
+            self.emit(Event::Sent { kind: "group_key", to: group, msg_id });
+        }
+    }
+
+    fn group_key(&mut self, group: &str) -> Option<GroupKey> {
+        match self.keyring.group_key(group) {
+            Ok(Some(k)) => Some(k),
+            Ok(None) => {
+                self.emit(Event::error(
+                    "NO_KEY",
+                    format!("no key for {group}: create it with /gshare {group} MEMBER..., or ask a member to share it"),
+                ));
+                None
+            }
+            Err(e) => {
+                self.emit(Event::error("KEYRING", e.to_string()));
+                None
+            }
+        }
+    }
+
+    async fn send_group(&mut self, group: String, text: String) {
+        let Some(gk) = self.group_key(&group) else { return };
+        let (key, user, group2) = (self.key.clone(), self.cfg.user.clone(), group.clone());
+        let sealed = blocking(move || content::seal_group(&key, &user, &group2, &gk.key, text.as_bytes(), now_ms())).await;
+        let Some(Ok(mut m)) = sealed else {
+            return self.emit(Event::error("CRYPTO", "could not seal the message"));
+        };
+        let msg_id = new_msg_id();
+        m.msg_id = Some(msg_id.clone());
+        if self.send(&group, &Message::MsgGroup(m)).await {
+            self.emit(Event::Sent { kind: "group_msg", to: group, msg_id });
+        }
+    }
+
+    async fn send_file(&mut self, to: String, path: PathBuf) {
+        let group = ids::check_group(&to).is_ok();
+        let (file_key, wrapped) = if group {
+            let Some(gk) = self.group_key(&to) else { return };
+            (gk.key, None)
+        } else {
+            let recipient = match self.sendable(&to) {
+                Err(()) => return,
+                Ok(None) => return self.defer(&to.clone(), Deferred::Cmd(Command::File { to, path })).await,
+                Ok(Some(k)) => k,
+            };
+            let Ok(key) = aead::new_key() else { return };
+            let Ok(wrapped) = recipient.wrap(key.as_ref()) else {
+                return self.emit(Event::error("CRYPTO", "could not wrap the file key"));
+            };
+            (key.to_vec(), Some(b64::encode(wrapped)))
+        };
+        if let Err(e) = self.stream_file(&to, &path, group, &file_key, wrapped).await {
+            self.emit(Event::error("FILE", format!("{}: {e}", path.display())));
+        }
+    }
+
+    async fn stream_file(&mut self, to: &str, path: &Path, group: bool, key: &[u8], wrapped: Option<String>) -> anyhow::Result<()> {
+        let meta = tokio::fs::metadata(path).await?;
+        if !meta.is_file() {
+            anyhow::bail!("not a regular file");
+        }
+        let size = meta.len();
+        if size > self.cfg.max_file_size {
+            anyhow::bail!("{size} bytes is over the {}-byte limit", self.cfg.max_file_size);
+        }
+        let sha = hash_file(path).await?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+        let file_id = new_msg_id();
+        let mode = if group { FileMode::Group } else { FileMode::Dm };
+        let signed = content::manifest_signed_bytes(&file_id, &name, size, &sha, mode, &self.cfg.user, to)?;
+        let k = self.key.clone();
+        let sig = blocking(move || k.sign_b64(&signed)).await.ok_or_else(|| anyhow::anyhow!("signing task"))??;
+        let start_msg_id = new_msg_id();
+        let mut start = FileStart {
+            file_id: file_id.clone(),
+            name: name.clone(),
+            size,
+            sha256: sha,
+            mode,
+            group_id: group.then(|| to.to_owned()),
+            user_id: None,
+            content_sig: Some(sig),
+            msg_id: Some(start_msg_id.clone()),
+            extra: Map::new(),
+        };
+        start.extra.insert("from".into(), Value::String(self.cfg.user.clone()));
+        if !self.send(to, &Message::FileStart(start)).await {
+            anyhow::bail!("not sent");
+        }
+        let mut file = tokio::fs::File::open(path).await?;
+        let mut buf = vec![0u8; content::CHUNK_SIZE];
+        let (mut index, mut done) = (0u64, 0u64);
+        loop {
+            let n = read_full(&mut file, &mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            let mut chunk = content::seal_chunk(&file_id, index, key, wrapped.as_deref(), &buf[..n])?;
+            chunk.msg_id = Some(new_msg_id());
+            if !self.send(to, &Message::FileChunk(chunk)).await {
+                anyhow::bail!("the connection dropped after {done} of {size} bytes");
+            }
+            index += 1;
+            done += n as u64;
+            self.emit(Event::Progress { direction: "sending", name: name.clone(), done, total: size });
+        }
+        if done != size {
+            anyhow::bail!("the file changed while it was sent ({done} of {size} bytes)");
+        }
+        let end = FileEnd { file_id, user_id: None, msg_id: Some(new_msg_id()), extra: Map::new() };
+        if self.send(to, &Message::FileEnd(end)).await {
+            self.emit(Event::Sent { kind: "file", to: to.to_owned(), msg_id: start_msg_id });
+        }
+        Ok(())
+    }
+
+    // ---- frames ----
+
+    async fn frame(&mut self, env: Envelope, msg: Message) {
+        match msg {
+            Message::UserList(l) => self.emit(Event::List { users: l.users }),
+            Message::UserDbUser(a) => {
+                let key = (a.found && !a.pubkey.is_empty()).then_some(a.pubkey.as_str());
+                self.key_answer(&a.user_id, key);
+            }
+            Message::Error(e) => self.emit(Event::Error { code: e.code, detail: e.detail }),
+            Message::UserDeliver(d) => self.incoming_dm(env, d).await,
+            Message::GroupKeyShare(s) => self.incoming_share(env, s).await,
+            Message::MsgGroup(m) => self.incoming_group(env, m).await,
+            Message::FileStart(s) => self.file_start(s).await,
+            Message::FileChunk(c) => self.file_chunk(c).await,
+            Message::FileEnd(e) => self.file_end(e),
+            Message::UserWelcome(_) | Message::Heartbeat(_) | Message::Ack(_) => {}
+            other => tracing::debug!(kind = other.type_name(), "ignored frame"),
+        }
+    }
+
+    /// The `msg_id` of content, and whether it is new (not shown before).
+    fn first_sight(&mut self, msg_id: Option<&String>, payload: &Map<String, Value>) -> (String, bool) {
+        let id = msg_id.cloned().unwrap_or_else(|| derived_msg_id(payload));
+        let new = self.keyring.first_sight(&id).unwrap_or(true);
+        (id, new)
+    }
+
+    /// Returns the sender's pinned key, or defers the frame until it is known.
+    async fn sender_key(&mut self, sender: &str, env: &Envelope, msg: &Message) -> Result<Option<PublicKey>, ()> {
+        if let Some(k) = self.pinned(sender) {
+            return Ok(Some(k));
+        }
+        if self.unknown.contains(sender) || self.session.is_none() || ids::check_user(sender).is_err() {
+            return Ok(None);
+        }
+        self.defer(sender, Deferred::Frame(Box::new((env.clone(), msg.clone())))).await;
+        Err(())
+    }
+
+    async fn incoming_dm(&mut self, env: Envelope, d: Deliver) {
+        let msg = Message::UserDeliver(d.clone());
+        let Ok(sender_key) = self.sender_key(&d.sender, &env, &msg).await else { return };
+        let (msg_id, new) = self.first_sight(d.msg_id.as_ref(), &env.payload);
+        if !new {
+            return;
+        }
+        let dm = MsgPrivate {
+            ciphertext: d.ciphertext,
+            iv: d.iv,
+            tag: d.tag,
+            wrapped_key: d.wrapped_key,
+            sender_pub: d.sender_pub,
+            content_sig: d.content_sig,
+            content_ts: d.content_ts,
+            msg_id: None,
+            extra: Map::new(),
+        };
+        let verified = sender_key.is_some_and(|k| {
+            content::dm_signed_bytes(&dm, &d.sender, &self.cfg.user).is_ok_and(|b| content::verify(&k, &b, &dm.content_sig))
+        });
+        let key = self.key.clone();
+        match blocking(move || content::open_dm(&key, &dm)).await {
+            Some(Ok(plain)) => {
+                let text = String::from_utf8_lossy(&plain).into_owned();
+                self.emit(Event::Dm { from: d.sender, text, verified, msg_id });
+            }
+            _ => self.emit(Event::error("DECRYPT", format!("a DM from {} could not be decrypted", d.sender))),
+        }
+    }
+
+    async fn incoming_share(&mut self, env: Envelope, s: GroupKeyShare) {
+        let msg = Message::GroupKeyShare(s.clone());
+        let Ok(creator_key) = self.sender_key(&s.creator, &env, &msg).await else { return };
+        let (_, new) = self.first_sight(s.msg_id.as_ref(), &env.payload);
+        if !new {
+            return;
+        }
+        let verified = creator_key.is_some_and(|k| {
+            content::share_signed_bytes(&s).is_ok_and(|b| content::verify(&k, &b, &s.content_sig))
+        });
+        let (key, me, share) = (self.key.clone(), self.cfg.user.clone(), s.clone());
+        let opened = blocking(move || content::open_group_share(&key, &me, &share)).await;
+        let group_key = match opened {
+            Some(Ok(Some(k))) => k,
+            Some(Ok(None)) => return,
+            _ => return self.emit(Event::error("DECRYPT", format!("the key share for {} could not be opened", s.group_id))),
+        };
+        // Only a share signed by its creator's directory key is adopted: an
+        // unverified share could hand us a key someone else knows.
+        if verified {
+            let mut members: Vec<String> = s.shares.iter().map(|x| x.member.clone()).collect();
+            if !members.contains(&s.creator) {
+                members.push(s.creator.clone());
+            }
+            let record = GroupKey { key: group_key, creator: s.creator.clone(), members };
+            if let Err(e) = self.keyring.set_group_key(&s.group_id, &record) {
+                return self.emit(Event::error("KEYRING", e.to_string()));
+            }
+        }
+        self.emit(Event::GroupKey { group: s.group_id, from: s.creator, verified });
+    }
+
+    async fn incoming_group(&mut self, env: Envelope, m: MsgGroup) {
+        let msg = Message::MsgGroup(m.clone());
+        let Ok(sender_key) = self.sender_key(&m.from, &env, &msg).await else { return };
+        let (msg_id, new) = self.first_sight(m.msg_id.as_ref(), &env.payload);
+        if !new {
+            return;
+        }
+        let Some(gk) = self.keyring.group_key(&m.group_id).ok().flatten() else {
+            return self.emit(Event::error("NO_KEY", format!("a message for {} arrived, but you hold no key for it", m.group_id)));
+        };
+        let verified = sender_key.is_some_and(|k| {
+            content::group_signed_bytes(&m).is_ok_and(|b| content::verify(&k, &b, &m.content_sig))
+        });
+        match content::open_group(&gk.key, &m) {
+            Ok(plain) => {
+                let text = String::from_utf8_lossy(&plain).into_owned();
+                self.emit(Event::GroupMsg { group: m.group_id, from: m.from, text, verified, msg_id });
+            }
+            Err(_) => self.emit(Event::error(
+                "DECRYPT",
+                format!("a message from {} in {} does not open with your key for the group (rotated without you?)", m.from, m.group_id),
+            )),
+        }
+    }
+
+    async fn file_start(&mut self, s: FileStart) {
+        let from = s.extra.get("from").and_then(Value::as_str).map(str::to_owned);
+        if let Some(sender) = &from
+            && self.pinned(sender).is_none()
+        {
+            self.request_key(sender).await;
+        }
+        if let Err(e) = self.receiver.start(s, from) {
+            self.emit(Event::error("FILE", e.to_string()));
+        }
+    }
+
+    async fn file_chunk(&mut self, c: FileChunk) {
+        let Some(t) = self.receiver.get_mut(&c.file_id) else { return };
+        let name = t.name.clone();
+        let key = match (t.start.mode, &t.start.group_id, &c.wrapped_key) {
+            (FileMode::Group, Some(group), _) => self.keyring.group_key(group).ok().flatten().map(|g| g.key),
+            (FileMode::Dm, _, Some(wrapped)) => match &t.dm_key {
+                Some((w, k)) if w == wrapped => Some(k.clone()),
+                _ => {
+                    let (key, wrapped2) = (self.key.clone(), wrapped.clone());
+                    let k = blocking(move || content::unwrap_file_key(&key, &wrapped2)).await.and_then(Result::ok);
+                    if let (Some(k), Some(t)) = (&k, self.receiver.get_mut(&c.file_id)) {
+                        t.dm_key = Some((wrapped.clone(), k.clone()));
+                    }
+                    k
+                }
+            },
+            _ => None,
+        };
+        let plain = key.and_then(|k| content::open_chunk(&k, &c).ok());
+        let Some(plain) = plain else {
+            self.receiver.abort(&c.file_id);
+            let e = files::FileError::Decrypt { name, index: c.index };
+            return self.emit(Event::error("FILE", format!("{e}; the transfer was dropped and nothing was saved")));
+        };
+        match self.receiver.append(&c, &plain) {
+            Ok((done, total)) => self.emit(Event::Progress { direction: "receiving", name, done, total }),
+            Err(e) => self.emit(Event::error("FILE", format!("{e}; nothing was saved"))),
+        }
+    }
+
+    fn file_end(&mut self, e: FileEnd) {
+        match self.receiver.finish(&e.file_id) {
+            Ok(done) => {
+                let s = &done.start;
+                let to = match s.mode {
+                    FileMode::Dm => self.cfg.user.clone(),
+                    FileMode::Group => s.group_id.clone().unwrap_or_default(),
+                };
+                let verified = match (&done.from, &s.content_sig) {
+                    (Some(from), Some(sig)) => self.pinned(from).is_some_and(|k| {
+                        content::manifest_signed_bytes(&s.file_id, &s.name, s.size, &s.sha256, s.mode, from, &to)
+                            .is_ok_and(|b| content::verify(&k, &b, sig))
+                    }),
+                    _ => false,
+                };
+                self.emit(Event::File {
+                    from: done.from.clone(),
+                    mode: files::mode_name(s.mode),
+                    group: s.group_id.clone(),
+                    name: done.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    path: done.path.display().to_string(),
+                    size: done.size,
+                    sha256_ok: true,
+                    verified,
+                });
+            }
+            Err(files::FileError::Unknown(_)) => {}
+            Err(err) => self.emit(Event::error("FILE", format!("{err}; nothing was saved"))),
+        }
+    }
+}
+
+async fn recv(session: &mut Option<Session>) -> Result<Option<(Envelope, Message)>, SessionError> {
+    match session.as_mut() {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let factor = 1u32 << attempt.min(10).saturating_sub(1);
+    (RECONNECT_MIN * factor).min(RECONNECT_MAX)
+}
+
+async fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(crypto::hex(ctx.finish().as_ref()))
+}
+
+async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}

@@ -1,0 +1,164 @@
+//! What the client tells its user, as values: the JSON front end prints them
+//! as one object per line, the terminal front end as readable lines.
+
+use std::io::{IsTerminal, Write};
+
+use serde::Serialize;
+
+/// One thing that happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Connected { user: String, server: String },
+    Disconnected { reason: String },
+    Reconnecting { attempt: u32, in_ms: u64 },
+    List { users: Vec<String> },
+    Pubget { pubkey: String, fingerprint: String },
+    Pubkey { user: String, found: bool, fingerprint: Option<String> },
+    Sent { kind: &'static str, to: String, msg_id: String },
+    Dm { from: String, text: String, verified: bool, msg_id: String },
+    GroupKey { group: String, from: String, verified: bool },
+    GroupMsg { group: String, from: String, text: String, verified: bool, msg_id: String },
+    File {
+        from: Option<String>,
+        mode: &'static str,
+        group: Option<String>,
+        name: String,
+        path: String,
+        size: u64,
+        sha256_ok: bool,
+        verified: bool,
+    },
+    Progress { direction: &'static str, name: String, done: u64, total: u64 },
+    KeyChanged { user: String, old: String, new: String },
+    Fingerprint { user: String, fingerprint: String },
+    Trusted { user: String, fingerprint: String },
+    Help { text: String },
+    Error { code: String, detail: String },
+}
+
+impl Event {
+    /// A local failure with one of our codes (`USAGE`, `NO_KEY`, `FILE`, ...).
+    pub fn error(code: &str, detail: impl Into<String>) -> Event {
+        Event::Error { code: code.to_owned(), detail: detail.into() }
+    }
+}
+
+/// Where events go.
+pub trait Frontend: Send {
+    fn emit(&mut self, event: &Event);
+}
+
+/// `--json`: one JSON object per line on stdout, nothing else there.
+pub struct JsonFrontend;
+
+impl Frontend for JsonFrontend {
+    fn emit(&mut self, event: &Event) {
+        if matches!(event, Event::Progress { .. }) {
+            return;
+        }
+        let Ok(line) = serde_json::to_string(event) else { return };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// The terminal: readable lines with a time, colour only on a terminal, and
+/// a progress bar for files on stderr.
+pub struct TerminalFrontend {
+    colour: bool,
+    progress: bool,
+}
+
+impl Default for TerminalFrontend {
+    fn default() -> Self {
+        TerminalFrontend {
+            colour: std::io::stdout().is_terminal(),
+            progress: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+fn clock() -> String {
+    let secs = crate::wire::now_ms() / 1000;
+    format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+}
+
+impl TerminalFrontend {
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.colour { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
+    }
+
+    fn mark(&self, verified: bool) -> String {
+        if verified {
+            self.paint("32", "✓")
+        } else {
+            self.paint("1;31", "⚠ UNVERIFIED")
+        }
+    }
+
+    /// The line for an event, if it has one.
+    pub fn render(&self, event: &Event) -> Option<String> {
+        Some(match event {
+            Event::Connected { user, server } => format!("connected as {user} to {server}"),
+            Event::Disconnected { reason } => self.paint("33", &format!("disconnected: {reason}")),
+            Event::Reconnecting { attempt, in_ms } => {
+                self.paint("33", &format!("reconnecting in {:.1} s (attempt {attempt})", *in_ms as f64 / 1000.0))
+            }
+            Event::List { users } => format!("online: {}", users.join(", ")),
+            Event::Pubget { pubkey, fingerprint } => format!("your key {fingerprint}\n{pubkey}"),
+            Event::Pubkey { user, found: true, fingerprint } => {
+                format!("{user}'s key: {}", fingerprint.as_deref().unwrap_or("?"))
+            }
+            Event::Pubkey { user, found: false, .. } => format!("{user} is not in the directory"),
+            Event::Sent { kind, to, .. } => self.paint("2", &format!("sent {kind} to {to}")),
+            Event::Dm { from, text, verified, .. } => {
+                format!("[dm from {from}] {} {text}", self.mark(*verified))
+            }
+            Event::GroupKey { group, from, verified } => {
+                format!("[{group}] {from} shared the group key {}", self.mark(*verified))
+            }
+            Event::GroupMsg { group, from, text, verified, .. } => {
+                format!("[{group}] {from}: {} {text}", self.mark(*verified))
+            }
+            Event::File { from, name, path, size, verified, group, .. } => format!(
+                "[file from {}{}] {} {name} ({size} bytes) saved as {path}",
+                from.as_deref().unwrap_or("unknown sender"),
+                group.as_deref().map(|g| format!(" in {g}")).unwrap_or_default(),
+                self.mark(*verified)
+            ),
+            Event::Progress { .. } => return None,
+            Event::KeyChanged { user, old, new } => self.paint(
+                "1;31",
+                &format!(
+                    "!!! {user}'s KEY CHANGED in the directory: pinned {old}, now {new}.\n\
+                     !!! Messages from {user} will show as unverified and nothing is sent to {user}\n\
+                     !!! until you check the new fingerprint with them and run /trust {user}."
+                ),
+            ),
+            Event::Fingerprint { user, fingerprint } => format!("{user}: {fingerprint}"),
+            Event::Trusted { user, fingerprint } => format!("now trusting {user}'s key {fingerprint}"),
+            Event::Help { text } => text.clone(),
+            Event::Error { code, detail } => self.paint("31", &format!("error {code}: {detail}")),
+        })
+    }
+}
+
+impl Frontend for TerminalFrontend {
+    fn emit(&mut self, event: &Event) {
+        if let Event::Progress { direction, name, done, total } = event {
+            if self.progress {
+                let width = 30usize;
+                let filled = (*done as f64 / (*total).max(1) as f64 * width as f64) as usize;
+                let bar = format!("{}{}", "#".repeat(filled.min(width)), "-".repeat(width - filled.min(width)));
+                let end = if done >= total { "\n" } else { "" };
+                eprint!("\r{direction} {name} [{bar}] {done}/{total} bytes{end}");
+            }
+            return;
+        }
+        if let Some(line) = self.render(event) {
+            println!("{} {line}", self.paint("2", &clock()));
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Receiving files safely (PROTOCOL.md C7): a received name is reduced to a
+//! safe base name inside the downloads folder, data goes to a temporary file,
+//! and the file is linked into place under a name that clobbers nothing only
+//! after its size and SHA-256 match the manifest. A failed or incomplete
+//! transfer leaves nothing behind.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::digest;
+
+use crate::crypto::hex;
+use crate::wire::messages::{FileChunk, FileMode, FileStart};
+
+/// The longest received file name we keep, in bytes.
+pub const MAX_NAME_BYTES: usize = 120;
+/// Default largest file accepted (1 GiB).
+pub const DEFAULT_MAX_FILE: u64 = 1 << 30;
+/// Transfers in progress at once.
+pub const MAX_TRANSFERS: usize = 16;
+const PART_PREFIX: &str = ".socp-";
+const PART_SUFFIX: &str = ".part";
+
+/// Why a transfer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{name}: {size} bytes is over the {max}-byte limit")]
+    TooLarge { name: String, size: u64, max: u64 },
+    #[error("too many transfers at once ({MAX_TRANSFERS})")]
+    TooMany,
+    #[error("a transfer with this id is already in progress")]
+    Duplicate,
+    #[error("no transfer {0} in progress")]
+    Unknown(String),
+    #[error("{name}: chunk {got} arrived, expected chunk {want}")]
+    OutOfOrder { name: String, got: u64, want: u64 },
+    #[error("{name}: more data than the {size} bytes announced")]
+    Overrun { name: String, size: u64 },
+    #[error("{name}: chunk {index} does not decrypt (altered, or the wrong key)")]
+    Decrypt { name: String, index: u64 },
+    #[error("{name}: {got} bytes received, {want} announced")]
+    Short { name: String, got: u64, want: u64 },
+    #[error("{name}: SHA-256 is {got}, the manifest says {want}")]
+    Hash { name: String, got: String, want: String },
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+}
+
+/// Reduces a name from a peer to a safe base name: no folders, no `..`, no
+/// control characters, bounded length, never empty or hidden.
+pub fn safe_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let cleaned: String = base
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+        .collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').trim().to_owned();
+    let cleaned = if cleaned.is_empty() { "file".to_owned() } else { cleaned };
+    truncate_keeping_extension(&cleaned, MAX_NAME_BYTES)
+}
+
+fn split_ext(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(i) if i > 0 && name.len() - i <= 16 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    }
+}
+
+fn truncate_keeping_extension(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_owned();
+    }
+    let (stem, ext) = split_ext(name);
+    let mut end = max.saturating_sub(ext.len());
+    while !stem.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ext}", &stem[..end])
+}
+
+/// Links `temp` into `dir` as `name`, or `name (1)`, `name (2)`, ... — never
+/// replacing a file that is there.
+fn place(temp: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let (stem, ext) = split_ext(name);
+    for n in 0..10_000u32 {
+        let candidate = if n == 0 { name.to_owned() } else { format!("{stem} ({n}){ext}") };
+        let path = dir.join(candidate);
+        match std::fs::hard_link(temp, &path) {
+            Ok(()) => {
+                std::fs::remove_file(temp)?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free name"))
+}
+
+/// One file being received.
+pub struct Incoming {
+    pub start: FileStart,
+    /// The sender, when the manifest names one.
+    pub from: Option<String>,
+    pub name: String,
+    temp: PathBuf,
+    file: std::fs::File,
+    hasher: digest::Context,
+    received: u64,
+    next_index: u64,
+    /// The unwrapped DM file key, with the wrapped text it came from.
+    pub dm_key: Option<(String, Vec<u8>)>,
+}
+
+impl Incoming {
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+}
+
+/// A file that arrived whole.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub start: FileStart,
+    pub from: Option<String>,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// The transfers in progress for one client.
+pub struct Receiver {
+    dir: PathBuf,
+    max_size: u64,
+    transfers: HashMap<String, Incoming>,
+}
+
+impl Receiver {
+    /// A receiver saving into `dir` (created if missing); leftovers of an
+    /// earlier run that was killed mid-transfer are removed.
+    pub fn new(dir: &Path, max_size: u64) -> Result<Self, FileError> {
+        let io = |e| FileError::Io(dir.display().to_string(), e);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        for entry in std::fs::read_dir(dir).map_err(io)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(PART_PREFIX) && name.ends_with(PART_SUFFIX) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(Receiver {
+            dir: dir.to_owned(),
+            max_size,
+            transfers: HashMap::new(),
+        })
+    }
+
+    /// Begins a transfer announced by `FILE_START`.
+    pub fn start(&mut self, start: FileStart, from: Option<String>) -> Result<(), FileError> {
+        let name = safe_name(&start.name);
+        if start.size > self.max_size {
+            return Err(FileError::TooLarge { name, size: start.size, max: self.max_size });
+        }
+        if self.transfers.contains_key(&start.file_id) {
+            return Err(FileError::Duplicate);
+        }
+        if self.transfers.len() >= MAX_TRANSFERS {
+            return Err(FileError::TooMany);
+        }
+        let temp = self.dir.join(format!("{PART_PREFIX}{}{PART_SUFFIX}", uuid::Uuid::new_v4()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|e| FileError::Io(temp.display().to_string(), e))?;
+        let incoming = Incoming {
+            from,
+            name,
+            temp,
+            file,
+            hasher: digest::Context::new(&digest::SHA256),
+            received: 0,
+            next_index: 0,
+            dm_key: None,
+            start,
+        };
+        self.transfers.insert(incoming.start.file_id.clone(), incoming);
+        Ok(())
+    }
+
+    /// The transfer a chunk belongs to.
+    pub fn get_mut(&mut self, file_id: &str) -> Option<&mut Incoming> {
+        self.transfers.get_mut(file_id)
+    }
+
+    /// Appends one chunk's plaintext (already opened by the caller).
+    pub fn append(&mut self, chunk: &FileChunk, plaintext: &[u8]) -> Result<(u64, u64), FileError> {
+        let t = self.transfers.get_mut(&chunk.file_id).ok_or_else(|| FileError::Unknown(chunk.file_id.clone()))?;
+        let result = (|| {
+            if chunk.index != t.next_index {
+                return Err(FileError::OutOfOrder { name: t.name.clone(), got: chunk.index, want: t.next_index });
+            }
+            if t.received + plaintext.len() as u64 > t.start.size {
+                return Err(FileError::Overrun { name: t.name.clone(), size: t.start.size });
+            }
+            t.file.write_all(plaintext).map_err(|e| FileError::Io(t.temp.display().to_string(), e))?;
+            t.hasher.update(plaintext);
+            t.received += plaintext.len() as u64;
+            t.next_index += 1;
+            Ok((t.received, t.start.size))
+        })();
+        if result.is_err() {
+            self.abort(&chunk.file_id);
+        }
+        result
+    }
+
+    /// Finishes a transfer at `FILE_END`: size and SHA-256 must match.
+    pub fn finish(&mut self, file_id: &str) -> Result<Finished, FileError> {
+        let t = self.transfers.remove(file_id).ok_or_else(|| FileError::Unknown(file_id.to_owned()))?;
+        let Incoming { start, from, name, temp, file, hasher, received, .. } = t;
+        let cleanup = |e: FileError| {
+            let _ = std::fs::remove_file(&temp);
+            e
+        };
+        if received != start.size {
+            return Err(cleanup(FileError::Short { name, got: received, want: start.size }));
+        }
+        let got = hex(hasher.finish().as_ref());
+        if !got.eq_ignore_ascii_case(&start.sha256) {
+            return Err(cleanup(FileError::Hash { name, got, want: start.sha256.clone() }));
+        }
+        file.sync_all().map_err(|e| cleanup(FileError::Io(temp.display().to_string(), e)))?;
+        drop(file);
+        let path = place(&temp, &self.dir, &name).map_err(|e| cleanup(FileError::Io(self.dir.display().to_string(), e)))?;
+        Ok(Finished { start, from, path, size: received })
+    }
+
+    /// Drops a transfer and its temporary file; returns its name.
+    pub fn abort(&mut self, file_id: &str) -> Option<String> {
+        let t = self.transfers.remove(file_id)?;
+        drop(t.file);
+        let _ = std::fs::remove_file(&t.temp);
+        Some(t.name)
+    }
+
+    /// Drops every transfer (the connection was lost); returns their names.
+    pub fn abort_all(&mut self) -> Vec<String> {
+        let ids: Vec<String> = self.transfers.keys().cloned().collect();
+        ids.iter().filter_map(|id| self.abort(id)).collect()
+    }
+}
+
+/// The mode of a manifest, as the JSON events name it.
+pub fn mode_name(mode: FileMode) -> &'static str {
+    match mode {
+        FileMode::Dm => "dm",
+        FileMode::Group => "group",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_become_safe_base_names() {
+        assert_eq!(safe_name("../../x"), "x");
+        assert_eq!(safe_name("/etc/passwd"), "passwd");
+        assert_eq!(safe_name("a/../../b"), "b");
+        assert_eq!(safe_name("..\\..\\win.ini"), "win.ini");
+        assert_eq!(safe_name(".."), "file");
+        assert_eq!(safe_name(""), "file");
+        assert_eq!(safe_name(".bashrc"), "bashrc");
+        assert_eq!(safe_name("bad\nname\u{7}\u{0}.txt"), "badname.txt");
+        assert_eq!(safe_name("evil\u{202e}txt.exe"), "eviltxt.exe");
+        let long = format!("{}.pdf", "a".repeat(10_000));
+        let safe = safe_name(&long);
+        assert!(safe.len() <= MAX_NAME_BYTES && safe.ends_with(".pdf"), "{safe}");
+        let multibyte = "é".repeat(200);
+        assert!(safe_name(&multibyte).len() <= MAX_NAME_BYTES);
+    }
+
+    #[test]
+    fn placing_never_clobbers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "old").unwrap();
+        for expect in ["a (1).txt", "a (2).txt"] {
+            let temp = dir.path().join("t");
+            std::fs::write(&temp, "new").unwrap();
+            let placed = place(&temp, dir.path(), "a.txt").unwrap();
+            assert_eq!(placed.file_name().unwrap(), expect);
+            assert!(!temp.exists());
+        }
+        assert_eq!(std::fs::read_to_string(dir.path().join("a.txt")).unwrap(), "old");
+    }
+}

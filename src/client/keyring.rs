@@ -1,0 +1,186 @@
+//! The client's SQLite store: directory keys pinned on first use (C6), group
+//! keys, and the ids of content already shown. Calls are short local
+//! SQLite statements; the client runs them on its single engine task.
+
+use std::path::Path;
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::store::{self, Pool, Schema, StoreError};
+use crate::wire::now_ms;
+
+/// A pinned key and, if the directory now says otherwise, the new key
+/// waiting for `/trust`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    pub pubkey: String,
+    pub pending: Option<String>,
+}
+
+/// What learning a key from the directory changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// First time: now pinned.
+    New,
+    /// The pinned key again.
+    Same,
+    /// Another key: kept pending, the pinned one stays in use.
+    Changed { old: String, new: String },
+}
+
+/// A group key this user holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupKey {
+    pub key: Vec<u8>,
+    pub creator: String,
+    pub members: Vec<String>,
+}
+
+/// The client database.
+#[derive(Clone)]
+pub struct Keyring {
+    pool: Pool,
+}
+
+impl Keyring {
+    /// Opens (creating and migrating) the keyring at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Keyring {
+            pool: store::open(path, Schema::Client)?,
+        })
+    }
+
+    /// The pinned key of `user`.
+    pub fn get(&self, user: &str) -> Result<Option<Pinned>, StoreError> {
+        let conn = self.pool.get()?;
+        Ok(conn
+            .query_row(
+                "SELECT pubkey, pending_pubkey FROM keyring WHERE user_id = ?1",
+                [user],
+                |r| {
+                    Ok(Pinned {
+                        pubkey: r.get(0)?,
+                        pending: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Records a key the directory gave for `user`: pins it the first time,
+    /// keeps a different one pending.
+    pub fn observe(&self, user: &str, pubkey: &str) -> Result<Observed, StoreError> {
+        let conn = self.pool.get()?;
+        let pinned: Option<String> = conn
+            .query_row("SELECT pubkey FROM keyring WHERE user_id = ?1", [user], |r| r.get(0))
+            .optional()?;
+        match pinned {
+            None => {
+                conn.execute(
+                    "INSERT INTO keyring (user_id, pubkey, pinned_ms) VALUES (?1, ?2, ?3)",
+                    params![user, pubkey, now_ms()],
+                )?;
+                Ok(Observed::New)
+            }
+            Some(old) if old == pubkey => {
+                conn.execute(
+                    "UPDATE keyring SET pending_pubkey = NULL, pending_ms = NULL WHERE user_id = ?1",
+                    [user],
+                )?;
+                Ok(Observed::Same)
+            }
+            Some(old) => {
+                conn.execute(
+                    "UPDATE keyring SET pending_pubkey = ?2, pending_ms = ?3 WHERE user_id = ?1",
+                    params![user, pubkey, now_ms()],
+                )?;
+                Ok(Observed::Changed {
+                    old,
+                    new: pubkey.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Accepts the pending key of `user`; returns (old, new) if there was one.
+    pub fn trust(&self, user: &str) -> Result<Option<(String, String)>, StoreError> {
+        let Some(p) = self.get(user)? else {
+            return Ok(None);
+        };
+        let Some(new) = p.pending else {
+            return Ok(None);
+        };
+        let conn = self.pool.get()?;
+        conn.execute(
+            "UPDATE keyring SET pubkey = ?2, pinned_ms = ?3, pending_pubkey = NULL, pending_ms = NULL
+             WHERE user_id = ?1",
+            params![user, new, now_ms()],
+        )?;
+        Ok(Some((p.pubkey, new)))
+    }
+
+    /// The current key of `group`.
+    pub fn group_key(&self, group: &str) -> Result<Option<GroupKey>, StoreError> {
+        let conn = self.pool.get()?;
+        let row: Option<(Vec<u8>, String, String)> = conn
+            .query_row(
+                "SELECT key, creator, members FROM group_keys WHERE group_id = ?1",
+                [group],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(key, creator, members)| GroupKey {
+            key,
+            creator,
+            members: serde_json::from_str(&members).unwrap_or_default(),
+        }))
+    }
+
+    /// Sets (creates or rotates) the key of `group`.
+    pub fn set_group_key(&self, group: &str, key: &GroupKey) -> Result<(), StoreError> {
+        let conn = self.pool.get()?;
+        let members = serde_json::Value::from(key.members.clone()).to_string();
+        conn.execute(
+            "INSERT INTO group_keys (group_id, key, creator, members, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (group_id) DO UPDATE SET key = excluded.key, creator = excluded.creator,
+               members = excluded.members, updated_ms = excluded.updated_ms",
+            params![group, key.key, key.creator, members, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Records that `msg_id` was shown; false if it already was.
+    pub fn first_sight(&self, msg_id: &str) -> Result<bool, StoreError> {
+        let conn = self.pool.get()?;
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO seen_messages (msg_id, seen_ms) VALUES (?1, ?2)",
+            params![msg_id, now_ms()],
+        )?;
+        Ok(n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_on_first_use_and_holds_changes_until_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::open(&dir.path().join("k.sqlite")).unwrap();
+        assert_eq!(ring.observe("bob", "K1").unwrap(), Observed::New);
+        assert_eq!(ring.observe("bob", "K1").unwrap(), Observed::Same);
+        assert_eq!(
+            ring.observe("bob", "K2").unwrap(),
+            Observed::Changed { old: "K1".into(), new: "K2".into() }
+        );
+        assert_eq!(ring.get("bob").unwrap().unwrap().pubkey, "K1");
+        assert_eq!(ring.trust("bob").unwrap(), Some(("K1".into(), "K2".into())));
+        assert_eq!(ring.get("bob").unwrap().unwrap(), Pinned { pubkey: "K2".into(), pending: None });
+        assert!(ring.first_sight("m1").unwrap());
+        assert!(!ring.first_sight("m1").unwrap());
+        let g = GroupKey { key: vec![1; 32], creator: "alice".into(), members: vec!["bob".into()] };
+        ring.set_group_key("group_x", &g).unwrap();
+        assert_eq!(ring.group_key("group_x").unwrap(), Some(g));
+    }
+}
