@@ -69,17 +69,37 @@ fn run_node(args: NodeArgs) -> Result<()> {
 
 fn run_client(args: ClientArgs) -> Result<()> {
     if !(args.server.starts_with("ws://") || args.server.starts_with("wss://")) {
-        bail!("--server must be a ws:// or wss:// URL, e.g. ws://127.0.0.1:9102 (got {:?})", args.server);
+        bail!(
+            "--server must be a ws:// or wss:// URL, e.g. ws://127.0.0.1:9102 (got {:?})",
+            args.server
+        );
     }
-    let config = client::config(&args.user, &args.server, &args.keys, args.downloads.clone(), args.max_file_size);
+    let config = client::config(
+        &args.user,
+        &args.server,
+        &args.keys,
+        args.downloads.clone(),
+        args.max_file_size,
+    );
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let input = client::spawn_stdin();
         if args.json {
-            client::Engine::open(config, client::JsonFrontend).await?.run(input).await;
+            client::Engine::open(config, client::JsonFrontend)
+                .await?
+                .run(input)
+                .await;
         } else {
             let mut front = client::TerminalFrontend::default();
-            client::Frontend::emit(&mut front, &client::Event::Help { text: format!("socp client: /help lists the commands; connecting to {} as {}", args.server, args.user) });
+            client::Frontend::emit(
+                &mut front,
+                &client::Event::Help {
+                    text: format!(
+                        "socp client: /help lists the commands; connecting to {} as {}",
+                        args.server, args.user
+                    ),
+                },
+            );
             client::Engine::open(config, front).await?.run(input).await;
         }
         Ok(())

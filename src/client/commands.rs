@@ -29,13 +29,25 @@ pub const USAGE: &[(&str, &str)] = &[
     ("/help", "show this help"),
     ("/list", "who is online anywhere in the mesh"),
     ("/pubget", "your own public key and fingerprint"),
-    ("/dbget USER", "look USER's key up in the directory (and pin it)"),
-    ("/msg USER TEXT", "send USER an end-to-end encrypted message"),
+    (
+        "/dbget USER",
+        "look USER's key up in the directory (and pin it)",
+    ),
+    (
+        "/msg USER TEXT",
+        "send USER an end-to-end encrypted message",
+    ),
     ("/all TEXT", "send TEXT to group_global"),
-    ("/gshare GROUP MEMBER...", "create or rotate GROUP's key and share it with the members"),
+    (
+        "/gshare GROUP MEMBER...",
+        "create or rotate GROUP's key and share it with the members",
+    ),
     ("/gmsg GROUP TEXT", "send TEXT to GROUP"),
     ("/file USER|GROUP PATH", "send a file to a user or a group"),
-    ("/fingerprint [USER]", "your key's fingerprint, or USER's pinned one"),
+    (
+        "/fingerprint [USER]",
+        "your key's fingerprint, or USER's pinned one",
+    ),
     ("/trust USER", "accept USER's new key after a key change"),
     ("/quit", "leave"),
 ];
@@ -111,14 +123,22 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
                 return Err(usage(&cmd, "name exactly one user"));
             }
             let user = user_arg(&cmd, user)?;
-            Ok(Some(if cmd == "/dbget" { Command::Dbget(user) } else { Command::Trust(user) }))
+            Ok(Some(if cmd == "/dbget" {
+                Command::Dbget(user)
+            } else {
+                Command::Trust(user)
+            }))
         }
         "/fingerprint" => {
             let (user, extra) = word(rest);
             if !extra.is_empty() {
                 return Err(usage(&cmd, "name at most one user"));
             }
-            let user = if user.is_empty() { None } else { Some(user_arg(&cmd, user)?) };
+            let user = if user.is_empty() {
+                None
+            } else {
+                Some(user_arg(&cmd, user)?)
+            };
             Ok(Some(Command::Fingerprint(user)))
         }
         "/msg" => {
@@ -126,24 +146,35 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
             if to.is_empty() || text.is_empty() {
                 return Err(usage(&cmd, "name a user and a message"));
             }
-            Ok(Some(Command::Msg { to: user_arg(&cmd, to)?, text: text.to_owned() }))
+            Ok(Some(Command::Msg {
+                to: user_arg(&cmd, to)?,
+                text: text.to_owned(),
+            }))
         }
         "/all" => {
             if rest.is_empty() {
                 return Err(usage(&cmd, "write a message"));
             }
-            Ok(Some(Command::Gmsg { group: GLOBAL_GROUP.into(), text: rest.to_owned() }))
+            Ok(Some(Command::Gmsg {
+                group: GLOBAL_GROUP.into(),
+                text: rest.to_owned(),
+            }))
         }
         "/gmsg" => {
             let (group, text) = word(rest);
             if group.is_empty() || text.is_empty() {
                 return Err(usage(&cmd, "name a group and a message"));
             }
-            Ok(Some(Command::Gmsg { group: group_arg(&cmd, group)?, text: text.to_owned() }))
+            Ok(Some(Command::Gmsg {
+                group: group_arg(&cmd, group)?,
+                text: text.to_owned(),
+            }))
         }
         "/gshare" => {
             let mut words = rest.split_whitespace();
-            let group = words.next().ok_or_else(|| usage(&cmd, "name a group and its members"))?;
+            let group = words
+                .next()
+                .ok_or_else(|| usage(&cmd, "name a group and its members"))?;
             let group = group_arg(&cmd, group)?;
             let mut members = Vec::new();
             for m in words {
@@ -166,7 +197,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
                 .ok()
                 .filter(|k| matches!(k, ids::IdKind::User | ids::IdKind::Group))
                 .ok_or_else(|| usage(&cmd, format!("{to:?} is not a user or group id")))?;
-            Ok(Some(Command::File { to: to.to_owned(), path: PathBuf::from(path) }))
+            Ok(Some(Command::File {
+                to: to.to_owned(),
+                path: PathBuf::from(path),
+            }))
         }
         other => Err(UsageError {
             problem: format!("unknown command {other}"),
@@ -195,31 +229,57 @@ mod tests {
         assert_eq!(parse("/list").unwrap(), Some(Command::List));
         assert_eq!(
             parse("/msg Bob hello  there ").unwrap(),
-            Some(Command::Msg { to: "Bob".into(), text: "hello  there".into() })
+            Some(Command::Msg {
+                to: "Bob".into(),
+                text: "hello  there".into()
+            })
         );
         assert_eq!(
             parse("/all hi").unwrap(),
-            Some(Command::Gmsg { group: GLOBAL_GROUP.into(), text: "hi".into() })
+            Some(Command::Gmsg {
+                group: GLOBAL_GROUP.into(),
+                text: "hi".into()
+            })
         );
         assert_eq!(
             parse("/gshare group_x bob carol bob").unwrap(),
-            Some(Command::Gshare { group: "group_x".into(), members: vec!["bob".into(), "carol".into()] })
+            Some(Command::Gshare {
+                group: "group_x".into(),
+                members: vec!["bob".into(), "carol".into()]
+            })
         );
         assert_eq!(
             parse("/file group_x /tmp/a b.txt").unwrap(),
-            Some(Command::File { to: "group_x".into(), path: "/tmp/a b.txt".into() })
+            Some(Command::File {
+                to: "group_x".into(),
+                path: "/tmp/a b.txt".into()
+            })
         );
-        assert_eq!(parse("/fingerprint").unwrap(), Some(Command::Fingerprint(None)));
+        assert_eq!(
+            parse("/fingerprint").unwrap(),
+            Some(Command::Fingerprint(None))
+        );
     }
 
     #[test]
     fn usage_errors_name_the_usage() {
         let e = parse("/msg Bob").unwrap_err();
         assert_eq!(e.usage, "/msg USER TEXT");
-        assert_eq!(parse("/gmsg notagroup hi").unwrap_err().usage, "/gmsg GROUP TEXT");
-        assert_eq!(parse("/gshare group_x").unwrap_err().usage, "/gshare GROUP MEMBER...");
+        assert_eq!(
+            parse("/gmsg notagroup hi").unwrap_err().usage,
+            "/gmsg GROUP TEXT"
+        );
+        assert_eq!(
+            parse("/gshare group_x").unwrap_err().usage,
+            "/gshare GROUP MEMBER..."
+        );
         assert!(parse("hello").unwrap_err().to_string().contains("/help"));
-        assert!(parse("/nope").unwrap_err().problem.contains("unknown command"));
+        assert!(
+            parse("/nope")
+                .unwrap_err()
+                .problem
+                .contains("unknown command")
+        );
         assert!(parse("/dbget ../x").is_err());
         assert!(parse("/list extra").is_err());
     }

@@ -96,8 +96,9 @@ impl<F: Frontend> Engine<F> {
         }
         let keyring = Keyring::open(&cfg.keyring_path)
             .with_context(|| format!("opening your keyring {}", cfg.keyring_path.display()))?;
-        let receiver = Receiver::new(&cfg.downloads, cfg.max_file_size)
-            .with_context(|| format!("preparing the downloads folder {}", cfg.downloads.display()))?;
+        let receiver = Receiver::new(&cfg.downloads, cfg.max_file_size).with_context(|| {
+            format!("preparing the downloads folder {}", cfg.downloads.display())
+        })?;
         Ok(Engine {
             cfg,
             key: Arc::new(key),
@@ -182,14 +183,25 @@ impl<F: Frontend> Engine<F> {
         }
     }
 
-    fn lost(&mut self, reason: String, reconnect_at: &mut Option<tokio::time::Instant>, attempt: u32) {
+    fn lost(
+        &mut self,
+        reason: String,
+        reconnect_at: &mut Option<tokio::time::Instant>,
+        attempt: u32,
+    ) {
         self.session = None;
         for name in self.receiver.abort_all() {
-            self.emit(Event::error("FILE", format!("{name}: transfer cut off by the disconnect; nothing was saved")));
+            self.emit(Event::error(
+                "FILE",
+                format!("{name}: transfer cut off by the disconnect; nothing was saved"),
+            ));
         }
         self.emit(Event::Disconnected { reason });
         let wait = backoff(attempt + 1);
-        self.emit(Event::Reconnecting { attempt: attempt + 1, in_ms: wait.as_millis() as u64 });
+        self.emit(Event::Reconnecting {
+            attempt: attempt + 1,
+            in_ms: wait.as_millis() as u64,
+        });
         *reconnect_at = Some(tokio::time::Instant::now() + wait);
     }
 
@@ -198,20 +210,31 @@ impl<F: Frontend> Engine<F> {
             session.close().await;
         }
         for name in self.receiver.abort_all() {
-            self.emit(Event::error("FILE", format!("{name}: transfer incomplete at /quit; nothing was saved")));
+            self.emit(Event::error(
+                "FILE",
+                format!("{name}: transfer incomplete at /quit; nothing was saved"),
+            ));
         }
-        self.emit(Event::Disconnected { reason: "quit".into() });
+        self.emit(Event::Disconnected {
+            reason: "quit".into(),
+        });
     }
 
     async fn send(&mut self, to: &str, msg: &Message) -> bool {
         let Some(session) = self.session.as_mut() else {
-            self.emit(Event::error("NOT_CONNECTED", "not connected to the server; try again when it says connected"));
+            self.emit(Event::error(
+                "NOT_CONNECTED",
+                "not connected to the server; try again when it says connected",
+            ));
             return false;
         };
         match session.send(to, msg).await {
             Ok(()) => true,
             Err(e) => {
-                self.emit(Event::error("NOT_CONNECTED", format!("sending failed: {e}")));
+                self.emit(Event::error(
+                    "NOT_CONNECTED",
+                    format!("sending failed: {e}"),
+                ));
                 false
             }
         }
@@ -255,7 +278,10 @@ impl<F: Frontend> Engine<F> {
             return;
         }
         self.requested.insert(user.to_owned(), Instant::now());
-        let q = Message::UserDbGetUser(UserLookup { user_id: user.to_owned(), extra: Map::new() });
+        let q = Message::UserDbGetUser(UserLookup {
+            user_id: user.to_owned(),
+            extra: Map::new(),
+        });
         if !self.send(ids::TO_SERVER, &q).await {
             self.requested.remove(user);
         }
@@ -268,12 +294,22 @@ impl<F: Frontend> Engine<F> {
 
     fn key_answer(&mut self, user: &str, pubkey: Option<&str>) {
         self.requested.remove(user);
-        let fingerprint = pubkey.and_then(|k| PublicKey::from_b64(k).ok()).map(|k| k.fingerprint());
+        let fingerprint = pubkey
+            .and_then(|k| PublicKey::from_b64(k).ok())
+            .map(|k| k.fingerprint());
         if let (Some(pk), Some(_)) = (pubkey, &fingerprint) {
             match self.keyring.observe(user, pk) {
                 Ok(Observed::Changed { old, new }) => {
-                    let fp = |k: &str| PublicKey::from_b64(k).map(|k| k.fingerprint()).unwrap_or_default();
-                    self.emit(Event::KeyChanged { user: user.to_owned(), old: fp(&old), new: fp(&new) });
+                    let fp = |k: &str| {
+                        PublicKey::from_b64(k)
+                            .map(|k| k.fingerprint())
+                            .unwrap_or_default()
+                    };
+                    self.emit(Event::KeyChanged {
+                        user: user.to_owned(),
+                        old: fp(&old),
+                        new: fp(&new),
+                    });
                 }
                 Ok(_) => {}
                 Err(e) => self.emit(Event::error("KEYRING", e.to_string())),
@@ -285,14 +321,19 @@ impl<F: Frontend> Engine<F> {
             self.unknown.insert(user.to_owned());
         }
         if self.explicit.remove(user) {
-            self.emit(Event::Pubkey { user: user.to_owned(), found: fingerprint.is_some(), fingerprint: fingerprint.clone() });
+            self.emit(Event::Pubkey {
+                user: user.to_owned(),
+                found: fingerprint.is_some(),
+                fingerprint: fingerprint.clone(),
+            });
         }
         let waiting = self.waiting.remove(user).unwrap_or_default();
         for work in waiting {
             match work {
-                Deferred::Cmd(_) if fingerprint.is_none() => {
-                    self.emit(Event::error("NO_KEY", format!("{user} is not in the directory; nothing was sent")))
-                }
+                Deferred::Cmd(_) if fingerprint.is_none() => self.emit(Event::error(
+                    "NO_KEY",
+                    format!("{user} is not in the directory; nothing was sent"),
+                )),
                 // Frames are handled either way: without a key they show as unverified.
                 other => self.ready.push_back(other),
             }
@@ -329,13 +370,19 @@ impl<F: Frontend> Engine<F> {
     async fn command(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Quit => return false,
-            Command::Help => self.emit(Event::Help { text: commands::help() }),
+            Command::Help => self.emit(Event::Help {
+                text: commands::help(),
+            }),
             Command::List => {
-                self.send(ids::TO_SERVER, &Message::UserListReq(Default::default())).await;
+                self.send(ids::TO_SERVER, &Message::UserListReq(Default::default()))
+                    .await;
             }
             Command::Pubget => {
                 let public = self.key.public();
-                self.emit(Event::Pubget { pubkey: public.to_b64().to_owned(), fingerprint: public.fingerprint() });
+                self.emit(Event::Pubget {
+                    pubkey: public.to_b64().to_owned(),
+                    fingerprint: public.fingerprint(),
+                });
             }
             Command::Dbget(user) => {
                 self.explicit.insert(user.clone());
@@ -344,18 +391,32 @@ impl<F: Frontend> Engine<F> {
             }
             Command::Fingerprint(None) => {
                 let fp = self.key.public().fingerprint();
-                self.emit(Event::Fingerprint { user: self.cfg.user.clone(), fingerprint: fp });
+                self.emit(Event::Fingerprint {
+                    user: self.cfg.user.clone(),
+                    fingerprint: fp,
+                });
             }
             Command::Fingerprint(Some(user)) => match self.pinned(&user) {
-                Some(k) => self.emit(Event::Fingerprint { user, fingerprint: k.fingerprint() }),
-                None => self.emit(Event::error("NO_KEY", format!("no key pinned for {user}; /dbget {user} fetches it"))),
+                Some(k) => self.emit(Event::Fingerprint {
+                    user,
+                    fingerprint: k.fingerprint(),
+                }),
+                None => self.emit(Event::error(
+                    "NO_KEY",
+                    format!("no key pinned for {user}; /dbget {user} fetches it"),
+                )),
             },
             Command::Trust(user) => match self.keyring.trust(&user) {
                 Ok(Some((_, new))) => {
-                    let fingerprint = PublicKey::from_b64(&new).map(|k| k.fingerprint()).unwrap_or_default();
+                    let fingerprint = PublicKey::from_b64(&new)
+                        .map(|k| k.fingerprint())
+                        .unwrap_or_default();
                     self.emit(Event::Trusted { user, fingerprint });
                 }
-                Ok(None) => self.emit(Event::error("USAGE", format!("{user} has no key change waiting for /trust"))),
+                Ok(None) => self.emit(Event::error(
+                    "USAGE",
+                    format!("{user} has no key change waiting for /trust"),
+                )),
                 Err(e) => self.emit(Event::error("KEYRING", e.to_string())),
             },
             Command::Msg { to, text } => self.send_dm(to, text).await,
@@ -369,18 +430,29 @@ impl<F: Frontend> Engine<F> {
     async fn send_dm(&mut self, to: String, text: String) {
         let recipient = match self.sendable(&to) {
             Err(()) => return,
-            Ok(None) => return self.defer(&to.clone(), Deferred::Cmd(Command::Msg { to, text })).await,
+            Ok(None) => {
+                return self
+                    .defer(&to.clone(), Deferred::Cmd(Command::Msg { to, text }))
+                    .await;
+            }
             Ok(Some(k)) => k,
         };
         let (key, user, to2) = (self.key.clone(), self.cfg.user.clone(), to.clone());
-        let sealed = blocking(move || content::seal_dm(&key, &user, &to2, &recipient, text.as_bytes(), now_ms())).await;
+        let sealed = blocking(move || {
+            content::seal_dm(&key, &user, &to2, &recipient, text.as_bytes(), now_ms())
+        })
+        .await;
         let Some(Ok(mut dm)) = sealed else {
             return self.emit(Event::error("CRYPTO", "could not seal the message"));
         };
         let msg_id = new_msg_id();
         dm.msg_id = Some(msg_id.clone());
         if self.send(&to, &Message::MsgPrivate(dm)).await {
-            self.emit(Event::Sent { kind: "dm", to, msg_id });
+            self.emit(Event::Sent {
+                kind: "dm",
+                to,
+                msg_id,
+            });
         }
     }
 
@@ -392,11 +464,20 @@ impl<F: Frontend> Engine<F> {
                 Ok(Some(k)) => keys.push((m.clone(), k)),
                 Ok(None) => {
                     // Ask for every missing key at once; run again when they are here.
-                    let missing: Vec<String> = members.iter().filter(|u| self.pinned(u).is_none()).cloned().collect();
+                    let missing: Vec<String> = members
+                        .iter()
+                        .filter(|u| self.pinned(u).is_none())
+                        .cloned()
+                        .collect();
                     for u in &missing[1..] {
                         self.request_key(u).await;
                     }
-                    return self.defer(&missing[0].clone(), Deferred::Cmd(Command::Gshare { group, members })).await;
+                    return self
+                        .defer(
+                            &missing[0].clone(),
+                            Deferred::Cmd(Command::Gshare { group, members }),
+                        )
+                        .await;
                 }
             }
         }
@@ -409,14 +490,25 @@ impl<F: Frontend> Engine<F> {
         if !all.contains(&self.cfg.user) {
             all.push(self.cfg.user.clone());
         }
-        let record = GroupKey { key: group_key, creator: self.cfg.user.clone(), members: all };
+        let record = GroupKey {
+            key: group_key,
+            creator: self.cfg.user.clone(),
+            members: all,
+        };
         if let Err(e) = self.keyring.set_group_key(&group, &record) {
             return self.emit(Event::error("KEYRING", e.to_string()));
         }
         let msg_id = new_msg_id();
         share.msg_id = Some(msg_id.clone());
-        if self.send(ids::TO_SERVER, &Message::GroupKeyShare(share)).await {
-            self.emit(Event::Sent { kind: "group_key", to: group, msg_id });
+        if self
+            .send(ids::TO_SERVER, &Message::GroupKeyShare(share))
+            .await
+        {
+            self.emit(Event::Sent {
+                kind: "group_key",
+                to: group,
+                msg_id,
+            });
         }
     }
 
@@ -438,28 +530,43 @@ impl<F: Frontend> Engine<F> {
     }
 
     async fn send_group(&mut self, group: String, text: String) {
-        let Some(gk) = self.group_key(&group) else { return };
+        let Some(gk) = self.group_key(&group) else {
+            return;
+        };
         let (key, user, group2) = (self.key.clone(), self.cfg.user.clone(), group.clone());
-        let sealed = blocking(move || content::seal_group(&key, &user, &group2, &gk.key, text.as_bytes(), now_ms())).await;
+        let sealed = blocking(move || {
+            content::seal_group(&key, &user, &group2, &gk.key, text.as_bytes(), now_ms())
+        })
+        .await;
         let Some(Ok(mut m)) = sealed else {
             return self.emit(Event::error("CRYPTO", "could not seal the message"));
         };
         let msg_id = new_msg_id();
         m.msg_id = Some(msg_id.clone());
         if self.send(&group, &Message::MsgGroup(m)).await {
-            self.emit(Event::Sent { kind: "group_msg", to: group, msg_id });
+            self.emit(Event::Sent {
+                kind: "group_msg",
+                to: group,
+                msg_id,
+            });
         }
     }
 
     async fn send_file(&mut self, to: String, path: PathBuf) {
         let group = ids::check_group(&to).is_ok();
         let (file_key, wrapped) = if group {
-            let Some(gk) = self.group_key(&to) else { return };
+            let Some(gk) = self.group_key(&to) else {
+                return;
+            };
             (gk.key, None)
         } else {
             let recipient = match self.sendable(&to) {
                 Err(()) => return,
-                Ok(None) => return self.defer(&to.clone(), Deferred::Cmd(Command::File { to, path })).await,
+                Ok(None) => {
+                    return self
+                        .defer(&to.clone(), Deferred::Cmd(Command::File { to, path }))
+                        .await;
+                }
                 Ok(Some(k)) => k,
             };
             let Ok(key) = aead::new_key() else { return };
@@ -468,27 +575,46 @@ impl<F: Frontend> Engine<F> {
             };
             (key.to_vec(), Some(b64::encode(wrapped)))
         };
-        if let Err(e) = self.stream_file(&to, &path, group, &file_key, wrapped).await {
+        if let Err(e) = self
+            .stream_file(&to, &path, group, &file_key, wrapped)
+            .await
+        {
             self.emit(Event::error("FILE", format!("{}: {e}", path.display())));
         }
     }
 
-    async fn stream_file(&mut self, to: &str, path: &Path, group: bool, key: &[u8], wrapped: Option<String>) -> anyhow::Result<()> {
+    async fn stream_file(
+        &mut self,
+        to: &str,
+        path: &Path,
+        group: bool,
+        key: &[u8],
+        wrapped: Option<String>,
+    ) -> anyhow::Result<()> {
         let meta = tokio::fs::metadata(path).await?;
         if !meta.is_file() {
             anyhow::bail!("not a regular file");
         }
         let size = meta.len();
         if size > self.cfg.max_file_size {
-            anyhow::bail!("{size} bytes is over the {}-byte limit", self.cfg.max_file_size);
+            anyhow::bail!(
+                "{size} bytes is over the {}-byte limit",
+                self.cfg.max_file_size
+            );
         }
         let sha = hash_file(path).await?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
         let file_id = new_msg_id();
         let mode = if group { FileMode::Group } else { FileMode::Dm };
-        let signed = content::manifest_signed_bytes(&file_id, &name, size, &sha, mode, &self.cfg.user, to)?;
+        let signed =
+            content::manifest_signed_bytes(&file_id, &name, size, &sha, mode, &self.cfg.user, to)?;
         let k = self.key.clone();
-        let sig = blocking(move || k.sign_b64(&signed)).await.ok_or_else(|| anyhow::anyhow!("signing task"))??;
+        let sig = blocking(move || k.sign_b64(&signed))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("signing task"))??;
         let start_msg_id = new_msg_id();
         let mut start = FileStart {
             file_id: file_id.clone(),
@@ -502,7 +628,9 @@ impl<F: Frontend> Engine<F> {
             msg_id: Some(start_msg_id.clone()),
             extra: Map::new(),
         };
-        start.extra.insert("from".into(), Value::String(self.cfg.user.clone()));
+        start
+            .extra
+            .insert("from".into(), Value::String(self.cfg.user.clone()));
         if !self.send(to, &Message::FileStart(start)).await {
             anyhow::bail!("not sent");
         }
@@ -514,21 +642,36 @@ impl<F: Frontend> Engine<F> {
             if n == 0 {
                 break;
             }
-            let mut chunk = content::seal_chunk(&file_id, index, key, wrapped.as_deref(), &buf[..n])?;
+            let mut chunk =
+                content::seal_chunk(&file_id, index, key, wrapped.as_deref(), &buf[..n])?;
             chunk.msg_id = Some(new_msg_id());
             if !self.send(to, &Message::FileChunk(chunk)).await {
                 anyhow::bail!("the connection dropped after {done} of {size} bytes");
             }
             index += 1;
             done += n as u64;
-            self.emit(Event::Progress { direction: "sending", name: name.clone(), done, total: size });
+            self.emit(Event::Progress {
+                direction: "sending",
+                name: name.clone(),
+                done,
+                total: size,
+            });
         }
         if done != size {
             anyhow::bail!("the file changed while it was sent ({done} of {size} bytes)");
         }
-        let end = FileEnd { file_id, user_id: None, msg_id: Some(new_msg_id()), extra: Map::new() };
+        let end = FileEnd {
+            file_id,
+            user_id: None,
+            msg_id: Some(new_msg_id()),
+            extra: Map::new(),
+        };
         if self.send(to, &Message::FileEnd(end)).await {
-            self.emit(Event::Sent { kind: "file", to: to.to_owned(), msg_id: start_msg_id });
+            self.emit(Event::Sent {
+                kind: "file",
+                to: to.to_owned(),
+                msg_id: start_msg_id,
+            });
         }
         Ok(())
     }
@@ -542,7 +685,10 @@ impl<F: Frontend> Engine<F> {
                 let key = (a.found && !a.pubkey.is_empty()).then_some(a.pubkey.as_str());
                 self.key_answer(&a.user_id, key);
             }
-            Message::Error(e) => self.emit(Event::Error { code: e.code, detail: e.detail }),
+            Message::Error(e) => self.emit(Event::Error {
+                code: e.code,
+                detail: e.detail,
+            }),
             Message::UserDeliver(d) => self.incoming_dm(env, d).await,
             Message::GroupKeyShare(s) => self.incoming_share(env, s).await,
             Message::MsgGroup(m) => self.incoming_group(env, m).await,
@@ -555,27 +701,45 @@ impl<F: Frontend> Engine<F> {
     }
 
     /// The `msg_id` of content, and whether it is new (not shown before).
-    fn first_sight(&mut self, msg_id: Option<&String>, payload: &Map<String, Value>) -> (String, bool) {
+    fn first_sight(
+        &mut self,
+        msg_id: Option<&String>,
+        payload: &Map<String, Value>,
+    ) -> (String, bool) {
         let id = msg_id.cloned().unwrap_or_else(|| derived_msg_id(payload));
         let new = self.keyring.first_sight(&id).unwrap_or(true);
         (id, new)
     }
 
     /// Returns the sender's pinned key, or defers the frame until it is known.
-    async fn sender_key(&mut self, sender: &str, env: &Envelope, msg: &Message) -> Result<Option<PublicKey>, ()> {
+    async fn sender_key(
+        &mut self,
+        sender: &str,
+        env: &Envelope,
+        msg: &Message,
+    ) -> Result<Option<PublicKey>, ()> {
         if let Some(k) = self.pinned(sender) {
             return Ok(Some(k));
         }
-        if self.unknown.contains(sender) || self.session.is_none() || ids::check_user(sender).is_err() {
+        if self.unknown.contains(sender)
+            || self.session.is_none()
+            || ids::check_user(sender).is_err()
+        {
             return Ok(None);
         }
-        self.defer(sender, Deferred::Frame(Box::new((env.clone(), msg.clone())))).await;
+        self.defer(
+            sender,
+            Deferred::Frame(Box::new((env.clone(), msg.clone()))),
+        )
+        .await;
         Err(())
     }
 
     async fn incoming_dm(&mut self, env: Envelope, d: Deliver) {
         let msg = Message::UserDeliver(d.clone());
-        let Ok(sender_key) = self.sender_key(&d.sender, &env, &msg).await else { return };
+        let Ok(sender_key) = self.sender_key(&d.sender, &env, &msg).await else {
+            return;
+        };
         let (msg_id, new) = self.first_sight(d.msg_id.as_ref(), &env.payload);
         if !new {
             return;
@@ -592,21 +756,32 @@ impl<F: Frontend> Engine<F> {
             extra: Map::new(),
         };
         let verified = sender_key.is_some_and(|k| {
-            content::dm_signed_bytes(&dm, &d.sender, &self.cfg.user).is_ok_and(|b| content::verify(&k, &b, &dm.content_sig))
+            content::dm_signed_bytes(&dm, &d.sender, &self.cfg.user)
+                .is_ok_and(|b| content::verify(&k, &b, &dm.content_sig))
         });
         let key = self.key.clone();
         match blocking(move || content::open_dm(&key, &dm)).await {
             Some(Ok(plain)) => {
                 let text = String::from_utf8_lossy(&plain).into_owned();
-                self.emit(Event::Dm { from: d.sender, text, verified, msg_id });
+                self.emit(Event::Dm {
+                    from: d.sender,
+                    text,
+                    verified,
+                    msg_id,
+                });
             }
-            _ => self.emit(Event::error("DECRYPT", format!("a DM from {} could not be decrypted", d.sender))),
+            _ => self.emit(Event::error(
+                "DECRYPT",
+                format!("a DM from {} could not be decrypted", d.sender),
+            )),
         }
     }
 
     async fn incoming_share(&mut self, env: Envelope, s: GroupKeyShare) {
         let msg = Message::GroupKeyShare(s.clone());
-        let Ok(creator_key) = self.sender_key(&s.creator, &env, &msg).await else { return };
+        let Ok(creator_key) = self.sender_key(&s.creator, &env, &msg).await else {
+            return;
+        };
         let (_, new) = self.first_sight(s.msg_id.as_ref(), &env.payload);
         if !new {
             return;
@@ -619,7 +794,12 @@ impl<F: Frontend> Engine<F> {
         let group_key = match opened {
             Some(Ok(Some(k))) => k,
             Some(Ok(None)) => return,
-            _ => return self.emit(Event::error("DECRYPT", format!("the key share for {} could not be opened", s.group_id))),
+            _ => {
+                return self.emit(Event::error(
+                    "DECRYPT",
+                    format!("the key share for {} could not be opened", s.group_id),
+                ));
+            }
         };
         // Only a share signed by its creator's directory key is adopted: an
         // unverified share could hand us a key someone else knows.
@@ -628,23 +808,39 @@ impl<F: Frontend> Engine<F> {
             if !members.contains(&s.creator) {
                 members.push(s.creator.clone());
             }
-            let record = GroupKey { key: group_key, creator: s.creator.clone(), members };
+            let record = GroupKey {
+                key: group_key,
+                creator: s.creator.clone(),
+                members,
+            };
             if let Err(e) = self.keyring.set_group_key(&s.group_id, &record) {
                 return self.emit(Event::error("KEYRING", e.to_string()));
             }
         }
-        self.emit(Event::GroupKey { group: s.group_id, from: s.creator, verified });
+        self.emit(Event::GroupKey {
+            group: s.group_id,
+            from: s.creator,
+            verified,
+        });
     }
 
     async fn incoming_group(&mut self, env: Envelope, m: MsgGroup) {
         let msg = Message::MsgGroup(m.clone());
-        let Ok(sender_key) = self.sender_key(&m.from, &env, &msg).await else { return };
+        let Ok(sender_key) = self.sender_key(&m.from, &env, &msg).await else {
+            return;
+        };
         let (msg_id, new) = self.first_sight(m.msg_id.as_ref(), &env.payload);
         if !new {
             return;
         }
         let Some(gk) = self.keyring.group_key(&m.group_id).ok().flatten() else {
-            return self.emit(Event::error("NO_KEY", format!("a message for {} arrived, but you hold no key for it", m.group_id)));
+            return self.emit(Event::error(
+                "NO_KEY",
+                format!(
+                    "a message for {} arrived, but you hold no key for it",
+                    m.group_id
+                ),
+            ));
         };
         let verified = sender_key.is_some_and(|k| {
             content::group_signed_bytes(&m).is_ok_and(|b| content::verify(&k, &b, &m.content_sig))
@@ -662,7 +858,11 @@ impl<F: Frontend> Engine<F> {
     }
 
     async fn file_start(&mut self, s: FileStart) {
-        let from = s.extra.get("from").and_then(Value::as_str).map(str::to_owned);
+        let from = s
+            .extra
+            .get("from")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         if let Some(sender) = &from
             && self.pinned(sender).is_none()
         {
@@ -674,15 +874,21 @@ impl<F: Frontend> Engine<F> {
     }
 
     async fn file_chunk(&mut self, c: FileChunk) {
-        let Some(t) = self.receiver.get_mut(&c.file_id) else { return };
+        let Some(t) = self.receiver.get_mut(&c.file_id) else {
+            return;
+        };
         let name = t.name.clone();
         let key = match (t.start.mode, &t.start.group_id, &c.wrapped_key) {
-            (FileMode::Group, Some(group), _) => self.keyring.group_key(group).ok().flatten().map(|g| g.key),
+            (FileMode::Group, Some(group), _) => {
+                self.keyring.group_key(group).ok().flatten().map(|g| g.key)
+            }
             (FileMode::Dm, _, Some(wrapped)) => match &t.dm_key {
                 Some((w, k)) if w == wrapped => Some(k.clone()),
                 _ => {
                     let (key, wrapped2) = (self.key.clone(), wrapped.clone());
-                    let k = blocking(move || content::unwrap_file_key(&key, &wrapped2)).await.and_then(Result::ok);
+                    let k = blocking(move || content::unwrap_file_key(&key, &wrapped2))
+                        .await
+                        .and_then(Result::ok);
                     if let (Some(k), Some(t)) = (&k, self.receiver.get_mut(&c.file_id)) {
                         t.dm_key = Some((wrapped.clone(), k.clone()));
                     }
@@ -694,11 +900,22 @@ impl<F: Frontend> Engine<F> {
         let plain = key.and_then(|k| content::open_chunk(&k, &c).ok());
         let Some(plain) = plain else {
             self.receiver.abort(&c.file_id);
-            let e = files::FileError::Decrypt { name, index: c.index };
-            return self.emit(Event::error("FILE", format!("{e}; the transfer was dropped and nothing was saved")));
+            let e = files::FileError::Decrypt {
+                name,
+                index: c.index,
+            };
+            return self.emit(Event::error(
+                "FILE",
+                format!("{e}; the transfer was dropped and nothing was saved"),
+            ));
         };
         match self.receiver.append(&c, &plain) {
-            Ok((done, total)) => self.emit(Event::Progress { direction: "receiving", name, done, total }),
+            Ok((done, total)) => self.emit(Event::Progress {
+                direction: "receiving",
+                name,
+                done,
+                total,
+            }),
             Err(e) => self.emit(Event::error("FILE", format!("{e}; nothing was saved"))),
         }
     }
@@ -713,8 +930,10 @@ impl<F: Frontend> Engine<F> {
                 };
                 let verified = match (&done.from, &s.content_sig) {
                     (Some(from), Some(sig)) => self.pinned(from).is_some_and(|k| {
-                        content::manifest_signed_bytes(&s.file_id, &s.name, s.size, &s.sha256, s.mode, from, &to)
-                            .is_ok_and(|b| content::verify(&k, &b, sig))
+                        content::manifest_signed_bytes(
+                            &s.file_id, &s.name, s.size, &s.sha256, s.mode, from, &to,
+                        )
+                        .is_ok_and(|b| content::verify(&k, &b, sig))
                     }),
                     _ => false,
                 };
@@ -722,7 +941,11 @@ impl<F: Frontend> Engine<F> {
                     from: done.from.clone(),
                     mode: files::mode_name(s.mode),
                     group: s.group_id.clone(),
-                    name: done.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    name: done
+                        .path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
                     path: done.path.display().to_string(),
                     size: done.size,
                     sha256_ok: true,

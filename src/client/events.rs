@@ -9,16 +9,52 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Connected { user: String, server: String },
-    Disconnected { reason: String },
-    Reconnecting { attempt: u32, in_ms: u64 },
-    List { users: Vec<String> },
-    Pubget { pubkey: String, fingerprint: String },
-    Pubkey { user: String, found: bool, fingerprint: Option<String> },
-    Sent { kind: &'static str, to: String, msg_id: String },
-    Dm { from: String, text: String, verified: bool, msg_id: String },
-    GroupKey { group: String, from: String, verified: bool },
-    GroupMsg { group: String, from: String, text: String, verified: bool, msg_id: String },
+    Connected {
+        user: String,
+        server: String,
+    },
+    Disconnected {
+        reason: String,
+    },
+    Reconnecting {
+        attempt: u32,
+        in_ms: u64,
+    },
+    List {
+        users: Vec<String>,
+    },
+    Pubget {
+        pubkey: String,
+        fingerprint: String,
+    },
+    Pubkey {
+        user: String,
+        found: bool,
+        fingerprint: Option<String>,
+    },
+    Sent {
+        kind: &'static str,
+        to: String,
+        msg_id: String,
+    },
+    Dm {
+        from: String,
+        text: String,
+        verified: bool,
+        msg_id: String,
+    },
+    GroupKey {
+        group: String,
+        from: String,
+        verified: bool,
+    },
+    GroupMsg {
+        group: String,
+        from: String,
+        text: String,
+        verified: bool,
+        msg_id: String,
+    },
     File {
         from: Option<String>,
         mode: &'static str,
@@ -29,18 +65,41 @@ pub enum Event {
         sha256_ok: bool,
         verified: bool,
     },
-    Progress { direction: &'static str, name: String, done: u64, total: u64 },
-    KeyChanged { user: String, old: String, new: String },
-    Fingerprint { user: String, fingerprint: String },
-    Trusted { user: String, fingerprint: String },
-    Help { text: String },
-    Error { code: String, detail: String },
+    Progress {
+        direction: &'static str,
+        name: String,
+        done: u64,
+        total: u64,
+    },
+    KeyChanged {
+        user: String,
+        old: String,
+        new: String,
+    },
+    Fingerprint {
+        user: String,
+        fingerprint: String,
+    },
+    Trusted {
+        user: String,
+        fingerprint: String,
+    },
+    Help {
+        text: String,
+    },
+    Error {
+        code: String,
+        detail: String,
+    },
 }
 
 impl Event {
     /// A local failure with one of our codes (`USAGE`, `NO_KEY`, `FILE`, ...).
     pub fn error(code: &str, detail: impl Into<String>) -> Event {
-        Event::Error { code: code.to_owned(), detail: detail.into() }
+        Event::Error {
+            code: code.to_owned(),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -57,7 +116,9 @@ impl Frontend for JsonFrontend {
         if matches!(event, Event::Progress { .. }) {
             return;
         }
-        let Ok(line) = serde_json::to_string(event) else { return };
+        let Ok(line) = serde_json::to_string(event) else {
+            return;
+        };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
@@ -82,12 +143,21 @@ impl Default for TerminalFrontend {
 
 fn clock() -> String {
     let secs = crate::wire::now_ms() / 1000;
-    format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
 }
 
 impl TerminalFrontend {
     fn paint(&self, code: &str, text: &str) -> String {
-        if self.colour { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
+        if self.colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
     }
 
     fn mark(&self, verified: bool) -> String {
@@ -147,11 +217,21 @@ impl TerminalFrontend {
 
 impl Frontend for TerminalFrontend {
     fn emit(&mut self, event: &Event) {
-        if let Event::Progress { direction, name, done, total } = event {
+        if let Event::Progress {
+            direction,
+            name,
+            done,
+            total,
+        } = event
+        {
             if self.progress {
                 let width = 30usize;
                 let filled = (*done as f64 / (*total).max(1) as f64 * width as f64) as usize;
-                let bar = format!("{}{}", "#".repeat(filled.min(width)), "-".repeat(width - filled.min(width)));
+                let bar = format!(
+                    "{}{}",
+                    "#".repeat(filled.min(width)),
+                    "-".repeat(width - filled.min(width))
+                );
                 let end = if done >= total { "\n" } else { "" };
                 eprint!("\r{direction} {name} [{bar}] {done}/{total} bytes{end}");
             }

@@ -42,7 +42,11 @@ pub enum FileError {
     #[error("{name}: {got} bytes received, {want} announced")]
     Short { name: String, got: u64, want: u64 },
     #[error("{name}: SHA-256 is {got}, the manifest says {want}")]
-    Hash { name: String, got: String, want: String },
+    Hash {
+        name: String,
+        got: String,
+        want: String,
+    },
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
 }
@@ -53,10 +57,16 @@ pub fn safe_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String = base
         .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+        .filter(|c| {
+            !c.is_control() && !matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
         .collect();
     let cleaned = cleaned.trim().trim_start_matches('.').trim().to_owned();
-    let cleaned = if cleaned.is_empty() { "file".to_owned() } else { cleaned };
+    let cleaned = if cleaned.is_empty() {
+        "file".to_owned()
+    } else {
+        cleaned
+    };
     truncate_keeping_extension(&cleaned, MAX_NAME_BYTES)
 }
 
@@ -84,7 +94,11 @@ fn truncate_keeping_extension(name: &str, max: usize) -> String {
 fn place(temp: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
     let (stem, ext) = split_ext(name);
     for n in 0..10_000u32 {
-        let candidate = if n == 0 { name.to_owned() } else { format!("{stem} ({n}){ext}") };
+        let candidate = if n == 0 {
+            name.to_owned()
+        } else {
+            format!("{stem} ({n}){ext}")
+        };
         let path = dir.join(candidate);
         match std::fs::hard_link(temp, &path) {
             Ok(()) => {
@@ -160,7 +174,11 @@ impl Receiver {
     pub fn start(&mut self, start: FileStart, from: Option<String>) -> Result<(), FileError> {
         let name = safe_name(&start.name);
         if start.size > self.max_size {
-            return Err(FileError::TooLarge { name, size: start.size, max: self.max_size });
+            return Err(FileError::TooLarge {
+                name,
+                size: start.size,
+                max: self.max_size,
+            });
         }
         if self.transfers.contains_key(&start.file_id) {
             return Err(FileError::Duplicate);
@@ -168,7 +186,10 @@ impl Receiver {
         if self.transfers.len() >= MAX_TRANSFERS {
             return Err(FileError::TooMany);
         }
-        let temp = self.dir.join(format!("{PART_PREFIX}{}{PART_SUFFIX}", uuid::Uuid::new_v4()));
+        let temp = self.dir.join(format!(
+            "{PART_PREFIX}{}{PART_SUFFIX}",
+            uuid::Uuid::new_v4()
+        ));
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -185,7 +206,8 @@ impl Receiver {
             dm_key: None,
             start,
         };
-        self.transfers.insert(incoming.start.file_id.clone(), incoming);
+        self.transfers
+            .insert(incoming.start.file_id.clone(), incoming);
         Ok(())
     }
 
@@ -196,15 +218,27 @@ impl Receiver {
 
     /// Appends one chunk's plaintext (already opened by the caller).
     pub fn append(&mut self, chunk: &FileChunk, plaintext: &[u8]) -> Result<(u64, u64), FileError> {
-        let t = self.transfers.get_mut(&chunk.file_id).ok_or_else(|| FileError::Unknown(chunk.file_id.clone()))?;
+        let t = self
+            .transfers
+            .get_mut(&chunk.file_id)
+            .ok_or_else(|| FileError::Unknown(chunk.file_id.clone()))?;
         let result = (|| {
             if chunk.index != t.next_index {
-                return Err(FileError::OutOfOrder { name: t.name.clone(), got: chunk.index, want: t.next_index });
+                return Err(FileError::OutOfOrder {
+                    name: t.name.clone(),
+                    got: chunk.index,
+                    want: t.next_index,
+                });
             }
             if t.received + plaintext.len() as u64 > t.start.size {
-                return Err(FileError::Overrun { name: t.name.clone(), size: t.start.size });
+                return Err(FileError::Overrun {
+                    name: t.name.clone(),
+                    size: t.start.size,
+                });
             }
-            t.file.write_all(plaintext).map_err(|e| FileError::Io(t.temp.display().to_string(), e))?;
+            t.file
+                .write_all(plaintext)
+                .map_err(|e| FileError::Io(t.temp.display().to_string(), e))?;
             t.hasher.update(plaintext);
             t.received += plaintext.len() as u64;
             t.next_index += 1;
@@ -218,23 +252,50 @@ impl Receiver {
 
     /// Finishes a transfer at `FILE_END`: size and SHA-256 must match.
     pub fn finish(&mut self, file_id: &str) -> Result<Finished, FileError> {
-        let t = self.transfers.remove(file_id).ok_or_else(|| FileError::Unknown(file_id.to_owned()))?;
-        let Incoming { start, from, name, temp, file, hasher, received, .. } = t;
+        let t = self
+            .transfers
+            .remove(file_id)
+            .ok_or_else(|| FileError::Unknown(file_id.to_owned()))?;
+        let Incoming {
+            start,
+            from,
+            name,
+            temp,
+            file,
+            hasher,
+            received,
+            ..
+        } = t;
         let cleanup = |e: FileError| {
             let _ = std::fs::remove_file(&temp);
             e
         };
         if received != start.size {
-            return Err(cleanup(FileError::Short { name, got: received, want: start.size }));
+            return Err(cleanup(FileError::Short {
+                name,
+                got: received,
+                want: start.size,
+            }));
         }
         let got = hex(hasher.finish().as_ref());
         if !got.eq_ignore_ascii_case(&start.sha256) {
-            return Err(cleanup(FileError::Hash { name, got, want: start.sha256.clone() }));
+            return Err(cleanup(FileError::Hash {
+                name,
+                got,
+                want: start.sha256.clone(),
+            }));
         }
-        file.sync_all().map_err(|e| cleanup(FileError::Io(temp.display().to_string(), e)))?;
+        file.sync_all()
+            .map_err(|e| cleanup(FileError::Io(temp.display().to_string(), e)))?;
         drop(file);
-        let path = place(&temp, &self.dir, &name).map_err(|e| cleanup(FileError::Io(self.dir.display().to_string(), e)))?;
-        Ok(Finished { start, from, path, size: received })
+        let path = place(&temp, &self.dir, &name)
+            .map_err(|e| cleanup(FileError::Io(self.dir.display().to_string(), e)))?;
+        Ok(Finished {
+            start,
+            from,
+            path,
+            size: received,
+        })
     }
 
     /// Drops a transfer and its temporary file; returns its name.
@@ -277,7 +338,10 @@ mod tests {
         assert_eq!(safe_name("evil\u{202e}txt.exe"), "eviltxt.exe");
         let long = format!("{}.pdf", "a".repeat(10_000));
         let safe = safe_name(&long);
-        assert!(safe.len() <= MAX_NAME_BYTES && safe.ends_with(".pdf"), "{safe}");
+        assert!(
+            safe.len() <= MAX_NAME_BYTES && safe.ends_with(".pdf"),
+            "{safe}"
+        );
         let multibyte = "é".repeat(200);
         assert!(safe_name(&multibyte).len() <= MAX_NAME_BYTES);
     }
@@ -293,6 +357,9 @@ mod tests {
             assert_eq!(placed.file_name().unwrap(), expect);
             assert!(!temp.exists());
         }
-        assert_eq!(std::fs::read_to_string(dir.path().join("a.txt")).unwrap(), "old");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.txt")).unwrap(),
+            "old"
+        );
     }
 }

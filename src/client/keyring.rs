@@ -72,7 +72,11 @@ impl Keyring {
     pub fn observe(&self, user: &str, pubkey: &str) -> Result<Observed, StoreError> {
         let conn = self.pool.get()?;
         let pinned: Option<String> = conn
-            .query_row("SELECT pubkey FROM keyring WHERE user_id = ?1", [user], |r| r.get(0))
+            .query_row(
+                "SELECT pubkey FROM keyring WHERE user_id = ?1",
+                [user],
+                |r| r.get(0),
+            )
             .optional()?;
         match pinned {
             None => {
@@ -172,14 +176,27 @@ mod tests {
         assert_eq!(ring.observe("bob", "K1").unwrap(), Observed::Same);
         assert_eq!(
             ring.observe("bob", "K2").unwrap(),
-            Observed::Changed { old: "K1".into(), new: "K2".into() }
+            Observed::Changed {
+                old: "K1".into(),
+                new: "K2".into()
+            }
         );
         assert_eq!(ring.get("bob").unwrap().unwrap().pubkey, "K1");
         assert_eq!(ring.trust("bob").unwrap(), Some(("K1".into(), "K2".into())));
-        assert_eq!(ring.get("bob").unwrap().unwrap(), Pinned { pubkey: "K2".into(), pending: None });
+        assert_eq!(
+            ring.get("bob").unwrap().unwrap(),
+            Pinned {
+                pubkey: "K2".into(),
+                pending: None
+            }
+        );
         assert!(ring.first_sight("m1").unwrap());
         assert!(!ring.first_sight("m1").unwrap());
-        let g = GroupKey { key: vec![1; 32], creator: "alice".into(), members: vec!["bob".into()] };
+        let g = GroupKey {
+            key: vec![1; 32],
+            creator: "alice".into(),
+            members: vec!["bob".into()],
+        };
         ring.set_group_key("group_x", &g).unwrap();
         assert_eq!(ring.group_key("group_x").unwrap(), Some(g));
     }

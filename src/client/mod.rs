@@ -32,7 +32,13 @@ pub fn spawn_stdin() -> mpsc::Receiver<String> {
 }
 
 /// Paths a client uses, from its flags.
-pub fn config(user: &str, server: &str, keys: &std::path::Path, downloads: PathBuf, max_file_size: u64) -> ClientConfig {
+pub fn config(
+    user: &str,
+    server: &str,
+    keys: &std::path::Path,
+    downloads: PathBuf,
+    max_file_size: u64,
+) -> ClientConfig {
     ClientConfig {
         user: user.to_owned(),
         server: server.to_owned(),

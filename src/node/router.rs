@@ -821,7 +821,9 @@ impl Router {
 
     fn user_file(&mut self, conn: ConnId, user: &str, to: &str, msg: Message) {
         if let Message::FileStart(s) = &msg
-            && s.extra.get("from").is_some_and(|f| f.as_str() != Some(user))
+            && s.extra
+                .get("from")
+                .is_some_and(|f| f.as_str() != Some(user))
         {
             return self.error(conn, user, ErrorCode::NotAllowed, "from must be the sender");
         }

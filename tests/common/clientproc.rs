@@ -1,0 +1,145 @@
+//! `socp client --json` as a real process: commands on stdin, events read
+//! from stdout as JSON, every wait bounded.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use super::cluster::WAIT;
+
+const BIN: &str = env!("CARGO_BIN_EXE_socp");
+
+pub struct ClientProc {
+    pub user: String,
+    pub dir: PathBuf,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    events: mpsc::UnboundedReceiver<Value>,
+    /// Events read but not yet matched by `expect`.
+    pub seen: Vec<Value>,
+}
+
+/// Fixture key files by user name.
+pub fn fixture_pem(user: &str) -> PathBuf {
+    let rel = match user {
+        "alice" => "keys/alice.pem",
+        "bob" => "keys/bob.pem",
+        "carol" => "keys/carol.pem",
+        "dave" => "reference-run/Alice.pem",
+        other => panic!("no fixture key for {other}"),
+    };
+    super::vectors_dir().join(rel)
+}
+
+impl ClientProc {
+    /// Starts a client whose folder is `dir` (keys/, downloads/), with the
+    /// user's fixture key.
+    pub async fn start(dir: &Path, user: &str, server: &str) -> ClientProc {
+        let keys = dir.join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let pem = keys.join(format!("{user}.pem"));
+        if !pem.exists() {
+            std::fs::copy(fixture_pem(user), &pem).unwrap();
+        }
+        let mut child = Command::new(BIN)
+            .args(["client", "--json", "--user", user, "--server", server])
+            .arg("--keys")
+            .arg(&keys)
+            .arg("--downloads")
+            .arg(dir.join("downloads"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut c = ClientProc {
+            user: user.to_owned(),
+            dir: dir.to_owned(),
+            child,
+            stdin,
+            events,
+            seen: Vec::new(),
+        };
+        c.expect("connected", |e| e["event"] == "connected").await;
+        c
+    }
+
+    pub fn downloads(&self) -> PathBuf {
+        self.dir.join("downloads")
+    }
+
+    pub async fn cmd(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Waits for an event matching `pred` (earlier unmatched events first).
+    pub async fn expect(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.seen.iter().position(&pred) {
+            return self.seen.remove(i);
+        }
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(ev) = self.events.recv().await {
+                if pred(&ev) {
+                    return Some(ev);
+                }
+                self.seen.push(ev);
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(ev)) => ev,
+            Ok(None) => panic!(
+                "{}: client exited while waiting for {what}; saw {:?}",
+                self.user, self.seen
+            ),
+            Err(_) => panic!(
+                "{}: no {what} within {WAIT:?}; saw {:?}",
+                self.user, self.seen
+            ),
+        }
+    }
+
+    /// Events that arrive within `quiet`.
+    pub async fn drain(&mut self, quiet: std::time::Duration) -> Vec<Value> {
+        let mut out = std::mem::take(&mut self.seen);
+        while let Ok(Some(ev)) = tokio::time::timeout(quiet, self.events.recv()).await {
+            out.push(ev);
+        }
+        out
+    }
+
+    /// Closes stdin (end of input means /quit) and waits for the exit.
+    pub async fn quit(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("client exits at end of input")
+            .unwrap()
+    }
+}
