@@ -10,7 +10,9 @@ use crate::node::{self, NodeConfig};
 
 /// Runs a parsed command line to completion.
 pub fn run(cli: Cli) -> Result<()> {
-    init_logging();
+    // A node logs what it does; a client only what goes wrong (its output is
+    // the conversation).
+    init_logging(if matches!(cli.command, Command::Client(_)) { "warn" } else { "info" });
     match cli.command {
         Command::Gen(args) => gen_identity(args),
         Command::Node(args) => run_node(args),
@@ -18,8 +20,8 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
