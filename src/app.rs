@@ -12,7 +12,11 @@ use crate::node::{self, NodeConfig};
 pub fn run(cli: Cli) -> Result<()> {
     // A node logs what it does; a client only what goes wrong (its output is
     // the conversation).
-    init_logging(if matches!(cli.command, Command::Client(_)) { "warn" } else { "info" });
+    init_logging(if matches!(cli.command, Command::Client(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     match cli.command {
         Command::Gen(args) => gen_identity(args),
         Command::Node(args) => run_node(args),

@@ -81,6 +81,16 @@ pub struct NodeArgs {
     /// so anyone can claim their name before they do.
     #[arg(long)]
     pub allow_legacy_clients: bool,
+    /// Master: how long content for an offline user is kept, in seconds
+    /// (default 7 days); older frames are dropped and counted.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub mailbox_max_age_secs: u64,
+    /// Master: most frames kept for one offline user; beyond it senders get QUOTA_EXCEEDED.
+    #[arg(long, default_value_t = 10_000)]
+    pub mailbox_max_frames: usize,
+    /// Master: most bytes kept for one offline user; beyond it senders get QUOTA_EXCEEDED.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub mailbox_max_bytes: usize,
 }
 
 #[derive(Debug, Args)]

@@ -82,6 +82,7 @@ async fn start_as(
         master_url,
         peers: Vec::new(),
         allow_legacy_clients: true,
+        mailbox: Default::default(),
     };
     let node = Node::start(config).await.unwrap();
     (dir, node)

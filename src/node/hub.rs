@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::conn::ConnCmd;
-use super::router::{ConnId, Input, Output, Router};
+use super::router::{ConnId, Input, Outgoing, Output, Router};
 use super::state::Writer;
+use crate::wire::messages::Ack;
 use crate::wire::now_ms;
 
 /// Events the hub consumes.
@@ -19,6 +20,8 @@ pub(crate) enum HubEvent {
     Unregister(ConnId),
     Input(Box<Input>),
     Status(oneshot::Sender<Status>),
+    /// These acks' frames are committed: send them.
+    Persisted(Vec<(ConnId, String, String)>),
     /// Flush the store and stop (every connection has ended).
     Stop,
 }
@@ -32,6 +35,10 @@ pub struct Status {
     pub linked: Vec<String>,
     /// Connections dropped because their queue was full.
     pub slow_disconnects: u64,
+    /// Frames in custody (at the master, the offline mailbox included).
+    pub custody: usize,
+    /// Mailbox frames dropped for age since start.
+    pub expired: u64,
 }
 
 /// Runs the hub until told to stop.
@@ -56,14 +63,21 @@ pub(crate) async fn run(
             HubEvent::Status(reply) => {
                 let mut linked = router.linked();
                 linked.sort();
+                let (custody, expired) = router.custody_stats();
                 let _ = reply.send(Status {
                     online: router.online(),
                     linked,
                     slow_disconnects,
+                    custody,
+                    expired,
                 });
                 continue;
             }
             HubEvent::Input(input) => *input,
+            HubEvent::Persisted(acks) => {
+                send_acks(&conns, acks);
+                continue;
+            }
             HubEvent::Stop => break,
         };
         for output in router.step(now_ms(), input) {
@@ -90,6 +104,7 @@ pub(crate) async fn run(
                     }
                 }
                 Output::Persist(op) => writer.write(op),
+                Output::AckAfterPersist { conn, to, msg_id } => writer.ack(conn, to, msg_id),
                 Output::Timer { req_id, after } => {
                     let tx = tx.clone();
                     tokio::spawn(async move {
@@ -103,4 +118,36 @@ pub(crate) async fn run(
         }
     }
     writer.flush().await;
+}
+
+/// Sends one batched `ACK` per connection.
+fn send_acks(conns: &HashMap<ConnId, mpsc::Sender<ConnCmd>>, acks: Vec<(ConnId, String, String)>) {
+    let mut by_conn: HashMap<ConnId, (String, Vec<String>)> = HashMap::new();
+    for (conn, to, id) in acks {
+        by_conn
+            .entry(conn)
+            .or_insert_with(|| (to, Vec::new()))
+            .1
+            .push(id);
+    }
+    for (conn, (to, msg_ids)) in by_conn {
+        let Some(queue) = conns.get(&conn) else {
+            continue;
+        };
+        let payload = match serde_json::to_value(Ack {
+            msg_ids,
+            extra: Default::default(),
+        }) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => continue,
+        };
+        let frame = Outgoing {
+            kind: "ACK",
+            to,
+            payload,
+        };
+        if queue.try_send(ConnCmd::Frame(frame)).is_err() {
+            tracing::warn!(conn, "could not queue an ACK; the peer will resend");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! mailbox) or a local (serves users, links to the master).
 
 pub(crate) mod conn;
+pub(crate) mod custody;
 pub(crate) mod dial;
 pub(crate) mod hub;
 pub mod identity;
@@ -27,6 +28,7 @@ use crate::store::{self, Schema};
 use conn::ConnCtx;
 use hub::HubEvent;
 use identity::Identity;
+pub use router::MailboxLimits;
 use router::{Router, RouterConfig};
 
 /// Everything a node needs to start.
@@ -39,6 +41,8 @@ pub struct NodeConfig {
     pub master_url: Option<String>,
     pub peers: Vec<String>,
     pub allow_legacy_clients: bool,
+    /// Bounds of the master's offline mailbox.
+    pub mailbox: MailboxLimits,
 }
 
 impl NodeConfig {
@@ -59,6 +63,11 @@ impl NodeConfig {
             master_url: args.master_url.clone(),
             peers: args.peers.clone(),
             allow_legacy_clients: args.allow_legacy_clients,
+            mailbox: MailboxLimits {
+                max_age_ms: (args.mailbox_max_age_secs as i64).saturating_mul(1000),
+                max_frames: args.mailbox_max_frames,
+                max_bytes: args.mailbox_max_bytes,
+            },
         })
     }
 }
@@ -111,12 +120,17 @@ impl Node {
                 pubkey: pubkey.clone(),
                 host: addr.ip().to_string(),
                 port: addr.port(),
+                limits: config.mailbox,
             },
             snapshot,
         );
-        let writer = state::Writer::start(store).context("starting the store writer")?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
+        let acks = hub_tx.clone();
+        let committed: state::Committed = Box::new(move |batch| {
+            let _ = acks.blocking_send(HubEvent::Persisted(batch));
+        });
+        let writer = state::Writer::start(store, committed).context("starting the store writer")?;
         let mut tasks = vec![tokio::spawn(hub::run(
             router,
             writer,
@@ -132,6 +146,11 @@ impl Node {
             next_conn: next_conn.clone(),
         };
         tasks.push(tokio::spawn(serve(listener, ctx)));
+        tasks.push(tokio::spawn(tick(
+            hub_tx.clone(),
+            config.mailbox,
+            shutdown_rx.clone(),
+        )));
         let hello = dial::our_hello(&addr.ip().to_string(), addr.port(), &pubkey, config.master);
         let urls = config
             .master_url
@@ -200,6 +219,27 @@ impl Node {
         let _ = hub.send(HubEvent::Stop).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), hub_task).await;
         tracing::info!(id = %id, "node stopped");
+    }
+}
+
+/// Drives the router's housekeeping (mailbox expiry), often enough for the
+/// configured age limit.
+async fn tick(
+    hub: mpsc::Sender<HubEvent>,
+    limits: MailboxLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = std::time::Duration::from_millis((limits.max_age_ms / 4).clamp(250, 60_000) as u64);
+    let mut timer = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = stop_requested(&mut shutdown) => return,
+            _ = timer.tick() => {
+                if hub.send(HubEvent::Input(Box::new(router::Input::Tick))).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 

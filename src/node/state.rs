@@ -10,7 +10,8 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, params};
 use serde_json::Value;
 
-use super::router::{HELLO_FRESHNESS_MS, StoreOp};
+use super::custody::{Dest, Entry};
+use super::router::{ConnId, HELLO_FRESHNESS_MS, StoreOp};
 use crate::store::{Pool, StoreError};
 use crate::wire::messages::{Proof, Role};
 
@@ -72,6 +73,7 @@ pub(crate) struct Snapshot {
     pub groups: HashMap<String, GroupRecord>,
     pub seen_hellos: HashMap<[u8; 32], i64>,
     pub proof_owners: HashMap<[u8; 32], String>,
+    pub custody: Vec<Entry>,
 }
 
 fn digest_of(bytes: Vec<u8>) -> Option<[u8; 32]> {
@@ -176,6 +178,33 @@ pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> 
             snap.seen_hellos.insert(d, at);
         }
     }
+    let mut stmt = conn.prepare(
+        "SELECT seq, msg_id, dest_kind, dest, kind, to_id, via, sender, payload, bytes, created_ms
+         FROM custody ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let dest: String = r.get(3)?;
+        let payload: String = r.get(8)?;
+        Ok(Entry {
+            seq: r.get::<_, i64>(0)? as u64,
+            msg_id: r.get(1)?,
+            dest: if r.get::<_, String>(2)? == "server" {
+                Dest::Server(dest)
+            } else {
+                Dest::User(dest)
+            },
+            kind: r.get(4)?,
+            to: r.get(5)?,
+            via: r.get(6)?,
+            sender: r.get(7)?,
+            payload: serde_json::from_str(&payload).unwrap_or_default(),
+            bytes: r.get::<_, i64>(9)? as usize,
+            created_ms: r.get(10)?,
+        })
+    })?;
+    for row in rows {
+        snap.custody.push(row?);
+    }
     let mut stmt = conn.prepare("SELECT digest, server_id FROM proof_owners")?;
     let rows = stmt.query_map([], |r| {
         Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
@@ -236,6 +265,24 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
                 params![digest.as_slice(), server, user, now],
             )?;
         }
+        StoreOp::Custody(e) => {
+            let (dest_kind, dest) = match &e.dest {
+                Dest::User(u) => ("user", u),
+                Dest::Server(s) => ("server", s),
+            };
+            let payload = Value::Object(e.payload.clone()).to_string();
+            tx.execute(
+                "INSERT OR REPLACE INTO custody (seq, msg_id, dest_kind, dest, kind, to_id, via, sender, payload, bytes, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![e.seq as i64, e.msg_id, dest_kind, dest, e.kind, e.to, e.via, e.sender, payload, e.bytes as i64, e.created_ms],
+            )?;
+        }
+        StoreOp::Release(seqs) => {
+            let mut stmt = tx.prepare_cached("DELETE FROM custody WHERE seq = ?1")?;
+            for seq in seqs {
+                stmt.execute([*seq as i64])?;
+            }
+        }
         StoreOp::SetGroup(group, rec) => {
             let members = Value::from(rec.members.clone()).to_string();
             tx.execute(
@@ -250,8 +297,15 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
 
 enum Job {
     Op(StoreOp),
+    /// Acknowledge this to the connection once the batch is committed.
+    Ack(Committed1),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
+
+/// One acknowledgement: connection, its peer's id, `msg_id`.
+pub(crate) type Committed1 = (ConnId, String, String);
+/// Acks whose frames are committed, handed back to the hub to send.
+pub(crate) type Committed = Box<dyn Fn(Vec<Committed1>) + Send>;
 
 /// The one path every node write takes: a thread that applies ops in
 /// batches, one transaction per batch.
@@ -261,7 +315,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn start(pool: Pool) -> Result<Self, StoreError> {
+    pub fn start(pool: Pool, committed: Committed) -> Result<Self, StoreError> {
         let mut conn = pool.get()?;
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
@@ -273,6 +327,7 @@ impl Writer {
                     batch.extend(rx.try_iter());
                     let now = crate::wire::now_ms();
                     let mut flushes = Vec::new();
+                    let mut acks = Vec::new();
                     let result = (|| -> rusqlite::Result<()> {
                         let tx = conn.transaction()?;
                         for job in batch {
@@ -283,6 +338,7 @@ impl Writer {
                                     }
                                     apply(&tx, &op, now)?;
                                 }
+                                Job::Ack(ack) => acks.push(ack),
                                 Job::Flush(done) => flushes.push(done),
                             }
                         }
@@ -295,8 +351,11 @@ impl Writer {
                         }
                         tx.commit()
                     })();
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "store write failed");
+                    match result {
+                        // Ack after persist: only what is committed is acknowledged.
+                        Ok(()) if !acks.is_empty() => committed(acks),
+                        Ok(()) => {}
+                        Err(e) => tracing::error!(error = %e, unacked = acks.len(), "store write failed; the previous hops will resend"),
                     }
                     for done in flushes {
                         let _ = done.send(());
@@ -315,6 +374,11 @@ impl Writer {
         if self.tx.send(Job::Op(op)).is_err() {
             tracing::error!("store thread is gone; a write was lost");
         }
+    }
+
+    /// Queues an acknowledgement for after the writes queued before it.
+    pub fn ack(&self, conn: ConnId, to: String, msg_id: String) {
+        let _ = self.tx.send(Job::Ack((conn, to, msg_id)));
     }
 
     /// Resolves once everything queued before it is committed.

@@ -281,6 +281,17 @@ payload!(
 );
 
 payload!(
+    /// `RECEIPT` (a `socp` extension): what became of content `user_id` sent:
+    /// `queued` (in the master's mailbox) or `delivered` (the recipient's
+    /// client acknowledged it). Routed back to the sender, best effort.
+    Receipt {
+        user_id: String,
+        msg_ids: Vec<String>,
+        status: String,
+    }
+);
+
+payload!(
     /// `ERROR`: why the previous frame was refused.
     ErrorBody { code: String, detail: String }
 );
@@ -295,6 +306,11 @@ macro_rules! catalogue {
 
         /// Every frame type name `socp` knows.
         pub const TYPE_NAMES: &[&str] = &[$($name,)*];
+
+        /// The static name of a known frame type.
+        pub fn static_type_name(kind: &str) -> Option<&'static str> {
+            TYPE_NAMES.iter().copied().find(|n| *n == kind)
+        }
 
         impl Message {
             /// The envelope `type` of this message.
@@ -345,6 +361,7 @@ catalogue!(
     DbUser(DirectoryAnswer) = "DB_USER",
     Heartbeat(Empty) = "HEARTBEAT",
     Ack(Ack) = "ACK",
+    Receipt(Receipt) = "RECEIPT",
     Error(ErrorBody) = "ERROR",
 );
 

@@ -86,6 +86,7 @@ impl TestNode {
             master_url,
             peers,
             allow_legacy_clients: legacy,
+            mailbox: Default::default(),
         };
         let node = Node::start(config.clone()).await.unwrap();
         let mut config = config;

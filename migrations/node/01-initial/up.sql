@@ -49,18 +49,23 @@ CREATE TABLE proof_owners (
     first_ms  INTEGER NOT NULL
 ) STRICT;
 
--- Offline mailbox (master): content for registered users online nowhere,
--- delivered in `seq` order.
-CREATE TABLE mailbox (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    recipient  TEXT NOT NULL,
+-- Custody (PROTOCOL.md B): content this node took responsibility for and
+-- has not handed on yet, one row per destination, in arrival order (`seq`).
+-- At the master, rows for users online nowhere are the offline mailbox.
+CREATE TABLE custody (
+    seq        INTEGER PRIMARY KEY,
     msg_id     TEXT NOT NULL,
-    frame      TEXT NOT NULL,             -- the envelope as JSON
+    dest_kind  TEXT NOT NULL CHECK (dest_kind IN ('user', 'server')),
+    dest       TEXT NOT NULL,
+    kind       TEXT NOT NULL,             -- DELIVER or the frame type
+    to_id      TEXT,                      -- frame `to`, when not implied
+    via        TEXT,                      -- server it came from (NULL: our user)
+    sender     TEXT NOT NULL,
+    payload    TEXT NOT NULL,             -- JSON object
     bytes      INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    UNIQUE (recipient, msg_id)
+    created_ms INTEGER NOT NULL
 ) STRICT;
-CREATE INDEX mailbox_by_recipient ON mailbox (recipient, seq);
+CREATE INDEX custody_by_dest ON custody (dest_kind, dest, seq);
 
 -- Group membership (master and locals), from the latest key share seen for
 -- each group: who a group message or file is fanned out to.

@@ -1,0 +1,333 @@
+//! Custody (PROTOCOL.md B): the frames a node has taken responsibility for
+//! and not yet handed on. Each entry is one frame for one destination (a
+//! user, or a server for group fan-out), kept in arrival order until the next
+//! hop acknowledges it. Entries with nowhere to go wait; at the master that
+//! waiting set is the offline mailbox. Pure data: the router decides routes,
+//! this keeps order, windows and acknowledgements.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde_json::{Map, Value};
+
+use super::router::ConnId;
+
+/// Where an entry is going.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Dest {
+    /// The final recipient.
+    User(String),
+    /// A server that fans a group frame out (a local hands these to the master).
+    Server(String),
+}
+
+/// The next hop a frame leaves on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Hop {
+    Conn(ConnId),
+    Link(String),
+}
+
+/// Frames in flight on one hop before it must acknowledge some.
+pub const WINDOW: usize = 256;
+
+/// One frame in custody.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    pub seq: u64,
+    pub msg_id: String,
+    pub dest: Dest,
+    /// `DELIVER` (sent as `PEER_DELIVER` or `USER_DELIVER`), or the frame type.
+    pub kind: String,
+    pub payload: Map<String, Value>,
+    /// The `to` of the frame, when the destination does not imply it (a
+    /// group file handed to the master names the group).
+    pub to: Option<String>,
+    /// The server it came from (None: our own user).
+    pub via: Option<String>,
+    /// The user who sent the content (receipts go back to them).
+    pub sender: String,
+    pub bytes: usize,
+    pub created_ms: i64,
+}
+
+/// Pending and in-flight entries.
+#[derive(Default)]
+pub(crate) struct Custody {
+    entries: HashMap<u64, Entry>,
+    pending: HashMap<Dest, BTreeSet<u64>>,
+    by_msg: HashMap<String, BTreeSet<u64>>,
+    inflight: HashMap<Hop, HashMap<String, Vec<u64>>>,
+    inflight_count: HashMap<Hop, usize>,
+    /// Destinations that stopped for a full window, by hop.
+    blocked: HashMap<Hop, HashSet<Dest>>,
+    per_dest: HashMap<Dest, (usize, usize)>,
+    next_seq: u64,
+}
+
+impl Custody {
+    /// Resumes from stored entries (all pending again).
+    pub fn load(entries: Vec<Entry>) -> Self {
+        let mut c = Custody::default();
+        for e in entries {
+            c.next_seq = c.next_seq.max(e.seq);
+            c.insert(e);
+        }
+        c
+    }
+
+    fn insert(&mut self, e: Entry) {
+        self.pending
+            .entry(e.dest.clone())
+            .or_default()
+            .insert(e.seq);
+        self.by_msg
+            .entry(e.msg_id.clone())
+            .or_default()
+            .insert(e.seq);
+        let n = self.per_dest.entry(e.dest.clone()).or_default();
+        n.0 += 1;
+        n.1 += e.bytes;
+        self.entries.insert(e.seq, e);
+    }
+
+    /// True if an entry for this message and destination is already held.
+    pub fn holds(&self, msg_id: &str, dest: &Dest) -> bool {
+        self.by_msg.get(msg_id).is_some_and(|seqs| {
+            seqs.iter()
+                .any(|s| self.entries.get(s).is_some_and(|e| &e.dest == dest))
+        })
+    }
+
+    /// Frames and bytes held for `dest`.
+    pub fn load_of(&self, dest: &Dest) -> (usize, usize) {
+        self.per_dest.get(dest).copied().unwrap_or_default()
+    }
+
+    /// Takes a new entry; returns it with its sequence number.
+    pub fn admit(&mut self, mut e: Entry) -> Entry {
+        self.next_seq += 1;
+        e.seq = self.next_seq;
+        self.insert(e.clone());
+        e
+    }
+
+    /// Destinations with pending entries.
+    pub fn pending_dests(&self) -> Vec<Dest> {
+        self.pending
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    /// Room left in `hop`'s window.
+    pub fn room(&self, hop: &Hop) -> usize {
+        WINDOW.saturating_sub(self.inflight_count.get(hop).copied().unwrap_or(0))
+    }
+
+    /// The oldest pending entry for `dest`.
+    pub fn next_pending(&self, dest: &Dest) -> Option<&Entry> {
+        let seq = self.pending.get(dest)?.first()?;
+        self.entries.get(seq)
+    }
+
+    /// Pending entries with this `msg_id` (for coalescing a group frame).
+    pub fn pending_with_msg(&self, msg_id: &str) -> Vec<&Entry> {
+        let Some(seqs) = self.by_msg.get(msg_id) else {
+            return Vec::new();
+        };
+        seqs.iter()
+            .filter_map(|s| self.entries.get(s))
+            .filter(|e| {
+                self.pending
+                    .get(&e.dest)
+                    .is_some_and(|p| p.contains(&e.seq))
+            })
+            .collect()
+    }
+
+    /// Marks entries as sent on `hop` under `msg_id`, awaiting its ack.
+    pub fn send(&mut self, hop: &Hop, msg_id: &str, seqs: &[u64]) {
+        for seq in seqs {
+            if let Some(e) = self.entries.get(seq)
+                && let Some(p) = self.pending.get_mut(&e.dest)
+            {
+                p.remove(seq);
+            }
+        }
+        self.inflight
+            .entry(hop.clone())
+            .or_default()
+            .entry(msg_id.to_owned())
+            .or_default()
+            .extend_from_slice(seqs);
+        *self.inflight_count.entry(hop.clone()).or_default() += 1;
+    }
+
+    /// Remembers that `dest` waits for room on `hop`.
+    pub fn block(&mut self, hop: &Hop, dest: &Dest) {
+        self.blocked
+            .entry(hop.clone())
+            .or_default()
+            .insert(dest.clone());
+    }
+
+    /// Takes the destinations that waited for room on `hop`.
+    pub fn unblock(&mut self, hop: &Hop) -> Vec<Dest> {
+        self.blocked
+            .remove(hop)
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// `hop` acknowledged `msg_ids`: those entries are released and returned.
+    pub fn ack(&mut self, hop: &Hop, msg_ids: &[String]) -> Vec<Entry> {
+        let mut released = Vec::new();
+        let Some(flight) = self.inflight.get_mut(hop) else {
+            return released;
+        };
+        let mut frames = 0;
+        let mut seqs = Vec::new();
+        for id in msg_ids {
+            if let Some(s) = flight.remove(id) {
+                frames += 1;
+                seqs.extend(s);
+            }
+        }
+        if let Some(n) = self.inflight_count.get_mut(hop) {
+            *n = n.saturating_sub(frames);
+        }
+        for seq in seqs {
+            if let Some(e) = self.remove(seq) {
+                released.push(e);
+            }
+        }
+        released
+    }
+
+    /// Releases entries that were handed to a hop that never acknowledges.
+    pub fn release(&mut self, seqs: &[u64]) -> Vec<Entry> {
+        seqs.iter().filter_map(|s| self.remove(*s)).collect()
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Entry> {
+        let e = self.entries.remove(&seq)?;
+        if let Some(p) = self.pending.get_mut(&e.dest) {
+            p.remove(&seq);
+            if p.is_empty() {
+                self.pending.remove(&e.dest);
+            }
+        }
+        if let Some(m) = self.by_msg.get_mut(&e.msg_id) {
+            m.remove(&seq);
+            if m.is_empty() {
+                self.by_msg.remove(&e.msg_id);
+            }
+        }
+        if let Some(n) = self.per_dest.get_mut(&e.dest) {
+            n.0 = n.0.saturating_sub(1);
+            n.1 = n.1.saturating_sub(e.bytes);
+            if n.0 == 0 {
+                self.per_dest.remove(&e.dest);
+            }
+        }
+        Some(e)
+    }
+
+    /// `hop` went away: what was in flight on it is pending again, in order.
+    /// Returns the destinations to route anew.
+    pub fn hop_down(&mut self, hop: &Hop) -> Vec<Dest> {
+        self.inflight_count.remove(hop);
+        let blocked = self.blocked.remove(hop).unwrap_or_default();
+        let mut dests: HashSet<Dest> = blocked;
+        for (_, seqs) in self.inflight.remove(hop).unwrap_or_default() {
+            for seq in seqs {
+                if let Some(e) = self.entries.get(&seq) {
+                    self.pending.entry(e.dest.clone()).or_default().insert(seq);
+                    dests.insert(e.dest.clone());
+                }
+            }
+        }
+        dests.into_iter().collect()
+    }
+
+    /// Pending entries older than `cutoff` for destinations `stuck` says
+    /// have nowhere to go; they are removed and returned.
+    pub fn expire(&mut self, cutoff: i64, stuck: impl Fn(&Dest) -> bool) -> Vec<Entry> {
+        let old: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(d, _)| stuck(d))
+            .flat_map(|(_, seqs)| seqs.iter().copied())
+            .filter(|s| self.entries.get(s).is_some_and(|e| e.created_ms < cutoff))
+            .collect();
+        old.into_iter().filter_map(|s| self.remove(s)).collect()
+    }
+
+    /// Entries held in all.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(msg: &str, user: &str) -> Entry {
+        Entry {
+            seq: 0,
+            msg_id: msg.into(),
+            dest: Dest::User(user.into()),
+            kind: "DELIVER".into(),
+            payload: Map::new(),
+            to: None,
+            via: None,
+            sender: "a".into(),
+            bytes: 10,
+            created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn keeps_order_across_a_lost_hop() {
+        let mut c = Custody::default();
+        for i in 0..3 {
+            c.admit(entry(&format!("m{i}"), "bob"));
+        }
+        let bob = Dest::User("bob".into());
+        let hop = Hop::Link("s".into());
+        let first = c.next_pending(&bob).unwrap().clone();
+        assert_eq!(first.msg_id, "m0");
+        c.send(&hop, "m0", &[first.seq]);
+        let second = c.next_pending(&bob).unwrap().clone();
+        c.send(&hop, "m1", &[second.seq]);
+        assert_eq!(c.room(&hop), WINDOW - 2);
+        // The hop dies: both are pending again, oldest first.
+        assert_eq!(c.hop_down(&hop), vec![bob.clone()]);
+        assert_eq!(c.next_pending(&bob).unwrap().msg_id, "m0");
+        let hop2 = Hop::Conn(1);
+        c.send(&hop2, "m0", &[first.seq]);
+        let released = c.ack(&hop2, &["m0".into()]);
+        assert_eq!(released.len(), 1);
+        assert_eq!(c.next_pending(&bob).unwrap().msg_id, "m1");
+        assert_eq!(c.load_of(&bob), (2, 20));
+        assert!(c.holds("m2", &bob));
+        assert!(!c.holds("m0", &bob));
+    }
+
+    #[test]
+    fn expires_only_stuck_entries() {
+        let mut c = Custody::default();
+        c.admit(entry("old", "bob"));
+        c.admit(Entry {
+            created_ms: 100,
+            ..entry("new", "bob")
+        });
+        c.admit(entry("carol", "carol"));
+        let gone = c.expire(50, |d| d == &Dest::User("bob".into()));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].msg_id, "old");
+        assert_eq!(c.len(), 2);
+    }
+}

@@ -1,0 +1,696 @@
+//! Content: DMs, group key shares, group messages and files. Every piece is
+//! taken into custody (persisted, then acknowledged to the previous hop),
+//! one entry per destination, and pumped towards its next hop in order,
+//! within a window of unacknowledged frames per hop. What has nowhere to go
+//! waits; at the master that is the offline mailbox.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value};
+
+use super::{
+    ConnId, Outgoing, Output, Router, StoreOp, error_payload, payload_of, take_recipients, truncate,
+};
+use crate::node::custody::{Dest, Entry, Hop};
+use crate::node::state::GroupRecord;
+use crate::wire::ids::{self, IdKind};
+use crate::wire::messages::{self, Deliver, FileChunk, FileEnd, FileStart, Message, Receipt};
+use crate::wire::{Envelope, ErrorCode, canonical};
+
+/// Receipt statuses (see `RECEIPT`).
+pub const QUEUED: &str = "queued";
+pub const DELIVERED: &str = "delivered";
+
+/// How an entry leaves: on which hop, through which connection, with which `to`.
+struct Route {
+    hop: Hop,
+    conn: ConnId,
+    to: String,
+    on_link: bool,
+    /// The hop never acknowledges (a reference peer or a legacy client).
+    best_effort: bool,
+}
+
+fn is_group_kind(kind: &str) -> bool {
+    matches!(kind, "MSG_GROUP" | "GROUP_KEY_SHARE")
+}
+
+fn is_file_kind(kind: &str) -> bool {
+    matches!(kind, "FILE_START" | "FILE_CHUNK" | "FILE_END")
+}
+
+/// The content's `msg_id`, derived from the SHA-256 of its canonical payload
+/// when the sender (a reference client) set none, and written into it.
+fn ensure_msg_id(payload: &mut Map<String, Value>) -> String {
+    if let Some(Value::String(id)) = payload.get("msg_id")
+        && !id.is_empty()
+    {
+        return id.clone();
+    }
+    let bytes = canonical::map_to_string(payload).unwrap_or_default();
+    let id = format!(
+        "sha256:{}",
+        crate::crypto::hex(&crate::crypto::sha256(bytes.as_bytes()))
+    );
+    payload.insert("msg_id".into(), Value::String(id.clone()));
+    id
+}
+
+fn file_user_id(msg: &Message) -> Option<String> {
+    match msg {
+        Message::FileStart(FileStart { user_id, .. })
+        | Message::FileChunk(FileChunk { user_id, .. })
+        | Message::FileEnd(FileEnd { user_id, .. }) => user_id.clone(),
+        _ => None,
+    }
+}
+
+/// What to take into custody for one incoming piece of content.
+struct Intake {
+    msg_id: String,
+    kind: String,
+    payload: Map<String, Value>,
+    sender: String,
+    dests: Vec<(Dest, Option<String>)>,
+}
+
+impl Router {
+    fn entry(&self, intake: &Intake, dest: Dest, to: Option<String>, via: Option<&str>) -> Entry {
+        let bytes = serde_json::to_string(&intake.payload)
+            .map(|s| s.len())
+            .unwrap_or(0);
+        Entry {
+            seq: 0,
+            msg_id: intake.msg_id.clone(),
+            dest,
+            kind: intake.kind.clone(),
+            payload: intake.payload.clone(),
+            to,
+            via: via.map(str::to_owned),
+            sender: intake.sender.clone(),
+            bytes,
+            created_ms: self.now,
+        }
+    }
+
+    /// Content from our own user on `conn`.
+    pub(super) fn user_content(&mut self, conn: ConnId, user: &str, env: Envelope, msg: Message) {
+        let legacy = self.sessions.get(user).is_some_and(|s| s.proof.is_none());
+        let mut payload = msg.to_payload();
+        let msg_id = ensure_msg_id(&mut payload);
+        let intake = match self.user_intake(conn, user, &env, msg, payload, msg_id.clone()) {
+            Ok(intake) => intake,
+            Err((code, detail)) => return self.error(conn, user, code, detail),
+        };
+        self.take(intake, None);
+        if !legacy {
+            self.out.push(Output::AckAfterPersist {
+                conn,
+                to: user.to_owned(),
+                msg_id,
+            });
+        }
+    }
+
+    fn user_intake(
+        &mut self,
+        conn: ConnId,
+        user: &str,
+        env: &Envelope,
+        msg: Message,
+        mut payload: Map<String, Value>,
+        msg_id: String,
+    ) -> Result<Intake, (ErrorCode, String)> {
+        let _ = conn;
+        let not_allowed =
+            |what: &str| (ErrorCode::NotAllowed, format!("{what} must be the sender"));
+        let mut intake = Intake {
+            msg_id,
+            kind: msg.type_name().to_owned(),
+            payload: Map::new(),
+            sender: user.to_owned(),
+            dests: Vec::new(),
+        };
+        match msg {
+            Message::MsgPrivate(dm) => {
+                ids::check_user(&env.to).map_err(|_| {
+                    (
+                        ErrorCode::BadFrame,
+                        format!("{:?} is not a user id", truncate(&env.to)),
+                    )
+                })?;
+                self.check_registered(&env.to)?;
+                let deliver = Deliver {
+                    user_id: env.to.clone(),
+                    ciphertext: dm.ciphertext,
+                    iv: dm.iv,
+                    tag: dm.tag,
+                    wrapped_key: dm.wrapped_key,
+                    sender: user.to_owned(),
+                    sender_pub: dm.sender_pub,
+                    content_sig: dm.content_sig,
+                    content_ts: dm.content_ts,
+                    msg_id: Some(intake.msg_id.clone()),
+                    extra: dm.extra,
+                };
+                intake.kind = "DELIVER".into();
+                intake.payload = payload_of(&deliver);
+                intake.dests.push((Dest::User(env.to.clone()), None));
+            }
+            Message::GroupKeyShare(share) => {
+                if share.creator != user {
+                    return Err(not_allowed("creator"));
+                }
+                ids::check_group(&share.group_id)
+                    .map_err(|e| (ErrorCode::BadFrame, e.to_string()))?;
+                let mut members: BTreeSet<String> =
+                    share.shares.iter().map(|s| s.member.clone()).collect();
+                members.insert(share.creator.clone());
+                self.record_group(&share.group_id, members.clone());
+                intake.payload = payload;
+                intake.dests = self.group_dests(user, members.into_iter().collect(), None);
+            }
+            Message::MsgGroup(m) => {
+                if m.from != user {
+                    return Err(not_allowed("from"));
+                }
+                let members = self.groups.get(&m.group_id).map(|g| g.members.clone());
+                if members.is_none() && self.cfg.master {
+                    return Err((
+                        ErrorCode::UserNotFound,
+                        format!("unknown group {}", m.group_id),
+                    ));
+                }
+                intake.payload = payload;
+                intake.dests = self.group_dests(user, members.unwrap_or_default(), None);
+            }
+            Message::FileStart(_) | Message::FileChunk(_) | Message::FileEnd(_) => {
+                if let Some(from) = payload.get("from")
+                    && from.as_str() != Some(user)
+                {
+                    return Err(not_allowed("from"));
+                }
+                match ids::classify(&env.to) {
+                    Ok(IdKind::User) => {
+                        self.check_registered(&env.to)?;
+                        payload.insert("user_id".into(), Value::String(env.to.clone()));
+                        intake.payload = payload;
+                        intake.dests.push((Dest::User(env.to.clone()), None));
+                    }
+                    Ok(IdKind::Group) => {
+                        let members = self.groups.get(&env.to).map(|g| g.members.clone());
+                        if members.is_none() && self.cfg.master {
+                            return Err((
+                                ErrorCode::UserNotFound,
+                                format!("unknown group {}", env.to),
+                            ));
+                        }
+                        intake.payload = payload;
+                        intake.dests = self.group_dests(
+                            user,
+                            members.unwrap_or_default(),
+                            Some(env.to.clone()),
+                        );
+                    }
+                    _ => {
+                        return Err((
+                            ErrorCode::BadFrame,
+                            format!("{:?} is not a user or group id", truncate(&env.to)),
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err((
+                    ErrorCode::NotAllowed,
+                    format!("{} is not content", other.type_name()),
+                ));
+            }
+        }
+        Ok(intake)
+    }
+
+    /// The master knows every registered user; content for anyone else is refused.
+    fn check_registered(&self, user: &str) -> Result<(), (ErrorCode, String)> {
+        if self.cfg.master && !self.users.contains_key(user) {
+            return Err((
+                ErrorCode::UserNotFound,
+                format!("{user} is not a registered user"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Destinations of a group frame from our own user: a local serves the
+    /// members here and hands one copy to the master, which serves the rest;
+    /// the master serves every member.
+    fn group_dests(
+        &self,
+        sender: &str,
+        members: Vec<String>,
+        group_to: Option<String>,
+    ) -> Vec<(Dest, Option<String>)> {
+        let members = members.into_iter().filter(|m| m != sender);
+        if self.cfg.master {
+            return members.map(|m| (Dest::User(m), None)).collect();
+        }
+        let mut dests: Vec<(Dest, Option<String>)> = members
+            .filter(|m| self.sessions.contains_key(m))
+            .map(|m| (Dest::User(m), None))
+            .collect();
+        if let Some(master) = self.master_id.clone() {
+            dests.push((
+                Dest::Server(master.clone()),
+                Some(group_to.unwrap_or(master)),
+            ));
+        }
+        dests
+    }
+
+    /// Content that arrived over the link from `server`.
+    pub(super) fn link_content(&mut self, conn: ConnId, server: &str, env: Envelope, msg: Message) {
+        let mut payload = msg.to_payload();
+        let msg_id = ensure_msg_id(&mut payload);
+        let acks = self.links.get(server).is_some_and(|l| l.socp);
+        let mut intake = Intake {
+            msg_id: msg_id.clone(),
+            kind: msg.type_name().to_owned(),
+            payload,
+            sender: String::new(),
+            dests: Vec::new(),
+        };
+        match msg {
+            Message::PeerDeliver(d) => {
+                intake.kind = "DELIVER".into();
+                intake.sender = d.sender.clone();
+                if self.cfg.master && !self.users.contains_key(&d.user_id) {
+                    self.report(
+                        Some(server),
+                        &d.sender,
+                        ErrorCode::UserNotFound,
+                        format!("{} is not a registered user", d.user_id),
+                    );
+                } else {
+                    intake.dests.push((Dest::User(d.user_id), None));
+                }
+            }
+            Message::GroupKeyShare(share) => {
+                intake.sender = share.creator.clone();
+                let mut members: BTreeSet<String> =
+                    share.shares.iter().map(|s| s.member.clone()).collect();
+                members.insert(share.creator.clone());
+                self.record_group(&share.group_id, members.clone());
+                let recipients = take_recipients(&mut intake.payload);
+                intake.dests = self.relayed_group_dests(
+                    server,
+                    &share.creator,
+                    recipients,
+                    members.into_iter().collect(),
+                );
+            }
+            Message::MsgGroup(m) => {
+                intake.sender = m.from.clone();
+                let recipients = take_recipients(&mut intake.payload);
+                let members = self
+                    .groups
+                    .get(&m.group_id)
+                    .map(|g| g.members.clone())
+                    .unwrap_or_default();
+                if recipients.is_none() && members.is_empty() {
+                    self.report(
+                        Some(server),
+                        &m.from,
+                        ErrorCode::UserNotFound,
+                        format!("unknown group {}", m.group_id),
+                    );
+                }
+                intake.dests = self.relayed_group_dests(server, &m.from, recipients, members);
+            }
+            Message::FileStart(_) | Message::FileChunk(_) | Message::FileEnd(_) => {
+                intake.sender = intake
+                    .payload
+                    .get("from")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                match file_user_id(&msg) {
+                    Some(user) => intake.dests.push((Dest::User(user), None)),
+                    None if ids::check_group(&env.to).is_ok() => {
+                        let members = self
+                            .groups
+                            .get(&env.to)
+                            .map(|g| g.members.clone())
+                            .unwrap_or_default();
+                        let sender = intake.sender.clone();
+                        intake.dests = self.relayed_group_dests(server, &sender, None, members);
+                    }
+                    None => tracing::debug!(server, "file frame without user_id or group"),
+                }
+            }
+            _ => return,
+        }
+        self.take(intake, Some(server));
+        if acks {
+            self.out.push(Output::AckAfterPersist {
+                conn,
+                to: server.to_owned(),
+                msg_id,
+            });
+        }
+    }
+
+    /// Destinations of a group frame relayed by `server`: the members it
+    /// names (or, without a list, the members we know), except the sender;
+    /// the master leaves out the members `server` hosts (it served them).
+    fn relayed_group_dests(
+        &self,
+        server: &str,
+        sender: &str,
+        recipients: Option<Vec<String>>,
+        members: Vec<String>,
+    ) -> Vec<(Dest, Option<String>)> {
+        let named = recipients.is_some();
+        recipients
+            .unwrap_or(members)
+            .into_iter()
+            .filter(|m| m != sender)
+            .filter(|m| {
+                if self.cfg.master {
+                    !self
+                        .presence
+                        .get(m)
+                        .is_some_and(|p| p.live && p.location == server)
+                } else {
+                    named || self.sessions.contains_key(m)
+                }
+            })
+            .map(|m| (Dest::User(m), None))
+            .collect()
+    }
+
+    pub(super) fn record_group(&mut self, group_id: &str, members: BTreeSet<String>) {
+        let rec = GroupRecord {
+            members: members.into_iter().collect(),
+            updated_ms: self.now,
+        };
+        if self.groups.get(group_id).map(|g| &g.members) != Some(&rec.members) {
+            self.groups.insert(group_id.to_owned(), rec.clone());
+            self.persist(StoreOp::SetGroup(group_id.to_owned(), rec));
+        }
+    }
+
+    /// Takes an intake into custody: one entry per destination not already
+    /// held, persisted, then pumped. The master refuses what would overflow
+    /// an offline recipient's mailbox and tells the sender it is queued.
+    fn take(&mut self, intake: Intake, via: Option<&str>) {
+        let mut touched = Vec::new();
+        let mut queued = false;
+        for (dest, to) in intake.dests.clone() {
+            if self.custody.holds(&intake.msg_id, &dest) {
+                continue;
+            }
+            let entry = self.entry(&intake, dest.clone(), to, via);
+            let offline = self.cfg.master && self.route(&entry).is_none();
+            if offline {
+                let (frames, bytes) = self.custody.load_of(&dest);
+                let limits = self.cfg.limits;
+                if frames >= limits.max_frames || bytes + entry.bytes > limits.max_bytes {
+                    let Dest::User(user) = &dest else { continue };
+                    let detail = format!(
+                        "{user}'s mailbox is full ({frames} frames, {bytes} bytes); try again when they have been online"
+                    );
+                    self.report(via, &intake.sender, ErrorCode::QuotaExceeded, detail);
+                    continue;
+                }
+                queued |= intake.kind == "DELIVER";
+            }
+            let entry = self.custody.admit(entry);
+            self.persist(StoreOp::Custody(entry));
+            touched.push(dest);
+        }
+        if queued {
+            self.send_receipt(via, &intake.sender, vec![intake.msg_id.clone()], QUEUED);
+        }
+        for dest in touched {
+            self.pump(&dest);
+        }
+    }
+
+    /// Where an entry can go now, if anywhere.
+    fn route(&self, e: &Entry) -> Option<Route> {
+        let link_route = |server: &str, to: &str| {
+            self.links.get(server).map(|l| Route {
+                hop: Hop::Link(server.to_owned()),
+                conn: l.conn,
+                to: to.to_owned(),
+                on_link: true,
+                best_effort: !l.socp,
+            })
+        };
+        let master = self.master_link().filter(|_| !self.cfg.master);
+        match &e.dest {
+            Dest::User(u) => {
+                if let Some(s) = self.sessions.get(u) {
+                    return Some(Route {
+                        hop: Hop::Conn(s.conn),
+                        conn: s.conn,
+                        to: u.clone(),
+                        on_link: false,
+                        best_effort: s.proof.is_none(),
+                    });
+                }
+                if let Some(p) = self
+                    .presence
+                    .get(u)
+                    .filter(|p| p.live && p.location != self.cfg.me)
+                {
+                    return link_route(&p.location, &p.location)
+                        .or_else(|| master.and_then(|m| link_route(m, &p.location)));
+                }
+                // A local hands its own users' content for unknown recipients
+                // to the master; what came over a link waits for the user.
+                master
+                    .filter(|_| e.via.is_none())
+                    .and_then(|m| link_route(m, m))
+            }
+            Dest::Server(s) => link_route(s, e.to.as_deref().unwrap_or(s)),
+        }
+    }
+
+    /// Sends what `dest` has pending, in order, while its hop has room.
+    pub(super) fn pump(&mut self, dest: &Dest) {
+        loop {
+            let Some(head) = self.custody.next_pending(dest).cloned() else {
+                return;
+            };
+            let Some(route) = self.route(&head) else {
+                return;
+            };
+            if route.best_effort {
+                self.emit_entry(&route, &head, None);
+                let released = self.custody.release(&[head.seq]);
+                self.persist(StoreOp::Release(released.iter().map(|e| e.seq).collect()));
+                continue;
+            }
+            if self.custody.room(&route.hop) == 0 {
+                self.custody.block(&route.hop, dest);
+                return;
+            }
+            let mut seqs = vec![head.seq];
+            let mut recipients = None;
+            if route.on_link && is_group_kind(&head.kind) {
+                // One frame per destination server: take the other members
+                // behind the same hop whose next frame is this one too.
+                let mut names = vec![dest_user(&head.dest)];
+                let others: Vec<Entry> = self
+                    .custody
+                    .pending_with_msg(&head.msg_id)
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                for other in others.iter().filter(|o| o.seq != head.seq) {
+                    let at_head = self
+                        .custody
+                        .next_pending(&other.dest)
+                        .is_some_and(|h| h.seq == other.seq);
+                    if at_head && self.route(other).is_some_and(|r| r.hop == route.hop) {
+                        seqs.push(other.seq);
+                        names.push(dest_user(&other.dest));
+                    }
+                }
+                recipients = Some(names.into_iter().flatten().collect::<Vec<_>>());
+            }
+            self.custody.send(&route.hop, &head.msg_id, &seqs);
+            self.emit_entry(&route, &head, recipients);
+        }
+    }
+
+    fn emit_entry(&mut self, route: &Route, e: &Entry, recipients: Option<Vec<String>>) {
+        let kind = match e.kind.as_str() {
+            "DELIVER" if route.on_link => "PEER_DELIVER",
+            "DELIVER" => "USER_DELIVER",
+            other => match messages::static_type_name(other) {
+                Some(k) => k,
+                None => return,
+            },
+        };
+        let mut payload = e.payload.clone();
+        if let Dest::User(u) = &e.dest
+            && is_file_kind(kind)
+        {
+            payload.insert("user_id".into(), Value::String(u.clone()));
+        }
+        if let Some(r) = recipients.filter(|r| !r.is_empty()) {
+            payload.insert("recipients".into(), Value::from(r));
+        }
+        self.out.push(Output::Send(
+            route.conn,
+            Outgoing {
+                kind,
+                to: route.to.clone(),
+                payload,
+            },
+        ));
+    }
+
+    /// Pumps every destination with something pending.
+    pub(super) fn pump_all(&mut self) {
+        for dest in self.custody.pending_dests() {
+            self.pump(&dest);
+        }
+    }
+
+    /// A hop went away: what was in flight on it goes out again, in order.
+    pub(super) fn hop_down(&mut self, hop: &Hop) {
+        for dest in self.custody.hop_down(hop) {
+            self.pump(&dest);
+        }
+    }
+
+    /// `hop` acknowledged `msg_ids`: release them, tell senders their DMs
+    /// were delivered (when the hop is the recipient's client), send more.
+    pub(super) fn acked(&mut self, hop: Hop, msg_ids: Vec<String>) {
+        let released = self.custody.ack(&hop, &msg_ids);
+        if !released.is_empty() {
+            self.persist(StoreOp::Release(released.iter().map(|e| e.seq).collect()));
+        }
+        if matches!(hop, Hop::Conn(_)) {
+            let mut by_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for e in released.iter().filter(|e| e.kind == "DELIVER") {
+                by_sender
+                    .entry(e.sender.clone())
+                    .or_default()
+                    .push(e.msg_id.clone());
+            }
+            for (sender, ids) in by_sender {
+                self.send_receipt(None, &sender, ids, DELIVERED);
+            }
+        }
+        for dest in self.custody.unblock(&hop) {
+            self.pump(&dest);
+        }
+    }
+
+    /// Routes a receipt towards `user`, best effort, never back where it came from.
+    pub(super) fn send_receipt(
+        &mut self,
+        from_link: Option<&str>,
+        user: &str,
+        msg_ids: Vec<String>,
+        status: &str,
+    ) {
+        let payload = payload_of(&Receipt {
+            user_id: user.to_owned(),
+            msg_ids,
+            status: status.to_owned(),
+            extra: Map::new(),
+        });
+        if let Some(s) = self.sessions.get(user) {
+            if s.proof.is_some() {
+                let conn = s.conn;
+                self.send(conn, "RECEIPT", user, payload);
+            }
+            return;
+        }
+        let socp = |this: &Self, s: &str| {
+            this.links.get(s).is_some_and(|l| l.socp) && Some(s) != from_link
+        };
+        if let Some(loc) = self
+            .presence
+            .get(user)
+            .filter(|p| p.live)
+            .map(|p| p.location.clone())
+        {
+            if socp(self, &loc) {
+                self.send_link(&loc, "RECEIPT", &loc, payload);
+                return;
+            }
+            if let Some(m) = self.master_link().map(str::to_owned)
+                && !self.cfg.master
+                && socp(self, &m)
+            {
+                self.send_link(&m, "RECEIPT", &loc, payload);
+            }
+            return;
+        }
+        if !self.cfg.master
+            && let Some(m) = self.master_link().map(str::to_owned)
+            && socp(self, &m)
+        {
+            self.send_link(&m, "RECEIPT", &m, payload);
+        }
+    }
+
+    /// Sends an error to `user`, here or on the server the frame came from.
+    pub(super) fn report(
+        &mut self,
+        from_link: Option<&str>,
+        user: &str,
+        code: ErrorCode,
+        detail: String,
+    ) {
+        match from_link {
+            None => {
+                if let Some(conn) = self.sessions.get(user).map(|s| s.conn) {
+                    self.error(conn, user, code, detail);
+                }
+            }
+            Some(server) => {
+                if self.links.get(server).is_some_and(|l| l.socp) && !user.is_empty() {
+                    let payload = error_payload(code, detail);
+                    self.send_link(server, "ERROR", user, payload);
+                }
+            }
+        }
+    }
+
+    /// Housekeeping: the master drops mailbox frames older than the limit.
+    pub(super) fn tick(&mut self) {
+        if !self.cfg.master {
+            return;
+        }
+        let cutoff = self.now - self.cfg.limits.max_age_ms;
+        let sessions = &self.sessions;
+        let presence = &self.presence;
+        let gone = self.custody.expire(cutoff, |d| match d {
+            Dest::User(u) => !sessions.contains_key(u) && !presence.get(u).is_some_and(|p| p.live),
+            Dest::Server(_) => false,
+        });
+        if !gone.is_empty() {
+            self.expired += gone.len() as u64;
+            tracing::info!(
+                frames = gone.len(),
+                total = self.expired,
+                "dropped mailbox frames past their age limit"
+            );
+            self.persist(StoreOp::Release(gone.iter().map(|e| e.seq).collect()));
+        }
+    }
+}
+
+fn dest_user(d: &Dest) -> Option<String> {
+    match d {
+        Dest::User(u) => Some(u.clone()),
+        Dest::Server(_) => None,
+    }
+}

@@ -1,0 +1,417 @@
+//! Routing as a state machine: validated events in (a user said hello, a
+//! frame arrived on a link, a connection closed, a timer fired), actions out
+//! (frames to send, connections to close, rows to persist, timers to set).
+//! No sockets, no SQLite, no clock: `step` is deterministic, so every routing
+//! decision is unit-tested without I/O.
+
+mod content;
+mod links;
+#[cfg(test)]
+mod tests;
+mod users;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::custody::{Custody, Entry};
+use super::state::{GroupRecord, PresenceRecord, ServerRecord, Snapshot, UserRecord};
+use crate::crypto::{self, PublicKey};
+use crate::wire::messages::{ErrorBody, Message, Proof, RegisterUser, Role, UserLookupAnswer};
+use crate::wire::{Envelope, ErrorCode};
+use crate::wire::{canonical, ids};
+
+/// Identifies one connection of this node.
+pub(crate) type ConnId = u64;
+
+/// How long a directory lookup through the master may take.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How far a signed hello's `ts` may be from our clock (PROTOCOL.md C3).
+pub const HELLO_FRESHNESS_MS: i64 = 120_000;
+/// Frames kept from a connection whose hello is still being checked.
+pub const MAX_EARLY_FRAMES: usize = 64;
+/// The capability a `socp` peer lists in its hello.
+pub const CAP_SOCP: &str = "socp-v1";
+
+/// A frame for a connection's writer to stamp with our id, sign and send.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Outgoing {
+    pub kind: &'static str,
+    pub to: String,
+    pub payload: Map<String, Value>,
+}
+
+/// A row for the store writer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StoreOp {
+    PinUser(String, UserRecord),
+    PinServer(String, ServerRecord),
+    SetPresence(String, PresenceRecord),
+    RemovePresence(String),
+    SeenHello([u8; 32], i64),
+    ProofOwner([u8; 32], String, String),
+    SetGroup(String, GroupRecord),
+    /// A frame taken into custody.
+    Custody(Entry),
+    /// Frames handed on and acknowledged (or expired).
+    Release(Vec<u64>),
+}
+
+/// What the node must do.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Output {
+    Send(ConnId, Outgoing),
+    /// Close after the frames already queued for it are sent.
+    Close(ConnId),
+    Persist(StoreOp),
+    Timer {
+        req_id: String,
+        after: Duration,
+    },
+    /// Acknowledge `msg_id` to the connection once what came before is
+    /// committed (ack after persist).
+    AckAfterPersist {
+        conn: ConnId,
+        to: String,
+        msg_id: String,
+    },
+}
+
+/// A user hello whose key, signature and freshness the connection checked.
+#[derive(Debug, Clone)]
+pub(crate) struct UserHelloIn {
+    pub conn: ConnId,
+    pub user_id: String,
+    pub key: PublicKey,
+    /// The signed hello, as proof of presence (None for a legacy hello).
+    pub proof: Option<Proof>,
+}
+
+/// A server hello whose signature the connection checked.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkHelloIn {
+    pub conn: ConnId,
+    pub server_id: String,
+    pub key: PublicKey,
+    pub role: Role,
+    pub host: String,
+    pub port: u16,
+    /// The hello's envelope `ts`: must grow from one link to the next.
+    pub ts: i64,
+    /// The peer listed our capability: it re-advertises after a reconnect.
+    pub socp: bool,
+    /// We dialed it (its hello is the answer to ours).
+    pub dialed: bool,
+    /// We dialed it as our master (`--master-url`).
+    pub dialed_master: bool,
+}
+
+/// Events the router consumes.
+#[derive(Debug, Clone)]
+pub(crate) enum Input {
+    UserHello(UserHelloIn),
+    UserFrame {
+        conn: ConnId,
+        env: Envelope,
+        msg: Message,
+    },
+    UserClosed(ConnId),
+    LinkHello(LinkHelloIn),
+    LinkFrame {
+        conn: ConnId,
+        env: Envelope,
+        msg: Message,
+    },
+    LinkClosed(ConnId),
+    Timeout(String),
+    /// Periodic housekeeping (mailbox expiry).
+    Tick,
+}
+
+/// Fixed facts about this node.
+#[derive(Debug, Clone)]
+pub(crate) struct RouterConfig {
+    pub me: String,
+    pub master: bool,
+    pub allow_legacy: bool,
+    pub pubkey: String,
+    pub host: String,
+    pub port: u16,
+    pub limits: MailboxLimits,
+}
+
+/// Bounds of the master's offline mailbox, per recipient.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MailboxLimits {
+    pub max_age_ms: i64,
+    pub max_frames: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for MailboxLimits {
+    fn default() -> Self {
+        MailboxLimits {
+            max_age_ms: 7 * 24 * 3600 * 1000,
+            max_frames: 10_000,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+struct Session {
+    conn: ConnId,
+    proof: Option<Proof>,
+    key: String,
+}
+
+struct Link {
+    conn: ConnId,
+    socp: bool,
+}
+
+enum Pending {
+    /// A user's `/dbget` forwarded to the master.
+    Lookup { conn: ConnId, user_id: String },
+    /// A hello waiting for the master to say which key the id is pinned to.
+    Hello(UserHelloIn),
+}
+
+/// The routing state of one node.
+pub(crate) struct Router {
+    cfg: RouterConfig,
+    master_id: Option<String>,
+    users: HashMap<String, UserRecord>,
+    servers: HashMap<String, ServerRecord>,
+    sessions: HashMap<String, Session>,
+    conn_users: HashMap<ConnId, String>,
+    links: HashMap<String, Link>,
+    conn_links: HashMap<ConnId, String>,
+    presence: HashMap<String, PresenceRecord>,
+    groups: HashMap<String, GroupRecord>,
+    pending: HashMap<String, Pending>,
+    /// Frames from connections whose hello waits for the master, replayed
+    /// once it is accepted.
+    early: HashMap<ConnId, Vec<(Envelope, Message)>>,
+    seen_hellos: HashMap<[u8; 32], i64>,
+    proof_owners: HashMap<[u8; 32], String>,
+    custody: Custody,
+    /// Mailbox frames dropped for age since start.
+    expired: u64,
+    next_req: u64,
+    out: Vec<Output>,
+    now: i64,
+}
+
+fn payload_of<T: Serialize>(value: &T) -> Map<String, Value> {
+    match serde_json::to_value(value) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
+fn error_payload(code: ErrorCode, detail: impl Into<String>) -> Map<String, Value> {
+    payload_of(&ErrorBody {
+        code: code.as_str().to_owned(),
+        detail: detail.into(),
+        extra: Map::new(),
+    })
+}
+
+/// SHA-256 of a proof's signature: how replays and owners are keyed.
+pub(crate) fn proof_digest(proof: &Proof) -> [u8; 32] {
+    crypto::sha256(proof.sig.as_bytes())
+}
+
+impl Router {
+    /// A router resuming from what the store kept.
+    pub fn new(cfg: RouterConfig, snapshot: Snapshot) -> Self {
+        let master_id = snapshot
+            .servers
+            .iter()
+            .find(|(_, s)| s.role == Role::Master)
+            .map(|(id, _)| id.clone())
+            .filter(|_| !cfg.master);
+        let mut presence = snapshot.presence;
+        for p in presence.values_mut() {
+            p.live = false; // dormant until the link it came over is back
+        }
+        Router {
+            master_id,
+            users: snapshot.users,
+            servers: snapshot.servers,
+            sessions: HashMap::new(),
+            conn_users: HashMap::new(),
+            links: HashMap::new(),
+            conn_links: HashMap::new(),
+            presence,
+            groups: snapshot.groups,
+            pending: HashMap::new(),
+            early: HashMap::new(),
+            seen_hellos: snapshot.seen_hellos,
+            proof_owners: snapshot.proof_owners,
+            custody: Custody::load(snapshot.custody),
+            expired: 0,
+            next_req: 0,
+            out: Vec::new(),
+            now: 0,
+            cfg,
+        }
+    }
+
+    /// Users online anywhere in the mesh, sorted.
+    pub fn online(&self) -> Vec<String> {
+        let mut all: BTreeSet<&String> = self.sessions.keys().collect();
+        all.extend(self.presence.iter().filter(|(_, p)| p.live).map(|(u, _)| u));
+        all.into_iter().cloned().collect()
+    }
+
+    /// Frames in custody (the mailbox included), and mailbox frames expired.
+    pub fn custody_stats(&self) -> (usize, u64) {
+        (self.custody.len(), self.expired)
+    }
+
+    /// Ids of the servers with a live link.
+    pub fn linked(&self) -> Vec<String> {
+        self.links.keys().cloned().collect()
+    }
+
+    /// Processes one event at time `now` (Unix ms).
+    pub fn step(&mut self, now: i64, input: Input) -> Vec<Output> {
+        self.now = now;
+        match input {
+            Input::UserHello(hello) => self.user_hello(hello),
+            Input::UserFrame { conn, env, msg } => self.user_frame(conn, env, msg),
+            Input::UserClosed(conn) => self.user_closed(conn),
+            Input::LinkHello(hello) => self.link_hello(hello),
+            Input::LinkFrame { conn, env, msg } => self.link_frame(conn, env, msg),
+            Input::LinkClosed(conn) => self.link_closed(conn),
+            Input::Timeout(req_id) => self.timeout(&req_id),
+            Input::Tick => self.tick(),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    // ---- output helpers ----
+
+    fn send(&mut self, conn: ConnId, kind: &'static str, to: &str, payload: Map<String, Value>) {
+        self.out.push(Output::Send(
+            conn,
+            Outgoing {
+                kind,
+                to: to.to_owned(),
+                payload,
+            },
+        ));
+    }
+
+    fn error(&mut self, conn: ConnId, to: &str, code: ErrorCode, detail: impl Into<String>) {
+        self.send(conn, "ERROR", to, error_payload(code, detail));
+    }
+
+    fn refuse(&mut self, conn: ConnId, to: &str, code: ErrorCode, detail: impl Into<String>) {
+        self.early.remove(&conn);
+        self.error(conn, to, code, detail);
+        self.out.push(Output::Close(conn));
+    }
+
+    fn persist(&mut self, op: StoreOp) {
+        self.out.push(Output::Persist(op));
+    }
+
+    fn send_link(
+        &mut self,
+        server: &str,
+        kind: &'static str,
+        to: &str,
+        payload: Map<String, Value>,
+    ) -> bool {
+        match self.links.get(server) {
+            Some(link) => {
+                let conn = link.conn;
+                self.send(conn, kind, to, payload);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn broadcast(
+        &mut self,
+        except: Option<&str>,
+        kind: &'static str,
+        payload: &Map<String, Value>,
+    ) {
+        let targets: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != except)
+            .map(|(_, l)| l.conn)
+            .collect();
+        for conn in targets {
+            self.send(conn, kind, ids::TO_ALL, payload.clone());
+        }
+    }
+
+    fn new_req_id(&mut self) -> String {
+        self.next_req += 1;
+        format!("{}-{}", uuid::Uuid::new_v4(), self.next_req)
+    }
+
+    fn master_link(&self) -> Option<&str> {
+        self.master_id
+            .as_deref()
+            .filter(|m| self.links.contains_key(*m))
+    }
+}
+
+/// True if `proof` is `user`'s hello, signed with `pubkey`, naming that key.
+fn proof_signed_by(proof: &Proof, user: &str, pubkey: &str) -> bool {
+    if proof.payload.get("pubkey").and_then(Value::as_str) != Some(pubkey) {
+        return false;
+    }
+    if let Some(Value::String(claimed)) = proof.payload.get("user_id")
+        && claimed != user
+    {
+        return false;
+    }
+    let Ok(key) = PublicKey::from_b64(pubkey) else {
+        return false;
+    };
+    let Ok(bytes) = canonical::map_to_string(&proof.payload) else {
+        return false;
+    };
+    key.verify_b64(bytes.as_bytes(), &proof.sig).is_ok()
+}
+
+fn registration(user: &str, pubkey: &str, proof: Option<Proof>) -> Map<String, Value> {
+    payload_of(&RegisterUser {
+        user_id: user.to_owned(),
+        pubkey: pubkey.to_owned(),
+        proof,
+        extra: Map::new(),
+    })
+}
+
+fn lookup_answer(user: &str, pubkey: Option<&str>) -> Map<String, Value> {
+    payload_of(&UserLookupAnswer {
+        user_id: user.to_owned(),
+        found: pubkey.is_some(),
+        pubkey: pubkey.unwrap_or_default().to_owned(),
+        extra: Map::new(),
+    })
+}
+
+fn take_recipients(extra: &mut Map<String, Value>) -> Option<Vec<String>> {
+    let value = extra.remove("recipients")?;
+    serde_json::from_value(value).ok()
+}
+
+fn code_of(code: &str) -> ErrorCode {
+    serde_json::from_value(Value::String(code.to_owned())).unwrap_or(ErrorCode::NotAllowed)
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}

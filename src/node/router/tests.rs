@@ -1,0 +1,315 @@
+
+use super::*;
+use crate::crypto::PrivateKey;
+use serde_json::json;
+
+fn key(name: &str) -> PrivateKey {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/vectors/keys")
+        .join(format!("{name}.pem"));
+    PrivateKey::load(&path).unwrap()
+}
+
+fn router(master: bool) -> Router {
+    let cfg = RouterConfig {
+        me: if master {
+            "master_server_m".into()
+        } else {
+            "server_l".into()
+        },
+        master,
+        allow_legacy: false,
+        pubkey: String::new(),
+        host: "127.0.0.1".into(),
+        port: 1,
+        limits: MailboxLimits::default(),
+    };
+    Router::new(cfg, Snapshot::default())
+}
+
+fn signed_hello(conn: ConnId, user: &str, k: &PrivateKey, now: i64) -> Input {
+    let Value::Object(payload) = json!({"client": "t", "pubkey": k.public().to_b64(),
+            "enc_pubkey": k.public().to_b64(), "ts": now, "user_id": user})
+    else {
+        unreachable!()
+    };
+    let sig = k
+        .sign_b64(canonical::map_to_string(&payload).unwrap().as_bytes())
+        .unwrap();
+    Input::UserHello(UserHelloIn {
+        conn,
+        user_id: user.into(),
+        key: k.public().clone(),
+        proof: Some(Proof {
+            payload,
+            sig,
+            extra: Map::new(),
+        }),
+    })
+}
+
+fn sends(out: &[Output]) -> Vec<(ConnId, &'static str, String)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send(c, f) => Some((*c, f.kind, f.to.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn error_code(out: &[Output]) -> Option<String> {
+    out.iter().find_map(|o| match o {
+        Output::Send(_, f) if f.kind == "ERROR" => f.payload["code"].as_str().map(str::to_owned),
+        _ => None,
+    })
+}
+
+fn dm(from: &str, to: &str) -> Input {
+    let Value::Object(payload) = json!({"ciphertext": "c", "iv": "i", "tag": "t", "wrapped_key": "w",
+            "sender_pub": "p", "content_sig": "s", "content_ts": 1})
+    else {
+        unreachable!()
+    };
+    let env = Envelope::new("MSG_PRIVATE", from, to, payload);
+    let msg = Message::from_envelope(&env).unwrap();
+    Input::UserFrame { conn: 1, env, msg }
+}
+
+#[test]
+fn master_welcomes_pins_and_refuses_replays() {
+    let mut r = router(true);
+    let alice = key("alice");
+    let hello = signed_hello(1, "alice", &alice, 1000);
+    let out = r.step(1000, hello.clone());
+    assert_eq!(sends(&out), vec![(1, "USER_WELCOME", "alice".into())]);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Persist(StoreOp::PinUser(u, _)) if u == "alice"))
+    );
+    assert_eq!(r.online(), vec!["alice".to_owned()]);
+    r.step(1001, Input::UserClosed(1));
+    assert!(r.online().is_empty());
+    let Input::UserHello(mut again) = hello else {
+        unreachable!()
+    };
+    again.conn = 2;
+    let out = r.step(1002, Input::UserHello(again));
+    assert_eq!(error_code(&out).as_deref(), Some("INVALID_SIG"));
+    assert!(out.contains(&Output::Close(2)));
+}
+
+#[test]
+fn pinned_key_and_second_session_are_refused() {
+    let mut r = router(true);
+    r.step(1000, signed_hello(1, "alice", &key("alice"), 1000));
+    let out = r.step(1000, signed_hello(2, "alice", &key("alice"), 1000));
+    assert_eq!(error_code(&out).as_deref(), Some("NAME_IN_USE"));
+    r.step(1000, Input::UserClosed(1));
+    let out = r.step(1000, signed_hello(3, "alice", &key("bob"), 1000));
+    assert_eq!(error_code(&out).as_deref(), Some("BAD_KEY"));
+}
+
+#[test]
+fn dms_are_delivered_here_queued_when_offline_or_reported() {
+    let mut r = router(true);
+    r.step(0, signed_hello(1, "alice", &key("alice"), 0));
+    r.step(0, signed_hello(2, "bob", &key("bob"), 0));
+    let out = r.step(0, dm("alice", "bob"));
+    // Persisted, delivered, and acknowledged to Alice once committed.
+    assert!(matches!(out[0], Output::Persist(StoreOp::Custody(_))));
+    assert_eq!(sends(&out), vec![(2, "USER_DELIVER", "bob".into())]);
+    let frame = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Send(_, f) => Some(f),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(frame.payload["sender"], "alice");
+    assert_eq!(frame.payload["user_id"], "bob");
+    let msg_id = frame.payload["msg_id"].as_str().unwrap().to_owned();
+    assert!(out.contains(&Output::AckAfterPersist {
+        conn: 1,
+        to: "alice".into(),
+        msg_id: msg_id.clone()
+    }));
+    // Bob's client acknowledges: released, and Alice learns it was delivered.
+    let ack = Message::Ack(crate::wire::messages::Ack {
+        msg_ids: vec![msg_id.clone()],
+        extra: Map::new(),
+    });
+    let env = ack.into_envelope("bob", "server_*");
+    let out = r.step(
+        0,
+        Input::UserFrame {
+            conn: 2,
+            env,
+            msg: ack,
+        },
+    );
+    assert!(matches!(&out[0], Output::Persist(StoreOp::Release(s)) if s.len() == 1));
+    let receipt = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Send(1, f) if f.kind == "RECEIPT" => Some(f),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(receipt.payload["status"], "delivered");
+    assert_eq!(receipt.payload["msg_ids"][0], msg_id.as_str());
+
+    let out = r.step(0, dm("alice", "nobody"));
+    assert_eq!(error_code(&out).as_deref(), Some("USER_NOT_FOUND"));
+    // Bob offline: kept in the mailbox, Alice is told it is queued.
+    r.step(0, Input::UserClosed(2));
+    let out = r.step(0, dm("alice", "bob"));
+    let receipt = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Send(1, f) if f.kind == "RECEIPT" => Some(f),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(receipt.payload["status"], "queued");
+    assert_eq!(r.custody_stats().0, 1);
+    // Bob comes back: the mailbox is delivered.
+    let out = r.step(0, signed_hello(3, "bob", &key("bob"), 1));
+    assert!(sends(&out).contains(&(3, "USER_DELIVER", "bob".into())));
+    // Sender binding: a frame whose from is not the session's user.
+    let out = r.step(0, dm("mallory", "alice"));
+    assert_eq!(error_code(&out).as_deref(), Some("NOT_ALLOWED"));
+}
+
+fn link(
+    conn: ConnId,
+    id: &str,
+    k: &PrivateKey,
+    role: Role,
+    socp: bool,
+    dialed_master: bool,
+) -> Input {
+    Input::LinkHello(LinkHelloIn {
+        conn,
+        server_id: id.into(),
+        key: k.public().clone(),
+        role,
+        host: "h".into(),
+        port: 1,
+        ts: 5,
+        socp,
+        dialed: dialed_master,
+        dialed_master,
+    })
+}
+
+#[test]
+fn local_forwards_unknown_recipients_to_the_master() {
+    let mut r = router(false);
+    r.step(
+        0,
+        link(
+            9,
+            "master_server_m",
+            &key("carol"),
+            Role::Master,
+            true,
+            true,
+        ),
+    );
+    let out = r.step(0, signed_hello(1, "alice", &key("alice"), 0));
+    // Unknown user: register, then confirm the pinned key, before welcoming.
+    assert_eq!(
+        sends(&out).iter().map(|s| s.1).collect::<Vec<_>>(),
+        ["DB_REGISTER_USER", "DB_GET_USER"]
+    );
+    let req = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Send(_, f) if f.kind == "DB_GET_USER" => Some(f.payload["req_id"].clone()),
+            _ => None,
+        })
+        .unwrap();
+    let Value::Object(answer) = json!({"user_id": "alice", "found": true,
+            "pubkey": key("alice").public().to_b64(), "req_id": req})
+    else {
+        unreachable!()
+    };
+    let env = Envelope::new("DB_USER", "master_server_m", "server_l", answer);
+    let msg = Message::from_envelope(&env).unwrap();
+    let out = r.step(0, Input::LinkFrame { conn: 9, env, msg });
+    assert!(sends(&out).contains(&(1, "USER_WELCOME", "alice".into())));
+    let out = r.step(0, dm("alice", "zed"));
+    assert_eq!(
+        sends(&out),
+        vec![(9, "PEER_DELIVER", "master_server_m".into())]
+    );
+}
+
+#[test]
+fn master_refuses_presence_without_proof_and_drops_dormant_users_of_socp_peers() {
+    let mut r = router(true);
+    let l1 = "server_11111111-1111-4111-8111-111111111111";
+    r.step(0, link(7, l1, &key("carol"), Role::Local, true, false));
+    r.step(0, signed_hello(1, "alice", &key("alice"), 0));
+    r.step(0, Input::UserClosed(1));
+    // A claim without proof for a signed user is refused.
+    let Value::Object(p) = json!({"user_id": "alice", "location": l1}) else {
+        unreachable!()
+    };
+    let env = Envelope::new("USER_ADVERTISE", l1, "*", p);
+    let msg = Message::from_envelope(&env).unwrap();
+    r.step(0, Input::LinkFrame { conn: 7, env, msg });
+    assert!(r.online().is_empty());
+    // With alice's fresh signed hello as proof, it is accepted and listed.
+    let Input::UserHello(h) = signed_hello(0, "alice", &key("alice"), 10) else {
+        unreachable!()
+    };
+    let proof = serde_json::to_value(h.proof.unwrap()).unwrap();
+    let Value::Object(p) = json!({"user_id": "alice", "location": l1, "proof": proof}) else {
+        unreachable!()
+    };
+    let env = Envelope::new("USER_ADVERTISE", l1, "*", p);
+    let msg = Message::from_envelope(&env).unwrap();
+    r.step(10, Input::LinkFrame { conn: 7, env, msg });
+    assert_eq!(r.online(), ["alice"]);
+    // The link drops: alice is no longer listed; a socp peer re-advertises
+    // after relinking, so the dormant entry is dropped, not restored.
+    r.step(20, Input::LinkClosed(7));
+    assert!(r.online().is_empty());
+    let Input::LinkHello(mut again) = link(8, l1, &key("carol"), Role::Local, true, false) else {
+        unreachable!()
+    };
+    again.ts = 6;
+    r.step(30, Input::LinkHello(again));
+    assert!(r.online().is_empty());
+}
+
+#[test]
+fn a_lookup_the_master_does_not_answer_times_out() {
+    let mut r = router(false);
+    r.step(
+        0,
+        link(
+            9,
+            "master_server_m",
+            &key("carol"),
+            Role::Master,
+            true,
+            true,
+        ),
+    );
+    let out = r.step(0, signed_hello(1, "alice", &key("alice"), 0));
+    let req = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Timer { req_id, after } => {
+                assert_eq!(*after, LOOKUP_TIMEOUT);
+                Some(req_id.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let out = r.step(5000, Input::Timeout(req));
+    assert_eq!(error_code(&out).as_deref(), Some("TIMEOUT"));
+    assert!(out.contains(&Output::Close(1)));
+}

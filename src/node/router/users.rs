@@ -1,0 +1,272 @@
+//! Users: hellos, directory pinning, sessions, lookups.
+
+use serde_json::{Map, Value};
+
+use super::{
+    ConnId, LOOKUP_TIMEOUT, MAX_EARLY_FRAMES, Output, Pending, Router, Session, StoreOp,
+    UserHelloIn, lookup_answer, payload_of, proof_digest, registration, truncate,
+};
+use crate::node::custody::{Dest, Hop};
+use crate::node::state::UserRecord;
+use crate::wire::messages::{DirectoryLookup, Message, Presence, UserList, UserWelcome};
+use crate::wire::{Envelope, ErrorCode};
+
+impl Router {
+    pub(super) fn user_hello(&mut self, hello: UserHelloIn) {
+        let user = hello.user_id.clone();
+        if let Some(proof) = &hello.proof {
+            let digest = proof_digest(proof);
+            if self.seen_hellos.contains_key(&digest) {
+                return self.refuse(
+                    hello.conn,
+                    &user,
+                    ErrorCode::InvalidSig,
+                    "replayed hello: sign a fresh one",
+                );
+            }
+            self.seen_hellos.insert(digest, self.now);
+            self.persist(StoreOp::SeenHello(digest, self.now));
+        } else if !self.cfg.allow_legacy {
+            return self.refuse(
+                hello.conn,
+                &user,
+                ErrorCode::InvalidSig,
+                "unsigned hello refused: this node admits only signed (socp) clients",
+            );
+        }
+        if self.sessions.contains_key(&user) || self.presence.get(&user).is_some_and(|p| p.live) {
+            return self.refuse(
+                hello.conn,
+                &user,
+                ErrorCode::NameInUse,
+                format!("{user} is already connected"),
+            );
+        }
+        let key = hello.key.to_b64().to_owned();
+        match self.users.get(&user) {
+            Some(rec) if rec.pubkey != key => self.refuse(
+                hello.conn,
+                &user,
+                ErrorCode::BadKey,
+                format!("{user} is registered with another key; pick another user id"),
+            ),
+            Some(_) => self.accept_user(hello),
+            None if self.cfg.master => {
+                let rec = UserRecord::new(key, hello.proof.is_none(), self.now);
+                self.users.insert(user.clone(), rec.clone());
+                self.persist(StoreOp::PinUser(user, rec));
+                self.accept_user(hello);
+            }
+            None => match self.master_link().map(str::to_owned) {
+                // Register, then look the id up on the same link: the answer
+                // comes after the master applied the registration, so it
+                // says which key the id is pinned to now.
+                Some(master) => {
+                    let reg = registration(&user, &key, hello.proof.clone());
+                    self.send_link(&master, "DB_REGISTER_USER", &master, reg);
+                    let req_id = self.new_req_id();
+                    let ask = payload_of(&DirectoryLookup {
+                        user_id: user,
+                        req_id: req_id.clone(),
+                        extra: Map::new(),
+                    });
+                    self.send_link(&master, "DB_GET_USER", &master, ask);
+                    self.early.insert(hello.conn, Vec::new());
+                    self.pending.insert(req_id.clone(), Pending::Hello(hello));
+                    self.out.push(Output::Timer {
+                        req_id,
+                        after: LOOKUP_TIMEOUT,
+                    });
+                }
+                None => self.refuse(
+                    hello.conn,
+                    &user,
+                    ErrorCode::Timeout,
+                    "the master is unreachable, so this server cannot check your key yet; try again shortly",
+                ),
+            },
+        }
+    }
+
+    pub(super) fn accept_user(&mut self, hello: UserHelloIn) {
+        let user = hello.user_id.clone();
+        let key = hello.key.to_b64().to_owned();
+        let early = self.early.remove(&hello.conn).unwrap_or_default();
+        if self.sessions.contains_key(&user) {
+            return self.refuse(
+                hello.conn,
+                &user,
+                ErrorCode::NameInUse,
+                format!("{user} is already connected"),
+            );
+        }
+        self.sessions.insert(
+            user.clone(),
+            Session {
+                conn: hello.conn,
+                proof: hello.proof.clone(),
+                key: key.clone(),
+            },
+        );
+        self.conn_users.insert(hello.conn, user.clone());
+        let welcome = payload_of(&UserWelcome {
+            user_id: user.clone(),
+            server_id: self.cfg.me.clone(),
+            session: None,
+            extra: Map::new(),
+        });
+        self.send(hello.conn, "USER_WELCOME", &user, welcome);
+        if !self.cfg.master {
+            if !self.users.contains_key(&user) {
+                let rec = UserRecord::new(key.clone(), hello.proof.is_none(), self.now);
+                self.users.insert(user.clone(), rec.clone());
+                self.persist(StoreOp::PinUser(user.clone(), rec));
+            }
+            if let Some(master) = self.master_link().map(str::to_owned) {
+                let reg = registration(&user, &key, hello.proof.clone());
+                self.send_link(&master, "DB_REGISTER_USER", &master, reg);
+            }
+        }
+        let adv = self.own_advert(&user);
+        self.broadcast(None, "USER_ADVERTISE", &adv);
+        for (env, msg) in early {
+            self.user_frame(hello.conn, env, msg);
+        }
+        self.pump(&Dest::User(user));
+    }
+
+    pub(super) fn own_advert(&self, user: &str) -> Map<String, Value> {
+        payload_of(&Presence {
+            user_id: user.to_owned(),
+            location: self.cfg.me.clone(),
+            proof: self.sessions.get(user).and_then(|s| s.proof.clone()),
+            extra: Map::new(),
+        })
+    }
+
+    pub(super) fn user_closed(&mut self, conn: ConnId) {
+        if self.early.remove(&conn).is_some() {
+            self.pending
+                .retain(|_, p| !matches!(p, Pending::Hello(h) if h.conn == conn));
+        }
+        let Some(user) = self.conn_users.remove(&conn) else {
+            return;
+        };
+        if self.sessions.get(&user).is_some_and(|s| s.conn == conn) {
+            self.sessions.remove(&user);
+            let remove = payload_of(&Presence {
+                user_id: user,
+                location: self.cfg.me.clone(),
+                proof: None,
+                extra: Map::new(),
+            });
+            self.broadcast(None, "USER_REMOVE", &remove);
+        }
+        self.hop_down(&Hop::Conn(conn));
+    }
+
+    pub(super) fn user_frame(&mut self, conn: ConnId, env: Envelope, msg: Message) {
+        let Some(user) = self.conn_users.get(&conn).cloned() else {
+            if let Some(early) = self.early.get_mut(&conn)
+                && early.len() < MAX_EARLY_FRAMES
+            {
+                early.push((env, msg));
+            }
+            return;
+        };
+        if env.from != user {
+            return self.error(
+                conn,
+                &user,
+                ErrorCode::NotAllowed,
+                format!(
+                    "frame from {:?} on {user}'s connection",
+                    truncate(&env.from)
+                ),
+            );
+        }
+        match msg {
+            Message::UserListReq(_) => {
+                let list = payload_of(&UserList {
+                    users: self.online(),
+                    extra: Map::new(),
+                });
+                self.send(conn, "USER_LIST", &user, list);
+            }
+            Message::UserDbGetUser(q) => self.user_lookup(conn, &user, q.user_id),
+            Message::MsgPrivate(_)
+            | Message::GroupKeyShare(_)
+            | Message::MsgGroup(_)
+            | Message::FileStart(_)
+            | Message::FileChunk(_)
+            | Message::FileEnd(_) => self.user_content(conn, &user, env, msg),
+            Message::Ack(a) => self.acked(Hop::Conn(conn), a.msg_ids),
+            Message::Heartbeat(_) => {}
+            Message::Error(_) => {}
+            other => self.error(
+                conn,
+                &user,
+                ErrorCode::NotAllowed,
+                format!("{} is not a frame a user may send", other.type_name()),
+            ),
+        }
+    }
+
+    pub(super) fn user_lookup(&mut self, conn: ConnId, user: &str, target: String) {
+        if let Some(rec) = self.users.get(&target) {
+            let answer = lookup_answer(&target, Some(&rec.pubkey));
+            return self.send(conn, "USER_DB_USER", user, answer);
+        }
+        if self.cfg.master {
+            return self.send(conn, "USER_DB_USER", user, lookup_answer(&target, None));
+        }
+        let Some(master) = self.master_link().map(str::to_owned) else {
+            return self.error(
+                conn,
+                user,
+                ErrorCode::Timeout,
+                "the master is unreachable; try again shortly",
+            );
+        };
+        let req_id = self.new_req_id();
+        let ask = payload_of(&DirectoryLookup {
+            user_id: target.clone(),
+            req_id: req_id.clone(),
+            extra: Map::new(),
+        });
+        self.send_link(&master, "DB_GET_USER", &master, ask);
+        self.pending.insert(
+            req_id.clone(),
+            Pending::Lookup {
+                conn,
+                user_id: target,
+            },
+        );
+        self.out.push(Output::Timer {
+            req_id,
+            after: LOOKUP_TIMEOUT,
+        });
+    }
+
+    pub(super) fn timeout(&mut self, req_id: &str) {
+        match self.pending.remove(req_id) {
+            Some(Pending::Lookup { conn, user_id }) => {
+                if let Some(user) = self.conn_users.get(&conn).cloned() {
+                    self.error(
+                        conn,
+                        &user,
+                        ErrorCode::Timeout,
+                        format!("the master did not answer the lookup of {user_id} in 5 s"),
+                    );
+                }
+            }
+            Some(Pending::Hello(hello)) => self.refuse(
+                hello.conn,
+                &hello.user_id,
+                ErrorCode::Timeout,
+                "the master did not confirm your key in 5 s; try again",
+            ),
+            None => {}
+        }
+    }
+}
