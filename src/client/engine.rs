@@ -27,6 +27,9 @@ use crate::wire::{Envelope, b64, canonical, ids, now_ms};
 
 /// How long to wait for the directory to answer a key lookup.
 pub const LOOKUP_PATIENCE: Duration = Duration::from_secs(10);
+/// Acks wait at most this long to be batched, and at most this many go in one.
+pub const ACK_DELAY: Duration = Duration::from_millis(10);
+pub const ACK_BATCH: usize = 128;
 /// Reconnect backoff bounds.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(250);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(10);
@@ -79,6 +82,9 @@ pub struct Engine<F: Frontend> {
     /// content is shown unverified instead of waiting.
     unknown: HashSet<String>,
     ready: VecDeque<Deferred>,
+    /// Content handled but not yet acknowledged to the node (batched).
+    to_ack: Vec<String>,
+    ack_at: Option<tokio::time::Instant>,
 }
 
 impl<F: Frontend> Engine<F> {
@@ -111,6 +117,8 @@ impl<F: Frontend> Engine<F> {
             explicit: HashSet::new(),
             unknown: HashSet::new(),
             ready: VecDeque::new(),
+            to_ack: Vec::new(),
+            ack_at: None,
         })
     }
 
@@ -161,6 +169,7 @@ impl<F: Frontend> Engine<F> {
                             reconnect_at = None;
                             self.emit(Event::Connected { user: self.cfg.user.clone(), server: session.server_id.clone() });
                             self.session = Some(session);
+                            self.on_connect().await;
                         }
                         Err(e) if e.is_transient() => {
                             let wait = backoff(attempt);
@@ -178,6 +187,7 @@ impl<F: Frontend> Engine<F> {
                         }
                     }
                 },
+                _ = sleep_until(self.ack_at) => self.flush_acks().await,
                 _ = tick.tick() => self.expire_lookups(),
             }
         }
@@ -190,6 +200,10 @@ impl<F: Frontend> Engine<F> {
         attempt: u32,
     ) {
         self.session = None;
+        // What was shown but not yet acknowledged comes again after the
+        // reconnect; it is marked as seen, so it is not shown twice.
+        self.to_ack.clear();
+        self.ack_at = None;
         for name in self.receiver.abort_all() {
             self.emit(Event::error(
                 "FILE",
@@ -206,6 +220,7 @@ impl<F: Frontend> Engine<F> {
     }
 
     async fn quit(mut self) {
+        self.flush_acks().await;
         if let Some(session) = self.session.take() {
             session.close().await;
         }
@@ -237,6 +252,97 @@ impl<F: Frontend> Engine<F> {
                 ));
                 false
             }
+        }
+    }
+
+    /// Sends content through the outbox: kept until the node acknowledges
+    /// it, and sent again after a reconnect (or a restart) until then.
+    async fn send_content(
+        &mut self,
+        kind: &'static str,
+        to: &str,
+        shown_to: &str,
+        msg: Message,
+        msg_id: String,
+    ) {
+        let out = super::keyring::Outgoing {
+            msg_id: msg_id.clone(),
+            to: to.to_owned(),
+            kind: msg.type_name().to_owned(),
+            payload: msg.to_payload(),
+        };
+        if let Err(e) = self.keyring.outbox_add(&out) {
+            return self.emit(Event::error(
+                "KEYRING",
+                format!("could not keep the message in the outbox, not sent: {e}"),
+            ));
+        }
+        self.emit(Event::Sent {
+            kind,
+            to: shown_to.to_owned(),
+            msg_id: msg_id.clone(),
+        });
+        let sent = match self.session.as_mut() {
+            Some(session) => session.send(to, &msg).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.emit(Event::Pending {
+                msg_id,
+                reason: "not connected".into(),
+            });
+        }
+    }
+
+    /// After a (re)connect: what the outbox holds goes out first, in order,
+    /// then the key lookups that were waiting.
+    async fn on_connect(&mut self) {
+        let outbox = match self.keyring.outbox() {
+            Ok(o) => o,
+            Err(e) => return self.emit(Event::error("KEYRING", e.to_string())),
+        };
+        for out in outbox {
+            let Ok(msg) = Message::from_payload(&out.kind, out.payload) else {
+                continue;
+            };
+            let Some(session) = self.session.as_mut() else {
+                return;
+            };
+            if session.send(&out.to, &msg).await.is_err() {
+                return;
+            }
+        }
+        self.requested.clear();
+        let waiting: Vec<String> = self.waiting.keys().cloned().collect();
+        for user in waiting {
+            self.request_key(&user).await;
+        }
+    }
+
+    /// Acknowledges handled content to the node, one frame for many ids.
+    async fn flush_acks(&mut self) {
+        self.ack_at = None;
+        if self.to_ack.is_empty() {
+            return;
+        }
+        let msg_ids = std::mem::take(&mut self.to_ack);
+        if let Some(session) = self.session.as_mut() {
+            let ack = Message::Ack(crate::wire::messages::Ack {
+                msg_ids,
+                extra: Map::new(),
+            });
+            let _ = session.send(ids::TO_SERVER, &ack).await;
+        }
+    }
+
+    fn ack_later(&mut self, msg_id: Option<&str>) {
+        let Some(id) = msg_id else { return };
+        self.to_ack.push(id.to_owned());
+        if self.ack_at.is_none() {
+            self.ack_at = Some(tokio::time::Instant::now() + ACK_DELAY);
+        }
+        if self.to_ack.len() >= ACK_BATCH {
+            self.ack_at = Some(tokio::time::Instant::now());
         }
     }
 
@@ -447,13 +553,8 @@ impl<F: Frontend> Engine<F> {
         };
         let msg_id = new_msg_id();
         dm.msg_id = Some(msg_id.clone());
-        if self.send(&to, &Message::MsgPrivate(dm)).await {
-            self.emit(Event::Sent {
-                kind: "dm",
-                to,
-                msg_id,
-            });
-        }
+        self.send_content("dm", &to, &to, Message::MsgPrivate(dm), msg_id)
+            .await;
     }
 
     async fn share(&mut self, group: String, members: Vec<String>) {
@@ -500,16 +601,14 @@ impl<F: Frontend> Engine<F> {
         }
         let msg_id = new_msg_id();
         share.msg_id = Some(msg_id.clone());
-        if self
-            .send(ids::TO_SERVER, &Message::GroupKeyShare(share))
-            .await
-        {
-            self.emit(Event::Sent {
-                kind: "group_key",
-                to: group,
-                msg_id,
-            });
-        }
+        self.send_content(
+            "group_key",
+            ids::TO_SERVER,
+            &group,
+            Message::GroupKeyShare(share),
+            msg_id,
+        )
+        .await;
     }
 
     fn group_key(&mut self, group: &str) -> Option<GroupKey> {
@@ -543,13 +642,8 @@ impl<F: Frontend> Engine<F> {
         };
         let msg_id = new_msg_id();
         m.msg_id = Some(msg_id.clone());
-        if self.send(&group, &Message::MsgGroup(m)).await {
-            self.emit(Event::Sent {
-                kind: "group_msg",
-                to: group,
-                msg_id,
-            });
-        }
+        self.send_content("group_msg", &group, &group, Message::MsgGroup(m), msg_id)
+            .await;
     }
 
     async fn send_file(&mut self, to: String, path: PathBuf) {
@@ -689,14 +783,59 @@ impl<F: Frontend> Engine<F> {
                 code: e.code,
                 detail: e.detail,
             }),
+            Message::Ack(a) => {
+                if let Err(e) = self.keyring.outbox_done(&a.msg_ids) {
+                    self.emit(Event::error("KEYRING", e.to_string()));
+                }
+            }
+            Message::Receipt(r) => {
+                for msg_id in r.msg_ids {
+                    self.emit(Event::Delivery {
+                        msg_id,
+                        status: r.status.clone(),
+                    });
+                }
+            }
+            Message::UserDeliver(_)
+            | Message::GroupKeyShare(_)
+            | Message::MsgGroup(_)
+            | Message::FileStart(_)
+            | Message::FileChunk(_)
+            | Message::FileEnd(_) => {
+                let msg_id = env
+                    .payload
+                    .get("msg_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                if self.content(env, msg).await {
+                    self.ack_later(msg_id.as_deref());
+                }
+            }
+            Message::UserWelcome(_) | Message::Heartbeat(_) => {}
+            other => tracing::debug!(kind = other.type_name(), "ignored frame"),
+        }
+    }
+
+    /// Handles content; false if it waits for the sender's key (it is
+    /// acknowledged only once handled).
+    async fn content(&mut self, env: Envelope, msg: Message) -> bool {
+        match msg {
             Message::UserDeliver(d) => self.incoming_dm(env, d).await,
             Message::GroupKeyShare(s) => self.incoming_share(env, s).await,
             Message::MsgGroup(m) => self.incoming_group(env, m).await,
-            Message::FileStart(s) => self.file_start(s).await,
-            Message::FileChunk(c) => self.file_chunk(c).await,
-            Message::FileEnd(e) => self.file_end(e),
-            Message::UserWelcome(_) | Message::Heartbeat(_) | Message::Ack(_) => {}
-            other => tracing::debug!(kind = other.type_name(), "ignored frame"),
+            Message::FileStart(s) => {
+                self.file_start(s).await;
+                true
+            }
+            Message::FileChunk(c) => {
+                self.file_chunk(c).await;
+                true
+            }
+            Message::FileEnd(e) => {
+                self.file_end(e);
+                true
+            }
+            _ => true,
         }
     }
 
@@ -707,8 +846,16 @@ impl<F: Frontend> Engine<F> {
         payload: &Map<String, Value>,
     ) -> (String, bool) {
         let id = msg_id.cloned().unwrap_or_else(|| derived_msg_id(payload));
-        let new = self.keyring.first_sight(&id).unwrap_or(true);
+        let new = !self.keyring.seen(&id).unwrap_or(false);
         (id, new)
+    }
+
+    /// Marks content as shown, after it was shown: a crash in between shows
+    /// it again rather than never.
+    fn shown(&mut self, msg_id: &str) {
+        if let Err(e) = self.keyring.first_sight(msg_id) {
+            self.emit(Event::error("KEYRING", e.to_string()));
+        }
     }
 
     /// Returns the sender's pinned key, or defers the frame until it is known.
@@ -735,14 +882,14 @@ impl<F: Frontend> Engine<F> {
         Err(())
     }
 
-    async fn incoming_dm(&mut self, env: Envelope, d: Deliver) {
+    async fn incoming_dm(&mut self, env: Envelope, d: Deliver) -> bool {
         let msg = Message::UserDeliver(d.clone());
         let Ok(sender_key) = self.sender_key(&d.sender, &env, &msg).await else {
-            return;
+            return false;
         };
         let (msg_id, new) = self.first_sight(d.msg_id.as_ref(), &env.payload);
         if !new {
-            return;
+            return true;
         }
         let dm = MsgPrivate {
             ciphertext: d.ciphertext,
@@ -767,7 +914,7 @@ impl<F: Frontend> Engine<F> {
                     from: d.sender,
                     text,
                     verified,
-                    msg_id,
+                    msg_id: msg_id.clone(),
                 });
             }
             _ => self.emit(Event::error(
@@ -775,86 +922,99 @@ impl<F: Frontend> Engine<F> {
                 format!("a DM from {} could not be decrypted", d.sender),
             )),
         }
+        self.shown(&msg_id);
+        true
     }
 
-    async fn incoming_share(&mut self, env: Envelope, s: GroupKeyShare) {
+    async fn incoming_share(&mut self, env: Envelope, s: GroupKeyShare) -> bool {
         let msg = Message::GroupKeyShare(s.clone());
         let Ok(creator_key) = self.sender_key(&s.creator, &env, &msg).await else {
-            return;
+            return false;
         };
-        let (_, new) = self.first_sight(s.msg_id.as_ref(), &env.payload);
+        let (msg_id, new) = self.first_sight(s.msg_id.as_ref(), &env.payload);
         if !new {
-            return;
+            return true;
         }
         let verified = creator_key.is_some_and(|k| {
             content::share_signed_bytes(&s).is_ok_and(|b| content::verify(&k, &b, &s.content_sig))
         });
         let (key, me, share) = (self.key.clone(), self.cfg.user.clone(), s.clone());
-        let opened = blocking(move || content::open_group_share(&key, &me, &share)).await;
-        let group_key = match opened {
-            Some(Ok(Some(k))) => k,
-            Some(Ok(None)) => return,
-            _ => {
-                return self.emit(Event::error(
-                    "DECRYPT",
-                    format!("the key share for {} could not be opened", s.group_id),
-                ));
+        match blocking(move || content::open_group_share(&key, &me, &share)).await {
+            Some(Ok(Some(group_key))) => {
+                // Only a share signed by its creator's directory key is
+                // adopted: an unverified share could hand us a key someone
+                // else knows.
+                if verified {
+                    let mut members: Vec<String> =
+                        s.shares.iter().map(|x| x.member.clone()).collect();
+                    if !members.contains(&s.creator) {
+                        members.push(s.creator.clone());
+                    }
+                    let record = GroupKey {
+                        key: group_key,
+                        creator: s.creator.clone(),
+                        members,
+                    };
+                    if let Err(e) = self.keyring.set_group_key(&s.group_id, &record) {
+                        self.emit(Event::error("KEYRING", e.to_string()));
+                        return true;
+                    }
+                }
+                self.emit(Event::GroupKey {
+                    group: s.group_id,
+                    from: s.creator,
+                    verified,
+                });
             }
-        };
-        // Only a share signed by its creator's directory key is adopted: an
-        // unverified share could hand us a key someone else knows.
-        if verified {
-            let mut members: Vec<String> = s.shares.iter().map(|x| x.member.clone()).collect();
-            if !members.contains(&s.creator) {
-                members.push(s.creator.clone());
-            }
-            let record = GroupKey {
-                key: group_key,
-                creator: s.creator.clone(),
-                members,
-            };
-            if let Err(e) = self.keyring.set_group_key(&s.group_id, &record) {
-                return self.emit(Event::error("KEYRING", e.to_string()));
-            }
+            Some(Ok(None)) => {}
+            _ => self.emit(Event::error(
+                "DECRYPT",
+                format!("the key share for {} could not be opened", s.group_id),
+            )),
         }
-        self.emit(Event::GroupKey {
-            group: s.group_id,
-            from: s.creator,
-            verified,
-        });
+        self.shown(&msg_id);
+        true
     }
 
-    async fn incoming_group(&mut self, env: Envelope, m: MsgGroup) {
+    async fn incoming_group(&mut self, env: Envelope, m: MsgGroup) -> bool {
         let msg = Message::MsgGroup(m.clone());
         let Ok(sender_key) = self.sender_key(&m.from, &env, &msg).await else {
-            return;
+            return false;
         };
         let (msg_id, new) = self.first_sight(m.msg_id.as_ref(), &env.payload);
         if !new {
-            return;
+            return true;
         }
-        let Some(gk) = self.keyring.group_key(&m.group_id).ok().flatten() else {
-            return self.emit(Event::error(
+        match self.keyring.group_key(&m.group_id).ok().flatten() {
+            None => self.emit(Event::error(
                 "NO_KEY",
                 format!(
                     "a message for {} arrived, but you hold no key for it",
                     m.group_id
                 ),
-            ));
-        };
-        let verified = sender_key.is_some_and(|k| {
-            content::group_signed_bytes(&m).is_ok_and(|b| content::verify(&k, &b, &m.content_sig))
-        });
-        match content::open_group(&gk.key, &m) {
-            Ok(plain) => {
-                let text = String::from_utf8_lossy(&plain).into_owned();
-                self.emit(Event::GroupMsg { group: m.group_id, from: m.from, text, verified, msg_id });
-            }
-            Err(_) => self.emit(Event::error(
-                "DECRYPT",
-                format!("a message from {} in {} does not open with your key for the group (rotated without you?)", m.from, m.group_id),
             )),
+            Some(gk) => {
+                let verified = sender_key.is_some_and(|k| {
+                    content::group_signed_bytes(&m)
+                        .is_ok_and(|b| content::verify(&k, &b, &m.content_sig))
+                });
+                match content::open_group(&gk.key, &m) {
+                    Ok(plain) => {
+                        let text = String::from_utf8_lossy(&plain).into_owned();
+                        self.emit(Event::GroupMsg { group: m.group_id, from: m.from, text, verified, msg_id: msg_id.clone() });
+                    }
+                    Err(_) => self.emit(Event::error(
+                        "DECRYPT",
+                        format!(
+                            "a message from {} in {} does not open with your key for the group (rotated without you?)",
+                            m.from, m.group_id
+                        ),
+                    )),
+                }
+            }
         }
+        self.shown(&msg_id);
+        true
     }
 
     async fn file_start(&mut self, s: FileStart) {

@@ -37,6 +37,17 @@ pub enum Event {
         to: String,
         msg_id: String,
     },
+    /// Kept in the outbox while not connected; sent when the connection is back.
+    Pending {
+        msg_id: String,
+        reason: String,
+    },
+    /// What became of a sent DM: `queued` (recipient offline, in the
+    /// mailbox) or `delivered` (their client has it).
+    Delivery {
+        msg_id: String,
+        status: String,
+    },
     Dm {
         from: String,
         text: String,
@@ -141,6 +152,10 @@ impl Default for TerminalFrontend {
     }
 }
 
+fn short(msg_id: &str) -> &str {
+    msg_id.get(..8).unwrap_or(msg_id)
+}
+
 fn clock() -> String {
     let secs = crate::wire::now_ms() / 1000;
     format!(
@@ -182,7 +197,14 @@ impl TerminalFrontend {
                 format!("{user}'s key: {}", fingerprint.as_deref().unwrap_or("?"))
             }
             Event::Pubkey { user, found: false, .. } => format!("{user} is not in the directory"),
-            Event::Sent { kind, to, .. } => self.paint("2", &format!("sent {kind} to {to}")),
+            Event::Sent { kind, to, msg_id } => self.paint("2", &format!("sent {kind} to {to} ({})", short(msg_id))),
+            Event::Pending { msg_id, reason } => {
+                self.paint("33", &format!("waiting to send ({}): {reason}; it goes out when the connection is back", short(msg_id)))
+            }
+            Event::Delivery { msg_id, status } if status == "queued" => {
+                self.paint("2", &format!("({}) queued: the recipient is offline; delivered when they connect", short(msg_id)))
+            }
+            Event::Delivery { msg_id, status } => self.paint("2", &format!("({}) {status} ✓✓", short(msg_id))),
             Event::Dm { from, text, verified, .. } => {
                 format!("[dm from {from}] {} {text}", self.mark(*verified))
             }

@@ -153,6 +153,19 @@ impl Keyring {
         Ok(())
     }
 
+    /// True if `msg_id` was shown already.
+    pub fn seen(&self, msg_id: &str) -> Result<bool, StoreError> {
+        let conn = self.pool.get()?;
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM seen_messages WHERE msg_id = ?1",
+                [msg_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     /// Records that `msg_id` was shown; false if it already was.
     pub fn first_sight(&self, msg_id: &str) -> Result<bool, StoreError> {
         let conn = self.pool.get()?;
@@ -161,6 +174,56 @@ impl Keyring {
             params![msg_id, now_ms()],
         )?;
         Ok(n == 1)
+    }
+}
+
+/// One frame waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub msg_id: String,
+    pub to: String,
+    pub kind: String,
+    pub payload: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Keyring {
+    /// Keeps a frame until the node acknowledges it.
+    pub fn outbox_add(&self, out: &Outgoing) -> Result<(), StoreError> {
+        let conn = self.pool.get()?;
+        let payload = serde_json::Value::Object(out.payload.clone()).to_string();
+        conn.execute(
+            "INSERT OR IGNORE INTO outbox (msg_id, to_id, kind, payload, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![out.msg_id, out.to, out.kind, payload, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Everything not yet acknowledged, oldest first.
+    pub fn outbox(&self) -> Result<Vec<Outgoing>, StoreError> {
+        let conn = self.pool.get()?;
+        let mut stmt =
+            conn.prepare("SELECT msg_id, to_id, kind, payload FROM outbox ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| {
+            let payload: String = r.get(3)?;
+            Ok(Outgoing {
+                msg_id: r.get(0)?,
+                to: r.get(1)?,
+                kind: r.get(2)?,
+                payload: serde_json::from_str(&payload).unwrap_or_default(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The node acknowledged these.
+    pub fn outbox_done(&self, msg_ids: &[String]) -> Result<(), StoreError> {
+        let mut conn = self.pool.get()?;
+        let tx = conn.transaction()?;
+        for id in msg_ids {
+            tx.execute("DELETE FROM outbox WHERE msg_id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 
@@ -199,5 +262,29 @@ mod tests {
         };
         ring.set_group_key("group_x", &g).unwrap();
         assert_eq!(ring.group_key("group_x").unwrap(), Some(g));
+    }
+
+    #[test]
+    fn outbox_keeps_order_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::open(&dir.path().join("k.sqlite")).unwrap();
+        for i in 0..3 {
+            let out = Outgoing {
+                msg_id: format!("m{i}"),
+                to: "bob".into(),
+                kind: "MSG_PRIVATE".into(),
+                payload: Default::default(),
+            };
+            ring.outbox_add(&out).unwrap();
+            ring.outbox_add(&out).unwrap();
+        }
+        ring.outbox_done(&["m1".into()]).unwrap();
+        let left: Vec<String> = ring
+            .outbox()
+            .unwrap()
+            .into_iter()
+            .map(|o| o.msg_id)
+            .collect();
+        assert_eq!(left, ["m0", "m2"]);
     }
 }

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::crypto::PrivateKey;
 use serde_json::json;
