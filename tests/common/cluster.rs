@@ -75,6 +75,19 @@ impl TestNode {
         legacy: bool,
         peers: Vec<String>,
     ) -> TestNode {
+        Self::start_configured(master, master_url, |c| {
+            c.allow_legacy_clients = legacy;
+            c.peers = peers;
+        })
+        .await
+    }
+
+    /// Starts a node after `adjust` has had its say on the configuration.
+    pub async fn start_configured(
+        master: bool,
+        master_url: Option<String>,
+        adjust: impl FnOnce(&mut NodeConfig),
+    ) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");
         install_key(&keys, if master { "master" } else { "local" });
@@ -84,10 +97,12 @@ impl TestNode {
             db: dir.path().join("node.sqlite"),
             keys,
             master_url,
-            peers,
-            allow_legacy_clients: legacy,
+            peers: Vec::new(),
+            allow_legacy_clients: false,
             mailbox: Default::default(),
         };
+        let mut config = config;
+        adjust(&mut config);
         let node = Node::start(config.clone()).await.unwrap();
         let mut config = config;
         config.listen = node.addr;

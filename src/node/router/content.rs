@@ -429,7 +429,7 @@ impl Router {
             touched.push(dest);
         }
         if queued {
-            self.send_receipt(via, &intake.sender, vec![intake.msg_id.clone()], QUEUED);
+            self.send_receipt(None, &intake.sender, vec![intake.msg_id.clone()], QUEUED);
         }
         for dest in touched {
             self.pump(&dest);
