@@ -134,6 +134,30 @@ impl ClientProc {
         out
     }
 
+    /// Events that arrive within the next `span` (however busy the stream).
+    pub async fn collect_for(&mut self, span: std::time::Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + span;
+        let mut out = std::mem::take(&mut self.seen);
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            out.push(ev);
+        }
+        out
+    }
+
+    /// SIGKILL: no goodbye, no flush. Events it printed can still be read.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Every event left, until the process's stdout is closed.
+    pub async fn rest(&mut self) -> Vec<Value> {
+        let mut out = std::mem::take(&mut self.seen);
+        while let Ok(Some(ev)) = tokio::time::timeout(WAIT, self.events.recv()).await {
+            out.push(ev);
+        }
+        out
+    }
+
     /// Closes stdin (end of input means /quit) and waits for the exit.
     pub async fn quit(mut self) -> std::process::ExitStatus {
         drop(self.stdin.take());

@@ -89,6 +89,11 @@ impl NodeProc {
         std::thread::spawn(move || while rx.recv().is_ok() {});
     }
 
+    /// A stand-in while a real node is being restarted elsewhere.
+    pub fn placeholder() -> NodeProc {
+        NodeProc { dir: PathBuf::new(), args: Vec::new(), port: 0, id: String::new(), child: None }
+    }
+
     pub fn url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.port)
     }
