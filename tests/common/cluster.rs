@@ -104,7 +104,6 @@ impl TestNode {
         let mut config = config;
         adjust(&mut config);
         let node = Node::start(config.clone()).await.unwrap();
-        let mut config = config;
         config.listen = node.addr;
         TestNode {
             dir,
