@@ -524,17 +524,7 @@ async fn a_reference_style_client_and_ours_exchange_everything() {
     let Message::UserDeliver(d) = m else {
         unreachable!()
     };
-    let as_dm = socp::wire::messages::MsgPrivate {
-        ciphertext: d.ciphertext,
-        iv: d.iv,
-        tag: d.tag,
-        wrapped_key: d.wrapped_key,
-        sender_pub: d.sender_pub.clone(),
-        content_sig: d.content_sig.clone(),
-        content_ts: d.content_ts,
-        msg_id: None,
-        extra: Default::default(),
-    };
+    let as_dm = d.to_private();
     assert_eq!(
         content::open_dm(&user_key("dave"), &as_dm).unwrap(),
         b"Hi Dave!"

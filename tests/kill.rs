@@ -19,7 +19,10 @@ const SENDERS: [&str; 2] = ["alice", "carol"];
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
@@ -41,7 +44,10 @@ fn record(events: Vec<Value>, shown: &mut Vec<(String, usize)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     println!("kill test seed {seed}");
     let mut rng = Lcg(seed);
     let root = tempfile::tempdir().unwrap();
@@ -76,7 +82,10 @@ async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
     let mut next_kill = Instant::now() + Duration::from_secs(2);
     let mut last_progress = (0, Instant::now());
     while shown.len() < total {
-        record(bob.collect_for(Duration::from_millis(200)).await, &mut shown);
+        record(
+            bob.collect_for(Duration::from_millis(200)).await,
+            &mut shown,
+        );
         if shown.len() != last_progress.0 {
             last_progress = (shown.len(), Instant::now());
         }
@@ -126,8 +135,14 @@ async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
         if got != expected {
             let dups = got.len() as i64 - PER_SENDER as i64;
             let first_bad = got.iter().zip(&expected).position(|(a, b)| a != b);
-            panic!("{s}: {} shown ({dups:+} vs sent), first divergence at position {first_bad:?}", got.len());
+            panic!(
+                "{s}: {} shown ({dups:+} vs sent), first divergence at position {first_bad:?}",
+                got.len()
+            );
         }
     }
-    assert!(node_kills + client_kills >= 3, "too few kills to mean anything ({node_kills} + {client_kills})");
+    assert!(
+        node_kills + client_kills >= 3,
+        "too few kills to mean anything ({node_kills} + {client_kills})"
+    );
 }

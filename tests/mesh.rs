@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use common::cluster::{TestNode, connect, drain, expect, user_key};
 use socp::content;
 use socp::crypto::PublicKey;
-use socp::wire::messages::{Message, MsgPrivate, UserLookup};
+use socp::wire::messages::{Message, UserLookup};
 use std::time::Duration;
 
 /// Looks `target` up through `session` and returns the key the directory holds.
@@ -146,17 +146,7 @@ async fn four_servers_every_user_reaches_every_other() {
                 unreachable!()
             };
             let sender_idx = users.iter().position(|u| *u == d.sender).unwrap();
-            let as_dm = MsgPrivate {
-                ciphertext: d.ciphertext.clone(),
-                iv: d.iv.clone(),
-                tag: d.tag.clone(),
-                wrapped_key: d.wrapped_key.clone(),
-                sender_pub: d.sender_pub.clone(),
-                content_sig: d.content_sig.clone(),
-                content_ts: d.content_ts,
-                msg_id: None,
-                extra: Default::default(),
-            };
+            let as_dm = d.to_private();
             let signed = content::dm_signed_bytes(&as_dm, &d.sender, users[j]).unwrap();
             assert!(content::verify(
                 user_key(users[sender_idx]).public(),

@@ -9,7 +9,7 @@ use common::procs::NodeProc;
 use socp::content;
 use socp::crypto::PublicKey;
 use socp::wire::ids::TO_SERVER;
-use socp::wire::messages::{Message, MsgPrivate, UserLookup};
+use socp::wire::messages::{Message, UserLookup};
 
 async fn lookup(s: &mut socp::client::Session, target: &str) -> PublicKey {
     let q = Message::UserDbGetUser(UserLookup {
@@ -59,17 +59,7 @@ async fn dm_arrives(from: &mut socp::client::Session, to: &mut socp::client::Ses
         })
         .await;
         if let Ok(Some(d)) = got {
-            let dm = MsgPrivate {
-                ciphertext: d.ciphertext,
-                iv: d.iv,
-                tag: d.tag,
-                wrapped_key: d.wrapped_key,
-                sender_pub: d.sender_pub,
-                content_sig: d.content_sig,
-                content_ts: d.content_ts,
-                msg_id: None,
-                extra: Default::default(),
-            };
+            let dm = d.to_private();
             assert_eq!(content::open_dm(to.key(), &dm).unwrap(), text.as_bytes());
             return;
         }

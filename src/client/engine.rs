@@ -20,8 +20,7 @@ use super::session::{Session, SessionError};
 use crate::content;
 use crate::crypto::{self, PrivateKey, PublicKey, aead};
 use crate::wire::messages::{
-    Deliver, FileChunk, FileEnd, FileMode, FileStart, GroupKeyShare, Message, MsgGroup, MsgPrivate,
-    UserLookup,
+    Deliver, FileChunk, FileEnd, FileMode, FileStart, GroupKeyShare, Message, MsgGroup, UserLookup,
 };
 use crate::wire::{Envelope, b64, canonical, ids, now_ms};
 
@@ -891,17 +890,7 @@ impl<F: Frontend> Engine<F> {
         if !new {
             return true;
         }
-        let dm = MsgPrivate {
-            ciphertext: d.ciphertext,
-            iv: d.iv,
-            tag: d.tag,
-            wrapped_key: d.wrapped_key,
-            sender_pub: d.sender_pub,
-            content_sig: d.content_sig,
-            content_ts: d.content_ts,
-            msg_id: None,
-            extra: Map::new(),
-        };
+        let dm = d.to_private();
         let verified = sender_key.is_some_and(|k| {
             content::dm_signed_bytes(&dm, &d.sender, &self.cfg.user)
                 .is_ok_and(|b| content::verify(&k, &b, &dm.content_sig))

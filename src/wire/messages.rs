@@ -296,6 +296,24 @@ payload!(
     ErrorBody { code: String, detail: String }
 );
 
+impl Deliver {
+    /// The DM as its sender wrote it (what the content signature covers and
+    /// the recipient opens).
+    pub fn to_private(&self) -> MsgPrivate {
+        MsgPrivate {
+            ciphertext: self.ciphertext.clone(),
+            iv: self.iv.clone(),
+            tag: self.tag.clone(),
+            wrapped_key: self.wrapped_key.clone(),
+            sender_pub: self.sender_pub.clone(),
+            content_sig: self.content_sig.clone(),
+            content_ts: self.content_ts,
+            msg_id: self.msg_id.clone(),
+            extra: Map::new(),
+        }
+    }
+}
+
 macro_rules! catalogue {
     ($($variant:ident($ty:ty) = $name:literal),* $(,)?) => {
         /// Every frame type `socp` knows, with its typed payload.

@@ -91,7 +91,13 @@ impl NodeProc {
 
     /// A stand-in while a real node is being restarted elsewhere.
     pub fn placeholder() -> NodeProc {
-        NodeProc { dir: PathBuf::new(), args: Vec::new(), port: 0, id: String::new(), child: None }
+        NodeProc {
+            dir: PathBuf::new(),
+            args: Vec::new(),
+            port: 0,
+            id: String::new(),
+            child: None,
+        }
     }
 
     pub fn url(&self) -> String {
