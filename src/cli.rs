@@ -91,6 +91,10 @@ pub struct NodeArgs {
     /// Master: most bytes kept for one offline user; beyond it senders get QUOTA_EXCEEDED.
     #[arg(long, default_value_t = 256 << 20)]
     pub mailbox_max_bytes: usize,
+    /// Do not use mac-v1 link sessions: sign every frame with RSA, as towards
+    /// reference peers (for measurements).
+    #[arg(long)]
+    pub no_mac: bool,
 }
 
 #[derive(Debug, Args)]

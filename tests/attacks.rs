@@ -7,7 +7,7 @@ use common::cluster::{TestNode, cached_key, connect, expect, user_key};
 use common::raw::{Raw, hello_payload, signed, unsigned};
 use serde_json::json;
 use socp::content;
-use socp::crypto::{PrivateKey, PublicKey};
+use socp::crypto::PrivateKey;
 use socp::wire::ids::TO_SERVER;
 use socp::wire::messages::{Message, UserLookup};
 
@@ -204,11 +204,9 @@ async fn c4_spoofed_from_is_refused_and_the_session_kept() {
         1,
     )
     .unwrap();
-    let mut env = Message::MsgPrivate(dm).into_envelope("carol", "bob");
-    env.sig = user_key("alice")
-        .sign_b64(&env.signed_bytes().unwrap())
-        .unwrap();
-    alice.send_envelope(&env).await.unwrap();
+    // Authenticated as Alice's session, but claiming to be from Carol.
+    let env = Message::MsgPrivate(dm).into_envelope("carol", "bob");
+    alice.send_authenticated(env).await.unwrap();
     let (_, m) = expect(&mut alice, "ERROR", |_, m| matches!(m, Message::Error(_))).await;
     let Message::Error(e) = m else { unreachable!() };
     assert_eq!(e.code, "NOT_ALLOWED");
@@ -397,13 +395,9 @@ async fn c9_unknown_frame_types_are_refused() {
     // In a session: UNKNOWN_TYPE, and the session goes on.
     let mut alice = connect(&master.url(), "alice").await;
     let mut bob = connect(&master.url(), "bob").await;
-    let mut env = unsigned("DEBUG_DUMP", "alice", TO_SERVER, json!({"all": true}));
-    env.sig = user_key("alice")
-        .sign_b64(&env.signed_bytes().unwrap())
-        .unwrap();
-    alice.send_envelope(&env).await.unwrap();
+    let env = unsigned("DEBUG_DUMP", "alice", TO_SERVER, json!({"all": true}));
+    alice.send_authenticated(env).await.unwrap();
     let (_, m) = expect(&mut alice, "ERROR", |_, m| matches!(m, Message::Error(_))).await;
     assert!(matches!(m, Message::Error(e) if e.code == "UNKNOWN_TYPE"));
     dm_flows(&mut alice, &mut bob).await;
-    let _ = PublicKey::from_b64(user_key("bob").public().to_b64()).unwrap();
 }

@@ -83,6 +83,7 @@ async fn start_as(
         peers: Vec::new(),
         allow_legacy_clients: true,
         mailbox: Default::default(),
+        mac: true,
     };
     let node = Node::start(config).await.unwrap();
     (dir, node)

@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::crypto::PrivateKey;
+use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
 use crate::wire::messages::{ErrorBody, Message, UserHello};
 use crate::wire::{Envelope, MAX_FRAME_BYTES, ids, now_ms};
 
@@ -72,6 +73,8 @@ pub struct Session {
     pub server_id: String,
     /// A `USER_LIST` answer to our acceptance probe is still due.
     swallow_list: bool,
+    /// The `mac-v1` session, once the node's welcome offered one.
+    mac: Option<MacSession>,
 }
 
 impl Session {
@@ -107,6 +110,7 @@ impl Session {
             style,
             server_id: String::new(),
             swallow_list: false,
+            mac: None,
         };
         session.hello().await?;
         Ok(session)
@@ -157,6 +161,7 @@ impl Session {
         };
         if self.style == HelloStyle::Signed {
             hello.ts = Some(now_ms());
+            hello.caps = Some(vec![CAP_MAC_V1.to_owned()]);
             hello
                 .extra
                 .insert("user_id".into(), Value::String(self.user.clone()));
@@ -174,6 +179,19 @@ impl Session {
                 };
                 match msg {
                     Message::UserWelcome(w) => {
+                        if let Some(offer) = w.session.filter(|o| o.cap == CAP_MAC_V1) {
+                            let key = self.key.clone();
+                            let secret = tokio::task::spawn_blocking(move || {
+                                session::accept(&key, &offer.wrapped)
+                            })
+                            .await
+                            .map_err(|e| SessionError::Sign(e.to_string()))?
+                            .map_err(|e| {
+                                SessionError::Lost(format!("the session offer does not open: {e}"))
+                            })?;
+                            self.mac =
+                                Some(MacSession::new(&secret, &self.user, &w.server_id, true));
+                        }
                         self.server_id = w.server_id;
                         self.swallow_list = true;
                         return Ok(());
@@ -199,8 +217,18 @@ impl Session {
     }
 
     async fn send_message(&mut self, to: &str, msg: &Message) -> Result<(), SessionError> {
-        let mut env = msg.into_envelope(&self.user, to);
-        if self.style == HelloStyle::Signed {
+        self.send_authenticated(msg.into_envelope(&self.user, to))
+            .await
+    }
+
+    /// Authenticates an envelope as this session does (MAC on a session,
+    /// else our signature) and sends it, whatever it says (tests use this to
+    /// send frames no client would).
+    pub async fn send_authenticated(&mut self, mut env: Envelope) -> Result<(), SessionError> {
+        if let Some(mac) = self.mac.as_mut() {
+            mac.seal(&mut env)
+                .map_err(|e| SessionError::Sign(e.to_string()))?;
+        } else if self.style == HelloStyle::Signed {
             let bytes = env
                 .signed_bytes()
                 .map_err(|e| SessionError::Sign(e.to_string()))?;
@@ -259,6 +287,10 @@ impl Session {
                     continue;
                 }
             };
+            if let Some(mac) = self.mac.as_mut() {
+                mac.open(&env)
+                    .map_err(|e| SessionError::Lost(format!("link session check failed: {e}")))?;
+            }
             match Message::from_envelope(&env) {
                 Ok(msg) => return Ok(Some((env, msg))),
                 Err(e) => {

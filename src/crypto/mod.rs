@@ -3,6 +3,7 @@
 
 pub mod aead;
 pub mod keys;
+pub mod session;
 
 pub use keys::{PrivateKey, PublicKey};
 

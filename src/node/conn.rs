@@ -18,6 +18,7 @@ use super::hub::HubEvent;
 use super::router::{
     CAP_SOCP, ConnId, HELLO_FRESHNESS_MS, Input, LinkHelloIn, Outgoing, UserHelloIn,
 };
+use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
 use crate::crypto::{PrivateKey, PublicKey};
 use crate::wire::ids;
 use crate::wire::messages::{ErrorBody, Message, PeerHelloLink, Proof, UserHello};
@@ -52,6 +53,79 @@ pub(crate) struct ConnCtx {
     pub key: Arc<PrivateKey>,
     pub hub: mpsc::Sender<HubEvent>,
     pub shutdown: watch::Receiver<bool>,
+    /// Offer `mac-v1` link sessions (off with `--no-mac`).
+    pub mac: bool,
+}
+
+/// True if a hello lists the `mac-v1` capability.
+pub(crate) fn offers_mac(env: &Envelope) -> bool {
+    env.payload
+        .get("caps")
+        .and_then(|c| c.as_array())
+        .is_some_and(|caps| caps.iter().any(|c| c.as_str() == Some(CAP_MAC_V1)))
+}
+
+/// How frames on one connection are authenticated: RSA signatures by the
+/// peer's key, or, once a `mac-v1` session is on, HMAC with a sequence number.
+pub(crate) struct Auth {
+    /// The key frames without a MAC must verify with (None: a legacy user,
+    /// whose frames are unsigned).
+    pub peer_key: Option<PublicKey>,
+    pub session: Option<MacSession>,
+    /// Our frames are MAC'd (from the frame after our session offer).
+    pub mac_out: bool,
+    /// The peer's frames must be MAC'd (from its first MAC'd frame).
+    pub mac_in: bool,
+}
+
+impl Auth {
+    /// Stamps, authenticates and serializes a frame from this node.
+    async fn seal(&mut self, key: &Arc<PrivateKey>, me: &str, out: Outgoing) -> Option<String> {
+        let offers_session = matches!(out.kind, "USER_WELCOME" | "PEER_HELLO_LINK")
+            && out.payload.contains_key("session");
+        if self.mac_out
+            && let Some(session) = self.session.as_mut()
+        {
+            let mut env = Envelope::new(out.kind, me, &out.to, out.payload);
+            session.seal(&mut env).ok()?;
+            return Some(env.to_json());
+        }
+        let text = seal(key, me, out).await;
+        if offers_session && self.session.is_some() {
+            self.mac_out = true;
+        }
+        text
+    }
+
+    /// Checks an incoming frame; an error closes the connection.
+    fn check(&mut self, env: &Envelope) -> Result<(), String> {
+        if env.mac.is_some() {
+            let session = self
+                .session
+                .as_mut()
+                .ok_or("a mac on a connection without a session")?;
+            session.open(env).map_err(|e| e.to_string())?;
+            self.mac_in = true;
+            return Ok(());
+        }
+        if self.mac_in {
+            return Err("a frame without a mac on a mac-v1 session".into());
+        }
+        match &self.peer_key {
+            None => Ok(()),
+            Some(key) => {
+                let ok = env
+                    .signed_bytes()
+                    .ok()
+                    .is_some_and(|b| key.verify_b64(&b, &env.sig).is_ok());
+                if ok {
+                    Ok(())
+                } else {
+                    Err(format!("{} signature does not verify", env.kind))
+                }
+            }
+        }
+    }
 }
 
 /// Why a hello was refused, with the code the peer is told.
@@ -193,6 +267,7 @@ pub(crate) fn link_hello_in(
     key: PublicKey,
     dialed: bool,
     dialed_master: bool,
+    session: Option<String>,
 ) -> LinkHelloIn {
     let socp = hello
         .caps
@@ -209,6 +284,7 @@ pub(crate) fn link_hello_in(
         socp,
         dialed,
         dialed_master,
+        session,
     }
 }
 
@@ -242,28 +318,32 @@ pub(crate) async fn send_error<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if let Some(text) = seal(&ctx.key, &ctx.me, error_frame(to, code, detail)).await {
+        let _ = ws.send(WsMessage::text(text)).await;
+    }
+}
+
+/// An `ERROR` frame for the peer.
+fn error_frame(to: &str, code: ErrorCode, detail: &str) -> Outgoing {
     let payload = match serde_json::to_value(ErrorBody {
         code: code.as_str().to_owned(),
         detail: detail.to_owned(),
         extra: Default::default(),
     }) {
         Ok(serde_json::Value::Object(m)) => m,
-        _ => return,
+        _ => Default::default(),
     };
-    let out = Outgoing {
+    Outgoing {
         kind: "ERROR",
         to: to.to_owned(),
         payload,
-    };
-    if let Some(text) = seal(&ctx.key, &ctx.me, out).await {
-        let _ = ws.send(WsMessage::text(text)).await;
     }
 }
 
 /// The kind of peer on a connection, once its hello is accepted.
 pub(crate) enum Peer {
     User(String),
-    Link { server_id: String, key: PublicKey },
+    Link { server_id: String },
 }
 
 /// Runs an accepted connection until it closes: reads the hello, hands it
@@ -300,7 +380,7 @@ where
             return;
         }
     };
-    let (input, peer) = match Envelope::parse(&first) {
+    let (input, peer, auth) = match Envelope::parse(&first) {
         Err(e) => {
             let r = Refusal::from(e);
             send_error(&mut ws, &ctx, ids::TO_USER, r.code, &r.detail).await;
@@ -308,15 +388,24 @@ where
             return;
         }
         Ok(env) if env.kind == "USER_HELLO" => match check_user_hello(&env, now_ms()) {
-            Ok((user_id, key, proof)) => (
-                Input::UserHello(UserHelloIn {
+            Ok((user_id, key, proof)) => {
+                // Only a signed hello proves the key: only then a session.
+                let (session, offer) = offer_session(&ctx, &env, &key, proof.is_some(), &user_id);
+                let auth = Auth {
+                    peer_key: proof.is_some().then(|| key.clone()),
+                    session,
+                    mac_out: false,
+                    mac_in: false,
+                };
+                let input = Input::UserHello(UserHelloIn {
                     conn,
                     user_id: user_id.clone(),
                     key,
                     proof,
-                }),
-                Peer::User(user_id),
-            ),
+                    session: offer,
+                });
+                (input, Peer::User(user_id), auth)
+            }
             Err(r) => {
                 tracing::info!(user = %env.from.chars().take(64).collect::<String>(), code = %r.code, detail = %r.detail, "hello refused");
                 send_error(&mut ws, &ctx, ids::TO_USER, r.code, &r.detail).await;
@@ -325,13 +414,24 @@ where
             }
         },
         Ok(env) if env.kind == "PEER_HELLO_LINK" => match check_link_hello(&env) {
-            Ok((hello, key)) => (
-                Input::LinkHello(link_hello_in(conn, &env, hello, key.clone(), false, false)),
-                Peer::Link {
-                    server_id: env.from.clone(),
-                    key,
-                },
-            ),
+            Ok((hello, key)) => {
+                let (session, offer) = offer_session(&ctx, &env, &key, true, &env.from);
+                let auth = Auth {
+                    peer_key: Some(key.clone()),
+                    mac_in: session.is_some(),
+                    session,
+                    mac_out: false,
+                };
+                let input =
+                    Input::LinkHello(link_hello_in(conn, &env, hello, key, false, false, offer));
+                (
+                    input,
+                    Peer::Link {
+                        server_id: env.from.clone(),
+                    },
+                    auth,
+                )
+            }
             Err(r) => {
                 tracing::warn!(code = %r.code, detail = %r.detail, "link hello refused");
                 send_error(&mut ws, &ctx, ids::TO_SERVER, r.code, &r.detail).await;
@@ -349,7 +449,31 @@ where
             return;
         }
     };
-    run(ws, conn, ctx, input, peer).await;
+    run(ws, conn, ctx, input, peer, auth).await;
+}
+
+/// The acceptor's side of `mac-v1`: if we allow it and the hello asks for
+/// it, a fresh secret wrapped for the peer (into our answer) and our session.
+fn offer_session(
+    ctx: &ConnCtx,
+    hello: &Envelope,
+    key: &PublicKey,
+    signed: bool,
+    peer: &str,
+) -> (Option<MacSession>, Option<String>) {
+    if !(ctx.mac && signed && offers_mac(hello)) {
+        return (None, None);
+    }
+    match session::offer(key) {
+        Ok((secret, wrapped)) => (
+            Some(MacSession::new(&secret, peer, &ctx.me, false)),
+            Some(wrapped),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not offer a link session; using signatures");
+            (None, None)
+        }
+    }
 }
 
 /// Registers the connection with the hub, delivers its hello, and serves it.
@@ -359,6 +483,7 @@ pub(crate) async fn run<S>(
     ctx: ConnCtx,
     hello: Input,
     peer: Peer,
+    mut auth: Auth,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -382,7 +507,7 @@ pub(crate) async fn run<S>(
             () = super::stop_requested(&mut shutdown) => break,
             cmd = rx.recv() => match cmd {
                 Some(ConnCmd::Frame(out)) => {
-                    let Some(text) = seal(&ctx.key, &ctx.me, out).await else { continue };
+                    let Some(text) = auth.seal(&ctx.key, &ctx.me, out).await else { continue };
                     if ws.send(WsMessage::text(text)).await.is_err() {
                         break;
                     }
@@ -395,7 +520,7 @@ pub(crate) async fn run<S>(
                     break;
                 }
                 let out = Outgoing { kind: "HEARTBEAT", to: ids::TO_SERVER.to_owned(), payload: Default::default() };
-                if let Some(text) = seal(&ctx.key, &ctx.me, out).await
+                if let Some(text) = auth.seal(&ctx.key, &ctx.me, out).await
                     && ws.send(WsMessage::text(text)).await.is_err()
                 {
                     break;
@@ -407,23 +532,32 @@ pub(crate) async fn run<S>(
                     None | Some(Ok(WsMessage::Close(_))) => break,
                     Some(Ok(WsMessage::Text(t))) => t,
                     Some(Ok(WsMessage::Binary(_))) => {
-                        let to = peer.id().to_owned();
-                        send_error(&mut ws, &ctx, &to, ErrorCode::BadFrame, "binary frames are not SOCP; send JSON text frames").await;
+                        let out = error_frame(peer.id(), ErrorCode::BadFrame, "binary frames are not SOCP; send JSON text frames");
+                        if let Some(text) = auth.seal(&ctx.key, &ctx.me, out).await {
+                            let _ = ws.send(WsMessage::text(text)).await;
+                        }
                         continue;
                     }
                     Some(Ok(_)) => continue,
                     Some(Err(WsError::Capacity(e))) => {
                         tracing::warn!(conn, error = %e, "oversized frame; closing");
-                        send_error(&mut ws, &ctx, ids::TO_USER, ErrorCode::TooLarge, &format!("{e}; frames are limited to 1 MiB")).await;
+                        let out = error_frame(peer.id(), ErrorCode::TooLarge, &format!("{e}; frames are limited to 1 MiB"));
+                        if let Some(text) = auth.seal(&ctx.key, &ctx.me, out).await {
+                            let _ = ws.send(WsMessage::text(text)).await;
+                        }
                         break;
                     }
                     Some(Err(_)) => break,
                 };
-                match handle_frame(&ctx, conn, &peer, text.as_str()).await {
+                match handle_frame(&ctx, conn, &peer, &mut auth, text.as_str()).await {
                     Verdict::Continue => {}
                     Verdict::Reply(code, detail) => {
-                        let to = peer.id().to_owned();
-                        send_error(&mut ws, &ctx, &to, code, &detail).await;
+                        let out = error_frame(peer.id(), code, &detail);
+                        if let Some(text) = auth.seal(&ctx.key, &ctx.me, out).await
+                            && ws.send(WsMessage::text(text)).await.is_err()
+                        {
+                            break;
+                        }
                     }
                     Verdict::Stop => break,
                 }
@@ -456,11 +590,31 @@ impl Peer {
 }
 
 /// Parses and checks one frame and hands it to the router.
-async fn handle_frame(ctx: &ConnCtx, conn: ConnId, peer: &Peer, text: &str) -> Verdict {
+async fn handle_frame(
+    ctx: &ConnCtx,
+    conn: ConnId,
+    peer: &Peer,
+    auth: &mut Auth,
+    text: &str,
+) -> Verdict {
     let env = match Envelope::parse(text) {
         Ok(env) => env,
         Err(e) => return Verdict::Reply(e.code(), e.to_string()),
     };
+    if env.mac.is_some() || auth.mac_in {
+        // A session frame that fails closes the connection: something is
+        // replaying, reordering or forging frames on it.
+        if let Err(why) = auth.check(&env) {
+            tracing::warn!(conn, peer = %peer.id(), %why, "closing: link session check failed");
+            return Verdict::Stop;
+        }
+    } else if let Err(why) = auth.check(&env) {
+        if let Peer::Link { server_id } = peer {
+            tracing::warn!(conn, server = %server_id, kind = %env.kind, "dropped link frame: {why}");
+            return Verdict::Continue;
+        }
+        return Verdict::Reply(ErrorCode::InvalidSig, why);
+    }
     let msg = match Message::from_envelope(&env) {
         Ok(msg) => msg,
         Err(e) => {
@@ -475,17 +629,9 @@ async fn handle_frame(ctx: &ConnCtx, conn: ConnId, peer: &Peer, text: &str) -> V
             }
             Input::UserFrame { conn, env, msg }
         }
-        Peer::Link { server_id, key } => {
+        Peer::Link { server_id } => {
             if &env.from != server_id {
                 tracing::warn!(conn, server = %server_id, from = %env.from.chars().take(64).collect::<String>(), "dropped link frame: from is not the linked server");
-                return Verdict::Continue;
-            }
-            let verified = env
-                .signed_bytes()
-                .ok()
-                .is_some_and(|b| key.verify_b64(&b, &env.sig).is_ok());
-            if !verified {
-                tracing::warn!(conn, server = %server_id, kind = %env.kind, "dropped link frame: signature does not verify");
                 return Verdict::Continue;
             }
             if matches!(msg, Message::Heartbeat(_)) {

@@ -12,8 +12,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::conn::{self, ConnCtx, HELLO_TIMEOUT, Peer};
 use super::hub::HubEvent;
-use super::router::{CAP_SOCP, Input, Outgoing};
+use super::router::{Input, Outgoing};
 use crate::crypto::PrivateKey;
+use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
 use crate::wire::messages::{PeerHelloLink, Role};
 use crate::wire::{Envelope, ids};
 
@@ -34,16 +35,24 @@ pub(crate) struct Dialer {
     pub hub: mpsc::Sender<HubEvent>,
     pub shutdown: watch::Receiver<bool>,
     pub next_conn: Arc<AtomicU64>,
+    /// Ask for a `mac-v1` session (off with `--no-mac`).
+    pub mac: bool,
 }
 
 /// Our `PEER_HELLO_LINK` payload.
-pub(crate) fn our_hello(host: &str, port: u16, pubkey: &str, master: bool) -> PeerHelloLink {
+pub(crate) fn our_hello(
+    host: &str,
+    port: u16,
+    pubkey: &str,
+    master: bool,
+    mac: bool,
+) -> PeerHelloLink {
     PeerHelloLink {
         host: host.to_owned(),
         port,
         pubkey: pubkey.to_owned(),
         role: if master { Role::Master } else { Role::Local },
-        caps: Some(vec![CAP_SOCP.to_owned()]),
+        caps: Some(super::router::our_caps(mac)),
         session: None,
         extra: Default::default(),
     }
@@ -111,26 +120,49 @@ impl Dialer {
         }
         let (hello, key) = conn::check_link_hello(&env)
             .map_err(|r| anyhow::anyhow!("{}: {}", r.code, r.detail))?;
+        // The acceptor's mac-v1 offer, if we asked and it agreed.
+        let offer = hello
+            .session
+            .as_ref()
+            .filter(|o| self.mac && o.cap == CAP_MAC_V1)
+            .map(|o| o.wrapped.clone());
+        let session = match offer {
+            Some(wrapped) => {
+                let k = self.key.clone();
+                let secret = tokio::task::spawn_blocking(move || session::accept(&k, &wrapped))
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("the link session offer does not open: {e}"))?;
+                Some(MacSession::new(&secret, &self.me, &env.from, true))
+            }
+            None => None,
+        };
+        let auth = conn::Auth {
+            peer_key: Some(key.clone()),
+            mac_out: session.is_some(),
+            mac_in: session.is_some(),
+            session,
+        };
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let input = Input::LinkHello(conn::link_hello_in(
             conn_id,
             &env,
             hello,
-            key.clone(),
+            key,
             true,
             self.is_master,
+            None,
         ));
         let ctx = ConnCtx {
             me: self.me.clone(),
             key: self.key.clone(),
             hub: self.hub.clone(),
             shutdown: self.shutdown.clone(),
+            mac: self.mac,
         };
         let peer = Peer::Link {
             server_id: env.from.clone(),
-            key,
         };
-        conn::run(ws, conn_id, ctx, input, peer).await;
+        conn::run(ws, conn_id, ctx, input, peer, auth).await;
         Ok(())
     }
 }

@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub allow_legacy_clients: bool,
     /// Bounds of the master's offline mailbox.
     pub mailbox: MailboxLimits,
+    /// Offer and accept `mac-v1` link sessions (`--no-mac` turns them off).
+    pub mac: bool,
 }
 
 impl NodeConfig {
@@ -68,6 +70,7 @@ impl NodeConfig {
                 max_frames: args.mailbox_max_frames,
                 max_bytes: args.mailbox_max_bytes,
             },
+            mac: !args.no_mac,
         })
     }
 }
@@ -144,6 +147,7 @@ impl Node {
             hub: hub_tx.clone(),
             shutdown: shutdown_rx.clone(),
             next_conn: next_conn.clone(),
+            mac: config.mac,
         };
         tasks.push(tokio::spawn(serve(listener, ctx)));
         tasks.push(tokio::spawn(tick(
@@ -151,7 +155,13 @@ impl Node {
             config.mailbox,
             shutdown_rx.clone(),
         )));
-        let hello = dial::our_hello(&addr.ip().to_string(), addr.port(), &pubkey, config.master);
+        let hello = dial::our_hello(
+            &addr.ip().to_string(),
+            addr.port(),
+            &pubkey,
+            config.master,
+            config.mac,
+        );
         let urls = config
             .master_url
             .iter()
@@ -167,6 +177,7 @@ impl Node {
                 hub: hub_tx.clone(),
                 shutdown: shutdown_rx.clone(),
                 next_conn: next_conn.clone(),
+                mac: config.mac,
             };
             tasks.push(tokio::spawn(dialer.run()));
         }
@@ -254,6 +265,7 @@ struct Accept {
     hub: mpsc::Sender<HubEvent>,
     shutdown: watch::Receiver<bool>,
     next_conn: Arc<AtomicU64>,
+    mac: bool,
 }
 
 async fn serve(listener: TcpListener, ctx: Accept) {
@@ -270,6 +282,7 @@ async fn serve(listener: TcpListener, ctx: Accept) {
                         key: ctx.key.clone(),
                         hub: ctx.hub.clone(),
                         shutdown: ctx.shutdown.clone(),
+                        mac: ctx.mac,
                     };
                     let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
                     conns.spawn(async move {

@@ -100,6 +100,7 @@ impl TestNode {
             peers: Vec::new(),
             allow_legacy_clients: false,
             mailbox: Default::default(),
+            mac: true,
         };
         let mut config = config;
         adjust(&mut config);

@@ -4,9 +4,9 @@
 use serde_json::{Map, Value};
 
 use super::{
-    CAP_SOCP, ConnId, HELLO_FRESHNESS_MS, Link, LinkHelloIn, Output, Pending, Router, StoreOp,
-    code_of, error_payload, lookup_answer, payload_of, proof_digest, proof_signed_by, registration,
-    truncate,
+    ConnId, HELLO_FRESHNESS_MS, Link, LinkHelloIn, Output, Pending, Router, StoreOp, code_of,
+    error_payload, lookup_answer, our_caps, payload_of, proof_digest, proof_signed_by,
+    registration, session_offer, truncate,
 };
 use crate::crypto::PublicKey;
 use crate::node::custody::{Dest, Hop};
@@ -112,8 +112,8 @@ impl Router {
                 } else {
                     Role::Local
                 },
-                caps: Some(vec![CAP_SOCP.to_owned()]),
-                session: None,
+                caps: Some(our_caps(hello.session.is_some())),
+                session: session_offer(&hello.session),
                 extra: Map::new(),
             });
             self.send(hello.conn, "PEER_HELLO_LINK", &id, reply);

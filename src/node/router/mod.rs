@@ -32,6 +32,26 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const HELLO_FRESHNESS_MS: i64 = 120_000;
 /// Frames kept from a connection whose hello is still being checked.
 pub const MAX_EARLY_FRAMES: usize = 64;
+/// The `mac-v1` offer to put in an answer.
+fn session_offer(wrapped: &Option<String>) -> Option<crate::wire::messages::SessionOffer> {
+    wrapped
+        .as_ref()
+        .map(|w| crate::wire::messages::SessionOffer {
+            cap: crate::crypto::session::CAP_MAC_V1.to_owned(),
+            wrapped: w.clone(),
+            extra: Map::new(),
+        })
+}
+
+/// The capabilities we list in a hello.
+pub(crate) fn our_caps(mac: bool) -> Vec<String> {
+    let mut caps = vec![CAP_SOCP.to_owned()];
+    if mac {
+        caps.push(crate::crypto::session::CAP_MAC_V1.to_owned());
+    }
+    caps
+}
+
 /// The capability a `socp` peer lists in its hello.
 pub const CAP_SOCP: &str = "socp-v1";
 
@@ -87,6 +107,8 @@ pub(crate) struct UserHelloIn {
     pub key: PublicKey,
     /// The signed hello, as proof of presence (None for a legacy hello).
     pub proof: Option<Proof>,
+    /// A `mac-v1` secret wrapped for the user, for the welcome.
+    pub session: Option<String>,
 }
 
 /// A server hello whose signature the connection checked.
@@ -106,6 +128,8 @@ pub(crate) struct LinkHelloIn {
     pub dialed: bool,
     /// We dialed it as our master (`--master-url`).
     pub dialed_master: bool,
+    /// A `mac-v1` secret wrapped for the dialer, for our answer.
+    pub session: Option<String>,
 }
 
 /// Events the router consumes.

@@ -44,6 +44,7 @@ fn signed_hello(conn: ConnId, user: &str, k: &PrivateKey, now: i64) -> Input {
             sig,
             extra: Map::new(),
         }),
+        session: None,
     })
 }
 
@@ -198,6 +199,7 @@ fn link(
         socp,
         dialed: dialed_master,
         dialed_master,
+        session: None,
     })
 }
 

@@ -112,7 +112,7 @@ impl Router {
         let welcome = payload_of(&UserWelcome {
             user_id: user.clone(),
             server_id: self.cfg.me.clone(),
-            session: None,
+            session: super::session_offer(&hello.session),
             extra: Map::new(),
         });
         self.send(hello.conn, "USER_WELCOME", &user, welcome);
