@@ -21,6 +21,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gen(args) => gen_identity(args),
         Command::Node(args) => run_node(args),
         Command::Client(args) => run_client(args),
+        Command::Bench(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let cfg = crate::bench::BenchConfig { seconds: args.seconds, pairs: args.pairs, idle: args.idle, out: args.out };
+            runtime.block_on(crate::bench::run(cfg)).map(|_| ())
+        }
     }
 }
 

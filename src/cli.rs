@@ -23,6 +23,25 @@ pub enum Command {
     Node(NodeArgs),
     /// Attach to a server as a user.
     Client(ClientArgs),
+    /// Measure a master and a local on loopback: throughput, latency, CPU,
+    /// memory, with and without link sessions.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Seconds each measured run lasts (after a one-second warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Sender/receiver session pairs.
+    #[arg(long, default_value_t = 8)]
+    pub pairs: usize,
+    /// Idle connections for the memory-per-connection figure.
+    #[arg(long, default_value_t = 2000)]
+    pub idle: usize,
 }
 
 /// Which kind of server.

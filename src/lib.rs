@@ -4,6 +4,7 @@
 //! ciphers, [`store`] the SQLite databases, [`cli`] the command line.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod content;

@@ -61,7 +61,8 @@ pub enum HelloStyle {
     Legacy,
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The WebSocket a session runs on.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// An accepted session with a node.
 pub struct Session {
@@ -298,6 +299,12 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The connection and its link session, for callers that drive the
+    /// socket themselves (the benchmark).
+    pub fn into_parts(self) -> (Ws, Option<MacSession>, String) {
+        (self.ws, self.mac, self.server_id)
     }
 
     /// Closes the connection politely.

@@ -45,13 +45,25 @@ pub(crate) fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES))
+        // Small starting buffers (they grow for big frames): an idle
+        // connection should cost a few KiB, not 256.
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
+        // Bounded: a peer that does not read is disconnected, not buffered for.
+        .max_write_buffer_size(4 * MAX_FRAME_BYTES)
 }
+
+/// Starting size of a connection's read and write buffers.
+const WS_BUFFER: usize = 4096;
 
 /// What every connection task shares.
 pub(crate) struct ConnCtx {
     pub me: String,
     pub key: Arc<PrivateKey>,
     pub hub: mpsc::Sender<HubEvent>,
+    /// Where a user connection's frames go: the hub serves links first, so
+    /// a flood from users cannot starve the acks that keep links flowing.
+    pub hub_users: mpsc::Sender<HubEvent>,
     pub shutdown: watch::Receiver<bool>,
     /// Offer `mac-v1` link sessions (off with `--no-mac`).
     pub mac: bool,
@@ -569,7 +581,8 @@ pub(crate) async fn run<S>(
         Peer::User(_) => Input::UserClosed(conn),
         Peer::Link { .. } => Input::LinkClosed(conn),
     };
-    let _ = ctx.hub.send(HubEvent::Input(Box::new(closed))).await;
+    let queue = if is_link { &ctx.hub } else { &ctx.hub_users };
+    let _ = queue.send(HubEvent::Input(Box::new(closed))).await;
     let _ = ctx.hub.send(HubEvent::Unregister(conn)).await;
 }
 
@@ -640,7 +653,8 @@ async fn handle_frame(
             Input::LinkFrame { conn, env, msg }
         }
     };
-    if ctx.hub.send(HubEvent::Input(Box::new(input))).await.is_ok() {
+    let queue = if matches!(peer, Peer::User(_)) { &ctx.hub_users } else { &ctx.hub };
+    if queue.send(HubEvent::Input(Box::new(input))).await.is_ok() {
         Verdict::Continue
     } else {
         Verdict::Stop

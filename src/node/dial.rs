@@ -33,6 +33,7 @@ pub(crate) struct Dialer {
     pub key: Arc<PrivateKey>,
     pub hello: PeerHelloLink,
     pub hub: mpsc::Sender<HubEvent>,
+    pub hub_users: mpsc::Sender<HubEvent>,
     pub shutdown: watch::Receiver<bool>,
     pub next_conn: Arc<AtomicU64>,
     /// Ask for a `mac-v1` session (off with `--no-mac`).
@@ -156,6 +157,7 @@ impl Dialer {
             me: self.me.clone(),
             key: self.key.clone(),
             hub: self.hub.clone(),
+            hub_users: self.hub_users.clone(),
             shutdown: self.shutdown.clone(),
             mac: self.mac,
         };

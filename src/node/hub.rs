@@ -47,10 +47,21 @@ pub(crate) async fn run(
     writer: Writer,
     tx: mpsc::Sender<HubEvent>,
     mut rx: mpsc::Receiver<HubEvent>,
+    mut users: mpsc::Receiver<HubEvent>,
 ) {
     let mut conns: HashMap<ConnId, mpsc::Sender<ConnCmd>> = HashMap::new();
     let mut slow_disconnects = 0u64;
-    while let Some(event) = rx.recv().await {
+    loop {
+        // Links, acks and timers first: they keep frames moving out. User
+        // frames only bring more in.
+        let event = tokio::select! {
+            biased;
+            e = rx.recv() => match e {
+                Some(e) => e,
+                None => break,
+            },
+            Some(e) = users.recv() => e,
+        };
         let input = match event {
             HubEvent::Register(conn, queue) => {
                 conns.insert(conn, queue);

@@ -129,6 +129,7 @@ impl Node {
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
+        let (users_tx, users_rx) = mpsc::channel(HUB_QUEUE);
         let acks = hub_tx.clone();
         let committed: state::Committed = Box::new(move |batch| {
             let _ = acks.blocking_send(HubEvent::Persisted(batch));
@@ -139,12 +140,14 @@ impl Node {
             writer,
             hub_tx.clone(),
             hub_rx,
+            users_rx,
         ))];
         let next_conn = Arc::new(AtomicU64::new(1));
         let ctx = Accept {
             me: id.clone(),
             key: key.clone(),
             hub: hub_tx.clone(),
+            hub_users: users_tx.clone(),
             shutdown: shutdown_rx.clone(),
             next_conn: next_conn.clone(),
             mac: config.mac,
@@ -175,6 +178,7 @@ impl Node {
                 key: key.clone(),
                 hello: hello.clone(),
                 hub: hub_tx.clone(),
+                hub_users: users_tx.clone(),
                 shutdown: shutdown_rx.clone(),
                 next_conn: next_conn.clone(),
                 mac: config.mac,
@@ -263,6 +267,7 @@ struct Accept {
     me: String,
     key: Arc<PrivateKey>,
     hub: mpsc::Sender<HubEvent>,
+    hub_users: mpsc::Sender<HubEvent>,
     shutdown: watch::Receiver<bool>,
     next_conn: Arc<AtomicU64>,
     mac: bool,
@@ -281,6 +286,7 @@ async fn serve(listener: TcpListener, ctx: Accept) {
                         me: ctx.me.clone(),
                         key: ctx.key.clone(),
                         hub: ctx.hub.clone(),
+                        hub_users: ctx.hub_users.clone(),
                         shutdown: ctx.shutdown.clone(),
                         mac: ctx.mac,
                     };

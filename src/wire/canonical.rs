@@ -84,6 +84,11 @@ fn write_object(
     Ok(())
 }
 
+/// Appends `s` as a canonical JSON string.
+pub fn push_string(out: &mut String, s: &str) {
+    write_string(out, s);
+}
+
 /// Python's `ensure_ascii` string escaping.
 fn write_string(out: &mut String, s: &str) {
     out.push('"');

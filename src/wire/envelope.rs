@@ -133,16 +133,22 @@ impl Envelope {
     /// The bytes a `mac-v1` MAC is computed over: the canonical envelope
     /// without `sig` and `mac`.
     pub fn mac_bytes(&self) -> Result<Vec<u8>, CanonicalError> {
-        let mut map = Map::new();
-        map.insert("type".into(), Value::String(self.kind.clone()));
-        map.insert("from".into(), Value::String(self.from.clone()));
-        map.insert("to".into(), Value::String(self.to.clone()));
-        map.insert("ts".into(), Value::from(self.ts));
-        map.insert("payload".into(), Value::Object(self.payload.clone()));
+        // Written field by field in sorted key order (from, payload, seq, to,
+        // ts, type) rather than by copying the payload into a new map.
+        let mut out = String::with_capacity(256);
+        out.push_str("{\"from\":");
+        canonical::push_string(&mut out, &self.from);
+        out.push_str(",\"payload\":");
+        out.push_str(&canonical::map_to_string(&self.payload)?);
         if let Some(seq) = self.seq {
-            map.insert("seq".into(), Value::from(seq));
+            out.push_str(&format!(",\"seq\":{seq}"));
         }
-        canonical::map_to_string(&map).map(String::into_bytes)
+        out.push_str(",\"to\":");
+        canonical::push_string(&mut out, &self.to);
+        out.push_str(&format!(",\"ts\":{},\"type\":", self.ts));
+        canonical::push_string(&mut out, &self.kind);
+        out.push('}');
+        Ok(out.into_bytes())
     }
 
     /// The frame as sent on the wire.
