@@ -23,7 +23,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Client(args) => run_client(args),
         Command::Bench(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let cfg = crate::bench::BenchConfig { seconds: args.seconds, pairs: args.pairs, idle: args.idle, out: args.out };
+            let cfg = crate::bench::BenchConfig {
+                seconds: args.seconds,
+                pairs: args.pairs,
+                idle: args.idle,
+                out: args.out,
+            };
             runtime.block_on(crate::bench::run(cfg)).map(|_| ())
         }
     }

@@ -97,16 +97,28 @@ impl NodeProc {
 
     /// CPU time used so far, in milliseconds (from `/proc`).
     fn cpu_ms(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())) else { return 0.0 };
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-        let ticks: f64 = fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()).unwrap_or(0.0);
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())) else {
+            return 0.0;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+            .unwrap_or(0.0);
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         ticks * 1000.0 / hz
     }
 
     /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
     fn status_kib(&self, field: &str) -> f64 {
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid())) else { return 0.0 };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid())) else {
+            return 0.0;
+        };
         status
             .lines()
             .find(|l| l.starts_with(field))
@@ -126,7 +138,10 @@ impl Drop for NodeProc {
 /// Lets this process (and the nodes it starts) hold thousands of sockets.
 fn raise_fd_limit() {
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
@@ -156,7 +171,12 @@ impl Conn {
             .await
             .with_context(|| format!("{user} connecting to {url}"))?;
         let (ws, mac, _) = session.into_parts();
-        Ok(Conn { ws, mac, user: user.to_owned(), key })
+        Ok(Conn {
+            ws,
+            mac,
+            user: user.to_owned(),
+            key,
+        })
     }
 
     /// Authenticates a frame: MAC on a session, else an RSA signature.
@@ -191,7 +211,16 @@ impl Conn {
 }
 
 /// A sender: sends DMs to `to` as fast as its window allows, or at `rate`.
-async fn sender(mut c: Conn, to: String, dm: Map<String, Value>, presigned: Vec<String>, base: u64, rate: Option<f64>, stop: Arc<AtomicBool>, seen: Arc<Observed>) -> u64 {
+async fn sender(
+    mut c: Conn,
+    to: String,
+    dm: Map<String, Value>,
+    presigned: Vec<String>,
+    base: u64,
+    rate: Option<f64>,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Observed>,
+) -> u64 {
     let (mut in_flight, mut sent, mut credit) = (0usize, 0u64, 0.0f64);
     let mut presigned = presigned.into_iter();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -281,7 +310,11 @@ async fn receiver(mut c: Conn, seen: Arc<Observed>) {
             }
             _ = flush.tick() => if to_ack.is_empty() { continue },
         }
-        let ack = Message::Ack(Ack { msg_ids: std::mem::take(&mut to_ack), extra: Map::new() }).into_envelope(&c.user.clone(), ids::TO_SERVER);
+        let ack = Message::Ack(Ack {
+            msg_ids: std::mem::take(&mut to_ack),
+            extra: Map::new(),
+        })
+        .into_envelope(&c.user.clone(), ids::TO_SERVER);
         let Ok(text) = c.seal(ack).await else { return };
         if c.ws.send(WsMessage::text(text)).await.is_err() {
             return;
@@ -301,7 +334,11 @@ impl Rig {
         let dir = tempfile::tempdir()?;
         let master = NodeProc::start(&dir.path().join("m"), "master", None, no_mac)?;
         let local = NodeProc::start(&dir.path().join("l"), "local", Some(&master.url), no_mac)?;
-        Ok(Rig { master, local, _dir: dir })
+        Ok(Rig {
+            master,
+            local,
+            _dir: dir,
+        })
     }
 }
 
@@ -326,15 +363,41 @@ fn material() -> Result<Material> {
         let b = s.spawn(PrivateKey::generate);
         (a.join(), b.join())
     });
-    let sender_key = Arc::new(pair.0.map_err(|_| anyhow::anyhow!("key generation panicked"))??);
-    let receiver_key = Arc::new(pair.1.map_err(|_| anyhow::anyhow!("key generation panicked"))??);
-    let sealed = content::seal_dm(&sender_key, "s0", "r0", receiver_key.public(), &[b'x'; 200], crate::wire::now_ms())?;
+    let sender_key = Arc::new(
+        pair.0
+            .map_err(|_| anyhow::anyhow!("key generation panicked"))??,
+    );
+    let receiver_key = Arc::new(
+        pair.1
+            .map_err(|_| anyhow::anyhow!("key generation panicked"))??,
+    );
+    let sealed = content::seal_dm(
+        &sender_key,
+        "s0",
+        "r0",
+        receiver_key.public(),
+        &[b'x'; 200],
+        crate::wire::now_ms(),
+    )?;
     let dm = Message::MsgPrivate(sealed).to_payload();
-    Ok(Material { sender_key, receiver_key, dm })
+    Ok(Material {
+        sender_key,
+        receiver_key,
+        dm,
+    })
 }
 
 /// Runs senders on `send_url` to receivers on `recv_url` for `seconds`.
-async fn throughput(rig: &Rig, m: &Material, send_url: &str, recv_url: &str, pairs: usize, seconds: u64, rate: Option<f64>, presign: usize) -> Result<(Run, Arc<Observed>)> {
+async fn throughput(
+    rig: &Rig,
+    m: &Material,
+    send_url: &str,
+    recv_url: &str,
+    pairs: usize,
+    seconds: u64,
+    rate: Option<f64>,
+    presign: usize,
+) -> Result<(Run, Arc<Observed>)> {
     let seen = Arc::new(Observed::default());
     let stop = Arc::new(AtomicBool::new(false));
     let tag = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
@@ -366,15 +429,34 @@ async fn throughput(rig: &Rig, m: &Material, send_url: &str, recv_url: &str, pai
     let mut tasks = Vec::new();
     for (c, to, base, presigned) in senders {
         let per = rate.map(|r| r / pairs as f64);
-        tasks.push(tokio::spawn(sender(c, to, m.dm.clone(), presigned, base, per, stop.clone(), seen.clone())));
+        tasks.push(tokio::spawn(sender(
+            c,
+            to,
+            m.dm.clone(),
+            presigned,
+            base,
+            per,
+            stop.clone(),
+            seen.clone(),
+        )));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (c0, mc0, lc0, t0) = (seen.delivered.load(Ordering::Relaxed), rig.master.cpu_ms(), rig.local.cpu_ms(), Instant::now());
+    let (c0, mc0, lc0, t0) = (
+        seen.delivered.load(Ordering::Relaxed),
+        rig.master.cpu_ms(),
+        rig.local.cpu_ms(),
+        Instant::now(),
+    );
     if let Ok(mut l) = seen.latencies_us.lock() {
         l.clear();
     }
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let (c1, mc1, lc1, dt) = (seen.delivered.load(Ordering::Relaxed), rig.master.cpu_ms(), rig.local.cpu_ms(), t0.elapsed().as_secs_f64());
+    let (c1, mc1, lc1, dt) = (
+        seen.delivered.load(Ordering::Relaxed),
+        rig.master.cpu_ms(),
+        rig.local.cpu_ms(),
+        t0.elapsed().as_secs_f64(),
+    );
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.abort();
@@ -383,7 +465,14 @@ async fn throughput(rig: &Rig, m: &Material, send_url: &str, recv_url: &str, pai
         r.abort();
     }
     let n = (c1 - c0).max(1) as f64;
-    Ok((Run { rate: (c1 - c0) as f64 / dt, master_cpu_ms_per_dm: (mc1 - mc0) / n, local_cpu_ms_per_dm: (lc1 - lc0) / n }, seen))
+    Ok((
+        Run {
+            rate: (c1 - c0) as f64 / dt,
+            master_cpu_ms_per_dm: (mc1 - mc0) / n,
+            local_cpu_ms_per_dm: (lc1 - lc0) / n,
+        },
+        seen,
+    ))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -402,7 +491,9 @@ async fn idle_cost(rig: &Rig, key: &Arc<PrivateKey>, n: usize) -> Result<f64> {
     let mut pending = Vec::new();
     for i in 0..n {
         let (url, key) = (rig.master.url.clone(), key.clone());
-        pending.push(tokio::spawn(async move { Session::connect_retrying(&url, &format!("idle{i}"), key, Duration::from_secs(60)).await }));
+        pending.push(tokio::spawn(async move {
+            Session::connect_retrying(&url, &format!("idle{i}"), key, Duration::from_secs(60)).await
+        }));
         if pending.len() == 64 || i + 1 == n {
             for p in pending.drain(..) {
                 conns.push(p.await??);
@@ -430,7 +521,9 @@ pub async fn run(cfg: BenchConfig) -> Result<Value> {
         bail!("--pairs and --seconds must be at least 1");
     }
     raise_fd_limit();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     eprintln!("socp bench: {cores} cores; generating keys and starting nodes…");
     let m = tokio::task::spawn_blocking(material).await??;
     let sign_ms = rsa_sign_ms(&m.sender_key)?;
@@ -439,25 +532,82 @@ pub async fn run(cfg: BenchConfig) -> Result<Value> {
     // With link sessions.
     let rig = Rig::start(false)?;
     eprintln!("  cross-server, saturated…");
-    let (cross, _) = throughput(&rig, &m, &rig.local.url, &rig.master.url, cfg.pairs, cfg.seconds, None, 0).await?;
+    let (cross, _) = throughput(
+        &rig,
+        &m,
+        &rig.local.url,
+        &rig.master.url,
+        cfg.pairs,
+        cfg.seconds,
+        None,
+        0,
+    )
+    .await?;
     eprintln!("  same-server, saturated…");
-    let (same, _) = throughput(&rig, &m, &rig.local.url, &rig.local.url, cfg.pairs, cfg.seconds, None, 0).await?;
+    let (same, _) = throughput(
+        &rig,
+        &m,
+        &rig.local.url,
+        &rig.local.url,
+        cfg.pairs,
+        cfg.seconds,
+        None,
+        0,
+    )
+    .await?;
     eprintln!("  cross-server at half load ({:.0}/s)…", cross.rate / 2.0);
-    let (_, seen) = throughput(&rig, &m, &rig.local.url, &rig.master.url, cfg.pairs, cfg.seconds, Some(cross.rate / 2.0), 0).await?;
-    let mut lat = seen.latencies_us.lock().map(|l| l.clone()).unwrap_or_default();
+    let (_, seen) = throughput(
+        &rig,
+        &m,
+        &rig.local.url,
+        &rig.master.url,
+        cfg.pairs,
+        cfg.seconds,
+        Some(cross.rate / 2.0),
+        0,
+    )
+    .await?;
+    let mut lat = seen
+        .latencies_us
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
     lat.sort_unstable();
     eprintln!("  {} idle connections…", cfg.idle);
     let idle_kib = idle_cost(&rig, &m.receiver_key, cfg.idle).await?;
-    let peak = (rig.master.status_kib("VmHWM:"), rig.local.status_kib("VmHWM:"));
+    let peak = (
+        rig.master.status_kib("VmHWM:"),
+        rig.local.status_kib("VmHWM:"),
+    );
     drop(rig);
 
     // Without: RSA signatures on every frame, pre-signed by the senders.
     let rig = Rig::start(true)?;
     let presign = ((rsa_bound * (cfg.seconds as f64 + 2.0) * 1.5) as usize / cfg.pairs).max(50);
     eprintln!("  --no-mac cross-server…");
-    let (nm_cross, _) = throughput(&rig, &m, &rig.local.url, &rig.master.url, cfg.pairs, cfg.seconds, None, presign).await?;
+    let (nm_cross, _) = throughput(
+        &rig,
+        &m,
+        &rig.local.url,
+        &rig.master.url,
+        cfg.pairs,
+        cfg.seconds,
+        None,
+        presign,
+    )
+    .await?;
     eprintln!("  --no-mac same-server…");
-    let (nm_same, _) = throughput(&rig, &m, &rig.local.url, &rig.local.url, cfg.pairs, cfg.seconds, None, presign).await?;
+    let (nm_same, _) = throughput(
+        &rig,
+        &m,
+        &rig.local.url,
+        &rig.local.url,
+        cfg.pairs,
+        cfg.seconds,
+        None,
+        presign,
+    )
+    .await?;
     drop(rig);
 
     let figures = json!({
@@ -488,7 +638,8 @@ pub async fn run(cfg: BenchConfig) -> Result<Value> {
     });
     print_table(&figures);
     if let Some(path) = &cfg.out {
-        std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("figures written to {}", path.display());
     }
     Ok(figures)
@@ -496,19 +647,58 @@ pub async fn run(cfg: BenchConfig) -> Result<Value> {
 
 fn print_table(f: &Value) {
     let n = |v: &Value| v.as_f64().unwrap_or(0.0);
-    println!("socp bench ({} cores, {} s per run, {} sender/receiver pairs, custody on)", f["cores"], f["seconds_per_run"], f["pairs"]);
-    println!("{:<44} {:>12} {:>12} {:>8}", "", "mac-v1", "--no-mac", "ratio");
-    for (label, key) in [("cross-server DMs/s (delivered and acked)", "cross_server_dms_per_s"), ("same-server DMs/s", "same_server_dms_per_s")] {
+    println!(
+        "socp bench ({} cores, {} s per run, {} sender/receiver pairs, custody on)",
+        f["cores"], f["seconds_per_run"], f["pairs"]
+    );
+    println!(
+        "{:<44} {:>12} {:>12} {:>8}",
+        "", "mac-v1", "--no-mac", "ratio"
+    );
+    for (label, key) in [
+        (
+            "cross-server DMs/s (delivered and acked)",
+            "cross_server_dms_per_s",
+        ),
+        ("same-server DMs/s", "same_server_dms_per_s"),
+    ] {
         let (a, b) = (n(&f[key]), n(&f["no_mac"][key]));
         println!("{label:<44} {a:>12.0} {b:>12.0} {:>7.1}x", a / b.max(1.0));
     }
-    println!("{:<44} {:>12.0}", "RSA bound, DMs/s (cores / (sign × 3))", n(&f["rsa_bound_dms_per_s"]));
+    println!(
+        "{:<44} {:>12.0}",
+        "RSA bound, DMs/s (cores / (sign × 3))",
+        n(&f["rsa_bound_dms_per_s"])
+    );
     let l = &f["latency_ms"];
-    println!("{:<44} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples at {}/s)", "latency at half load", n(&l["p50"]), n(&l["p99"]), n(&l["max"]), l["samples"], l["offered_per_s"]);
+    println!(
+        "{:<44} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples at {}/s)",
+        "latency at half load",
+        n(&l["p50"]),
+        n(&l["p99"]),
+        n(&l["max"]),
+        l["samples"],
+        l["offered_per_s"]
+    );
     let c = &f["node_cpu_ms_per_dm"];
-    println!("{:<44} master {:.3}, local {:.3}", "node CPU ms per cross-server DM", n(&c["master"]), n(&c["local"]));
+    println!(
+        "{:<44} master {:.3}, local {:.3}",
+        "node CPU ms per cross-server DM",
+        n(&c["master"]),
+        n(&c["local"])
+    );
     let p = &f["peak_rss_kib"];
-    println!("{:<44} master {:.0}, local {:.0}", "peak RSS KiB", n(&p["master"]), n(&p["local"]));
-    println!("{:<44} {:.1} ({} connections)", "RSS KiB per idle connection", n(&f["rss_per_idle_conn_kib"]), f["idle_connections"]);
+    println!(
+        "{:<44} master {:.0}, local {:.0}",
+        "peak RSS KiB",
+        n(&p["master"]),
+        n(&p["local"])
+    );
+    println!(
+        "{:<44} {:.1} ({} connections)",
+        "RSS KiB per idle connection",
+        n(&f["rss_per_idle_conn_kib"]),
+        f["idle_connections"]
+    );
     println!("{:<44} {:.3}", "RSA-4096 sign ms", n(&f["rsa_sign_ms"]));
 }

@@ -12,7 +12,7 @@ use common::clientproc::ClientProc;
 use common::procs::NodeProc;
 use serde_json::Value;
 
-const PER_SENDER: usize = 1000;
+const PER_SENDER: usize = 1500;
 const SENDERS: [&str; 2] = ["alice", "carol"];
 
 /// A small deterministic generator, seeded from the clock (printed).
@@ -79,7 +79,7 @@ async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
     let mut shown: Vec<(String, usize)> = Vec::new();
     let (mut node_kills, mut client_kills) = (0, 0);
     let start = Instant::now();
-    let mut next_kill = Instant::now() + Duration::from_secs(2);
+    let mut next_kill = Instant::now() + Duration::from_secs(1);
     let mut last_progress = (0, Instant::now());
     while shown.len() < total {
         record(
@@ -115,7 +115,7 @@ async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
                 nodes[which] = node;
                 node_kills += 1;
             }
-            next_kill = Instant::now() + Duration::from_millis(1500 + rng.next(2500));
+            next_kill = Instant::now() + Duration::from_millis(700 + rng.next(1000));
         }
     }
     // Let anything extra (a duplicate) show up before judging.

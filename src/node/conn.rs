@@ -628,7 +628,11 @@ async fn handle_frame(
         }
         return Verdict::Reply(ErrorCode::InvalidSig, why);
     }
-    let msg = match Message::from_envelope(&env) {
+    // The router works from the typed message; the payload moves into it
+    // rather than being copied (the envelope keeps its header).
+    let mut env = env;
+    let payload = std::mem::take(&mut env.payload);
+    let msg = match Message::from_payload(&env.kind, payload) {
         Ok(msg) => msg,
         Err(e) => {
             tracing::info!(conn, kind = %env.kind.chars().take(64).collect::<String>(), error = %e, "refused frame");
@@ -653,7 +657,11 @@ async fn handle_frame(
             Input::LinkFrame { conn, env, msg }
         }
     };
-    let queue = if matches!(peer, Peer::User(_)) { &ctx.hub_users } else { &ctx.hub };
+    let queue = if matches!(peer, Peer::User(_)) {
+        &ctx.hub_users
+    } else {
+        &ctx.hub
+    };
     if queue.send(HubEvent::Input(Box::new(input))).await.is_ok() {
         Verdict::Continue
     } else {

@@ -6,6 +6,7 @@
 //! this keeps order, windows and acknowledgements.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -38,7 +39,8 @@ pub(crate) struct Entry {
     pub dest: Dest,
     /// `DELIVER` (sent as `PEER_DELIVER` or `USER_DELIVER`), or the frame type.
     pub kind: String,
-    pub payload: Map<String, Value>,
+    /// Shared between custody, the store write and every send.
+    pub payload: Arc<Map<String, Value>>,
     /// The `to` of the frame, when the destination does not imply it (a
     /// group file handed to the master names the group).
     pub to: Option<String>,
@@ -280,7 +282,7 @@ mod tests {
             msg_id: msg.into(),
             dest: Dest::User(user.into()),
             kind: "DELIVER".into(),
-            payload: Map::new(),
+            payload: Arc::new(Map::new()),
             to: None,
             via: None,
             sender: "a".into(),

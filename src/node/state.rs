@@ -197,7 +197,7 @@ pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> 
             to: r.get(5)?,
             via: r.get(6)?,
             sender: r.get(7)?,
-            payload: serde_json::from_str(&payload).unwrap_or_default(),
+            payload: std::sync::Arc::new(serde_json::from_str(&payload).unwrap_or_default()),
             bytes: r.get::<_, i64>(9)? as usize,
             created_ms: r.get(10)?,
         })
@@ -222,20 +222,23 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
     match op {
         StoreOp::PinUser(id, rec) => {
             // Pinning: the first key stays; a later insert only refreshes last_seen.
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO users (user_id, pubkey, legacy, first_seen_ms, last_seen_ms)
                  VALUES (?1, ?2, ?3, ?4, ?4)
                  ON CONFLICT (user_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
-                params![id, rec.pubkey, rec.legacy as i64, rec.first_seen_ms],
-            )?;
+            )?
+            .execute(params![
+                id,
+                rec.pubkey,
+                rec.legacy as i64,
+                rec.first_seen_ms
+            ])?;
         }
         StoreOp::PinServer(id, rec) => {
-            tx.execute(
-                "INSERT INTO servers (server_id, pubkey, role, host, port, hello_ts, first_seen_ms, last_seen_ms)
+            tx.prepare_cached("INSERT INTO servers (server_id, pubkey, role, host, port, hello_ts, first_seen_ms, last_seen_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
                  ON CONFLICT (server_id) DO UPDATE SET role = excluded.role, host = excluded.host,
-                   port = excluded.port, hello_ts = excluded.hello_ts, last_seen_ms = excluded.last_seen_ms",
-                params![id, rec.pubkey, role_name(rec.role), rec.host, rec.port, rec.hello_ts, rec.last_seen_ms],
+                   port = excluded.port, hello_ts = excluded.hello_ts, last_seen_ms = excluded.last_seen_ms")?.execute(params![id, rec.pubkey, role_name(rec.role), rec.host, rec.port, rec.hello_ts, rec.last_seen_ms],
             )?;
         }
         StoreOp::SetPresence(user, rec) => {
@@ -243,26 +246,23 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
                 .proof
                 .as_ref()
                 .and_then(|p| serde_json::to_string(p).ok());
-            tx.execute(
-                "INSERT INTO presence (user_id, location, via, proof, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+            tx.prepare_cached("INSERT INTO presence (user_id, location, via, proof, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (user_id) DO UPDATE SET location = excluded.location, via = excluded.via,
-                   proof = excluded.proof, updated_ms = excluded.updated_ms",
-                params![user, rec.location, rec.via, proof, rec.updated_ms],
+                   proof = excluded.proof, updated_ms = excluded.updated_ms")?.execute(params![user, rec.location, rec.via, proof, rec.updated_ms],
             )?;
         }
         StoreOp::RemovePresence(user) => {
-            tx.execute("DELETE FROM presence WHERE user_id = ?1", [user])?;
+            tx.prepare_cached("DELETE FROM presence WHERE user_id = ?1")?
+                .execute([user])?;
         }
         StoreOp::SeenHello(digest, at) => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO seen_hellos (digest, seen_ms) VALUES (?1, ?2)",
-                params![digest.as_slice(), at],
-            )?;
+            )?
+            .execute(params![digest.as_slice(), at])?;
         }
         StoreOp::ProofOwner(digest, server, user) => {
-            tx.execute(
-                "INSERT OR IGNORE INTO proof_owners (digest, server_id, user_id, first_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![digest.as_slice(), server, user, now],
+            tx.prepare_cached("INSERT OR IGNORE INTO proof_owners (digest, server_id, user_id, first_ms) VALUES (?1, ?2, ?3, ?4)")?.execute(params![digest.as_slice(), server, user, now],
             )?;
         }
         StoreOp::Custody(e) => {
@@ -270,11 +270,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
                 Dest::User(u) => ("user", u),
                 Dest::Server(s) => ("server", s),
             };
-            let payload = Value::Object(e.payload.clone()).to_string();
-            tx.execute(
-                "INSERT OR REPLACE INTO custody (seq, msg_id, dest_kind, dest, kind, to_id, via, sender, payload, bytes, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![e.seq as i64, e.msg_id, dest_kind, dest, e.kind, e.to, e.via, e.sender, payload, e.bytes as i64, e.created_ms],
+            let payload = serde_json::to_string(&*e.payload).unwrap_or_default();
+            tx.prepare_cached("INSERT INTO custody (seq, msg_id, dest_kind, dest, kind, to_id, via, sender, payload, bytes, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")?.execute(params![e.seq as i64, e.msg_id, dest_kind, dest, e.kind, e.to, e.via, e.sender, payload, e.bytes as i64, e.created_ms],
             )?;
         }
         StoreOp::Release(seqs) => {
@@ -285,15 +283,16 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
         }
         StoreOp::SetGroup(group, rec) => {
             let members = Value::from(rec.members.clone()).to_string();
-            tx.execute(
-                "INSERT INTO groups (group_id, members, updated_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (group_id) DO UPDATE SET members = excluded.members, updated_ms = excluded.updated_ms",
-                params![group, members, rec.updated_ms],
+            tx.prepare_cached("INSERT INTO groups (group_id, members, updated_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (group_id) DO UPDATE SET members = excluded.members, updated_ms = excluded.updated_ms")?.execute(params![group, members, rec.updated_ms],
             )?;
         }
     }
     Ok(())
 }
+
+/// How often the write-ahead log is folded back into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 enum Job {
     Op(StoreOp),
@@ -312,11 +311,32 @@ pub(crate) type Committed = Box<dyn Fn(Vec<Committed1>) + Send>;
 pub(crate) struct Writer {
     tx: mpsc::Sender<Job>,
     thread: Option<JoinHandle<()>>,
+    _stop_checkpoints: mpsc::Sender<()>,
 }
 
 impl Writer {
     pub fn start(pool: Pool, committed: Committed) -> Result<Self, StoreError> {
         let mut conn = pool.get()?;
+        // Checkpoints run beside the writer (PASSIVE, so they never block it)
+        // rather than inside a commit, where they would stall every ack.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = pool.get()?;
+        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("socp-checkpoint".into())
+            .spawn(move || {
+                // Runs until the writer is dropped (its sender with it).
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(e) =
+                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the checkpoint thread: {e}")))?;
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("socp-store".into())
@@ -366,6 +386,7 @@ impl Writer {
         Ok(Writer {
             tx,
             thread: Some(thread),
+            _stop_checkpoints: stop_checkpoints,
         })
     }
 

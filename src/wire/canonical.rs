@@ -14,6 +14,24 @@ pub enum CanonicalError {
     NonInteger(String),
 }
 
+/// Checks that a value has a canonical form (integers only) without
+/// building it.
+pub fn check(value: &Value) -> Result<(), CanonicalError> {
+    match value {
+        Value::Number(n) if n.as_i64().is_none() && n.as_u64().is_none() => {
+            Err(CanonicalError::NonInteger(n.to_string()))
+        }
+        Value::Array(items) => items.iter().try_for_each(check),
+        Value::Object(map) => check_map(map),
+        _ => Ok(()),
+    }
+}
+
+/// [`check`] for an object given as a map.
+pub fn check_map(map: &serde_json::Map<String, Value>) -> Result<(), CanonicalError> {
+    map.values().try_for_each(check)
+}
+
 /// The canonical encoding of `value` as bytes.
 pub fn to_vec(value: &Value) -> Result<Vec<u8>, CanonicalError> {
     to_string(value).map(String::into_bytes)
@@ -89,27 +107,41 @@ pub fn push_string(out: &mut String, s: &str) {
     write_string(out, s);
 }
 
-/// Python's `ensure_ascii` string escaping.
+/// Python's `ensure_ascii` string escaping. Runs of printable ASCII (all of
+/// a base64 field) are copied whole; only what needs escaping is looked at.
 fn write_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            ' '..='~' => out.push(c),
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+            continue;
+        }
+        if b >= 0x80 && !s.is_char_boundary(i) {
+            continue; // inside a multi-byte character, escaped at its start
+        }
+        out.push_str(&s[start..i]);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
             _ => {
+                let c = s[i..].chars().next().unwrap_or('\u{fffd}');
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
                     let _ = write!(out, "\\u{unit:04x}");
                 }
+                start = i + c.len_utf8();
+                continue;
             }
         }
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
     out.push('"');
 }
 

@@ -121,7 +121,7 @@ impl Envelope {
         }
         let env: Envelope =
             serde_json::from_str(text).map_err(|e| WireError::NotEnvelope(e.to_string()))?;
-        env.signed_bytes()?;
+        canonical::check_map(&env.payload)?;
         Ok(env)
     }
 

@@ -65,7 +65,6 @@ CREATE TABLE custody (
     bytes      INTEGER NOT NULL,
     created_ms INTEGER NOT NULL
 ) STRICT;
-CREATE INDEX custody_by_dest ON custody (dest_kind, dest, seq);
 
 -- Group membership (master and locals), from the latest key share seen for
 -- each group: who a group message or file is fanned out to.

@@ -5,6 +5,7 @@
 //! waits; at the master that is the offline mailbox.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -72,19 +73,21 @@ struct Intake {
     payload: Map<String, Value>,
     sender: String,
     dests: Vec<(Dest, Option<String>)>,
+    /// The payload, frozen for the entries (set by `take`).
+    shared: Arc<Map<String, Value>>,
+    /// Its size as JSON, for mailbox quotas.
+    bytes: usize,
 }
 
 impl Router {
     fn entry(&self, intake: &Intake, dest: Dest, to: Option<String>, via: Option<&str>) -> Entry {
-        let bytes = serde_json::to_string(&intake.payload)
-            .map(|s| s.len())
-            .unwrap_or(0);
+        let bytes = intake.bytes;
         Entry {
             seq: 0,
             msg_id: intake.msg_id.clone(),
             dest,
             kind: intake.kind.clone(),
-            payload: intake.payload.clone(),
+            payload: intake.shared.clone(),
             to,
             via: via.map(str::to_owned),
             sender: intake.sender.clone(),
@@ -130,6 +133,8 @@ impl Router {
             payload: Map::new(),
             sender: user.to_owned(),
             dests: Vec::new(),
+            shared: Arc::default(),
+            bytes: 0,
         };
         match msg {
             Message::MsgPrivate(dm) => {
@@ -278,6 +283,8 @@ impl Router {
             payload,
             sender: String::new(),
             dests: Vec::new(),
+            shared: Arc::default(),
+            bytes: 0,
         };
         match msg {
             Message::PeerDeliver(d) => {
@@ -402,7 +409,14 @@ impl Router {
     /// Takes an intake into custody: one entry per destination not already
     /// held, persisted, then pumped. The master refuses what would overflow
     /// an offline recipient's mailbox and tells the sender it is queued.
-    fn take(&mut self, intake: Intake, via: Option<&str>) {
+    fn take(&mut self, mut intake: Intake, via: Option<&str>) {
+        if intake.dests.is_empty() {
+            return;
+        }
+        intake.bytes = serde_json::to_string(&intake.payload)
+            .map(|s| s.len())
+            .unwrap_or(0);
+        intake.shared = Arc::new(std::mem::take(&mut intake.payload));
         let mut touched = Vec::new();
         let mut queued = false;
         for (dest, to) in intake.dests.clone() {
@@ -534,7 +548,7 @@ impl Router {
                 None => return,
             },
         };
-        let mut payload = e.payload.clone();
+        let mut payload = (*e.payload).clone();
         if let Dest::User(u) = &e.dest
             && is_file_kind(kind)
         {

@@ -136,6 +136,8 @@ pub(crate) struct LinkHelloIn {
 #[derive(Debug, Clone)]
 pub(crate) enum Input {
     UserHello(UserHelloIn),
+    /// A frame from a user; `env` carries the header only (the payload
+    /// moved into `msg`).
     UserFrame {
         conn: ConnId,
         env: Envelope,
