@@ -211,16 +211,26 @@ impl Conn {
 }
 
 /// A sender: sends DMs to `to` as fast as its window allows, or at `rate`.
-async fn sender(
-    mut c: Conn,
+/// What one sender sends.
+struct SenderPlan {
     to: String,
     dm: Map<String, Value>,
+    /// Frames signed before the clock started (runs without link sessions).
     presigned: Vec<String>,
+    /// The first message number (numbers are unique across senders).
     base: u64,
+    /// Messages per second, or as fast as the window allows.
     rate: Option<f64>,
-    stop: Arc<AtomicBool>,
-    seen: Arc<Observed>,
-) -> u64 {
+}
+
+async fn sender(mut c: Conn, plan: SenderPlan, stop: Arc<AtomicBool>, seen: Arc<Observed>) -> u64 {
+    let SenderPlan {
+        to,
+        dm,
+        presigned,
+        base,
+        rate,
+    } = plan;
     let (mut in_flight, mut sent, mut credit) = (0usize, 0u64, 0.0f64);
     let mut presigned = presigned.into_iter();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -388,16 +398,27 @@ fn material() -> Result<Material> {
 }
 
 /// Runs senders on `send_url` to receivers on `recv_url` for `seconds`.
-async fn throughput(
-    rig: &Rig,
-    m: &Material,
-    send_url: &str,
-    recv_url: &str,
+/// One measured run: where senders and receivers attach, and the load.
+struct Load<'a> {
+    send_url: &'a str,
+    recv_url: &'a str,
     pairs: usize,
     seconds: u64,
+    /// Offered DMs per second in all, or saturated.
     rate: Option<f64>,
+    /// Frames each sender signs beforehand (without link sessions).
     presign: usize,
-) -> Result<(Run, Arc<Observed>)> {
+}
+
+async fn throughput(rig: &Rig, m: &Material, load: Load<'_>) -> Result<(Run, Arc<Observed>)> {
+    let Load {
+        send_url,
+        recv_url,
+        pairs,
+        seconds,
+        rate,
+        presign,
+    } = load;
     let seen = Arc::new(Observed::default());
     let stop = Arc::new(AtomicBool::new(false));
     let tag = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
@@ -429,16 +450,14 @@ async fn throughput(
     let mut tasks = Vec::new();
     for (c, to, base, presigned) in senders {
         let per = rate.map(|r| r / pairs as f64);
-        tasks.push(tokio::spawn(sender(
-            c,
+        let plan = SenderPlan {
             to,
-            m.dm.clone(),
+            dm: m.dm.clone(),
             presigned,
             base,
-            per,
-            stop.clone(),
-            seen.clone(),
-        )));
+            rate: per,
+        };
+        tasks.push(tokio::spawn(sender(c, plan, stop.clone(), seen.clone())));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (c0, mc0, lc0, t0) = (
@@ -535,36 +554,42 @@ pub async fn run(cfg: BenchConfig) -> Result<Value> {
     let (cross, _) = throughput(
         &rig,
         &m,
-        &rig.local.url,
-        &rig.master.url,
-        cfg.pairs,
-        cfg.seconds,
-        None,
-        0,
+        Load {
+            send_url: &rig.local.url,
+            recv_url: &rig.master.url,
+            pairs: cfg.pairs,
+            seconds: cfg.seconds,
+            rate: None,
+            presign: 0,
+        },
     )
     .await?;
     eprintln!("  same-server, saturated…");
     let (same, _) = throughput(
         &rig,
         &m,
-        &rig.local.url,
-        &rig.local.url,
-        cfg.pairs,
-        cfg.seconds,
-        None,
-        0,
+        Load {
+            send_url: &rig.local.url,
+            recv_url: &rig.local.url,
+            pairs: cfg.pairs,
+            seconds: cfg.seconds,
+            rate: None,
+            presign: 0,
+        },
     )
     .await?;
     eprintln!("  cross-server at half load ({:.0}/s)…", cross.rate / 2.0);
     let (_, seen) = throughput(
         &rig,
         &m,
-        &rig.local.url,
-        &rig.master.url,
-        cfg.pairs,
-        cfg.seconds,
-        Some(cross.rate / 2.0),
-        0,
+        Load {
+            send_url: &rig.local.url,
+            recv_url: &rig.master.url,
+            pairs: cfg.pairs,
+            seconds: cfg.seconds,
+            rate: Some(cross.rate / 2.0),
+            presign: 0,
+        },
     )
     .await?;
     let mut lat = seen
@@ -588,24 +613,28 @@ pub async fn run(cfg: BenchConfig) -> Result<Value> {
     let (nm_cross, _) = throughput(
         &rig,
         &m,
-        &rig.local.url,
-        &rig.master.url,
-        cfg.pairs,
-        cfg.seconds,
-        None,
-        presign,
+        Load {
+            send_url: &rig.local.url,
+            recv_url: &rig.master.url,
+            pairs: cfg.pairs,
+            seconds: cfg.seconds,
+            rate: None,
+            presign,
+        },
     )
     .await?;
     eprintln!("  --no-mac same-server…");
     let (nm_same, _) = throughput(
         &rig,
         &m,
-        &rig.local.url,
-        &rig.local.url,
-        cfg.pairs,
-        cfg.seconds,
-        None,
-        presign,
+        Load {
+            send_url: &rig.local.url,
+            recv_url: &rig.local.url,
+            pairs: cfg.pairs,
+            seconds: cfg.seconds,
+            rate: None,
+            presign,
+        },
     )
     .await?;
     drop(rig);

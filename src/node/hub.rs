@@ -41,6 +41,11 @@ pub struct Status {
     pub expired: u64,
 }
 
+/// Store writes queued before user frames are held back.
+const WRITE_BACKLOG: usize = 20_000;
+/// How often a throttled hub looks at the store again.
+const THROTTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Runs the hub until told to stop.
 pub(crate) async fn run(
     mut router: Router,
@@ -54,13 +59,17 @@ pub(crate) async fn run(
     loop {
         // Links, acks and timers first: they keep frames moving out. User
         // frames only bring more in.
+        // When the store falls behind, new content from users waits (in
+        // their sockets) instead of piling up in memory.
+        let throttled = writer.backlog() > WRITE_BACKLOG;
         let event = tokio::select! {
             biased;
             e = rx.recv() => match e {
                 Some(e) => e,
                 None => break,
             },
-            Some(e) = users.recv() => e,
+            Some(e) = users.recv(), if !throttled => e,
+            () = tokio::time::sleep(THROTTLE_PAUSE), if throttled => continue,
         };
         let input = match event {
             HubEvent::Register(conn, queue) => {

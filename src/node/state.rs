@@ -310,6 +310,8 @@ pub(crate) type Committed = Box<dyn Fn(Vec<Committed1>) + Send>;
 /// batches, one transaction per batch.
 pub(crate) struct Writer {
     tx: mpsc::Sender<Job>,
+    /// Writes queued and not yet applied.
+    backlog: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<JoinHandle<()>>,
     _stop_checkpoints: mpsc::Sender<()>,
 }
@@ -317,6 +319,8 @@ pub(crate) struct Writer {
 impl Writer {
     pub fn start(pool: Pool, committed: Committed) -> Result<Self, StoreError> {
         let mut conn = pool.get()?;
+        let backlog = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let applied = backlog.clone();
         // Checkpoints run beside the writer (PASSIVE, so they never block it)
         // rather than inside a commit, where they would stall every ack.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -345,6 +349,7 @@ impl Writer {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
+                    let writes = batch.iter().filter(|j| matches!(j, Job::Op(_))).count();
                     let now = crate::wire::now_ms();
                     let mut flushes = Vec::new();
                     let mut acks = Vec::new();
@@ -371,6 +376,7 @@ impl Writer {
                         }
                         tx.commit()
                     })();
+                    applied.fetch_sub(writes, std::sync::atomic::Ordering::Relaxed);
                     match result {
                         // Ack after persist: only what is committed is acknowledged.
                         Ok(()) if !acks.is_empty() => committed(acks),
@@ -385,13 +391,21 @@ impl Writer {
             .map_err(|e| StoreError::Corrupt(format!("cannot start the store thread: {e}")))?;
         Ok(Writer {
             tx,
+            backlog,
             thread: Some(thread),
             _stop_checkpoints: stop_checkpoints,
         })
     }
 
+    /// Writes queued and not yet applied.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Queues a write.
     pub fn write(&self, op: StoreOp) {
+        self.backlog
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.tx.send(Job::Op(op)).is_err() {
             tracing::error!("store thread is gone; a write was lost");
         }
