@@ -63,6 +63,15 @@ impl NodeProc {
         if no_mac {
             cmd.arg("--no-mac");
         }
+        // The load comes from one address, faster than any one user would send.
+        cmd.args([
+            "--max-conns-per-ip",
+            "100000",
+            "--user-rate",
+            "1000000",
+            "--user-burst",
+            "1000000",
+        ]);
         // The nodes die with the benchmark, however it ends.
         unsafe {
             use std::os::unix::process::CommandExt;

@@ -114,6 +114,27 @@ pub struct NodeArgs {
     /// reference peers (for measurements).
     #[arg(long)]
     pub no_mac: bool,
+    /// Frames per second one user connection may send; beyond it, RATE_LIMITED.
+    #[arg(long, default_value_t = 1000.0)]
+    pub user_rate: f64,
+    /// Frames a user connection may send in one burst.
+    #[arg(long, default_value_t = 2000.0)]
+    pub user_burst: f64,
+    /// Connections one IP address may hold open; more are refused with RATE_LIMITED.
+    #[arg(long, default_value_t = 256)]
+    pub max_conns_per_ip: usize,
+    /// Members one group key share may name; more is refused with TOO_LARGE.
+    #[arg(long, default_value_t = 1000)]
+    pub max_group_members: usize,
+    /// Largest file a transfer may announce, in bytes; more is refused with TOO_LARGE.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_file_size: u64,
+    /// Seconds a new connection has to say hello before it is closed.
+    #[arg(long, default_value_t = 10)]
+    pub hello_timeout_secs: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9190).
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -84,6 +84,8 @@ async fn start_as(
         allow_legacy_clients: true,
         mailbox: Default::default(),
         mac: true,
+        limits: Default::default(),
+        metrics: None,
     };
     let node = Node::start(config).await.unwrap();
     (dir, node)

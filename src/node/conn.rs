@@ -14,7 +14,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
+use super::Limits;
 use super::hub::HubEvent;
+use super::metrics::Metrics;
 use super::router::{
     CAP_SOCP, ConnId, HELLO_FRESHNESS_MS, Input, LinkHelloIn, Outgoing, UserHelloIn,
 };
@@ -67,6 +69,8 @@ pub(crate) struct ConnCtx {
     pub shutdown: watch::Receiver<bool>,
     /// Offer `mac-v1` link sessions (off with `--no-mac`).
     pub mac: bool,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
 }
 
 /// True if a hello lists the `mac-v1` capability.
@@ -92,7 +96,9 @@ pub(crate) struct Auth {
 
 impl Auth {
     /// Stamps, authenticates and serializes a frame from this node.
-    async fn seal(&mut self, key: &Arc<PrivateKey>, me: &str, out: Outgoing) -> Option<String> {
+    async fn seal(&mut self, ctx: &ConnCtx, out: Outgoing) -> Option<String> {
+        ctx.metrics.frame_out(out.kind);
+        let (key, me) = (&ctx.key, ctx.me.as_str());
         let offers_session = matches!(out.kind, "USER_WELCOME" | "PEER_HELLO_LINK")
             && out.payload.contains_key("session");
         if self.mac_out
@@ -102,6 +108,9 @@ impl Auth {
             session.seal(&mut env).ok()?;
             return Some(env.to_json());
         }
+        ctx.metrics
+            .rsa_ops
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let text = seal(key, me, out).await;
         if offers_session && self.session.is_some() {
             self.mac_out = true;
@@ -330,6 +339,11 @@ pub(crate) async fn send_error<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    ctx.metrics.refused(code.as_str());
+    ctx.metrics.frame_out("ERROR");
+    ctx.metrics
+        .rsa_ops
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Some(text) = seal(&ctx.key, &ctx.me, error_frame(to, code, detail)).await {
         let _ = ws.send(WsMessage::text(text)).await;
     }
@@ -364,7 +378,7 @@ pub(crate) async fn serve_accepted<S>(mut ws: WebSocketStream<S>, conn: ConnId, 
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let first = match tokio::time::timeout(HELLO_TIMEOUT, next_text(&mut ws)).await {
+    let first = match tokio::time::timeout(ctx.limits.hello_timeout, next_text(&mut ws)).await {
         Ok(Some(Ok(text))) => text,
         Ok(Some(Err(WsError::Capacity(e)))) => {
             send_error(
@@ -510,6 +524,10 @@ pub(crate) async fn run<S>(
         return;
     }
     let is_link = matches!(peer, Peer::Link { .. });
+    ctx.metrics
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut bucket = Bucket::new(ctx.limits.user_rate, ctx.limits.user_burst);
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
     heartbeat.tick().await;
     let mut last_heard = Instant::now();
@@ -519,7 +537,7 @@ pub(crate) async fn run<S>(
             () = super::stop_requested(&mut shutdown) => break,
             cmd = rx.recv() => match cmd {
                 Some(ConnCmd::Frame(out)) => {
-                    let Some(text) = auth.seal(&ctx.key, &ctx.me, out).await else { continue };
+                    let Some(text) = auth.seal(&ctx, out).await else { continue };
                     if ws.send(WsMessage::text(text)).await.is_err() {
                         break;
                     }
@@ -532,7 +550,7 @@ pub(crate) async fn run<S>(
                     break;
                 }
                 let out = Outgoing { kind: "HEARTBEAT", to: ids::TO_SERVER.to_owned(), payload: Default::default() };
-                if let Some(text) = auth.seal(&ctx.key, &ctx.me, out).await
+                if let Some(text) = auth.seal(&ctx, out).await
                     && ws.send(WsMessage::text(text)).await.is_err()
                 {
                     break;
@@ -545,7 +563,7 @@ pub(crate) async fn run<S>(
                     Some(Ok(WsMessage::Text(t))) => t,
                     Some(Ok(WsMessage::Binary(_))) => {
                         let out = error_frame(peer.id(), ErrorCode::BadFrame, "binary frames are not SOCP; send JSON text frames");
-                        if let Some(text) = auth.seal(&ctx.key, &ctx.me, out).await {
+                        if let Some(text) = auth.seal(&ctx, out).await {
                             let _ = ws.send(WsMessage::text(text)).await;
                         }
                         continue;
@@ -554,28 +572,47 @@ pub(crate) async fn run<S>(
                     Some(Err(WsError::Capacity(e))) => {
                         tracing::warn!(conn, error = %e, "oversized frame; closing");
                         let out = error_frame(peer.id(), ErrorCode::TooLarge, &format!("{e}; frames are limited to 1 MiB"));
-                        if let Some(text) = auth.seal(&ctx.key, &ctx.me, out).await {
+                        if let Some(text) = auth.seal(&ctx, out).await {
                             let _ = ws.send(WsMessage::text(text)).await;
                         }
                         break;
                     }
                     Some(Err(_)) => break,
                 };
-                match handle_frame(&ctx, conn, &peer, &mut auth, text.as_str()).await {
+                let verdict = if is_link || bucket.take() {
+                    handle_frame(&ctx, conn, &peer, &mut auth, text.as_str()).await
+                } else {
+                    // Still checked, so a session's sequence stays in step.
+                    match handle_frame_checked_only(&mut auth, text.as_str()) {
+                        Ok(()) => Verdict::Reply(ErrorCode::RateLimited, format!(
+                            "more than {} frames per second; this one was dropped, slow down",
+                            ctx.limits.user_rate
+                        )),
+                        Err(()) => Verdict::Stop,
+                    }
+                };
+                match verdict {
                     Verdict::Continue => {}
                     Verdict::Reply(code, detail) => {
+                        ctx.metrics.refused(code.as_str());
                         let out = error_frame(peer.id(), code, &detail);
-                        if let Some(text) = auth.seal(&ctx.key, &ctx.me, out).await
+                        if let Some(text) = auth.seal(&ctx, out).await
                             && ws.send(WsMessage::text(text)).await.is_err()
                         {
                             break;
                         }
                     }
-                    Verdict::Stop => break,
+                    Verdict::Stop => {
+                        ctx.metrics.refused("session");
+                        break;
+                    }
                 }
             }
         }
     }
+    ctx.metrics
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     let _ = ws.close(None).await;
     let closed = match peer {
         Peer::User(_) => Input::UserClosed(conn),
@@ -584,6 +621,46 @@ pub(crate) async fn run<S>(
     let queue = if is_link { &ctx.hub } else { &ctx.hub_users };
     let _ = queue.send(HubEvent::Input(Box::new(closed))).await;
     let _ = ctx.hub.send(HubEvent::Unregister(conn)).await;
+}
+
+/// A token bucket: `rate` frames per second, at most `burst` at once.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Bucket {
+            rate,
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Only the authentication of a frame that is dropped anyway (rate limit).
+fn handle_frame_checked_only(auth: &mut Auth, text: &str) -> Result<(), ()> {
+    match Envelope::parse(text) {
+        Ok(env) if env.mac.is_some() || auth.mac_in => auth.check(&env).map_err(|_| ()),
+        _ => Ok(()),
+    }
 }
 
 /// What to do after a frame.
@@ -614,6 +691,7 @@ async fn handle_frame(
         Ok(env) => env,
         Err(e) => return Verdict::Reply(e.code(), e.to_string()),
     };
+    ctx.metrics.frame_in(&env.kind);
     if env.mac.is_some() || auth.mac_in {
         // A session frame that fails closes the connection: something is
         // replaying, reordering or forging frames on it.

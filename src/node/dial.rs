@@ -38,6 +38,8 @@ pub(crate) struct Dialer {
     pub next_conn: Arc<AtomicU64>,
     /// Ask for a `mac-v1` session (off with `--no-mac`).
     pub mac: bool,
+    pub metrics: Arc<super::metrics::Metrics>,
+    pub limits: super::Limits,
 }
 
 /// Our `PEER_HELLO_LINK` payload.
@@ -160,6 +162,8 @@ impl Dialer {
             hub_users: self.hub_users.clone(),
             shutdown: self.shutdown.clone(),
             mac: self.mac,
+            metrics: self.metrics.clone(),
+            limits: self.limits,
         };
         let peer = Peer::Link {
             server_id: env.from.clone(),

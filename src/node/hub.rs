@@ -39,6 +39,8 @@ pub struct Status {
     pub custody: usize,
     /// Mailbox frames dropped for age since start.
     pub expired: u64,
+    /// Frames waiting for users online nowhere (the master's mailbox).
+    pub mailbox: usize,
 }
 
 /// Store writes queued before user frames are held back.
@@ -84,12 +86,14 @@ pub(crate) async fn run(
                 let mut linked = router.linked();
                 linked.sort();
                 let (custody, expired) = router.custody_stats();
+                let mailbox = router.mailbox_len();
                 let _ = reply.send(Status {
                     online: router.online(),
                     linked,
                     slow_disconnects,
                     custody,
                     expired,
+                    mailbox,
                 });
                 continue;
             }

@@ -6,6 +6,7 @@ pub(crate) mod custody;
 pub(crate) mod dial;
 pub(crate) mod hub;
 pub mod identity;
+pub mod metrics;
 pub(crate) mod router;
 pub(crate) mod state;
 
@@ -25,11 +26,15 @@ use crate::crypto::PrivateKey;
 
 use crate::cli::{NodeArgs, RoleArg};
 use crate::store::{self, Schema};
+use crate::wire::ErrorCode;
+use crate::wire::ids;
 use conn::ConnCtx;
 use hub::HubEvent;
 use identity::Identity;
+use metrics::Metrics;
 pub use router::MailboxLimits;
 use router::{Router, RouterConfig};
+use std::collections::HashMap;
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -45,6 +50,40 @@ pub struct NodeConfig {
     pub mailbox: MailboxLimits,
     /// Offer and accept `mac-v1` link sessions (`--no-mac` turns them off).
     pub mac: bool,
+    /// Abuse limits.
+    pub limits: Limits,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Abuse limits (PROTOCOL.md C8), each answered with a clear error.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Frames per second one user connection may send (token bucket rate)…
+    pub user_rate: f64,
+    /// …and how many it may send at once (bucket size).
+    pub user_burst: f64,
+    /// Connections one IP address may hold open.
+    pub max_conns_per_ip: usize,
+    /// Members one group key share may name.
+    pub max_group_members: usize,
+    /// Largest file a transfer may announce, in bytes.
+    pub max_file_size: u64,
+    /// A connection that says no hello within this time is closed.
+    pub hello_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            hello_timeout: conn::HELLO_TIMEOUT,
+            user_rate: 1000.0,
+            user_burst: 2000.0,
+            max_conns_per_ip: 256,
+            max_group_members: 1000,
+            max_file_size: 1 << 30,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -71,6 +110,15 @@ impl NodeConfig {
                 max_bytes: args.mailbox_max_bytes,
             },
             mac: !args.no_mac,
+            limits: Limits {
+                user_rate: args.user_rate,
+                user_burst: args.user_burst,
+                max_conns_per_ip: args.max_conns_per_ip,
+                max_group_members: args.max_group_members,
+                max_file_size: args.max_file_size,
+                hello_timeout: std::time::Duration::from_secs(args.hello_timeout_secs.max(1)),
+            },
+            metrics: args.metrics,
         })
     }
 }
@@ -79,6 +127,8 @@ impl NodeConfig {
 pub struct Node {
     pub id: String,
     pub addr: SocketAddr,
+    /// Where `--metrics` is served, if it is.
+    pub metrics_addr: Option<SocketAddr>,
     hub: mpsc::Sender<HubEvent>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -124,6 +174,8 @@ impl Node {
                 host: addr.ip().to_string(),
                 port: addr.port(),
                 limits: config.mailbox,
+                max_group_members: config.limits.max_group_members,
+                max_file_size: config.limits.max_file_size,
             },
             snapshot,
         );
@@ -143,6 +195,7 @@ impl Node {
             users_rx,
         ))];
         let next_conn = Arc::new(AtomicU64::new(1));
+        let metrics = Arc::new(Metrics::default());
         let ctx = Accept {
             me: id.clone(),
             key: key.clone(),
@@ -151,8 +204,18 @@ impl Node {
             shutdown: shutdown_rx.clone(),
             next_conn: next_conn.clone(),
             mac: config.mac,
+            metrics: metrics.clone(),
+            limits: config.limits,
         };
         tasks.push(tokio::spawn(serve(listener, ctx)));
+        let metrics_addr = match config.metrics {
+            Some(addr) => Some(
+                metrics::serve(addr, metrics.clone(), hub_tx.clone(), shutdown_rx.clone())
+                    .await
+                    .with_context(|| format!("serving metrics on {addr}"))?,
+            ),
+            None => None,
+        };
         tasks.push(tokio::spawn(tick(
             hub_tx.clone(),
             config.mailbox,
@@ -182,6 +245,8 @@ impl Node {
                 shutdown: shutdown_rx.clone(),
                 next_conn: next_conn.clone(),
                 mac: config.mac,
+                metrics: metrics.clone(),
+                limits: config.limits,
             };
             tasks.push(tokio::spawn(dialer.run()));
         }
@@ -194,6 +259,7 @@ impl Node {
         Ok(Node {
             id,
             addr,
+            metrics_addr,
             hub: hub_tx,
             shutdown,
             tasks,
@@ -223,6 +289,12 @@ impl Node {
     /// Stops accepting and dialing, closes every connection, flushes the
     /// store and waits for the tasks.
     pub async fn shutdown(self) {
+        // Peers hear that our users are gone before the connections close.
+        let _ = self
+            .hub
+            .send(HubEvent::Input(Box::new(router::Input::Shutdown)))
+            .await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let _ = self.shutdown.send(true);
         let Node {
             id, hub, mut tasks, ..
@@ -271,9 +343,58 @@ struct Accept {
     shutdown: watch::Receiver<bool>,
     next_conn: Arc<AtomicU64>,
     mac: bool,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
+impl Accept {
+    fn conn_ctx(&self) -> ConnCtx {
+        ConnCtx {
+            me: self.me.clone(),
+            key: self.key.clone(),
+            hub: self.hub.clone(),
+            hub_users: self.hub_users.clone(),
+            shutdown: self.shutdown.clone(),
+            mac: self.mac,
+            metrics: self.metrics.clone(),
+            limits: self.limits,
+        }
+    }
+}
+
+/// Connections open per IP address; a slot is given back when dropped.
+#[derive(Clone, Default)]
+struct PerIp(Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>);
+
+struct IpSlot(PerIp, std::net::IpAddr);
+
+impl PerIp {
+    fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = (self.0).0.lock()
+            && let Some(n) = m.get_mut(&self.1)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
 }
 
 async fn serve(listener: TcpListener, ctx: Accept) {
+    let per_ip = PerIp::default();
     let mut shutdown = ctx.shutdown.clone();
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -282,18 +403,21 @@ async fn serve(listener: TcpListener, ctx: Accept) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn_ctx = ConnCtx {
-                        me: ctx.me.clone(),
-                        key: ctx.key.clone(),
-                        hub: ctx.hub.clone(),
-                        hub_users: ctx.hub_users.clone(),
-                        shutdown: ctx.shutdown.clone(),
-                        mac: ctx.mac,
-                    };
+                    let conn_ctx = ctx.conn_ctx();
+                    let slot = per_ip.take(peer.ip(), ctx.limits.max_conns_per_ip);
                     let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
                     conns.spawn(async move {
-                        match tokio::time::timeout(conn::HELLO_TIMEOUT, tokio_tungstenite::accept_async_with_config(stream, Some(conn::ws_config()))).await {
-                            Ok(Ok(ws)) => conn::serve_accepted(ws, conn, conn_ctx).await,
+                        match tokio::time::timeout(conn_ctx.limits.hello_timeout, tokio_tungstenite::accept_async_with_config(stream, Some(conn::ws_config()))).await {
+                            Ok(Ok(mut ws)) if slot.is_none() => {
+                                tracing::warn!(%peer, "refused a connection: too many from this address");
+                                let detail = format!("more than {} connections from your address", conn_ctx.limits.max_conns_per_ip);
+                                conn::send_error(&mut ws, &conn_ctx, ids::TO_USER, ErrorCode::RateLimited, &detail).await;
+                                let _ = ws.close(None).await;
+                            }
+                            Ok(Ok(ws)) => {
+                                conn::serve_accepted(ws, conn, conn_ctx).await;
+                                drop(slot);
+                            }
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
                             Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
                         }

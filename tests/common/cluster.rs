@@ -101,6 +101,8 @@ impl TestNode {
             allow_legacy_clients: false,
             mailbox: Default::default(),
             mac: true,
+            limits: Default::default(),
+            metrics: None,
         };
         let mut config = config;
         adjust(&mut config);

@@ -112,6 +112,16 @@ impl NodeProc {
         }
     }
 
+    /// SIGTERM, and waits for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap()
+    }
+
     /// Starts again with the same flags and port.
     pub fn restart(&mut self) {
         self.kill9();

@@ -166,6 +166,16 @@ impl Router {
                 if share.creator != user {
                     return Err(not_allowed("creator"));
                 }
+                if share.shares.len() > self.cfg.max_group_members {
+                    return Err((
+                        ErrorCode::TooLarge,
+                        format!(
+                            "a group share may name at most {} members ({} given)",
+                            self.cfg.max_group_members,
+                            share.shares.len()
+                        ),
+                    ));
+                }
                 ids::check_group(&share.group_id)
                     .map_err(|e| (ErrorCode::BadFrame, e.to_string()))?;
                 let mut members: BTreeSet<String> =
@@ -190,6 +200,17 @@ impl Router {
                 intake.dests = self.group_dests(user, members.unwrap_or_default(), None);
             }
             Message::FileStart(_) | Message::FileChunk(_) | Message::FileEnd(_) => {
+                if let Message::FileStart(start) = &msg
+                    && start.size > self.cfg.max_file_size
+                {
+                    return Err((
+                        ErrorCode::TooLarge,
+                        format!(
+                            "{} bytes is over this server's {}-byte file limit",
+                            start.size, self.cfg.max_file_size
+                        ),
+                    ));
+                }
                 if let Some(from) = payload.get("from")
                     && from.as_str() != Some(user)
                 {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::custody::{Custody, Entry};
+use super::custody::{self, Custody, Entry};
 use super::state::{GroupRecord, PresenceRecord, ServerRecord, Snapshot, UserRecord};
 use crate::crypto::{self, PublicKey};
 use crate::wire::messages::{ErrorBody, Message, Proof, RegisterUser, Role, UserLookupAnswer};
@@ -154,6 +154,8 @@ pub(crate) enum Input {
     Timeout(String),
     /// Periodic housekeeping (mailbox expiry).
     Tick,
+    /// The node is stopping: tell the peers our users are gone.
+    Shutdown,
 }
 
 /// Fixed facts about this node.
@@ -166,6 +168,10 @@ pub(crate) struct RouterConfig {
     pub host: String,
     pub port: u16,
     pub limits: MailboxLimits,
+    /// Most members one group key share may name.
+    pub max_group_members: usize,
+    /// Largest file a `FILE_START` may announce, in bytes.
+    pub max_file_size: u64,
 }
 
 /// Bounds of the master's offline mailbox, per recipient.
@@ -298,6 +304,38 @@ impl Router {
         (self.custody.len(), self.expired)
     }
 
+    /// Frames waiting for users online nowhere (the master's mailbox).
+    pub fn mailbox_len(&self) -> usize {
+        if !self.cfg.master {
+            return 0;
+        }
+        self.custody
+            .pending_dests()
+            .iter()
+            .filter(|d| match d {
+                custody::Dest::User(u) => {
+                    !self.sessions.contains_key(u) && !self.presence.get(u).is_some_and(|p| p.live)
+                }
+                custody::Dest::Server(_) => false,
+            })
+            .map(|d| self.custody.load_of(d).0)
+            .sum()
+    }
+
+    /// Tells every link that our users are gone (before the connections close).
+    fn shutting_down(&mut self) {
+        let users: Vec<String> = self.sessions.keys().cloned().collect();
+        for user in users {
+            let remove = payload_of(&crate::wire::messages::Presence {
+                user_id: user,
+                location: self.cfg.me.clone(),
+                proof: None,
+                extra: Map::new(),
+            });
+            self.broadcast(None, "USER_REMOVE", &remove);
+        }
+    }
+
     /// Ids of the servers with a live link.
     pub fn linked(&self) -> Vec<String> {
         self.links.keys().cloned().collect()
@@ -315,6 +353,7 @@ impl Router {
             Input::LinkClosed(conn) => self.link_closed(conn),
             Input::Timeout(req_id) => self.timeout(&req_id),
             Input::Tick => self.tick(),
+            Input::Shutdown => self.shutting_down(),
         }
         std::mem::take(&mut self.out)
     }

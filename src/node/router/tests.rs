@@ -22,6 +22,8 @@ fn router(master: bool) -> Router {
         host: "127.0.0.1".into(),
         port: 1,
         limits: MailboxLimits::default(),
+        max_group_members: 1000,
+        max_file_size: 1 << 30,
     };
     Router::new(cfg, Snapshot::default())
 }

@@ -1,0 +1,196 @@
+//! Counters for operators, served as Prometheus text by `--metrics`.
+//! Connection tasks count frames, refusals and RSA operations; the router's
+//! figures (users online, custody, mailbox) are asked from the hub.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::hub::{HubEvent, Status};
+use crate::wire::messages::TYPE_NAMES;
+
+/// The node's counters.
+pub struct Metrics {
+    pub connections: AtomicI64,
+    frames_in: Vec<AtomicU64>,
+    frames_out: Vec<AtomicU64>,
+    refused: Mutex<BTreeMap<String, u64>>,
+    pub rsa_ops: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let slots = || (0..=TYPE_NAMES.len()).map(|_| AtomicU64::new(0)).collect();
+        Metrics {
+            connections: AtomicI64::new(0),
+            frames_in: slots(),
+            frames_out: slots(),
+            refused: Mutex::new(BTreeMap::new()),
+            rsa_ops: AtomicU64::new(0),
+        }
+    }
+}
+
+fn slot(kind: &str) -> usize {
+    TYPE_NAMES
+        .iter()
+        .position(|n| *n == kind)
+        .unwrap_or(TYPE_NAMES.len())
+}
+
+impl Metrics {
+    pub fn frame_in(&self, kind: &str) {
+        self.frames_in[slot(kind)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn frame_out(&self, kind: &str) {
+        self.frames_out[slot(kind)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A frame or hello refused, by reason (an error code or a check).
+    pub fn refused(&self, reason: &str) {
+        if let Ok(mut m) = self.refused.lock() {
+            *m.entry(reason.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, status: &Status) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, value: f64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        gauge(
+            "socp_connections",
+            "Open connections (users and links).",
+            self.connections.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            "socp_users_online",
+            "Users online anywhere in the mesh.",
+            status.online.len() as f64,
+        );
+        gauge(
+            "socp_links",
+            "Servers with a live link.",
+            status.linked.len() as f64,
+        );
+        gauge(
+            "socp_custody_frames",
+            "Frames in custody, not yet acknowledged by the next hop.",
+            status.custody as f64,
+        );
+        gauge(
+            "socp_mailbox_frames",
+            "Frames waiting for users online nowhere (master).",
+            status.mailbox as f64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP socp_mailbox_expired_total Mailbox frames dropped for age.\n# TYPE socp_mailbox_expired_total counter\nsocp_mailbox_expired_total {}",
+            status.expired
+        );
+        let _ = writeln!(
+            out,
+            "# HELP socp_slow_disconnects_total Connections dropped for a full send queue.\n# TYPE socp_slow_disconnects_total counter\nsocp_slow_disconnects_total {}",
+            status.slow_disconnects
+        );
+        let _ = writeln!(
+            out,
+            "# HELP socp_rsa_operations_total RSA private-key operations (signatures, unwraps).\n# TYPE socp_rsa_operations_total counter\nsocp_rsa_operations_total {}",
+            self.rsa_ops.load(Ordering::Relaxed)
+        );
+        for (name, help, counts) in [
+            (
+                "socp_frames_in_total",
+                "Frames received, by type.",
+                &self.frames_in,
+            ),
+            (
+                "socp_frames_out_total",
+                "Frames sent, by type.",
+                &self.frames_out,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (i, c) in counts.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if n > 0 {
+                    let kind = TYPE_NAMES.get(i).copied().unwrap_or("other");
+                    let _ = writeln!(out, "{name}{{type=\"{kind}\"}} {n}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP socp_refused_total Hellos and frames refused, by reason.\n# TYPE socp_refused_total counter"
+        );
+        if let Ok(m) = self.refused.lock() {
+            for (reason, n) in m.iter() {
+                let _ = writeln!(out, "socp_refused_total{{reason=\"{reason}\"}} {n}");
+            }
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until shutdown.
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    hub: mpsc::Sender<HubEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!("metrics on http://{bound}/metrics");
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = tokio::select! {
+                () = super::stop_requested(&mut shutdown) => return,
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                },
+            };
+            let (metrics, hub) = (metrics.clone(), hub.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let n =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let response = if request.starts_with("GET /metrics") {
+                    let (tx, rx) = oneshot::channel();
+                    let status = if hub.send(HubEvent::Status(tx)).await.is_ok() {
+                        rx.await.unwrap_or_default()
+                    } else {
+                        Status::default()
+                    };
+                    let body = metrics.render(&status);
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 19\r\nConnection: close\r\n\r\ntry GET /metrics\r\n\r\n".to_owned()
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    Ok(bound)
+}
