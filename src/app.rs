@@ -21,6 +21,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gen(args) => gen_identity(args),
         Command::Node(args) => run_node(args),
         Command::Client(args) => run_client(args),
+        Command::Admin(args) => {
+            let table = match args.table {
+                crate::cli::AdminTable::Users => crate::admin::Table::Users,
+                crate::cli::AdminTable::Servers => crate::admin::Table::Servers,
+                crate::cli::AdminTable::Mailbox => crate::admin::Table::Mailbox,
+            };
+            crate::admin::show(&args.db, table)
+        }
         Command::Bench(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let cfg = crate::bench::BenchConfig {

@@ -23,9 +23,33 @@ pub enum Command {
     Node(NodeArgs),
     /// Attach to a server as a user.
     Client(ClientArgs),
+    /// Print a node database's users, servers or mailbox (read-only; safe
+    /// while the node runs).
+    Admin(AdminArgs),
     /// Measure a master and a local on loopback: throughput, latency, CPU,
     /// memory, with and without link sessions.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// What to print.
+    #[arg(value_enum)]
+    pub table: AdminTable,
+    /// The node's SQLite database.
+    #[arg(long)]
+    pub db: PathBuf,
+}
+
+/// A table `socp admin` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AdminTable {
+    /// The directory: user ids and their pinned keys.
+    Users,
+    /// Servers of the mesh and their pinned keys.
+    Servers,
+    /// Frames in custody by destination (the master's offline mailbox).
+    Mailbox,
 }
 
 #[derive(Debug, Args)]

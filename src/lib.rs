@@ -3,6 +3,7 @@
 //! Module map: [`wire`] is the format on the wire, [`crypto`] the keys and
 //! ciphers, [`store`] the SQLite databases, [`cli`] the command line.
 
+pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod cli;

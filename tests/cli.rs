@@ -107,3 +107,49 @@ fn help_explains_every_subcommand() {
         assert!(text.contains(flag), "{flag} missing from node --help");
     }
 }
+
+#[test]
+fn admin_prints_the_tables_of_a_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["node", "--role", "master", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    wait_for_line(&rx, "listening on ws://");
+    let db = dir.path().join("data/master.sqlite");
+    for (table, header) in [
+        ("users", "KEY FINGERPRINT"),
+        ("servers", "ROLE"),
+        ("mailbox", "DESTINATION"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["admin", table, "--db"])
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(header) && text.contains("(0 rows)"), "{text}");
+    }
+    let out = Command::new(BIN)
+        .args(["admin", "users", "--db", "/nonexistent.sqlite"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    let _ = child.kill();
+}
