@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, ClientArgs, Command, GenArgs, NodeArgs, RoleArg};
+use crate::cli::{Cli, ClientArgs, Command, GenArgs, GenWhat, NodeArgs, RoleArg};
 use crate::client;
 use crate::node::{self, NodeConfig};
 
@@ -52,6 +52,26 @@ fn init_logging(default: &str) {
 }
 
 fn gen_identity(args: GenArgs) -> Result<()> {
+    let role = match args.what {
+        GenWhat::Cert => {
+            let (cert, key) = crate::tls::generate(&args.out, &args.hosts)?;
+            println!(
+                "wrote {} and {}: serve with --tls-cert {} --tls-key {}; trust with --ca {}",
+                cert.display(),
+                key.display(),
+                cert.display(),
+                key.display(),
+                cert.display()
+            );
+            return Ok(());
+        }
+        GenWhat::Master => RoleArg::Master,
+        GenWhat::Local => RoleArg::Local,
+    };
+    let args = GenArgsResolved {
+        role,
+        keys: args.keys,
+    };
     let master = args.role == RoleArg::Master;
     let (identity, created) =
         node::identity::load_or_create(&args.keys, master).with_context(|| {
@@ -79,10 +99,13 @@ fn run_node(args: NodeArgs) -> Result<()> {
     let config = NodeConfig::from_args(&args)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Handlers first: a signal that arrives while the node starts must
+        // stop it cleanly, not kill it.
+        let mut signals = StopSignals::install()?;
         let node = node::Node::start(config).await?;
         tokio::select! {
-            signal = stop_signal() => {
-                tracing::info!("{}: shutting down", signal?);
+            signal = signals.wait() => {
+                tracing::info!("{signal}: shutting down");
             }
             () = node.stopped() => {}
         }
@@ -98,13 +121,16 @@ fn run_client(args: ClientArgs) -> Result<()> {
             args.server
         );
     }
-    let config = client::config(
+    let mut config = client::config(
         &args.user,
         &args.server,
         &args.keys,
         args.downloads.clone(),
         args.max_file_size,
     );
+    if let Some(ca) = &args.ca {
+        config.tls = Some(crate::tls::client_config(Some(ca)).context("loading --ca")?);
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let input = client::spawn_stdin();
@@ -130,22 +156,46 @@ fn run_client(args: ClientArgs) -> Result<()> {
     })
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM, naming the signal.
-async fn stop_signal() -> Result<&'static str> {
+struct GenArgsResolved {
+    role: RoleArg,
+    keys: std::path::PathBuf,
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from the moment of install.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT").context("waiting for Ctrl-C"),
-            _ = term.recv() => Ok("SIGTERM"),
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+                term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
-        Ok("Ctrl-C")
+
+    /// Resolves on the first signal, naming it.
+    async fn wait(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }

@@ -17,7 +17,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create a server identity (id and RSA-4096 key) in the keys folder.
+    /// Create a server identity (id and RSA-4096 key) in the keys folder, or
+    /// a self-signed TLS certificate for a test mesh.
     Gen(GenArgs),
     /// Run a server: the master (user directory, mailbox) or a local.
     Node(NodeArgs),
@@ -89,12 +90,30 @@ impl RoleArg {
 
 #[derive(Debug, Args)]
 pub struct GenArgs {
-    /// The identity to create.
+    /// What to create: a master or local identity, or a TLS certificate.
     #[arg(value_enum)]
-    pub role: RoleArg,
+    pub what: GenWhat,
     /// Folder for the identity files (<role>.pem, mode 0600, and <role>.id).
     #[arg(long, default_value = "keys")]
     pub keys: PathBuf,
+    /// cert: folder for cert.pem and key.pem.
+    #[arg(long, default_value = "tls")]
+    pub out: PathBuf,
+    /// cert: a host name or IP address the certificate is for (repeatable;
+    /// default localhost and 127.0.0.1).
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+}
+
+/// What `socp gen` creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GenWhat {
+    /// The master's identity.
+    Master,
+    /// A local server's identity.
+    Local,
+    /// A self-signed certificate and key (cert.pem, key.pem) for wss://.
+    Cert,
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +175,15 @@ pub struct NodeArgs {
     /// Seconds a new connection has to say hello before it is closed.
     #[arg(long, default_value_t = 10)]
     pub hello_timeout_secs: u64,
+    /// Serve wss:// with this PEM certificate (chain); needs --tls-key.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// A PEM CA certificate to trust, besides the system's, when dialing wss:// servers.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9190).
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
@@ -178,6 +206,9 @@ pub struct ClientArgs {
     /// Read commands from stdin and print one JSON event per line on stdout.
     #[arg(long)]
     pub json: bool,
+    /// A PEM CA certificate to trust, besides the system's, for a wss:// server.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// Largest file to send or accept, in bytes.
     #[arg(long, default_value_t = crate::client::files::DEFAULT_MAX_FILE)]
     pub max_file_size: u64,

@@ -12,4 +12,5 @@ pub mod content;
 pub mod crypto;
 pub mod node;
 pub mod store;
+pub mod tls;
 pub mod wire;

@@ -152,4 +152,5 @@ fn admin_prints_the_tables_of_a_running_node() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     let _ = child.kill();
+    let _ = child.wait();
 }

@@ -86,6 +86,8 @@ async fn start_as(
         mac: true,
         limits: Default::default(),
         metrics: None,
+        tls: None,
+        ca: None,
     };
     let node = Node::start(config).await.unwrap();
     (dir, node)

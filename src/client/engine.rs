@@ -42,6 +42,8 @@ pub struct ClientConfig {
     pub keyring_path: PathBuf,
     pub downloads: PathBuf,
     pub max_file_size: u64,
+    /// Which `wss://` servers to trust (None: the system's roots).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Work waiting for a user's directory key.
@@ -162,7 +164,8 @@ impl<F: Frontend> Engine<F> {
                 },
                 _ = sleep_until(reconnect_at), if !connected => {
                     attempt += 1;
-                    match Session::connect(&self.cfg.server, &self.cfg.user, self.key.clone()).await {
+                    let (server, user, tls) = (self.cfg.server.clone(), self.cfg.user.clone(), self.cfg.tls.clone());
+                    match Session::connect_opts(&server, &user, self.key.clone(), super::HelloStyle::Signed, tls).await {
                         Ok(session) => {
                             attempt = 0;
                             reconnect_at = None;

@@ -46,5 +46,6 @@ pub fn config(
         keyring_path: keys.join(format!("{user}.sqlite")),
         downloads,
         max_file_size,
+        tls: None,
     }
 }

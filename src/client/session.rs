@@ -46,9 +46,23 @@ impl SessionError {
     pub fn is_transient(&self) -> bool {
         match self {
             SessionError::Refused { code, .. } => code == "TIMEOUT" || code == "NAME_IN_USE",
+            // A certificate that does not verify will not start to.
+            SessionError::Connect { source, .. } if is_tls_failure(source) => false,
             SessionError::Sign(_) => false,
             _ => true,
         }
+    }
+}
+
+/// True if connecting failed in TLS (an untrusted or mismatched certificate).
+fn is_tls_failure(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Tls(_) => true,
+        Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>()),
+        _ => false,
     }
 }
 
@@ -95,15 +109,29 @@ impl Session {
         key: Arc<PrivateKey>,
         style: HelloStyle,
     ) -> Result<Self, SessionError> {
+        Self::connect_opts(url, user, key, style, None).await
+    }
+
+    /// Connects with `tls` deciding which `wss://` servers to trust (None:
+    /// the system's roots).
+    pub async fn connect_opts(
+        url: &str,
+        user: &str,
+        key: Arc<PrivateKey>,
+        style: HelloStyle,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, SessionError> {
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES));
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-            .await
-            .map_err(|source| SessionError::Connect {
-                url: url.to_owned(),
-                source,
-            })?;
+        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
+                .await
+                .map_err(|source| SessionError::Connect {
+                    url: url.to_owned(),
+                    source,
+                })?;
         let mut session = Session {
             ws,
             user: user.to_owned(),

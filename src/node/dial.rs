@@ -40,6 +40,8 @@ pub(crate) struct Dialer {
     pub mac: bool,
     pub metrics: Arc<super::metrics::Metrics>,
     pub limits: super::Limits,
+    /// How `wss://` servers are verified (system roots and `--ca`).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// Our `PEER_HELLO_LINK` payload.
@@ -89,7 +91,12 @@ impl Dialer {
 
     async fn link_once(&mut self) -> anyhow::Result<()> {
         let (mut ws, _) = tokio::select! {
-            r = tokio_tungstenite::connect_async_with_config(&self.url, Some(conn::ws_config()), true) => r?,
+            r = tokio_tungstenite::connect_async_tls_with_config(
+                &self.url,
+                Some(conn::ws_config()),
+                true,
+                Some(tokio_tungstenite::Connector::Rustls(self.tls.clone())),
+            ) => r?,
             () = super::stop_requested(&mut self.shutdown) => return Ok(()),
         };
         let payload = match serde_json::to_value(&self.hello)? {

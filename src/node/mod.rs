@@ -54,6 +54,10 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Serve `wss://` with this certificate and key.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// A CA to trust (besides the system's) when dialing `wss://` servers.
+    pub ca: Option<PathBuf>,
 }
 
 /// Abuse limits (PROTOCOL.md C8), each answered with a clear error.
@@ -119,6 +123,17 @@ impl NodeConfig {
                 hello_timeout: std::time::Duration::from_secs(args.hello_timeout_secs.max(1)),
             },
             metrics: args.metrics,
+            tls: match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                (None, None) => None,
+                _ => bail!(
+                    "--tls-cert and --tls-key go together: give both (socp gen cert makes a pair)"
+                ),
+            },
+            ca: args.ca.clone(),
         })
     }
 }
@@ -129,6 +144,8 @@ pub struct Node {
     pub addr: SocketAddr,
     /// Where `--metrics` is served, if it is.
     pub metrics_addr: Option<SocketAddr>,
+    /// `ws` or `wss`.
+    pub scheme: &'static str,
     hub: mpsc::Sender<HubEvent>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -158,6 +175,14 @@ impl Node {
             .await
             .context("startup task")??
         };
+        let acceptor = config
+            .tls
+            .as_ref()
+            .map(crate::tls::acceptor)
+            .transpose()
+            .context("setting up TLS")?;
+        let tls_client =
+            crate::tls::client_config(config.ca.as_deref()).context("loading the CA to trust")?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -206,6 +231,7 @@ impl Node {
             mac: config.mac,
             metrics: metrics.clone(),
             limits: config.limits,
+            tls: acceptor.clone(),
         };
         tasks.push(tokio::spawn(serve(listener, ctx)));
         let metrics_addr = match config.metrics {
@@ -247,18 +273,21 @@ impl Node {
                 mac: config.mac,
                 metrics: metrics.clone(),
                 limits: config.limits,
+                tls: tls_client.clone(),
             };
             tasks.push(tokio::spawn(dialer.run()));
         }
-        if !addr.ip().is_loopback() {
+        let scheme = if acceptor.is_some() { "wss" } else { "ws" };
+        if acceptor.is_none() && !addr.ip().is_loopback() {
             tracing::warn!(
-                "listening on {addr} without TLS: frames are signed but readable on the network"
+                "listening on {addr} without TLS: frames are authenticated but readable on the network; use --tls-cert and --tls-key"
             );
         }
-        tracing::info!("node {id} listening on ws://{addr}");
+        tracing::info!("node {id} listening on {scheme}://{addr}");
         Ok(Node {
             id,
             addr,
+            scheme,
             metrics_addr,
             hub: hub_tx,
             shutdown,
@@ -268,7 +297,7 @@ impl Node {
 
     /// The URL users and servers dial.
     pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Who is online and which servers are linked, as the router sees it.
@@ -345,6 +374,7 @@ struct Accept {
     mac: bool,
     metrics: Arc<Metrics>,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Accept {
@@ -406,6 +436,28 @@ async fn serve(listener: TcpListener, ctx: Accept) {
                     let conn_ctx = ctx.conn_ctx();
                     let slot = per_ip.take(peer.ip(), ctx.limits.max_conns_per_ip);
                     let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+                    if let Some(acceptor) = ctx.tls.clone() {
+                        conns.spawn(async move {
+                            let limit = conn_ctx.limits.hello_timeout;
+                            let handshake = async {
+                                let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
+                                tokio_tungstenite::accept_async_with_config(tls, Some(conn::ws_config())).await.map_err(|e| e.to_string())
+                            };
+                            match tokio::time::timeout(limit, handshake).await {
+                                Ok(Ok(ws)) if slot.is_some() => {
+                                    conn::serve_accepted(ws, conn, conn_ctx).await;
+                                    drop(slot);
+                                }
+                                Ok(Ok(mut ws)) => {
+                                    let detail = format!("more than {} connections from your address", conn_ctx.limits.max_conns_per_ip);
+                                    conn::send_error(&mut ws, &conn_ctx, ids::TO_USER, ErrorCode::RateLimited, &detail).await;
+                                }
+                                Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS or WebSocket handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "handshake timed out"),
+                            }
+                        });
+                        continue;
+                    }
                     conns.spawn(async move {
                         match tokio::time::timeout(conn_ctx.limits.hello_timeout, tokio_tungstenite::accept_async_with_config(stream, Some(conn::ws_config()))).await {
                             Ok(Ok(mut ws)) if slot.is_none() => {

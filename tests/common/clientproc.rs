@@ -40,6 +40,19 @@ impl ClientProc {
     /// Starts a client whose folder is `dir` (keys/, downloads/), with the
     /// user's fixture key.
     pub async fn start(dir: &Path, user: &str, server: &str) -> ClientProc {
+        Self::start_with(dir, user, server, &[]).await
+    }
+
+    /// Starts a client with extra flags; waits for it to connect unless it
+    /// is expected to fail (`expect_connect` false).
+    pub async fn start_with(dir: &Path, user: &str, server: &str, extra: &[&str]) -> ClientProc {
+        let mut c = Self::spawn(dir, user, server, extra);
+        c.expect("connected", |e| e["event"] == "connected").await;
+        c
+    }
+
+    /// Starts a client without waiting for anything.
+    pub fn spawn(dir: &Path, user: &str, server: &str, extra: &[&str]) -> ClientProc {
         let keys = dir.join("keys");
         std::fs::create_dir_all(&keys).unwrap();
         let pem = keys.join(format!("{user}.pem"));
@@ -52,6 +65,7 @@ impl ClientProc {
             .arg(&keys)
             .arg("--downloads")
             .arg(dir.join("downloads"))
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -72,16 +86,14 @@ impl ClientProc {
             }
         });
         let stdin = child.stdin.take();
-        let mut c = ClientProc {
+        ClientProc {
             user: user.to_owned(),
             dir: dir.to_owned(),
             child,
             stdin,
             events,
             seen: Vec::new(),
-        };
-        c.expect("connected", |e| e["event"] == "connected").await;
-        c
+        }
     }
 
     pub fn downloads(&self) -> PathBuf {

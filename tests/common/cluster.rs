@@ -103,6 +103,8 @@ impl TestNode {
             mac: true,
             limits: Default::default(),
             metrics: None,
+            tls: None,
+            ca: None,
         };
         let mut config = config;
         adjust(&mut config);

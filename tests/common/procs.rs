@@ -17,6 +17,7 @@ pub struct NodeProc {
     pub args: Vec<String>,
     pub port: u16,
     pub id: String,
+    pub scheme: &'static str,
     child: Option<Child>,
 }
 
@@ -44,6 +45,7 @@ impl NodeProc {
             args,
             port: 0,
             id: String::new(),
+            scheme: "ws",
             child: None,
         };
         p.spawn("127.0.0.1:0");
@@ -73,12 +75,13 @@ impl NodeProc {
         let line = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains("listening on ws://") => break line,
+                Ok(line) if line.contains("listening on ws") => break line,
                 Ok(_) => {}
                 Err(_) => panic!("node did not start: {:?}", self.args),
             }
         };
         self.port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        self.scheme = if line.contains("wss://") { "wss" } else { "ws" };
         self.id = line
             .split_whitespace()
             .find(|w| w.contains("server_"))
@@ -96,12 +99,13 @@ impl NodeProc {
             args: Vec::new(),
             port: 0,
             id: String::new(),
+            scheme: "ws",
             child: None,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// SIGKILL: no shutdown, no flush.
