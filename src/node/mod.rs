@@ -7,6 +7,8 @@ pub(crate) mod dial;
 pub(crate) mod hub;
 pub mod identity;
 pub mod metrics;
+#[doc(hidden)]
+pub mod fuzz;
 pub(crate) mod router;
 pub(crate) mod state;
 

@@ -316,3 +316,14 @@ fn a_lookup_the_master_does_not_answer_times_out() {
     assert_eq!(error_code(&out).as_deref(), Some("TIMEOUT"));
     assert!(out.contains(&Output::Close(1)));
 }
+
+#[test]
+fn the_fuzz_entry_point_handles_the_reference_frames() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/reference-run/frames.jsonl");
+    let text = std::fs::read_to_string(path).unwrap();
+    for line in text.lines() {
+        let record: Value = serde_json::from_str(line).unwrap();
+        crate::node::fuzz::dispatch(record["frame"].as_str().unwrap().as_bytes());
+    }
+    crate::node::fuzz::dispatch(b"not json");
+}
