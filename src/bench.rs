@@ -419,6 +419,25 @@ struct Load<'a> {
     presign: usize,
 }
 
+impl<'a> Load<'a> {
+    fn new(
+        send: &'a NodeProc,
+        recv: &'a NodeProc,
+        cfg: &BenchConfig,
+        rate: Option<f64>,
+        presign: usize,
+    ) -> Self {
+        Load {
+            send_url: &send.url,
+            recv_url: &recv.url,
+            pairs: cfg.pairs,
+            seconds: cfg.seconds,
+            rate,
+            presign,
+        }
+    }
+}
+
 async fn throughput(rig: &Rig, m: &Material, load: Load<'_>) -> Result<(Run, Arc<Observed>)> {
     let Load {
         send_url,
@@ -560,45 +579,15 @@ pub async fn run(cfg: BenchConfig) -> Result<Value> {
     // With link sessions.
     let rig = Rig::start(false)?;
     eprintln!("  cross-server, saturated…");
-    let (cross, _) = throughput(
-        &rig,
-        &m,
-        Load {
-            send_url: &rig.local.url,
-            recv_url: &rig.master.url,
-            pairs: cfg.pairs,
-            seconds: cfg.seconds,
-            rate: None,
-            presign: 0,
-        },
-    )
-    .await?;
+    let (cross, _) =
+        throughput(&rig, &m, Load::new(&rig.local, &rig.master, &cfg, None, 0)).await?;
     eprintln!("  same-server, saturated…");
-    let (same, _) = throughput(
-        &rig,
-        &m,
-        Load {
-            send_url: &rig.local.url,
-            recv_url: &rig.local.url,
-            pairs: cfg.pairs,
-            seconds: cfg.seconds,
-            rate: None,
-            presign: 0,
-        },
-    )
-    .await?;
+    let (same, _) = throughput(&rig, &m, Load::new(&rig.local, &rig.local, &cfg, None, 0)).await?;
     eprintln!("  cross-server at half load ({:.0}/s)…", cross.rate / 2.0);
     let (_, seen) = throughput(
         &rig,
         &m,
-        Load {
-            send_url: &rig.local.url,
-            recv_url: &rig.master.url,
-            pairs: cfg.pairs,
-            seconds: cfg.seconds,
-            rate: Some(cross.rate / 2.0),
-            presign: 0,
-        },
+        Load::new(&rig.local, &rig.master, &cfg, Some(cross.rate / 2.0), 0),
     )
     .await?;
     let mut lat = seen
@@ -622,28 +611,14 @@ pub async fn run(cfg: BenchConfig) -> Result<Value> {
     let (nm_cross, _) = throughput(
         &rig,
         &m,
-        Load {
-            send_url: &rig.local.url,
-            recv_url: &rig.master.url,
-            pairs: cfg.pairs,
-            seconds: cfg.seconds,
-            rate: None,
-            presign,
-        },
+        Load::new(&rig.local, &rig.master, &cfg, None, presign),
     )
     .await?;
     eprintln!("  --no-mac same-server…");
     let (nm_same, _) = throughput(
         &rig,
         &m,
-        Load {
-            send_url: &rig.local.url,
-            recv_url: &rig.local.url,
-            pairs: cfg.pairs,
-            seconds: cfg.seconds,
-            rate: None,
-            presign,
-        },
+        Load::new(&rig.local, &rig.local, &cfg, None, presign),
     )
     .await?;
     drop(rig);

@@ -59,6 +59,7 @@ pub(crate) fn ws_config() -> WebSocketConfig {
 const WS_BUFFER: usize = 4096;
 
 /// What every connection task shares.
+#[derive(Clone)]
 pub(crate) struct ConnCtx {
     pub me: String,
     pub key: Arc<PrivateKey>,

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
-use tokio::sync::{mpsc, watch};
+
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::conn::{self, ConnCtx, HELLO_TIMEOUT, Peer};
-use super::hub::HubEvent;
+
 use super::router::{Input, Outgoing};
-use crate::crypto::PrivateKey;
+
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
 use crate::wire::messages::{PeerHelloLink, Role};
 use crate::wire::{Envelope, ids};
@@ -29,17 +29,10 @@ const STABLE: Duration = Duration::from_secs(30);
 pub(crate) struct Dialer {
     pub url: String,
     pub is_master: bool,
-    pub me: String,
-    pub key: Arc<PrivateKey>,
     pub hello: PeerHelloLink,
-    pub hub: mpsc::Sender<HubEvent>,
-    pub hub_users: mpsc::Sender<HubEvent>,
-    pub shutdown: watch::Receiver<bool>,
+    /// What the link's connection task gets.
+    pub ctx: ConnCtx,
     pub next_conn: Arc<AtomicU64>,
-    /// Ask for a `mac-v1` session (off with `--no-mac`).
-    pub mac: bool,
-    pub metrics: Arc<super::metrics::Metrics>,
-    pub limits: super::Limits,
     /// How `wss://` servers are verified (system roots and `--ca`).
     pub tls: Arc<rustls::ClientConfig>,
 }
@@ -68,7 +61,7 @@ impl Dialer {
     pub async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            if *self.shutdown.borrow() {
+            if *self.ctx.shutdown.borrow() {
                 return;
             }
             let started = Instant::now();
@@ -83,7 +76,7 @@ impl Dialer {
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                () = super::stop_requested(&mut self.shutdown) => return,
+                () = super::stop_requested(&mut self.ctx.shutdown) => return,
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
@@ -97,7 +90,7 @@ impl Dialer {
                 true,
                 Some(tokio_tungstenite::Connector::Rustls(self.tls.clone())),
             ) => r?,
-            () = super::stop_requested(&mut self.shutdown) => return Ok(()),
+            () = super::stop_requested(&mut self.ctx.shutdown) => return Ok(()),
         };
         let payload = match serde_json::to_value(&self.hello)? {
             serde_json::Value::Object(m) => m,
@@ -108,7 +101,7 @@ impl Dialer {
             to: ids::TO_SERVER.to_owned(),
             payload,
         };
-        let text = conn::seal(&self.key, &self.me, out)
+        let text = conn::seal(&self.ctx.key, &self.ctx.me, out)
             .await
             .ok_or_else(|| anyhow::anyhow!("cannot sign our hello"))?;
         ws.send(WsMessage::text(text)).await?;
@@ -134,15 +127,15 @@ impl Dialer {
         let offer = hello
             .session
             .as_ref()
-            .filter(|o| self.mac && o.cap == CAP_MAC_V1)
+            .filter(|o| self.ctx.mac && o.cap == CAP_MAC_V1)
             .map(|o| o.wrapped.clone());
         let session = match offer {
             Some(wrapped) => {
-                let k = self.key.clone();
+                let k = self.ctx.key.clone();
                 let secret = tokio::task::spawn_blocking(move || session::accept(&k, &wrapped))
                     .await?
                     .map_err(|e| anyhow::anyhow!("the link session offer does not open: {e}"))?;
-                Some(MacSession::new(&secret, &self.me, &env.from, true))
+                Some(MacSession::new(&secret, &self.ctx.me, &env.from, true))
             }
             None => None,
         };
@@ -162,16 +155,7 @@ impl Dialer {
             self.is_master,
             None,
         ));
-        let ctx = ConnCtx {
-            me: self.me.clone(),
-            key: self.key.clone(),
-            hub: self.hub.clone(),
-            hub_users: self.hub_users.clone(),
-            shutdown: self.shutdown.clone(),
-            mac: self.mac,
-            metrics: self.metrics.clone(),
-            limits: self.limits,
-        };
+        let ctx = self.ctx.clone();
         let peer = Peer::Link {
             server_id: env.from.clone(),
         };

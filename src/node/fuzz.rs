@@ -15,13 +15,25 @@ const KEY: &str = "MIICIjANBgkqhkiG9w0BAQEFAAOCAg8AMIICCgKCAgEA0GPQFGLcsntXp4llp
 /// Feeds `data`, if it is a frame at all, to a master and to a local as
 /// coming from a connected user and from a linked server.
 pub fn dispatch(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(env) = Envelope::parse(text) else { return };
-    let Ok(msg) = Message::from_envelope(&env) else { return };
-    let Ok(key) = PublicKey::from_b64(KEY) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(env) = Envelope::parse(text) else {
+        return;
+    };
+    let Ok(msg) = Message::from_envelope(&env) else {
+        return;
+    };
+    let Ok(key) = PublicKey::from_b64(KEY) else {
+        return;
+    };
     for master in [true, false] {
         let cfg = RouterConfig {
-            me: if master { ids::new_master_id() } else { ids::new_local_server_id() },
+            me: if master {
+                ids::new_master_id()
+            } else {
+                ids::new_local_server_id()
+            },
             master,
             allow_legacy: true,
             pubkey: KEY.to_owned(),
@@ -47,12 +59,32 @@ pub fn dispatch(data: &[u8]) {
             session: None,
         };
         router.step(0, Input::LinkHello(link));
-        let hello = UserHelloIn { conn: 1, user_id: env.from.clone(), key: key.clone(), proof: None, session: None };
+        let hello = UserHelloIn {
+            conn: 1,
+            user_id: env.from.clone(),
+            key: key.clone(),
+            proof: None,
+            session: None,
+        };
         router.step(0, Input::UserHello(hello));
-        router.step(1, Input::UserFrame { conn: 1, env: env.clone(), msg: msg.clone() });
+        router.step(
+            1,
+            Input::UserFrame {
+                conn: 1,
+                env: env.clone(),
+                msg: msg.clone(),
+            },
+        );
         let mut from_peer = env.clone();
         from_peer.from = peer;
-        router.step(2, Input::LinkFrame { conn: 2, env: from_peer, msg: msg.clone() });
+        router.step(
+            2,
+            Input::LinkFrame {
+                conn: 2,
+                env: from_peer,
+                msg: msg.clone(),
+            },
+        );
         router.step(3, Input::Tick);
         router.step(4, Input::UserClosed(1));
         router.step(5, Input::LinkClosed(2));

@@ -4,11 +4,11 @@
 pub(crate) mod conn;
 pub(crate) mod custody;
 pub(crate) mod dial;
+#[doc(hidden)]
+pub mod fuzz;
 pub(crate) mod hub;
 pub mod identity;
 pub mod metrics;
-#[doc(hidden)]
-pub mod fuzz;
 pub(crate) mod router;
 pub(crate) mod state;
 
@@ -23,8 +23,6 @@ use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-
-use crate::crypto::PrivateKey;
 
 use crate::cli::{NodeArgs, RoleArg};
 use crate::store::{self, Schema};
@@ -223,16 +221,19 @@ impl Node {
         ))];
         let next_conn = Arc::new(AtomicU64::new(1));
         let metrics = Arc::new(Metrics::default());
-        let ctx = Accept {
+        let base = ConnCtx {
             me: id.clone(),
             key: key.clone(),
             hub: hub_tx.clone(),
             hub_users: users_tx.clone(),
             shutdown: shutdown_rx.clone(),
-            next_conn: next_conn.clone(),
             mac: config.mac,
             metrics: metrics.clone(),
             limits: config.limits,
+        };
+        let ctx = Accept {
+            ctx: base.clone(),
+            next_conn: next_conn.clone(),
             tls: acceptor.clone(),
         };
         tasks.push(tokio::spawn(serve(listener, ctx)));
@@ -265,16 +266,9 @@ impl Node {
             let dialer = dial::Dialer {
                 url,
                 is_master,
-                me: id.clone(),
-                key: key.clone(),
                 hello: hello.clone(),
-                hub: hub_tx.clone(),
-                hub_users: users_tx.clone(),
-                shutdown: shutdown_rx.clone(),
+                ctx: base.clone(),
                 next_conn: next_conn.clone(),
-                mac: config.mac,
-                metrics: metrics.clone(),
-                limits: config.limits,
                 tls: tls_client.clone(),
             };
             tasks.push(tokio::spawn(dialer.run()));
@@ -367,30 +361,14 @@ pub(crate) async fn stop_requested(rx: &mut watch::Receiver<bool>) {
 }
 
 struct Accept {
-    me: String,
-    key: Arc<PrivateKey>,
-    hub: mpsc::Sender<HubEvent>,
-    hub_users: mpsc::Sender<HubEvent>,
-    shutdown: watch::Receiver<bool>,
+    ctx: ConnCtx,
     next_conn: Arc<AtomicU64>,
-    mac: bool,
-    metrics: Arc<Metrics>,
-    limits: Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Accept {
     fn conn_ctx(&self) -> ConnCtx {
-        ConnCtx {
-            me: self.me.clone(),
-            key: self.key.clone(),
-            hub: self.hub.clone(),
-            hub_users: self.hub_users.clone(),
-            shutdown: self.shutdown.clone(),
-            mac: self.mac,
-            metrics: self.metrics.clone(),
-            limits: self.limits,
-        }
+        self.ctx.clone()
     }
 }
 
@@ -427,7 +405,7 @@ impl Drop for IpSlot {
 
 async fn serve(listener: TcpListener, ctx: Accept) {
     let per_ip = PerIp::default();
-    let mut shutdown = ctx.shutdown.clone();
+    let mut shutdown = ctx.ctx.shutdown.clone();
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -436,7 +414,7 @@ async fn serve(listener: TcpListener, ctx: Accept) {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let conn_ctx = ctx.conn_ctx();
-                    let slot = per_ip.take(peer.ip(), ctx.limits.max_conns_per_ip);
+                    let slot = per_ip.take(peer.ip(), ctx.ctx.limits.max_conns_per_ip);
                     let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
                     if let Some(acceptor) = ctx.tls.clone() {
                         conns.spawn(async move {

@@ -319,7 +319,8 @@ fn a_lookup_the_master_does_not_answer_times_out() {
 
 #[test]
 fn the_fuzz_entry_point_handles_the_reference_frames() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/reference-run/frames.jsonl");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/vectors/reference-run/frames.jsonl");
     let text = std::fs::read_to_string(path).unwrap();
     for line in text.lines() {
         let record: Value = serde_json::from_str(line).unwrap();
