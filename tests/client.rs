@@ -618,3 +618,65 @@ async fn a_node_that_sends_no_welcome_accepts_us_by_answering_the_list() {
     );
     assert_eq!(server.await.unwrap(), ["USER_HELLO", "USER_LIST_REQ"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_directory_key_is_reported_and_not_used_until_trusted() {
+    // Alice pins Bob's key on one mesh…
+    let first = TestNode::master().await;
+    let dir = tempfile::tempdir().unwrap();
+    connect(&first.url(), "bob").await.close().await;
+    let mut alice = ClientProc::start(dir.path(), "alice", &first.url()).await;
+    alice.cmd("/dbget bob").await;
+    alice.expect("pubkey", is("pubkey")).await;
+    assert!(alice.quit().await.success());
+    // …then meets a directory where "bob" has another key.
+    let second = TestNode::master().await;
+    let mut impostor = socp::client::Session::connect(&second.url(), "bob", user_key("carol"))
+        .await
+        .unwrap();
+    let mut alice = ClientProc::start(dir.path(), "alice", &second.url()).await;
+    alice.cmd("/dbget bob").await;
+    let changed = alice.expect("key_changed", is("key_changed")).await;
+    assert_eq!(changed["old"], user_key("bob").public().fingerprint());
+    assert_eq!(changed["new"], user_key("carol").public().fingerprint());
+    // Nothing is sent to the new key, and content signed by it is unverified.
+    alice.cmd("/msg bob hello?").await;
+    assert_eq!(
+        alice.expect("error", is("error")).await["code"],
+        "KEY_CHANGED"
+    );
+    let dm = content::seal_dm(
+        &user_key("carol"),
+        "bob",
+        "alice",
+        user_key("alice").public(),
+        b"trust me",
+        1,
+    )
+    .unwrap();
+    impostor
+        .send("alice", &Message::MsgPrivate(dm))
+        .await
+        .unwrap();
+    let ev = alice.expect("dm", is("dm")).await;
+    assert_eq!(ev["verified"], false);
+    // After the user checks and accepts it, the new key is used.
+    alice.cmd("/trust bob").await;
+    assert_eq!(
+        alice.expect("trusted", is("trusted")).await["fingerprint"],
+        user_key("carol").public().fingerprint()
+    );
+    alice.cmd("/msg bob now trusted").await;
+    alice.expect("sent", is("sent")).await;
+    let (_, m) = expect(&mut impostor, "USER_DELIVER", |_, m| {
+        matches!(m, Message::UserDeliver(_))
+    })
+    .await;
+    let Message::UserDeliver(d) = m else {
+        unreachable!()
+    };
+    assert_eq!(
+        content::open_dm(&user_key("carol"), &d.to_private()).unwrap(),
+        b"now trusted"
+    );
+}
