@@ -81,8 +81,19 @@ impl Router {
             return self.out.push(Output::Close(hello.conn));
         }
         if let Some(old) = self.links.get(&id) {
-            // One live link per pair: the newer one wins (the old may be dead
-            // without knowing it yet).
+            // One live link per pair. Two servers that dial each other keep
+            // the link the smaller id dialed; a server that dials again
+            // replaces its old link (which may be dead without knowing it).
+            let crossed = old.dialed != hello.dialed;
+            let new_dialer = if hello.dialed {
+                self.cfg.me.as_str()
+            } else {
+                id.as_str()
+            };
+            if crossed && new_dialer != self.cfg.me.as_str().min(id.as_str()) {
+                tracing::debug!(server = %id, "closing a crossed duplicate link");
+                return self.out.push(Output::Close(hello.conn));
+            }
             let old_conn = old.conn;
             self.out.push(Output::Close(old_conn));
             self.drop_link(old_conn);
@@ -123,6 +134,7 @@ impl Router {
             Link {
                 conn: hello.conn,
                 socp: hello.socp,
+                dialed: hello.dialed,
             },
         );
         self.conn_links.insert(hello.conn, id.clone());

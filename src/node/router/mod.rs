@@ -201,6 +201,8 @@ struct Session {
 struct Link {
     conn: ConnId,
     socp: bool,
+    /// We dialed it (else it dialed us).
+    dialed: bool,
 }
 
 enum Pending {

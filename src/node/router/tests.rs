@@ -328,3 +328,45 @@ fn the_fuzz_entry_point_handles_the_reference_frames() {
     }
     crate::node::fuzz::dispatch(b"not json");
 }
+
+#[test]
+fn crossed_dials_keep_one_link_and_redials_replace_it() {
+    let mut r = router(false); // me = "server_l"
+    let lower = "server_a";
+    let higher = "server_z";
+    // A peer with a smaller id dialed us; our own dial to it is the duplicate.
+    r.step(0, link(1, lower, &key("carol"), Role::Local, true, false));
+    let mut ours = match link(2, lower, &key("carol"), Role::Local, true, false) {
+        Input::LinkHello(h) => h,
+        _ => unreachable!(),
+    };
+    ours.dialed = true;
+    ours.ts = 6;
+    let out = r.step(1, Input::LinkHello(ours));
+    assert!(
+        out.contains(&Output::Close(2)),
+        "our crossed dial to a smaller id is closed"
+    );
+    assert_eq!(r.linked(), vec![lower.to_owned()]);
+    // The peer dials again (its old link died quietly): the new one wins.
+    let mut again = match link(3, lower, &key("carol"), Role::Local, true, false) {
+        Input::LinkHello(h) => h,
+        _ => unreachable!(),
+    };
+    again.ts = 7;
+    let out = r.step(2, Input::LinkHello(again));
+    assert!(out.contains(&Output::Close(1)));
+    // With a larger id, our own dial is the one kept.
+    r.step(3, link(4, higher, &key("bob"), Role::Local, true, false));
+    let mut ours = match link(5, higher, &key("bob"), Role::Local, true, false) {
+        Input::LinkHello(h) => h,
+        _ => unreachable!(),
+    };
+    ours.dialed = true;
+    ours.ts = 6;
+    let out = r.step(4, Input::LinkHello(ours));
+    assert!(
+        out.contains(&Output::Close(4)),
+        "their crossed dial is replaced by ours"
+    );
+}
