@@ -484,3 +484,36 @@ async fn locals_linked_directly_with_peers() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locals_that_dial_each_other_keep_one_stable_link() {
+    let master = TestNode::master().await;
+    let mut l1 = TestNode::local(&master.url()).await;
+    let l2 = TestNode::start_with_peers(false, Some(master.url()), false, vec![l1.url()]).await;
+    l1.config.peers = vec![l2.url()];
+    l1.restart().await;
+    l1.wait_linked(2).await;
+    l2.wait_linked(2).await;
+    let mut alice = connect(&l1.url(), "alice").await;
+    let mut bob = connect(&l2.url(), "bob").await;
+    l1.wait_online(&["alice", "bob"]).await;
+    // The link does not flap: several seconds later DMs still go straight through.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(l1.status().await.linked.len(), 2);
+    for i in 0..3 {
+        let dm = content::seal_dm(
+            alice.key(),
+            "alice",
+            "bob",
+            user_key("bob").public(),
+            format!("{i}").as_bytes(),
+            1,
+        )
+        .unwrap();
+        alice.send("bob", &Message::MsgPrivate(dm)).await.unwrap();
+        expect(&mut bob, "USER_DELIVER", |_, m| {
+            matches!(m, Message::UserDeliver(_))
+        })
+        .await;
+    }
+}
