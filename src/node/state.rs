@@ -306,6 +306,47 @@ pub(crate) type Committed1 = (ConnId, String, String);
 /// Acks whose frames are committed, handed back to the hub to send.
 pub(crate) type Committed = Box<dyn Fn(Vec<Committed1>) + Send>;
 
+/// A frame taken into custody and released again within one batch was
+/// acknowledged by the next hop before it reached the disk: the next hop
+/// holds it durably now, so neither row is written. (The previous hop's
+/// ack still waits for this batch's commit.)
+fn cancel_handed_on(batch: Vec<Job>) -> Vec<Job> {
+    let taken: std::collections::HashSet<u64> = batch
+        .iter()
+        .filter_map(|j| match j {
+            Job::Op(StoreOp::Custody(e)) => Some(e.seq),
+            _ => None,
+        })
+        .collect();
+    let handed_on: std::collections::HashSet<u64> = batch
+        .iter()
+        .filter_map(|j| match j {
+            Job::Op(StoreOp::Release(seqs)) => {
+                Some(seqs.iter().copied().filter(|s| taken.contains(s)))
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if handed_on.is_empty() {
+        return batch;
+    }
+    batch
+        .into_iter()
+        .filter_map(|j| match j {
+            Job::Op(StoreOp::Custody(e)) if handed_on.contains(&e.seq) => None,
+            Job::Op(StoreOp::Release(seqs)) => {
+                let left: Vec<u64> = seqs
+                    .into_iter()
+                    .filter(|s| !handed_on.contains(s))
+                    .collect();
+                (!left.is_empty()).then_some(Job::Op(StoreOp::Release(left)))
+            }
+            other => Some(other),
+        })
+        .collect()
+}
+
 /// The one path every node write takes: a thread that applies ops in
 /// batches, one transaction per batch.
 pub(crate) struct Writer {
@@ -353,6 +394,7 @@ impl Writer {
                     let now = crate::wire::now_ms();
                     let mut flushes = Vec::new();
                     let mut acks = Vec::new();
+                    let batch = cancel_handed_on(batch);
                     let result = (|| -> rusqlite::Result<()> {
                         let tx = conn.transaction()?;
                         for job in batch {
@@ -432,5 +474,39 @@ impl Drop for Writer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::custody::Dest;
+
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            seq,
+            msg_id: format!("m{seq}"),
+            dest: Dest::User("bob".into()),
+            kind: "DELIVER".into(),
+            payload: Default::default(),
+            to: None,
+            via: None,
+            sender: "alice".into(),
+            bytes: 1,
+            created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn frames_handed_on_within_a_batch_never_reach_the_disk() {
+        let batch = vec![
+            Job::Op(StoreOp::Custody(entry(1))),
+            Job::Op(StoreOp::Custody(entry(2))),
+            Job::Op(StoreOp::Release(vec![1, 3])),
+        ];
+        let left = cancel_handed_on(batch);
+        assert_eq!(left.len(), 2);
+        assert!(matches!(&left[0], Job::Op(StoreOp::Custody(e)) if e.seq == 2));
+        assert!(matches!(&left[1], Job::Op(StoreOp::Release(s)) if s == &vec![3]));
     }
 }
