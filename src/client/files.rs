@@ -61,7 +61,11 @@ pub fn safe_name(name: &str) -> String {
             !c.is_control() && !matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
         })
         .collect();
-    let cleaned = cleaned.trim().trim_start_matches('.').trim().to_owned();
+    // Leading dots and spaces in any mix (". .x" must not become ".x").
+    let cleaned = cleaned
+        .trim_start_matches(|c: char| c == '.' || c.is_whitespace())
+        .trim_end()
+        .to_owned();
     let cleaned = if cleaned.is_empty() {
         "file".to_owned()
     } else {
@@ -344,6 +348,16 @@ mod tests {
         );
         let multibyte = "é".repeat(200);
         assert!(safe_name(&multibyte).len() <= MAX_NAME_BYTES);
+    }
+
+    #[test]
+    fn fuzz_regression_dots_and_spaces_interleaved() {
+        // Found by the file_name fuzz target: once trimmed of one leading
+        // dot, this still started with one.
+        let input = b"\x7f\x01\x00\x00..\x00\x00 .\x00\x00 \x00\x7f\x00\xda\x7f\x7f\x7f\x7f";
+        let safe = safe_name(&String::from_utf8_lossy(input));
+        assert!(!safe.starts_with('.') && !safe.is_empty(), "{safe:?}");
+        assert_eq!(safe_name(". .. .x"), "x");
     }
 
     #[test]
