@@ -385,6 +385,16 @@ impl<F: Frontend> Engine<F> {
         if self.requested.contains_key(user) {
             return;
         }
+        if self.session.is_none() {
+            // Asked again for everything still waiting once connected.
+            if !self.waiting.contains_key(user) {
+                self.emit(Event::error(
+                    "NOT_CONNECTED",
+                    format!("not connected: cannot look {user} up now; try again when connected"),
+                ));
+            }
+            return;
+        }
         self.requested.insert(user.to_owned(), Instant::now());
         let q = Message::UserDbGetUser(UserLookup {
             user_id: user.to_owned(),
