@@ -20,12 +20,12 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
     }
 }
 
-#[test]
-fn master_starts_with_defaults_and_stops_on_ctrl_c() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `socp node --role master` (defaults but the port) in `dir`;
+/// returns it and its "listening on" log line.
+fn start_master(dir: &std::path::Path) -> (std::process::Child, String) {
     let mut child = Command::new(BIN)
         .args(["node", "--role", "master", "--listen", "127.0.0.1:0"])
-        .current_dir(dir.path())
+        .current_dir(dir)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -39,6 +39,13 @@ fn master_starts_with_defaults_and_stops_on_ctrl_c() {
         }
     });
     let line = wait_for_line(&rx, "listening on ws://127.0.0.1:");
+    (child, line)
+}
+
+#[test]
+fn master_starts_with_defaults_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, line) = start_master(dir.path());
     assert!(line.contains("node master_server_"), "{line}");
     let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
     assert_ne!(port, 0);
@@ -111,21 +118,7 @@ fn help_explains_every_subcommand() {
 #[test]
 fn admin_prints_the_tables_of_a_running_node() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["node", "--role", "master", "--listen", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    wait_for_line(&rx, "listening on ws://");
+    let (mut child, _) = start_master(dir.path());
     let db = dir.path().join("data/master.sqlite");
     for (table, header) in [
         ("users", "KEY FINGERPRINT"),
