@@ -99,6 +99,7 @@ async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
                 // The receiving client: killed, restarted with its keyring.
                 bob.kill9().await;
                 record(bob.rest().await, &mut shown);
+                println!("client killed after {} shown", shown.len());
                 bob = ClientProc::start(&bob_dir, "bob", &nodes[2].url()).await;
                 client_kills += 1;
             } else {
@@ -135,6 +136,16 @@ async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
         if got != expected {
             let dups = got.len() as i64 - PER_SENDER as i64;
             let first_bad = got.iter().zip(&expected).position(|(a, b)| a != b);
+            if let Some(pos) = first_bad {
+                let n = got[pos];
+                let globals: Vec<usize> = shown
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (x, m))| x == s && *m == n)
+                    .map(|(i, _)| i)
+                    .collect();
+                println!("{s} {n} shown at global positions {globals:?}");
+            }
             panic!(
                 "{s}: {} shown ({dups:+} vs sent), first divergence at position {first_bad:?}",
                 got.len()

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use super::commands::{self, Command};
 use super::events::{Event, Frontend};
 use super::files::{self, Receiver};
+use super::journal::Journal;
 use super::keyring::{GroupKey, Keyring, Observed};
 use super::session::{Session, SessionError};
 use crate::content;
@@ -26,6 +27,8 @@ use crate::wire::{Envelope, b64, canonical, ids, now_ms};
 
 /// How long to wait for the directory to answer a key lookup.
 pub const LOOKUP_PATIENCE: Duration = Duration::from_secs(10);
+/// Shown ids gathered in the journal before they go into the keyring.
+pub const JOURNAL_BATCH: usize = 512;
 /// Acks wait at most this long to be batched, and at most this many go in one.
 pub const ACK_DELAY: Duration = Duration::from_millis(10);
 pub const ACK_BATCH: usize = 128;
@@ -73,6 +76,8 @@ pub struct Engine<F: Frontend> {
     cfg: ClientConfig,
     key: Arc<PrivateKey>,
     keyring: Keyring,
+    /// Ids shown and not yet in the keyring.
+    journal: Journal,
     receiver: Receiver,
     front: F,
     session: Option<Session>,
@@ -103,6 +108,15 @@ impl<F: Frontend> Engine<F> {
         }
         let keyring = Keyring::open(&cfg.keyring_path)
             .with_context(|| format!("opening your keyring {}", cfg.keyring_path.display()))?;
+        let journal_path = cfg.keyring_path.with_extension("shown");
+        let (mut journal, left) = Journal::open(&journal_path)
+            .with_context(|| format!("opening {}", journal_path.display()))?;
+        keyring
+            .mark_seen(&left)
+            .context("recording the messages shown before the last exit")?;
+        journal
+            .clear_file()
+            .with_context(|| format!("emptying {}", journal_path.display()))?;
         let receiver = Receiver::new(&cfg.downloads, cfg.max_file_size).with_context(|| {
             format!("preparing the downloads folder {}", cfg.downloads.display())
         })?;
@@ -110,6 +124,7 @@ impl<F: Frontend> Engine<F> {
             cfg,
             key: Arc::new(key),
             keyring,
+            journal,
             receiver,
             front,
             session: None,
@@ -223,6 +238,7 @@ impl<F: Frontend> Engine<F> {
 
     async fn quit(mut self) {
         self.flush_acks().await;
+        self.store_journal();
         if let Some(session) = self.session.take() {
             session.close().await;
         }
@@ -858,14 +874,31 @@ impl<F: Frontend> Engine<F> {
         payload: &Map<String, Value>,
     ) -> (String, bool) {
         let id = msg_id.cloned().unwrap_or_else(|| derived_msg_id(payload));
-        let new = !self.keyring.seen(&id).unwrap_or(false);
+        let new = !self.journal.contains(&id) && !self.keyring.seen(&id).unwrap_or(false);
         (id, new)
     }
 
-    /// Marks content as shown, after it was shown: a crash in between shows
-    /// it again rather than never.
+    /// Marks content as shown, right after it was shown, in the journal (one
+    /// append); the keyring takes the ids in batches.
     fn shown(&mut self, msg_id: &str) {
-        if let Err(e) = self.keyring.first_sight(msg_id) {
+        if let Err(e) = self.journal.record(msg_id) {
+            self.emit(Event::error(
+                "KEYRING",
+                format!("cannot record a shown message: {e}"),
+            ));
+        }
+        if self.journal.len() >= JOURNAL_BATCH {
+            self.store_journal();
+        }
+    }
+
+    /// Moves the journal's ids into the keyring.
+    fn store_journal(&mut self) {
+        // Into the keyring first; only then out of the journal.
+        if let Err(e) = self.keyring.mark_seen(&self.journal.ids()) {
+            return self.emit(Event::error("KEYRING", e.to_string()));
+        }
+        if let Err(e) = self.journal.stored() {
             self.emit(Event::error("KEYRING", e.to_string()));
         }
     }

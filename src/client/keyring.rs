@@ -166,6 +166,22 @@ impl Keyring {
             .is_some())
     }
 
+    /// Records many ids as shown, in one transaction.
+    pub fn mark_seen(&self, msg_ids: &[String]) -> Result<(), StoreError> {
+        let mut conn = self.pool.get()?;
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO seen_messages (msg_id, seen_ms) VALUES (?1, ?2)",
+            )?;
+            for id in msg_ids {
+                stmt.execute(params![id, now_ms()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Records that `msg_id` was shown; false if it already was.
     pub fn first_sight(&self, msg_id: &str) -> Result<bool, StoreError> {
         let conn = self.pool.get()?;

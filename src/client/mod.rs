@@ -5,6 +5,7 @@ pub mod commands;
 pub mod engine;
 pub mod events;
 pub mod files;
+pub mod journal;
 pub mod keyring;
 pub mod session;
 

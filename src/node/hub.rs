@@ -104,41 +104,13 @@ pub(crate) async fn run(
             }
             HubEvent::Stop => break,
         };
-        for output in router.step(now_ms(), input) {
-            match output {
-                Output::Send(conn, frame) => {
-                    let Some(queue) = conns.get(&conn) else {
-                        continue;
-                    };
-                    if let Err(mpsc::error::TrySendError::Full(_)) =
-                        queue.try_send(ConnCmd::Frame(frame))
-                    {
-                        // Dropping the queue ends the connection task, which
-                        // reports the close like any other.
-                        tracing::warn!(conn, "send queue full: disconnecting the slow peer");
-                        slow_disconnects += 1;
-                        conns.remove(&conn);
-                    }
-                }
-                Output::Close(conn) => {
-                    if let Some(queue) = conns.get(&conn)
-                        && queue.try_send(ConnCmd::Close).is_err()
-                    {
-                        conns.remove(&conn);
-                    }
-                }
-                Output::Persist(op) => writer.write(op),
-                Output::AckAfterPersist { conn, to, msg_id } => writer.ack(conn, to, msg_id),
-                Output::Timer { req_id, after } => {
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(after).await;
-                        let _ = tx
-                            .send(HubEvent::Input(Box::new(Input::Timeout(req_id))))
-                            .await;
-                    });
-                }
-            }
+        let outputs = router.step(now_ms(), input);
+        carry_out(outputs, &mut conns, &writer, &tx, &mut slow_disconnects);
+        // Receipts wait for a quiet moment, so that under load one frame
+        // carries many.
+        if rx.is_empty() && users.is_empty() && router.has_pending_receipts() {
+            let outputs = router.step(now_ms(), Input::Idle);
+            carry_out(outputs, &mut conns, &writer, &tx, &mut slow_disconnects);
         }
     }
     writer.flush().await;
@@ -172,6 +144,52 @@ fn send_acks(conns: &HashMap<ConnId, mpsc::Sender<ConnCmd>>, acks: Vec<(ConnId, 
         };
         if queue.try_send(ConnCmd::Frame(frame)).is_err() {
             tracing::warn!(conn, "could not queue an ACK; the peer will resend");
+        }
+    }
+}
+
+/// Carries out the router's actions.
+fn carry_out(
+    outputs: Vec<Output>,
+    conns: &mut HashMap<ConnId, mpsc::Sender<ConnCmd>>,
+    writer: &Writer,
+    tx: &mpsc::Sender<HubEvent>,
+    slow_disconnects: &mut u64,
+) {
+    for output in outputs {
+        match output {
+            Output::Send(conn, frame) => {
+                let Some(queue) = conns.get(&conn) else {
+                    continue;
+                };
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    queue.try_send(ConnCmd::Frame(frame))
+                {
+                    // Dropping the queue ends the connection task, which
+                    // reports the close like any other.
+                    tracing::warn!(conn, "send queue full: disconnecting the slow peer");
+                    *slow_disconnects += 1;
+                    conns.remove(&conn);
+                }
+            }
+            Output::Close(conn) => {
+                if let Some(queue) = conns.get(&conn)
+                    && queue.try_send(ConnCmd::Close).is_err()
+                {
+                    conns.remove(&conn);
+                }
+            }
+            Output::Persist(op) => writer.write(op),
+            Output::AckAfterPersist { conn, to, msg_id } => writer.ack(conn, to, msg_id),
+            Output::Timer { req_id, after } => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = tx
+                        .send(HubEvent::Input(Box::new(Input::Timeout(req_id))))
+                        .await;
+                });
+            }
         }
     }
 }

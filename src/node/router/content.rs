@@ -21,6 +21,8 @@ use crate::wire::{Envelope, ErrorCode, canonical};
 /// Receipt statuses (see `RECEIPT`).
 pub const QUEUED: &str = "queued";
 pub const DELIVERED: &str = "delivered";
+/// Most ids one `delivered` receipt carries before it is sent anyway.
+const RECEIPT_BATCH: usize = 256;
 
 /// How an entry leaves: on which hop, through which connection, with which `to`.
 struct Route {
@@ -618,11 +620,23 @@ impl Router {
                     .push(e.msg_id.clone());
             }
             for (sender, ids) in by_sender {
-                self.send_receipt(None, &sender, ids, DELIVERED);
+                let held = self.receipts.entry(sender.clone()).or_default();
+                held.extend(ids);
+                if held.len() >= RECEIPT_BATCH {
+                    let ids = self.receipts.remove(&sender).unwrap_or_default();
+                    self.send_receipt(None, &sender, ids, DELIVERED);
+                }
             }
         }
         for dest in self.custody.unblock(&hop) {
             self.pump(&dest);
+        }
+    }
+
+    /// Sends the `delivered` receipts held back for batching.
+    pub(super) fn flush_receipts(&mut self) {
+        for (sender, ids) in std::mem::take(&mut self.receipts) {
+            self.send_receipt(None, &sender, ids, DELIVERED);
         }
     }
 

@@ -156,6 +156,8 @@ pub(crate) enum Input {
     Tick,
     /// The node is stopping: tell the peers our users are gone.
     Shutdown,
+    /// Nothing else is queued: send what was held back for batching.
+    Idle,
 }
 
 /// Fixed facts about this node.
@@ -231,6 +233,8 @@ pub(crate) struct Router {
     seen_hellos: HashMap<[u8; 32], i64>,
     proof_owners: HashMap<[u8; 32], String>,
     custody: Custody,
+    /// `delivered` receipts held back for batching, by sender.
+    receipts: std::collections::BTreeMap<String, Vec<String>>,
     /// Mailbox frames dropped for age since start.
     expired: u64,
     next_req: u64,
@@ -286,6 +290,7 @@ impl Router {
             seen_hellos: snapshot.seen_hellos,
             proof_owners: snapshot.proof_owners,
             custody: Custody::load(snapshot.custody),
+            receipts: Default::default(),
             expired: 0,
             next_req: 0,
             out: Vec::new(),
@@ -338,6 +343,11 @@ impl Router {
         }
     }
 
+    /// True if receipts wait for a quiet moment.
+    pub fn has_pending_receipts(&self) -> bool {
+        !self.receipts.is_empty()
+    }
+
     /// Ids of the servers with a live link.
     pub fn linked(&self) -> Vec<String> {
         self.links.keys().cloned().collect()
@@ -356,6 +366,7 @@ impl Router {
             Input::Timeout(req_id) => self.timeout(&req_id),
             Input::Tick => self.tick(),
             Input::Shutdown => self.shutting_down(),
+            Input::Idle => self.flush_receipts(),
         }
         std::mem::take(&mut self.out)
     }

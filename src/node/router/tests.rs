@@ -150,6 +150,9 @@ fn dms_are_delivered_here_queued_when_offline_or_reported() {
         },
     );
     assert!(matches!(&out[0], Output::Persist(StoreOp::Release(s)) if s.len() == 1));
+    // Receipts are batched: they go out when the hub has nothing else queued.
+    assert!(r.has_pending_receipts());
+    let out = r.step(0, Input::Idle);
     let receipt = out
         .iter()
         .find_map(|o| match o {
