@@ -34,7 +34,7 @@ async fn dm_arrives(from: &mut socp::client::Session, to: &mut socp::client::Ses
     let key = lookup(from, to.user()).await;
     assert_eq!(&key, user_key(to.user()).public());
     // The recipient may still be reconnecting; retry until it arrives.
-    for attempt in 0..40 {
+    for _ in 0..40 {
         let dm = content::seal_dm(
             from.key(),
             from.user(),
@@ -63,7 +63,6 @@ async fn dm_arrives(from: &mut socp::client::Session, to: &mut socp::client::Ses
             assert_eq!(content::open_dm(to.key(), &dm).unwrap(), text.as_bytes());
             return;
         }
-        let _ = attempt;
     }
     panic!(
         "DM {text:?} from {} never reached {}",

@@ -181,16 +181,6 @@ impl Keyring {
         tx.commit()?;
         Ok(())
     }
-
-    /// Records that `msg_id` was shown; false if it already was.
-    pub fn first_sight(&self, msg_id: &str) -> Result<bool, StoreError> {
-        let conn = self.pool.get()?;
-        let n = conn.execute(
-            "INSERT OR IGNORE INTO seen_messages (msg_id, seen_ms) VALUES (?1, ?2)",
-            params![msg_id, now_ms()],
-        )?;
-        Ok(n == 1)
-    }
 }
 
 /// One frame waiting in the outbox.
@@ -269,8 +259,9 @@ mod tests {
                 pending: None
             }
         );
-        assert!(ring.first_sight("m1").unwrap());
-        assert!(!ring.first_sight("m1").unwrap());
+        assert!(!ring.seen("m1").unwrap());
+        ring.mark_seen(&["m1".to_owned(), "m1".to_owned()]).unwrap();
+        assert!(ring.seen("m1").unwrap());
         let g = GroupKey {
             key: vec![1; 32],
             creator: "alice".into(),

@@ -103,7 +103,7 @@ impl Router {
         let legacy = self.sessions.get(user).is_some_and(|s| s.proof.is_none());
         let mut payload = msg.to_payload();
         let msg_id = ensure_msg_id(&mut payload);
-        let intake = match self.user_intake(conn, user, &env, msg, payload, msg_id.clone()) {
+        let intake = match self.user_intake(user, &env, msg, payload, msg_id.clone()) {
             Ok(intake) => intake,
             Err((code, detail)) => return self.error(conn, user, code, detail),
         };
@@ -119,14 +119,12 @@ impl Router {
 
     fn user_intake(
         &mut self,
-        conn: ConnId,
         user: &str,
         env: &Envelope,
         msg: Message,
         mut payload: Map<String, Value>,
         msg_id: String,
     ) -> Result<Intake, (ErrorCode, String)> {
-        let _ = conn;
         let not_allowed =
             |what: &str| (ErrorCode::NotAllowed, format!("{what} must be the sender"));
         let mut intake = Intake {
