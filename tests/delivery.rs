@@ -68,6 +68,33 @@ async fn a_dm_to_an_offline_user_waits_and_is_delivered_once_on_another_server()
     }
 }
 
+/// What the recipient's client acknowledges within a few ms is handed on
+/// before any node writes it: no custody row, no delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dms_acknowledged_at_once_never_reach_a_nodes_disk() {
+    let master = TestNode::master().await;
+    let local = TestNode::local(&master.url()).await;
+    master.wait_linked(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bob = ClientProc::start(&dir.path().join("b"), "bob", &master.url()).await;
+    let mut alice = ClientProc::start(&dir.path().join("a"), "alice", &local.url()).await;
+    for i in 0..20 {
+        alice.cmd(&format!("/msg bob number {i}")).await;
+    }
+    for _ in 0..20 {
+        bob.expect("dm", is("dm")).await;
+    }
+    for n in [&master, &local] {
+        assert!(
+            wait_until(|| async { n.status().await.custody == 0 }).await,
+            "custody left on {}",
+            n.id()
+        );
+        let unwritten = n.status().await.unwritten;
+        assert!(unwritten > 0, "{} wrote every row", n.id());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mailbox_quota_refuses_and_expiry_drops() {
     let limits = MailboxLimits {

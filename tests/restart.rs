@@ -106,3 +106,55 @@ async fn kill_9_local_and_master_then_traffic_flows_again() {
         Ok(_) => panic!("carol's id accepted another key after a master restart"),
     }
 }
+
+/// Custody rows wait in memory for a few ms in case the next hop takes the
+/// frame first; an ack to the sender still means the frame is on a disk.
+/// Bob never acknowledges, so after Alice's ack both nodes hold it on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_sender_was_acked_for_survives_kill_9_of_every_node() {
+    let root = tempfile::tempdir().unwrap();
+    let mut master = NodeProc::start(root.path().join("master"), "master", "server-0", &[]);
+    let master_arg = vec!["--master-url".to_owned(), master.url()];
+    let mut local = NodeProc::start(root.path().join("l1"), "local", "server-1", &master_arg);
+    let mut bob = connect(&master.url(), "bob").await;
+    let mut alice = connect(&local.url(), "alice").await;
+    let key = lookup(&mut alice, "bob").await;
+    let mut dm = content::seal_dm(
+        alice.key(),
+        "alice",
+        "bob",
+        &key,
+        b"on disk before the ack",
+        socp::wire::now_ms(),
+    )
+    .unwrap();
+    dm.msg_id = Some("durable-1".into());
+    alice.send("bob", &Message::MsgPrivate(dm)).await.unwrap();
+    expect(&mut bob, "USER_DELIVER", |_, m| {
+        matches!(m, Message::UserDeliver(_))
+    })
+    .await;
+    expect(
+        &mut alice,
+        "ACK",
+        |_, m| matches!(m, Message::Ack(a) if a.msg_ids.iter().any(|i| i == "durable-1")),
+    )
+    .await;
+    master.kill9();
+    local.kill9();
+    drop(bob);
+    master.restart();
+    local.restart();
+    let mut bob = connect(&master.url(), "bob").await;
+    let (_, m) = expect(&mut bob, "USER_DELIVER again", |_, m| {
+        matches!(m, Message::UserDeliver(_))
+    })
+    .await;
+    let Message::UserDeliver(d) = m else {
+        unreachable!()
+    };
+    assert_eq!(
+        content::open_dm(&user_key("bob"), &d.to_private()).unwrap(),
+        b"on disk before the ack"
+    );
+}

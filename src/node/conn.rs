@@ -30,6 +30,9 @@ use crate::wire::{Envelope, ErrorCode, MAX_FRAME_BYTES, WireError, now_ms};
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued for one connection before it counts as too slow.
 pub const SEND_QUEUE: usize = 1024;
+/// The same for a server link: more than its custody window
+/// (`custody::LINK_WINDOW`) plus the acks, receipts and presence it carries.
+pub const LINK_SEND_QUEUE: usize = 8192;
 /// How often a link sends `HEARTBEAT`.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// A link silent this long is closed (and redialled by its dialer).
@@ -514,7 +517,12 @@ pub(crate) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, mut rx) = mpsc::channel(SEND_QUEUE);
+    let capacity = if matches!(peer, Peer::Link { .. }) {
+        LINK_SEND_QUEUE
+    } else {
+        SEND_QUEUE
+    };
+    let (tx, mut rx) = mpsc::channel(capacity);
     if ctx.hub.send(HubEvent::Register(conn, tx)).await.is_err()
         || ctx
             .hub
@@ -736,10 +744,11 @@ async fn handle_frame(
             Input::LinkFrame { conn, env, msg }
         }
     };
-    let queue = if matches!(peer, Peer::User(_)) {
-        &ctx.hub_users
-    } else {
-        &ctx.hub
+    // A user's ACK releases what the node holds: it goes with the link
+    // frames, ahead of the content users bring in.
+    let queue = match &input {
+        Input::UserFrame { msg, .. } if !matches!(msg, Message::Ack(_)) => &ctx.hub_users,
+        _ => &ctx.hub,
     };
     if queue.send(HubEvent::Input(Box::new(input))).await.is_ok() {
         Verdict::Continue

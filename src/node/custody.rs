@@ -28,8 +28,13 @@ pub(crate) enum Hop {
     Link(String),
 }
 
-/// Frames in flight on one hop before it must acknowledge some.
+/// Frames in flight to one user before it must acknowledge some.
 pub const WINDOW: usize = 256;
+/// Frames in flight on one server link before it must acknowledge some: a
+/// link carries many users' traffic, and its acks come when the next hop
+/// has handed the frames on or written them (up to the store's hold, see
+/// `state::HOLD_FOR_USER`), so it needs room for a few tens of ms at full rate.
+pub const LINK_WINDOW: usize = 4096;
 
 /// One frame in custody.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +129,11 @@ impl Custody {
 
     /// Room left in `hop`'s window.
     pub fn room(&self, hop: &Hop) -> usize {
-        WINDOW.saturating_sub(self.inflight_count.get(hop).copied().unwrap_or(0))
+        let window = match hop {
+            Hop::Conn(_) => WINDOW,
+            Hop::Link(_) => LINK_WINDOW,
+        };
+        window.saturating_sub(self.inflight_count.get(hop).copied().unwrap_or(0))
     }
 
     /// The oldest pending entry for `dest`.
@@ -304,7 +313,7 @@ mod tests {
         c.send(&hop, "m0", &[first.seq]);
         let second = c.next_pending(&bob).unwrap().clone();
         c.send(&hop, "m1", &[second.seq]);
-        assert_eq!(c.room(&hop), WINDOW - 2);
+        assert_eq!(c.room(&hop), LINK_WINDOW - 2);
         // The hop dies: both are pending again, oldest first.
         assert_eq!(c.hop_down(&hop), vec![bob.clone()]);
         assert_eq!(c.next_pending(&bob).unwrap().msg_id, "m0");

@@ -41,6 +41,8 @@ pub struct Status {
     pub expired: u64,
     /// Frames waiting for users online nowhere (the master's mailbox).
     pub mailbox: usize,
+    /// Custody frames the next hop acknowledged before they were written.
+    pub unwritten: u64,
 }
 
 /// Store writes queued before user frames are held back.
@@ -94,6 +96,7 @@ pub(crate) async fn run(
                     custody,
                     expired,
                     mailbox,
+                    unwritten: writer.skipped(),
                 });
                 continue;
             }

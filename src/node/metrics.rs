@@ -102,6 +102,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP socp_custody_unwritten_total Custody frames the next hop acknowledged before they were written.\n# TYPE socp_custody_unwritten_total counter\nsocp_custody_unwritten_total {}",
+            status.unwritten
+        );
+        let _ = writeln!(
+            out,
             "# HELP socp_slow_disconnects_total Connections dropped for a full send queue.\n# TYPE socp_slow_disconnects_total counter\nsocp_slow_disconnects_total {}",
             status.slow_disconnects
         );

@@ -3,9 +3,11 @@
 //! `StoreOp`s in batched transactions (SQLite has one writer; keeping every
 //! write on one path avoids lock contention and keeps the router free of I/O).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 use serde_json::Value;
@@ -292,7 +294,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
 }
 
 /// How often the write-ahead log is folded back into the database.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 enum Job {
     Op(StoreOp),
@@ -306,45 +308,97 @@ pub(crate) type Committed1 = (ConnId, String, String);
 /// Acks whose frames are committed, handed back to the hub to send.
 pub(crate) type Committed = Box<dyn Fn(Vec<Committed1>) + Send>;
 
-/// A frame taken into custody and released again within one batch was
-/// acknowledged by the next hop before it reached the disk: the next hop
-/// holds it durably now, so neither row is written. (The previous hop's
-/// ack still waits for this batch's commit.)
-fn cancel_handed_on(batch: Vec<Job>) -> Vec<Job> {
-    let taken: std::collections::HashSet<u64> = batch
-        .iter()
-        .filter_map(|j| match j {
-            Job::Op(StoreOp::Custody(e)) => Some(e.seq),
-            _ => None,
-        })
-        .collect();
-    let handed_on: std::collections::HashSet<u64> = batch
-        .iter()
-        .filter_map(|j| match j {
-            Job::Op(StoreOp::Release(seqs)) => {
-                Some(seqs.iter().copied().filter(|s| taken.contains(s)))
+/// How long a new custody row waits in memory before it is written. A frame
+/// the next hop acknowledges within this time is durable there, so it never
+/// reaches our disk: neither its row nor the delete. The previous hop's ack
+/// waits for that acknowledgement or for our commit, whichever comes first,
+/// so "ack after persist" still holds (persisted here or further on).
+/// Towards a user the next ack is the client's (it batches for a few ms);
+/// towards a server it is that server's, which may itself wait for its
+/// user, hence the longer hold.
+const HOLD_FOR_USER: Duration = Duration::from_millis(20);
+const HOLD_FOR_SERVER: Duration = Duration::from_millis(50);
+
+/// What the store thread does with the jobs it is given, without the I/O:
+/// custody rows and acks queue in order; a row is written when its hold
+/// expires, or dropped when a release for it arrives first; an ack leaves
+/// when everything queued before it is written or dropped. Other writes
+/// (directory, presence, releases of written rows) go straight through.
+#[derive(Default)]
+struct Pipeline {
+    queue: VecDeque<(Instant, Job)>,
+    /// Custody rows in `queue`.
+    held: HashSet<u64>,
+    /// Rows released while held: dropped when they reach the front.
+    handed_on: HashSet<u64>,
+    /// Writes for the next transaction, acks and flushes after its commit.
+    batch: Vec<StoreOp>,
+    acks: Vec<Committed1>,
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Writes taken in and resolved (written or dropped), for the backlog.
+    resolved: usize,
+    /// Rows that never reached the disk.
+    skipped: u64,
+}
+
+impl Pipeline {
+    fn take(&mut self, job: Job, now: Instant) {
+        match job {
+            Job::Op(StoreOp::Custody(e)) => {
+                let hold = match e.dest {
+                    Dest::User(_) => HOLD_FOR_USER,
+                    Dest::Server(_) => HOLD_FOR_SERVER,
+                };
+                self.held.insert(e.seq);
+                self.queue
+                    .push_back((now + hold, Job::Op(StoreOp::Custody(e))));
             }
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    if handed_on.is_empty() {
-        return batch;
+            Job::Op(StoreOp::Release(seqs)) => {
+                let (dropped, written): (Vec<u64>, Vec<u64>) =
+                    seqs.into_iter().partition(|s| self.held.remove(s));
+                self.handed_on.extend(dropped);
+                if written.is_empty() {
+                    self.resolved += 1;
+                } else {
+                    self.batch.push(StoreOp::Release(written));
+                }
+            }
+            Job::Op(op) => self.batch.push(op),
+            Job::Ack(_) => self.queue.push_back((now, job)),
+            Job::Flush(done) => {
+                // Everything queued before it goes to disk now.
+                for (at, _) in self.queue.iter_mut() {
+                    *at = now.min(*at);
+                }
+                self.flushes.push(done);
+            }
+        }
     }
-    batch
-        .into_iter()
-        .filter_map(|j| match j {
-            Job::Op(StoreOp::Custody(e)) if handed_on.contains(&e.seq) => None,
-            Job::Op(StoreOp::Release(seqs)) => {
-                let left: Vec<u64> = seqs
-                    .into_iter()
-                    .filter(|s| !handed_on.contains(s))
-                    .collect();
-                (!left.is_empty()).then_some(Job::Op(StoreOp::Release(left)))
+
+    /// Moves what is due (or dropped) from the front of the queue into the
+    /// batch; returns when the front is due next, if anything is held.
+    fn advance(&mut self, now: Instant) -> Option<Instant> {
+        while let Some((due, job)) = self.queue.pop_front() {
+            match job {
+                Job::Op(StoreOp::Custody(e)) if self.handed_on.remove(&e.seq) => {
+                    self.resolved += 1;
+                    self.skipped += 1;
+                }
+                Job::Op(StoreOp::Custody(e)) if due > now => {
+                    self.queue.push_front((due, Job::Op(StoreOp::Custody(e))));
+                    return Some(due);
+                }
+                Job::Op(StoreOp::Custody(e)) => {
+                    self.held.remove(&e.seq);
+                    self.batch.push(StoreOp::Custody(e));
+                }
+                Job::Ack(ack) => self.acks.push(ack),
+                Job::Op(op) => self.batch.push(op),
+                Job::Flush(done) => self.flushes.push(done),
             }
-            other => Some(other),
-        })
-        .collect()
+        }
+        None
+    }
 }
 
 /// The one path every node write takes: a thread that applies ops in
@@ -353,6 +407,8 @@ pub(crate) struct Writer {
     tx: mpsc::Sender<Job>,
     /// Writes queued and not yet applied.
     backlog: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Custody rows handed on before they were written.
+    skipped: std::sync::Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
     _stop_checkpoints: mpsc::Sender<()>,
 }
@@ -383,49 +439,80 @@ impl Writer {
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start the checkpoint thread: {e}")))?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let skipped = std::sync::Arc::new(AtomicU64::new(0));
+        let skipped_count = skipped.clone();
         let thread = std::thread::Builder::new()
             .name("socp-store".into())
             .spawn(move || {
                 let mut pruned_at = 0usize;
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
-                    let writes = batch.iter().filter(|j| matches!(j, Job::Op(_))).count();
-                    let now = crate::wire::now_ms();
-                    let mut flushes = Vec::new();
-                    let mut acks = Vec::new();
-                    let batch = cancel_handed_on(batch);
-                    let result = (|| -> rusqlite::Result<()> {
-                        let tx = conn.transaction()?;
-                        for job in batch {
-                            match job {
-                                Job::Op(op) => {
-                                    if matches!(op, StoreOp::SeenHello(..)) {
-                                        pruned_at += 1;
-                                    }
-                                    apply(&tx, &op, now)?;
-                                }
-                                Job::Ack(ack) => acks.push(ack),
-                                Job::Flush(done) => flushes.push(done),
+                let mut p = Pipeline::default();
+                let mut next_due: Option<Instant> = None;
+                let mut open = true;
+                while open {
+                    // Wait for work, or for the front of the queue to fall due.
+                    let first = match next_due {
+                        Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                            Ok(job) => Some(job),
+                            Err(mpsc::RecvTimeoutError::Timeout) => None,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                open = false;
+                                None
                             }
+                        },
+                        None => match rx.recv() {
+                            Ok(job) => Some(job),
+                            Err(_) => {
+                                open = false;
+                                None
+                            }
+                        },
+                    };
+                    let now = Instant::now();
+                    for job in first.into_iter().chain(rx.try_iter()) {
+                        p.take(job, now);
+                    }
+                    if !open {
+                        // Stopping: nothing stays in memory.
+                        for (at, _) in p.queue.iter_mut() {
+                            *at = now;
                         }
-                        if pruned_at >= 1000 {
-                            pruned_at = 0;
-                            tx.execute(
-                                "DELETE FROM seen_hellos WHERE seen_ms < ?1",
-                                [now - 2 * HELLO_FRESHNESS_MS],
-                            )?;
-                        }
-                        tx.commit()
-                    })();
-                    applied.fetch_sub(writes, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    next_due = p.advance(now);
+                    let batch = std::mem::take(&mut p.batch);
+                    let acks = std::mem::take(&mut p.acks);
+                    let writes = batch.len();
+                    let wall = crate::wire::now_ms();
+                    let result = if batch.is_empty() {
+                        Ok(())
+                    } else {
+                        (|| -> rusqlite::Result<()> {
+                            let tx = conn.transaction()?;
+                            for op in &batch {
+                                if matches!(op, StoreOp::SeenHello(..)) {
+                                    pruned_at += 1;
+                                }
+                                apply(&tx, op, wall)?;
+                            }
+                            if pruned_at >= 1000 {
+                                pruned_at = 0;
+                                tx.execute(
+                                    "DELETE FROM seen_hellos WHERE seen_ms < ?1",
+                                    [wall - 2 * HELLO_FRESHNESS_MS],
+                                )?;
+                            }
+                            tx.commit()
+                        })()
+                    };
+                    applied.fetch_sub(writes + std::mem::take(&mut p.resolved), Ordering::Relaxed);
+                    skipped_count.store(p.skipped, Ordering::Relaxed);
                     match result {
-                        // Ack after persist: only what is committed is acknowledged.
+                        // Ack after persist: only what is committed (here or
+                        // at the next hop) is acknowledged.
                         Ok(()) if !acks.is_empty() => committed(acks),
                         Ok(()) => {}
                         Err(e) => tracing::error!(error = %e, unacked = acks.len(), "store write failed; the previous hops will resend"),
                     }
-                    for done in flushes {
+                    for done in std::mem::take(&mut p.flushes) {
                         let _ = done.send(());
                     }
                 }
@@ -434,6 +521,7 @@ impl Writer {
         Ok(Writer {
             tx,
             backlog,
+            skipped,
             thread: Some(thread),
             _stop_checkpoints: stop_checkpoints,
         })
@@ -442,6 +530,11 @@ impl Writer {
     /// Writes queued and not yet applied.
     pub fn backlog(&self) -> usize {
         self.backlog.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Custody rows that the next hop acknowledged before they were written.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
     }
 
     /// Queues a write.
@@ -497,16 +590,97 @@ mod tests {
         }
     }
 
+    fn ack(n: u64) -> Job {
+        Job::Ack((0, "alice".into(), format!("m{n}")))
+    }
+
+    fn written(p: &mut Pipeline) -> Vec<String> {
+        std::mem::take(&mut p.batch)
+            .into_iter()
+            .map(|op| match op {
+                StoreOp::Custody(e) => format!("row {}", e.seq),
+                StoreOp::Release(s) => format!("delete {s:?}"),
+                _ => "other".into(),
+            })
+            .collect()
+    }
+
+    fn acked(p: &mut Pipeline) -> Vec<String> {
+        std::mem::take(&mut p.acks)
+            .into_iter()
+            .map(|(_, _, id)| id)
+            .collect()
+    }
+
     #[test]
-    fn frames_handed_on_within_a_batch_never_reach_the_disk() {
-        let batch = vec![
-            Job::Op(StoreOp::Custody(entry(1))),
-            Job::Op(StoreOp::Custody(entry(2))),
-            Job::Op(StoreOp::Release(vec![1, 3])),
-        ];
-        let left = cancel_handed_on(batch);
-        assert_eq!(left.len(), 2);
-        assert!(matches!(&left[0], Job::Op(StoreOp::Custody(e)) if e.seq == 2));
-        assert!(matches!(&left[1], Job::Op(StoreOp::Release(s)) if s == &vec![3]));
+    fn a_frame_handed_on_within_its_hold_never_reaches_the_disk() {
+        let t0 = Instant::now();
+        let mut p = Pipeline::default();
+        p.take(Job::Op(StoreOp::Custody(entry(1))), t0);
+        p.take(ack(1), t0);
+        p.take(Job::Op(StoreOp::Custody(entry(2))), t0);
+        p.take(ack(2), t0);
+        // Held: nothing written, nobody acknowledged yet.
+        assert_eq!(p.advance(t0), Some(t0 + HOLD_FOR_USER));
+        assert!(written(&mut p).is_empty() && acked(&mut p).is_empty());
+        // The next hop acknowledges 2 (and 3, written long ago).
+        p.take(Job::Op(StoreOp::Release(vec![2, 3])), t0);
+        assert_eq!(written(&mut p), ["delete [3]"]);
+        // 1 falls due: written, then both acks leave (2's row never does).
+        let due = t0 + HOLD_FOR_USER;
+        assert_eq!(p.advance(due), None);
+        assert_eq!(written(&mut p), ["row 1"]);
+        assert_eq!(acked(&mut p), ["m1", "m2"]);
+        assert_eq!(p.skipped, 1);
+        // A later release of 1 is a delete.
+        p.take(Job::Op(StoreOp::Release(vec![1])), due);
+        assert_eq!(written(&mut p), ["delete [1]"]);
+    }
+
+    #[test]
+    fn an_ack_waits_for_everything_queued_before_it() {
+        let t0 = Instant::now();
+        let mut p = Pipeline::default();
+        p.take(Job::Op(StoreOp::Custody(entry(1))), t0);
+        p.take(Job::Op(StoreOp::Custody(entry(2))), t0);
+        p.take(ack(2), t0);
+        p.take(Job::Op(StoreOp::Release(vec![2])), t0);
+        p.advance(t0);
+        assert!(
+            acked(&mut p).is_empty(),
+            "1 is neither written nor handed on"
+        );
+        p.take(Job::Op(StoreOp::Release(vec![1])), t0);
+        assert_eq!(p.advance(t0), None);
+        assert!(written(&mut p).is_empty());
+        assert_eq!(acked(&mut p), ["m2"]);
+        assert_eq!((p.skipped, p.resolved), (2, 4));
+    }
+
+    #[test]
+    fn a_flush_writes_what_is_held() {
+        let t0 = Instant::now();
+        let mut p = Pipeline::default();
+        let mut s = entry(1);
+        s.dest = Dest::Server("master".into());
+        p.take(Job::Op(StoreOp::Custody(s)), t0);
+        p.take(ack(1), t0);
+        let (done, _wait) = tokio::sync::oneshot::channel();
+        p.take(Job::Flush(done), t0);
+        assert_eq!(p.advance(t0), None);
+        assert_eq!(written(&mut p), ["row 1"]);
+        assert_eq!(acked(&mut p), ["m1"]);
+        assert_eq!(p.flushes.len(), 1);
+    }
+
+    #[test]
+    fn rows_for_a_server_are_held_longer_than_for_a_user() {
+        let t0 = Instant::now();
+        let mut p = Pipeline::default();
+        let mut s = entry(1);
+        s.dest = Dest::Server("master".into());
+        p.take(Job::Op(StoreOp::Custody(s)), t0);
+        assert_eq!(p.advance(t0), Some(t0 + HOLD_FOR_SERVER));
+        assert!(HOLD_FOR_SERVER > HOLD_FOR_USER);
     }
 }
