@@ -106,21 +106,7 @@ impl NodeProc {
 
     /// CPU time used so far, in milliseconds (from `/proc`).
     fn cpu_ms(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())) else {
-            return 0.0;
-        };
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields
-            .get(11..13)
-            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-            .unwrap_or(0.0);
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        ticks * 1000.0 / hz
+        cpu_ms_of(&self.pid().to_string())
     }
 
     /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
@@ -135,6 +121,25 @@ impl NodeProc {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     }
+}
+
+/// CPU time a process (a pid, or `self`) used so far, in milliseconds.
+fn cpu_ms_of(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks * 1000.0 / hz
 }
 
 impl Drop for NodeProc {
@@ -366,6 +371,8 @@ struct Run {
     rate: f64,
     master_cpu_ms_per_dm: f64,
     local_cpu_ms_per_dm: f64,
+    /// This process: the senders and receivers.
+    load_cpu_ms_per_dm: f64,
 }
 
 /// Keys for the run: one for all senders, one for all receivers (a user id
@@ -488,20 +495,22 @@ async fn throughput(rig: &Rig, m: &Material, load: Load<'_>) -> Result<(Run, Arc
         tasks.push(tokio::spawn(sender(c, plan, stop.clone(), seen.clone())));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (c0, mc0, lc0, t0) = (
+    let (c0, mc0, lc0, bc0, t0) = (
         seen.delivered.load(Ordering::Relaxed),
         rig.master.cpu_ms(),
         rig.local.cpu_ms(),
+        cpu_ms_of("self"),
         Instant::now(),
     );
     if let Ok(mut l) = seen.latencies_us.lock() {
         l.clear();
     }
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let (c1, mc1, lc1, dt) = (
+    let (c1, mc1, lc1, bc1, dt) = (
         seen.delivered.load(Ordering::Relaxed),
         rig.master.cpu_ms(),
         rig.local.cpu_ms(),
+        cpu_ms_of("self"),
         t0.elapsed().as_secs_f64(),
     );
     stop.store(true, Ordering::Relaxed);
@@ -517,6 +526,7 @@ async fn throughput(rig: &Rig, m: &Material, load: Load<'_>) -> Result<(Run, Arc
             rate: (c1 - c0) as f64 / dt,
             master_cpu_ms_per_dm: (mc1 - mc0) / n,
             local_cpu_ms_per_dm: (lc1 - lc0) / n,
+            load_cpu_ms_per_dm: (bc1 - bc0) / n,
         },
         seen,
     ))
@@ -596,12 +606,13 @@ pub async fn run(cfg: BenchConfig) -> Result<Value> {
         .map(|l| l.clone())
         .unwrap_or_default();
     lat.sort_unstable();
-    eprintln!("  {} idle connections…", cfg.idle);
-    let idle_kib = idle_cost(&rig, &m.receiver_key, cfg.idle).await?;
+    // Peak RSS of the load runs, before the idle connections add theirs.
     let peak = (
         rig.master.status_kib("VmHWM:"),
         rig.local.status_kib("VmHWM:"),
     );
+    eprintln!("  {} idle connections…", cfg.idle);
+    let idle_kib = idle_cost(&rig, &m.receiver_key, cfg.idle).await?;
     drop(rig);
 
     // Without: RSA signatures on every frame, pre-signed by the senders.
@@ -637,6 +648,7 @@ pub async fn run(cfg: BenchConfig) -> Result<Value> {
             "max": lat.last().map_or(0.0, |v| *v as f64 / 1000.0),
         },
         "node_cpu_ms_per_dm": { "master": cross.master_cpu_ms_per_dm, "local": cross.local_cpu_ms_per_dm },
+        "load_generator_cpu_ms_per_dm": cross.load_cpu_ms_per_dm,
         "peak_rss_kib": { "master": peak.0, "local": peak.1 },
         "rss_per_idle_conn_kib": idle_kib,
         "idle_connections": cfg.idle,
@@ -700,10 +712,15 @@ fn print_table(f: &Value) {
         n(&c["master"]),
         n(&c["local"])
     );
+    println!(
+        "{:<44} {:.3}",
+        "load generator CPU ms per cross-server DM",
+        n(&f["load_generator_cpu_ms_per_dm"])
+    );
     let p = &f["peak_rss_kib"];
     println!(
         "{:<44} master {:.0}, local {:.0}",
-        "peak RSS KiB",
+        "peak RSS KiB under load",
         n(&p["master"]),
         n(&p["local"])
     );

@@ -90,8 +90,9 @@ pub(crate) fn offers_mac(env: &Envelope) -> bool {
 pub(crate) struct Auth {
     /// The key frames without a MAC must verify with (None: a legacy user,
     /// whose frames are unsigned).
-    pub peer_key: Option<PublicKey>,
-    pub session: Option<MacSession>,
+    pub peer_key: Option<PeerKey>,
+    /// Boxed: HMAC keys are large, and an idle connection's future should not be.
+    pub session: Option<Box<MacSession>>,
     /// Our frames are MAC'd (from the frame after our session offer).
     pub mac_out: bool,
     /// The peer's frames must be MAC'd (from its first MAC'd frame).
@@ -131,14 +132,18 @@ impl Auth {
                 .ok_or("a mac on a connection without a session")?;
             session.open(env).map_err(|e| e.to_string())?;
             self.mac_in = true;
+            // Every later frame must carry a MAC: the RSA key (a few KiB
+            // parsed) is not needed any more.
+            self.peer_key = None;
             return Ok(());
         }
         if self.mac_in {
             return Err("a frame without a mac on a mac-v1 session".into());
         }
-        match &self.peer_key {
+        match self.peer_key.as_mut().map(PeerKey::parsed) {
             None => Ok(()),
-            Some(key) => {
+            Some(None) => Err("the peer's key no longer parses".into()),
+            Some(Some(key)) => {
                 let ok = env
                     .signed_bytes()
                     .ok()
@@ -150,6 +155,30 @@ impl Auth {
                 }
             }
         }
+    }
+}
+
+/// A peer's key as the connection keeps it: encoded until a frame needs an
+/// RSA check (parsed, with its Montgomery tables, it is several KiB, and a
+/// peer on a `mac-v1` session never needs it).
+pub(crate) struct PeerKey {
+    b64: String,
+    parsed: Option<PublicKey>,
+}
+
+impl PeerKey {
+    pub fn new(key: &PublicKey) -> Self {
+        PeerKey {
+            b64: key.to_b64().to_owned(),
+            parsed: None,
+        }
+    }
+
+    fn parsed(&mut self) -> Option<&PublicKey> {
+        if self.parsed.is_none() {
+            self.parsed = PublicKey::from_b64(&self.b64).ok();
+        }
+        self.parsed.as_ref()
     }
 }
 
@@ -378,29 +407,26 @@ pub(crate) enum Peer {
 
 /// Runs an accepted connection until it closes: reads the hello, hands it
 /// to the router, then serves frames both ways.
-pub(crate) async fn serve_accepted<S>(mut ws: WebSocketStream<S>, conn: ConnId, ctx: ConnCtx)
+/// Takes the stream and context by reference: the caller's task owns them
+/// once, where moving them in would store them twice in the task (async fn
+/// arguments are kept beside their moved copies); an idle connection is
+/// mostly this task.
+pub(crate) async fn serve_accepted<S>(ws: &mut WebSocketStream<S>, conn: ConnId, ctx: &ConnCtx)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let first = match tokio::time::timeout(ctx.limits.hello_timeout, next_text(&mut ws)).await {
+    let first = match tokio::time::timeout(ctx.limits.hello_timeout, next_text(ws)).await {
         Ok(Some(Ok(text))) => text,
         Ok(Some(Err(WsError::Capacity(e)))) => {
-            send_error(
-                &mut ws,
-                &ctx,
-                ids::TO_USER,
-                ErrorCode::TooLarge,
-                &e.to_string(),
-            )
-            .await;
+            send_error(ws, ctx, ids::TO_USER, ErrorCode::TooLarge, &e.to_string()).await;
             let _ = ws.close(None).await;
             return;
         }
         Ok(_) => return,
         Err(_) => {
             send_error(
-                &mut ws,
-                &ctx,
+                ws,
+                ctx,
                 ids::TO_USER,
                 ErrorCode::Timeout,
                 "no hello within 10 s",
@@ -413,17 +439,17 @@ where
     let (input, peer, auth) = match Envelope::parse(&first) {
         Err(e) => {
             let r = Refusal::from(e);
-            send_error(&mut ws, &ctx, ids::TO_USER, r.code, &r.detail).await;
+            send_error(ws, ctx, ids::TO_USER, r.code, &r.detail).await;
             let _ = ws.close(None).await;
             return;
         }
         Ok(env) if env.kind == "USER_HELLO" => match check_user_hello(&env, now_ms()) {
             Ok((user_id, key, proof)) => {
                 // Only a signed hello proves the key: only then a session.
-                let (session, offer) = offer_session(&ctx, &env, &key, proof.is_some(), &user_id);
+                let (session, offer) = offer_session(ctx, &env, &key, proof.is_some(), &user_id);
                 let auth = Auth {
-                    peer_key: proof.is_some().then(|| key.clone()),
-                    session,
+                    peer_key: proof.is_some().then(|| PeerKey::new(&key)),
+                    session: session.map(Box::new),
                     mac_out: false,
                     mac_in: false,
                 };
@@ -438,18 +464,19 @@ where
             }
             Err(r) => {
                 tracing::info!(user = %env.from.chars().take(64).collect::<String>(), code = %r.code, detail = %r.detail, "hello refused");
-                send_error(&mut ws, &ctx, ids::TO_USER, r.code, &r.detail).await;
+                send_error(ws, ctx, ids::TO_USER, r.code, &r.detail).await;
                 let _ = ws.close(None).await;
                 return;
             }
         },
         Ok(env) if env.kind == "PEER_HELLO_LINK" => match check_link_hello(&env) {
             Ok((hello, key)) => {
-                let (session, offer) = offer_session(&ctx, &env, &key, true, &env.from);
+                let (session, offer) = offer_session(ctx, &env, &key, true, &env.from);
                 let auth = Auth {
-                    peer_key: Some(key.clone()),
+                    // With a session every frame carries a MAC.
+                    peer_key: session.is_none().then(|| PeerKey::new(&key)),
                     mac_in: session.is_some(),
-                    session,
+                    session: session.map(Box::new),
                     mac_out: false,
                 };
                 let input =
@@ -464,7 +491,7 @@ where
             }
             Err(r) => {
                 tracing::warn!(code = %r.code, detail = %r.detail, "link hello refused");
-                send_error(&mut ws, &ctx, ids::TO_SERVER, r.code, &r.detail).await;
+                send_error(ws, ctx, ids::TO_SERVER, r.code, &r.detail).await;
                 let _ = ws.close(None).await;
                 return;
             }
@@ -474,12 +501,12 @@ where
                 "the first frame must be USER_HELLO or PEER_HELLO_LINK, not {}",
                 env.kind.chars().take(64).collect::<String>()
             );
-            send_error(&mut ws, &ctx, ids::TO_USER, ErrorCode::UnknownType, &detail).await;
+            send_error(ws, ctx, ids::TO_USER, ErrorCode::UnknownType, &detail).await;
             let _ = ws.close(None).await;
             return;
         }
     };
-    run(ws, conn, ctx, input, peer, auth).await;
+    run(ws, conn, ctx, Box::new(input), peer, auth).await;
 }
 
 /// The acceptor's side of `mac-v1`: if we allow it and the hello asks for
@@ -508,10 +535,10 @@ fn offer_session(
 
 /// Registers the connection with the hub, delivers its hello, and serves it.
 pub(crate) async fn run<S>(
-    mut ws: WebSocketStream<S>,
+    ws: &mut WebSocketStream<S>,
     conn: ConnId,
-    ctx: ConnCtx,
-    hello: Input,
+    ctx: &ConnCtx,
+    hello: Box<Input>,
     peer: Peer,
     mut auth: Auth,
 ) where
@@ -524,11 +551,7 @@ pub(crate) async fn run<S>(
     };
     let (tx, mut rx) = mpsc::channel(capacity);
     if ctx.hub.send(HubEvent::Register(conn, tx)).await.is_err()
-        || ctx
-            .hub
-            .send(HubEvent::Input(Box::new(hello)))
-            .await
-            .is_err()
+        || ctx.hub.send(HubEvent::Input(hello)).await.is_err()
     {
         return;
     }
@@ -546,7 +569,7 @@ pub(crate) async fn run<S>(
             () = super::stop_requested(&mut shutdown) => break,
             cmd = rx.recv() => match cmd {
                 Some(ConnCmd::Frame(out)) => {
-                    let Some(text) = auth.seal(&ctx, out).await else { continue };
+                    let Some(text) = auth.seal(ctx, out).await else { continue };
                     if ws.send(WsMessage::text(text)).await.is_err() {
                         break;
                     }
@@ -559,7 +582,7 @@ pub(crate) async fn run<S>(
                     break;
                 }
                 let out = Outgoing { kind: "HEARTBEAT", to: ids::TO_SERVER.to_owned(), payload: Default::default() };
-                if let Some(text) = auth.seal(&ctx, out).await
+                if let Some(text) = auth.seal(ctx, out).await
                     && ws.send(WsMessage::text(text)).await.is_err()
                 {
                     break;
@@ -572,7 +595,7 @@ pub(crate) async fn run<S>(
                     Some(Ok(WsMessage::Text(t))) => t,
                     Some(Ok(WsMessage::Binary(_))) => {
                         let out = error_frame(peer.id(), ErrorCode::BadFrame, "binary frames are not SOCP; send JSON text frames");
-                        if let Some(text) = auth.seal(&ctx, out).await {
+                        if let Some(text) = auth.seal(ctx, out).await {
                             let _ = ws.send(WsMessage::text(text)).await;
                         }
                         continue;
@@ -581,7 +604,7 @@ pub(crate) async fn run<S>(
                     Some(Err(WsError::Capacity(e))) => {
                         tracing::warn!(conn, error = %e, "oversized frame; closing");
                         let out = error_frame(peer.id(), ErrorCode::TooLarge, &format!("{e}; frames are limited to 1 MiB"));
-                        if let Some(text) = auth.seal(&ctx, out).await {
+                        if let Some(text) = auth.seal(ctx, out).await {
                             let _ = ws.send(WsMessage::text(text)).await;
                         }
                         break;
@@ -589,7 +612,7 @@ pub(crate) async fn run<S>(
                     Some(Err(_)) => break,
                 };
                 let verdict = if is_link || bucket.take() {
-                    handle_frame(&ctx, conn, &peer, &mut auth, text.as_str()).await
+                    handle_frame(ctx, conn, &peer, &mut auth, text.as_str()).await
                 } else {
                     // Still checked, so a session's sequence stays in step.
                     match handle_frame_checked_only(&mut auth, text.as_str()) {
@@ -605,7 +628,7 @@ pub(crate) async fn run<S>(
                     Verdict::Reply(code, detail) => {
                         ctx.metrics.refused(code.as_str());
                         let out = error_frame(peer.id(), code, &detail);
-                        if let Some(text) = auth.seal(&ctx, out).await
+                        if let Some(text) = auth.seal(ctx, out).await
                             && ws.send(WsMessage::text(text)).await.is_err()
                         {
                             break;

@@ -140,10 +140,11 @@ impl Dialer {
             None => None,
         };
         let auth = conn::Auth {
-            peer_key: Some(key.clone()),
+            // With a session every frame carries a MAC: no RSA key needed.
+            peer_key: session.is_none().then(|| conn::PeerKey::new(&key)),
             mac_out: session.is_some(),
             mac_in: session.is_some(),
-            session,
+            session: session.map(Box::new),
         };
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let input = Input::LinkHello(conn::link_hello_in(
@@ -159,7 +160,7 @@ impl Dialer {
         let peer = Peer::Link {
             server_id: env.from.clone(),
         };
-        conn::run(ws, conn_id, ctx, input, peer, auth).await;
+        conn::run(&mut ws, conn_id, &ctx, Box::new(input), peer, auth).await;
         Ok(())
     }
 }

@@ -61,6 +61,13 @@ pub(crate) async fn run(
     let mut conns: HashMap<ConnId, mpsc::Sender<ConnCmd>> = HashMap::new();
     let mut slow_disconnects = 0u64;
     loop {
+        // Receipts wait for a quiet moment, so that under load one frame
+        // carries many. Checked before every wait, whatever the last event
+        // was (an event handled without the router must not leave them held).
+        if rx.is_empty() && users.is_empty() && router.has_pending_receipts() {
+            let outputs = router.step(now_ms(), Input::Idle);
+            carry_out(outputs, &mut conns, &writer, &tx, &mut slow_disconnects);
+        }
         // Links, acks and timers first: they keep frames moving out. User
         // frames only bring more in.
         // When the store falls behind, new content from users waits (in
@@ -109,12 +116,6 @@ pub(crate) async fn run(
         };
         let outputs = router.step(now_ms(), input);
         carry_out(outputs, &mut conns, &writer, &tx, &mut slow_disconnects);
-        // Receipts wait for a quiet moment, so that under load one frame
-        // carries many.
-        if rx.is_empty() && users.is_empty() && router.has_pending_receipts() {
-            let outputs = router.step(now_ms(), Input::Idle);
-            carry_out(outputs, &mut conns, &writer, &tx, &mut slow_disconnects);
-        }
     }
     writer.flush().await;
 }

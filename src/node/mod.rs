@@ -419,13 +419,14 @@ async fn serve(listener: TcpListener, ctx: Accept) {
                     if let Some(acceptor) = ctx.tls.clone() {
                         conns.spawn(async move {
                             let limit = conn_ctx.limits.hello_timeout;
-                            let handshake = async {
+                            // Boxed: its state is large and gone once the handshake is done.
+                            let handshake = Box::pin(async {
                                 let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
                                 tokio_tungstenite::accept_async_with_config(tls, Some(conn::ws_config())).await.map_err(|e| e.to_string())
-                            };
+                            });
                             match tokio::time::timeout(limit, handshake).await {
-                                Ok(Ok(ws)) if slot.is_some() => {
-                                    conn::serve_accepted(ws, conn, conn_ctx).await;
+                                Ok(Ok(mut ws)) if slot.is_some() => {
+                                    conn::serve_accepted(&mut ws, conn, &conn_ctx).await;
                                     drop(slot);
                                 }
                                 Ok(Ok(mut ws)) => {
@@ -446,8 +447,8 @@ async fn serve(listener: TcpListener, ctx: Accept) {
                                 conn::send_error(&mut ws, &conn_ctx, ids::TO_USER, ErrorCode::RateLimited, &detail).await;
                                 let _ = ws.close(None).await;
                             }
-                            Ok(Ok(ws)) => {
-                                conn::serve_accepted(ws, conn, conn_ctx).await;
+                            Ok(Ok(mut ws)) => {
+                                conn::serve_accepted(&mut ws, conn, &conn_ctx).await;
                                 drop(slot);
                             }
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
