@@ -33,7 +33,7 @@ pub const WINDOW: usize = 256;
 /// Frames in flight on one server link before it must acknowledge some: a
 /// link carries many users' traffic, and its acks come when the next hop
 /// has handed the frames on or written them (up to the store's hold, see
-/// `state::HOLD_FOR_USER`), so it needs room for a few tens of ms at full rate.
+/// `state::HOLD`), so it needs room for tens of ms at full rate.
 pub const LINK_WINDOW: usize = 4096;
 
 /// One frame in custody.

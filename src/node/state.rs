@@ -312,12 +312,13 @@ pub(crate) type Committed = Box<dyn Fn(Vec<Committed1>) + Send>;
 /// the next hop acknowledges within this time is durable there, so it never
 /// reaches our disk: neither its row nor the delete. The previous hop's ack
 /// waits for that acknowledgement or for our commit, whichever comes first,
-/// so "ack after persist" still holds (persisted here or further on).
-/// Towards a user the next ack is the client's (it batches for a few ms);
-/// towards a server it is that server's, which may itself wait for its
-/// user, hence the longer hold.
-const HOLD_FOR_USER: Duration = Duration::from_millis(20);
-const HOLD_FOR_SERVER: Duration = Duration::from_millis(50);
+/// so "ack after persist" still holds (persisted here or further on). Long
+/// enough to cover the queueing of a saturated mesh (windows of thousands
+/// of frames at over 10,000 frames/s): writing rows only because the node
+/// is busy would make it slower exactly when it is busiest.
+const HOLD: Duration = Duration::from_millis(250);
+/// Payload bytes held at most; beyond it the oldest rows are written early.
+const HOLD_BYTES: usize = 32 << 20;
 
 /// What the store thread does with the jobs it is given, without the I/O:
 /// custody rows and acks queue in order; a row is written when its hold
@@ -339,19 +340,18 @@ struct Pipeline {
     resolved: usize,
     /// Rows that never reached the disk.
     skipped: u64,
+    /// Payload bytes of the rows in `queue`.
+    held_bytes: usize,
 }
 
 impl Pipeline {
     fn take(&mut self, job: Job, now: Instant) {
         match job {
             Job::Op(StoreOp::Custody(e)) => {
-                let hold = match e.dest {
-                    Dest::User(_) => HOLD_FOR_USER,
-                    Dest::Server(_) => HOLD_FOR_SERVER,
-                };
                 self.held.insert(e.seq);
+                self.held_bytes += e.bytes;
                 self.queue
-                    .push_back((now + hold, Job::Op(StoreOp::Custody(e))));
+                    .push_back((now + HOLD, Job::Op(StoreOp::Custody(e))));
             }
             Job::Op(StoreOp::Release(seqs)) => {
                 let (dropped, written): (Vec<u64>, Vec<u64>) =
@@ -381,14 +381,16 @@ impl Pipeline {
         while let Some((due, job)) = self.queue.pop_front() {
             match job {
                 Job::Op(StoreOp::Custody(e)) if self.handed_on.remove(&e.seq) => {
+                    self.held_bytes -= e.bytes;
                     self.resolved += 1;
                     self.skipped += 1;
                 }
-                Job::Op(StoreOp::Custody(e)) if due > now => {
+                Job::Op(StoreOp::Custody(e)) if due > now && self.held_bytes <= HOLD_BYTES => {
                     self.queue.push_front((due, Job::Op(StoreOp::Custody(e))));
                     return Some(due);
                 }
                 Job::Op(StoreOp::Custody(e)) => {
+                    self.held_bytes -= e.bytes;
                     self.held.remove(&e.seq);
                     self.batch.push(StoreOp::Custody(e));
                 }
@@ -621,13 +623,13 @@ mod tests {
         p.take(Job::Op(StoreOp::Custody(entry(2))), t0);
         p.take(ack(2), t0);
         // Held: nothing written, nobody acknowledged yet.
-        assert_eq!(p.advance(t0), Some(t0 + HOLD_FOR_USER));
+        assert_eq!(p.advance(t0), Some(t0 + HOLD));
         assert!(written(&mut p).is_empty() && acked(&mut p).is_empty());
         // The next hop acknowledges 2 (and 3, written long ago).
         p.take(Job::Op(StoreOp::Release(vec![2, 3])), t0);
         assert_eq!(written(&mut p), ["delete [3]"]);
         // 1 falls due: written, then both acks leave (2's row never does).
-        let due = t0 + HOLD_FOR_USER;
+        let due = t0 + HOLD;
         assert_eq!(p.advance(due), None);
         assert_eq!(written(&mut p), ["row 1"]);
         assert_eq!(acked(&mut p), ["m1", "m2"]);
@@ -674,13 +676,17 @@ mod tests {
     }
 
     #[test]
-    fn rows_for_a_server_are_held_longer_than_for_a_user() {
+    fn rows_past_the_byte_budget_are_written_early() {
         let t0 = Instant::now();
         let mut p = Pipeline::default();
-        let mut s = entry(1);
-        s.dest = Dest::Server("master".into());
-        p.take(Job::Op(StoreOp::Custody(s)), t0);
-        assert_eq!(p.advance(t0), Some(t0 + HOLD_FOR_SERVER));
-        assert!(HOLD_FOR_SERVER > HOLD_FOR_USER);
+        for seq in 1..=3 {
+            let mut e = entry(seq);
+            e.bytes = HOLD_BYTES / 2;
+            p.take(Job::Op(StoreOp::Custody(e)), t0);
+        }
+        // 1.5 budgets held: the oldest goes to disk, the others wait.
+        assert_eq!(p.advance(t0), Some(t0 + HOLD));
+        assert_eq!(written(&mut p), ["row 1"]);
+        assert_eq!(p.held_bytes, HOLD_BYTES);
     }
 }
