@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::clientproc::ClientProc;
-use common::cluster::{TestNode, connect, expect, user_key};
+use common::cluster::{TestNode, connect, expect, expect_dm, user_key};
 use serde_json::Value;
 use socp::content;
 use socp::wire::messages::{FileEnd, FileMode, FileStart, Message};
@@ -668,15 +668,8 @@ async fn a_changed_directory_key_is_reported_and_not_used_until_trusted() {
     );
     alice.cmd("/msg bob now trusted").await;
     alice.expect("sent", is("sent")).await;
-    let (_, m) = expect(&mut impostor, "USER_DELIVER", |_, m| {
-        matches!(m, Message::UserDeliver(_))
-    })
-    .await;
-    let Message::UserDeliver(d) = m else {
-        unreachable!()
-    };
     assert_eq!(
-        content::open_dm(&user_key("carol"), &d.to_private()).unwrap(),
+        expect_dm(&mut impostor, &user_key("carol")).await,
         b"now trusted"
     );
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{TestNode, connect, expect, user_key};
+use common::cluster::{TestNode, connect, expect, expect_dm, user_key};
 use common::procs::NodeProc;
 use common::raw::Raw;
 use socp::content;
@@ -204,15 +204,5 @@ async fn sigterm_stops_within_five_seconds_and_loses_nothing() {
     );
     master.restart();
     let mut bob = connect(&master.url(), "bob").await;
-    let (_, m) = expect(&mut bob, "USER_DELIVER", |_, m| {
-        matches!(m, Message::UserDeliver(_))
-    })
-    .await;
-    let Message::UserDeliver(d) = m else {
-        unreachable!()
-    };
-    assert_eq!(
-        content::open_dm(&user_key("bob"), &d.to_private()).unwrap(),
-        b"kept"
-    );
+    assert_eq!(expect_dm(&mut bob, &user_key("bob")).await, b"kept");
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cluster::{connect, expect, user_key};
+use common::cluster::{connect, expect, expect_dm, user_key};
 use common::procs::NodeProc;
 use socp::content;
 use socp::crypto::PublicKey;
@@ -146,15 +146,8 @@ async fn what_the_sender_was_acked_for_survives_kill_9_of_every_node() {
     master.restart();
     local.restart();
     let mut bob = connect(&master.url(), "bob").await;
-    let (_, m) = expect(&mut bob, "USER_DELIVER again", |_, m| {
-        matches!(m, Message::UserDeliver(_))
-    })
-    .await;
-    let Message::UserDeliver(d) = m else {
-        unreachable!()
-    };
     assert_eq!(
-        content::open_dm(&user_key("bob"), &d.to_private()).unwrap(),
+        expect_dm(&mut bob, &user_key("bob")).await,
         b"on disk before the ack"
     );
 }

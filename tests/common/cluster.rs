@@ -262,6 +262,19 @@ where
     }
 }
 
+/// Waits for the next DM delivered to this session and opens it with `key`.
+pub async fn expect_dm(session: &mut Session, key: &PrivateKey) -> Vec<u8> {
+    let (_, m) = expect(session, "USER_DELIVER", |_, m| {
+        matches!(m, Message::UserDeliver(_))
+    })
+    .await;
+    let Message::UserDeliver(d) = m else {
+        unreachable!()
+    };
+    socp::content::open_dm(key, &d.to_private())
+        .unwrap_or_else(|e| panic!("{}: a DM does not open: {e}", session.user()))
+}
+
 /// Receives every frame that arrives within `quiet`, for "nothing more came" checks.
 pub async fn drain(session: &mut Session, quiet: Duration) -> Vec<(Envelope, Message)> {
     let mut got = Vec::new();
