@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
@@ -569,9 +570,23 @@ pub(crate) async fn run<S>(
             () = super::stop_requested(&mut shutdown) => break,
             cmd = rx.recv() => match cmd {
                 Some(ConnCmd::Frame(out)) => {
+                    // ACKs queued behind this one (while the last frame was
+                    // being signed, say) go out as one frame.
+                    let (out, next) = merge_acks(out, &mut rx);
                     let Some(text) = auth.seal(ctx, out).await else { continue };
                     if ws.send(WsMessage::text(text)).await.is_err() {
                         break;
+                    }
+                    match next {
+                        Some(ConnCmd::Frame(out)) => {
+                            if let Some(text) = auth.seal(ctx, out).await
+                                && ws.send(WsMessage::text(text)).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                        Some(ConnCmd::Close) => break,
+                        None => {}
                     }
                 }
                 Some(ConnCmd::Close) | None => break,
@@ -653,6 +668,54 @@ pub(crate) async fn run<S>(
     let queue = if is_link { &ctx.hub } else { &ctx.hub_users };
     let _ = queue.send(HubEvent::Input(Box::new(closed))).await;
     let _ = ctx.hub.send(HubEvent::Unregister(conn)).await;
+}
+
+/// Most `msg_ids` one merged `ACK` or `RECEIPT` carries (about 40 bytes
+/// each: far below the frame limit).
+const MERGED_IDS: usize = 4096;
+
+/// True if `next` can be folded into `out`: both `ACK`s, or both `RECEIPT`s
+/// about the same user and status, to the same peer.
+fn mergeable(out: &Outgoing, next: &Outgoing) -> bool {
+    let same = |field: &str| out.payload.get(field) == next.payload.get(field);
+    out.kind == next.kind
+        && out.to == next.to
+        && match out.kind {
+            "ACK" => true,
+            "RECEIPT" => same("user_id") && same("status"),
+            _ => false,
+        }
+}
+
+/// Folds the `ACK`s (or `RECEIPT`s) queued right behind `out` into it: one
+/// frame, one signature where frames are RSA-signed. Returns the first
+/// command that cannot be folded, to be handled next: only later ids move
+/// ahead of other frames, and those frames keep their order.
+fn merge_acks(mut out: Outgoing, rx: &mut mpsc::Receiver<ConnCmd>) -> (Outgoing, Option<ConnCmd>) {
+    if !matches!(out.kind, "ACK" | "RECEIPT") {
+        return (out, None);
+    }
+    loop {
+        let room = match out.payload.get("msg_ids") {
+            Some(Value::Array(ids)) => ids.len() < MERGED_IDS,
+            _ => false,
+        };
+        if !room {
+            return (out, None);
+        }
+        match rx.try_recv() {
+            Ok(ConnCmd::Frame(mut next)) if mergeable(&out, &next) => {
+                if let (Some(Value::Array(ids)), Some(Value::Array(more))) = (
+                    out.payload.get_mut("msg_ids"),
+                    next.payload.get_mut("msg_ids"),
+                ) {
+                    ids.append(more);
+                }
+            }
+            Ok(other) => return (out, Some(other)),
+            Err(_) => return (out, None),
+        }
+    }
 }
 
 /// A token bucket: `rate` frames per second, at most `burst` at once.
@@ -777,5 +840,85 @@ async fn handle_frame(
         Verdict::Continue
     } else {
         Verdict::Stop
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(ids: &[&str]) -> ConnCmd {
+        ConnCmd::Frame(Outgoing {
+            kind: "ACK",
+            to: "alice".into(),
+            payload: serde_json::json!({ "msg_ids": ids })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+
+    #[test]
+    fn queued_acks_merge_and_other_frames_keep_their_order() {
+        let (tx, mut rx) = mpsc::channel(8);
+        for cmd in [ack(&["b"]), ack(&["c"]), ConnCmd::Close, ack(&["d"])] {
+            tx.try_send(cmd).unwrap();
+        }
+        let ConnCmd::Frame(first) = ack(&["a"]) else {
+            unreachable!()
+        };
+        let (merged, next) = merge_acks(first, &mut rx);
+        assert_eq!(
+            merged.payload["msg_ids"],
+            serde_json::json!(["a", "b", "c"])
+        );
+        assert!(matches!(next, Some(ConnCmd::Close)));
+        // What came after the other frame waits for the next turn.
+        assert!(
+            matches!(rx.try_recv(), Ok(ConnCmd::Frame(o)) if o.payload["msg_ids"] == serde_json::json!(["d"]))
+        );
+    }
+
+    fn receipt(user: &str, status: &str, ids: &[&str]) -> ConnCmd {
+        ConnCmd::Frame(Outgoing {
+            kind: "RECEIPT",
+            to: "alice".into(),
+            payload: serde_json::json!({ "user_id": user, "status": status, "msg_ids": ids })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+
+    #[test]
+    fn receipts_merge_only_for_the_same_user_and_status() {
+        let (tx, mut rx) = mpsc::channel(8);
+        for cmd in [
+            receipt("alice", "delivered", &["b"]),
+            receipt("alice", "queued", &["c"]),
+        ] {
+            tx.try_send(cmd).unwrap();
+        }
+        let ConnCmd::Frame(first) = receipt("alice", "delivered", &["a"]) else {
+            unreachable!()
+        };
+        let (merged, next) = merge_acks(first, &mut rx);
+        assert_eq!(merged.payload["msg_ids"], serde_json::json!(["a", "b"]));
+        assert!(matches!(next, Some(ConnCmd::Frame(o)) if o.payload["status"] == "queued"));
+    }
+
+    #[test]
+    fn other_frames_are_not_merged() {
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.try_send(ack(&["b"])).unwrap();
+        let out = Outgoing {
+            kind: "USER_DELIVER",
+            to: "alice".into(),
+            payload: Default::default(),
+        };
+        let (same, next) = merge_acks(out, &mut rx);
+        assert_eq!(same.kind, "USER_DELIVER");
+        assert!(next.is_none());
+        assert!(rx.try_recv().is_ok(), "the ACK is still queued");
     }
 }
