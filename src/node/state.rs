@@ -4,7 +4,7 @@
 //! write on one path avoids lock contention and keeps the router free of I/O).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -403,12 +403,37 @@ impl Pipeline {
     }
 }
 
+/// Applies one batch in one transaction. Every 1,000 hellos recorded, the
+/// replay cache drops what is past the freshness window.
+fn commit(
+    conn: &mut Connection,
+    batch: &[StoreOp],
+    hellos_since_prune: &mut usize,
+) -> rusqlite::Result<()> {
+    let now = crate::wire::now_ms();
+    let tx = conn.transaction()?;
+    for op in batch {
+        if matches!(op, StoreOp::SeenHello(..)) {
+            *hellos_since_prune += 1;
+        }
+        apply(&tx, op, now)?;
+    }
+    if *hellos_since_prune >= 1000 {
+        *hellos_since_prune = 0;
+        tx.execute(
+            "DELETE FROM seen_hellos WHERE seen_ms < ?1",
+            [now - 2 * HELLO_FRESHNESS_MS],
+        )?;
+    }
+    tx.commit()
+}
+
 /// The one path every node write takes: a thread that applies ops in
 /// batches, one transaction per batch.
 pub(crate) struct Writer {
     tx: mpsc::Sender<Job>,
     /// Writes queued and not yet applied.
-    backlog: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    backlog: std::sync::Arc<AtomicUsize>,
     /// Custody rows handed on before they were written.
     skipped: std::sync::Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
@@ -418,7 +443,7 @@ pub(crate) struct Writer {
 impl Writer {
     pub fn start(pool: Pool, committed: Committed) -> Result<Self, StoreError> {
         let mut conn = pool.get()?;
-        let backlog = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let backlog = std::sync::Arc::new(AtomicUsize::new(0));
         let applied = backlog.clone();
         // Checkpoints run beside the writer (PASSIVE, so they never block it)
         // rather than inside a commit, where they would stall every ack.
@@ -483,27 +508,10 @@ impl Writer {
                     let batch = std::mem::take(&mut p.batch);
                     let acks = std::mem::take(&mut p.acks);
                     let writes = batch.len();
-                    let wall = crate::wire::now_ms();
                     let result = if batch.is_empty() {
                         Ok(())
                     } else {
-                        (|| -> rusqlite::Result<()> {
-                            let tx = conn.transaction()?;
-                            for op in &batch {
-                                if matches!(op, StoreOp::SeenHello(..)) {
-                                    pruned_at += 1;
-                                }
-                                apply(&tx, op, wall)?;
-                            }
-                            if pruned_at >= 1000 {
-                                pruned_at = 0;
-                                tx.execute(
-                                    "DELETE FROM seen_hellos WHERE seen_ms < ?1",
-                                    [wall - 2 * HELLO_FRESHNESS_MS],
-                                )?;
-                            }
-                            tx.commit()
-                        })()
+                        commit(&mut conn, &batch, &mut pruned_at)
                     };
                     applied.fetch_sub(writes + std::mem::take(&mut p.resolved), Ordering::Relaxed);
                     skipped_count.store(p.skipped, Ordering::Relaxed);
@@ -531,7 +539,7 @@ impl Writer {
 
     /// Writes queued and not yet applied.
     pub fn backlog(&self) -> usize {
-        self.backlog.load(std::sync::atomic::Ordering::Relaxed)
+        self.backlog.load(Ordering::Relaxed)
     }
 
     /// Custody rows that the next hop acknowledged before they were written.
@@ -541,8 +549,7 @@ impl Writer {
 
     /// Queues a write.
     pub fn write(&self, op: StoreOp) {
-        self.backlog
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.backlog.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(Job::Op(op)).is_err() {
             tracing::error!("store thread is gone; a write was lost");
         }
