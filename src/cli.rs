@@ -147,10 +147,11 @@ pub struct NodeArgs {
     /// (default 7 days); older frames are dropped and counted.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     pub mailbox_max_age_secs: u64,
-    /// Master: most frames kept for one offline user; beyond it senders get QUOTA_EXCEEDED.
+    /// Most frames kept waiting for one user (offline, or online and not
+    /// acknowledging); beyond it senders get QUOTA_EXCEEDED.
     #[arg(long, default_value_t = 10_000)]
     pub mailbox_max_frames: usize,
-    /// Master: most bytes kept for one offline user; beyond it senders get QUOTA_EXCEEDED.
+    /// Most bytes kept waiting for one user, likewise.
     #[arg(long, default_value_t = 256 << 20)]
     pub mailbox_max_bytes: usize,
     /// Do not use mac-v1 link sessions: sign every frame with RSA, as towards

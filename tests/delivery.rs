@@ -129,6 +129,30 @@ async fn mailbox_quota_refuses_and_expiry_drops() {
     );
 }
 
+/// A recipient that is online but never acknowledges cannot make a node
+/// hold more for it than an offline one could: the same quota applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_that_never_acknowledges_is_held_to_the_quota() {
+    let limits = MailboxLimits {
+        max_age_ms: 60_000,
+        max_frames: 3,
+        max_bytes: 1 << 20,
+    };
+    let master = TestNode::start_configured(true, None, |c| c.mailbox = limits).await;
+    let mut bob = connect(&master.url(), "bob").await; // reads, never acknowledges
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = ClientProc::start(dir.path(), "alice", &master.url()).await;
+    for i in 0..4 {
+        alice.cmd(&format!("/msg bob message {i}")).await;
+    }
+    let err = alice.expect("error", is("error")).await;
+    assert_eq!(err["code"], "QUOTA_EXCEEDED");
+    assert!(err["detail"].as_str().unwrap().contains("waiting"), "{err}");
+    assert_eq!(master.status().await.custody, 3);
+    let delivered = common::cluster::drain(&mut bob, Duration::from_millis(500)).await;
+    assert_eq!(delivered.len(), 3, "bob got the three that were taken");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_outbox_holds_what_is_sent_while_the_node_is_down() {
     let master = TestNode::master().await;

@@ -446,19 +446,28 @@ impl Router {
             }
             let entry = self.entry(&intake, dest.clone(), to, via);
             let offline = self.cfg.master && self.route(&entry).is_none();
-            if offline {
+            // What one user may have waiting is bounded whether they are
+            // offline (the mailbox) or online and not acknowledging: custody
+            // lives in memory, and a recipient that reads but never acks
+            // must not be a way to fill it.
+            if let Dest::User(user) = &dest {
                 let (frames, bytes) = self.custody.load_of(&dest);
                 let limits = self.cfg.limits;
                 if frames >= limits.max_frames || bytes + entry.bytes > limits.max_bytes {
-                    let Dest::User(user) = &dest else { continue };
-                    let detail = format!(
-                        "{user}'s mailbox is full ({frames} frames, {bytes} bytes); try again when they have been online"
-                    );
+                    let detail = if offline {
+                        format!(
+                            "{user}'s mailbox is full ({frames} frames, {bytes} bytes); try again when they have been online"
+                        )
+                    } else {
+                        format!(
+                            "{user} has {frames} frames ({bytes} bytes) waiting to be delivered already; try again later"
+                        )
+                    };
                     self.report(via, &intake.sender, ErrorCode::QuotaExceeded, detail);
                     continue;
                 }
-                queued |= intake.kind == "DELIVER";
             }
+            queued |= offline && intake.kind == "DELIVER";
             let entry = self.custody.admit(entry);
             self.persist(StoreOp::Custody(entry));
             touched.push(dest);
