@@ -196,7 +196,7 @@ impl Conn {
     /// Authenticates a frame: MAC on a session, else an RSA signature.
     async fn seal(&mut self, mut env: Envelope) -> Result<String> {
         match self.mac.as_mut() {
-            Some(mac) => mac.seal(&mut env)?,
+            Some(mac) => return Ok(mac.seal_to_json(&mut env)?),
             None => {
                 let bytes = env.signed_bytes()?;
                 let key = self.key.clone();

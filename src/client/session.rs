@@ -255,8 +255,10 @@ impl Session {
     /// send frames no client would).
     pub async fn send_authenticated(&mut self, mut env: Envelope) -> Result<(), SessionError> {
         if let Some(mac) = self.mac.as_mut() {
-            mac.seal(&mut env)
+            let text = mac
+                .seal_to_json(&mut env)
                 .map_err(|e| SessionError::Sign(e.to_string()))?;
+            return self.send_text(text).await;
         } else if self.style == HelloStyle::Signed {
             let bytes = env
                 .signed_bytes()

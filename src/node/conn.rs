@@ -111,8 +111,7 @@ impl Auth {
             && let Some(session) = self.session.as_mut()
         {
             let mut env = Envelope::new(out.kind, me, &out.to, out.payload);
-            session.seal(&mut env).ok()?;
-            return Some(env.to_json());
+            return session.seal_to_json(&mut env).ok();
         }
         ctx.metrics
             .rsa_ops

@@ -133,22 +133,50 @@ impl Envelope {
     /// The bytes a `mac-v1` MAC is computed over: the canonical envelope
     /// without `sig` and `mac`.
     pub fn mac_bytes(&self) -> Result<Vec<u8>, CanonicalError> {
-        // Written field by field in sorted key order (from, payload, seq, to,
-        // ts, type) rather than by copying the payload into a new map.
-        let mut out = String::with_capacity(256);
+        let payload = canonical::map_to_string(&self.payload)?;
+        Ok(self.mac_text(&payload, None).into_bytes())
+    }
+
+    /// The frame as sent on a `mac-v1` session, with `mac` computed by `tag`
+    /// over [`Envelope::mac_bytes`]: canonical JSON with `mac` and an empty
+    /// `sig` added, so the payload is serialized once for both.
+    pub fn to_json_with_mac(
+        &mut self,
+        tag: impl FnOnce(&[u8]) -> String,
+    ) -> Result<String, CanonicalError> {
+        let payload = canonical::map_to_string(&self.payload)?;
+        let mac = tag(self.mac_text(&payload, None).as_bytes());
+        let text = self.mac_text(&payload, Some(&mac));
+        self.sig.clear();
+        self.mac = Some(mac);
+        Ok(text)
+    }
+
+    /// Written field by field in sorted key order (from, [mac], payload, seq,
+    /// [sig], to, ts, type) rather than by copying the payload into a new
+    /// map. With `mac`: the wire form (which also carries an empty `sig`).
+    fn mac_text(&self, payload: &str, mac: Option<&str>) -> String {
+        let mut out = String::with_capacity(payload.len() + 192);
         out.push_str("{\"from\":");
         canonical::push_string(&mut out, &self.from);
+        if let Some(mac) = mac {
+            out.push_str(",\"mac\":");
+            canonical::push_string(&mut out, mac);
+        }
         out.push_str(",\"payload\":");
-        out.push_str(&canonical::map_to_string(&self.payload)?);
+        out.push_str(payload);
         if let Some(seq) = self.seq {
             out.push_str(&format!(",\"seq\":{seq}"));
+        }
+        if mac.is_some() {
+            out.push_str(",\"sig\":\"\"");
         }
         out.push_str(",\"to\":");
         canonical::push_string(&mut out, &self.to);
         out.push_str(&format!(",\"ts\":{},\"type\":", self.ts));
         canonical::push_string(&mut out, &self.kind);
         out.push('}');
-        Ok(out.into_bytes())
+        out
     }
 
     /// The frame as sent on the wire.

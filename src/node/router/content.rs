@@ -428,15 +428,14 @@ impl Router {
     }
 
     /// Takes an intake into custody: one entry per destination not already
-    /// held, persisted, then pumped. The master refuses what would overflow
-    /// an offline recipient's mailbox and tells the sender it is queued.
+    /// held, persisted, then pumped. A node refuses what would overflow a
+    /// recipient's quota; the master tells the sender what it keeps for an
+    /// offline recipient is queued.
     fn take(&mut self, mut intake: Intake, via: Option<&str>) {
         if intake.dests.is_empty() {
             return;
         }
-        intake.bytes = serde_json::to_string(&intake.payload)
-            .map(|s| s.len())
-            .unwrap_or(0);
+        intake.bytes = json_len_of_map(&intake.payload);
         intake.shared = Arc::new(std::mem::take(&mut intake.payload));
         let mut touched = Vec::new();
         let mut queued = false;
@@ -744,9 +743,46 @@ impl Router {
     }
 }
 
+/// The size of a payload as compact JSON, counted without writing it out
+/// (escapes are not counted: the quotas it feeds need no more precision,
+/// and a serialization per frame was a few % of a node's CPU).
+fn json_len_of_map(m: &Map<String, Value>) -> usize {
+    2 + m.len().saturating_sub(1)
+        + m.iter()
+            .map(|(k, v)| k.len() + 3 + json_len(v))
+            .sum::<usize>()
+}
+
+fn json_len(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(n) => n.to_string().len(),
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => 2 + a.len().saturating_sub(1) + a.iter().map(json_len).sum::<usize>(),
+        Value::Object(m) => json_len_of_map(m),
+    }
+}
+
 fn dest_user(d: &Dest) -> Option<String> {
     match d {
         Dest::User(u) => Some(u.clone()),
         Dest::Server(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counted_size_is_the_compact_json_size() {
+        let v = serde_json::json!({
+            "a": "xyz", "n": 12345, "t": true, "f": false, "z": null,
+            "list": [1, "two", [], {}], "obj": {"k": {"deep": [true]}}, "e": {}
+        });
+        let Value::Object(m) = &v else { unreachable!() };
+        assert_eq!(json_len_of_map(m), serde_json::to_string(&v).unwrap().len());
+        assert_eq!(json_len_of_map(&Map::new()), 2);
     }
 }
