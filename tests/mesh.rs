@@ -517,3 +517,34 @@ async fn locals_that_dial_each_other_keep_one_stable_link() {
         .await;
     }
 }
+
+/// Without link sessions every frame is RSA-signed; a connection signs
+/// several at once. Many DMs across a link must still arrive complete and
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_link_sessions_many_dms_arrive_in_order() {
+    let master = TestNode::start_configured(true, None, |c| c.mac = false).await;
+    let local = TestNode::start_configured(false, Some(master.url()), |c| c.mac = false).await;
+    master.wait_linked(1).await;
+    let mut bob = connect(&master.url(), "bob").await;
+    let mut alice = connect(&local.url(), "alice").await;
+    local.wait_online(&["bob"]).await;
+    let key = user_key("bob").public().clone();
+    const N: usize = 40;
+    for i in 0..N {
+        let dm = content::seal_dm(
+            alice.key(),
+            "alice",
+            "bob",
+            &key,
+            format!("dm {i}").as_bytes(),
+            socp::wire::now_ms(),
+        )
+        .unwrap();
+        alice.send("bob", &Message::MsgPrivate(dm)).await.unwrap();
+    }
+    for i in 0..N {
+        let text = common::cluster::expect_dm(&mut bob, &user_key("bob")).await;
+        assert_eq!(String::from_utf8(text).unwrap(), format!("dm {i}"));
+    }
+}

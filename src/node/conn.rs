@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -564,14 +566,40 @@ pub(crate) async fn run<S>(
     heartbeat.tick().await;
     let mut last_heard = Instant::now();
     let mut shutdown = ctx.shutdown.clone();
+    // Without a session every frame is RSA-signed (~1.5 ms): several are
+    // signed at once, on the blocking pool, and sent in order. (Replies to
+    // the peer's own frames and heartbeats are signed on the spot and may
+    // pass them: frames carry no sequence here.)
+    let rsa_only = auth.session.is_none();
+    let mut signing: FuturesOrdered<BoxFuture<'_, Option<String>>> = FuturesOrdered::new();
+    let mut closing = false;
     loop {
+        if closing && signing.is_empty() {
+            break;
+        }
         tokio::select! {
             () = super::stop_requested(&mut shutdown) => break,
-            cmd = rx.recv() => match cmd {
+            Some(signed) = signing.next(), if !signing.is_empty() => {
+                if let Some(text) = signed
+                    && ws.send(WsMessage::text(text)).await.is_err()
+                {
+                    break;
+                }
+            },
+            cmd = rx.recv(), if !closing && signing.len() < SIGNING_AHEAD => match cmd {
                 Some(ConnCmd::Frame(out)) => {
                     // ACKs queued behind this one (while the last frame was
                     // being signed, say) go out as one frame.
                     let (out, next) = merge_acks(out, &mut rx);
+                    if rsa_only {
+                        signing.push_back(seal_counted(ctx, out).boxed());
+                        match next {
+                            Some(ConnCmd::Frame(out)) => signing.push_back(seal_counted(ctx, out).boxed()),
+                            Some(ConnCmd::Close) => closing = true,
+                            None => {}
+                        }
+                        continue;
+                    }
                     let Some(text) = auth.seal(ctx, out).await else { continue };
                     if ws.send(WsMessage::text(text)).await.is_err() {
                         break;
@@ -588,6 +616,8 @@ pub(crate) async fn run<S>(
                         None => {}
                     }
                 }
+                // Close once what is queued before it is sent.
+                Some(ConnCmd::Close) | None if rsa_only => closing = true,
                 Some(ConnCmd::Close) | None => break,
             },
             _ = heartbeat.tick(), if is_link => {
@@ -667,6 +697,18 @@ pub(crate) async fn run<S>(
     let queue = if is_link { &ctx.hub } else { &ctx.hub_users };
     let _ = queue.send(HubEvent::Input(Box::new(closed))).await;
     let _ = ctx.hub.send(HubEvent::Unregister(conn)).await;
+}
+
+/// Frames a connection without a session signs at once.
+const SIGNING_AHEAD: usize = 4;
+
+/// RSA-signs a frame from this node, counting it in the metrics.
+async fn seal_counted(ctx: &ConnCtx, out: Outgoing) -> Option<String> {
+    ctx.metrics.frame_out(out.kind);
+    ctx.metrics
+        .rsa_ops
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    seal(&ctx.key, &ctx.me, out).await
 }
 
 /// Most `msg_ids` one merged `ACK` or `RECEIPT` carries (about 40 bytes
