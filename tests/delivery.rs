@@ -95,14 +95,19 @@ async fn dms_acknowledged_at_once_never_reach_a_nodes_disk() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mailbox_quota_refuses_and_expiry_drops() {
+/// A master that keeps at most `frames` frames per recipient, for `age_ms`.
+async fn master_with_quota(frames: usize, age_ms: i64) -> TestNode {
     let limits = MailboxLimits {
-        max_age_ms: 1500,
-        max_frames: 3,
+        max_age_ms: age_ms,
+        max_frames: frames,
         max_bytes: 1 << 20,
     };
-    let master = TestNode::start_configured(true, None, |c| c.mailbox = limits).await;
+    TestNode::start_configured(true, None, |c| c.mailbox = limits).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailbox_quota_refuses_and_expiry_drops() {
+    let master = master_with_quota(3, 1500).await;
     connect(&master.url(), "bob").await.close().await;
     master.wait_offline("bob").await;
     let dir = tempfile::tempdir().unwrap();
@@ -133,12 +138,7 @@ async fn mailbox_quota_refuses_and_expiry_drops() {
 /// hold more for it than an offline one could: the same quota applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recipient_that_never_acknowledges_is_held_to_the_quota() {
-    let limits = MailboxLimits {
-        max_age_ms: 60_000,
-        max_frames: 3,
-        max_bytes: 1 << 20,
-    };
-    let master = TestNode::start_configured(true, None, |c| c.mailbox = limits).await;
+    let master = master_with_quota(3, 60_000).await;
     let mut bob = connect(&master.url(), "bob").await; // reads, never acknowledges
     let dir = tempfile::tempdir().unwrap();
     let mut alice = ClientProc::start(dir.path(), "alice", &master.url()).await;
