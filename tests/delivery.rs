@@ -105,6 +105,17 @@ async fn master_with_quota(frames: usize, age_ms: i64) -> TestNode {
     TestNode::start_configured(true, None, |c| c.mailbox = limits).await
 }
 
+/// Alice sends four DMs to Bob over a quota of three: the fourth is refused
+/// with `QUOTA_EXCEEDED` and a detail that says `why`.
+async fn the_fourth_dm_to_bob_is_refused(alice: &mut ClientProc, why: &str) {
+    for i in 0..4 {
+        alice.cmd(&format!("/msg bob message {i}")).await;
+    }
+    let err = alice.expect("error", is("error")).await;
+    assert_eq!(err["code"], "QUOTA_EXCEEDED");
+    assert!(err["detail"].as_str().unwrap().contains(why), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mailbox_quota_refuses_and_expiry_drops() {
     let master = master_with_quota(3, 1500).await;
@@ -112,15 +123,7 @@ async fn mailbox_quota_refuses_and_expiry_drops() {
     master.wait_offline("bob").await;
     let dir = tempfile::tempdir().unwrap();
     let mut alice = ClientProc::start(dir.path(), "alice", &master.url()).await;
-    for i in 0..4 {
-        alice.cmd(&format!("/msg bob message {i}")).await;
-    }
-    let err = alice.expect("error", is("error")).await;
-    assert_eq!(err["code"], "QUOTA_EXCEEDED");
-    assert!(
-        err["detail"].as_str().unwrap().contains("mailbox is full"),
-        "{err}"
-    );
+    the_fourth_dm_to_bob_is_refused(&mut alice, "mailbox is full").await;
     assert_eq!(master.status().await.custody, 3);
     // Past the age limit the frames are dropped and counted.
     assert!(wait_until(|| async { master.status().await.expired == 3 }).await);
@@ -142,12 +145,7 @@ async fn a_recipient_that_never_acknowledges_is_held_to_the_quota() {
     let mut bob = connect(&master.url(), "bob").await; // reads, never acknowledges
     let dir = tempfile::tempdir().unwrap();
     let mut alice = ClientProc::start(dir.path(), "alice", &master.url()).await;
-    for i in 0..4 {
-        alice.cmd(&format!("/msg bob message {i}")).await;
-    }
-    let err = alice.expect("error", is("error")).await;
-    assert_eq!(err["code"], "QUOTA_EXCEEDED");
-    assert!(err["detail"].as_str().unwrap().contains("waiting"), "{err}");
+    the_fourth_dm_to_bob_is_refused(&mut alice, "waiting").await;
     assert_eq!(master.status().await.custody, 3);
     let delivered = common::cluster::drain(&mut bob, Duration::from_millis(500)).await;
     assert_eq!(delivered.len(), 3, "bob got the three that were taken");
