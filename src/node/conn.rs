@@ -105,20 +105,16 @@ pub(crate) struct Auth {
 impl Auth {
     /// Stamps, authenticates and serializes a frame from this node.
     async fn seal(&mut self, ctx: &ConnCtx, out: Outgoing) -> Option<String> {
-        ctx.metrics.frame_out(out.kind);
-        let (key, me) = (&ctx.key, ctx.me.as_str());
         let offers_session = matches!(out.kind, "USER_WELCOME" | "PEER_HELLO_LINK")
             && out.payload.contains_key("session");
         if self.mac_out
             && let Some(session) = self.session.as_mut()
         {
-            let mut env = Envelope::new(out.kind, me, &out.to, out.payload);
+            ctx.metrics.frame_out(out.kind);
+            let mut env = Envelope::new(out.kind, &ctx.me, &out.to, out.payload);
             return session.seal_to_json(&mut env).ok();
         }
-        ctx.metrics
-            .rsa_ops
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let text = seal(key, me, out).await;
+        let text = seal_counted(ctx, out).await;
         if offers_session && self.session.is_some() {
             self.mac_out = true;
         }
