@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{TestNode, connect, expect, expect_dm, user_key};
+use common::cluster::{TestNode, connect, expect, expect_dm, send_dm, user_key};
 use common::procs::NodeProc;
 use common::raw::Raw;
 use socp::content;
@@ -127,16 +127,7 @@ async fn the_metrics_endpoint_lists_the_counters_after_traffic() {
     .await;
     let mut alice = connect(&master.url(), "alice").await;
     let mut bob = connect(&master.url(), "bob").await;
-    let dm = content::seal_dm(
-        alice.key(),
-        "alice",
-        "bob",
-        user_key("bob").public(),
-        b"hi",
-        1,
-    )
-    .unwrap();
-    alice.send("bob", &Message::MsgPrivate(dm)).await.unwrap();
+    send_dm(&mut alice, "bob", b"hi").await;
     expect(&mut bob, "USER_DELIVER", |_, m| {
         matches!(m, Message::UserDeliver(_))
     })

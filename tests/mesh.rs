@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::cluster::{TestNode, connect, drain, expect, user_key};
+use common::cluster::{TestNode, connect, drain, expect, send_dm, user_key};
 use socp::content;
 use socp::crypto::PublicKey;
 use socp::wire::messages::{Message, UserLookup};
@@ -469,16 +469,7 @@ async fn locals_linked_directly_with_peers() {
         .await;
         assert_eq!(env.from, l2.id());
     }
-    let dm = content::seal_dm(
-        bob.key(),
-        "bob",
-        "alice",
-        user_key("alice").public(),
-        b"back",
-        1,
-    )
-    .unwrap();
-    bob.send("alice", &Message::MsgPrivate(dm)).await.unwrap();
+    send_dm(&mut bob, "alice", b"back").await;
     expect(&mut alice, "USER_DELIVER", |_, m| {
         matches!(m, Message::UserDeliver(_))
     })
@@ -501,16 +492,7 @@ async fn locals_that_dial_each_other_keep_one_stable_link() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(l1.status().await.linked.len(), 2);
     for i in 0..3 {
-        let dm = content::seal_dm(
-            alice.key(),
-            "alice",
-            "bob",
-            user_key("bob").public(),
-            format!("{i}").as_bytes(),
-            1,
-        )
-        .unwrap();
-        alice.send("bob", &Message::MsgPrivate(dm)).await.unwrap();
+        send_dm(&mut alice, "bob", format!("{i}").as_bytes()).await;
         expect(&mut bob, "USER_DELIVER", |_, m| {
             matches!(m, Message::UserDeliver(_))
         })
@@ -529,19 +511,9 @@ async fn without_link_sessions_many_dms_arrive_in_order() {
     let mut bob = connect(&master.url(), "bob").await;
     let mut alice = connect(&local.url(), "alice").await;
     local.wait_online(&["bob"]).await;
-    let key = user_key("bob").public().clone();
     const N: usize = 40;
     for i in 0..N {
-        let dm = content::seal_dm(
-            alice.key(),
-            "alice",
-            "bob",
-            &key,
-            format!("dm {i}").as_bytes(),
-            socp::wire::now_ms(),
-        )
-        .unwrap();
-        alice.send("bob", &Message::MsgPrivate(dm)).await.unwrap();
+        send_dm(&mut alice, "bob", format!("dm {i}").as_bytes()).await;
     }
     for i in 0..N {
         let text = common::cluster::expect_dm(&mut bob, &user_key("bob")).await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cluster::{TestNode, connect, expect, user_key};
+use common::cluster::{TestNode, connect, expect, send_dm, user_key};
 use common::raw::{Raw, hello_payload, signed};
 use serde_json::json;
 use socp::crypto::session::{self, MacSession};
@@ -31,16 +31,7 @@ async fn frames_after_the_welcome_are_macd_and_a_mesh_runs_on_sessions() {
         "{env:?}"
     );
     // A DM across the (mac'd) link arrives, mac'd too.
-    let dm = socp::content::seal_dm(
-        alice.key(),
-        "alice",
-        "bob",
-        user_key("bob").public(),
-        b"hi",
-        1,
-    )
-    .unwrap();
-    alice.send("bob", &Message::MsgPrivate(dm)).await.unwrap();
+    send_dm(&mut alice, "bob", b"hi").await;
     let (env, _) = expect(&mut bob, "USER_DELIVER", |_, m| {
         matches!(m, Message::UserDeliver(_))
     })

@@ -262,6 +262,23 @@ where
     }
 }
 
+/// Sends `text` as a DM from this session's user to `to` (sealed for `to`'s
+/// fixture key).
+pub async fn send_dm(from: &mut Session, to: &str, text: &[u8]) {
+    let dm = socp::content::seal_dm(
+        from.key(),
+        from.user(),
+        to,
+        user_key(to).public(),
+        text,
+        socp::wire::now_ms(),
+    )
+    .unwrap_or_else(|e| panic!("cannot seal a DM to {to}: {e}"));
+    from.send(to, &Message::MsgPrivate(dm))
+        .await
+        .unwrap_or_else(|e| panic!("{} cannot send to {to}: {e}", from.user()));
+}
+
 /// Waits for the next DM delivered to this session and opens it with `key`.
 pub async fn expect_dm(session: &mut Session, key: &PrivateKey) -> Vec<u8> {
     let (_, m) = expect(session, "USER_DELIVER", |_, m| {
