@@ -8,6 +8,16 @@ use super::canonical::{self, CanonicalError};
 
 /// The largest WebSocket message we accept or send (PROTOCOL.md C8).
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// What every size limit on user content leaves for the hops (PROTOCOL.md
+/// C12): a node adds `user_id`, `sender`, `msg_id`, its own envelope header
+/// and signature, and on a link the `recipients` of a group frame (at most
+/// `--max-group-members` ids), so content that fits at the first hop fits at
+/// every hop.
+pub const ENVELOPE_ROOM: usize = 128 << 10;
+/// The largest frame a user may send with content in it; a node refuses a
+/// bigger one (`TOO_LARGE`, naming its `msg_id`) and a client refuses to
+/// compose one.
+pub const MAX_CONTENT_FRAME_BYTES: usize = MAX_FRAME_BYTES - ENVELOPE_ROOM;
 
 /// The SOCP error codes (PROTOCOL.md A5, plus the ones `socp` adds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -24,6 +34,9 @@ pub enum ErrorCode {
     RateLimited,
     QuotaExceeded,
     NotAllowed,
+    /// The node could not store the content (disk full, I/O error): it was
+    /// not taken; send it again later.
+    Storage,
 }
 
 impl ErrorCode {
@@ -41,6 +54,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
             ErrorCode::NotAllowed => "NOT_ALLOWED",
+            ErrorCode::Storage => "STORAGE",
         }
     }
 }

@@ -7,5 +7,7 @@ pub mod envelope;
 pub mod ids;
 pub mod messages;
 
-pub use envelope::{Envelope, ErrorCode, MAX_FRAME_BYTES, WireError, now_ms};
+pub use envelope::{
+    ENVELOPE_ROOM, Envelope, ErrorCode, MAX_CONTENT_FRAME_BYTES, MAX_FRAME_BYTES, WireError, now_ms,
+};
 pub use messages::Message;
