@@ -176,6 +176,14 @@ pub struct NodeArgs {
     /// Seconds a new connection has to say hello before it is closed.
     #[arg(long, default_value_t = 10)]
     pub hello_timeout_secs: u64,
+    /// Seconds a write may make no progress before the connection is closed
+    /// (a peer that stops reading is disconnected).
+    #[arg(long, default_value_t = 20)]
+    pub write_timeout_secs: u64,
+    /// Connections the node holds at once from all addresses; more are
+    /// refused (RATE_LIMITED).
+    #[arg(long, default_value_t = crate::node::MAX_CONNS)]
+    pub max_conns: usize,
     /// Serve wss:// with this PEM certificate (chain); needs --tls-key.
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,

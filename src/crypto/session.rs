@@ -63,12 +63,24 @@ fn direction_key(secret: &[u8], dialer: &str, acceptor: &str, dir: &str) -> hmac
     hmac::Key::new(hmac::HMAC_SHA256, &out)
 }
 
-/// One side of a link session.
+/// One side of a link session: the half that seals what we send and the
+/// half that opens what we receive, which a connection's writer and reader
+/// own separately (see [`MacSession::split`]).
 pub struct MacSession {
-    send: hmac::Key,
-    recv: hmac::Key,
-    send_seq: u64,
-    recv_seq: u64,
+    seal: MacSeal,
+    open: MacOpen,
+}
+
+/// The sending half of a session: our direction's key and sequence.
+pub struct MacSeal {
+    key: hmac::Key,
+    seq: u64,
+}
+
+/// The receiving half of a session: the peer's direction's key and sequence.
+pub struct MacOpen {
+    key: hmac::Key,
+    seq: u64,
 }
 
 impl MacSession {
@@ -79,49 +91,83 @@ impl MacSession {
         let a2d = direction_key(secret, dialer, acceptor, "a2d");
         let (send, recv) = if we_dialed { (d2a, a2d) } else { (a2d, d2a) };
         MacSession {
-            send,
-            recv,
-            send_seq: 0,
-            recv_seq: 0,
+            seal: MacSeal { key: send, seq: 0 },
+            open: MacOpen { key: recv, seq: 0 },
         }
     }
 
+    /// The two halves, for a writer and a reader that run side by side.
+    pub fn split(self) -> (MacSeal, MacOpen) {
+        (self.seal, self.open)
+    }
+
+    /// See [`MacSeal::seal`].
+    pub fn seal(&mut self, env: &mut Envelope) -> Result<(), CryptoError> {
+        self.seal.seal(env)
+    }
+
+    /// See [`MacSeal::seal_to_json`].
+    pub fn seal_to_json(&mut self, env: &mut Envelope) -> Result<String, CryptoError> {
+        self.seal.seal_to_json(env)
+    }
+
+    /// See [`MacOpen::open`].
+    pub fn open(&mut self, env: &Envelope) -> Result<(), MacError> {
+        self.open.open(env)
+    }
+}
+
+impl MacSeal {
     /// Stamps the next `seq` and the `mac` on an outgoing frame (`sig` empty).
     pub fn seal(&mut self, env: &mut Envelope) -> Result<(), CryptoError> {
-        self.send_seq += 1;
-        env.seq = Some(self.send_seq);
+        self.seq += 1;
+        env.seq = Some(self.seq);
         env.sig.clear();
         env.mac = None;
         let bytes = env
             .mac_bytes()
             .map_err(|e| CryptoError::BadKey(e.to_string()))?;
-        env.mac = Some(b64::encode(hmac::sign(&self.send, &bytes)));
+        env.mac = Some(b64::encode(hmac::sign(&self.key, &bytes)));
         Ok(())
     }
 
     /// Stamps the next `seq` and the `mac` and returns the frame as sent:
-    /// what [`MacSession::seal`] then `to_json` give, serializing the payload
+    /// what [`MacSeal::seal`] then `to_json` give, serializing the payload
     /// once instead of twice.
     pub fn seal_to_json(&mut self, env: &mut Envelope) -> Result<String, CryptoError> {
-        self.send_seq += 1;
-        env.seq = Some(self.send_seq);
-        let key = &self.send;
+        self.seq += 1;
+        env.seq = Some(self.seq);
+        let key = &self.key;
         env.to_json_with_mac(|bytes| b64::encode(hmac::sign(key, bytes)))
             .map_err(|e| CryptoError::BadKey(e.to_string()))
     }
+}
 
+impl MacOpen {
     /// Checks an incoming frame: the next `seq`, and a `mac` that verifies.
     pub fn open(&mut self, env: &Envelope) -> Result<(), MacError> {
-        let want = self.recv_seq + 1;
+        let want = self.seq + 1;
         if env.seq != Some(want) {
             return Err(MacError::Sequence { got: env.seq, want });
         }
         let mac = env.mac.as_deref().ok_or(MacError::Missing)?;
         let tag = b64::decode(mac).map_err(|_| MacError::Invalid)?;
         let bytes = env.mac_bytes().map_err(|_| MacError::Invalid)?;
-        hmac::verify(&self.recv, &bytes, &tag).map_err(|_| MacError::Invalid)?;
-        self.recv_seq = want;
+        hmac::verify(&self.key, &bytes, &tag).map_err(|_| MacError::Invalid)?;
+        self.seq = want;
         Ok(())
+    }
+
+    /// Takes the place in the sequence of a frame that could not be parsed
+    /// (so it could not be checked either) but names the next `seq`: it is
+    /// refused, and the frames after it still line up. True if it did.
+    pub fn skip_unparsed(&mut self, seq: Option<u64>) -> bool {
+        if seq == Some(self.seq + 1) {
+            self.seq += 1;
+            true
+        } else {
+            false
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use super::metrics::Metrics;
 use super::router::{
     CAP_SOCP, ConnId, HELLO_FRESHNESS_MS, Input, LinkHelloIn, Outgoing, UserHelloIn,
 };
-use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
+use crate::crypto::session::{self, CAP_MAC_V1, MacOpen, MacSeal, MacSession};
 use crate::crypto::{PrivateKey, PublicKey};
 use crate::wire::ids;
 use crate::wire::messages::{ErrorBody, Message, PeerHelloLink, Proof, UserHello};
@@ -40,6 +40,8 @@ pub const LINK_SEND_QUEUE: usize = 8192;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// A link silent this long is closed (and redialled by its dialer).
 pub const LINK_SILENCE: Duration = Duration::from_secs(45);
+/// Default write timeout (`--write-timeout-secs`).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What the hub tells a connection.
 #[derive(Debug)]
@@ -103,6 +105,38 @@ pub(crate) struct Auth {
 }
 
 impl Auth {
+    /// The writer's and the reader's halves: they run side by side, so
+    /// neither may wait for the other.
+    fn split(self) -> (Sealer, Checker) {
+        let (seal, open) = match self.session {
+            Some(s) => {
+                let (seal, open) = s.split();
+                (Some(Box::new(seal)), Some(Box::new(open)))
+            }
+            None => (None, None),
+        };
+        (
+            Sealer {
+                session: seal,
+                mac_out: self.mac_out,
+            },
+            Checker {
+                peer_key: self.peer_key,
+                session: open,
+                mac_in: self.mac_in,
+            },
+        )
+    }
+}
+
+/// The writer's half of [`Auth`]: stamps and authenticates our frames.
+struct Sealer {
+    session: Option<Box<MacSeal>>,
+    /// Our frames are MAC'd (from the frame after our session offer).
+    mac_out: bool,
+}
+
+impl Sealer {
     /// Stamps, authenticates and serializes a frame from this node.
     async fn seal(&mut self, ctx: &ConnCtx, out: Outgoing) -> Option<String> {
         let offers_session = matches!(out.kind, "USER_WELCOME" | "PEER_HELLO_LINK")
@@ -120,7 +154,17 @@ impl Auth {
         }
         text
     }
+}
 
+/// The reader's half of [`Auth`]: checks the peer's frames.
+struct Checker {
+    peer_key: Option<PeerKey>,
+    session: Option<Box<MacOpen>>,
+    /// The peer's frames must be MAC'd (from its first MAC'd frame).
+    mac_in: bool,
+}
+
+impl Checker {
     /// Checks an incoming frame; an error closes the connection.
     fn check(&mut self, env: &Envelope) -> Result<(), String> {
         if env.mac.is_some() {
@@ -153,6 +197,27 @@ impl Auth {
                 }
             }
         }
+    }
+
+    /// A frame that did not parse as an envelope still takes its place in
+    /// a session's sequence if it names the next `seq` (it is refused, and
+    /// the frames after it line up). False if it breaks the sequence.
+    fn skip_unparsed(&mut self, text: &str) -> bool {
+        let Some(session) = self.session.as_mut() else {
+            return true;
+        };
+        #[derive(serde::Deserialize)]
+        struct SeqOnly {
+            seq: Option<u64>,
+        }
+        let seq = serde_json::from_str::<SeqOnly>(text)
+            .ok()
+            .and_then(|s| s.seq);
+        if seq.is_none() && !self.mac_in {
+            // An RSA-signed frame before the session started.
+            return true;
+        }
+        session.skip_unparsed(seq)
     }
 }
 
@@ -360,7 +425,10 @@ where
     }
 }
 
-/// Sends an `ERROR` frame straight from a connection (before the hub knows it).
+/// Sends an `ERROR` frame straight from a connection, before the peer has
+/// authenticated (and before the hub knows it). Unsigned: a node does no
+/// private-key work for a peer that has proved nothing (PROTOCOL.md C14),
+/// so refusing garbage costs next to nothing. Under the write timeout.
 pub(crate) async fn send_error<S>(
     ws: &mut WebSocketStream<S>,
     ctx: &ConnCtx,
@@ -372,12 +440,17 @@ pub(crate) async fn send_error<S>(
 {
     ctx.metrics.refused(code.as_str());
     ctx.metrics.frame_out("ERROR");
-    ctx.metrics
-        .rsa_ops
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Some(text) = seal(&ctx.key, &ctx.me, error_frame(to, code, detail)).await {
-        let _ = ws.send(WsMessage::text(text)).await;
-    }
+    let out = error_frame(to, code, detail);
+    let env = Envelope::new(out.kind, &ctx.me, &out.to, out.payload);
+    let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(WsMessage::text(env.to_json()))).await;
+}
+
+/// Closes a connection, waiting at most a moment for the peer.
+pub(crate) async fn close_quietly<S>(ws: &mut WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
 }
 
 /// An `ERROR` frame for the peer.
@@ -417,7 +490,7 @@ where
         Ok(Some(Ok(text))) => text,
         Ok(Some(Err(WsError::Capacity(e)))) => {
             send_error(ws, ctx, ids::TO_USER, ErrorCode::TooLarge, &e.to_string()).await;
-            let _ = ws.close(None).await;
+            close_quietly(ws).await;
             return;
         }
         Ok(_) => return,
@@ -430,7 +503,7 @@ where
                 "no hello within 10 s",
             )
             .await;
-            let _ = ws.close(None).await;
+            close_quietly(ws).await;
             return;
         }
     };
@@ -438,7 +511,7 @@ where
         Err(e) => {
             let r = Refusal::from(e);
             send_error(ws, ctx, ids::TO_USER, r.code, &r.detail).await;
-            let _ = ws.close(None).await;
+            close_quietly(ws).await;
             return;
         }
         Ok(env) if env.kind == "USER_HELLO" => match check_user_hello(&env, now_ms()) {
@@ -463,7 +536,7 @@ where
             Err(r) => {
                 tracing::info!(user = %env.from.chars().take(64).collect::<String>(), code = %r.code, detail = %r.detail, "hello refused");
                 send_error(ws, ctx, ids::TO_USER, r.code, &r.detail).await;
-                let _ = ws.close(None).await;
+                close_quietly(ws).await;
                 return;
             }
         },
@@ -490,7 +563,7 @@ where
             Err(r) => {
                 tracing::warn!(code = %r.code, detail = %r.detail, "link hello refused");
                 send_error(ws, ctx, ids::TO_SERVER, r.code, &r.detail).await;
-                let _ = ws.close(None).await;
+                close_quietly(ws).await;
                 return;
             }
         },
@@ -500,7 +573,7 @@ where
                 env.kind.chars().take(64).collect::<String>()
             );
             send_error(ws, ctx, ids::TO_USER, ErrorCode::UnknownType, &detail).await;
-            let _ = ws.close(None).await;
+            close_quietly(ws).await;
             return;
         }
     };
@@ -532,160 +605,66 @@ fn offer_session(
 }
 
 /// Registers the connection with the hub, delivers its hello, and serves it.
+///
+/// The socket is split: a reader and a writer run side by side in this
+/// task, so a write that cannot finish (the peer is not reading, perhaps
+/// because it is itself blocked writing to us) never stops the reads. Every
+/// write runs under the write timeout: a peer that takes in nothing for that
+/// long is disconnected. Shutdown ends both at once.
 pub(crate) async fn run<S>(
     ws: &mut WebSocketStream<S>,
     conn: ConnId,
     ctx: &ConnCtx,
     hello: Box<Input>,
     peer: Peer,
-    mut auth: Auth,
+    auth: Auth,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let capacity = if matches!(peer, Peer::Link { .. }) {
-        LINK_SEND_QUEUE
-    } else {
-        SEND_QUEUE
-    };
+    let is_link = matches!(peer, Peer::Link { .. });
+    let capacity = if is_link { LINK_SEND_QUEUE } else { SEND_QUEUE };
     let (tx, mut rx) = mpsc::channel(capacity);
     if ctx.hub.send(HubEvent::Register(conn, tx)).await.is_err()
         || ctx.hub.send(HubEvent::Input(hello)).await.is_err()
     {
         return;
     }
-    let is_link = matches!(peer, Peer::Link { .. });
     ctx.metrics
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut bucket = Bucket::new(ctx.limits.user_rate, ctx.limits.user_burst);
-    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
-    heartbeat.tick().await;
-    let mut last_heard = Instant::now();
+    let (mut sealer, checker) = auth.split();
+    // The reader's answers to the peer's own frames (errors) go out through
+    // the writer, like everything else.
+    let (replies, mut replies_rx) = mpsc::channel(REPLY_QUEUE);
     let mut shutdown = ctx.shutdown.clone();
-    // Without a session every frame is RSA-signed (~1.5 ms): several are
-    // signed at once, on the blocking pool, and sent in order. (Replies to
-    // the peer's own frames and heartbeats are signed on the spot and may
-    // pass them: frames carry no sequence here.)
-    let rsa_only = auth.session.is_none();
-    let mut signing: FuturesOrdered<BoxFuture<'_, Option<String>>> = FuturesOrdered::new();
-    let mut closing = false;
-    loop {
-        if closing && signing.is_empty() {
-            break;
-        }
+    {
+        let (mut sink, mut stream) = StreamExt::split(&mut *ws);
+        let reader = read_frames(&mut stream, conn, ctx, &peer, checker, replies);
+        let writer = write_frames(
+            &mut sink,
+            conn,
+            ctx,
+            &mut rx,
+            &mut replies_rx,
+            &mut sealer,
+            is_link,
+        );
         tokio::select! {
-            () = super::stop_requested(&mut shutdown) => break,
-            Some(signed) = signing.next(), if !signing.is_empty() => {
-                if let Some(text) = signed
-                    && ws.send(WsMessage::text(text)).await.is_err()
-                {
-                    break;
-                }
-            },
-            cmd = rx.recv(), if !closing && signing.len() < SIGNING_AHEAD => match cmd {
-                Some(ConnCmd::Frame(out)) => {
-                    // ACKs queued behind this one (while the last frame was
-                    // being signed, say) go out as one frame.
-                    let (out, next) = merge_acks(out, &mut rx);
-                    if rsa_only {
-                        signing.push_back(seal_counted(ctx, out).boxed());
-                        match next {
-                            Some(ConnCmd::Frame(out)) => signing.push_back(seal_counted(ctx, out).boxed()),
-                            Some(ConnCmd::Close) => closing = true,
-                            None => {}
-                        }
-                        continue;
-                    }
-                    let Some(text) = auth.seal(ctx, out).await else { continue };
-                    if ws.send(WsMessage::text(text)).await.is_err() {
-                        break;
-                    }
-                    match next {
-                        Some(ConnCmd::Frame(out)) => {
-                            if let Some(text) = auth.seal(ctx, out).await
-                                && ws.send(WsMessage::text(text)).await.is_err()
-                            {
-                                break;
-                            }
-                        }
-                        Some(ConnCmd::Close) => break,
-                        None => {}
-                    }
-                }
-                // Close once what is queued before it is sent.
-                Some(ConnCmd::Close) | None if rsa_only => closing = true,
-                Some(ConnCmd::Close) | None => break,
-            },
-            _ = heartbeat.tick(), if is_link => {
-                if last_heard.elapsed() > LINK_SILENCE {
-                    tracing::warn!(conn, "link silent for 45 s; closing");
-                    break;
-                }
-                let out = Outgoing { kind: "HEARTBEAT", to: ids::TO_SERVER.to_owned(), payload: Default::default() };
-                if let Some(text) = auth.seal(ctx, out).await
-                    && ws.send(WsMessage::text(text)).await.is_err()
-                {
-                    break;
-                }
-            },
-            frame = ws.next() => {
-                last_heard = Instant::now();
-                let text = match frame {
-                    None | Some(Ok(WsMessage::Close(_))) => break,
-                    Some(Ok(WsMessage::Text(t))) => t,
-                    Some(Ok(WsMessage::Binary(_))) => {
-                        let out = error_frame(peer.id(), ErrorCode::BadFrame, "binary frames are not SOCP; send JSON text frames");
-                        if let Some(text) = auth.seal(ctx, out).await {
-                            let _ = ws.send(WsMessage::text(text)).await;
-                        }
-                        continue;
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(WsError::Capacity(e))) => {
-                        tracing::warn!(conn, error = %e, "oversized frame; closing");
-                        let out = error_frame(peer.id(), ErrorCode::TooLarge, &format!("{e}; frames are limited to 1 MiB"));
-                        if let Some(text) = auth.seal(ctx, out).await {
-                            let _ = ws.send(WsMessage::text(text)).await;
-                        }
-                        break;
-                    }
-                    Some(Err(_)) => break,
-                };
-                let verdict = if is_link || bucket.take() {
-                    handle_frame(ctx, conn, &peer, &mut auth, text.as_str()).await
-                } else {
-                    // Still checked, so a session's sequence stays in step.
-                    match handle_frame_checked_only(&mut auth, text.as_str()) {
-                        Ok(()) => Verdict::Reply(ErrorCode::RateLimited, format!(
-                            "more than {} frames per second; this one was dropped, slow down",
-                            ctx.limits.user_rate
-                        )),
-                        Err(()) => Verdict::Stop,
-                    }
-                };
-                match verdict {
-                    Verdict::Continue => {}
-                    Verdict::Reply(code, detail) => {
-                        ctx.metrics.refused(code.as_str());
-                        let out = error_frame(peer.id(), code, &detail);
-                        if let Some(text) = auth.seal(ctx, out).await
-                            && ws.send(WsMessage::text(text)).await.is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Verdict::Stop => {
-                        ctx.metrics.refused("session");
-                        break;
-                    }
-                }
-            }
+            () = super::stop_requested(&mut shutdown) => {}
+            () = reader => {}
+            () = writer => {}
         }
     }
+    // An error that ended the reading (an oversized frame, say) still goes out.
+    while let Ok(out) = replies_rx.try_recv() {
+        if let Some(text) = sealer.seal(ctx, out).await {
+            let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(WsMessage::text(text))).await;
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
     ctx.metrics
         .connections
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    let _ = ws.close(None).await;
     let closed = match peer {
         Peer::User(_) => Input::UserClosed(conn),
         Peer::Link { .. } => Input::LinkClosed(conn),
@@ -693,6 +672,186 @@ pub(crate) async fn run<S>(
     let queue = if is_link { &ctx.hub } else { &ctx.hub_users };
     let _ = queue.send(HubEvent::Input(Box::new(closed))).await;
     let _ = ctx.hub.send(HubEvent::Unregister(conn)).await;
+}
+
+/// Replies (errors about the peer's own frames) waiting for the writer; a
+/// peer that provokes more than this many at once misses some.
+const REPLY_QUEUE: usize = 64;
+/// How long a closing connection waits to say its last words.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The reading half of a connection: every frame the peer sends is checked
+/// and handed to the hub, whatever the writer is doing. Returns when the
+/// connection should close.
+async fn read_frames<R>(
+    stream: &mut R,
+    conn: ConnId,
+    ctx: &ConnCtx,
+    peer: &Peer,
+    mut checker: Checker,
+    replies: mpsc::Sender<Outgoing>,
+) where
+    R: futures_util::Stream<Item = Result<WsMessage, WsError>> + Unpin,
+{
+    let is_link = matches!(peer, Peer::Link { .. });
+    let mut bucket = Bucket::new(ctx.limits.user_rate, ctx.limits.user_burst);
+    let reply = |code: ErrorCode, detail: &str| {
+        if replies
+            .try_send(error_frame(peer.id(), code, detail))
+            .is_err()
+        {
+            tracing::debug!(conn, "reply queue full; an error reply was dropped");
+        }
+    };
+    loop {
+        // A link's peer sends a heartbeat every 15 s: silence means it is gone.
+        let frame = if is_link {
+            match tokio::time::timeout(LINK_SILENCE, stream.next()).await {
+                Ok(frame) => frame,
+                Err(_) => {
+                    tracing::warn!(conn, "link silent for 45 s; closing");
+                    return;
+                }
+            }
+        } else {
+            stream.next().await
+        };
+        let text = match frame {
+            None | Some(Ok(WsMessage::Close(_))) => return,
+            Some(Ok(WsMessage::Text(t))) => t,
+            Some(Ok(WsMessage::Binary(_))) => {
+                reply(
+                    ErrorCode::BadFrame,
+                    "binary frames are not SOCP; send JSON text frames",
+                );
+                continue;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(WsError::Capacity(e))) => {
+                tracing::warn!(conn, error = %e, "oversized frame; closing");
+                reply(
+                    ErrorCode::TooLarge,
+                    &format!("{e}; frames are limited to 1 MiB"),
+                );
+                return;
+            }
+            Some(Err(_)) => return,
+        };
+        let verdict = if is_link || bucket.take() {
+            handle_frame(ctx, conn, peer, &mut checker, text.as_str()).await
+        } else {
+            // Still checked, so a session's sequence stays in step.
+            match handle_frame_checked_only(&mut checker, text.as_str()) {
+                Ok(()) => Verdict::Reply(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "more than {} frames per second; this one was dropped, slow down",
+                        ctx.limits.user_rate
+                    ),
+                ),
+                Err(()) => Verdict::Stop,
+            }
+        };
+        match verdict {
+            Verdict::Continue => {}
+            Verdict::Reply(code, detail) => {
+                ctx.metrics.refused(code.as_str());
+                reply(code, &detail);
+            }
+            Verdict::Stop => {
+                ctx.metrics.refused("session");
+                return;
+            }
+        }
+    }
+}
+
+/// The writing half of a connection: the hub's frames (acks merged),
+/// the reader's replies and a link's heartbeats, each written under the
+/// write timeout. Returns when the connection should close.
+async fn write_frames<W>(
+    sink: &mut W,
+    conn: ConnId,
+    ctx: &ConnCtx,
+    rx: &mut mpsc::Receiver<ConnCmd>,
+    replies: &mut mpsc::Receiver<Outgoing>,
+    sealer: &mut Sealer,
+    is_link: bool,
+) where
+    W: futures_util::Sink<WsMessage, Error = WsError> + Unpin,
+{
+    let limit = ctx.limits.write_timeout;
+    let write = async |sink: &mut W, text: String| -> bool {
+        match tokio::time::timeout(limit, sink.send(WsMessage::text(text))).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::warn!(conn, "the peer took in nothing for {limit:?}; closing");
+                ctx.metrics
+                    .write_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+        }
+    };
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    heartbeat.tick().await;
+    // Without a session every frame is RSA-signed (~1.5 ms): several are
+    // signed at once, on the blocking pool, and sent in order.
+    let rsa_only = sealer.session.is_none();
+    let mut signing: FuturesOrdered<BoxFuture<'_, Option<String>>> = FuturesOrdered::new();
+    let mut closing = false;
+    loop {
+        if closing && signing.is_empty() {
+            return;
+        }
+        let mut next = None;
+        let out = tokio::select! {
+            Some(signed) = signing.next(), if !signing.is_empty() => {
+                if let Some(text) = signed
+                    && !write(sink, text).await
+                {
+                    return;
+                }
+                continue;
+            },
+            Some(out) = replies.recv() => out,
+            cmd = rx.recv(), if !closing && signing.len() < SIGNING_AHEAD => match cmd {
+                Some(ConnCmd::Frame(out)) => {
+                    // ACKs queued behind this one go out as one frame.
+                    let (out, after) = merge_acks(out, rx);
+                    next = after;
+                    out
+                }
+                // Close once what is queued before it is sent.
+                Some(ConnCmd::Close) | None => {
+                    closing = true;
+                    continue;
+                }
+            },
+            _ = heartbeat.tick(), if is_link => Outgoing {
+                kind: "HEARTBEAT",
+                to: ids::TO_SERVER.to_owned(),
+                payload: Default::default(),
+            },
+        };
+        for cmd in [Some(ConnCmd::Frame(out)), next] {
+            match cmd {
+                Some(ConnCmd::Frame(out)) if rsa_only => {
+                    signing.push_back(seal_counted(ctx, out).boxed());
+                }
+                Some(ConnCmd::Frame(out)) => {
+                    if let Some(text) = sealer.seal(ctx, out).await
+                        && !write(sink, text).await
+                    {
+                        return;
+                    }
+                }
+                Some(ConnCmd::Close) => closing = true,
+                None => {}
+            }
+        }
+    }
 }
 
 /// Frames a connection without a session signs at once.
@@ -788,10 +947,12 @@ impl Bucket {
 }
 
 /// Only the authentication of a frame that is dropped anyway (rate limit).
-fn handle_frame_checked_only(auth: &mut Auth, text: &str) -> Result<(), ()> {
+fn handle_frame_checked_only(checker: &mut Checker, text: &str) -> Result<(), ()> {
     match Envelope::parse(text) {
-        Ok(env) if env.mac.is_some() || auth.mac_in => auth.check(&env).map_err(|_| ()),
-        _ => Ok(()),
+        Ok(env) if env.mac.is_some() || checker.mac_in => checker.check(&env).map_err(|_| ()),
+        Ok(_) => Ok(()),
+        Err(_) if checker.skip_unparsed(text) => Ok(()),
+        Err(_) => Err(()),
     }
 }
 
@@ -816,12 +977,17 @@ async fn handle_frame(
     ctx: &ConnCtx,
     conn: ConnId,
     peer: &Peer,
-    auth: &mut Auth,
+    auth: &mut Checker,
     text: &str,
 ) -> Verdict {
     let env = match Envelope::parse(text) {
         Ok(env) => env,
-        Err(e) => return Verdict::Reply(e.code(), e.to_string()),
+        // On a session, it still counts in the sequence (or ends it).
+        Err(e) if auth.skip_unparsed(text) => return Verdict::Reply(e.code(), e.to_string()),
+        Err(e) => {
+            tracing::warn!(conn, peer = %peer.id(), error = %e, "closing: an unparsable frame out of sequence");
+            return Verdict::Stop;
+        }
     };
     ctx.metrics.frame_in(&env.kind);
     if env.mac.is_some() || auth.mac_in {

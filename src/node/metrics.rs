@@ -23,6 +23,10 @@ pub struct Metrics {
     frames_out: Vec<AtomicU64>,
     refused: Mutex<BTreeMap<String, u64>>,
     pub rsa_ops: AtomicU64,
+    /// Connections closed because a write made no progress in time.
+    pub write_timeouts: AtomicU64,
+    /// Connections refused because the node holds `--max-conns` already.
+    pub conns_refused_global: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -34,6 +38,8 @@ impl Default for Metrics {
             frames_out: slots(),
             refused: Mutex::new(BTreeMap::new()),
             rsa_ops: AtomicU64::new(0),
+            write_timeouts: AtomicU64::new(0),
+            conns_refused_global: AtomicU64::new(0),
         }
     }
 }
@@ -114,6 +120,16 @@ impl Metrics {
             out,
             "# HELP socp_rsa_operations_total RSA private-key operations (signatures, unwraps).\n# TYPE socp_rsa_operations_total counter\nsocp_rsa_operations_total {}",
             self.rsa_ops.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP socp_write_timeouts_total Connections closed because the peer took in nothing for the write timeout.\n# TYPE socp_write_timeouts_total counter\nsocp_write_timeouts_total {}",
+            self.write_timeouts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP socp_connections_refused_total Connections refused because the node was at --max-conns.\n# TYPE socp_connections_refused_total counter\nsocp_connections_refused_total {}",
+            self.conns_refused_global.load(Ordering::Relaxed)
         );
         for (name, help, counts) in [
             (

@@ -75,12 +75,24 @@ pub struct Limits {
     pub max_file_size: u64,
     /// A connection that says no hello within this time is closed.
     pub hello_timeout: std::time::Duration,
+    /// A write that makes no progress for this long closes the connection
+    /// (a peer that stops reading cannot hold the node's memory or its
+    /// shutdown).
+    pub write_timeout: std::time::Duration,
+    /// Connections the node holds at once, all addresses together
+    /// (handshakes included).
+    pub max_conns: usize,
 }
+
+/// Default for `--max-conns`.
+pub const MAX_CONNS: usize = 50_000;
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             hello_timeout: conn::HELLO_TIMEOUT,
+            write_timeout: conn::WRITE_TIMEOUT,
+            max_conns: MAX_CONNS,
             user_rate: 1000.0,
             user_burst: 2000.0,
             max_conns_per_ip: 256,
@@ -121,6 +133,8 @@ impl NodeConfig {
                 max_group_members: args.max_group_members,
                 max_file_size: args.max_file_size,
                 hello_timeout: std::time::Duration::from_secs(args.hello_timeout_secs.max(1)),
+                write_timeout: std::time::Duration::from_secs(args.write_timeout_secs.max(1)),
+                max_conns: args.max_conns.max(1),
             },
             metrics: args.metrics,
             tls: match (&args.tls_cert, &args.tls_key) {
@@ -372,39 +386,61 @@ impl Accept {
     }
 }
 
-/// Connections open per IP address; a slot is given back when dropped.
+/// Connections open, in all and per IP address; a slot is given back when
+/// dropped.
 #[derive(Clone, Default)]
-struct PerIp(Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>);
+struct Slots(Arc<std::sync::Mutex<SlotCounts>>);
 
-struct IpSlot(PerIp, std::net::IpAddr);
+#[derive(Default)]
+struct SlotCounts {
+    total: usize,
+    per_ip: HashMap<std::net::IpAddr, usize>,
+}
 
-impl PerIp {
-    fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
-        let mut m = self.0.lock().ok()?;
-        let n = m.entry(ip).or_default();
-        if *n >= max {
-            return None;
+struct Slot(Slots, std::net::IpAddr);
+
+/// Why a connection got no slot.
+enum NoSlot {
+    /// The node holds `--max-conns` connections already.
+    Full,
+    /// This address holds `--max-conns-per-ip` already.
+    Address,
+}
+
+impl Slots {
+    fn take(&self, ip: std::net::IpAddr, limits: &Limits) -> Result<Slot, NoSlot> {
+        let Ok(mut m) = self.0.lock() else {
+            return Err(NoSlot::Full);
+        };
+        if m.total >= limits.max_conns {
+            return Err(NoSlot::Full);
+        }
+        let n = m.per_ip.entry(ip).or_default();
+        if *n >= limits.max_conns_per_ip {
+            return Err(NoSlot::Address);
         }
         *n += 1;
-        Some(IpSlot(self.clone(), ip))
+        m.total += 1;
+        Ok(Slot(self.clone(), ip))
     }
 }
 
-impl Drop for IpSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
-        if let Ok(mut m) = (self.0).0.lock()
-            && let Some(n) = m.get_mut(&self.1)
-        {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.1);
+        if let Ok(mut m) = (self.0).0.lock() {
+            m.total = m.total.saturating_sub(1);
+            if let Some(n) = m.per_ip.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    m.per_ip.remove(&self.1);
+                }
             }
         }
     }
 }
 
 async fn serve(listener: TcpListener, ctx: Accept) {
-    let per_ip = PerIp::default();
+    let slots = Slots::default();
     let mut shutdown = ctx.ctx.shutdown.clone();
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -412,49 +448,20 @@ async fn serve(listener: TcpListener, ctx: Accept) {
             () = stop_requested(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let conn_ctx = ctx.conn_ctx();
-                    let slot = per_ip.take(peer.ip(), ctx.ctx.limits.max_conns_per_ip);
-                    let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-                    if let Some(acceptor) = ctx.tls.clone() {
-                        conns.spawn(async move {
-                            let limit = conn_ctx.limits.hello_timeout;
-                            // Boxed: its state is large and gone once the handshake is done.
-                            let handshake = Box::pin(async {
-                                let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
-                                tokio_tungstenite::accept_async_with_config(tls, Some(conn::ws_config())).await.map_err(|e| e.to_string())
-                            });
-                            match tokio::time::timeout(limit, handshake).await {
-                                Ok(Ok(mut ws)) if slot.is_some() => {
-                                    conn::serve_accepted(&mut ws, conn, &conn_ctx).await;
-                                    drop(slot);
-                                }
-                                Ok(Ok(mut ws)) => {
-                                    let detail = format!("more than {} connections from your address", conn_ctx.limits.max_conns_per_ip);
-                                    conn::send_error(&mut ws, &conn_ctx, ids::TO_USER, ErrorCode::RateLimited, &detail).await;
-                                }
-                                Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS or WebSocket handshake failed"),
-                                Err(_) => tracing::debug!(%peer, "handshake timed out"),
-                            }
-                        });
-                        continue;
-                    }
-                    conns.spawn(async move {
-                        match tokio::time::timeout(conn_ctx.limits.hello_timeout, tokio_tungstenite::accept_async_with_config(stream, Some(conn::ws_config()))).await {
-                            Ok(Ok(mut ws)) if slot.is_none() => {
-                                tracing::warn!(%peer, "refused a connection: too many from this address");
-                                let detail = format!("more than {} connections from your address", conn_ctx.limits.max_conns_per_ip);
-                                conn::send_error(&mut ws, &conn_ctx, ids::TO_USER, ErrorCode::RateLimited, &detail).await;
-                                let _ = ws.close(None).await;
-                            }
-                            Ok(Ok(mut ws)) => {
-                                conn::serve_accepted(&mut ws, conn, &conn_ctx).await;
-                                drop(slot);
-                            }
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
-                            Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
+                    let slot = match slots.take(peer.ip(), &ctx.ctx.limits) {
+                        Ok(slot) => Ok(slot),
+                        Err(NoSlot::Full) => {
+                            // Not even a handshake: at the cap, each refusal
+                            // must cost next to nothing.
+                            ctx.ctx.metrics.conns_refused_global.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "refused a connection: the node is at --max-conns");
+                            drop(stream);
+                            continue;
                         }
-                    });
+                        Err(NoSlot::Address) => Err(()),
+                    };
+                    let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+                    conns.spawn(accept_one(stream, peer, slot, conn, ctx.conn_ctx(), ctx.tls.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -465,4 +472,71 @@ async fn serve(listener: TcpListener, ctx: Accept) {
         }
     }
     while conns.join_next().await.is_some() {}
+}
+
+/// One accepted TCP connection: the TLS and WebSocket handshakes (within
+/// the hello timeout), then the connection itself, or a refusal.
+async fn accept_one(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: Result<Slot, ()>,
+    conn: router::ConnId,
+    ctx: ConnCtx,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let _ = stream.set_nodelay(true);
+    let limit = ctx.limits.hello_timeout;
+    match tls {
+        Some(acceptor) => {
+            // Boxed: its state is large and gone once the handshake is done.
+            let handshake = Box::pin(async {
+                let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
+                tokio_tungstenite::accept_async_with_config(tls, Some(conn::ws_config()))
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            match tokio::time::timeout(limit, handshake).await {
+                Ok(Ok(mut ws)) => serve_or_refuse(&mut ws, peer, slot, conn, &ctx).await,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "TLS or WebSocket handshake failed")
+                }
+                Err(_) => tracing::debug!(%peer, "handshake timed out"),
+            }
+        }
+        None => {
+            let handshake =
+                tokio_tungstenite::accept_async_with_config(stream, Some(conn::ws_config()));
+            match tokio::time::timeout(limit, handshake).await {
+                Ok(Ok(mut ws)) => serve_or_refuse(&mut ws, peer, slot, conn, &ctx).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
+                Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_or_refuse<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    peer: SocketAddr,
+    slot: Result<Slot, ()>,
+    conn: router::ConnId,
+    ctx: &ConnCtx,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match slot {
+        Ok(slot) => {
+            conn::serve_accepted(ws, conn, ctx).await;
+            drop(slot);
+        }
+        Err(()) => {
+            tracing::warn!(%peer, "refused a connection: too many from this address");
+            let detail = format!(
+                "more than {} connections from your address",
+                ctx.limits.max_conns_per_ip
+            );
+            conn::send_error(ws, ctx, ids::TO_USER, ErrorCode::RateLimited, &detail).await;
+            conn::close_quietly(ws).await;
+        }
+    }
 }
