@@ -5,8 +5,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{TestNode, connect};
+use common::cluster::{TestNode, cached_key, connect, expect, user_key};
 use common::flood::{eventually, flood};
+use common::raw::{Raw, signed};
+use serde_json::json;
+use socp::client::Session;
+use socp::content;
+use socp::crypto::PrivateKey;
+use socp::node::MailboxLimits;
+use socp::wire::ids::TO_SERVER;
+use socp::wire::messages::{ErrorBody, Message};
 
 /// Two users on two locals flood each other through the master at once:
 /// every link carries heavy traffic both ways. A connection that cannot read
@@ -68,4 +76,224 @@ async fn nodes_stop_promptly_during_a_two_way_flood() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// A DM from `from` to `to` with this msg_id and a ciphertext of `pad`
+/// bytes (nodes never open content, so the padding need not decrypt).
+fn padded_dm(from: &Session, to: &str, msg_id: &str, pad: usize) -> Message {
+    let mut dm = content::seal_dm(
+        from.key(),
+        from.user(),
+        to,
+        user_key(to).public(),
+        b"hello",
+        socp::wire::now_ms(),
+    )
+    .unwrap();
+    if pad > 0 {
+        dm.ciphertext = "A".repeat(pad);
+    }
+    dm.msg_id = Some(msg_id.to_owned());
+    Message::MsgPrivate(dm)
+}
+
+/// Waits for an `ERROR` naming `msg_id`; fails if the node acknowledges
+/// `msg_id` first (refused content is never also acknowledged).
+async fn expect_refusal(s: &mut Session, msg_id: &str) -> ErrorBody {
+    let (_, m) = expect(s, "an ERROR naming the msg_id", |_, m| match m {
+        Message::Ack(a) => {
+            assert!(
+                !a.msg_ids.iter().any(|i| i == msg_id),
+                "{msg_id} was acknowledged although it is refused"
+            );
+            false
+        }
+        Message::Error(e) => e.extra.get("msg_id").and_then(|v| v.as_str()) == Some(msg_id),
+        _ => false,
+    })
+    .await;
+    let Message::Error(e) = m else { unreachable!() };
+    e
+}
+
+/// True if an `ACK` for `msg_id` arrives.
+async fn acked(s: &mut Session, msg_id: &str) -> bool {
+    expect(
+        s,
+        "an ACK",
+        |_, m| matches!(m, Message::Ack(a) if a.msg_ids.iter().any(|i| i == msg_id)),
+    )
+    .await;
+    true
+}
+
+/// A DM whose own frame is just under 1 MiB used to be acknowledged and then
+/// grow past 1 MiB on its way out: the recipient was disconnected on every
+/// redelivery, and across servers the link was. Now it is refused at once,
+/// with its msg_id, never acknowledged, and what comes after it flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_that_cannot_fit_every_hop_is_refused_by_msg_id_and_blocks_nothing() {
+    let master = TestNode::master().await;
+    let local = TestNode::local(&master.url()).await;
+    master.wait_linked(1).await;
+    let mut alice = connect(&master.url(), "alice").await;
+    let mut bob = connect(&master.url(), "bob").await;
+    let mut carol = connect(&local.url(), "carol").await;
+    master.wait_online(&["alice", "bob", "carol"]).await;
+    let limit = socp::wire::MAX_FRAME_BYTES;
+    for (to, id) in [("bob", "big-same-server"), ("carol", "big-cross-server")] {
+        // Fill the frame to within a few hundred bytes of the WebSocket limit.
+        let probe = padded_dm(&alice, to, id, 0).into_envelope("alice", to);
+        let pad = limit - probe.to_json().len() - 1200;
+        alice
+            .send(to, &padded_dm(&alice, to, id, pad))
+            .await
+            .unwrap();
+        let e = expect_refusal(&mut alice, id).await;
+        assert_eq!(e.code, "TOO_LARGE", "{e:?}");
+        assert!(e.detail.contains("limit"), "{e:?}");
+    }
+    // Content at the limit itself goes through, to both.
+    let at_limit = socp::wire::MAX_CONTENT_FRAME_BYTES;
+    for (to, id) in [("bob", "max-same-server"), ("carol", "max-cross-server")] {
+        let probe = padded_dm(&alice, to, id, 0);
+        let env = probe.into_envelope("alice", to);
+        // The MAC'd frame adds seq and mac (about 70 bytes) to the probe.
+        let pad = at_limit - env.to_json().len() - 200;
+        alice
+            .send(to, &padded_dm(&alice, to, id, pad))
+            .await
+            .unwrap();
+        assert!(acked(&mut alice, id).await);
+    }
+    let got = expect(&mut bob, "the DM at the limit", |_, m| {
+        matches!(m, Message::UserDeliver(_))
+    })
+    .await;
+    assert!(
+        matches!(got.1, Message::UserDeliver(d) if d.msg_id.as_deref() == Some("max-same-server"))
+    );
+    let got = expect(&mut carol, "the DM at the limit", |_, m| {
+        matches!(m, Message::UserDeliver(_))
+    })
+    .await;
+    assert!(
+        matches!(got.1, Message::UserDeliver(d) if d.msg_id.as_deref() == Some("max-cross-server"))
+    );
+    // And ordinary DMs behind them flow, on the same server and across.
+    alice
+        .send("bob", &padded_dm(&alice, "bob", "after-1", 0))
+        .await
+        .unwrap();
+    alice
+        .send("carol", &padded_dm(&alice, "carol", "after-2", 0))
+        .await
+        .unwrap();
+    expect(
+        &mut bob,
+        "the next DM",
+        |_, m| matches!(m, Message::UserDeliver(d) if d.msg_id.as_deref() == Some("after-1")),
+    )
+    .await;
+    expect(
+        &mut carol,
+        "the next DM",
+        |_, m| matches!(m, Message::UserDeliver(d) if d.msg_id.as_deref() == Some("after-2")),
+    )
+    .await;
+}
+
+/// An over-quota DM used to get `QUOTA_EXCEEDED` *and* an `ACK`: the client
+/// emptied its outbox and the message was lost. Refused is never acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quota_content_is_refused_by_msg_id_and_never_acknowledged() {
+    let limits = MailboxLimits {
+        max_frames: 1,
+        ..Default::default()
+    };
+    let master = TestNode::start_configured(true, None, |c| c.mailbox = limits).await;
+    connect(&master.url(), "bob").await.close().await;
+    master.wait_offline("bob").await;
+    let mut alice = connect(&master.url(), "alice").await;
+    alice
+        .send("bob", &padded_dm(&alice, "bob", "first", 0))
+        .await
+        .unwrap();
+    assert!(acked(&mut alice, "first").await);
+    alice
+        .send("bob", &padded_dm(&alice, "bob", "second", 0))
+        .await
+        .unwrap();
+    let e = expect_refusal(&mut alice, "second").await;
+    assert_eq!(e.code, "QUOTA_EXCEEDED");
+    // Nothing acknowledges it later either.
+    for (_, m) in common::cluster::drain(&mut alice, Duration::from_millis(600)).await {
+        assert!(!matches!(m, Message::Ack(a) if a.msg_ids.iter().any(|i| i == "second")));
+    }
+}
+
+/// A server that has joined the mesh used to be able to disconnect any
+/// user with `ERROR {refused_user}`, and the master relayed it to the
+/// user's server. Only the master may refuse a user, to its own link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_cannot_disconnect_users_hosted_elsewhere() {
+    let master = TestNode::master().await;
+    let local = TestNode::local(&master.url()).await;
+    master.wait_linked(1).await;
+    let mut alice = connect(&master.url(), "alice").await;
+    let mut bob = connect(&local.url(), "bob").await;
+    master.wait_online(&["alice", "bob"]).await;
+    let rogue_key = PrivateKey::load(&cached_key("server-5")).unwrap();
+    let rogue_id = socp::wire::ids::new_local_server_id();
+    let mut rogue = rogue_link(&master.url(), &rogue_id, &rogue_key).await;
+    rogue.expect_kind("PEER_HELLO_LINK").await;
+    for (user, to) in [
+        ("alice", master.id()),
+        ("bob", local.id()),
+        ("bob", "bob".to_owned()),
+    ] {
+        rogue
+            .send(&signed(
+                "ERROR",
+                &rogue_id,
+                &to,
+                json!({"code": "BAD_KEY", "detail": "go away", "refused_user": user}),
+                &rogue_key,
+            ))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    dm_flows(&mut alice, &mut bob).await;
+    dm_flows(&mut bob, &mut alice).await;
+    let online = master.status().await.online;
+    assert!(online.contains(&"alice".to_owned()) && online.contains(&"bob".to_owned()));
+}
+
+/// Links to `url` as a server with the given id and key.
+async fn rogue_link(url: &str, id: &str, key: &PrivateKey) -> Raw {
+    let mut raw = Raw::connect(url).await;
+    let pk = key.public().to_b64();
+    raw.send(&signed(
+        "PEER_HELLO_LINK",
+        id,
+        TO_SERVER,
+        json!({"host": "127.0.0.1", "port": 1, "pubkey": pk, "role": "local"}),
+        key,
+    ))
+    .await;
+    raw
+}
+
+/// A DM from `from` to `to` arrives.
+async fn dm_flows(from: &mut Session, to: &mut Session) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let dm = padded_dm(from, to.user(), &id, 0);
+    let recipient = to.user().to_owned();
+    from.send(&recipient, &dm).await.unwrap();
+    expect(
+        to,
+        "the DM",
+        |_, m| matches!(m, Message::UserDeliver(d) if d.msg_id.as_deref() == Some(id.as_str())),
+    )
+    .await;
 }

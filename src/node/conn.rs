@@ -27,7 +27,9 @@ use crate::crypto::session::{self, CAP_MAC_V1, MacOpen, MacSeal, MacSession};
 use crate::crypto::{PrivateKey, PublicKey};
 use crate::wire::ids;
 use crate::wire::messages::{ErrorBody, Message, PeerHelloLink, Proof, UserHello};
-use crate::wire::{Envelope, ErrorCode, MAX_FRAME_BYTES, WireError, now_ms};
+use crate::wire::{
+    ENVELOPE_ROOM, Envelope, ErrorCode, MAX_CONTENT_FRAME_BYTES, MAX_FRAME_BYTES, WireError, now_ms,
+};
 
 /// A connection must say hello within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -455,10 +457,20 @@ where
 
 /// An `ERROR` frame for the peer.
 fn error_frame(to: &str, code: ErrorCode, detail: &str) -> Outgoing {
+    error_about(to, code, detail, None)
+}
+
+/// An `ERROR` frame for the peer, naming the content it is about (PROTOCOL.md
+/// C12: the sender's client learns which message was refused).
+fn error_about(to: &str, code: ErrorCode, detail: &str, msg_id: Option<&str>) -> Outgoing {
+    let mut extra = serde_json::Map::new();
+    if let Some(id) = msg_id {
+        extra.insert("msg_id".into(), Value::String(id.to_owned()));
+    }
     let payload = match serde_json::to_value(ErrorBody {
         code: code.as_str().to_owned(),
         detail: detail.to_owned(),
-        extra: Default::default(),
+        extra,
     }) {
         Ok(serde_json::Value::Object(m)) => m,
         _ => Default::default(),
@@ -695,9 +707,9 @@ async fn read_frames<R>(
 {
     let is_link = matches!(peer, Peer::Link { .. });
     let mut bucket = Bucket::new(ctx.limits.user_rate, ctx.limits.user_burst);
-    let reply = |code: ErrorCode, detail: &str| {
+    let reply = |code: ErrorCode, detail: &str, msg_id: Option<&str>| {
         if replies
-            .try_send(error_frame(peer.id(), code, detail))
+            .try_send(error_about(peer.id(), code, detail, msg_id))
             .is_err()
         {
             tracing::debug!(conn, "reply queue full; an error reply was dropped");
@@ -723,6 +735,7 @@ async fn read_frames<R>(
                 reply(
                     ErrorCode::BadFrame,
                     "binary frames are not SOCP; send JSON text frames",
+                    None,
                 );
                 continue;
             }
@@ -732,6 +745,7 @@ async fn read_frames<R>(
                 reply(
                     ErrorCode::TooLarge,
                     &format!("{e}; frames are limited to 1 MiB"),
+                    None,
                 );
                 return;
             }
@@ -756,7 +770,11 @@ async fn read_frames<R>(
             Verdict::Continue => {}
             Verdict::Reply(code, detail) => {
                 ctx.metrics.refused(code.as_str());
-                reply(code, &detail);
+                reply(code, &detail, None);
+            }
+            Verdict::Refuse(code, detail, msg_id) => {
+                ctx.metrics.refused(code.as_str());
+                reply(code, &detail, msg_id.as_deref());
             }
             Verdict::Stop => {
                 ctx.metrics.refused("session");
@@ -782,6 +800,17 @@ async fn write_frames<W>(
 {
     let limit = ctx.limits.write_timeout;
     let write = async |sink: &mut W, text: String| -> bool {
+        if text.len() > MAX_FRAME_BYTES {
+            // The peer would close the connection over it (and we would
+            // resend it after the redial): never put it on the wire.
+            tracing::error!(
+                conn,
+                bytes = text.len(),
+                "dropped a frame over the 1 MiB limit"
+            );
+            ctx.metrics.refused("oversized_out");
+            return true;
+        }
         match tokio::time::timeout(limit, sink.send(WsMessage::text(text))).await {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
@@ -852,6 +881,24 @@ async fn write_frames<W>(
             }
         }
     }
+}
+
+/// The largest content frame a server may relay to us: a user's frame at its
+/// limit plus what hops add (`user_id`, `sender`, a group's `recipients`).
+pub const MAX_RELAYED_FRAME_BYTES: usize = MAX_CONTENT_FRAME_BYTES + ENVELOPE_ROOM * 3 / 4;
+
+/// Frame types that carry user content (and count against content limits).
+fn is_content_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "MSG_PRIVATE"
+            | "PEER_DELIVER"
+            | "MSG_GROUP"
+            | "GROUP_KEY_SHARE"
+            | "FILE_START"
+            | "FILE_CHUNK"
+            | "FILE_END"
+    )
 }
 
 /// Frames a connection without a session signs at once.
@@ -960,6 +1007,8 @@ fn handle_frame_checked_only(checker: &mut Checker, text: &str) -> Result<(), ()
 enum Verdict {
     Continue,
     Reply(ErrorCode, String),
+    /// An error about a piece of content, naming its `msg_id`.
+    Refuse(ErrorCode, String, Option<String>),
     Stop,
 }
 
@@ -1003,6 +1052,31 @@ async fn handle_frame(
             return Verdict::Continue;
         }
         return Verdict::Reply(ErrorCode::InvalidSig, why);
+    }
+    // Content must fit every hop after this one (PROTOCOL.md C12): what is
+    // refused here was never taken, so it is never acknowledged either.
+    if is_content_kind(&env.kind) {
+        let limit = match peer {
+            Peer::User(_) => MAX_CONTENT_FRAME_BYTES,
+            Peer::Link { .. } => MAX_RELAYED_FRAME_BYTES,
+        };
+        if text.len() > limit {
+            let msg_id = env
+                .payload
+                .get("msg_id")
+                .and_then(Value::as_str)
+                .map(|id| id.chars().take(ids::MAX_NAME_LEN * 2).collect::<String>());
+            tracing::info!(conn, peer = %peer.id(), bytes = text.len(), limit, "refused oversized content");
+            return Verdict::Refuse(
+                ErrorCode::TooLarge,
+                format!(
+                    "{} of {} bytes is over the {limit}-byte limit for content (1 MiB less room for what servers add on the way); it was not sent: make it smaller",
+                    env.kind.chars().take(32).collect::<String>(),
+                    text.len()
+                ),
+                msg_id,
+            );
+        }
     }
     // The router works from the typed message; the payload moves into it
     // rather than being copied (the envelope keeps its header).

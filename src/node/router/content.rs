@@ -105,9 +105,16 @@ impl Router {
         let msg_id = ensure_msg_id(&mut payload);
         let intake = match self.user_intake(user, &env, msg, payload, msg_id.clone()) {
             Ok(intake) => intake,
-            Err((code, detail)) => return self.error(conn, user, code, detail),
+            Err((code, detail)) => {
+                let payload = content_error(code, detail, &msg_id);
+                return self.send(conn, "ERROR", user, payload);
+            }
         };
-        self.take(intake, None);
+        // Refused content (a full quota) is never also acknowledged: the
+        // sender keeps it and learns why from the error (PROTOCOL.md C12).
+        if self.take(intake, None) == Taken::Refused {
+            return;
+        }
         if !legacy {
             self.out.push(Output::AckAfterPersist {
                 conn,
@@ -317,6 +324,7 @@ impl Router {
                         &d.sender,
                         ErrorCode::UserNotFound,
                         format!("{} is not a registered user", d.user_id),
+                        Some(&msg_id),
                     );
                 } else {
                     intake.dests.push((Dest::User(d.user_id), None));
@@ -350,6 +358,7 @@ impl Router {
                         &m.from,
                         ErrorCode::UserNotFound,
                         format!("unknown group {}", m.group_id),
+                        Some(&msg_id),
                     );
                 }
                 intake.dests = self.relayed_group_dests(server, &m.from, recipients, members);
@@ -431,14 +440,16 @@ impl Router {
     /// held, persisted, then pumped. A node refuses what would overflow a
     /// recipient's quota; the master tells the sender what it keeps for an
     /// offline recipient is queued.
-    fn take(&mut self, mut intake: Intake, via: Option<&str>) {
+    fn take(&mut self, mut intake: Intake, via: Option<&str>) -> Taken {
         if intake.dests.is_empty() {
-            return;
+            return Taken::Some;
         }
         intake.bytes = json_len_of_map(&intake.payload);
         intake.shared = Arc::new(std::mem::take(&mut intake.payload));
         let mut touched = Vec::new();
         let mut queued = false;
+        let mut refused = 0;
+        let dests = intake.dests.len();
         for (dest, to) in intake.dests.clone() {
             if self.custody.holds(&intake.msg_id, &dest) {
                 continue;
@@ -462,7 +473,14 @@ impl Router {
                             "{user} has {frames} frames ({bytes} bytes) waiting to be delivered already; try again later"
                         )
                     };
-                    self.report(via, &intake.sender, ErrorCode::QuotaExceeded, detail);
+                    self.report(
+                        via,
+                        &intake.sender,
+                        ErrorCode::QuotaExceeded,
+                        detail,
+                        Some(&intake.msg_id),
+                    );
+                    refused += 1;
                     continue;
                 }
             }
@@ -476,6 +494,11 @@ impl Router {
         }
         for dest in touched {
             self.pump(&dest);
+        }
+        if refused == dests {
+            Taken::Refused
+        } else {
+            Taken::Some
         }
     }
 
@@ -703,16 +726,20 @@ impl Router {
         user: &str,
         code: ErrorCode,
         detail: String,
+        msg_id: Option<&str>,
     ) {
+        let payload = match msg_id {
+            Some(id) => content_error(code, detail, id),
+            None => error_payload(code, detail),
+        };
         match from_link {
             None => {
                 if let Some(conn) = self.sessions.get(user).map(|s| s.conn) {
-                    self.error(conn, user, code, detail);
+                    self.send(conn, "ERROR", user, payload);
                 }
             }
             Some(server) => {
                 if self.links.get(server).is_some_and(|l| l.socp) && !user.is_empty() {
-                    let payload = error_payload(code, detail);
                     self.send_link(server, "ERROR", user, payload);
                 }
             }
@@ -741,6 +768,22 @@ impl Router {
             self.persist(StoreOp::Release(gone.iter().map(|e| e.seq).collect()));
         }
     }
+}
+
+/// Whether content was taken (for at least one destination, or already
+/// held) or refused for every destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    Some,
+    Refused,
+}
+
+/// An `ERROR` payload about one piece of content: it names the `msg_id`, so
+/// the sender's client knows which message was not taken.
+pub(super) fn content_error(code: ErrorCode, detail: String, msg_id: &str) -> Map<String, Value> {
+    let mut payload = error_payload(code, detail);
+    payload.insert("msg_id".into(), Value::String(msg_id.to_owned()));
+    payload
 }
 
 /// The size of a payload as compact JSON, counted without writing it out

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::{
     ConnId, HELLO_FRESHNESS_MS, Link, LinkHelloIn, Output, Pending, Router, StoreOp, code_of,
-    error_payload, lookup_answer, our_caps, payload_of, proof_digest, proof_signed_by,
+    content, error_payload, lookup_answer, our_caps, payload_of, proof_digest, proof_signed_by,
     registration, session_offer, truncate,
 };
 use crate::crypto::PublicKey;
@@ -255,7 +255,10 @@ impl Router {
         {
             if env.to != server {
                 let kind = msg.type_name();
-                self.send_link(&env.to.clone(), kind, &env.to, msg.to_payload());
+                let mut payload = msg.to_payload();
+                // Only the master itself may refuse a user.
+                payload.remove("refused_user");
+                self.send_link(&env.to.clone(), kind, &env.to, payload);
             }
             return;
         }
@@ -298,21 +301,31 @@ impl Router {
     }
 
     pub(super) fn peer_error(&mut self, server: &str, env: &Envelope, e: ErrorBody) {
-        tracing::info!(server, code = %e.code, detail = %e.detail, "error from peer");
-        if let Some(Value::String(user)) = e.extra.get("refused_user")
-            && let Some(conn) = self.sessions.get(user).map(|s| s.conn)
-        {
-            let user = user.clone();
-            return self.refuse(conn, &user, code_of(&e.code), e.detail.clone());
+        tracing::info!(server, code = %e.code, detail = %truncate(&e.detail), "error from peer");
+        // Only the directory may refuse a user, and only to the server that
+        // asked to register them: from anyone else (or relayed for anyone
+        // else) it would let one server disconnect users hosted elsewhere
+        // (PROTOCOL.md C13).
+        let from_master = !self.cfg.master && self.master_id.as_deref() == Some(server);
+        if let Some(Value::String(user)) = e.extra.get("refused_user") {
+            if !from_master {
+                tracing::warn!(server, user = %truncate(user), "ignored a user refusal from a server that is not our master");
+                return;
+            }
+            if let Some(conn) = self.sessions.get(user).map(|s| s.conn) {
+                let user = user.clone();
+                return self.refuse(conn, &user, code_of(&e.code), e.detail.clone());
+            }
+            return;
         }
         if let Some(conn) = self.sessions.get(&env.to).map(|s| s.conn) {
             let to = env.to.clone();
-            self.send(
-                conn,
-                "ERROR",
-                &to,
-                error_payload(code_of(&e.code), e.detail),
-            );
+            // Errors about content reach the sender with its msg_id.
+            let payload = match e.extra.get("msg_id").and_then(Value::as_str) {
+                Some(id) => content::content_error(code_of(&e.code), e.detail, id),
+                None => error_payload(code_of(&e.code), e.detail),
+            };
+            self.send(conn, "ERROR", &to, payload);
         }
     }
 
