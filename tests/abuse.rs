@@ -297,3 +297,124 @@ async fn dm_flows(from: &mut Session, to: &mut Session) {
     )
     .await;
 }
+
+/// Acknowledges `msg_id` as a client does once it has processed a frame.
+async fn ack(s: &mut Session, msg_id: &str) {
+    let m = Message::Ack(socp::wire::messages::Ack {
+        msg_ids: vec![msg_id.to_owned()],
+        extra: Default::default(),
+    });
+    s.send(TO_SERVER, &m).await.unwrap();
+}
+
+/// Content identity is (sender, msg_id): a DM that reuses the id of
+/// another sender's pending DM to the same recipient used to be taken as a
+/// duplicate, acknowledged and dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_senders_msg_id_neither_suppresses_nor_is_suppressed() {
+    let master = TestNode::master().await;
+    let mut alice = connect(&master.url(), "alice").await;
+    let mut bob = connect(&master.url(), "bob").await;
+    let mut carol = connect(&master.url(), "carol").await;
+    alice
+        .send("bob", &padded_dm(&alice, "bob", "same-id", 0))
+        .await
+        .unwrap();
+    let (_, first) = expect(&mut bob, "alice's DM", |_, m| {
+        matches!(m, Message::UserDeliver(_))
+    })
+    .await;
+    assert!(matches!(&first, Message::UserDeliver(d) if d.sender == "alice"));
+    // Bob has not acknowledged it yet: carol's DM under the same id comes in.
+    carol
+        .send("bob", &padded_dm(&carol, "bob", "same-id", 0))
+        .await
+        .unwrap();
+    assert!(acked(&mut carol, "same-id").await);
+    ack(&mut bob, "same-id").await;
+    let (_, second) = expect(&mut bob, "carol's DM", |_, m| {
+        matches!(m, Message::UserDeliver(_))
+    })
+    .await;
+    assert!(
+        matches!(&second, Message::UserDeliver(d) if d.sender == "carol" && d.msg_id.as_deref() == Some("same-id"))
+    );
+    // Alice's receipt is for alice only.
+    expect(
+        &mut alice,
+        "alice's receipt",
+        |_, m| matches!(m, Message::Receipt(r) if r.msg_ids == ["same-id"]),
+    )
+    .await;
+    ack(&mut bob, "same-id").await;
+    expect(
+        &mut carol,
+        "carol's receipt",
+        |_, m| matches!(m, Message::Receipt(r) if r.msg_ids == ["same-id"]),
+    )
+    .await;
+}
+
+/// One msg_id reused for several recipients across a link used to leak a
+/// window slot per reuse: a few thousand such DMs stalled the link for
+/// everyone on the local until it re-formed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_msg_ids_do_not_stall_a_link() {
+    let master = TestNode::master().await;
+    let local = TestNode::start_configured(false, Some(master.url()), |c| {
+        c.limits.user_rate = 1_000_000.0;
+        c.limits.user_burst = 1_000_000.0;
+    })
+    .await;
+    master.wait_linked(1).await;
+    let mut bob = connect(&master.url(), "bob").await;
+    let mut others = Vec::new();
+    for u in ["dave", "erin"] {
+        others.push(connect(&master.url(), u).await);
+    }
+    let mut carol = connect(&local.url(), "carol").await;
+    let mut alice = connect(&local.url(), "alice").await;
+    local.wait_online(&["bob", "dave", "erin"]).await;
+    let recipients = ["bob", "dave", "erin"];
+    let dms: Vec<Message> = recipients
+        .iter()
+        .map(|to| padded_dm(&carol, to, "x", 0))
+        .collect();
+    // 2,100 ids, each reused for three recipients: 4,200 leaked slots
+    // would exceed the link's window of 4,096.
+    for i in 0..2100 {
+        for (to, dm) in recipients.iter().zip(&dms) {
+            let mut dm = dm.clone();
+            if let Message::MsgPrivate(p) = &mut dm {
+                p.msg_id = Some(format!("reused-{i}"));
+            }
+            carol.send(to, &dm).await.unwrap();
+        }
+    }
+    // An honest DM from the same local still gets through promptly.
+    alice
+        .send("bob", &padded_dm(&alice, "bob", "honest", 0))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match bob.recv().await {
+                Ok(Some((_, Message::UserDeliver(d)))) => {
+                    let id = d.msg_id.clone().unwrap_or_default();
+                    if id == "honest" {
+                        return true;
+                    }
+                    ack(&mut bob, &id).await;
+                }
+                Ok(Some(_)) => {}
+                _ => return false,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(got, Ok(true)),
+        "alice's DM did not arrive behind the reused ids"
+    );
+    drop(others);
+}

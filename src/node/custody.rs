@@ -97,12 +97,26 @@ impl Custody {
         self.entries.insert(e.seq, e);
     }
 
-    /// True if an entry for this message and destination is already held.
-    pub fn holds(&self, msg_id: &str, dest: &Dest) -> bool {
+    /// True if an entry for this sender's message and this destination is
+    /// already held. Content identity is (sender, msg_id) (PROTOCOL.md C11):
+    /// another sender's content under the same id is not a duplicate.
+    pub fn holds(&self, sender: &str, msg_id: &str, dest: &Dest) -> bool {
         self.by_msg.get(msg_id).is_some_and(|seqs| {
-            seqs.iter()
-                .any(|s| self.entries.get(s).is_some_and(|e| &e.dest == dest))
+            seqs.iter().any(|s| {
+                self.entries
+                    .get(s)
+                    .is_some_and(|e| &e.dest == dest && e.sender == sender)
+            })
         })
+    }
+
+    /// True if a frame under `msg_id` is in flight on `hop`: an ACK names
+    /// only the id, so a second one must wait until the first is
+    /// acknowledged (else one ACK would release both, whoever sent them).
+    pub fn in_flight(&self, hop: &Hop, msg_id: &str) -> bool {
+        self.inflight
+            .get(hop)
+            .is_some_and(|f| f.contains_key(msg_id))
     }
 
     /// Frames and bytes held for `dest`.
@@ -142,13 +156,14 @@ impl Custody {
         self.entries.get(seq)
     }
 
-    /// Pending entries with this `msg_id` (for coalescing a group frame).
-    pub fn pending_with_msg(&self, msg_id: &str) -> Vec<&Entry> {
+    /// Pending entries of this sender's message (for coalescing a group frame).
+    pub fn pending_with_msg(&self, sender: &str, msg_id: &str) -> Vec<&Entry> {
         let Some(seqs) = self.by_msg.get(msg_id) else {
             return Vec::new();
         };
         seqs.iter()
             .filter_map(|s| self.entries.get(s))
+            .filter(|e| e.sender == sender)
             .filter(|e| {
                 self.pending
                     .get(&e.dest)
@@ -166,13 +181,17 @@ impl Custody {
                 p.remove(seq);
             }
         }
-        self.inflight
-            .entry(hop.clone())
-            .or_default()
+        let flight = self.inflight.entry(hop.clone()).or_default();
+        // The window counts ids in flight, as acks release them: one ACK
+        // frees one slot, however the id was reused.
+        let new_id = !flight.contains_key(msg_id);
+        flight
             .entry(msg_id.to_owned())
             .or_default()
             .extend_from_slice(seqs);
-        *self.inflight_count.entry(hop.clone()).or_default() += 1;
+        if new_id {
+            *self.inflight_count.entry(hop.clone()).or_default() += 1;
+        }
     }
 
     /// Remembers that `dest` waits for room on `hop`.
@@ -323,8 +342,27 @@ mod tests {
         assert_eq!(released.len(), 1);
         assert_eq!(c.next_pending(&bob).unwrap().msg_id, "m1");
         assert_eq!(c.load_of(&bob), (2, 20));
-        assert!(c.holds("m2", &bob));
-        assert!(!c.holds("m0", &bob));
+        assert!(c.holds("a", "m2", &bob));
+        assert!(
+            !c.holds("b", "m2", &bob),
+            "another sender's id is not a duplicate"
+        );
+        assert!(!c.holds("a", "m0", &bob));
+    }
+
+    #[test]
+    fn a_reused_msg_id_does_not_leak_window_slots() {
+        let mut c = Custody::default();
+        let hop = Hop::Link("s".into());
+        let a = c.admit(entry("x", "bob"));
+        let b = c.admit(entry("x", "carol"));
+        c.send(&hop, "x", &[a.seq]);
+        assert!(c.in_flight(&hop, "x"));
+        c.send(&hop, "x", &[b.seq]);
+        assert_eq!(c.room(&hop), LINK_WINDOW - 1);
+        c.ack(&hop, &["x".into()]);
+        assert_eq!(c.room(&hop), LINK_WINDOW);
+        assert!(!c.in_flight(&hop, "x"));
     }
 
     #[test]

@@ -451,7 +451,7 @@ impl Router {
         let mut refused = 0;
         let dests = intake.dests.len();
         for (dest, to) in intake.dests.clone() {
-            if self.custody.holds(&intake.msg_id, &dest) {
+            if self.custody.holds(&intake.sender, &intake.msg_id, &dest) {
                 continue;
             }
             let entry = self.entry(&intake, dest.clone(), to, via);
@@ -558,7 +558,11 @@ impl Router {
                 self.persist(StoreOp::Release(released.iter().map(|e| e.seq).collect()));
                 continue;
             }
-            if self.custody.room(&route.hop) == 0 {
+            // A full window, or another frame under the same id in flight
+            // on this hop (an ACK names only the id): wait for an ack.
+            if self.custody.room(&route.hop) == 0
+                || self.custody.in_flight(&route.hop, &head.msg_id)
+            {
                 self.custody.block(&route.hop, dest);
                 return;
             }
@@ -570,7 +574,7 @@ impl Router {
                 let mut names = vec![dest_user(&head.dest)];
                 let others: Vec<Entry> = self
                     .custody
-                    .pending_with_msg(&head.msg_id)
+                    .pending_with_msg(&head.sender, &head.msg_id)
                     .into_iter()
                     .cloned()
                     .collect();
