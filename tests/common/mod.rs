@@ -29,5 +29,6 @@ pub fn fixture_key(rel: &str) -> PrivateKey {
 
 pub mod clientproc;
 pub mod cluster;
+pub mod fakenode;
 pub mod procs;
 pub mod raw;
