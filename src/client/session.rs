@@ -90,6 +90,9 @@ pub struct Session {
     swallow_list: bool,
     /// The `mac-v1` session, once the node's welcome offered one.
     mac: Option<MacSession>,
+    /// The node sent `USER_WELCOME` (a `socp` node: it acknowledges content);
+    /// false when a reference node accepted us by answering the list.
+    welcomed: bool,
 }
 
 impl Session {
@@ -140,6 +143,7 @@ impl Session {
             server_id: String::new(),
             swallow_list: false,
             mac: None,
+            welcomed: false,
         };
         session.hello().await?;
         Ok(session)
@@ -171,6 +175,18 @@ impl Session {
     /// Our user id.
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// True if the node welcomed us (a `socp` node): it acknowledges the
+    /// content it takes and refuses the rest with an `ERROR` naming it.
+    pub fn welcomed(&self) -> bool {
+        self.welcomed
+    }
+
+    /// True if every frame from the node is authenticated (a `mac-v1`
+    /// session: a frame that does not verify closes the connection).
+    pub fn authenticated(&self) -> bool {
+        self.mac.is_some()
     }
 
     /// Our key.
@@ -223,6 +239,7 @@ impl Session {
                         }
                         self.server_id = w.server_id;
                         self.swallow_list = true;
+                        self.welcomed = true;
                         return Ok(());
                     }
                     Message::UserList(_) => {
