@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::display::escape;
 use crate::crypto::PrivateKey;
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
 use crate::wire::messages::{ErrorBody, Message, UserHello};
@@ -331,7 +332,7 @@ impl Session {
             let env = match Envelope::parse(text.as_str()) {
                 Ok(env) => env,
                 Err(e) => {
-                    tracing::warn!(error = %e, "unreadable frame from the server");
+                    tracing::warn!(error = %escape(&e.to_string()), "unreadable frame from the server");
                     continue;
                 }
             };
@@ -342,7 +343,7 @@ impl Session {
             match Message::from_envelope(&env) {
                 Ok(msg) => return Ok(Some((env, msg))),
                 Err(e) => {
-                    tracing::warn!(kind = %env.kind, error = %e, "unknown frame from the server")
+                    tracing::warn!(kind = %escape(&env.kind), error = %escape(&e.to_string()), "unknown frame from the server")
                 }
             }
         }
