@@ -21,7 +21,19 @@ pub enum Command {
     File { to: String, path: PathBuf },
     Fingerprint(Option<String>),
     Trust(String),
+    Outbox(OutboxCmd),
     Quit,
+}
+
+/// What `/outbox` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxCmd {
+    /// List what waits for the node's acknowledgement.
+    List,
+    /// Forget an entry (full id or a unique prefix): it is never sent.
+    Drop(String),
+    /// Send a held entry again.
+    Retry(String),
 }
 
 /// Every command with its usage, for `/help` and usage errors.
@@ -49,6 +61,10 @@ pub const USAGE: &[(&str, &str)] = &[
         "your key's fingerprint, or USER's pinned one",
     ),
     ("/trust USER", "accept USER's new key after a key change"),
+    (
+        "/outbox [drop|retry ID]",
+        "what waits to be sent; drop an entry, or send a held one again",
+    ),
     ("/quit", "leave"),
 ];
 
@@ -202,6 +218,18 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
                 path: PathBuf::from(path),
             }))
         }
+        "/outbox" => {
+            let (action, rest) = word(rest);
+            let (id, extra) = word(rest);
+            match (action, id.is_empty(), extra.is_empty()) {
+                ("", _, _) => Ok(Some(Command::Outbox(OutboxCmd::List))),
+                ("drop", false, true) => Ok(Some(Command::Outbox(OutboxCmd::Drop(id.to_owned())))),
+                ("retry", false, true) => {
+                    Ok(Some(Command::Outbox(OutboxCmd::Retry(id.to_owned()))))
+                }
+                _ => Err(usage(&cmd, "say drop ID or retry ID, or nothing to list")),
+            }
+        }
         other => Err(UsageError {
             problem: format!("unknown command {other}"),
             usage: "/help lists the commands".into(),
@@ -259,6 +287,16 @@ mod tests {
             parse("/fingerprint").unwrap(),
             Some(Command::Fingerprint(None))
         );
+        assert_eq!(
+            parse("/outbox").unwrap(),
+            Some(Command::Outbox(OutboxCmd::List))
+        );
+        assert_eq!(
+            parse("/outbox drop 1a2b").unwrap(),
+            Some(Command::Outbox(OutboxCmd::Drop("1a2b".into())))
+        );
+        assert!(parse("/outbox drop").is_err());
+        assert!(parse("/outbox shred x").is_err());
     }
 
     #[test]

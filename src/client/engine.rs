@@ -25,6 +25,9 @@ use crate::wire::messages::{
 };
 use crate::wire::{Envelope, b64, canonical, ids, now_ms};
 
+mod sending;
+use sending::{FileFlight, Flights};
+
 /// How long to wait for the directory to answer a key lookup.
 pub const LOOKUP_PATIENCE: Duration = Duration::from_secs(10);
 /// Shown ids gathered in the journal before they go into the keyring.
@@ -91,6 +94,10 @@ pub struct Engine<F: Frontend> {
     /// Content handled but not yet acknowledged to the node (batched).
     to_ack: Vec<String>,
     ack_at: Option<tokio::time::Instant>,
+    /// Outbox entries refused for a transient reason, and when to try again.
+    retry_at: HashMap<String, tokio::time::Instant>,
+    /// Files being sent, until the node acknowledges or refuses them.
+    flights: Flights,
 }
 
 impl<F: Frontend> Engine<F> {
@@ -135,6 +142,8 @@ impl<F: Frontend> Engine<F> {
             ready: VecDeque::new(),
             to_ack: Vec::new(),
             ack_at: None,
+            retry_at: HashMap::new(),
+            flights: Flights::default(),
         })
     }
 
@@ -181,6 +190,18 @@ impl<F: Frontend> Engine<F> {
                     attempt += 1;
                     let (server, user, tls) = (self.cfg.server.clone(), self.cfg.user.clone(), self.cfg.tls.clone());
                     match Session::connect_opts(&server, &user, self.key.clone(), super::HelloStyle::Signed, tls).await {
+                        Ok(session) if session.welcomed() && !session.authenticated() => {
+                            // We offered mac-v1: a socp node that welcomes us
+                            // without a session leaves its frames to us
+                            // unauthenticated (we know no key of its to check
+                            // signatures with), so a forged ERROR or ACK could
+                            // drop our outbox. See DESIGN.md.
+                            session.close().await;
+                            self.emit(Event::error("NO_SESSION", format!(
+                                "{server} welcomed us without a mac-v1 session, so its frames cannot be authenticated; not retrying: \
+                                 use a server that offers sessions (not --no-mac), over wss://")));
+                            return;
+                        }
                         Ok(session) => {
                             attempt = 0;
                             reconnect_at = None;
@@ -205,7 +226,11 @@ impl<F: Frontend> Engine<F> {
                     }
                 },
                 _ = sleep_until(self.ack_at) => self.flush_acks().await,
-                _ = tick.tick() => self.expire_lookups(),
+                _ = tick.tick() => {
+                    self.expire_lookups();
+                    self.expire_transfers();
+                    self.retry_due().await;
+                }
             }
         }
     }
@@ -221,6 +246,7 @@ impl<F: Frontend> Engine<F> {
         // reconnect; it is marked as seen, so it is not shown twice.
         self.to_ack.clear();
         self.ack_at = None;
+        self.flights.clear();
         for name in self.receiver.abort_all() {
             self.emit(Event::error(
                 "FILE",
@@ -273,63 +299,10 @@ impl<F: Frontend> Engine<F> {
         }
     }
 
-    /// Sends content through the outbox: kept until the node acknowledges
-    /// it, and sent again after a reconnect (or a restart) until then.
-    async fn send_content(
-        &mut self,
-        kind: &'static str,
-        to: &str,
-        shown_to: &str,
-        msg: Message,
-        msg_id: String,
-    ) {
-        let out = super::keyring::Outgoing {
-            msg_id: msg_id.clone(),
-            to: to.to_owned(),
-            kind: msg.type_name().to_owned(),
-            payload: msg.to_payload(),
-        };
-        if let Err(e) = self.keyring.outbox_add(&out) {
-            return self.emit(Event::error(
-                "KEYRING",
-                format!("could not keep the message in the outbox, not sent: {e}"),
-            ));
-        }
-        self.emit(Event::Sent {
-            kind,
-            to: shown_to.to_owned(),
-            msg_id: msg_id.clone(),
-        });
-        let sent = match self.session.as_mut() {
-            Some(session) => session.send(to, &msg).await.is_ok(),
-            None => false,
-        };
-        if !sent {
-            self.emit(Event::Pending {
-                msg_id,
-                reason: "not connected".into(),
-            });
-        }
-    }
-
     /// After a (re)connect: what the outbox holds goes out first, in order,
     /// then the key lookups that were waiting.
     async fn on_connect(&mut self) {
-        let outbox = match self.keyring.outbox() {
-            Ok(o) => o,
-            Err(e) => return self.emit(Event::error("KEYRING", e.to_string())),
-        };
-        for out in outbox {
-            let Ok(msg) = Message::from_payload(&out.kind, out.payload) else {
-                continue;
-            };
-            let Some(session) = self.session.as_mut() else {
-                return;
-            };
-            if session.send(&out.to, &msg).await.is_err() {
-                return;
-            }
-        }
+        self.resend_outbox().await;
         self.requested.clear();
         let waiting: Vec<String> = self.waiting.keys().cloned().collect();
         for user in waiting {
@@ -557,6 +530,7 @@ impl<F: Frontend> Engine<F> {
             Command::Gshare { group, members } => self.share(group, members).await,
             Command::Gmsg { group, text } => self.send_group(group, text).await,
             Command::File { to, path } => self.send_file(to, path).await,
+            Command::Outbox(cmd) => self.outbox_command(cmd).await,
         }
         true
     }
@@ -581,11 +555,25 @@ impl<F: Frontend> Engine<F> {
         };
         let msg_id = new_msg_id();
         dm.msg_id = Some(msg_id.clone());
-        self.send_content("dm", &to, &to, Message::MsgPrivate(dm), msg_id)
+        self.send_content(&to, Message::MsgPrivate(dm), msg_id)
             .await;
     }
 
     async fn share(&mut self, group: String, members: Vec<String>) {
+        // Only a group's owner rotates its key or changes its members (C10):
+        // members would refuse our share anyway.
+        match self.keyring.group_owner(&group) {
+            Ok(Some(owner)) if owner != self.cfg.user => {
+                return self.emit(Event::error(
+                    "NOT_OWNER",
+                    format!(
+                        "{group} belongs to {owner}: only its owner can share a new key or change its members; nothing was sent"
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return self.emit(Event::error("KEYRING", e.to_string())),
+        }
         let mut keys = Vec::new();
         for m in &members {
             match self.sendable(m) {
@@ -615,6 +603,12 @@ impl<F: Frontend> Engine<F> {
         let Some(Ok((group_key, mut share))) = made else {
             return self.emit(Event::error("CRYPTO", "could not create the group key"));
         };
+        let msg_id = new_msg_id();
+        share.msg_id = Some(msg_id.clone());
+        let msg = Message::GroupKeyShare(share);
+        if !self.fits(ids::TO_SERVER, &msg) {
+            return;
+        }
         let mut all = members.clone();
         if !all.contains(&self.cfg.user) {
             all.push(self.cfg.user.clone());
@@ -624,19 +618,14 @@ impl<F: Frontend> Engine<F> {
             creator: self.cfg.user.clone(),
             members: all,
         };
-        if let Err(e) = self.keyring.set_group_key(&group, &record) {
+        if let Err(e) = self
+            .keyring
+            .pin_group_owner(&group, &self.cfg.user)
+            .and_then(|_| self.keyring.set_group_key(&group, &record))
+        {
             return self.emit(Event::error("KEYRING", e.to_string()));
         }
-        let msg_id = new_msg_id();
-        share.msg_id = Some(msg_id.clone());
-        self.send_content(
-            "group_key",
-            ids::TO_SERVER,
-            &group,
-            Message::GroupKeyShare(share),
-            msg_id,
-        )
-        .await;
+        self.send_content(ids::TO_SERVER, msg, msg_id).await;
     }
 
     fn group_key(&mut self, group: &str) -> Option<GroupKey> {
@@ -670,7 +659,7 @@ impl<F: Frontend> Engine<F> {
         };
         let msg_id = new_msg_id();
         m.msg_id = Some(msg_id.clone());
-        self.send_content("group_msg", &group, &group, Message::MsgGroup(m), msg_id)
+        self.send_content(&group, Message::MsgGroup(m), msg_id)
             .await;
     }
 
@@ -753,9 +742,22 @@ impl<F: Frontend> Engine<F> {
         start
             .extra
             .insert("from".into(), Value::String(self.cfg.user.clone()));
-        if !self.send(to, &Message::FileStart(start)).await {
+        let start = Message::FileStart(start);
+        if !self.fits(to, &start) {
+            return Ok(());
+        }
+        if !self.send(to, &start).await {
             anyhow::bail!("not sent");
         }
+        self.flights.start(
+            &file_id,
+            FileFlight {
+                name: name.clone(),
+                to: to.to_owned(),
+                start_msg_id: start_msg_id.clone(),
+                end_msg_id: None,
+            },
+        );
         let mut file = tokio::fs::File::open(path).await?;
         let mut buf = vec![0u8; content::CHUNK_SIZE];
         let (mut index, mut done) = (0u64, 0u64);
@@ -766,7 +768,9 @@ impl<F: Frontend> Engine<F> {
             }
             let mut chunk =
                 content::seal_chunk(&file_id, index, key, wrapped.as_deref(), &buf[..n])?;
-            chunk.msg_id = Some(new_msg_id());
+            let chunk_id = new_msg_id();
+            chunk.msg_id = Some(chunk_id.clone());
+            self.flights.add_frame(&file_id, &chunk_id);
             if !self.send(to, &Message::FileChunk(chunk)).await {
                 anyhow::bail!("the connection dropped after {done} of {size} bytes");
             }
@@ -782,13 +786,19 @@ impl<F: Frontend> Engine<F> {
         if done != size {
             anyhow::bail!("the file changed while it was sent ({done} of {size} bytes)");
         }
+        let end_id = new_msg_id();
+        self.flights.end(&file_id, &end_id);
         let end = FileEnd {
             file_id,
             user_id: None,
-            msg_id: Some(new_msg_id()),
+            msg_id: Some(end_id),
             extra: Map::new(),
         };
-        if self.send(to, &Message::FileEnd(end)).await {
+        // "sent" once the node acknowledges the end (a node that
+        // acknowledges nothing: now).
+        if self.send(to, &Message::FileEnd(end)).await
+            && !self.session.as_ref().is_some_and(|s| s.welcomed())
+        {
             self.emit(Event::Sent {
                 kind: "file",
                 to: to.to_owned(),
@@ -807,15 +817,8 @@ impl<F: Frontend> Engine<F> {
                 let key = (a.found && !a.pubkey.is_empty()).then_some(a.pubkey.as_str());
                 self.key_answer(&a.user_id, key);
             }
-            Message::Error(e) => self.emit(Event::Error {
-                code: e.code,
-                detail: e.detail,
-            }),
-            Message::Ack(a) => {
-                if let Err(e) = self.keyring.outbox_done(&a.msg_ids) {
-                    self.emit(Event::error("KEYRING", e.to_string()));
-                }
-            }
+            Message::Error(e) => self.refused(e),
+            Message::Ack(a) => self.acked(a.msg_ids),
             Message::Receipt(r) => {
                 for msg_id in r.msg_ids {
                     self.emit(Event::Delivery {
@@ -835,6 +838,20 @@ impl<F: Frontend> Engine<F> {
                     .get("msg_id")
                     .and_then(Value::as_str)
                     .map(str::to_owned);
+                if let Some(sender) = claimed_sender(&msg)
+                    && let Err(e) = ids::check_user(sender)
+                {
+                    // Not shown as from anyone: a name like "bob ✓" or
+                    // "server_x" must not pass for a user.
+                    self.emit(Event::Dropped {
+                        from: sender.to_owned(),
+                        reason: format!(
+                            "{} whose sender is not a valid user id ({e})",
+                            msg.type_name()
+                        ),
+                    });
+                    return self.ack_later(msg_id.as_deref());
+                }
                 if self.content(env, msg).await {
                     self.ack_later(msg_id.as_deref());
                 }
@@ -973,6 +990,30 @@ impl<F: Frontend> Engine<F> {
         let verified = creator_key.is_some_and(|k| {
             content::share_signed_bytes(&s).is_ok_and(|b| content::verify(&k, &b, &s.content_sig))
         });
+        // C10: once a group has an owner, only a share the owner made and
+        // signed with their directory key is adopted.
+        let owner = match self.keyring.group_owner(&s.group_id) {
+            Ok(o) => o,
+            Err(e) => {
+                self.emit(Event::error("KEYRING", e.to_string()));
+                return true;
+            }
+        };
+        let refusal = match &owner {
+            Some(o) if *o != s.creator => Some("its creator is not the group's owner"),
+            Some(_) if !verified => Some("it does not verify with the owner's directory key"),
+            _ => None,
+        };
+        if let (Some(reason), Some(owner)) = (refusal, owner) {
+            self.emit(Event::GroupKeyRefused {
+                group: s.group_id,
+                from: s.creator,
+                owner,
+                reason: reason.to_owned(),
+            });
+            self.shown(&msg_id);
+            return true;
+        }
         let (key, me, share) = (self.key.clone(), self.cfg.user.clone(), s.clone());
         match blocking(move || content::open_group_share(&key, &me, &share)).await {
             Some(Ok(Some(group_key))) => {
@@ -990,7 +1031,11 @@ impl<F: Frontend> Engine<F> {
                         creator: s.creator.clone(),
                         members,
                     };
-                    if let Err(e) = self.keyring.set_group_key(&s.group_id, &record) {
+                    if let Err(e) = self
+                        .keyring
+                        .pin_group_owner(&s.group_id, &s.creator)
+                        .and_then(|_| self.keyring.set_group_key(&s.group_id, &record))
+                    {
                         self.emit(Event::error("KEYRING", e.to_string()));
                         return true;
                     }
@@ -1065,6 +1110,23 @@ impl<F: Frontend> Engine<F> {
         }
         if let Err(e) = self.receiver.start(s, from) {
             self.emit(Event::error("FILE", e.to_string()));
+        }
+    }
+
+    /// Drops transfers that stalled, freeing their slots.
+    fn expire_transfers(&mut self) {
+        let dropped = self
+            .receiver
+            .expire(std::time::Instant::now(), files::TRANSFER_IDLE);
+        for (name, from) in dropped {
+            self.emit(Event::error(
+                "FILE",
+                format!(
+                    "{name} from {}: no data for {} s; the transfer was dropped and nothing was saved",
+                    from.as_deref().unwrap_or("an unnamed sender"),
+                    files::TRANSFER_IDLE.as_secs()
+                ),
+            ));
         }
     }
 
@@ -1150,6 +1212,17 @@ impl<F: Frontend> Engine<F> {
             Err(files::FileError::Unknown(_)) => {}
             Err(err) => self.emit(Event::error("FILE", format!("{err}; nothing was saved"))),
         }
+    }
+}
+
+/// Who content says it is from, where it says so.
+fn claimed_sender(msg: &Message) -> Option<&str> {
+    match msg {
+        Message::UserDeliver(d) => Some(&d.sender),
+        Message::GroupKeyShare(s) => Some(&s.creator),
+        Message::MsgGroup(m) => Some(&m.from),
+        Message::FileStart(s) => s.extra.get("from").and_then(Value::as_str),
+        _ => None,
     }
 }
 

@@ -5,6 +5,8 @@ use std::io::{IsTerminal, Write};
 
 use serde::Serialize;
 
+use super::display::escape as e;
+
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -42,6 +44,21 @@ pub enum Event {
         msg_id: String,
         reason: String,
     },
+    /// The node refused content (`ERROR` naming its `msg_id`): it was not
+    /// sent. `kept`: still in the outbox for a later try (a transient
+    /// refusal: `QUOTA_EXCEEDED`, `STORAGE`, `RATE_LIMITED`); otherwise
+    /// dropped from it.
+    NotSent {
+        msg_id: String,
+        to: String,
+        code: String,
+        detail: String,
+        kept: bool,
+    },
+    /// What `/outbox` lists: content waiting for the node's `ACK`.
+    Outbox {
+        entries: Vec<OutboxEntry>,
+    },
     /// What became of a sent DM: `queued` (recipient offline, in the
     /// mailbox) or `delivered` (their client has it).
     Delivery {
@@ -58,6 +75,14 @@ pub enum Event {
         group: String,
         from: String,
         verified: bool,
+    },
+    /// A key share for a group whose pinned owner is someone else (or that
+    /// does not verify with the owner's key) was not adopted (C10).
+    GroupKeyRefused {
+        group: String,
+        from: String,
+        owner: String,
+        reason: String,
     },
     GroupMsg {
         group: String,
@@ -87,6 +112,12 @@ pub enum Event {
         old: String,
         new: String,
     },
+    /// Content that was not shown at all (for example: its sender is not a
+    /// valid user id).
+    Dropped {
+        from: String,
+        reason: String,
+    },
     Fingerprint {
         user: String,
         fingerprint: String,
@@ -102,6 +133,19 @@ pub enum Event {
         code: String,
         detail: String,
     },
+}
+
+/// One entry of `/outbox`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxEntry {
+    pub msg_id: String,
+    /// What it is: `dm`, `group_msg`, `group_key`.
+    pub kind: String,
+    pub to: String,
+    /// Why the node last refused it, if it did.
+    pub last_error: Option<String>,
+    /// Set aside after refusals: not sent again on its own.
+    pub held: bool,
 }
 
 impl Event {
@@ -183,56 +227,201 @@ impl TerminalFrontend {
         }
     }
 
-    /// The line for an event, if it has one.
+    /// The line for an event, if it has one. Every string in it that came
+    /// from outside (names, text, ids, errors a node wrote) goes through
+    /// [`escape`]: one line per event, no control characters.
     pub fn render(&self, event: &Event) -> Option<String> {
         Some(match event {
-            Event::Connected { user, server } => format!("connected as {user} to {server}"),
-            Event::Disconnected { reason } => self.paint("33", &format!("disconnected: {reason}")),
-            Event::Reconnecting { attempt, in_ms } => {
-                self.paint("33", &format!("reconnecting in {:.1} s (attempt {attempt})", *in_ms as f64 / 1000.0))
+            Event::Connected { user, server } => {
+                format!("connected as {} to {}", e(user), e(server))
             }
-            Event::List { users } => format!("online: {}", users.join(", ")),
-            Event::Pubget { pubkey, fingerprint } => format!("your key {fingerprint}\n{pubkey}"),
-            Event::Pubkey { user, found: true, fingerprint } => {
-                format!("{user}'s key: {}", fingerprint.as_deref().unwrap_or("?"))
+            Event::Disconnected { reason } => {
+                self.paint("33", &format!("disconnected: {}", e(reason)))
             }
-            Event::Pubkey { user, found: false, .. } => format!("{user} is not in the directory"),
-            Event::Sent { kind, to, msg_id } => self.paint("2", &format!("sent {kind} to {to} ({})", short(msg_id))),
-            Event::Pending { msg_id, reason } => {
-                self.paint("33", &format!("waiting to send ({}): {reason}; it goes out when the connection is back", short(msg_id)))
-            }
-            Event::Delivery { msg_id, status } if status == "queued" => {
-                self.paint("2", &format!("({}) queued: the recipient is offline; delivered when they connect", short(msg_id)))
-            }
-            Event::Delivery { msg_id, status } => self.paint("2", &format!("({}) {status} ✓✓", short(msg_id))),
-            Event::Dm { from, text, verified, .. } => {
-                format!("[dm from {from}] {} {text}", self.mark(*verified))
-            }
-            Event::GroupKey { group, from, verified } => {
-                format!("[{group}] {from} shared the group key {}", self.mark(*verified))
-            }
-            Event::GroupMsg { group, from, text, verified, .. } => {
-                format!("[{group}] {from}: {} {text}", self.mark(*verified))
-            }
-            Event::File { from, name, path, size, verified, group, .. } => format!(
-                "[file from {}{}] {} {name} ({size} bytes) saved as {path}",
-                from.as_deref().unwrap_or("unknown sender"),
-                group.as_deref().map(|g| format!(" in {g}")).unwrap_or_default(),
-                self.mark(*verified)
-            ),
-            Event::Progress { .. } => return None,
-            Event::KeyChanged { user, old, new } => self.paint(
-                "1;31",
+            Event::Reconnecting { attempt, in_ms } => self.paint(
+                "33",
                 &format!(
-                    "!!! {user}'s KEY CHANGED in the directory: pinned {old}, now {new}.\n\
-                     !!! Messages from {user} will show as unverified and nothing is sent to {user}\n\
-                     !!! until you check the new fingerprint with them and run /trust {user}."
+                    "reconnecting in {:.1} s (attempt {attempt})",
+                    *in_ms as f64 / 1000.0
                 ),
             ),
-            Event::Fingerprint { user, fingerprint } => format!("{user}: {fingerprint}"),
-            Event::Trusted { user, fingerprint } => format!("now trusting {user}'s key {fingerprint}"),
+            Event::List { users } => {
+                format!(
+                    "online: {}",
+                    users.iter().map(|u| e(u)).collect::<Vec<_>>().join(", ")
+                )
+            }
+            Event::Pubget {
+                pubkey,
+                fingerprint,
+            } => format!("your key {fingerprint}\n{pubkey}"),
+            Event::Pubkey {
+                user,
+                found: true,
+                fingerprint,
+            } => {
+                format!(
+                    "{}'s key: {}",
+                    e(user),
+                    e(fingerprint.as_deref().unwrap_or("?"))
+                )
+            }
+            Event::Pubkey {
+                user, found: false, ..
+            } => format!("{} is not in the directory", e(user)),
+            Event::Sent { kind, to, msg_id } => self.paint(
+                "2",
+                &format!("sent {kind} to {} ({})", e(to), e(short(msg_id))),
+            ),
+            Event::Pending { msg_id, reason } => self.paint(
+                "33",
+                &format!(
+                    "waiting to send ({}): {}; it goes out when it can",
+                    e(short(msg_id)),
+                    e(reason)
+                ),
+            ),
+            Event::NotSent {
+                msg_id,
+                to,
+                code,
+                detail,
+                kept,
+            } => self.paint(
+                "1;31",
+                &format!(
+                    "NOT SENT ({}) to {}: {}: {}; {}",
+                    e(short(msg_id)),
+                    e(to),
+                    e(code),
+                    e(detail),
+                    if *kept {
+                        "kept in the outbox, tried again later (/outbox)"
+                    } else {
+                        "dropped from the outbox"
+                    }
+                ),
+            ),
+            Event::Outbox { entries } if entries.is_empty() => "the outbox is empty".to_owned(),
+            Event::Outbox { entries } => {
+                let mut out = format!("outbox: {} waiting", entries.len());
+                for o in entries {
+                    out.push_str(&format!(
+                        "\n  {} {} to {}{}",
+                        e(&o.msg_id),
+                        e(&o.kind),
+                        e(&o.to),
+                        o.last_error
+                            .as_deref()
+                            .map(|r| format!(" (refused: {})", e(r)))
+                            .unwrap_or_default()
+                    ));
+                }
+                out
+            }
+            Event::Delivery { msg_id, status } if status == "queued" => self.paint(
+                "2",
+                &format!(
+                    "({}) queued: the recipient is offline; delivered when they connect",
+                    e(short(msg_id))
+                ),
+            ),
+            Event::Delivery { msg_id, status } => {
+                self.paint("2", &format!("({}) {} ✓✓", e(short(msg_id)), e(status)))
+            }
+            Event::Dm {
+                from,
+                text,
+                verified,
+                ..
+            } => {
+                format!("[dm from {}] {} {}", e(from), self.mark(*verified), e(text))
+            }
+            Event::GroupKey {
+                group,
+                from,
+                verified,
+            } => {
+                format!(
+                    "[{}] {} shared the group key {}",
+                    e(group),
+                    e(from),
+                    self.mark(*verified)
+                )
+            }
+            Event::GroupKeyRefused {
+                group,
+                from,
+                owner,
+                reason,
+            } => self.paint(
+                "1;31",
+                &format!(
+                    "!!! [{}] a key share from {} was REFUSED: {}; the group's owner is {}",
+                    e(group),
+                    e(from),
+                    e(reason),
+                    e(owner)
+                ),
+            ),
+            Event::GroupMsg {
+                group,
+                from,
+                text,
+                verified,
+                ..
+            } => {
+                format!(
+                    "[{}] {}: {} {}",
+                    e(group),
+                    e(from),
+                    self.mark(*verified),
+                    e(text)
+                )
+            }
+            Event::File {
+                from,
+                name,
+                path,
+                size,
+                verified,
+                group,
+                ..
+            } => format!(
+                "[file from {}{}] {} {} ({size} bytes) saved as {}",
+                e(from.as_deref().unwrap_or("unknown sender")),
+                group
+                    .as_deref()
+                    .map(|g| format!(" in {}", e(g)))
+                    .unwrap_or_default(),
+                self.mark(*verified),
+                e(name),
+                e(path)
+            ),
+            Event::Progress { .. } => return None,
+            Event::KeyChanged { user, old, new } => {
+                let (user, old, new) = (e(user), e(old), e(new));
+                self.paint(
+                    "1;31",
+                    &format!(
+                        "!!! {user}'s KEY CHANGED in the directory: pinned {old}, now {new}.\n\
+                         !!! Messages from {user} will show as unverified and nothing is sent to {user}\n\
+                         !!! until you check the new fingerprint with them and run /trust {user}."
+                    ),
+                )
+            }
+            Event::Dropped { from, reason } => self.paint(
+                "33",
+                &format!("dropped content from {}: {}", e(from), e(reason)),
+            ),
+            Event::Fingerprint { user, fingerprint } => format!("{}: {}", e(user), e(fingerprint)),
+            Event::Trusted { user, fingerprint } => {
+                format!("now trusting {}'s key {}", e(user), e(fingerprint))
+            }
             Event::Help { text } => text.clone(),
-            Event::Error { code, detail } => self.paint("31", &format!("error {code}: {detail}")),
+            Event::Error { code, detail } => {
+                self.paint("31", &format!("error {}: {}", e(code), e(detail)))
+            }
         })
     }
 }
@@ -255,7 +444,10 @@ impl Frontend for TerminalFrontend {
                     "-".repeat(width - filled.min(width))
                 );
                 let end = if done >= total { "\n" } else { "" };
-                eprint!("\r{direction} {name} [{bar}] {done}/{total} bytes{end}");
+                eprint!(
+                    "\r{direction} {} [{bar}] {done}/{total} bytes{end}",
+                    e(name)
+                );
             }
             return;
         }

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 
@@ -17,8 +18,14 @@ use crate::wire::messages::{FileChunk, FileMode, FileStart};
 pub const MAX_NAME_BYTES: usize = 120;
 /// Default largest file accepted (1 GiB).
 pub const DEFAULT_MAX_FILE: u64 = 1 << 30;
-/// Transfers in progress at once.
-pub const MAX_TRANSFERS: usize = 16;
+/// Transfers in progress at once, from everyone.
+pub const MAX_TRANSFERS: usize = 32;
+/// Transfers in progress at once from one sender (manifests that name no
+/// sender count as one sender), so one sender cannot fill every slot.
+pub const MAX_TRANSFERS_PER_SENDER: usize = 4;
+/// A transfer with no chunk for this long is dropped with its temporary
+/// file, freeing its slot.
+pub const TRANSFER_IDLE: Duration = Duration::from_secs(60);
 const PART_PREFIX: &str = ".socp-";
 const PART_SUFFIX: &str = ".part";
 
@@ -27,8 +34,12 @@ const PART_SUFFIX: &str = ".part";
 pub enum FileError {
     #[error("{name}: {size} bytes is over the {max}-byte limit")]
     TooLarge { name: String, size: u64, max: u64 },
-    #[error("too many transfers at once ({MAX_TRANSFERS})")]
-    TooMany,
+    #[error("{name}: too many transfers at once ({MAX_TRANSFERS}); refused")]
+    TooMany { name: String },
+    #[error(
+        "{name}: {sender} already has {MAX_TRANSFERS_PER_SENDER} transfers in progress; refused"
+    )]
+    TooManyFrom { name: String, sender: String },
     #[error("a transfer with this id is already in progress")]
     Duplicate,
     #[error("no transfer {0} in progress")]
@@ -127,6 +138,8 @@ pub struct Incoming {
     hasher: digest::Context,
     received: u64,
     next_index: u64,
+    /// When the manifest or the last chunk arrived.
+    last_seen: Instant,
     /// The unwrapped DM file key, with the wrapped text it came from.
     pub dm_key: Option<(String, Vec<u8>)>,
 }
@@ -187,8 +200,15 @@ impl Receiver {
         if self.transfers.contains_key(&start.file_id) {
             return Err(FileError::Duplicate);
         }
+        let from_sender = self.transfers.values().filter(|t| t.from == from).count();
+        if from_sender >= MAX_TRANSFERS_PER_SENDER {
+            return Err(FileError::TooManyFrom {
+                name,
+                sender: from.unwrap_or_else(|| "an unnamed sender".into()),
+            });
+        }
         if self.transfers.len() >= MAX_TRANSFERS {
-            return Err(FileError::TooMany);
+            return Err(FileError::TooMany { name });
         }
         let temp = self.dir.join(format!(
             "{PART_PREFIX}{}{PART_SUFFIX}",
@@ -207,6 +227,7 @@ impl Receiver {
             hasher: digest::Context::new(&digest::SHA256),
             received: 0,
             next_index: 0,
+            last_seen: Instant::now(),
             dm_key: None,
             start,
         };
@@ -246,6 +267,7 @@ impl Receiver {
             t.hasher.update(plaintext);
             t.received += plaintext.len() as u64;
             t.next_index += 1;
+            t.last_seen = Instant::now();
             Ok((t.received, t.start.size))
         })();
         if result.is_err() {
@@ -310,6 +332,30 @@ impl Receiver {
         Some(t.name)
     }
 
+    /// Drops the transfers that had nothing new for `idle` at `now`, with
+    /// their temporary files; returns their names and senders.
+    pub fn expire(&mut self, now: Instant, idle: Duration) -> Vec<(String, Option<String>)> {
+        let late: Vec<(String, Option<String>)> = self
+            .transfers
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(t.last_seen) >= idle)
+            .map(|(id, t)| (id.clone(), t.from.clone()))
+            .collect();
+        late.into_iter()
+            .filter_map(|(id, from)| Some((self.abort(&id)?, from)))
+            .collect()
+    }
+
+    /// Transfers in progress.
+    pub fn len(&self) -> usize {
+        self.transfers.len()
+    }
+
+    /// True if nothing is being received.
+    pub fn is_empty(&self) -> bool {
+        self.transfers.is_empty()
+    }
+
     /// Drops every transfer (the connection was lost); returns their names.
     pub fn abort_all(&mut self) -> Vec<String> {
         let ids: Vec<String> = self.transfers.keys().cloned().collect();
@@ -358,6 +404,59 @@ mod tests {
         let safe = safe_name(&String::from_utf8_lossy(input));
         assert!(!safe.starts_with('.') && !safe.is_empty(), "{safe:?}");
         assert_eq!(safe_name(". .. .x"), "x");
+    }
+
+    fn manifest(file_id: &str) -> FileStart {
+        FileStart {
+            file_id: file_id.into(),
+            name: format!("{file_id}.bin"),
+            size: 10,
+            sha256: String::new(),
+            mode: FileMode::Dm,
+            group_id: None,
+            user_id: None,
+            content_sig: None,
+            msg_id: None,
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn one_sender_cannot_take_every_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Receiver::new(dir.path(), 1 << 20).unwrap();
+        let mallory = Some("mallory".to_owned());
+        for i in 0..MAX_TRANSFERS_PER_SENDER {
+            r.start(manifest(&format!("m{i}")), mallory.clone())
+                .unwrap();
+        }
+        let e = r.start(manifest("m-more"), mallory.clone()).unwrap_err();
+        assert!(matches!(e, FileError::TooManyFrom { .. }), "{e}");
+        // Unnamed senders share one bucket too.
+        for i in 0..MAX_TRANSFERS_PER_SENDER {
+            r.start(manifest(&format!("u{i}")), None).unwrap();
+        }
+        assert!(r.start(manifest("u-more"), None).is_err());
+        // Bob still gets his file through.
+        r.start(manifest("b0"), Some("bob".into())).unwrap();
+        assert_eq!(r.len(), 2 * MAX_TRANSFERS_PER_SENDER + 1);
+    }
+
+    #[test]
+    fn idle_transfers_are_dropped_with_their_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Receiver::new(dir.path(), 1 << 20).unwrap();
+        r.start(manifest("stale"), Some("mallory".into())).unwrap();
+        let parts = || std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(parts(), 1);
+        let now = Instant::now();
+        assert!(r.expire(now, TRANSFER_IDLE).is_empty());
+        let dropped = r.expire(now + TRANSFER_IDLE, TRANSFER_IDLE);
+        assert_eq!(
+            dropped,
+            [("stale.bin".to_owned(), Some("mallory".to_owned()))]
+        );
+        assert_eq!((r.len(), parts()), (0, 0));
     }
 
     #[test]

@@ -233,6 +233,108 @@ impl Keyring {
     }
 }
 
+/// An outbox entry with what the node said about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    pub out: Outgoing,
+    /// Transient refusals so far.
+    pub refusals: u32,
+    pub last_error: Option<String>,
+    /// Set aside: not sent again until the user asks (`/outbox retry`).
+    pub held: bool,
+}
+
+fn waiting_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Waiting> {
+    let payload: String = r.get(3)?;
+    Ok(Waiting {
+        out: Outgoing {
+            msg_id: r.get(0)?,
+            to: r.get(1)?,
+            kind: r.get(2)?,
+            payload: serde_json::from_str(&payload).unwrap_or_default(),
+        },
+        refusals: r.get(4)?,
+        last_error: r.get(5)?,
+        held: r.get::<_, i64>(6)? != 0,
+    })
+}
+
+impl Keyring {
+    /// Every entry of the outbox with its refusals, oldest first.
+    pub fn outbox_waiting(&self) -> Result<Vec<Waiting>, StoreError> {
+        let conn = self.pool.get()?;
+        let mut stmt = conn.prepare(
+            "SELECT msg_id, to_id, kind, payload, refusals, last_error, held FROM outbox ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([], waiting_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One entry of the outbox.
+    pub fn outbox_get(&self, msg_id: &str) -> Result<Option<Waiting>, StoreError> {
+        let conn = self.pool.get()?;
+        Ok(conn
+            .query_row(
+                "SELECT msg_id, to_id, kind, payload, refusals, last_error, held FROM outbox
+                 WHERE msg_id = ?1",
+                [msg_id],
+                waiting_row,
+            )
+            .optional()?)
+    }
+
+    /// Records a transient refusal; the entry is held once it was refused
+    /// `hold_after` times. Returns the entry as it is now.
+    pub fn outbox_refused(
+        &self,
+        msg_id: &str,
+        reason: &str,
+        hold_after: u32,
+    ) -> Result<Option<Waiting>, StoreError> {
+        let conn = self.pool.get()?;
+        conn.execute(
+            "UPDATE outbox SET refusals = refusals + 1, last_error = ?2,
+               held = (refusals + 1 >= ?3) WHERE msg_id = ?1",
+            params![msg_id, reason, hold_after],
+        )?;
+        drop(conn);
+        self.outbox_get(msg_id)
+    }
+
+    /// Clears an entry's refusals so it is sent again.
+    pub fn outbox_release(&self, msg_id: &str) -> Result<bool, StoreError> {
+        let conn = self.pool.get()?;
+        Ok(conn.execute(
+            "UPDATE outbox SET refusals = 0, held = 0 WHERE msg_id = ?1",
+            [msg_id],
+        )? > 0)
+    }
+
+    /// The group's pinned owner.
+    pub fn group_owner(&self, group: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.pool.get()?;
+        Ok(conn
+            .query_row(
+                "SELECT owner FROM group_owners WHERE group_id = ?1",
+                [group],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Pins `owner` as the group's owner unless one is pinned; returns the
+    /// owner pinned now.
+    pub fn pin_group_owner(&self, group: &str, owner: &str) -> Result<String, StoreError> {
+        let conn = self.pool.get()?;
+        conn.execute(
+            "INSERT OR IGNORE INTO group_owners (group_id, owner, pinned_ms) VALUES (?1, ?2, ?3)",
+            params![group, owner, now_ms()],
+        )?;
+        drop(conn);
+        Ok(self.group_owner(group)?.unwrap_or_else(|| owner.to_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +370,9 @@ mod tests {
             members: vec!["bob".into()],
         };
         ring.set_group_key("group_x", &g).unwrap();
+        assert_eq!(ring.group_owner("group_x").unwrap(), None);
+        assert_eq!(ring.pin_group_owner("group_x", "alice").unwrap(), "alice");
+        assert_eq!(ring.pin_group_owner("group_x", "mallory").unwrap(), "alice");
         assert_eq!(ring.group_key("group_x").unwrap(), Some(g));
     }
 
@@ -286,6 +391,18 @@ mod tests {
             ring.outbox_add(&out).unwrap();
         }
         ring.outbox_done(&["m1".into()]).unwrap();
+        let w = ring
+            .outbox_refused("m2", "QUOTA_EXCEEDED", 2)
+            .unwrap()
+            .unwrap();
+        assert_eq!((w.refusals, w.held), (1, false));
+        let w = ring.outbox_refused("m2", "STORAGE", 2).unwrap().unwrap();
+        assert_eq!(
+            (w.refusals, w.held, w.last_error.as_deref()),
+            (2, true, Some("STORAGE"))
+        );
+        assert!(ring.outbox_release("m2").unwrap());
+        assert!(!ring.outbox_get("m2").unwrap().unwrap().held);
         let left: Vec<String> = ring
             .outbox()
             .unwrap()

@@ -2,11 +2,13 @@
 //! safe file reception, the engine, and the terminal and JSON front ends.
 
 pub mod commands;
+pub mod display;
 pub mod engine;
 pub mod events;
 pub mod files;
 pub mod journal;
 pub mod keyring;
+pub mod outbox;
 pub mod session;
 
 use std::path::PathBuf;
@@ -18,12 +20,30 @@ pub use session::{HelloStyle, Session, SessionError};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
+/// The longest line a terminal in canonical mode hands over (Linux
+/// `N_TTY_BUF_SIZE` less the newline): a longer typed line is cut there by
+/// the kernel before we read it.
+pub const TTY_LINE_MAX: usize = 4095;
+
 /// Reads stdin line by line into a channel; closes it at end of input.
+/// Lines from a pipe or file are never cut, whatever their length. A line
+/// read from a terminal that fills the terminal's line buffer may have been
+/// cut by the kernel: it is refused (with a message on stderr) rather than
+/// sent cut.
 pub fn spawn_stdin() -> mpsc::Receiver<String> {
+    use std::io::IsTerminal;
+    let tty = std::io::stdin().is_terminal();
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(line)) = lines.next_line().await {
+            if tty && line.len() >= TTY_LINE_MAX {
+                eprintln!(
+                    "error USAGE: that line reached the terminal's {TTY_LINE_MAX}-byte line limit and may have been cut; \
+                     nothing was sent. Send long text from a pipe (socp client ... < file) or as /file"
+                );
+                continue;
+            }
             if tx.send(line).await.is_err() {
                 break;
             }

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::display::escape;
 use crate::crypto::PrivateKey;
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
 use crate::wire::messages::{ErrorBody, Message, UserHello};
@@ -90,6 +91,9 @@ pub struct Session {
     swallow_list: bool,
     /// The `mac-v1` session, once the node's welcome offered one.
     mac: Option<MacSession>,
+    /// The node sent `USER_WELCOME` (a `socp` node: it acknowledges content);
+    /// false when a reference node accepted us by answering the list.
+    welcomed: bool,
 }
 
 impl Session {
@@ -140,6 +144,7 @@ impl Session {
             server_id: String::new(),
             swallow_list: false,
             mac: None,
+            welcomed: false,
         };
         session.hello().await?;
         Ok(session)
@@ -171,6 +176,18 @@ impl Session {
     /// Our user id.
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// True if the node welcomed us (a `socp` node): it acknowledges the
+    /// content it takes and refuses the rest with an `ERROR` naming it.
+    pub fn welcomed(&self) -> bool {
+        self.welcomed
+    }
+
+    /// True if every frame from the node is authenticated (a `mac-v1`
+    /// session: a frame that does not verify closes the connection).
+    pub fn authenticated(&self) -> bool {
+        self.mac.is_some()
     }
 
     /// Our key.
@@ -223,6 +240,7 @@ impl Session {
                         }
                         self.server_id = w.server_id;
                         self.swallow_list = true;
+                        self.welcomed = true;
                         return Ok(());
                     }
                     Message::UserList(_) => {
@@ -314,7 +332,7 @@ impl Session {
             let env = match Envelope::parse(text.as_str()) {
                 Ok(env) => env,
                 Err(e) => {
-                    tracing::warn!(error = %e, "unreadable frame from the server");
+                    tracing::warn!(error = %escape(&e.to_string()), "unreadable frame from the server");
                     continue;
                 }
             };
@@ -325,7 +343,7 @@ impl Session {
             match Message::from_envelope(&env) {
                 Ok(msg) => return Ok(Some((env, msg))),
                 Err(e) => {
-                    tracing::warn!(kind = %env.kind, error = %e, "unknown frame from the server")
+                    tracing::warn!(kind = %escape(&env.kind), error = %escape(&e.to_string()), "unknown frame from the server")
                 }
             }
         }

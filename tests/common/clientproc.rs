@@ -179,3 +179,101 @@ impl ClientProc {
             .unwrap()
     }
 }
+
+/// `socp client` with the terminal front end (no `--json`): what a user
+/// reads, line by line (stdout is a pipe, so without colour).
+pub struct TermProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+}
+
+impl TermProc {
+    /// Starts a terminal client and waits until it says it is connected.
+    pub async fn start(dir: &Path, user: &str, server: &str) -> TermProc {
+        let keys = dir.join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let pem = keys.join(format!("{user}.pem"));
+        if !pem.exists() {
+            std::fs::copy(fixture_pem(user), &pem).unwrap();
+        }
+        let mut child = Command::new(BIN)
+            .args(["client", "--user", user, "--server", server])
+            .arg("--keys")
+            .arg(&keys)
+            .arg("--downloads")
+            .arg(dir.join("downloads"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut t = TermProc {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        };
+        t.expect_line("connected", |l| l.contains(" connected as "))
+            .await;
+        t
+    }
+
+    pub async fn cmd(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Waits for a line matching `pred`; every line read is kept in `seen`.
+    pub async fn expect_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if pred(&line) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        found
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no {what} line within {WAIT:?}; saw {:?}", self.seen))
+    }
+
+    /// Lines printed within `quiet` from now.
+    pub async fn drain(&mut self, quiet: std::time::Duration) -> Vec<String> {
+        while let Ok(Some(line)) = tokio::time::timeout(quiet, self.lines.recv()).await {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+
+    pub async fn quit(mut self) {
+        drop(self.stdin.take());
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+}

@@ -29,6 +29,7 @@ pub fn fixture_key(rel: &str) -> PrivateKey {
 
 pub mod clientproc;
 pub mod cluster;
+pub mod fakenode;
 pub mod flood;
 pub mod procs;
 pub mod raw;
