@@ -48,5 +48,6 @@ pub fn config(
         downloads,
         max_file_size,
         tls: None,
+        invite: None,
     }
 }
