@@ -311,6 +311,9 @@ pub fn admit(file: &Path, entry: Option<&str>) -> Result<()> {
         return Ok(());
     }
     use std::io::Write;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
