@@ -1,9 +1,13 @@
-//! `socp admin`: the tables of a node's database, read-only, for operators.
-//! Safe on a running node: SQLite's WAL lets readers look while it writes.
+//! `socp admin`: the tables of a node's database for operators, and the
+//! directory and admission edits they make. Reading is safe on a running
+//! node (SQLite's WAL lets readers look while it writes); so is making an
+//! invite (the master checks codes by their HMAC, not by reading). Removing
+//! a user or resetting a key changes what a running node caches, so those
+//! refuse while a node holds the database's lock.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::crypto::PublicKey;
@@ -135,6 +139,197 @@ pub fn show(db: &Path, table: Table) -> Result<()> {
     print(
         &["SERVER", "ROLE", "ADDRESS", "KEY FINGERPRINT", "LAST SEEN"],
         rows,
+    );
+    Ok(())
+}
+
+/// Opens an existing node database for writing, migrated to this binary's schema.
+fn open_rw(db: &Path) -> Result<Connection> {
+    if !db.exists() {
+        bail!("{} does not exist; give the --db of the node", db.display());
+    }
+    let mut conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
+    conn.busy_timeout(crate::store::BUSY_TIMEOUT)?;
+    crate::store::migrate(&mut conn, crate::store::Schema::Node)
+        .with_context(|| format!("migrating {}", db.display()))?;
+    Ok(conn)
+}
+
+/// Takes the node's lock on `db`, or says that a node runs on it.
+fn lock_stopped(db: &Path) -> Result<std::fs::File> {
+    let path = crate::node::lock_path(db);
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "a socp node is running on {} (it holds {}): stop it first, then run this again and restart it; \
+             a running node keeps the directory in memory and would not see the change",
+            db.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+/// Makes a one-use invite code on the master's database (safe while it runs).
+pub fn make_invite(db: &Path) -> Result<String> {
+    let conn = open_rw(db)?;
+    let key = crate::node::policy::invite_key(&conn).context("reading the invite key")?;
+    let code = crate::node::policy::new_invite(&key);
+    conn.execute(
+        "INSERT INTO invites (code, created_ms) VALUES (?1, ?2)",
+        rusqlite::params![code, now_ms()],
+    )
+    .context("storing the invite")?;
+    Ok(code)
+}
+
+/// An invite code as `socp admin invites` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    pub code: String,
+    pub created_ms: i64,
+    pub used_by: Option<String>,
+    pub used_ms: Option<i64>,
+}
+
+/// The invite codes of a master's database, oldest first.
+pub fn invites(db: &Path) -> Result<Vec<Invite>> {
+    let conn = open_rw(db)?;
+    let mut stmt = conn.prepare(
+        "SELECT code, created_ms, used_by, used_ms FROM invites ORDER BY created_ms, code",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Invite {
+            code: r.get(0)?,
+            created_ms: r.get(1)?,
+            used_by: r.get(2)?,
+            used_ms: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Prints the invite codes.
+pub fn show_invites(db: &Path) -> Result<()> {
+    let rows = invites(db)?
+        .into_iter()
+        .map(|i| {
+            vec![
+                i.code,
+                ago(i.created_ms),
+                i.used_by.unwrap_or_else(|| "(unused)".into()),
+                i.used_ms.map(ago).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print(&["INVITE", "MADE", "USED BY", "USED"], rows);
+    Ok(())
+}
+
+fn user_exists(conn: &Connection, user: &str) -> Result<()> {
+    let found: Option<i64> = rusqlite::OptionalExtension::optional(conn.query_row(
+        "SELECT 1 FROM users WHERE user_id = ?1",
+        [user],
+        |r| r.get(0),
+    ))?;
+    if found.is_none() {
+        bail!("no user {user:?} in this directory (socp admin users lists them)");
+    }
+    Ok(())
+}
+
+/// Removes `user` from a stopped node's directory, with its presence and
+/// mailbox: the id is free again.
+pub fn remove_user(db: &Path, user: &str) -> Result<()> {
+    let _lock = lock_stopped(db)?;
+    let mut conn = open_rw(db)?;
+    user_exists(&conn, user)?;
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM users WHERE user_id = ?1", [user])?;
+    tx.execute("DELETE FROM presence WHERE user_id = ?1", [user])?;
+    tx.execute("DELETE FROM proof_owners WHERE user_id = ?1", [user])?;
+    tx.execute("DELETE FROM key_resets WHERE user_id = ?1", [user])?;
+    let frames = tx.execute(
+        "DELETE FROM custody WHERE dest_kind = 'user' AND dest = ?1",
+        [user],
+    )?;
+    tx.commit()?;
+    println!("removed {user} (and {frames} frames waiting for it)");
+    Ok(())
+}
+
+/// Forgets `user`'s pinned key on a stopped node: its next hello pins a new one.
+pub fn reset_key(db: &Path, user: &str) -> Result<()> {
+    let _lock = lock_stopped(db)?;
+    let mut conn = open_rw(db)?;
+    user_exists(&conn, user)?;
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM users WHERE user_id = ?1", [user])?;
+    tx.execute("DELETE FROM presence WHERE user_id = ?1", [user])?;
+    tx.execute("DELETE FROM proof_owners WHERE user_id = ?1", [user])?;
+    tx.execute(
+        "INSERT OR REPLACE INTO key_resets (user_id, reset_ms) VALUES (?1, ?2)",
+        rusqlite::params![user, now_ms()],
+    )?;
+    tx.commit()?;
+    println!(
+        "reset the key of {user}: its next hello pins a new key (run this on the master; locals learn it from the master)"
+    );
+    Ok(())
+}
+
+/// Lists an admit file's entries or, with `entry`, adds one.
+pub fn admit(file: &Path, entry: Option<&str>) -> Result<()> {
+    use crate::node::policy::{AdmitEntry, AdmitList};
+    let list = if file.exists() {
+        AdmitList::load(file)?
+    } else {
+        AdmitList::default()
+    };
+    let Some(entry) = entry else {
+        for e in &list.entries {
+            println!("{}", e.line());
+        }
+        println!("({} servers admitted)", list.entries.len());
+        return Ok(());
+    };
+    let Some(parsed) = AdmitEntry::parse(entry) else {
+        bail!(
+            "{entry:?} is neither a server id nor a key fingerprint (64 hex digits, as `socp gen` prints it)"
+        );
+    };
+    if list.entries.contains(&parsed) {
+        println!(
+            "{} is already admitted in {}",
+            parsed.line(),
+            file.display()
+        );
+        return Ok(());
+    }
+    use std::io::Write;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .with_context(|| format!("opening {}", file.display()))?;
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let sep = if text.is_empty() || text.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    writeln!(f, "{sep}{}", parsed.line()).with_context(|| format!("writing {}", file.display()))?;
+    println!(
+        "admitted {} in {} (nodes read it at every link hello)",
+        parsed.line(),
+        file.display()
     );
     Ok(())
 }

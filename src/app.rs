@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, ClientArgs, Command, GenArgs, GenWhat, NodeArgs, RoleArg};
+use crate::cli::{AdminCommand, Cli, ClientArgs, Command, GenArgs, GenWhat, NodeArgs, RoleArg};
 use crate::client;
 use crate::node::{self, NodeConfig};
 
@@ -21,14 +21,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gen(args) => gen_identity(args),
         Command::Node(args) => run_node(args),
         Command::Client(args) => run_client(args),
-        Command::Admin(args) => {
-            let table = match args.table {
-                crate::cli::AdminTable::Users => crate::admin::Table::Users,
-                crate::cli::AdminTable::Servers => crate::admin::Table::Servers,
-                crate::cli::AdminTable::Mailbox => crate::admin::Table::Mailbox,
-            };
-            crate::admin::show(&args.db, table)
-        }
+        Command::Admin(args) => run_admin(args.command),
         Command::Bench(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let cfg = crate::bench::BenchConfig {
@@ -39,6 +32,27 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             runtime.block_on(crate::bench::run(cfg)).map(|_| ())
         }
+    }
+}
+
+fn run_admin(command: AdminCommand) -> Result<()> {
+    use crate::admin::{self, Table};
+    match command {
+        AdminCommand::Users(a) => admin::show(&a.db, Table::Users),
+        AdminCommand::Servers(a) => admin::show(&a.db, Table::Servers),
+        AdminCommand::Mailbox(a) => admin::show(&a.db, Table::Mailbox),
+        AdminCommand::Invite(a) => {
+            let code = admin::make_invite(&a.db)?;
+            println!("{code}");
+            eprintln!(
+                "one-use invite: the new user runs socp client --invite {code} (for a master with --registration invite)"
+            );
+            Ok(())
+        }
+        AdminCommand::Invites(a) => admin::show_invites(&a.db),
+        AdminCommand::Admit(a) => admin::admit(&a.file, a.entry.as_deref()),
+        AdminCommand::RemoveUser(a) => admin::remove_user(&a.db, &a.user),
+        AdminCommand::ResetKey(a) => admin::reset_key(&a.db, &a.user),
     }
 }
 
@@ -128,6 +142,7 @@ fn run_client(args: ClientArgs) -> Result<()> {
         args.downloads.clone(),
         args.max_file_size,
     );
+    config.invite = args.invite.clone();
     if let Some(ca) = &args.ca {
         config.tls = Some(crate::tls::client_config(Some(ca)).context("loading --ca")?);
     }

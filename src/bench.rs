@@ -71,6 +71,11 @@ impl NodeProc {
             "1000000",
             "--user-burst",
             "1000000",
+            // Thousands of new ids from one address, through one local.
+            "--registrations-per-address",
+            "0",
+            "--registrations-per-server",
+            "0",
         ]);
         // The nodes die with the benchmark, however it ends.
         unsafe {

@@ -24,8 +24,9 @@ pub enum Command {
     Node(NodeArgs),
     /// Attach to a server as a user.
     Client(ClientArgs),
-    /// Print a node database's users, servers or mailbox (read-only; safe
-    /// while the node runs).
+    /// Operate a node's database: print its users, servers or mailbox;
+    /// make and list invites; list or add admitted servers; remove a user or
+    /// reset a user's key.
     Admin(AdminArgs),
     /// Measure a master and a local on loopback: throughput, latency, CPU,
     /// memory, with and without link sessions.
@@ -34,23 +35,62 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// What to print.
-    #[arg(value_enum)]
-    pub table: AdminTable,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// What `socp admin` does.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// The directory: user ids and their pinned keys (read-only; safe while
+    /// the node runs).
+    Users(DbArg),
+    /// Servers of the mesh and their pinned keys (read-only).
+    Servers(DbArg),
+    /// Frames in custody by destination: the master's offline mailbox (read-only).
+    Mailbox(DbArg),
+    /// Make a one-use invite code for --registration invite (safe while the
+    /// master runs).
+    Invite(DbArg),
+    /// List the invite codes and who used each.
+    Invites(DbArg),
+    /// List the servers an --admit file admits or, with ENTRY, add one: a
+    /// server id or key fingerprint (as `socp gen` prints them).
+    Admit(AdmitArgs),
+    /// Remove a user from the directory (and its mailbox); the id becomes
+    /// free. The node must be stopped.
+    RemoveUser(UserArg),
+    /// Forget a user's pinned key (for a lost key): the next hello pins a
+    /// new one, whatever the registration policy. The node must be stopped.
+    ResetKey(UserArg),
+}
+
+/// A node database.
+#[derive(Debug, Args)]
+pub struct DbArg {
     /// The node's SQLite database.
     #[arg(long)]
     pub db: PathBuf,
 }
 
-/// A table `socp admin` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AdminTable {
-    /// The directory: user ids and their pinned keys.
-    Users,
-    /// Servers of the mesh and their pinned keys.
-    Servers,
-    /// Frames in custody by destination (the master's offline mailbox).
-    Mailbox,
+/// A user of a node database.
+#[derive(Debug, Args)]
+pub struct UserArg {
+    /// The node's SQLite database.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// The user id.
+    pub user: String,
+}
+
+/// An admit file and what to add to it.
+#[derive(Debug, Args)]
+pub struct AdmitArgs {
+    /// The admit file the node reads (--admit); created if missing.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// A server id or key fingerprint to add.
+    pub entry: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +236,23 @@ pub struct NodeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9190).
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
+    /// Link only with the servers this file lists: server ids or key
+    /// fingerprints, one per line, `#` comments (socp admin admit adds
+    /// one). Read again at every link hello. Without it any server that
+    /// proves its key may link. A local's own master needs no entry.
+    #[arg(long)]
+    pub admit: Option<PathBuf>,
+    /// Master: who may register new user ids: anyone (open), a hello with an
+    /// unused invite from socp admin invite (invite), or no one (closed).
+    #[arg(long, value_enum, default_value = "open")]
+    pub registration: crate::node::Registration,
+    /// New user ids one IP address may register per hour (0: no bound);
+    /// beyond it, RATE_LIMITED. A local counts the unknown ids it forwards.
+    #[arg(long, default_value_t = crate::node::policy::DEFAULT_PER_ADDRESS_HOUR)]
+    pub registrations_per_address: u32,
+    /// Master: new user ids one local server may register per hour (0: no bound).
+    #[arg(long, default_value_t = crate::node::policy::DEFAULT_PER_SERVER_HOUR)]
+    pub registrations_per_server: u32,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +278,10 @@ pub struct ClientArgs {
     /// Largest file to send or accept, in bytes.
     #[arg(long, default_value_t = crate::client::files::DEFAULT_MAX_FILE)]
     pub max_file_size: u64,
+    /// An invite code (socp admin invite), for a first hello on a mesh that
+    /// registers by invite.
+    #[arg(long)]
+    pub invite: Option<String>,
 }
 
 impl NodeArgs {

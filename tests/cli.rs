@@ -110,6 +110,10 @@ fn help_explains_every_subcommand() {
         "--master-url",
         "--peers",
         "--allow-legacy-clients",
+        "--admit",
+        "--registration",
+        "--registrations-per-address",
+        "--registrations-per-server",
     ] {
         assert!(text.contains(flag), "{flag} missing from node --help");
     }
@@ -146,4 +150,70 @@ fn admin_prints_the_tables_of_a_running_node() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     let _ = child.kill();
     let _ = child.wait();
+}
+
+fn admin(args: &[&str], db: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("admin")
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn admin_makes_invites_and_admits_servers_and_refuses_directory_edits_on_a_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _) = start_master(dir.path());
+    let db = dir.path().join("data/master.sqlite");
+    let (ok, code, err) = admin(&["invite"], &db);
+    assert!(ok, "{err}");
+    let code = code.trim().to_owned();
+    assert!(code.starts_with("inv-"), "{code}");
+    let (ok, listed, err) = admin(&["invites"], &db);
+    assert!(ok, "{err}");
+    assert!(
+        listed.contains(&code) && listed.contains("(unused)"),
+        "{listed}"
+    );
+    // Removing a user while the node runs is refused, with the reason.
+    let (ok, _, err) = admin(&["remove-user", "alice"], &db);
+    assert!(!ok);
+    assert!(
+        err.contains("running") && err.contains("stop it first"),
+        "{err}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // Stopped: the user must exist.
+    let (ok, _, err) = admin(&["reset-key", "alice"], &db);
+    assert!(!ok && err.contains("no user \"alice\""), "{err}");
+
+    // The admit file: add an id and a fingerprint as socp gen prints it; list.
+    let file = dir.path().join("admit.txt");
+    let id = std::fs::read_to_string(dir.path().join("keys/master.id")).unwrap();
+    let fp = "a1b2 c3d4 e5f6 0718 293a 4b5c 6d7e 8f90 a1b2 c3d4 e5f6 0718 293a 4b5c 6d7e 8f90";
+    for entry in [id.trim(), fp, "nonsense"] {
+        let out = Command::new(BIN)
+            .args(["admin", "admit", "--file"])
+            .arg(&file)
+            .arg(entry)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.success(), entry != "nonsense", "{entry}");
+    }
+    let out = Command::new(BIN)
+        .args(["admin", "admit", "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(id.trim()) && text.contains(fp), "{text}");
+    assert!(text.contains("(2 servers admitted)"), "{text}");
 }

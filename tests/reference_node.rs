@@ -88,6 +88,7 @@ async fn start_as(
         metrics: None,
         tls: None,
         ca: None,
+        admission: Default::default(),
     };
     let node = Node::start(config).await.unwrap();
     (dir, node)

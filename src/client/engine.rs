@@ -50,6 +50,8 @@ pub struct ClientConfig {
     pub max_file_size: u64,
     /// Which `wss://` servers to trust (None: the system's roots).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// An invite code for the first hello (`--invite`).
+    pub invite: Option<String>,
 }
 
 /// Work waiting for a user's directory key.
@@ -189,7 +191,7 @@ impl<F: Frontend> Engine<F> {
                 _ = sleep_until(reconnect_at), if !connected => {
                     attempt += 1;
                     let (server, user, tls) = (self.cfg.server.clone(), self.cfg.user.clone(), self.cfg.tls.clone());
-                    match Session::connect_opts(&server, &user, self.key.clone(), super::HelloStyle::Signed, tls).await {
+                    match Session::connect_full(&server, &user, self.key.clone(), super::HelloStyle::Signed, tls, self.cfg.invite.clone()).await {
                         Ok(session) if session.welcomed() && !session.authenticated() => {
                             // We offered mac-v1: a socp node that welcomes us
                             // without a session leaves its frames to us

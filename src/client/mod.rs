@@ -68,5 +68,6 @@ pub fn config(
         downloads,
         max_file_size,
         tls: None,
+        invite: None,
     }
 }

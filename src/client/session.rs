@@ -125,6 +125,30 @@ impl Session {
         style: HelloStyle,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, SessionError> {
+        Self::connect_full(url, user, key, style, tls, None).await
+    }
+
+    /// Connects with a signed hello that presents an invite code (for a
+    /// master that registers new users by invite).
+    pub async fn connect_invited(
+        url: &str,
+        user: &str,
+        key: Arc<PrivateKey>,
+        invite: &str,
+    ) -> Result<Self, SessionError> {
+        let invite = Some(invite.to_owned());
+        Self::connect_full(url, user, key, HelloStyle::Signed, None, invite).await
+    }
+
+    /// Connects with every option: `invite` goes into a signed hello.
+    pub async fn connect_full(
+        url: &str,
+        user: &str,
+        key: Arc<PrivateKey>,
+        style: HelloStyle,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        invite: Option<String>,
+    ) -> Result<Self, SessionError> {
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES));
@@ -146,7 +170,7 @@ impl Session {
             mac: None,
             welcomed: false,
         };
-        session.hello().await?;
+        session.hello(invite).await?;
         Ok(session)
     }
 
@@ -195,7 +219,7 @@ impl Session {
         &self.key
     }
 
-    async fn hello(&mut self) -> Result<(), SessionError> {
+    async fn hello(&mut self, invite: Option<String>) -> Result<(), SessionError> {
         let pubkey = self.key.public().to_b64().to_owned();
         let mut hello = UserHello {
             client: CLIENT_NAME.to_owned(),
@@ -211,6 +235,9 @@ impl Session {
             hello
                 .extra
                 .insert("user_id".into(), Value::String(self.user.clone()));
+            if let Some(code) = invite {
+                hello.extra.insert("invite".into(), Value::String(code));
+            }
         }
         self.send_message(ids::TO_SERVER, &Message::UserHello(hello))
             .await?;

@@ -82,6 +82,8 @@ pub(crate) struct ConnCtx {
     pub mac: bool,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// The peer's IP address, on an accepted connection.
+    pub peer_ip: Option<std::net::IpAddr>,
 }
 
 /// True if a hello lists the `mac-v1` capability.
@@ -542,6 +544,7 @@ where
                     key,
                     proof,
                     session: offer,
+                    addr: ctx.peer_ip,
                 });
                 (input, Peer::User(user_id), auth)
             }

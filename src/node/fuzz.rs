@@ -42,6 +42,7 @@ pub fn dispatch(data: &[u8]) {
             limits: MailboxLimits::default(),
             max_group_members: 16,
             max_file_size: 1 << 20,
+            admission: Default::default(),
         };
         let mut router = Router::new(cfg, Snapshot::default());
         let peer = ids::new_local_server_id();
@@ -65,6 +66,7 @@ pub fn dispatch(data: &[u8]) {
             key: key.clone(),
             proof: None,
             session: None,
+            addr: None,
         };
         router.step(0, Input::UserHello(hello));
         router.step(

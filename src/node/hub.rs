@@ -107,7 +107,12 @@ pub(crate) async fn run(
                 });
                 continue;
             }
-            HubEvent::Input(input) => *input,
+            HubEvent::Input(input) => {
+                if let Input::LinkHello(_) = *input {
+                    reread_admitted(&mut router);
+                }
+                *input
+            }
             HubEvent::Persisted(acks) => {
                 send_acks(&conns, acks);
                 continue;
@@ -118,6 +123,19 @@ pub(crate) async fn run(
         carry_out(outputs, &mut conns, &writer, &tx, &mut slow_disconnects);
     }
     writer.flush().await;
+}
+
+/// Reads the `--admit` file again, so a server listed since the start can
+/// link without a restart; a file that became unreadable keeps the last list.
+/// Link hellos are rare, and this one is the size of a few lines.
+fn reread_admitted(router: &mut Router) {
+    let Some(path) = router.admit_file() else {
+        return;
+    };
+    match super::policy::AdmitList::load(path) {
+        Ok(list) => router.set_admitted(list),
+        Err(e) => tracing::error!(error = %e, "keeping the last admit list"),
+    }
 }
 
 /// Sends one batched `ACK` per connection.

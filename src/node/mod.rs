@@ -9,10 +9,12 @@ pub mod fuzz;
 pub(crate) mod hub;
 pub mod identity;
 pub mod metrics;
+pub mod policy;
 pub(crate) mod router;
 pub(crate) mod state;
 
 pub use hub::Status;
+pub use policy::{Admission, Registration};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +60,8 @@ pub struct NodeConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     /// A CA to trust (besides the system's) when dialing `wss://` servers.
     pub ca: Option<PathBuf>,
+    /// Which servers may link (`--admit`) and who may register.
+    pub admission: Admission,
 }
 
 /// Abuse limits (PROTOCOL.md C8), each answered with a clear error.
@@ -148,6 +152,12 @@ impl NodeConfig {
                 ),
             },
             ca: args.ca.clone(),
+            admission: Admission {
+                admit: args.admit.clone(),
+                registration: args.registration,
+                per_address_hour: args.registrations_per_address,
+                per_server_hour: args.registrations_per_server,
+            },
         })
     }
 }
@@ -163,6 +173,9 @@ pub struct Node {
     hub: mpsc::Sender<HubEvent>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Held while the node runs: `socp admin` commands that change the
+    /// directory refuse to run beside it.
+    _lock: std::fs::File,
 }
 
 /// Events queued for the hub before connections wait.
@@ -172,9 +185,19 @@ impl Node {
     /// Opens the database, loads or creates the identity, binds the listener
     /// and starts serving and dialing.
     pub async fn start(config: NodeConfig) -> Result<Node> {
-        let (store, identity, snapshot) = {
+        let admitted = config
+            .admission
+            .admit
+            .as_deref()
+            .map(policy::AdmitList::load)
+            .transpose()?;
+        if config.admission.admit.is_none() {
+            tracing::warn!("no --admit file: any server that proves its key may link to this node");
+        }
+        let (store, identity, snapshot, policy_state, lock) = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || -> Result<_> {
+                let lock = lock_db(&config.db)?;
                 let store = store::open(&config.db, Schema::Node)
                     .with_context(|| format!("opening the database {}", config.db.display()))?;
                 let (identity, created) = identity::load_or_create(&config.keys, config.master)
@@ -184,7 +207,10 @@ impl Node {
                 }
                 let snapshot = state::load(&*store.get()?, crate::wire::now_ms())
                     .with_context(|| format!("reading the state in {}", config.db.display()))?;
-                Ok((store, identity, snapshot))
+                let policy_state = policy::load(&*store.get()?).with_context(|| {
+                    format!("reading the policy tables in {}", config.db.display())
+                })?;
+                Ok((store, identity, snapshot, policy_state, lock))
             })
             .await
             .context("startup task")??
@@ -204,7 +230,7 @@ impl Node {
         let Identity { id, key } = identity;
         let key = Arc::new(key);
         let pubkey = key.public().to_b64().to_owned();
-        let router = Router::new(
+        let mut router = Router::new(
             RouterConfig {
                 me: id.clone(),
                 master: config.master,
@@ -215,9 +241,14 @@ impl Node {
                 limits: config.mailbox,
                 max_group_members: config.limits.max_group_members,
                 max_file_size: config.limits.max_file_size,
+                admission: config.admission.clone(),
             },
             snapshot,
         );
+        router.set_policy(policy_state);
+        if let Some(list) = admitted {
+            router.set_admitted(list);
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
         let (users_tx, users_rx) = mpsc::channel(HUB_QUEUE);
@@ -244,6 +275,7 @@ impl Node {
             mac: config.mac,
             metrics: metrics.clone(),
             limits: config.limits,
+            peer_ip: None,
         };
         let ctx = Accept {
             ctx: base.clone(),
@@ -302,6 +334,7 @@ impl Node {
             hub: hub_tx,
             shutdown,
             tasks,
+            _lock: lock,
         })
     }
 
@@ -336,7 +369,11 @@ impl Node {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let _ = self.shutdown.send(true);
         let Node {
-            id, hub, mut tasks, ..
+            id,
+            hub,
+            mut tasks,
+            _lock: lock,
+            ..
         } = self;
         let hub_task = tasks.remove(0);
         for task in tasks {
@@ -344,7 +381,38 @@ impl Node {
         }
         let _ = hub.send(HubEvent::Stop).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), hub_task).await;
+        drop(lock);
         tracing::info!(id = %id, "node stopped");
+    }
+}
+
+/// The lock file beside a node's database (`DB.lock`).
+pub fn lock_path(db: &std::path::Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the lock that says a node runs on `db`: one node per database, and
+/// `socp admin` edits of the directory wait until it stops.
+fn lock_db(db: &std::path::Path) -> Result<std::fs::File> {
+    let path = lock_path(db);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the database folder {}", dir.display()))?;
+    }
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("creating the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another socp node is running on {} (it holds {}); stop it first",
+            db.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
     }
 }
 
@@ -461,7 +529,9 @@ async fn serve(listener: TcpListener, ctx: Accept) {
                         Err(NoSlot::Address) => Err(()),
                     };
                     let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-                    conns.spawn(accept_one(stream, peer, slot, conn, ctx.conn_ctx(), ctx.tls.clone()));
+                    let mut conn_ctx = ctx.conn_ctx();
+                    conn_ctx.peer_ip = Some(peer.ip());
+                    conns.spawn(accept_one(stream, peer, slot, conn, conn_ctx, ctx.tls.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

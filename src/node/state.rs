@@ -283,6 +283,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
                 stmt.execute([*seq as i64])?;
             }
         }
+        StoreOp::Policy(op) => crate::node::policy::apply(tx, op)?,
         StoreOp::SetGroup(group, rec) => {
             let members = Value::from(rec.members.clone()).to_string();
             tx.prepare_cached("INSERT INTO groups (group_id, members, updated_ms) VALUES (?1, ?2, ?3)

@@ -105,6 +105,7 @@ impl TestNode {
             metrics: None,
             tls: None,
             ca: None,
+            admission: Default::default(),
         };
         let mut config = config;
         adjust(&mut config);

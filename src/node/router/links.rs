@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use super::admission::RegSource;
 use super::{
     ConnId, HELLO_FRESHNESS_MS, Link, LinkHelloIn, Output, Pending, Router, StoreOp, code_of,
     content, error_payload, lookup_answer, our_caps, payload_of, proof_digest, proof_signed_by,
@@ -10,6 +11,7 @@ use super::{
 };
 use crate::crypto::PublicKey;
 use crate::node::custody::{Dest, Hop};
+use crate::node::policy::PolicyOp;
 use crate::node::state::{PresenceRecord, ServerRecord, UserRecord};
 use crate::wire::ids;
 use crate::wire::messages::{
@@ -23,6 +25,17 @@ impl Router {
         let key = hello.key.to_b64().to_owned();
         if id == self.cfg.me {
             return self.out.push(Output::Close(hello.conn));
+        }
+        // The master a local dialed is its trust anchor, pinned on its own;
+        // every other link needs an --admit entry when there is a list.
+        if !hello.dialed_master && !self.admits(&id, &hello.key) {
+            tracing::warn!(server = %id, fingerprint = %hello.key.fingerprint(), "refused link: not admitted (--admit)");
+            return self.refuse(
+                hello.conn,
+                &id,
+                ErrorCode::NotAllowed,
+                "this server is not admitted to the mesh: its operator must list its id or key fingerprint (--admit)",
+            );
         }
         if let Some(rec) = self.servers.get(&id)
             && rec.pubkey != key
@@ -312,6 +325,15 @@ impl Router {
                 tracing::warn!(server, user = %truncate(user), "ignored a user refusal from a server that is not our master");
                 return;
             }
+            // The master refused a registration we asked for: the user
+            // waiting for it hears why.
+            if let Some(req) = self.pending.iter().find_map(|(req, p)| {
+                matches!(p, Pending::Hello(h) if h.user_id == *user).then(|| req.clone())
+            }) && let Some(Pending::Hello(hello)) = self.pending.remove(&req)
+            {
+                let user = user.clone();
+                return self.refuse(hello.conn, &user, code_of(&e.code), e.detail);
+            }
             if let Some(conn) = self.sessions.get(user).map(|s| s.conn) {
                 let user = user.clone();
                 return self.refuse(conn, &user, code_of(&e.code), e.detail.clone());
@@ -330,11 +352,25 @@ impl Router {
     }
 
     pub(super) fn directory_answer(&mut self, a: DirectoryAnswer) {
-        if a.found && !self.users.contains_key(&a.user_id) && PublicKey::from_b64(&a.pubkey).is_ok()
-        {
-            let rec = UserRecord::new(a.pubkey.clone(), false, self.now);
-            self.users.insert(a.user_id.clone(), rec.clone());
-            self.persist(StoreOp::PinUser(a.user_id.clone(), rec));
+        if a.found && PublicKey::from_b64(&a.pubkey).is_ok() {
+            match self.users.get_mut(&a.user_id) {
+                None => {
+                    let rec = UserRecord::new(a.pubkey.clone(), false, self.now);
+                    self.users.insert(a.user_id.clone(), rec.clone());
+                    self.persist(StoreOp::PinUser(a.user_id.clone(), rec));
+                }
+                // The master is the directory: a key its operator reset
+                // replaces what this local cached.
+                Some(rec) if rec.pubkey != a.pubkey && self.master_id.is_some() => {
+                    tracing::warn!(user = %a.user_id, "the master has a new key for this user (reset by its operator)");
+                    rec.pubkey = a.pubkey.clone();
+                    self.persist(StoreOp::Policy(PolicyOp::ReplaceKey {
+                        user: a.user_id.clone(),
+                        pubkey: a.pubkey.clone(),
+                    }));
+                }
+                Some(_) => {}
+            }
         }
         match self.pending.remove(&a.req_id) {
             Some(Pending::Lookup { conn, user_id }) if user_id == a.user_id => {
@@ -385,17 +421,29 @@ impl Router {
         if ids::check_user(&r.user_id).is_err() || PublicKey::from_b64(&r.pubkey).is_err() {
             return refuse(self, ErrorCode::BadKey, "bad user id or key".into());
         }
-        if let Some(proof) = &r.proof
-            && !proof_signed_by(proof, &r.user_id, &r.pubkey)
-        {
-            return refuse(
-                self,
-                ErrorCode::InvalidSig,
-                "registration proof does not verify".into(),
-            );
+        // A server may register only the users whose signed hello it
+        // carries (C13); proofless registrations are for legacy clients.
+        match &r.proof {
+            None if !self.cfg.allow_legacy => {
+                return refuse(
+                    self,
+                    ErrorCode::NotAllowed,
+                    "a registration needs the user's signed hello as proof (this master admits no legacy clients)".into(),
+                );
+            }
+            Some(proof) if !proof_signed_by(proof, &r.user_id, &r.pubkey) => {
+                return refuse(
+                    self,
+                    ErrorCode::InvalidSig,
+                    "registration proof does not verify".into(),
+                );
+            }
+            _ => {}
         }
-        match self.users.get(&r.user_id) {
-            Some(rec) if rec.pubkey != r.pubkey => refuse(
+        let known = self.users.get(&r.user_id).map(|rec| rec.pubkey == r.pubkey);
+        match known {
+            Some(true) => {}
+            Some(false) if !self.policy.resets.contains(&r.user_id) => refuse(
                 self,
                 ErrorCode::BadKey,
                 format!(
@@ -403,11 +451,25 @@ impl Router {
                     r.user_id
                 ),
             ),
-            Some(_) => {}
-            None => {
-                let rec = UserRecord::new(r.pubkey.clone(), r.proof.is_none(), self.now);
-                self.users.insert(r.user_id.clone(), rec.clone());
-                self.persist(StoreOp::PinUser(r.user_id.clone(), rec));
+            _ => {
+                // A new id: its proof must be fresh, not a hello kept from
+                // long ago, and the policy and the server's rate apply.
+                if let Some(proof) = &r.proof {
+                    let ts = proof.payload.get("ts").and_then(Value::as_i64).unwrap_or(0);
+                    if (self.now - ts).abs() > HELLO_FRESHNESS_MS {
+                        return refuse(
+                            self,
+                            ErrorCode::InvalidSig,
+                            "stale registration proof".into(),
+                        );
+                    }
+                }
+                let source = Some(RegSource::Server(server.to_owned()));
+                if let Err((code, detail)) =
+                    self.register_new(&r.user_id, &r.pubkey, r.proof.as_ref(), source)
+                {
+                    refuse(self, code, detail);
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
 //! No sockets, no SQLite, no clock: `step` is deterministic, so every routing
 //! decision is unit-tested without I/O.
 
+mod admission;
 mod content;
 mod links;
 #[cfg(test)]
@@ -32,6 +33,9 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const HELLO_FRESHNESS_MS: i64 = 120_000;
 /// Frames kept from a connection whose hello is still being checked.
 pub const MAX_EARLY_FRAMES: usize = 64;
+/// Addresses and servers whose registrations are counted at once; beyond
+/// it (after forgetting finished windows) new sources are refused.
+pub const RATE_SOURCES_MAX: usize = 100_000;
 /// The `mac-v1` offer to put in an answer.
 fn session_offer(wrapped: &Option<String>) -> Option<crate::wire::messages::SessionOffer> {
     wrapped
@@ -77,6 +81,8 @@ pub(crate) enum StoreOp {
     Custody(Entry),
     /// Frames handed on and acknowledged (or expired).
     Release(Vec<u64>),
+    /// Registration policy rows (invites used, key resets done).
+    Policy(super::policy::PolicyOp),
 }
 
 /// What the node must do.
@@ -109,6 +115,8 @@ pub(crate) struct UserHelloIn {
     pub proof: Option<Proof>,
     /// A `mac-v1` secret wrapped for the user, for the welcome.
     pub session: Option<String>,
+    /// The user's IP address, for the registration rate (None: unknown).
+    pub addr: Option<std::net::IpAddr>,
 }
 
 /// A server hello whose signature the connection checked.
@@ -174,6 +182,8 @@ pub(crate) struct RouterConfig {
     pub max_group_members: usize,
     /// Largest file a `FILE_START` may announce, in bytes.
     pub max_file_size: u64,
+    /// `--admit` and the registration policy.
+    pub admission: super::policy::Admission,
 }
 
 /// Bounds of the master's offline mailbox, per recipient.
@@ -233,6 +243,12 @@ pub(crate) struct Router {
     seen_hellos: HashMap<[u8; 32], i64>,
     proof_owners: HashMap<[u8; 32], String>,
     custody: Custody,
+    /// The servers `--admit` lists (None: any server may link).
+    admitted: Option<super::policy::AdmitList>,
+    /// Invite key, used invites and key resets.
+    policy: super::policy::PolicyState,
+    /// Registrations this hour, by source: (window start, count).
+    reg_counts: HashMap<admission::RegSource, (i64, u32)>,
     /// `delivered` receipts held back for batching, by sender.
     receipts: std::collections::BTreeMap<String, Vec<String>>,
     /// Mailbox frames dropped for age since start.
@@ -290,6 +306,9 @@ impl Router {
             seen_hellos: snapshot.seen_hellos,
             proof_owners: snapshot.proof_owners,
             custody: Custody::load(snapshot.custody),
+            admitted: None,
+            policy: Default::default(),
+            reg_counts: HashMap::new(),
             receipts: Default::default(),
             expired: 0,
             next_req: 0,
@@ -364,7 +383,10 @@ impl Router {
             Input::LinkFrame { conn, env, msg } => self.link_frame(conn, env, msg),
             Input::LinkClosed(conn) => self.link_closed(conn),
             Input::Timeout(req_id) => self.timeout(&req_id),
-            Input::Tick => self.tick(),
+            Input::Tick => {
+                self.prune_rates();
+                self.tick()
+            }
             Input::Shutdown => self.shutting_down(),
             Input::Idle => self.flush_receipts(),
         }

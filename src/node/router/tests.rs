@@ -24,6 +24,7 @@ fn router(master: bool) -> Router {
         limits: MailboxLimits::default(),
         max_group_members: 1000,
         max_file_size: 1 << 30,
+        admission: Default::default(),
     };
     Router::new(cfg, Snapshot::default())
 }
@@ -47,6 +48,7 @@ fn signed_hello(conn: ConnId, user: &str, k: &PrivateKey, now: i64) -> Input {
             extra: Map::new(),
         }),
         session: None,
+        addr: None,
     })
 }
 

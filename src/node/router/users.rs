@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value};
 
+use super::admission::RegSource;
 use super::{
     ConnId, LOOKUP_TIMEOUT, MAX_EARLY_FRAMES, Output, Pending, Router, Session, StoreOp,
     UserHelloIn, lookup_answer, payload_of, proof_digest, registration, truncate,
@@ -44,20 +45,32 @@ impl Router {
         }
         let key = hello.key.to_b64().to_owned();
         match self.users.get(&user) {
-            Some(rec) if rec.pubkey != key => self.refuse(
+            // A local's cache may hold a key the master's operator reset:
+            // only the master's answer refuses.
+            Some(rec) if rec.pubkey != key && self.cfg.master => self.refuse(
                 hello.conn,
                 &user,
                 ErrorCode::BadKey,
                 format!("{user} is registered with another key; pick another user id"),
             ),
-            Some(_) => self.accept_user(hello),
-            None if self.cfg.master => {
-                let rec = UserRecord::new(key, hello.proof.is_none(), self.now);
-                self.users.insert(user.clone(), rec.clone());
-                self.persist(StoreOp::PinUser(user, rec));
-                self.accept_user(hello);
+            Some(rec) if rec.pubkey == key => self.accept_user(hello),
+            _ if self.cfg.master => {
+                let source = hello.addr.map(RegSource::Addr);
+                match self.register_new(&user, &key, hello.proof.as_ref(), source) {
+                    Ok(()) => self.accept_user(hello),
+                    Err((code, detail)) => {
+                        tracing::info!(user = %user, addr = ?hello.addr, %detail, "registration refused");
+                        self.refuse(hello.conn, &user, code, detail)
+                    }
+                }
             }
-            None => match self.master_link().map(str::to_owned) {
+            _ => match self.master_link().map(str::to_owned) {
+                Some(_) if !self.users.contains_key(&user)
+                    && let Err((code, detail)) = self.local_rate(hello.addr) =>
+                {
+                    tracing::info!(user = %user, addr = ?hello.addr, %detail, "registration refused");
+                    self.refuse(hello.conn, &user, code, detail)
+                }
                 // Register, then look the id up on the same link: the answer
                 // comes after the master applied the registration, so it
                 // says which key the id is pinned to now.
