@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::conn::ConnCmd;
 use super::router::{ConnId, Input, Outgoing, Output, Router};
-use super::state::Writer;
+use super::state::{Outcome, Writer};
 use crate::wire::messages::Ack;
 use crate::wire::now_ms;
 
@@ -20,8 +20,8 @@ pub(crate) enum HubEvent {
     Unregister(ConnId),
     Input(Box<Input>),
     Status(oneshot::Sender<Status>),
-    /// These acks' frames are committed: send them.
-    Persisted(Vec<(ConnId, String, String)>),
+    /// What the store committed (acks to send) or could not write.
+    Persisted(Outcome),
     /// Flush the store and stop (every connection has ended).
     Stop,
 }
@@ -108,9 +108,14 @@ pub(crate) async fn run(
                 continue;
             }
             HubEvent::Input(input) => *input,
-            HubEvent::Persisted(acks) => {
-                send_acks(&conns, acks);
-                continue;
+            HubEvent::Persisted(outcome) => {
+                send_acks(&conns, outcome.acks);
+                match outcome.failure {
+                    // The router forgets what is not on disk and answers
+                    // its senders `STORAGE` instead of the ack.
+                    Some(failure) => Input::StoreFailed(failure),
+                    None => continue,
+                }
             }
             HubEvent::Stop => break,
         };

@@ -208,8 +208,8 @@ impl Node {
         let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
         let (users_tx, users_rx) = mpsc::channel(HUB_QUEUE);
         let acks = hub_tx.clone();
-        let committed: state::Committed = Box::new(move |batch| {
-            let _ = acks.blocking_send(HubEvent::Persisted(batch));
+        let committed: state::Committed = Box::new(move |outcome| {
+            let _ = acks.blocking_send(HubEvent::Persisted(outcome));
         });
         let writer = state::Writer::start(store, committed).context("starting the store writer")?;
         let mut tasks = vec![tokio::spawn(hub::run(

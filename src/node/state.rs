@@ -305,8 +305,35 @@ enum Job {
 
 /// One acknowledgement: connection, its peer's id, `msg_id`.
 pub(crate) type Committed1 = (ConnId, String, String);
-/// Acks whose frames are committed, handed back to the hub to send.
-pub(crate) type Committed = Box<dyn Fn(Vec<Committed1>) + Send>;
+
+/// What the store could not write (PROTOCOL.md C14: a write the store could
+/// not make is never acknowledged, and memory never claims what the disk
+/// does not hold). Custody rows and user pins are not retried: the router
+/// forgets them (a resend is taken and written afresh) and tells who sent
+/// them; every other write is kept and retried (see `Retry`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct StoreFailure {
+    /// Custody rows (by `seq`) that are not on disk.
+    pub custody: Vec<u64>,
+    /// Users whose pin is not on disk.
+    pub users: Vec<String>,
+    /// Acknowledgements that must not be sent: answer `STORAGE` instead.
+    pub acks: Vec<Committed1>,
+    /// The store's error, for the answer and the log.
+    pub error: String,
+}
+
+/// What became of one pass of the store thread, handed back to the hub.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Acks whose frames are committed: send them.
+    pub acks: Vec<Committed1>,
+    /// What failed, if anything did.
+    pub failure: Option<StoreFailure>,
+}
+
+/// How the store thread hands outcomes back to the hub.
+pub(crate) type Committed = Box<dyn Fn(Outcome) + Send>;
 
 /// How long a new custody row waits in memory before it is written. A frame
 /// the next hop acknowledges within this time is durable there, so it never
@@ -342,6 +369,14 @@ struct Pipeline {
     skipped: u64,
     /// Payload bytes of the rows in `queue`.
     held_bytes: usize,
+    /// Custody rows whose write failed, until the router forgets them (its
+    /// release of them): an ack for their `msg_id` is refused meanwhile,
+    /// even when it comes in a later batch that commits.
+    failed: HashMap<u64, String>,
+    failed_ids: HashMap<String, usize>,
+    /// Writes of failed batches that are neither custody nor pins, retried
+    /// (in order, before anything newer) until they commit.
+    retry: Vec<StoreOp>,
 }
 
 impl Pipeline {
@@ -354,6 +389,8 @@ impl Pipeline {
                     .push_back((now + HOLD, Job::Op(StoreOp::Custody(e))));
             }
             Job::Op(StoreOp::Release(seqs)) => {
+                // A row that failed to write has nothing to delete.
+                let seqs: Vec<u64> = seqs.into_iter().filter(|s| !self.forget(*s)).collect();
                 let (dropped, written): (Vec<u64>, Vec<u64>) =
                     seqs.into_iter().partition(|s| self.held.remove(s));
                 self.handed_on.extend(dropped);
@@ -372,6 +409,93 @@ impl Pipeline {
                 }
                 self.flushes.push(done);
             }
+        }
+    }
+
+    /// The router forgot a row whose write failed: true if `seq` was one.
+    fn forget(&mut self, seq: u64) -> bool {
+        let Some(msg_id) = self.failed.remove(&seq) else {
+            return false;
+        };
+        if let Some(n) = self.failed_ids.get_mut(&msg_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.failed_ids.remove(&msg_id);
+            }
+        }
+        true
+    }
+
+    /// The next transaction: writes to retry first, then the new batch.
+    /// Retries wait for new writes or for `RETRY_EVERY`.
+    fn next_batch(&mut self, retry_due: bool) -> Vec<StoreOp> {
+        let batch = std::mem::take(&mut self.batch);
+        if self.retry.is_empty() || (batch.is_empty() && !retry_due) {
+            return batch;
+        }
+        let mut all = std::mem::take(&mut self.retry);
+        all.extend(batch);
+        all
+    }
+
+    /// Sorts out what a commit of `batch` did: which acks may leave, and
+    /// what the router must forget and answer when it failed.
+    fn settle(
+        &mut self,
+        result: Result<(), rusqlite::Error>,
+        batch: Vec<StoreOp>,
+        acks: Vec<Committed1>,
+    ) -> Outcome {
+        let error = match result {
+            Ok(()) => {
+                let (refused, acks): (Vec<_>, Vec<_>) = acks
+                    .into_iter()
+                    .partition(|(_, _, id)| self.failed_ids.contains_key(id));
+                let failure = (!refused.is_empty()).then(|| StoreFailure {
+                    acks: refused,
+                    error: "an earlier write of this content failed".into(),
+                    ..Default::default()
+                });
+                return Outcome { acks, failure };
+            }
+            Err(e) => e,
+        };
+        let transient = is_transient(&error);
+        let mut f = StoreFailure {
+            acks,
+            error: error.to_string(),
+            ..Default::default()
+        };
+        let mut dropped = 0usize;
+        for op in batch {
+            match op {
+                StoreOp::Custody(e) => {
+                    f.custody.push(e.seq);
+                    *self.failed_ids.entry(e.msg_id.clone()).or_default() += 1;
+                    self.failed.insert(e.seq, e.msg_id);
+                }
+                StoreOp::PinUser(id, _) => f.users.push(id),
+                op if transient => self.retry.push(op),
+                _ => dropped += 1,
+            }
+        }
+        if self.retry.len() > MAX_RETRY {
+            let over = self.retry.len() - MAX_RETRY;
+            self.retry.drain(..over);
+            dropped += over;
+        }
+        tracing::error!(
+            error = %f.error,
+            rows = f.custody.len(),
+            pins = f.users.len(),
+            refused_acks = f.acks.len(),
+            retrying = self.retry.len(),
+            dropped,
+            "store write failed: its content is refused (STORAGE), other writes are retried"
+        );
+        Outcome {
+            acks: Vec::new(),
+            failure: Some(f),
         }
     }
 
@@ -401,6 +525,29 @@ impl Pipeline {
         }
         None
     }
+}
+
+/// How often writes of a failed batch are retried when nothing new comes.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// Writes kept for a retry at most (directory, presence, releases: small
+/// rows); beyond it the oldest are dropped, with an error in the log.
+const MAX_RETRY: usize = 100_000;
+
+/// A failure that may go away by itself (a full disk, an I/O error, a
+/// locked database), as opposed to one that would fail every retry.
+fn is_transient(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            C::DiskFull
+                | C::SystemIoFailure
+                | C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::OutOfMemory
+                | C::CannotOpen
+        )
+    )
 }
 
 /// Applies one batch in one transaction. Every 1,000 hellos recorded, the
@@ -474,18 +621,21 @@ impl Writer {
                 let mut pruned_at = 0usize;
                 let mut p = Pipeline::default();
                 let mut next_due: Option<Instant> = None;
+                let mut last_try: Option<Instant> = None;
                 let mut open = true;
                 while open {
                     // Wait for work, or for the front of the queue to fall due.
                     let first = match next_due {
-                        Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
-                            Ok(job) => Some(job),
-                            Err(mpsc::RecvTimeoutError::Timeout) => None,
-                            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                                open = false;
-                                None
+                        Some(due) => {
+                            match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                                Ok(job) => Some(job),
+                                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                    open = false;
+                                    None
+                                }
                             }
-                        },
+                        }
                         None => match rx.recv() {
                             Ok(job) => Some(job),
                             Err(_) => {
@@ -505,22 +655,27 @@ impl Writer {
                         }
                     }
                     next_due = p.advance(now);
-                    let batch = std::mem::take(&mut p.batch);
+                    let retry_due = last_try.is_none_or(|t| now >= t + RETRY_EVERY) || !open;
+                    let writes = p.batch.len();
+                    let batch = p.next_batch(retry_due);
                     let acks = std::mem::take(&mut p.acks);
-                    let writes = batch.len();
                     let result = if batch.is_empty() {
                         Ok(())
                     } else {
+                        last_try = Some(now);
                         commit(&mut conn, &batch, &mut pruned_at)
                     };
                     applied.fetch_sub(writes + std::mem::take(&mut p.resolved), Ordering::Relaxed);
                     skipped_count.store(p.skipped, Ordering::Relaxed);
-                    match result {
-                        // Ack after persist: only what is committed (here or
-                        // at the next hop) is acknowledged.
-                        Ok(()) if !acks.is_empty() => committed(acks),
-                        Ok(()) => {}
-                        Err(e) => tracing::error!(error = %e, unacked = acks.len(), "store write failed; the previous hops will resend"),
+                    // Ack after persist: only what is committed (here or at
+                    // the next hop) is acknowledged; the rest is answered.
+                    let outcome = p.settle(result, batch, acks);
+                    if !outcome.acks.is_empty() || outcome.failure.is_some() {
+                        committed(outcome);
+                    }
+                    if !p.retry.is_empty() {
+                        let again = now + RETRY_EVERY;
+                        next_due = Some(next_due.map_or(again, |d| d.min(again)));
                     }
                     for done in std::mem::take(&mut p.flushes) {
                         let _ = done.send(());
@@ -680,6 +835,51 @@ mod tests {
         assert_eq!(written(&mut p), ["row 1"]);
         assert_eq!(acked(&mut p), ["m1"]);
         assert_eq!(p.flushes.len(), 1);
+    }
+
+    fn disk_full() -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(13), None)
+    }
+
+    #[test]
+    fn a_failed_write_is_never_acknowledged_and_the_rest_is_retried() {
+        let t0 = Instant::now();
+        let mut p = Pipeline::default();
+        let seen = StoreOp::SeenHello([7; 32], 1);
+        p.take(Job::Op(seen.clone()), t0);
+        p.take(Job::Op(StoreOp::Custody(entry(1))), t0);
+        p.take(
+            Job::Op(StoreOp::PinUser(
+                "dave".into(),
+                UserRecord::new("k".into(), false, 1),
+            )),
+            t0,
+        );
+        p.advance(t0 + HOLD);
+        let batch = p.next_batch(false);
+        let out = p.settle(
+            Err(disk_full()),
+            batch,
+            vec![(0, "alice".into(), "m1".into())],
+        );
+        let f = out.failure.expect("a failure");
+        assert!(out.acks.is_empty());
+        assert_eq!(
+            (f.custody, f.users, f.acks.len()),
+            (vec![1], vec!["dave".into()], 1)
+        );
+        // The resend's ack comes before the router forgot row 1: refused,
+        // though its own (empty) batch commits.
+        let out = p.settle(Ok(()), Vec::new(), vec![(0, "alice".into(), "m1".into())]);
+        assert!(out.acks.is_empty() && out.failure.is_some_and(|f| f.acks.len() == 1));
+        // The router forgets row 1: nothing to delete, and m1 is clean again.
+        p.take(Job::Op(StoreOp::Release(vec![1])), t0);
+        assert_eq!(p.resolved, 1);
+        let out = p.settle(Ok(()), Vec::new(), vec![(0, "alice".into(), "m1".into())]);
+        assert_eq!(out.acks.len(), 1);
+        // The replay cache row is retried first, before anything newer.
+        p.take(Job::Op(StoreOp::Release(vec![9])), t0);
+        assert_eq!(p.next_batch(false), vec![seen, StoreOp::Release(vec![9])]);
     }
 
     #[test]

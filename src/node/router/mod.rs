@@ -6,6 +6,7 @@
 
 mod content;
 mod links;
+mod persist;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -17,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::custody::{self, Custody, Entry};
-use super::state::{GroupRecord, PresenceRecord, ServerRecord, Snapshot, UserRecord};
+use super::state::{GroupRecord, PresenceRecord, ServerRecord, Snapshot, StoreFailure, UserRecord};
 use crate::crypto::{self, PublicKey};
 use crate::wire::messages::{ErrorBody, Message, Proof, RegisterUser, Role, UserLookupAnswer};
 use crate::wire::{Envelope, ErrorCode};
@@ -158,6 +159,8 @@ pub(crate) enum Input {
     Shutdown,
     /// Nothing else is queued: send what was held back for batching.
     Idle,
+    /// The store could not write these (PROTOCOL.md C14).
+    StoreFailed(StoreFailure),
 }
 
 /// Fixed facts about this node.
@@ -367,6 +370,7 @@ impl Router {
             Input::Tick => self.tick(),
             Input::Shutdown => self.shutting_down(),
             Input::Idle => self.flush_receipts(),
+            Input::StoreFailed(failure) => self.store_failed(failure),
         }
         std::mem::take(&mut self.out)
     }
