@@ -59,6 +59,15 @@ pub(crate) struct PresenceRecord {
     pub updated_ms: i64,
 }
 
+/// The server that first presented a presence proof (PROTOCOL.md C5).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ProofOwner {
+    pub server: String,
+    pub user: String,
+    /// When it was first presented (this node's clock).
+    pub first_ms: i64,
+}
+
 /// A group's members, from the latest key share.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct GroupRecord {
@@ -74,7 +83,7 @@ pub(crate) struct Snapshot {
     pub presence: HashMap<String, PresenceRecord>,
     pub groups: HashMap<String, GroupRecord>,
     pub seen_hellos: HashMap<[u8; 32], i64>,
-    pub proof_owners: HashMap<[u8; 32], String>,
+    pub proof_owners: HashMap<[u8; 32], ProofOwner>,
     pub custody: Vec<Entry>,
 }
 
@@ -207,14 +216,21 @@ pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> 
     for row in rows {
         snap.custody.push(row?);
     }
-    let mut stmt = conn.prepare("SELECT digest, server_id FROM proof_owners")?;
+    let mut stmt = conn.prepare("SELECT digest, server_id, user_id, first_ms FROM proof_owners")?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            ProofOwner {
+                server: r.get(1)?,
+                user: r.get(2)?,
+                first_ms: r.get(3)?,
+            },
+        ))
     })?;
     for row in rows {
-        let (digest, server) = row?;
+        let (digest, owner) = row?;
         if let Some(d) = digest_of(digest) {
-            snap.proof_owners.insert(d, server);
+            snap.proof_owners.insert(d, owner);
         }
     }
     Ok(snap)
@@ -266,6 +282,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
         StoreOp::ProofOwner(digest, server, user) => {
             tx.prepare_cached("INSERT OR IGNORE INTO proof_owners (digest, server_id, user_id, first_ms) VALUES (?1, ?2, ?3, ?4)")?.execute(params![digest.as_slice(), server, user, now],
             )?;
+        }
+        StoreOp::ForgetProofs(digests) => {
+            let mut stmt = tx.prepare_cached("DELETE FROM proof_owners WHERE digest = ?1")?;
+            for digest in digests {
+                stmt.execute([digest.as_slice()])?;
+            }
         }
         StoreOp::Custody(e) => {
             let (dest_kind, dest) = match &e.dest {
@@ -835,6 +857,28 @@ mod tests {
         assert_eq!(written(&mut p), ["row 1"]);
         assert_eq!(acked(&mut p), ["m1"]);
         assert_eq!(p.flushes.len(), 1);
+    }
+
+    #[test]
+    fn forgotten_proofs_are_not_loaded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool =
+            crate::store::open(&dir.path().join("n.sqlite"), crate::store::Schema::Node).unwrap();
+        let mut conn = pool.get().unwrap();
+        let mut n = 0;
+        let ops = [
+            StoreOp::ProofOwner([1; 32], "s1".into(), "alice".into()),
+            StoreOp::ProofOwner([2; 32], "s1".into(), "alice".into()),
+            StoreOp::ForgetProofs(vec![[1; 32]]),
+        ];
+        commit(&mut conn, &ops, &mut n).unwrap();
+        let snap = load(&conn, 0).unwrap();
+        assert_eq!(snap.proof_owners.len(), 1);
+        let owner = &snap.proof_owners[&[2; 32]];
+        assert_eq!(
+            (owner.server.as_str(), owner.user.as_str()),
+            ("s1", "alice")
+        );
     }
 
     fn disk_full() -> rusqlite::Error {

@@ -7,6 +7,7 @@
 mod content;
 mod links;
 mod persist;
+mod replay;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -18,7 +19,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::custody::{self, Custody, Entry};
-use super::state::{GroupRecord, PresenceRecord, ServerRecord, Snapshot, StoreFailure, UserRecord};
+use super::state::{
+    GroupRecord, PresenceRecord, ProofOwner, ServerRecord, Snapshot, StoreFailure, UserRecord,
+};
 use crate::crypto::{self, PublicKey};
 use crate::wire::messages::{ErrorBody, Message, Proof, RegisterUser, Role, UserLookupAnswer};
 use crate::wire::{Envelope, ErrorCode};
@@ -73,6 +76,8 @@ pub(crate) enum StoreOp {
     RemovePresence(String),
     SeenHello([u8; 32], i64),
     ProofOwner([u8; 32], String, String),
+    /// Proofs that can never be presented again (see `replay.rs`).
+    ForgetProofs(Vec<[u8; 32]>),
     SetGroup(String, GroupRecord),
     /// A frame taken into custody.
     Custody(Entry),
@@ -234,7 +239,7 @@ pub(crate) struct Router {
     /// once it is accepted.
     early: HashMap<ConnId, Vec<(Envelope, Message)>>,
     seen_hellos: HashMap<[u8; 32], i64>,
-    proof_owners: HashMap<[u8; 32], String>,
+    proof_owners: HashMap<[u8; 32], ProofOwner>,
     custody: Custody,
     /// `delivered` receipts held back for batching, by sender.
     receipts: std::collections::BTreeMap<String, Vec<String>>,
@@ -367,7 +372,10 @@ impl Router {
             Input::LinkFrame { conn, env, msg } => self.link_frame(conn, env, msg),
             Input::LinkClosed(conn) => self.link_closed(conn),
             Input::Timeout(req_id) => self.timeout(&req_id),
-            Input::Tick => self.tick(),
+            Input::Tick => {
+                self.tick();
+                self.prune_replay_state();
+            }
             Input::Shutdown => self.shutting_down(),
             Input::Idle => self.flush_receipts(),
             Input::StoreFailed(failure) => self.store_failed(failure),
