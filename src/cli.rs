@@ -154,6 +154,10 @@ pub struct NodeArgs {
     /// Most bytes kept waiting for one user, likewise.
     #[arg(long, default_value_t = 256 << 20)]
     pub mailbox_max_bytes: usize,
+    /// Most bytes of content a node keeps waiting for all users together
+    /// (on disk); beyond it senders get QUOTA_EXCEEDED.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub custody_max_bytes: usize,
     /// Do not use mac-v1 link sessions: sign every frame with RSA, as towards
     /// reference peers (for measurements).
     #[arg(long)]

@@ -256,3 +256,96 @@ async fn a_registration_on_a_full_disk_is_refused_and_pinned_once_there_is_room(
         Ok(_) => panic!("dave's id took another key after a restart: the pin was lost"),
     }
 }
+
+/// Waits until `ids` are all acknowledged.
+async fn acked(s: &mut Session, ids: &BTreeSet<String>) {
+    let got = answers(s, ids).await;
+    assert!(got.values().all(|ok| *ok), "refused: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_mailbox_waits_on_disk_and_is_read_back_in_order() {
+    let master = common::cluster::TestNode::master().await;
+    let mut alice = connect(&master.url(), "alice").await;
+    connect(&master.url(), "bob").await.close().await;
+    master.wait_offline("bob").await;
+    const N: usize = 600;
+    let body = "y".repeat(20_000);
+    let dms: Vec<(String, Message)> = (0..N)
+        .map(|i| sealed(&alice, "bob", format!("{i} {body}").as_bytes()))
+        .collect();
+    for (_, m) in &dms {
+        alice.send("bob", m).await.unwrap();
+    }
+    acked(&mut alice, &dms.iter().map(|(id, _)| id.clone()).collect()).await;
+    // Written and acknowledged: the bodies left memory.
+    let ok = common::cluster::wait_until(|| async {
+        master.status().await.custody_resident_bytes < 1 << 20
+    })
+    .await;
+    let status = master.status().await;
+    assert!(
+        ok,
+        "{} of {} custody bytes still in memory",
+        status.custody_resident_bytes, status.custody_bytes
+    );
+    assert!(status.custody_bytes >= N * 20_000, "{status:?}");
+    // Bob comes online: everything, in order, read back a page at a time.
+    let mut bob = connect(&master.url(), "bob").await;
+    let key = user_key("bob");
+    for i in 0..N {
+        let (_, m) = expect(&mut bob, "USER_DELIVER", |_, m| {
+            matches!(m, Message::UserDeliver(_))
+        })
+        .await;
+        let Message::UserDeliver(d) = m else {
+            unreachable!()
+        };
+        let text = socp::content::open_dm(&key, &d.to_private()).unwrap();
+        let n: usize = String::from_utf8_lossy(&text)
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(n, i, "out of order");
+        let ack = Message::Ack(socp::wire::messages::Ack {
+            msg_ids: vec![d.msg_id.clone().unwrap()],
+            extra: Default::default(),
+        });
+        bob.send(socp::wire::ids::TO_SERVER, &ack).await.unwrap();
+    }
+    let ok = common::cluster::wait_until(|| async { master.status().await.custody == 0 }).await;
+    assert!(ok, "custody not released: {:?}", master.status().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custody_bytes_are_capped_for_all_recipients_together() {
+    let master = common::cluster::TestNode::start_configured(true, None, |c| {
+        c.mailbox.max_total_bytes = 200_000;
+    })
+    .await;
+    let mut alice = connect(&master.url(), "alice").await;
+    connect(&master.url(), "bob").await.close().await;
+    connect(&master.url(), "carol").await.close().await;
+    master.wait_offline("bob").await;
+    master.wait_offline("carol").await;
+    // Well under the per-recipient quota, over the cap together.
+    let body = "z".repeat(30_000);
+    for i in 0..4 {
+        for to in ["bob", "carol"] {
+            let (_, m) = sealed(&alice, to, format!("{i} {body}").as_bytes());
+            alice.send(to, &m).await.unwrap();
+        }
+    }
+    let (_, m) = expect(
+        &mut alice,
+        "QUOTA_EXCEEDED",
+        |_, m| matches!(m, Message::Error(e) if e.code == "QUOTA_EXCEEDED"),
+    )
+    .await;
+    println!("{m:?}");
+    let status = master.status().await;
+    assert!(status.custody_bytes <= 200_000, "{status:?}");
+    assert_eq!(status.custody_max_bytes, 200_000);
+}

@@ -43,6 +43,11 @@ pub struct Status {
     pub mailbox: usize,
     /// Custody frames the next hop acknowledged before they were written.
     pub unwritten: u64,
+    /// Payload bytes in custody (bounded by `--custody-max-bytes`), and of
+    /// those, bytes in memory (the rest are on disk only).
+    pub custody_bytes: usize,
+    pub custody_resident_bytes: usize,
+    pub custody_max_bytes: usize,
 }
 
 /// Store writes queued before user frames are held back.
@@ -96,6 +101,8 @@ pub(crate) async fn run(
                 linked.sort();
                 let (custody, expired) = router.custody_stats();
                 let mailbox = router.mailbox_len();
+                let (custody_bytes, custody_resident_bytes, custody_max_bytes) =
+                    router.custody_bytes();
                 let _ = reply.send(Status {
                     online: router.online(),
                     linked,
@@ -104,18 +111,35 @@ pub(crate) async fn run(
                     expired,
                     mailbox,
                     unwritten: writer.skipped(),
+                    custody_bytes,
+                    custody_resident_bytes,
+                    custody_max_bytes,
                 });
                 continue;
             }
             HubEvent::Input(input) => *input,
             HubEvent::Persisted(outcome) => {
                 send_acks(&conns, outcome.acks);
-                match outcome.failure {
-                    // The router forgets what is not on disk and answers
-                    // its senders `STORAGE` instead of the ack.
-                    Some(failure) => Input::StoreFailed(failure),
-                    None => continue,
+                let mut inputs = Vec::new();
+                // The router forgets what is not on disk and answers its
+                // senders `STORAGE` instead of the ack.
+                if let Some(failure) = outcome.failure {
+                    inputs.push(Input::StoreFailed(failure));
                 }
+                if !outcome.written.is_empty() {
+                    inputs.push(Input::Stored(outcome.written));
+                }
+                if !outcome.bodies.is_empty() || !outcome.unread.is_empty() {
+                    inputs.push(Input::BodiesRead {
+                        bodies: outcome.bodies,
+                        unread: outcome.unread,
+                    });
+                }
+                for input in inputs {
+                    let outputs = router.step(now_ms(), input);
+                    carry_out(outputs, &mut conns, &writer, &tx, &mut slow_disconnects);
+                }
+                continue;
             }
             HubEvent::Stop => break,
         };
@@ -189,6 +213,7 @@ fn carry_out(
                 }
             }
             Output::Persist(op) => writer.write(op),
+            Output::LoadBodies(seqs) => writer.load(seqs),
             Output::AckAfterPersist { conn, to, msg_id } => writer.ack(conn, to, msg_id),
             Output::Timer { req_id, after } => {
                 let tx = tx.clone();

@@ -112,6 +112,7 @@ impl NodeConfig {
                 max_age_ms: (args.mailbox_max_age_secs as i64).saturating_mul(1000),
                 max_frames: args.mailbox_max_frames,
                 max_bytes: args.mailbox_max_bytes,
+                max_total_bytes: args.custody_max_bytes,
             },
             mac: !args.no_mac,
             limits: Limits {

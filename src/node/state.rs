@@ -190,12 +190,12 @@ pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> 
         }
     }
     let mut stmt = conn.prepare(
-        "SELECT seq, msg_id, dest_kind, dest, kind, to_id, via, sender, payload, bytes, created_ms
+        "SELECT seq, msg_id, dest_kind, dest, kind, to_id, via, sender, bytes, created_ms
          FROM custody ORDER BY seq",
     )?;
+    // Bodies stay on disk: they are read back in pages when they are sent.
     let rows = stmt.query_map([], |r| {
         let dest: String = r.get(3)?;
-        let payload: String = r.get(8)?;
         Ok(Entry {
             seq: r.get::<_, i64>(0)? as u64,
             msg_id: r.get(1)?,
@@ -208,9 +208,9 @@ pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> 
             to: r.get(5)?,
             via: r.get(6)?,
             sender: r.get(7)?,
-            payload: std::sync::Arc::new(serde_json::from_str(&payload).unwrap_or_default()),
-            bytes: r.get::<_, i64>(9)? as usize,
-            created_ms: r.get(10)?,
+            payload: std::sync::Arc::default(),
+            bytes: r.get::<_, i64>(8)? as usize,
+            created_ms: r.get(9)?,
         })
     })?;
     for row in rows {
@@ -318,7 +318,32 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
 /// How often the write-ahead log is folded back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// Custody bodies read back from disk, by `seq` (None: no such row).
+pub(crate) type Bodies = Vec<(u64, Option<std::sync::Arc<serde_json::Map<String, Value>>>)>;
+
+/// Reads custody bodies back from disk.
+fn read_bodies(conn: &Connection, seqs: &[u64]) -> rusqlite::Result<Bodies> {
+    let mut stmt = conn.prepare_cached("SELECT payload FROM custody WHERE seq = ?1")?;
+    let mut out = Vec::with_capacity(seqs.len());
+    for &seq in seqs {
+        let text: Option<String> = stmt
+            .query_row([seq as i64], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        let body = text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .map(std::sync::Arc::new);
+        out.push((seq, body));
+    }
+    Ok(out)
+}
+
 enum Job {
+    /// Read these custody bodies back (after what is queued is committed).
+    Load(Vec<u64>),
     Op(StoreOp),
     /// Acknowledge this to the connection once the batch is committed.
     Ack(Committed1),
@@ -352,6 +377,22 @@ pub(crate) struct Outcome {
     pub acks: Vec<Committed1>,
     /// What failed, if anything did.
     pub failure: Option<StoreFailure>,
+    /// Custody rows now on disk: their bodies may leave memory.
+    pub written: Vec<u64>,
+    /// Custody bodies read back, as asked.
+    pub bodies: Bodies,
+    /// Custody bodies asked for that could not be read (asked again later).
+    pub unread: Vec<u64>,
+}
+
+impl Outcome {
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty()
+            && self.failure.is_none()
+            && self.written.is_empty()
+            && self.bodies.is_empty()
+            && self.unread.is_empty()
+    }
 }
 
 /// How the store thread hands outcomes back to the hub.
@@ -399,6 +440,8 @@ struct Pipeline {
     /// Writes of failed batches that are neither custody nor pins, retried
     /// (in order, before anything newer) until they commit.
     retry: Vec<StoreOp>,
+    /// Custody bodies to read back after this pass's commit.
+    loads: Vec<u64>,
 }
 
 impl Pipeline {
@@ -424,6 +467,7 @@ impl Pipeline {
             }
             Job::Op(op) => self.batch.push(op),
             Job::Ack(_) => self.queue.push_back((now, job)),
+            Job::Load(seqs) => self.loads.extend(seqs),
             Job::Flush(done) => {
                 // Everything queued before it goes to disk now.
                 for (at, _) in self.queue.iter_mut() {
@@ -478,7 +522,19 @@ impl Pipeline {
                     error: "an earlier write of this content failed".into(),
                     ..Default::default()
                 });
-                return Outcome { acks, failure };
+                let written = batch
+                    .iter()
+                    .filter_map(|op| match op {
+                        StoreOp::Custody(e) => Some(e.seq),
+                        _ => None,
+                    })
+                    .collect();
+                return Outcome {
+                    acks,
+                    failure,
+                    written,
+                    ..Default::default()
+                };
             }
             Err(e) => e,
         };
@@ -516,8 +572,8 @@ impl Pipeline {
             "store write failed: its content is refused (STORAGE), other writes are retried"
         );
         Outcome {
-            acks: Vec::new(),
             failure: Some(f),
+            ..Default::default()
         }
     }
 
@@ -543,6 +599,7 @@ impl Pipeline {
                 Job::Ack(ack) => self.acks.push(ack),
                 Job::Op(op) => self.batch.push(op),
                 Job::Flush(done) => self.flushes.push(done),
+                Job::Load(seqs) => self.loads.extend(seqs),
             }
         }
         None
@@ -691,8 +748,19 @@ impl Writer {
                     skipped_count.store(p.skipped, Ordering::Relaxed);
                     // Ack after persist: only what is committed (here or at
                     // the next hop) is acknowledged; the rest is answered.
-                    let outcome = p.settle(result, batch, acks);
-                    if !outcome.acks.is_empty() || outcome.failure.is_some() {
+                    let mut outcome = p.settle(result, batch, acks);
+                    let loads = std::mem::take(&mut p.loads);
+                    if !loads.is_empty() {
+                        match read_bodies(&conn, &loads) {
+                            Ok(bodies) => outcome.bodies = bodies,
+                            // Asked again at the next pump.
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot read custody bodies back");
+                                outcome.unread = loads;
+                            }
+                        }
+                    }
+                    if !outcome.is_empty() {
                         committed(outcome);
                     }
                     if !p.retry.is_empty() {
@@ -735,6 +803,11 @@ impl Writer {
     /// Queues an acknowledgement for after the writes queued before it.
     pub fn ack(&self, conn: ConnId, to: String, msg_id: String) {
         let _ = self.tx.send(Job::Ack((conn, to, msg_id)));
+    }
+
+    /// Reads these custody bodies back; they come in an `Outcome`.
+    pub fn load(&self, seqs: Vec<u64>) {
+        let _ = self.tx.send(Job::Load(seqs));
     }
 
     /// Resolves once everything queued before it is committed.

@@ -4,6 +4,7 @@
 //! No sockets, no SQLite, no clock: `step` is deterministic, so every routing
 //! decision is unit-tested without I/O.
 
+mod bodies;
 mod content;
 mod links;
 mod persist;
@@ -103,6 +104,8 @@ pub(crate) enum Output {
         to: String,
         msg_id: String,
     },
+    /// Read these custody bodies back from disk (answered by `BodiesRead`).
+    LoadBodies(Vec<u64>),
 }
 
 /// A user hello whose key, signature and freshness the connection checked.
@@ -166,6 +169,13 @@ pub(crate) enum Input {
     Idle,
     /// The store could not write these (PROTOCOL.md C14).
     StoreFailed(StoreFailure),
+    /// These custody rows are on disk.
+    Stored(Vec<u64>),
+    /// Custody bodies read back from disk, and those that could not be.
+    BodiesRead {
+        bodies: super::state::Bodies,
+        unread: Vec<u64>,
+    },
 }
 
 /// Fixed facts about this node.
@@ -190,6 +200,9 @@ pub struct MailboxLimits {
     pub max_age_ms: i64,
     pub max_frames: usize,
     pub max_bytes: usize,
+    /// Payload bytes in custody for all recipients together (on disk; see
+    /// `bodies.rs` for what stays in memory).
+    pub max_total_bytes: usize,
 }
 
 impl Default for MailboxLimits {
@@ -198,6 +211,7 @@ impl Default for MailboxLimits {
             max_age_ms: 7 * 24 * 3600 * 1000,
             max_frames: 10_000,
             max_bytes: 256 << 20,
+            max_total_bytes: 1 << 30,
         }
     }
 }
@@ -241,6 +255,8 @@ pub(crate) struct Router {
     seen_hellos: HashMap<[u8; 32], i64>,
     proof_owners: HashMap<[u8; 32], ProofOwner>,
     custody: Custody,
+    /// Destinations whose next bodies are being read back from disk.
+    paging: std::collections::HashSet<custody::Dest>,
     /// `delivered` receipts held back for batching, by sender.
     receipts: std::collections::BTreeMap<String, Vec<String>>,
     /// Mailbox frames dropped for age since start.
@@ -298,6 +314,7 @@ impl Router {
             seen_hellos: snapshot.seen_hellos,
             proof_owners: snapshot.proof_owners,
             custody: Custody::load(snapshot.custody),
+            paging: Default::default(),
             receipts: Default::default(),
             expired: 0,
             next_req: 0,
@@ -379,6 +396,8 @@ impl Router {
             Input::Shutdown => self.shutting_down(),
             Input::Idle => self.flush_receipts(),
             Input::StoreFailed(failure) => self.store_failed(failure),
+            Input::Stored(seqs) => self.stored(seqs),
+            Input::BodiesRead { bodies, unread } => self.bodies_read(bodies, unread),
         }
         std::mem::take(&mut self.out)
     }
