@@ -19,7 +19,7 @@ pub fn run(cli: Cli) -> Result<()> {
     });
     match cli.command {
         Command::Gen(args) => gen_identity(args),
-        Command::Node(args) => run_node(args),
+        Command::Node(args) => run_node(*args),
         Command::Client(args) => run_client(args),
         Command::Admin(args) => run_admin(args.command),
         Command::Bench(args) => {

@@ -21,7 +21,7 @@ pub enum Command {
     /// a self-signed TLS certificate for a test mesh.
     Gen(GenArgs),
     /// Run a server: the master (user directory, mailbox) or a local.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Attach to a server as a user.
     Client(ClientArgs),
     /// Operate a node's database: print its users, servers or mailbox;
@@ -194,6 +194,10 @@ pub struct NodeArgs {
     /// Most bytes kept waiting for one user, likewise.
     #[arg(long, default_value_t = 256 << 20)]
     pub mailbox_max_bytes: usize,
+    /// Most bytes of content a node keeps waiting for all users together
+    /// (on disk); beyond it senders get QUOTA_EXCEEDED.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub custody_max_bytes: usize,
     /// Do not use mac-v1 link sessions: sign every frame with RSA, as towards
     /// reference peers (for measurements).
     #[arg(long)]

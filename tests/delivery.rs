@@ -101,6 +101,7 @@ async fn master_with_quota(frames: usize, age_ms: i64) -> TestNode {
         max_age_ms: age_ms,
         max_frames: frames,
         max_bytes: 1 << 20,
+        ..Default::default()
     };
     TestNode::start_configured(true, None, |c| c.mailbox = limits).await
 }

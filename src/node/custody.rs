@@ -69,17 +69,80 @@ pub(crate) struct Custody {
     blocked: HashMap<Hop, HashSet<Dest>>,
     per_dest: HashMap<Dest, (usize, usize)>,
     next_seq: u64,
+    /// Entries whose body is on disk only (written, and waiting): their
+    /// `payload` is empty until `restore` brings it back for sending.
+    evicted: HashSet<u64>,
+    /// Payload bytes of all entries, and of the evicted ones.
+    total_bytes: usize,
+    evicted_bytes: usize,
 }
 
 impl Custody {
-    /// Resumes from stored entries (all pending again).
+    /// Resumes from stored entries (all pending again), loaded without
+    /// their bodies: those stay on disk until they are sent.
     pub fn load(entries: Vec<Entry>) -> Self {
         let mut c = Custody::default();
         for e in entries {
             c.next_seq = c.next_seq.max(e.seq);
+            c.evicted.insert(e.seq);
+            c.evicted_bytes += e.bytes;
             c.insert(e);
         }
         c
+    }
+
+    /// A written entry that waits (pending, not in flight) drops its body
+    /// from memory; true if it did.
+    pub fn evict(&mut self, seq: u64) -> bool {
+        let Some(e) = self.entries.get_mut(&seq) else {
+            return false;
+        };
+        let waiting = self.pending.get(&e.dest).is_some_and(|p| p.contains(&seq));
+        if !waiting || !self.evicted.insert(seq) {
+            return false;
+        }
+        e.payload = Arc::default();
+        self.evicted_bytes += e.bytes;
+        true
+    }
+
+    /// Where an entry goes, if it is held.
+    pub fn dest_of(&self, seq: u64) -> Option<Dest> {
+        self.entries.get(&seq).map(|e| e.dest.clone())
+    }
+
+    /// True if the entry's body is on disk only.
+    pub fn is_evicted(&self, seq: u64) -> bool {
+        self.evicted.contains(&seq)
+    }
+
+    /// Puts a body read back from disk into its entry.
+    pub fn restore(&mut self, seq: u64, payload: Arc<Map<String, Value>>) {
+        if let Some(e) = self.entries.get_mut(&seq)
+            && self.evicted.remove(&seq)
+        {
+            e.payload = payload;
+            self.evicted_bytes -= e.bytes;
+        }
+    }
+
+    /// The first `n` pending entries of `dest` whose bodies are on disk only.
+    pub fn evicted_page(&self, dest: &Dest, n: usize) -> Vec<u64> {
+        self.pending
+            .get(dest)
+            .map(|p| {
+                p.iter()
+                    .filter(|s| self.evicted.contains(s))
+                    .take(n)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Payload bytes held in all, and of those in memory.
+    pub fn bytes(&self) -> (usize, usize) {
+        (self.total_bytes, self.total_bytes - self.evicted_bytes)
     }
 
     fn insert(&mut self, e: Entry) {
@@ -94,6 +157,7 @@ impl Custody {
         let n = self.per_dest.entry(e.dest.clone()).or_default();
         n.0 += 1;
         n.1 += e.bytes;
+        self.total_bytes += e.bytes;
         self.entries.insert(e.seq, e);
     }
 
@@ -242,6 +306,10 @@ impl Custody {
 
     fn remove(&mut self, seq: u64) -> Option<Entry> {
         let e = self.entries.remove(&seq)?;
+        self.total_bytes -= e.bytes;
+        if self.evicted.remove(&seq) {
+            self.evicted_bytes -= e.bytes;
+        }
         if let Some(p) = self.pending.get_mut(&e.dest) {
             p.remove(&seq);
             if p.is_empty() {
@@ -363,6 +431,30 @@ mod tests {
         c.ack(&hop, &["x".into()]);
         assert_eq!(c.room(&hop), LINK_WINDOW);
         assert!(!c.in_flight(&hop, "x"));
+    }
+
+    #[test]
+    fn a_waiting_body_leaves_memory_and_comes_back() {
+        let mut c = Custody::default();
+        let bob = Dest::User("bob".into());
+        let a = c.admit(entry("m0", "bob"));
+        let b = c.admit(entry("m1", "bob"));
+        let hop = Hop::Conn(1);
+        c.send(&hop, "m0", &[a.seq]);
+        // In flight: kept; waiting: on disk only.
+        assert!(!c.evict(a.seq));
+        assert!(c.evict(b.seq));
+        assert_eq!(c.bytes(), (20, 10));
+        assert!(c.next_pending(&bob).unwrap().payload.is_empty());
+        assert_eq!(c.evicted_page(&bob, 10), vec![b.seq]);
+        let body = Arc::new(Map::from_iter([("k".to_owned(), Value::from(1))]));
+        c.restore(b.seq, body.clone());
+        assert!(!c.is_evicted(b.seq));
+        assert_eq!(c.next_pending(&bob).unwrap().payload, body);
+        assert_eq!(c.bytes(), (20, 20));
+        c.evict(b.seq);
+        c.release(&[b.seq]);
+        assert_eq!(c.bytes(), (10, 10));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::conn::ConnCmd;
 use super::router::{ConnId, Input, Outgoing, Output, Router};
-use super::state::Writer;
+use super::state::{Outcome, Writer};
 use crate::wire::messages::Ack;
 use crate::wire::now_ms;
 
@@ -20,8 +20,8 @@ pub(crate) enum HubEvent {
     Unregister(ConnId),
     Input(Box<Input>),
     Status(oneshot::Sender<Status>),
-    /// These acks' frames are committed: send them.
-    Persisted(Vec<(ConnId, String, String)>),
+    /// What the store committed (acks to send) or could not write.
+    Persisted(Outcome),
     /// Flush the store and stop (every connection has ended).
     Stop,
 }
@@ -43,6 +43,11 @@ pub struct Status {
     pub mailbox: usize,
     /// Custody frames the next hop acknowledged before they were written.
     pub unwritten: u64,
+    /// Payload bytes in custody (bounded by `--custody-max-bytes`), and of
+    /// those, bytes in memory (the rest are on disk only).
+    pub custody_bytes: usize,
+    pub custody_resident_bytes: usize,
+    pub custody_max_bytes: usize,
 }
 
 /// Store writes queued before user frames are held back.
@@ -96,6 +101,8 @@ pub(crate) async fn run(
                 linked.sort();
                 let (custody, expired) = router.custody_stats();
                 let mailbox = router.mailbox_len();
+                let (custody_bytes, custody_resident_bytes, custody_max_bytes) =
+                    router.custody_bytes();
                 let _ = reply.send(Status {
                     online: router.online(),
                     linked,
@@ -104,6 +111,9 @@ pub(crate) async fn run(
                     expired,
                     mailbox,
                     unwritten: writer.skipped(),
+                    custody_bytes,
+                    custody_resident_bytes,
+                    custody_max_bytes,
                 });
                 continue;
             }
@@ -113,8 +123,27 @@ pub(crate) async fn run(
                 }
                 *input
             }
-            HubEvent::Persisted(acks) => {
-                send_acks(&conns, acks);
+            HubEvent::Persisted(outcome) => {
+                send_acks(&conns, outcome.acks);
+                let mut inputs = Vec::new();
+                // The router forgets what is not on disk and answers its
+                // senders `STORAGE` instead of the ack.
+                if let Some(failure) = outcome.failure {
+                    inputs.push(Input::StoreFailed(failure));
+                }
+                if !outcome.written.is_empty() {
+                    inputs.push(Input::Stored(outcome.written));
+                }
+                if !outcome.bodies.is_empty() || !outcome.unread.is_empty() {
+                    inputs.push(Input::BodiesRead {
+                        bodies: outcome.bodies,
+                        unread: outcome.unread,
+                    });
+                }
+                for input in inputs {
+                    let outputs = router.step(now_ms(), input);
+                    carry_out(outputs, &mut conns, &writer, &tx, &mut slow_disconnects);
+                }
                 continue;
             }
             HubEvent::Stop => break,
@@ -202,6 +231,7 @@ fn carry_out(
                 }
             }
             Output::Persist(op) => writer.write(op),
+            Output::LoadBodies(seqs) => writer.load(seqs),
             Output::AckAfterPersist { conn, to, msg_id } => writer.ack(conn, to, msg_id),
             Output::Timer { req_id, after } => {
                 let tx = tx.clone();

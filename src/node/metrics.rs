@@ -97,6 +97,21 @@ impl Metrics {
             status.custody as f64,
         );
         gauge(
+            "socp_custody_bytes",
+            "Payload bytes in custody (on disk), bounded by socp_custody_max_bytes.",
+            status.custody_bytes as f64,
+        );
+        gauge(
+            "socp_custody_max_bytes",
+            "The custody byte cap (--custody-max-bytes).",
+            status.custody_max_bytes as f64,
+        );
+        gauge(
+            "socp_custody_resident_bytes",
+            "Payload bytes of custody held in memory (the rest are on disk only).",
+            status.custody_resident_bytes as f64,
+        );
+        gauge(
             "socp_mailbox_frames",
             "Frames waiting for users online nowhere (master).",
             status.mailbox as f64,

@@ -128,6 +128,7 @@ impl NodeConfig {
                 max_age_ms: (args.mailbox_max_age_secs as i64).saturating_mul(1000),
                 max_frames: args.mailbox_max_frames,
                 max_bytes: args.mailbox_max_bytes,
+                max_total_bytes: args.custody_max_bytes,
             },
             mac: !args.no_mac,
             limits: Limits {
@@ -253,8 +254,8 @@ impl Node {
         let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
         let (users_tx, users_rx) = mpsc::channel(HUB_QUEUE);
         let acks = hub_tx.clone();
-        let committed: state::Committed = Box::new(move |batch| {
-            let _ = acks.blocking_send(HubEvent::Persisted(batch));
+        let committed: state::Committed = Box::new(move |outcome| {
+            let _ = acks.blocking_send(HubEvent::Persisted(outcome));
         });
         let writer = state::Writer::start(store, committed).context("starting the store writer")?;
         let mut tasks = vec![tokio::spawn(hub::run(

@@ -59,6 +59,15 @@ pub(crate) struct PresenceRecord {
     pub updated_ms: i64,
 }
 
+/// The server that first presented a presence proof (PROTOCOL.md C5).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ProofOwner {
+    pub server: String,
+    pub user: String,
+    /// When it was first presented (this node's clock).
+    pub first_ms: i64,
+}
+
 /// A group's members, from the latest key share.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct GroupRecord {
@@ -74,7 +83,7 @@ pub(crate) struct Snapshot {
     pub presence: HashMap<String, PresenceRecord>,
     pub groups: HashMap<String, GroupRecord>,
     pub seen_hellos: HashMap<[u8; 32], i64>,
-    pub proof_owners: HashMap<[u8; 32], String>,
+    pub proof_owners: HashMap<[u8; 32], ProofOwner>,
     pub custody: Vec<Entry>,
 }
 
@@ -181,12 +190,12 @@ pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> 
         }
     }
     let mut stmt = conn.prepare(
-        "SELECT seq, msg_id, dest_kind, dest, kind, to_id, via, sender, payload, bytes, created_ms
+        "SELECT seq, msg_id, dest_kind, dest, kind, to_id, via, sender, bytes, created_ms
          FROM custody ORDER BY seq",
     )?;
+    // Bodies stay on disk: they are read back in pages when they are sent.
     let rows = stmt.query_map([], |r| {
         let dest: String = r.get(3)?;
-        let payload: String = r.get(8)?;
         Ok(Entry {
             seq: r.get::<_, i64>(0)? as u64,
             msg_id: r.get(1)?,
@@ -199,22 +208,29 @@ pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> 
             to: r.get(5)?,
             via: r.get(6)?,
             sender: r.get(7)?,
-            payload: std::sync::Arc::new(serde_json::from_str(&payload).unwrap_or_default()),
-            bytes: r.get::<_, i64>(9)? as usize,
-            created_ms: r.get(10)?,
+            payload: std::sync::Arc::default(),
+            bytes: r.get::<_, i64>(8)? as usize,
+            created_ms: r.get(9)?,
         })
     })?;
     for row in rows {
         snap.custody.push(row?);
     }
-    let mut stmt = conn.prepare("SELECT digest, server_id FROM proof_owners")?;
+    let mut stmt = conn.prepare("SELECT digest, server_id, user_id, first_ms FROM proof_owners")?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            ProofOwner {
+                server: r.get(1)?,
+                user: r.get(2)?,
+                first_ms: r.get(3)?,
+            },
+        ))
     })?;
     for row in rows {
-        let (digest, server) = row?;
+        let (digest, owner) = row?;
         if let Some(d) = digest_of(digest) {
-            snap.proof_owners.insert(d, server);
+            snap.proof_owners.insert(d, owner);
         }
     }
     Ok(snap)
@@ -267,6 +283,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
             tx.prepare_cached("INSERT OR IGNORE INTO proof_owners (digest, server_id, user_id, first_ms) VALUES (?1, ?2, ?3, ?4)")?.execute(params![digest.as_slice(), server, user, now],
             )?;
         }
+        StoreOp::ForgetProofs(digests) => {
+            let mut stmt = tx.prepare_cached("DELETE FROM proof_owners WHERE digest = ?1")?;
+            for digest in digests {
+                stmt.execute([digest.as_slice()])?;
+            }
+        }
         StoreOp::Custody(e) => {
             let (dest_kind, dest) = match &e.dest {
                 Dest::User(u) => ("user", u),
@@ -297,7 +319,32 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
 /// How often the write-ahead log is folded back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// Custody bodies read back from disk, by `seq` (None: no such row).
+pub(crate) type Bodies = Vec<(u64, Option<std::sync::Arc<serde_json::Map<String, Value>>>)>;
+
+/// Reads custody bodies back from disk.
+fn read_bodies(conn: &Connection, seqs: &[u64]) -> rusqlite::Result<Bodies> {
+    let mut stmt = conn.prepare_cached("SELECT payload FROM custody WHERE seq = ?1")?;
+    let mut out = Vec::with_capacity(seqs.len());
+    for &seq in seqs {
+        let text: Option<String> = stmt
+            .query_row([seq as i64], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        let body = text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .map(std::sync::Arc::new);
+        out.push((seq, body));
+    }
+    Ok(out)
+}
+
 enum Job {
+    /// Read these custody bodies back (after what is queued is committed).
+    Load(Vec<u64>),
     Op(StoreOp),
     /// Acknowledge this to the connection once the batch is committed.
     Ack(Committed1),
@@ -306,8 +353,51 @@ enum Job {
 
 /// One acknowledgement: connection, its peer's id, `msg_id`.
 pub(crate) type Committed1 = (ConnId, String, String);
-/// Acks whose frames are committed, handed back to the hub to send.
-pub(crate) type Committed = Box<dyn Fn(Vec<Committed1>) + Send>;
+
+/// What the store could not write (PROTOCOL.md C14: a write the store could
+/// not make is never acknowledged, and memory never claims what the disk
+/// does not hold). Custody rows and user pins are not retried: the router
+/// forgets them (a resend is taken and written afresh) and tells who sent
+/// them; every other write is kept and retried (see `Retry`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct StoreFailure {
+    /// Custody rows (by `seq`) that are not on disk.
+    pub custody: Vec<u64>,
+    /// Users whose pin is not on disk.
+    pub users: Vec<String>,
+    /// Acknowledgements that must not be sent: answer `STORAGE` instead.
+    pub acks: Vec<Committed1>,
+    /// The store's error, for the answer and the log.
+    pub error: String,
+}
+
+/// What became of one pass of the store thread, handed back to the hub.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Acks whose frames are committed: send them.
+    pub acks: Vec<Committed1>,
+    /// What failed, if anything did.
+    pub failure: Option<StoreFailure>,
+    /// Custody rows now on disk: their bodies may leave memory.
+    pub written: Vec<u64>,
+    /// Custody bodies read back, as asked.
+    pub bodies: Bodies,
+    /// Custody bodies asked for that could not be read (asked again later).
+    pub unread: Vec<u64>,
+}
+
+impl Outcome {
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty()
+            && self.failure.is_none()
+            && self.written.is_empty()
+            && self.bodies.is_empty()
+            && self.unread.is_empty()
+    }
+}
+
+/// How the store thread hands outcomes back to the hub.
+pub(crate) type Committed = Box<dyn Fn(Outcome) + Send>;
 
 /// How long a new custody row waits in memory before it is written. A frame
 /// the next hop acknowledges within this time is durable there, so it never
@@ -343,6 +433,16 @@ struct Pipeline {
     skipped: u64,
     /// Payload bytes of the rows in `queue`.
     held_bytes: usize,
+    /// Custody rows whose write failed, until the router forgets them (its
+    /// release of them): an ack for their `msg_id` is refused meanwhile,
+    /// even when it comes in a later batch that commits.
+    failed: HashMap<u64, String>,
+    failed_ids: HashMap<String, usize>,
+    /// Writes of failed batches that are neither custody nor pins, retried
+    /// (in order, before anything newer) until they commit.
+    retry: Vec<StoreOp>,
+    /// Custody bodies to read back after this pass's commit.
+    loads: Vec<u64>,
 }
 
 impl Pipeline {
@@ -355,6 +455,8 @@ impl Pipeline {
                     .push_back((now + HOLD, Job::Op(StoreOp::Custody(e))));
             }
             Job::Op(StoreOp::Release(seqs)) => {
+                // A row that failed to write has nothing to delete.
+                let seqs: Vec<u64> = seqs.into_iter().filter(|s| !self.forget(*s)).collect();
                 let (dropped, written): (Vec<u64>, Vec<u64>) =
                     seqs.into_iter().partition(|s| self.held.remove(s));
                 self.handed_on.extend(dropped);
@@ -366,6 +468,7 @@ impl Pipeline {
             }
             Job::Op(op) => self.batch.push(op),
             Job::Ack(_) => self.queue.push_back((now, job)),
+            Job::Load(seqs) => self.loads.extend(seqs),
             Job::Flush(done) => {
                 // Everything queued before it goes to disk now.
                 for (at, _) in self.queue.iter_mut() {
@@ -373,6 +476,105 @@ impl Pipeline {
                 }
                 self.flushes.push(done);
             }
+        }
+    }
+
+    /// The router forgot a row whose write failed: true if `seq` was one.
+    fn forget(&mut self, seq: u64) -> bool {
+        let Some(msg_id) = self.failed.remove(&seq) else {
+            return false;
+        };
+        if let Some(n) = self.failed_ids.get_mut(&msg_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.failed_ids.remove(&msg_id);
+            }
+        }
+        true
+    }
+
+    /// The next transaction: writes to retry first, then the new batch.
+    /// Retries wait for new writes or for `RETRY_EVERY`.
+    fn next_batch(&mut self, retry_due: bool) -> Vec<StoreOp> {
+        let batch = std::mem::take(&mut self.batch);
+        if self.retry.is_empty() || (batch.is_empty() && !retry_due) {
+            return batch;
+        }
+        let mut all = std::mem::take(&mut self.retry);
+        all.extend(batch);
+        all
+    }
+
+    /// Sorts out what a commit of `batch` did: which acks may leave, and
+    /// what the router must forget and answer when it failed.
+    fn settle(
+        &mut self,
+        result: Result<(), rusqlite::Error>,
+        batch: Vec<StoreOp>,
+        acks: Vec<Committed1>,
+    ) -> Outcome {
+        let error = match result {
+            Ok(()) => {
+                let (refused, acks): (Vec<_>, Vec<_>) = acks
+                    .into_iter()
+                    .partition(|(_, _, id)| self.failed_ids.contains_key(id));
+                let failure = (!refused.is_empty()).then(|| StoreFailure {
+                    acks: refused,
+                    error: "an earlier write of this content failed".into(),
+                    ..Default::default()
+                });
+                let written = batch
+                    .iter()
+                    .filter_map(|op| match op {
+                        StoreOp::Custody(e) => Some(e.seq),
+                        _ => None,
+                    })
+                    .collect();
+                return Outcome {
+                    acks,
+                    failure,
+                    written,
+                    ..Default::default()
+                };
+            }
+            Err(e) => e,
+        };
+        let transient = is_transient(&error);
+        let mut f = StoreFailure {
+            acks,
+            error: error.to_string(),
+            ..Default::default()
+        };
+        let mut dropped = 0usize;
+        for op in batch {
+            match op {
+                StoreOp::Custody(e) => {
+                    f.custody.push(e.seq);
+                    *self.failed_ids.entry(e.msg_id.clone()).or_default() += 1;
+                    self.failed.insert(e.seq, e.msg_id);
+                }
+                StoreOp::PinUser(id, _) => f.users.push(id),
+                op if transient => self.retry.push(op),
+                _ => dropped += 1,
+            }
+        }
+        if self.retry.len() > MAX_RETRY {
+            let over = self.retry.len() - MAX_RETRY;
+            self.retry.drain(..over);
+            dropped += over;
+        }
+        tracing::error!(
+            error = %f.error,
+            rows = f.custody.len(),
+            pins = f.users.len(),
+            refused_acks = f.acks.len(),
+            retrying = self.retry.len(),
+            dropped,
+            "store write failed: its content is refused (STORAGE), other writes are retried"
+        );
+        Outcome {
+            failure: Some(f),
+            ..Default::default()
         }
     }
 
@@ -398,10 +600,34 @@ impl Pipeline {
                 Job::Ack(ack) => self.acks.push(ack),
                 Job::Op(op) => self.batch.push(op),
                 Job::Flush(done) => self.flushes.push(done),
+                Job::Load(seqs) => self.loads.extend(seqs),
             }
         }
         None
     }
+}
+
+/// How often writes of a failed batch are retried when nothing new comes.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// Writes kept for a retry at most (directory, presence, releases: small
+/// rows); beyond it the oldest are dropped, with an error in the log.
+const MAX_RETRY: usize = 100_000;
+
+/// A failure that may go away by itself (a full disk, an I/O error, a
+/// locked database), as opposed to one that would fail every retry.
+fn is_transient(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            C::DiskFull
+                | C::SystemIoFailure
+                | C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::OutOfMemory
+                | C::CannotOpen
+        )
+    )
 }
 
 /// Applies one batch in one transaction. Every 1,000 hellos recorded, the
@@ -475,18 +701,21 @@ impl Writer {
                 let mut pruned_at = 0usize;
                 let mut p = Pipeline::default();
                 let mut next_due: Option<Instant> = None;
+                let mut last_try: Option<Instant> = None;
                 let mut open = true;
                 while open {
                     // Wait for work, or for the front of the queue to fall due.
                     let first = match next_due {
-                        Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
-                            Ok(job) => Some(job),
-                            Err(mpsc::RecvTimeoutError::Timeout) => None,
-                            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                                open = false;
-                                None
+                        Some(due) => {
+                            match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                                Ok(job) => Some(job),
+                                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                    open = false;
+                                    None
+                                }
                             }
-                        },
+                        }
                         None => match rx.recv() {
                             Ok(job) => Some(job),
                             Err(_) => {
@@ -506,22 +735,38 @@ impl Writer {
                         }
                     }
                     next_due = p.advance(now);
-                    let batch = std::mem::take(&mut p.batch);
+                    let retry_due = last_try.is_none_or(|t| now >= t + RETRY_EVERY) || !open;
+                    let writes = p.batch.len();
+                    let batch = p.next_batch(retry_due);
                     let acks = std::mem::take(&mut p.acks);
-                    let writes = batch.len();
                     let result = if batch.is_empty() {
                         Ok(())
                     } else {
+                        last_try = Some(now);
                         commit(&mut conn, &batch, &mut pruned_at)
                     };
                     applied.fetch_sub(writes + std::mem::take(&mut p.resolved), Ordering::Relaxed);
                     skipped_count.store(p.skipped, Ordering::Relaxed);
-                    match result {
-                        // Ack after persist: only what is committed (here or
-                        // at the next hop) is acknowledged.
-                        Ok(()) if !acks.is_empty() => committed(acks),
-                        Ok(()) => {}
-                        Err(e) => tracing::error!(error = %e, unacked = acks.len(), "store write failed; the previous hops will resend"),
+                    // Ack after persist: only what is committed (here or at
+                    // the next hop) is acknowledged; the rest is answered.
+                    let mut outcome = p.settle(result, batch, acks);
+                    let loads = std::mem::take(&mut p.loads);
+                    if !loads.is_empty() {
+                        match read_bodies(&conn, &loads) {
+                            Ok(bodies) => outcome.bodies = bodies,
+                            // Asked again at the next pump.
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot read custody bodies back");
+                                outcome.unread = loads;
+                            }
+                        }
+                    }
+                    if !outcome.is_empty() {
+                        committed(outcome);
+                    }
+                    if !p.retry.is_empty() {
+                        let again = now + RETRY_EVERY;
+                        next_due = Some(next_due.map_or(again, |d| d.min(again)));
                     }
                     for done in std::mem::take(&mut p.flushes) {
                         let _ = done.send(());
@@ -559,6 +804,11 @@ impl Writer {
     /// Queues an acknowledgement for after the writes queued before it.
     pub fn ack(&self, conn: ConnId, to: String, msg_id: String) {
         let _ = self.tx.send(Job::Ack((conn, to, msg_id)));
+    }
+
+    /// Reads these custody bodies back; they come in an `Outcome`.
+    pub fn load(&self, seqs: Vec<u64>) {
+        let _ = self.tx.send(Job::Load(seqs));
     }
 
     /// Resolves once everything queued before it is committed.
@@ -681,6 +931,73 @@ mod tests {
         assert_eq!(written(&mut p), ["row 1"]);
         assert_eq!(acked(&mut p), ["m1"]);
         assert_eq!(p.flushes.len(), 1);
+    }
+
+    #[test]
+    fn forgotten_proofs_are_not_loaded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool =
+            crate::store::open(&dir.path().join("n.sqlite"), crate::store::Schema::Node).unwrap();
+        let mut conn = pool.get().unwrap();
+        let mut n = 0;
+        let ops = [
+            StoreOp::ProofOwner([1; 32], "s1".into(), "alice".into()),
+            StoreOp::ProofOwner([2; 32], "s1".into(), "alice".into()),
+            StoreOp::ForgetProofs(vec![[1; 32]]),
+        ];
+        commit(&mut conn, &ops, &mut n).unwrap();
+        let snap = load(&conn, 0).unwrap();
+        assert_eq!(snap.proof_owners.len(), 1);
+        let owner = &snap.proof_owners[&[2; 32]];
+        assert_eq!(
+            (owner.server.as_str(), owner.user.as_str()),
+            ("s1", "alice")
+        );
+    }
+
+    fn disk_full() -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(13), None)
+    }
+
+    #[test]
+    fn a_failed_write_is_never_acknowledged_and_the_rest_is_retried() {
+        let t0 = Instant::now();
+        let mut p = Pipeline::default();
+        let seen = StoreOp::SeenHello([7; 32], 1);
+        p.take(Job::Op(seen.clone()), t0);
+        p.take(Job::Op(StoreOp::Custody(entry(1))), t0);
+        p.take(
+            Job::Op(StoreOp::PinUser(
+                "dave".into(),
+                UserRecord::new("k".into(), false, 1),
+            )),
+            t0,
+        );
+        p.advance(t0 + HOLD);
+        let batch = p.next_batch(false);
+        let out = p.settle(
+            Err(disk_full()),
+            batch,
+            vec![(0, "alice".into(), "m1".into())],
+        );
+        let f = out.failure.expect("a failure");
+        assert!(out.acks.is_empty());
+        assert_eq!(
+            (f.custody, f.users, f.acks.len()),
+            (vec![1], vec!["dave".into()], 1)
+        );
+        // The resend's ack comes before the router forgot row 1: refused,
+        // though its own (empty) batch commits.
+        let out = p.settle(Ok(()), Vec::new(), vec![(0, "alice".into(), "m1".into())]);
+        assert!(out.acks.is_empty() && out.failure.is_some_and(|f| f.acks.len() == 1));
+        // The router forgets row 1: nothing to delete, and m1 is clean again.
+        p.take(Job::Op(StoreOp::Release(vec![1])), t0);
+        assert_eq!(p.resolved, 1);
+        let out = p.settle(Ok(()), Vec::new(), vec![(0, "alice".into(), "m1".into())]);
+        assert_eq!(out.acks.len(), 1);
+        // The replay cache row is retried first, before anything newer.
+        p.take(Job::Op(StoreOp::Release(vec![9])), t0);
+        assert_eq!(p.next_batch(false), vec![seen, StoreOp::Release(vec![9])]);
     }
 
     #[test]

@@ -484,6 +484,18 @@ impl Router {
                     continue;
                 }
             }
+            if self.custody.bytes().0 + entry.bytes > self.cfg.limits.max_total_bytes {
+                let detail = "this server holds as much content waiting for delivery as it may; try again later".to_owned();
+                self.report(
+                    via,
+                    &intake.sender,
+                    ErrorCode::QuotaExceeded,
+                    detail,
+                    Some(&intake.msg_id),
+                );
+                refused += 1;
+                continue;
+            }
             queued |= offline && intake.kind == "DELIVER";
             let entry = self.custody.admit(entry);
             self.persist(StoreOp::Custody(entry));
@@ -552,6 +564,10 @@ impl Router {
             let Some(route) = self.route(&head) else {
                 return;
             };
+            if self.custody.is_evicted(head.seq) {
+                // Its body is on disk: read a page back, then send on.
+                return self.page_in(dest);
+            }
             if route.best_effort {
                 self.emit_entry(&route, &head, None);
                 let released = self.custody.release(&[head.seq]);

@@ -530,19 +530,14 @@ impl Router {
         }
         let digest = proof_digest(proof);
         match self.proof_owners.get(&digest) {
-            Some(owner) if owner == server => Ok(()),
+            Some(owner) if owner.server == server => Ok(()),
             Some(_) => Err("proof belongs to another server"),
             None => {
                 let ts = proof.payload.get("ts").and_then(Value::as_i64).unwrap_or(0);
                 if (self.now - ts).abs() > HELLO_FRESHNESS_MS {
                     return Err("stale proof");
                 }
-                self.proof_owners.insert(digest, server.to_owned());
-                self.persist(StoreOp::ProofOwner(
-                    digest,
-                    server.to_owned(),
-                    p.user_id.clone(),
-                ));
+                self.own_proof(digest, server, &p.user_id);
                 Ok(())
             }
         }

@@ -5,8 +5,11 @@
 //! decision is unit-tested without I/O.
 
 mod admission;
+mod bodies;
 mod content;
 mod links;
+mod persist;
+mod replay;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -18,7 +21,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::custody::{self, Custody, Entry};
-use super::state::{GroupRecord, PresenceRecord, ServerRecord, Snapshot, UserRecord};
+use super::state::{
+    GroupRecord, PresenceRecord, ProofOwner, ServerRecord, Snapshot, StoreFailure, UserRecord,
+};
 use crate::crypto::{self, PublicKey};
 use crate::wire::messages::{ErrorBody, Message, Proof, RegisterUser, Role, UserLookupAnswer};
 use crate::wire::{Envelope, ErrorCode};
@@ -76,6 +81,8 @@ pub(crate) enum StoreOp {
     RemovePresence(String),
     SeenHello([u8; 32], i64),
     ProofOwner([u8; 32], String, String),
+    /// Proofs that can never be presented again (see `replay.rs`).
+    ForgetProofs(Vec<[u8; 32]>),
     SetGroup(String, GroupRecord),
     /// A frame taken into custody.
     Custody(Entry),
@@ -103,6 +110,8 @@ pub(crate) enum Output {
         to: String,
         msg_id: String,
     },
+    /// Read these custody bodies back from disk (answered by `BodiesRead`).
+    LoadBodies(Vec<u64>),
 }
 
 /// A user hello whose key, signature and freshness the connection checked.
@@ -166,6 +175,15 @@ pub(crate) enum Input {
     Shutdown,
     /// Nothing else is queued: send what was held back for batching.
     Idle,
+    /// The store could not write these (PROTOCOL.md C14).
+    StoreFailed(StoreFailure),
+    /// These custody rows are on disk.
+    Stored(Vec<u64>),
+    /// Custody bodies read back from disk, and those that could not be.
+    BodiesRead {
+        bodies: super::state::Bodies,
+        unread: Vec<u64>,
+    },
 }
 
 /// Fixed facts about this node.
@@ -192,6 +210,9 @@ pub struct MailboxLimits {
     pub max_age_ms: i64,
     pub max_frames: usize,
     pub max_bytes: usize,
+    /// Payload bytes in custody for all recipients together (on disk; see
+    /// `bodies.rs` for what stays in memory).
+    pub max_total_bytes: usize,
 }
 
 impl Default for MailboxLimits {
@@ -200,6 +221,7 @@ impl Default for MailboxLimits {
             max_age_ms: 7 * 24 * 3600 * 1000,
             max_frames: 10_000,
             max_bytes: 256 << 20,
+            max_total_bytes: 1 << 30,
         }
     }
 }
@@ -241,7 +263,7 @@ pub(crate) struct Router {
     /// once it is accepted.
     early: HashMap<ConnId, Vec<(Envelope, Message)>>,
     seen_hellos: HashMap<[u8; 32], i64>,
-    proof_owners: HashMap<[u8; 32], String>,
+    proof_owners: HashMap<[u8; 32], ProofOwner>,
     custody: Custody,
     /// The servers `--admit` lists (None: any server may link).
     admitted: Option<super::policy::AdmitList>,
@@ -249,6 +271,8 @@ pub(crate) struct Router {
     policy: super::policy::PolicyState,
     /// Registrations this hour, by source: (window start, count).
     reg_counts: HashMap<admission::RegSource, (i64, u32)>,
+    /// Destinations whose next bodies are being read back from disk.
+    paging: std::collections::HashSet<custody::Dest>,
     /// `delivered` receipts held back for batching, by sender.
     receipts: std::collections::BTreeMap<String, Vec<String>>,
     /// Mailbox frames dropped for age since start.
@@ -309,6 +333,7 @@ impl Router {
             admitted: None,
             policy: Default::default(),
             reg_counts: HashMap::new(),
+            paging: Default::default(),
             receipts: Default::default(),
             expired: 0,
             next_req: 0,
@@ -385,10 +410,14 @@ impl Router {
             Input::Timeout(req_id) => self.timeout(&req_id),
             Input::Tick => {
                 self.prune_rates();
-                self.tick()
+                self.tick();
+                self.prune_replay_state();
             }
             Input::Shutdown => self.shutting_down(),
             Input::Idle => self.flush_receipts(),
+            Input::StoreFailed(failure) => self.store_failed(failure),
+            Input::Stored(seqs) => self.stored(seqs),
+            Input::BodiesRead { bodies, unread } => self.bodies_read(bodies, unread),
         }
         std::mem::take(&mut self.out)
     }

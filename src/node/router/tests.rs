@@ -375,3 +375,55 @@ fn crossed_dials_keep_one_link_and_redials_replace_it() {
         "their crossed dial is replaced by ours"
     );
 }
+
+/// A presence claim by `server` for `user`, with a fresh proof signed at `ts`.
+fn claim(server: &str, user: &str, ts: i64) -> crate::wire::messages::Presence {
+    let Input::UserHello(h) = signed_hello(0, user, &key(user), ts) else {
+        unreachable!()
+    };
+    crate::wire::messages::Presence {
+        user_id: user.into(),
+        location: server.into(),
+        proof: h.proof,
+        extra: Map::new(),
+    }
+}
+
+#[test]
+fn many_logins_keep_the_replay_state_bounded() {
+    let mut r = router(true);
+    let l1 = "server_11111111-1111-4111-8111-111111111111";
+    r.step(0, link(7, l1, &key("carol"), Role::Local, true, false));
+    r.step(0, signed_hello(1, "alice", &key("alice"), 0));
+    r.step(0, Input::UserClosed(1));
+    let first = claim(l1, "alice", 1);
+    r.now = 1;
+    assert_eq!(r.check_claim(l1, &first), Ok(()));
+    // One login a minute for an hour, each presented by l1 and a tick.
+    let mut last = first.clone();
+    for minute in 1..=60 {
+        let now = minute * 60_000;
+        r.step(
+            now,
+            signed_hello(minute as u64 + 10, "bob", &key("bob"), now),
+        );
+        last = claim(l1, "alice", now);
+        r.now = now;
+        assert_eq!(r.check_claim(l1, &last), Ok(()));
+        r.step(now, Input::Tick);
+    }
+    let (hellos, proofs) = r.replay_state_len();
+    assert!(
+        hellos <= 5 && proofs <= 5,
+        "{hellos} hellos and {proofs} proofs kept after 60 logins"
+    );
+    // The owner may still present the current proof; the first one is
+    // stale and forgotten, so no server may present it.
+    // Ten minutes later, only the newest proof is kept.
+    let now = 70 * 60_000;
+    r.step(now, Input::Tick);
+    r.now = now;
+    assert_eq!(r.check_claim(l1, &last), Ok(()));
+    assert_eq!(r.check_claim(l1, &first), Err("stale proof"));
+    assert_eq!(r.replay_state_len().1, 1);
+}

@@ -1,0 +1,351 @@
+//! The store under pressure (PROTOCOL.md C14): with the master's database
+//! on a full filesystem, nothing is acknowledged that is not on disk, the
+//! sender is told `STORAGE`, a resend once there is room is written and
+//! acknowledged, and after kill -9 every acknowledged DM is delivered; a
+//! registration made while the disk is full does not leave a session on an
+//! unpinned id.
+//!
+//! The filesystem is a small tmpfs (tests run as root here and in CI); where
+//! mounting is impossible the tests say so and return.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::cluster::{connect, expect, user_key};
+use common::procs::NodeProc;
+use socp::client::{Session, SessionError};
+use socp::wire::messages::Message;
+
+/// A tmpfs of a few MiB, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) => {
+                println!(
+                    "SKIPPED: cannot mount a tmpfs for the full-disk test (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                println!("SKIPPED: cannot run mount for the full-disk test: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file until the filesystem is full.
+    fn fill(&self) -> PathBuf {
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A DM from `from` to `to` with a fixed `msg_id`, so that it can be sent again.
+fn sealed(from: &Session, to: &str, text: &[u8]) -> (String, Message) {
+    let mut dm = socp::content::seal_dm(
+        from.key(),
+        from.user(),
+        to,
+        user_key(to).public(),
+        text,
+        socp::wire::now_ms(),
+    )
+    .unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    dm.msg_id = Some(id.clone());
+    (id, Message::MsgPrivate(dm))
+}
+
+/// What the node answered about each of `ids`: true for an `ACK`, false
+/// for `ERROR STORAGE`. Fails if one gets neither within the wait, or both.
+async fn answers(s: &mut Session, ids: &BTreeSet<String>) -> BTreeMap<String, bool> {
+    let mut got: BTreeMap<String, bool> = BTreeMap::new();
+    let waited = tokio::time::timeout(Duration::from_secs(15), async {
+        while got.len() < ids.len() {
+            let Ok(Some((_, m))) = s.recv().await else {
+                panic!("{}: connection lost while waiting for answers", s.user());
+            };
+            match m {
+                Message::Ack(a) => {
+                    for id in a.msg_ids.into_iter().filter(|i| ids.contains(i)) {
+                        assert_ne!(
+                            got.insert(id.clone(), true),
+                            Some(false),
+                            "{id}: ACK after STORAGE"
+                        );
+                    }
+                }
+                Message::Error(e) if e.code == "STORAGE" => {
+                    let id = e
+                        .extra
+                        .get("msg_id")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_else(|| panic!("a STORAGE error names no msg_id: {}", e.detail));
+                    assert_ne!(
+                        got.insert(id.to_owned(), false),
+                        Some(true),
+                        "{id}: STORAGE after ACK"
+                    );
+                }
+                Message::Error(e) => panic!("unexpected error {}: {}", e.code, e.detail),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "{} of {} DMs were neither acknowledged nor refused with STORAGE (answered: {got:?})",
+        ids.len() - got.len(),
+        ids.len()
+    );
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_full_disk_dms_are_refused_not_acknowledged_and_acknowledged_ones_survive_kill_9() {
+    let Some(fs) = Tmpfs::mount("6m") else {
+        return;
+    };
+    let mut master = NodeProc::start(fs.path().join("m"), "master", "server-0", &[]);
+    let mut alice = connect(&master.url(), "alice").await;
+    connect(&master.url(), "bob").await.close().await;
+    let filler = fs.fill();
+
+    // Bob is offline: his DMs wait in the master's mailbox, on the full disk.
+    let dms: Vec<(String, Message)> = (0..24)
+        .map(|i| {
+            sealed(
+                &alice,
+                "bob",
+                format!("dm {i} {}", "x".repeat(40_000)).as_bytes(),
+            )
+        })
+        .collect();
+    for (_, m) in &dms {
+        alice.send("bob", m).await.unwrap();
+    }
+    let ids: BTreeSet<String> = dms.iter().map(|(id, _)| id.clone()).collect();
+    let first = answers(&mut alice, &ids).await;
+    let refused: Vec<&String> = first
+        .iter()
+        .filter(|(_, ok)| !**ok)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "the disk is full, yet every DM was acknowledged"
+    );
+
+    // Room again: what was refused is sent again (same msg_id) and taken.
+    std::fs::remove_file(&filler).unwrap();
+    let again: BTreeSet<String> = refused.iter().map(|id| (*id).clone()).collect();
+    for (id, m) in &dms {
+        if again.contains(id) {
+            alice.send("bob", m).await.unwrap();
+        }
+    }
+    let second = answers(&mut alice, &again).await;
+    assert!(
+        second.values().all(|ok| *ok),
+        "with room again, a resend was refused: {second:?}"
+    );
+
+    // kill -9, restart: every acknowledged DM reaches Bob.
+    master.kill9();
+    master.restart();
+    let mut bob = connect(&master.url(), "bob").await;
+    let mut delivered = BTreeSet::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while delivered.len() < ids.len() {
+            match bob.recv().await {
+                Ok(Some((_, Message::UserDeliver(d)))) => {
+                    if let Some(id) = d.msg_id.clone() {
+                        let ack = Message::Ack(socp::wire::messages::Ack {
+                            msg_ids: vec![id.clone()],
+                            extra: Default::default(),
+                        });
+                        let _ = bob.send(socp::wire::ids::TO_SERVER, &ack).await;
+                        delivered.insert(id);
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => return,
+            }
+        }
+    })
+    .await;
+    let lost: Vec<&String> = ids.difference(&delivered).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged DMs were lost after kill -9: {lost:?}",
+        lost.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_on_a_full_disk_is_refused_and_pinned_once_there_is_room() {
+    let Some(fs) = Tmpfs::mount("4m") else {
+        return;
+    };
+    let mut master = NodeProc::start(fs.path().join("m"), "master", "server-0", &[]);
+    // Alice registers while there is room; the disk then fills up.
+    connect(&master.url(), "alice").await.close().await;
+    let filler = fs.fill();
+
+    // Dave's pin cannot be written: his session does not stand.
+    match Session::connect(&master.url(), "dave", user_key("dave")).await {
+        Err(SessionError::Refused { code, .. }) => assert_eq!(code, "STORAGE"),
+        Err(e) => panic!("dave: unexpected failure {e}"),
+        Ok(mut dave) => {
+            let (_, m) = expect(
+                &mut dave,
+                "STORAGE",
+                |_, m| matches!(m, Message::Error(e) if e.code == "STORAGE"),
+            )
+            .await;
+            println!("dave was refused after the welcome: {m:?}");
+        }
+    }
+    // Nothing half-pinned: after kill -9 the id is free, and Erin's key
+    // could take it. Dave takes it instead, now that there is room.
+    std::fs::remove_file(&filler).unwrap();
+    master.kill9();
+    master.restart();
+    let dave = connect(&master.url(), "dave").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    dave.close().await;
+    master.kill9();
+    master.restart();
+    // Pinned: another key for the same id is refused after a kill -9.
+    match Session::connect(&master.url(), "dave", user_key("erin")).await {
+        Err(SessionError::Refused { code, .. }) => assert_eq!(code, "BAD_KEY"),
+        Err(e) => panic!("unexpected failure {e}"),
+        Ok(_) => panic!("dave's id took another key after a restart: the pin was lost"),
+    }
+}
+
+/// Waits until `ids` are all acknowledged.
+async fn acked(s: &mut Session, ids: &BTreeSet<String>) {
+    let got = answers(s, ids).await;
+    assert!(got.values().all(|ok| *ok), "refused: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_mailbox_waits_on_disk_and_is_read_back_in_order() {
+    let master = common::cluster::TestNode::master().await;
+    let mut alice = connect(&master.url(), "alice").await;
+    connect(&master.url(), "bob").await.close().await;
+    master.wait_offline("bob").await;
+    const N: usize = 600;
+    let body = "y".repeat(20_000);
+    let dms: Vec<(String, Message)> = (0..N)
+        .map(|i| sealed(&alice, "bob", format!("{i} {body}").as_bytes()))
+        .collect();
+    for (_, m) in &dms {
+        alice.send("bob", m).await.unwrap();
+    }
+    acked(&mut alice, &dms.iter().map(|(id, _)| id.clone()).collect()).await;
+    // Written and acknowledged: the bodies left memory.
+    let ok = common::cluster::wait_until(|| async {
+        master.status().await.custody_resident_bytes < 1 << 20
+    })
+    .await;
+    let status = master.status().await;
+    assert!(
+        ok,
+        "{} of {} custody bytes still in memory",
+        status.custody_resident_bytes, status.custody_bytes
+    );
+    assert!(status.custody_bytes >= N * 20_000, "{status:?}");
+    // Bob comes online: everything, in order, read back a page at a time.
+    let mut bob = connect(&master.url(), "bob").await;
+    let key = user_key("bob");
+    for i in 0..N {
+        let (_, m) = expect(&mut bob, "USER_DELIVER", |_, m| {
+            matches!(m, Message::UserDeliver(_))
+        })
+        .await;
+        let Message::UserDeliver(d) = m else {
+            unreachable!()
+        };
+        let text = socp::content::open_dm(&key, &d.to_private()).unwrap();
+        let n: usize = String::from_utf8_lossy(&text)
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(n, i, "out of order");
+        let ack = Message::Ack(socp::wire::messages::Ack {
+            msg_ids: vec![d.msg_id.clone().unwrap()],
+            extra: Default::default(),
+        });
+        bob.send(socp::wire::ids::TO_SERVER, &ack).await.unwrap();
+    }
+    let ok = common::cluster::wait_until(|| async { master.status().await.custody == 0 }).await;
+    assert!(ok, "custody not released: {:?}", master.status().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custody_bytes_are_capped_for_all_recipients_together() {
+    let master = common::cluster::TestNode::start_configured(true, None, |c| {
+        c.mailbox.max_total_bytes = 200_000;
+    })
+    .await;
+    let mut alice = connect(&master.url(), "alice").await;
+    connect(&master.url(), "bob").await.close().await;
+    connect(&master.url(), "carol").await.close().await;
+    master.wait_offline("bob").await;
+    master.wait_offline("carol").await;
+    // Well under the per-recipient quota, over the cap together.
+    let body = "z".repeat(30_000);
+    for i in 0..4 {
+        for to in ["bob", "carol"] {
+            let (_, m) = sealed(&alice, to, format!("{i} {body}").as_bytes());
+            alice.send(to, &m).await.unwrap();
+        }
+    }
+    let (_, m) = expect(
+        &mut alice,
+        "QUOTA_EXCEEDED",
+        |_, m| matches!(m, Message::Error(e) if e.code == "QUOTA_EXCEEDED"),
+    )
+    .await;
+    println!("{m:?}");
+    let status = master.status().await;
+    assert!(status.custody_bytes <= 200_000, "{status:?}");
+    assert_eq!(status.custody_max_bytes, 200_000);
+}
