@@ -418,3 +418,109 @@ async fn reused_msg_ids_do_not_stall_a_link() {
     );
     drop(others);
 }
+
+/// A group key share from `creator` (fixture key) for `members`.
+fn share(creator: &str, group: &str, members: &[&str], msg_id: &str) -> Message {
+    let keys: Vec<(String, socp::crypto::PublicKey)> = members
+        .iter()
+        .map(|m| (m.to_string(), user_key(m).public().clone()))
+        .collect();
+    let (_, mut s) = content::new_group_share(&user_key(creator), creator, group, &keys).unwrap();
+    s.msg_id = Some(msg_id.to_owned());
+    Message::GroupKeyShare(s)
+}
+
+/// True if `s` receives a GROUP_KEY_SHARE with this msg_id within a moment.
+async fn gets_share(s: &mut Session, msg_id: &str) -> bool {
+    common::cluster::drain(s, Duration::from_millis(700))
+        .await
+        .iter()
+        .any(|(_, m)| matches!(m, Message::GroupKeyShare(g) if g.msg_id.as_deref() == Some(msg_id)))
+}
+
+/// PROTOCOL.md C10: a user who is not a group's owner used to be able to
+/// share a new key for it (members adopted it, and the attacker read the
+/// next message) and rewrite its membership at the master. Now only the
+/// owner's shares change anything; forged signatures and unregistered
+/// members are refused; each refusal names the share's msg_id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_groups_owner_can_change_it_at_the_master() {
+    let master = TestNode::master().await;
+    let local = TestNode::local(&master.url()).await;
+    master.wait_linked(1).await;
+    let mut alice = connect(&master.url(), "alice").await;
+    let mut bob = connect(&master.url(), "bob").await;
+    let mut carol = connect(&local.url(), "carol").await;
+    let mut dave = connect(&master.url(), "dave").await;
+    master.wait_online(&["alice", "bob", "carol", "dave"]).await;
+    // Alice creates the group with Bob.
+    alice
+        .send("group_team", &share("alice", "group_team", &["bob"], "s1"))
+        .await
+        .unwrap();
+    assert!(acked(&mut alice, "s1").await);
+    assert!(gets_share(&mut bob, "s1").await);
+    // Dave (on the master) and Carol (through a local) try to take it over.
+    dave.send(
+        "group_team",
+        &share("dave", "group_team", &["bob", "dave"], "takeover-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        expect_refusal(&mut dave, "takeover-1").await.code,
+        "NOT_ALLOWED"
+    );
+    carol
+        .send(
+            "group_team",
+            &share("carol", "group_team", &["bob", "carol"], "takeover-2"),
+        )
+        .await
+        .unwrap();
+    let (_, m) = expect(&mut carol, "the master's refusal", |_, m| {
+        matches!(m, Message::Error(e) if e.extra.get("msg_id").and_then(|v| v.as_str()) == Some("takeover-2"))
+    })
+    .await;
+    assert!(matches!(m, Message::Error(e) if e.code == "NOT_ALLOWED"));
+    assert!(!gets_share(&mut bob, "takeover-1").await && !gets_share(&mut bob, "takeover-2").await);
+    // A share whose signature does not verify with the creator's key.
+    let Message::GroupKeyShare(mut forged) = share("alice", "group_new", &["bob"], "forged") else {
+        unreachable!()
+    };
+    forged.creator = "dave".into();
+    dave.send("group_new", &Message::GroupKeyShare(forged))
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_refusal(&mut dave, "forged").await.code,
+        "INVALID_SIG"
+    );
+    // Members must be registered users.
+    let Message::GroupKeyShare(mut ghost) = share("alice", "group_ghosts", &["bob"], "ghosts")
+    else {
+        unreachable!()
+    };
+    ghost.shares[0].member = "nobody_here".into();
+    ghost.content_sig = user_key("alice")
+        .sign_b64(&content::share_signed_bytes(&ghost).unwrap())
+        .unwrap();
+    alice
+        .send("group_ghosts", &Message::GroupKeyShare(ghost))
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_refusal(&mut alice, "ghosts").await.code,
+        "USER_NOT_FOUND"
+    );
+    // The owner's rotation still works, and the members are as she set them.
+    alice
+        .send(
+            "group_team",
+            &share("alice", "group_team", &["bob", "carol"], "s2"),
+        )
+        .await
+        .unwrap();
+    assert!(acked(&mut alice, "s2").await);
+    assert!(gets_share(&mut carol, "s2").await);
+}

@@ -73,6 +73,9 @@ pub(crate) struct ProofOwner {
 pub(crate) struct GroupRecord {
     pub members: Vec<String>,
     pub updated_ms: i64,
+    /// The creator of the first share seen (None: recorded before owners
+    /// were kept; the next share pins its creator).
+    pub owner: Option<String>,
 }
 
 /// Everything the router resumes from.
@@ -164,7 +167,7 @@ pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> 
         let (id, rec) = row?;
         snap.presence.insert(id, rec);
     }
-    let mut stmt = conn.prepare("SELECT group_id, members, updated_ms FROM groups")?;
+    let mut stmt = conn.prepare("SELECT group_id, members, updated_ms, owner FROM groups")?;
     let rows = stmt.query_map([], |r| {
         let members: String = r.get(1)?;
         Ok((
@@ -172,6 +175,7 @@ pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> 
             GroupRecord {
                 members: serde_json::from_str(&members).unwrap_or_default(),
                 updated_ms: r.get(2)?,
+                owner: r.get(3)?,
             },
         ))
     })?;
@@ -308,8 +312,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
         StoreOp::Policy(op) => crate::node::policy::apply(tx, op)?,
         StoreOp::SetGroup(group, rec) => {
             let members = Value::from(rec.members.clone()).to_string();
-            tx.prepare_cached("INSERT INTO groups (group_id, members, updated_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (group_id) DO UPDATE SET members = excluded.members, updated_ms = excluded.updated_ms")?.execute(params![group, members, rec.updated_ms],
+            tx.prepare_cached("INSERT INTO groups (group_id, members, updated_ms, owner) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (group_id) DO UPDATE SET members = excluded.members, updated_ms = excluded.updated_ms, owner = excluded.owner")?.execute(params![group, members, rec.updated_ms, rec.owner],
             )?;
         }
     }

@@ -185,12 +185,27 @@ impl Router {
                 }
                 ids::check_group(&share.group_id)
                     .map_err(|e| (ErrorCode::BadFrame, e.to_string()))?;
+                self.check_share(&share)?;
                 let mut members: BTreeSet<String> =
                     share.shares.iter().map(|s| s.member.clone()).collect();
                 members.insert(share.creator.clone());
-                self.record_group(&share.group_id, members.clone());
                 intake.payload = payload;
-                intake.dests = self.group_dests(user, members.into_iter().collect(), None);
+                if self.cfg.master {
+                    self.record_group(&share.group_id, members.clone(), &share.creator);
+                    intake.dests = self.group_dests(user, members.into_iter().collect(), None);
+                } else {
+                    // The master decides (it knows the group's owner and
+                    // every member's key) and fans the share out to every
+                    // member, ours included: nothing is adopted or recorded
+                    // here before it has said yes.
+                    let master = self.master_id.clone().ok_or((
+                        ErrorCode::Timeout,
+                        "this server has not linked to its master yet; try again shortly"
+                            .to_owned(),
+                    ))?;
+                    intake.dests =
+                        vec![(Dest::Server(master.clone()), Some(share.group_id.clone()))];
+                }
             }
             Message::MsgGroup(m) => {
                 if m.from != user {
@@ -332,17 +347,46 @@ impl Router {
             }
             Message::GroupKeyShare(share) => {
                 intake.sender = share.creator.clone();
-                let mut members: BTreeSet<String> =
-                    share.shares.iter().map(|s| s.member.clone()).collect();
-                members.insert(share.creator.clone());
-                self.record_group(&share.group_id, members.clone());
-                let recipients = take_recipients(&mut intake.payload);
-                intake.dests = self.relayed_group_dests(
-                    server,
-                    &share.creator,
-                    recipients,
-                    members.into_iter().collect(),
-                );
+                let from_master = !self.cfg.master && self.master_id.as_deref() == Some(server);
+                // The master checks every share it is handed; a local takes
+                // the master's word (it relays only what it checked).
+                let verdict = if from_master {
+                    Ok(())
+                } else if self.cfg.master {
+                    self.check_share(&share)
+                } else {
+                    Err((
+                        ErrorCode::NotAllowed,
+                        "group key shares travel through the master".to_owned(),
+                    ))
+                };
+                if let Err((code, detail)) = verdict {
+                    tracing::warn!(server, group = %truncate(&share.group_id), creator = %truncate(&share.creator), %detail, "refused a group key share");
+                    self.report(Some(server), &share.creator, code, detail, Some(&msg_id));
+                } else {
+                    let mut members: BTreeSet<String> =
+                        share.shares.iter().map(|s| s.member.clone()).collect();
+                    members.insert(share.creator.clone());
+                    self.record_group(&share.group_id, members.clone(), &share.creator);
+                    let recipients = take_recipients(&mut intake.payload);
+                    // The master serves every member of a share, those on
+                    // the server it came from too (that server waited for
+                    // the master's check).
+                    intake.dests = if self.cfg.master {
+                        members
+                            .into_iter()
+                            .filter(|m| m != &share.creator)
+                            .map(|m| (Dest::User(m), None))
+                            .collect()
+                    } else {
+                        self.relayed_group_dests(
+                            server,
+                            &share.creator,
+                            recipients,
+                            members.into_iter().collect(),
+                        )
+                    };
+                }
             }
             Message::MsgGroup(m) => {
                 intake.sender = m.from.clone();
@@ -425,12 +469,83 @@ impl Router {
             .collect()
     }
 
-    pub(super) fn record_group(&mut self, group_id: &str, members: BTreeSet<String>) {
+    /// PROTOCOL.md C10: a share for a known group must come from its owner;
+    /// at the master, its content signature must verify with the creator's
+    /// directory key and every member must be registered.
+    fn check_share(&self, share: &messages::GroupKeyShare) -> Result<(), (ErrorCode, String)> {
+        if let Some(owner) = self
+            .groups
+            .get(&share.group_id)
+            .and_then(|g| g.owner.as_deref())
+            && owner != share.creator
+        {
+            return Err((
+                ErrorCode::NotAllowed,
+                format!(
+                    "{} belongs to {owner}: only its owner may change its key or members; pick another group id",
+                    truncate(&share.group_id)
+                ),
+            ));
+        }
+        if !self.cfg.master {
+            return Ok(());
+        }
+        let Some(creator) = self.users.get(&share.creator) else {
+            return Err((
+                ErrorCode::UserNotFound,
+                format!("{} is not a registered user", truncate(&share.creator)),
+            ));
+        };
+        let verified = crate::crypto::PublicKey::from_b64(&creator.pubkey)
+            .ok()
+            .zip(crate::content::share_signed_bytes(share).ok())
+            .is_some_and(|(key, bytes)| crate::content::verify(&key, &bytes, &share.content_sig));
+        if !verified {
+            return Err((
+                ErrorCode::InvalidSig,
+                "the share's content signature does not verify with its creator's directory key"
+                    .to_owned(),
+            ));
+        }
+        let unknown: Vec<String> = share
+            .shares
+            .iter()
+            .map(|s| s.member.as_str())
+            .filter(|m| !self.users.contains_key(*m))
+            .take(5)
+            .map(truncate)
+            .collect();
+        if !unknown.is_empty() {
+            return Err((
+                ErrorCode::UserNotFound,
+                format!(
+                    "group members must be registered users; not registered: {}",
+                    unknown.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn record_group(
+        &mut self,
+        group_id: &str,
+        members: BTreeSet<String>,
+        creator: &str,
+    ) {
+        let owner = self
+            .groups
+            .get(group_id)
+            .and_then(|g| g.owner.clone())
+            .or_else(|| Some(creator.to_owned()));
         let rec = GroupRecord {
             members: members.into_iter().collect(),
             updated_ms: self.now,
+            owner,
         };
-        if self.groups.get(group_id).map(|g| &g.members) != Some(&rec.members) {
+        if self.groups.get(group_id).map(|g| (&g.members, &g.owner))
+            != Some((&rec.members, &rec.owner))
+        {
             self.groups.insert(group_id.to_owned(), rec.clone());
             self.persist(StoreOp::SetGroup(group_id.to_owned(), rec));
         }
