@@ -524,3 +524,59 @@ async fn only_a_groups_owner_can_change_it_at_the_master() {
     assert!(acked(&mut alice, "s2").await);
     assert!(gets_share(&mut carol, "s2").await);
 }
+
+/// A server used to be able to confirm content it never carried: a forged
+/// `RECEIPT` made a client show "delivered" for a made-up id. Receipts are
+/// taken only from the server a DM was handed to (or relayed by the master,
+/// which checks the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_cannot_forge_receipts() {
+    let master = TestNode::master().await;
+    let local = TestNode::local(&master.url()).await;
+    master.wait_linked(1).await;
+    let mut alice = connect(&master.url(), "alice").await;
+    let mut carol = connect(&local.url(), "carol").await;
+    let mut bob = connect(&local.url(), "bob").await;
+    master.wait_online(&["alice", "bob", "carol"]).await;
+    let rogue_key = PrivateKey::load(&cached_key("server-5")).unwrap();
+    let rogue_id = socp::wire::ids::new_local_server_id();
+    let mut rogue = rogue_link(&master.url(), &rogue_id, &rogue_key).await;
+    rogue.expect_kind("PEER_HELLO_LINK").await;
+    // Alice's real DM to Bob is in flight (Bob has not acknowledged it).
+    alice
+        .send("bob", &padded_dm(&alice, "bob", "real", 0))
+        .await
+        .unwrap();
+    expect(&mut bob, "alice's DM", |_, m| {
+        matches!(m, Message::UserDeliver(_))
+    })
+    .await;
+    for (user, to) in [("alice", master.id()), ("carol", local.id())] {
+        rogue
+            .send(&signed(
+                "RECEIPT",
+                &rogue_id,
+                &to,
+                json!({"user_id": user, "msg_ids": ["made-up", "real"], "status": "delivered"}),
+                &rogue_key,
+            ))
+            .await;
+    }
+    for s in [&mut alice, &mut carol] {
+        for (_, m) in common::cluster::drain(s, Duration::from_millis(700)).await {
+            assert!(
+                !matches!(m, Message::Receipt(_)),
+                "a forged receipt reached {}: {m:?}",
+                s.user()
+            );
+        }
+    }
+    // The real one comes when Bob has it.
+    ack(&mut bob, "real").await;
+    expect(
+        &mut alice,
+        "the real receipt",
+        |_, m| matches!(m, Message::Receipt(r) if r.msg_ids == ["real"] && r.status == "delivered"),
+    )
+    .await;
+}

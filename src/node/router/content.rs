@@ -727,6 +727,11 @@ impl Router {
     }
 
     fn emit_entry(&mut self, route: &Route, e: &Entry, recipients: Option<Vec<String>>) {
+        if e.kind == "DELIVER"
+            && let Hop::Link(server) = &route.hop
+        {
+            self.carried.record(&e.sender, &e.msg_id, server);
+        }
         let kind = match e.kind.as_str() {
             "DELIVER" if route.on_link => "PEER_DELIVER",
             "DELIVER" => "USER_DELIVER",
@@ -802,6 +807,35 @@ impl Router {
         for (sender, ids) in std::mem::take(&mut self.receipts) {
             self.send_receipt(None, &sender, ids, DELIVERED);
         }
+    }
+
+    /// The ids of a receipt from `server` about `user`'s DMs that `server`
+    /// may confirm: DMs we handed to it, or, from our master, DMs we handed
+    /// to anyone (the master checks what it relays the same way).
+    /// PROTOCOL.md C13: a server cannot confirm content it never carried.
+    pub(super) fn receipt_ids_from(
+        &mut self,
+        server: &str,
+        user: &str,
+        msg_ids: Vec<String>,
+        status: &str,
+    ) -> Vec<String> {
+        let from_master = !self.cfg.master && self.master_id.as_deref() == Some(server);
+        let (ok, forged): (Vec<String>, Vec<String>) = msg_ids.into_iter().partition(|id| {
+            self.carried.went_to(user, id, server)
+                || (from_master && self.carried.carried(user, id))
+        });
+        if !forged.is_empty() {
+            tracing::warn!(server, user = %truncate(user), ids = forged.len(), "dropped receipts for content that server did not carry");
+        }
+        if status == DELIVERED && (self.sessions.contains_key(user) || self.cfg.master) {
+            // Delivered is final: on the sender's own server, and at the
+            // master once it relays it.
+            for id in &ok {
+                self.carried.forget(user, id);
+            }
+        }
+        ok
     }
 
     /// Routes a receipt towards `user`, best effort, never back where it came from.

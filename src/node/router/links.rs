@@ -268,6 +268,17 @@ impl Router {
         {
             if env.to != server {
                 let kind = msg.type_name();
+                let mut msg = msg;
+                // A receipt is relayed only for DMs the master handed to the
+                // server that sends it.
+                if let Message::Receipt(r) = &mut msg {
+                    let ids = std::mem::take(&mut r.msg_ids);
+                    r.msg_ids =
+                        self.receipt_ids_from(&server, &r.user_id.clone(), ids, &r.status.clone());
+                    if r.msg_ids.is_empty() {
+                        return;
+                    }
+                }
                 let mut payload = msg.to_payload();
                 // Only the master itself may refuse a user.
                 payload.remove("refused_user");
@@ -303,7 +314,10 @@ impl Router {
             Message::Ack(a) => self.acked(Hop::Link(server), a.msg_ids),
             Message::Receipt(r) => {
                 let user = r.user_id.clone();
-                self.send_receipt(Some(&server), &user, r.msg_ids, &r.status);
+                let ids = self.receipt_ids_from(&server, &user, r.msg_ids, &r.status);
+                if !ids.is_empty() {
+                    self.send_receipt(Some(&server), &user, ids, &r.status);
+                }
             }
             Message::Error(e) => self.peer_error(&server, &env, e),
             Message::Heartbeat(_) | Message::PeerHelloLink(_) => {}

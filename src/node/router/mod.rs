@@ -6,6 +6,7 @@
 
 mod admission;
 mod bodies;
+mod carried;
 mod content;
 mod links;
 mod persist;
@@ -275,6 +276,8 @@ pub(crate) struct Router {
     paging: std::collections::HashSet<custody::Dest>,
     /// `delivered` receipts held back for batching, by sender.
     receipts: std::collections::BTreeMap<String, Vec<String>>,
+    /// Which server each DM we handed on went to (whose receipts count).
+    carried: carried::Carried,
     /// Mailbox frames dropped for age since start.
     expired: u64,
     next_req: u64,
@@ -335,6 +338,7 @@ impl Router {
             reg_counts: HashMap::new(),
             paging: Default::default(),
             receipts: Default::default(),
+            carried: Default::default(),
             expired: 0,
             next_req: 0,
             out: Vec::new(),

@@ -427,3 +427,44 @@ fn many_logins_keep_the_replay_state_bounded() {
     assert_eq!(r.check_claim(l1, &first), Err("stale proof"));
     assert_eq!(r.replay_state_len().1, 1);
 }
+
+#[test]
+fn user_list_stays_within_its_bound_and_says_when_it_is_cut() {
+    let mut r = router(true);
+    for i in 0..20_000 {
+        r.presence.insert(
+            format!("user_with_a_long_name_{i:06}_padding_padding"),
+            PresenceRecord {
+                location: "server_x".into(),
+                via: "server_x".into(),
+                proof: None,
+                live: true,
+                updated_ms: 0,
+            },
+        );
+    }
+    let list = r.user_list();
+    let text = serde_json::to_string(&list).unwrap();
+    assert!(
+        text.len() <= users::USER_LIST_MAX_BYTES + 64,
+        "{}",
+        text.len()
+    );
+    assert_eq!(list["truncated"], true);
+    assert_eq!(list["total"], 20_000);
+    // A small mesh is listed whole, without the markers.
+    let mut small = router(true);
+    small.presence.insert(
+        "alice".into(),
+        PresenceRecord {
+            location: "server_x".into(),
+            via: "server_x".into(),
+            proof: None,
+            live: true,
+            updated_ms: 0,
+        },
+    );
+    let list = small.user_list();
+    assert_eq!(list["users"], json!(["alice"]));
+    assert!(!list.contains_key("truncated"));
+}

@@ -200,10 +200,7 @@ impl Router {
         }
         match msg {
             Message::UserListReq(_) => {
-                let list = payload_of(&UserList {
-                    users: self.online(),
-                    extra: Map::new(),
-                });
+                let list = self.user_list();
                 self.send(conn, "USER_LIST", &user, list);
             }
             Message::UserDbGetUser(q) => self.user_lookup(conn, &user, q.user_id),
@@ -282,4 +279,32 @@ impl Router {
             None => {}
         }
     }
+
+    /// The `USER_LIST` answer: users online anywhere, sorted, cut to
+    /// [`USER_LIST_MAX_BYTES`] (PROTOCOL.md C13: every answer stays within
+    /// the frame limit, whatever the mesh holds). A cut list says so:
+    /// `truncated: true` and `total`, the number online.
+    pub(super) fn user_list(&self) -> Map<String, Value> {
+        let online = self.online();
+        let total = online.len();
+        let mut bytes = 0;
+        let users: Vec<String> = online
+            .into_iter()
+            .take_while(|u| {
+                bytes += u.len() + 3;
+                bytes <= USER_LIST_MAX_BYTES
+            })
+            .collect();
+        let mut extra = Map::new();
+        if users.len() < total {
+            extra.insert("truncated".into(), Value::Bool(true));
+            extra.insert("total".into(), Value::from(total));
+        }
+        payload_of(&UserList { users, extra })
+    }
 }
+
+/// Most bytes of user ids one `USER_LIST` carries (about 2,000 ids of
+/// typical length; far below the 1 MiB frame limit, and small enough that a
+/// client's connect does not grow every connection's buffers).
+pub const USER_LIST_MAX_BYTES: usize = 64 << 10;
