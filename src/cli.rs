@@ -198,6 +198,13 @@ pub struct NodeArgs {
     /// (on disk); beyond it senders get QUOTA_EXCEEDED.
     #[arg(long, default_value_t = 1 << 30)]
     pub custody_max_bytes: usize,
+    /// Most frames a node keeps waiting from one sender, all recipients
+    /// together; beyond it the sender gets QUOTA_EXCEEDED.
+    #[arg(long, default_value_t = 20_000)]
+    pub sender_max_frames: usize,
+    /// Most bytes a node keeps waiting from one sender, likewise.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub sender_max_bytes: usize,
     /// Do not use mac-v1 link sessions: sign every frame with RSA, as towards
     /// reference peers (for measurements).
     #[arg(long)]

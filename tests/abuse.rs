@@ -580,3 +580,30 @@ async fn a_server_cannot_forge_receipts() {
     )
     .await;
 }
+
+/// One sender cannot take the whole node's room by spreading content over
+/// many recipients: what one sender may have waiting is bounded too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sender_is_held_to_its_own_quota_across_recipients() {
+    let limits = MailboxLimits {
+        max_sender_frames: 2,
+        ..Default::default()
+    };
+    let master = TestNode::start_configured(true, None, |c| c.mailbox = limits).await;
+    for u in ["bob", "carol", "dave"] {
+        connect(&master.url(), u).await.close().await;
+        master.wait_offline(u).await;
+    }
+    let mut alice = connect(&master.url(), "alice").await;
+    alice.send("bob", &padded_dm(&alice, "bob", "to-bob", 0)).await.unwrap();
+    assert!(acked(&mut alice, "to-bob").await);
+    alice.send("carol", &padded_dm(&alice, "carol", "to-carol", 0)).await.unwrap();
+    assert!(acked(&mut alice, "to-carol").await);
+    alice.send("dave", &padded_dm(&alice, "dave", "to-dave", 0)).await.unwrap();
+    let e = expect_refusal(&mut alice, "to-dave").await;
+    assert_eq!(e.code, "QUOTA_EXCEEDED");
+    // Another sender is not affected.
+    let mut erin = connect(&master.url(), "erin").await;
+    erin.send("dave", &padded_dm(&erin, "dave", "erin-to-dave", 0)).await.unwrap();
+    assert!(acked(&mut erin, "erin-to-dave").await);
+}

@@ -68,6 +68,8 @@ pub(crate) struct Custody {
     /// Destinations that stopped for a full window, by hop.
     blocked: HashMap<Hop, HashSet<Dest>>,
     per_dest: HashMap<Dest, (usize, usize)>,
+    /// Frames and bytes held from each sender (all destinations together).
+    per_sender: HashMap<String, (usize, usize)>,
     next_seq: u64,
     /// Entries whose body is on disk only (written, and waiting): their
     /// `payload` is empty until `restore` brings it back for sending.
@@ -157,6 +159,9 @@ impl Custody {
         let n = self.per_dest.entry(e.dest.clone()).or_default();
         n.0 += 1;
         n.1 += e.bytes;
+        let n = self.per_sender.entry(e.sender.clone()).or_default();
+        n.0 += 1;
+        n.1 += e.bytes;
         self.total_bytes += e.bytes;
         self.entries.insert(e.seq, e);
     }
@@ -181,6 +186,11 @@ impl Custody {
         self.inflight
             .get(hop)
             .is_some_and(|f| f.contains_key(msg_id))
+    }
+
+    /// Frames and bytes held from `sender`, for every destination.
+    pub fn load_from(&self, sender: &str) -> (usize, usize) {
+        self.per_sender.get(sender).copied().unwrap_or_default()
     }
 
     /// Frames and bytes held for `dest`.
@@ -327,6 +337,13 @@ impl Custody {
             n.1 = n.1.saturating_sub(e.bytes);
             if n.0 == 0 {
                 self.per_dest.remove(&e.dest);
+            }
+        }
+        if let Some(n) = self.per_sender.get_mut(&e.sender) {
+            n.0 = n.0.saturating_sub(1);
+            n.1 = n.1.saturating_sub(e.bytes);
+            if n.0 == 0 {
+                self.per_sender.remove(&e.sender);
             }
         }
         Some(e)

@@ -129,6 +129,8 @@ impl NodeConfig {
                 max_frames: args.mailbox_max_frames,
                 max_bytes: args.mailbox_max_bytes,
                 max_total_bytes: args.custody_max_bytes,
+                max_sender_frames: args.sender_max_frames,
+                max_sender_bytes: args.sender_max_bytes,
             },
             mac: !args.no_mac,
             limits: Limits {

@@ -599,6 +599,24 @@ impl Router {
                     continue;
                 }
             }
+            let (sent_frames, sent_bytes) = self.custody.load_from(&intake.sender);
+            if !intake.sender.is_empty()
+                && (sent_frames >= self.cfg.limits.max_sender_frames
+                    || sent_bytes + entry.bytes > self.cfg.limits.max_sender_bytes)
+            {
+                let detail = format!(
+                    "you have {sent_frames} frames ({sent_bytes} bytes) waiting to be delivered already; try again when some have been"
+                );
+                self.report(
+                    via,
+                    &intake.sender,
+                    ErrorCode::QuotaExceeded,
+                    detail,
+                    Some(&intake.msg_id),
+                );
+                refused += 1;
+                continue;
+            }
             if self.custody.bytes().0 + entry.bytes > self.cfg.limits.max_total_bytes {
                 let detail = "this server holds as much content waiting for delivery as it may; try again later".to_owned();
                 self.report(

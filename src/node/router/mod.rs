@@ -214,6 +214,10 @@ pub struct MailboxLimits {
     /// Payload bytes in custody for all recipients together (on disk; see
     /// `bodies.rs` for what stays in memory).
     pub max_total_bytes: usize,
+    /// Frames and bytes one sender may have waiting, all recipients
+    /// together: one user cannot take the whole node's room.
+    pub max_sender_frames: usize,
+    pub max_sender_bytes: usize,
 }
 
 impl Default for MailboxLimits {
@@ -223,6 +227,8 @@ impl Default for MailboxLimits {
             max_frames: 10_000,
             max_bytes: 256 << 20,
             max_total_bytes: 1 << 30,
+            max_sender_frames: 20_000,
+            max_sender_bytes: 256 << 20,
         }
     }
 }
