@@ -839,6 +839,9 @@ async fn write_frames<W>(
         }
         let mut next = None;
         let out = tokio::select! {
+            // What is signed goes first (in order), then replies to the
+            // peer's own frames, then the hub's.
+            biased;
             Some(signed) = signing.next(), if !signing.is_empty() => {
                 if let Some(text) = signed
                     && !write(sink, text).await
