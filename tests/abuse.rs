@@ -767,3 +767,39 @@ async fn an_unparsable_frame_keeps_a_session_in_step() {
     assert!(refused, "the unparsable frame was not refused");
     assert!(listed, "the session was closed after an unparsable frame");
 }
+
+/// A client drops duplicates by (sender, msg_id): a DM from another sender
+/// that reuses an id it has seen is still shown (it used to be dropped as a
+/// duplicate, so one user could suppress another's messages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_shows_another_senders_dm_under_a_seen_id() {
+    let master = TestNode::master().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bob = common::clientproc::ClientProc::start(dir.path(), "bob", &master.url()).await;
+    let mut alice = connect(&master.url(), "alice").await;
+    let mut carol = connect(&master.url(), "carol").await;
+    alice
+        .send("bob", &padded_dm(&alice, "bob", "shared-id", 0))
+        .await
+        .unwrap();
+    let first = bob.expect("alice's DM", |e| e["event"] == "dm").await;
+    assert_eq!(first["from"], "alice");
+    carol
+        .send("bob", &padded_dm(&carol, "bob", "shared-id", 0))
+        .await
+        .unwrap();
+    let second = bob.expect("carol's DM", |e| e["event"] == "dm").await;
+    assert_eq!(second["from"], "carol", "{second}");
+    // A true duplicate (alice's again) is still dropped.
+    alice
+        .send("bob", &padded_dm(&alice, "bob", "shared-id", 0))
+        .await
+        .unwrap();
+    assert!(
+        bob.drain(Duration::from_millis(700))
+            .await
+            .iter()
+            .all(|e| e["event"] != "dm"),
+        "a duplicate was shown twice"
+    );
+}

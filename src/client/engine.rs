@@ -886,15 +886,20 @@ impl<F: Frontend> Engine<F> {
         }
     }
 
-    /// The `msg_id` of content, and whether it is new (not shown before).
+    /// The `msg_id` of content, the key it is remembered as shown under,
+    /// and whether it is new (not shown before). Content identity is
+    /// (sender, msg_id) (PROTOCOL.md C11): another sender's content under
+    /// the same id is not a duplicate, so it cannot suppress this one.
     fn first_sight(
         &mut self,
+        sender: &str,
         msg_id: Option<&String>,
         payload: &Map<String, Value>,
-    ) -> (String, bool) {
+    ) -> (String, String, bool) {
         let id = msg_id.cloned().unwrap_or_else(|| derived_msg_id(payload));
-        let new = !self.journal.contains(&id) && !self.keyring.seen(&id).unwrap_or(false);
-        (id, new)
+        let key = seen_key(sender, &id);
+        let new = !self.journal.contains(&key) && !self.keyring.seen(&key).unwrap_or(false);
+        (id, key, new)
     }
 
     /// Marks content as shown, right after it was shown, in the journal (one
@@ -951,7 +956,7 @@ impl<F: Frontend> Engine<F> {
         let Ok(sender_key) = self.sender_key(&d.sender, &env, &msg).await else {
             return false;
         };
-        let (msg_id, new) = self.first_sight(d.msg_id.as_ref(), &env.payload);
+        let (msg_id, seen, new) = self.first_sight(&d.sender, d.msg_id.as_ref(), &env.payload);
         if !new {
             return true;
         }
@@ -976,7 +981,7 @@ impl<F: Frontend> Engine<F> {
                 format!("a DM from {} could not be decrypted", d.sender),
             )),
         }
-        self.shown(&msg_id);
+        self.shown(&seen);
         true
     }
 
@@ -985,7 +990,7 @@ impl<F: Frontend> Engine<F> {
         let Ok(creator_key) = self.sender_key(&s.creator, &env, &msg).await else {
             return false;
         };
-        let (msg_id, new) = self.first_sight(s.msg_id.as_ref(), &env.payload);
+        let (_, seen, new) = self.first_sight(&s.creator, s.msg_id.as_ref(), &env.payload);
         if !new {
             return true;
         }
@@ -1013,7 +1018,7 @@ impl<F: Frontend> Engine<F> {
                 owner,
                 reason: reason.to_owned(),
             });
-            self.shown(&msg_id);
+            self.shown(&seen);
             return true;
         }
         let (key, me, share) = (self.key.clone(), self.cfg.user.clone(), s.clone());
@@ -1054,7 +1059,7 @@ impl<F: Frontend> Engine<F> {
                 format!("the key share for {} could not be opened", s.group_id),
             )),
         }
-        self.shown(&msg_id);
+        self.shown(&seen);
         true
     }
 
@@ -1063,7 +1068,7 @@ impl<F: Frontend> Engine<F> {
         let Ok(sender_key) = self.sender_key(&m.from, &env, &msg).await else {
             return false;
         };
-        let (msg_id, new) = self.first_sight(m.msg_id.as_ref(), &env.payload);
+        let (msg_id, seen, new) = self.first_sight(&m.from, m.msg_id.as_ref(), &env.payload);
         if !new {
             return true;
         }
@@ -1095,7 +1100,7 @@ impl<F: Frontend> Engine<F> {
                 }
             }
         }
-        self.shown(&msg_id);
+        self.shown(&seen);
         true
     }
 
@@ -1271,4 +1276,9 @@ async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Resul
         filled += n;
     }
     Ok(filled)
+}
+
+/// How content is remembered as shown: by sender and `msg_id` together.
+fn seen_key(sender: &str, msg_id: &str) -> String {
+    format!("{sender} {msg_id}")
 }
