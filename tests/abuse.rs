@@ -739,7 +739,8 @@ async fn an_unparsable_frame_keeps_a_session_in_step() {
     let (mut seal, mut open) = mac.expect("a mac-v1 session").split();
     // Sealed as the next frame, then given a payload with no canonical form
     // (a float): the node cannot parse it, but it names the next seq.
-    let mut env = socp::wire::Envelope::new("USER_LIST_REQ", "alice", TO_SERVER, Default::default());
+    let mut env =
+        socp::wire::Envelope::new("USER_LIST_REQ", "alice", TO_SERVER, Default::default());
     let sealed = seal.seal_to_json(&mut env).unwrap();
     let mut raw: serde_json::Value = serde_json::from_str(&sealed).unwrap();
     raw["payload"] = json!({"f": 1.5});

@@ -349,3 +349,71 @@ async fn custody_bytes_are_capped_for_all_recipients_together() {
     assert!(status.custody_bytes <= 200_000, "{status:?}");
     assert_eq!(status.custody_max_bytes, 200_000);
 }
+
+/// Content a local hands to a master whose disk is full is refused by the
+/// master (`STORAGE`, nothing kept) and kept by the local, which sends it
+/// again a little later: once there is room, all of it arrives, without the
+/// link having to re-form (frames refused this way used to sit in the
+/// link's window until it did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_a_full_master_refuses_is_sent_again_by_the_local() {
+    let Some(fs) = Tmpfs::mount("6m") else {
+        return;
+    };
+    let master = NodeProc::start(fs.path().join("m"), "master", "server-0", &[]);
+    let local_dir = tempfile::tempdir().unwrap();
+    let local = NodeProc::start(
+        local_dir.path().join("l"),
+        "local",
+        "server-1",
+        &["--master-url".to_owned(), master.url()],
+    );
+    connect(&master.url(), "bob").await.close().await;
+    let mut alice = connect(&local.url(), "alice").await;
+    let filler = fs.fill();
+    let dms: Vec<(String, Message)> = (0..24)
+        .map(|i| {
+            sealed(
+                &alice,
+                "bob",
+                format!("dm {i} {}", "x".repeat(40_000)).as_bytes(),
+            )
+        })
+        .collect();
+    for (_, m) in &dms {
+        alice.send("bob", m).await.unwrap();
+    }
+    let ids: BTreeSet<String> = dms.iter().map(|(id, _)| id.clone()).collect();
+    // The local takes them all (its disk has room).
+    acked(&mut alice, &ids).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::remove_file(&filler).unwrap();
+    let mut bob = connect(&master.url(), "bob").await;
+    let mut delivered = BTreeSet::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while delivered.len() < ids.len() {
+            match bob.recv().await {
+                Ok(Some((_, Message::UserDeliver(d)))) => {
+                    if let Some(id) = d.msg_id.clone() {
+                        let ack = Message::Ack(socp::wire::messages::Ack {
+                            msg_ids: vec![id.clone()],
+                            extra: Default::default(),
+                        });
+                        let _ = bob.send(socp::wire::ids::TO_SERVER, &ack).await;
+                        delivered.insert(id);
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => return,
+            }
+        }
+    })
+    .await;
+    let missing: Vec<&String> = ids.difference(&delivered).collect();
+    assert!(
+        missing.is_empty(),
+        "{} DMs did not arrive: {missing:?}",
+        missing.len()
+    );
+    drop(local);
+}

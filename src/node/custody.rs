@@ -349,6 +349,25 @@ impl Custody {
         Some(e)
     }
 
+    /// `hop` could not store the frame under `msg_id` (it said `STORAGE`):
+    /// it is pending again, to be resent later. Returns its destinations.
+    pub fn requeue(&mut self, hop: &Hop, msg_id: &str) -> Vec<Dest> {
+        let Some(seqs) = self.inflight.get_mut(hop).and_then(|f| f.remove(msg_id)) else {
+            return Vec::new();
+        };
+        if let Some(n) = self.inflight_count.get_mut(hop) {
+            *n = n.saturating_sub(1);
+        }
+        let mut dests = Vec::new();
+        for seq in seqs {
+            if let Some(e) = self.entries.get(&seq) {
+                self.pending.entry(e.dest.clone()).or_default().insert(seq);
+                dests.push(e.dest.clone());
+            }
+        }
+        dests
+    }
+
     /// `hop` went away: what was in flight on it is pending again, in order.
     /// Returns the destinations to route anew.
     pub fn hop_down(&mut self, hop: &Hop) -> Vec<Dest> {

@@ -354,6 +354,24 @@ impl Router {
             }
             return;
         }
+        // The next hop could not store content we handed it: it keeps
+        // nothing, so we send it again a little later (until then it holds
+        // no window slot, and nothing behind it waits on it).
+        if e.code == ErrorCode::Storage.as_str()
+            && env.to == self.cfg.me
+            && let Some(id) = e.extra.get("msg_id").and_then(Value::as_str)
+        {
+            let dests = self.custody.requeue(&Hop::Link(server.to_owned()), id);
+            if !dests.is_empty() {
+                let req_id = self.new_req_id();
+                self.pending.insert(req_id.clone(), Pending::Retry(dests));
+                self.out.push(Output::Timer {
+                    req_id,
+                    after: STORAGE_RETRY,
+                });
+            }
+            return;
+        }
         if let Some(conn) = self.sessions.get(&env.to).map(|s| s.conn) {
             let to = env.to.clone();
             // Errors about content reach the sender with its msg_id.
@@ -576,3 +594,7 @@ impl Router {
         }
     }
 }
+
+/// How long content the next hop could not store waits before it is sent
+/// again.
+pub const STORAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);

@@ -251,6 +251,8 @@ enum Pending {
     Lookup { conn: ConnId, user_id: String },
     /// A hello waiting for the master to say which key the id is pinned to.
     Hello(UserHelloIn),
+    /// Content the next hop could not store (`STORAGE`), to send again.
+    Retry(Vec<custody::Dest>),
 }
 
 /// The routing state of one node.

@@ -276,6 +276,11 @@ impl Router {
                 ErrorCode::Timeout,
                 "the master did not confirm your key in 5 s; try again",
             ),
+            Some(Pending::Retry(dests)) => {
+                for dest in dests {
+                    self.pump(&dest);
+                }
+            }
             None => {}
         }
     }
