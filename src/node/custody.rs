@@ -215,6 +215,11 @@ impl Custody {
             .collect()
     }
 
+    /// Window slots taken on every hop.
+    pub fn slots_taken(&self) -> usize {
+        self.inflight_count.values().sum()
+    }
+
     /// Room left in `hop`'s window.
     pub fn room(&self, hop: &Hop) -> usize {
         let window = match hop {

@@ -43,6 +43,9 @@ pub struct Status {
     pub mailbox: usize,
     /// Custody frames the next hop acknowledged before they were written.
     pub unwritten: u64,
+    /// Window slots taken on every hop: frames sent and not yet
+    /// acknowledged (0 once everything sent was acknowledged).
+    pub in_flight: usize,
     /// Payload bytes in custody (bounded by `--custody-max-bytes`), and of
     /// those, bytes in memory (the rest are on disk only).
     pub custody_bytes: usize,
@@ -111,6 +114,7 @@ pub(crate) async fn run(
                     expired,
                     mailbox,
                     unwritten: writer.skipped(),
+                    in_flight: router.in_flight(),
                     custody_bytes,
                     custody_resident_bytes,
                     custody_max_bytes,

@@ -363,6 +363,11 @@ impl Router {
     }
 
     /// Frames in custody (the mailbox included), and mailbox frames expired.
+    /// Window slots taken on every hop.
+    pub fn in_flight(&self) -> usize {
+        self.custody.slots_taken()
+    }
+
     pub fn custody_stats(&self) -> (usize, u64) {
         (self.custody.len(), self.expired)
     }
