@@ -65,8 +65,9 @@ async fn nodes_stop_promptly_during_a_two_way_flood() {
     l2.wait_online(&["alice"]).await;
     let a = flood(alice, "bob", 100_000, 48 << 10, "a");
     let b = flood(bob, "alice", 100_000, 48 << 10, "b");
-    // Let the buffers fill.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Well into the flood (where a link that cannot read while it writes
+    // had wedged, and its node then waited for it forever on shutdown).
+    eventually(Duration::from_secs(15), || a.received() >= 400 && b.received() >= 400).await;
     for node in [&mut l1, &mut master, &mut l2] {
         let stopped = tokio::time::timeout(Duration::from_secs(10), node.stop()).await;
         assert!(
