@@ -67,7 +67,10 @@ async fn nodes_stop_promptly_during_a_two_way_flood() {
     let b = flood(bob, "alice", 100_000, 48 << 10, "b");
     // Well into the flood (where a link that cannot read while it writes
     // had wedged, and its node then waited for it forever on shutdown).
-    eventually(Duration::from_secs(15), || a.received() >= 400 && b.received() >= 400).await;
+    eventually(Duration::from_secs(15), || {
+        a.received() >= 400 && b.received() >= 400
+    })
+    .await;
     for node in [&mut l1, &mut master, &mut l2] {
         let stopped = tokio::time::timeout(Duration::from_secs(10), node.stop()).await;
         assert!(
@@ -494,6 +497,10 @@ async fn only_a_groups_owner_can_change_it_at_the_master() {
     .await;
     assert!(matches!(m, Message::Error(e) if e.code == "NOT_ALLOWED"));
     assert!(!gets_share(&mut bob, "takeover-1").await && !gets_share(&mut bob, "takeover-2").await);
+    // Refused after the local handed it on: set aside (counted), and it
+    // leaves the local's custody instead of being resent.
+    assert!(master.status().await.dead_letters >= 1);
+    assert!(common::cluster::wait_until(|| async { local.status().await.custody == 0 }).await);
     // A share whose signature does not verify with the creator's key.
     let Message::GroupKeyShare(mut forged) = share("alice", "group_new", &["bob"], "forged") else {
         unreachable!()

@@ -46,6 +46,9 @@ pub struct Status {
     /// Window slots taken on every hop: frames sent and not yet
     /// acknowledged (0 once everything sent was acknowledged).
     pub in_flight: usize,
+    /// Content refused after a previous hop handed it on: set aside
+    /// (acknowledged to that hop, its sender told) instead of resent.
+    pub dead_letters: u64,
     /// Payload bytes in custody (bounded by `--custody-max-bytes`), and of
     /// those, bytes in memory (the rest are on disk only).
     pub custody_bytes: usize,
@@ -115,6 +118,7 @@ pub(crate) async fn run(
                     mailbox,
                     unwritten: writer.skipped(),
                     in_flight: router.in_flight(),
+                    dead_letters: router.dead_letters(),
                     custody_bytes,
                     custody_resident_bytes,
                     custody_max_bytes,

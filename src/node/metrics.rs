@@ -118,6 +118,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP socp_dead_letters_total Content refused after a previous server handed it on: set aside, its sender told.\n# TYPE socp_dead_letters_total counter\nsocp_dead_letters_total {}",
+            status.dead_letters
+        );
+        let _ = writeln!(
+            out,
             "# HELP socp_mailbox_expired_total Mailbox frames dropped for age.\n# TYPE socp_mailbox_expired_total counter\nsocp_mailbox_expired_total {}",
             status.expired
         );

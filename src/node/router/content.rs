@@ -915,6 +915,9 @@ impl Router {
         detail: String,
         msg_id: Option<&str>,
     ) {
+        if from_link.is_some() && msg_id.is_some() {
+            self.dead_letters += 1;
+        }
         let payload = match msg_id {
             Some(id) => content_error(code, detail, id),
             None => error_payload(code, detail),

@@ -288,6 +288,9 @@ pub(crate) struct Router {
     carried: carried::Carried,
     /// Mailbox frames dropped for age since start.
     expired: u64,
+    /// Content refused by this node after a previous hop handed it on:
+    /// acknowledged to that hop so it leaves custody, its sender told.
+    dead_letters: u64,
     next_req: u64,
     out: Vec<Output>,
     now: i64,
@@ -348,6 +351,7 @@ impl Router {
             receipts: Default::default(),
             carried: Default::default(),
             expired: 0,
+            dead_letters: 0,
             next_req: 0,
             out: Vec::new(),
             now: 0,
@@ -363,6 +367,11 @@ impl Router {
     }
 
     /// Frames in custody (the mailbox included), and mailbox frames expired.
+    /// Content refused after a previous hop handed it on (set aside).
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters
+    }
+
     /// Window slots taken on every hop.
     pub fn in_flight(&self) -> usize {
         self.custody.slots_taken()
