@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::cluster::{TestNode, cached_key, connect, expect, user_key};
 use common::flood::{eventually, flood};
-use common::raw::{Raw, signed};
+use common::raw::{Raw, link_as, signed};
 use serde_json::json;
 use socp::client::Session;
 use socp::content;
@@ -249,7 +249,7 @@ async fn a_server_cannot_disconnect_users_hosted_elsewhere() {
     master.wait_online(&["alice", "bob"]).await;
     let rogue_key = PrivateKey::load(&cached_key("server-5")).unwrap();
     let rogue_id = socp::wire::ids::new_local_server_id();
-    let mut rogue = rogue_link(&master.url(), &rogue_id, &rogue_key).await;
+    let mut rogue = link_as(&master.url(), &rogue_id, &rogue_key).await;
     rogue.expect_kind("PEER_HELLO_LINK").await;
     for (user, to) in [
         ("alice", master.id()),
@@ -271,21 +271,6 @@ async fn a_server_cannot_disconnect_users_hosted_elsewhere() {
     dm_flows(&mut bob, &mut alice).await;
     let online = master.status().await.online;
     assert!(online.contains(&"alice".to_owned()) && online.contains(&"bob".to_owned()));
-}
-
-/// Links to `url` as a server with the given id and key.
-async fn rogue_link(url: &str, id: &str, key: &PrivateKey) -> Raw {
-    let mut raw = Raw::connect(url).await;
-    let pk = key.public().to_b64();
-    raw.send(&signed(
-        "PEER_HELLO_LINK",
-        id,
-        TO_SERVER,
-        json!({"host": "127.0.0.1", "port": 1, "pubkey": pk, "role": "local"}),
-        key,
-    ))
-    .await;
-    raw
 }
 
 /// A DM from `from` to `to` arrives.
@@ -557,7 +542,7 @@ async fn a_server_cannot_forge_receipts() {
     master.wait_online(&["alice", "bob", "carol"]).await;
     let rogue_key = PrivateKey::load(&cached_key("server-5")).unwrap();
     let rogue_id = socp::wire::ids::new_local_server_id();
-    let mut rogue = rogue_link(&master.url(), &rogue_id, &rogue_key).await;
+    let mut rogue = link_as(&master.url(), &rogue_id, &rogue_key).await;
     rogue.expect_kind("PEER_HELLO_LINK").await;
     // Alice's real DM to Bob is in flight (Bob has not acknowledged it).
     alice
@@ -636,25 +621,9 @@ async fn one_sender_is_held_to_its_own_quota_across_recipients() {
     assert!(acked(&mut erin, "erin-to-dave").await);
 }
 
-/// The node's Prometheus text.
-async fn metrics_of(node: &TestNode) -> String {
-    let addr = node.node().metrics_addr.expect("metrics on");
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-    .await
-    .unwrap()
-}
-
 /// The value of one counter in the node's metrics.
 async fn counter(node: &TestNode, name: &str) -> u64 {
-    let text = metrics_of(node).await;
+    let text = node.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::cluster::{TestNode, WAIT, cached_key, connect, expect, user_key, wait_until};
-use common::raw::{Raw, hello_payload, signed};
+use common::raw::{Raw, hello_payload, link_as, signed};
 use serde_json::{Value, json};
 use socp::client::Session;
 use socp::crypto::PrivateKey;
@@ -33,21 +33,6 @@ async fn directory_key(url: &str, asker: &str, target: &str) -> Option<String> {
     };
     s.close().await;
     a.found.then_some(a.pubkey)
-}
-
-/// Opens a link to `url` as a local server with a fresh id and `key`.
-async fn link_as(url: &str, id: &str, key: &PrivateKey) -> Raw {
-    let mut raw = Raw::connect(url).await;
-    let pk = key.public().to_b64();
-    raw.send(&signed(
-        "PEER_HELLO_LINK",
-        id,
-        TO_SERVER,
-        json!({"host": "127.0.0.1", "port": 1, "pubkey": pk, "role": "local"}),
-        key,
-    ))
-    .await;
-    raw
 }
 
 /// Says a signed hello as `user` with the fixture key of `key_of`, with

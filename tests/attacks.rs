@@ -4,7 +4,7 @@
 mod common;
 
 use common::cluster::{TestNode, cached_key, connect, expect, user_key};
-use common::raw::{Raw, hello_payload, signed, unsigned};
+use common::raw::{Raw, hello_payload, link_as, signed, unsigned};
 use serde_json::json;
 use socp::content;
 use socp::crypto::PrivateKey;
@@ -234,22 +234,6 @@ async fn c4_spoofed_from_is_refused_and_the_session_kept() {
     assert!(matches!(m, Message::Error(e) if e.code == "NOT_ALLOWED"));
 }
 
-/// Links to `url` as a server with a fresh id and the given key; returns the
-/// raw link after the master's answer.
-async fn rogue_link(url: &str, id: &str, key: &PrivateKey) -> Raw {
-    let mut raw = Raw::connect(url).await;
-    let pk = key.public().to_b64();
-    raw.send(&signed(
-        "PEER_HELLO_LINK",
-        id,
-        TO_SERVER,
-        json!({"host": "127.0.0.1", "port": 1, "pubkey": pk, "role": "local"}),
-        key,
-    ))
-    .await;
-    raw
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c5_forged_link_for_an_existing_server_id_is_refused() {
     let master = TestNode::master().await;
@@ -259,7 +243,7 @@ async fn c5_forged_link_for_an_existing_server_id_is_refused() {
     let mut alice = connect(&master.url(), "alice").await;
     master.wait_online(&["alice", "bob"]).await;
     let forger = PrivateKey::load(&cached_key("server-5")).unwrap();
-    let mut raw = rogue_link(&master.url(), &local.id(), &forger).await;
+    let mut raw = link_as(&master.url(), &local.id(), &forger).await;
     assert_eq!(raw.expect_error().await, "BAD_KEY");
     assert!(raw.closed().await);
     // A hello not signed by the key it presents is refused as well.
@@ -291,7 +275,7 @@ async fn c5_rogue_server_cannot_draw_a_users_traffic() {
 
     let rogue_key = PrivateKey::load(&cached_key("server-5")).unwrap();
     let rogue_id = socp::wire::ids::new_local_server_id();
-    let mut rogue = rogue_link(&master.url(), &rogue_id, &rogue_key).await;
+    let mut rogue = link_as(&master.url(), &rogue_id, &rogue_key).await;
     rogue.expect_kind("PEER_HELLO_LINK").await;
     // The snapshot hands the rogue Bob's proof; it tries both without and with it.
     let bob_advert = loop {

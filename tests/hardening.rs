@@ -135,18 +135,7 @@ async fn the_metrics_endpoint_lists_the_counters_after_traffic() {
     let mut raw = Raw::connect(&master.url()).await; // a refused hello, counted
     raw.send_text("{}".into()).await;
     let _ = raw.closed().await;
-    let addr = master.node().metrics_addr.unwrap();
-    let body = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-    .await
-    .unwrap();
+    let body = master.metrics().await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     for needle in [
         "socp_connections 2",

@@ -187,26 +187,7 @@ async fn on_a_full_disk_dms_are_refused_not_acknowledged_and_acknowledged_ones_s
     master.kill9();
     master.restart();
     let mut bob = connect(&master.url(), "bob").await;
-    let mut delivered = BTreeSet::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), async {
-        while delivered.len() < ids.len() {
-            match bob.recv().await {
-                Ok(Some((_, Message::UserDeliver(d)))) => {
-                    if let Some(id) = d.msg_id.clone() {
-                        let ack = Message::Ack(socp::wire::messages::Ack {
-                            msg_ids: vec![id.clone()],
-                            extra: Default::default(),
-                        });
-                        let _ = bob.send(socp::wire::ids::TO_SERVER, &ack).await;
-                        delivered.insert(id);
-                    }
-                }
-                Ok(Some(_)) => {}
-                _ => return,
-            }
-        }
-    })
-    .await;
+    let delivered = receive_all(&mut bob, ids.len()).await;
     let lost: Vec<&String> = ids.difference(&delivered).collect();
     assert!(
         lost.is_empty(),
@@ -255,6 +236,32 @@ async fn a_registration_on_a_full_disk_is_refused_and_pinned_once_there_is_room(
         Err(e) => panic!("unexpected failure {e}"),
         Ok(_) => panic!("dave's id took another key after a restart: the pin was lost"),
     }
+}
+
+/// Receives (and acknowledges) DMs until `n` distinct ones arrived or 20 s
+/// passed; returns their ids.
+async fn receive_all(bob: &mut Session, n: usize) -> BTreeSet<String> {
+    let mut delivered = BTreeSet::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while delivered.len() < n {
+            match bob.recv().await {
+                Ok(Some((_, Message::UserDeliver(d)))) => {
+                    if let Some(id) = d.msg_id.clone() {
+                        let ack = Message::Ack(socp::wire::messages::Ack {
+                            msg_ids: vec![id.clone()],
+                            extra: Default::default(),
+                        });
+                        let _ = bob.send(socp::wire::ids::TO_SERVER, &ack).await;
+                        delivered.insert(id);
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => return,
+            }
+        }
+    })
+    .await;
+    delivered
 }
 
 /// Waits until `ids` are all acknowledged.
@@ -389,26 +396,7 @@ async fn content_a_full_master_refuses_is_sent_again_by_the_local() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     std::fs::remove_file(&filler).unwrap();
     let mut bob = connect(&master.url(), "bob").await;
-    let mut delivered = BTreeSet::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), async {
-        while delivered.len() < ids.len() {
-            match bob.recv().await {
-                Ok(Some((_, Message::UserDeliver(d)))) => {
-                    if let Some(id) = d.msg_id.clone() {
-                        let ack = Message::Ack(socp::wire::messages::Ack {
-                            msg_ids: vec![id.clone()],
-                            extra: Default::default(),
-                        });
-                        let _ = bob.send(socp::wire::ids::TO_SERVER, &ack).await;
-                        delivered.insert(id);
-                    }
-                }
-                Ok(Some(_)) => {}
-                _ => return,
-            }
-        }
-    })
-    .await;
+    let delivered = receive_all(&mut bob, ids.len()).await;
     let missing: Vec<&String> = ids.difference(&delivered).collect();
     assert!(
         missing.is_empty(),

@@ -168,6 +168,22 @@ impl TestNode {
         }
     }
 
+    /// The node's Prometheus text (the node must run with `metrics` set).
+    pub async fn metrics(&self) -> String {
+        let addr = self.node().metrics_addr.expect("the node serves metrics");
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .await
+        .unwrap()
+    }
+
     pub async fn status(&self) -> Status {
         self.node().status().await
     }

@@ -120,3 +120,19 @@ pub fn map(v: Value) -> Map<String, Value> {
         _ => Map::new(),
     }
 }
+
+/// Opens a link to `url` as a local server with the id `id` and `key`
+/// (a fresh or rogue server identity); returns it after sending the hello.
+pub async fn link_as(url: &str, id: &str, key: &PrivateKey) -> Raw {
+    let mut raw = Raw::connect(url).await;
+    let pk = key.public().to_b64();
+    raw.send(&signed(
+        "PEER_HELLO_LINK",
+        id,
+        socp::wire::ids::TO_SERVER,
+        json!({"host": "127.0.0.1", "port": 1, "pubkey": pk, "role": "local"}),
+        key,
+    ))
+    .await;
+    raw
+}

@@ -571,54 +571,7 @@ impl Router {
             }
             let entry = self.entry(&intake, dest.clone(), to, via);
             let offline = self.cfg.master && self.route(&entry).is_none();
-            // What one user may have waiting is bounded whether they are
-            // offline (the mailbox) or online and not acknowledging: custody
-            // lives in memory, and a recipient that reads but never acks
-            // must not be a way to fill it.
-            if let Dest::User(user) = &dest {
-                let (frames, bytes) = self.custody.load_of(&dest);
-                let limits = self.cfg.limits;
-                if frames >= limits.max_frames || bytes + entry.bytes > limits.max_bytes {
-                    let detail = if offline {
-                        format!(
-                            "{user}'s mailbox is full ({frames} frames, {bytes} bytes); try again when they have been online"
-                        )
-                    } else {
-                        format!(
-                            "{user} has {frames} frames ({bytes} bytes) waiting to be delivered already; try again later"
-                        )
-                    };
-                    self.report(
-                        via,
-                        &intake.sender,
-                        ErrorCode::QuotaExceeded,
-                        detail,
-                        Some(&intake.msg_id),
-                    );
-                    refused += 1;
-                    continue;
-                }
-            }
-            let (sent_frames, sent_bytes) = self.custody.load_from(&intake.sender);
-            if !intake.sender.is_empty()
-                && (sent_frames >= self.cfg.limits.max_sender_frames
-                    || sent_bytes + entry.bytes > self.cfg.limits.max_sender_bytes)
-            {
-                let detail = format!(
-                    "you have {sent_frames} frames ({sent_bytes} bytes) waiting to be delivered already; try again when some have been"
-                );
-                self.report(
-                    via,
-                    &intake.sender,
-                    ErrorCode::QuotaExceeded,
-                    detail,
-                    Some(&intake.msg_id),
-                );
-                refused += 1;
-                continue;
-            }
-            if self.custody.bytes().0 + entry.bytes > self.cfg.limits.max_total_bytes {
-                let detail = "this server holds as much content waiting for delivery as it may; try again later".to_owned();
+            if let Some(detail) = self.over_quota(&dest, &intake.sender, entry.bytes, offline) {
                 self.report(
                     via,
                     &intake.sender,
@@ -645,6 +598,44 @@ impl Router {
         } else {
             Taken::Some
         }
+    }
+
+    /// Why one more entry of `bytes` for `dest` from `sender` would break a
+    /// quota, if it would: what one recipient may have waiting (offline, or
+    /// online and not acknowledging: one that reads but never acks must not
+    /// be a way to fill the node), what one sender may have waiting for all
+    /// recipients, and what the node holds in all.
+    fn over_quota(&self, dest: &Dest, sender: &str, bytes: usize, offline: bool) -> Option<String> {
+        let limits = self.cfg.limits;
+        if let Dest::User(user) = dest {
+            let (frames, held) = self.custody.load_of(dest);
+            if frames >= limits.max_frames || held + bytes > limits.max_bytes {
+                return Some(if offline {
+                    format!(
+                        "{user}'s mailbox is full ({frames} frames, {held} bytes); try again when they have been online"
+                    )
+                } else {
+                    format!(
+                        "{user} has {frames} frames ({held} bytes) waiting to be delivered already; try again later"
+                    )
+                });
+            }
+        }
+        let (frames, held) = self.custody.load_from(sender);
+        if !sender.is_empty()
+            && (frames >= limits.max_sender_frames || held + bytes > limits.max_sender_bytes)
+        {
+            return Some(format!(
+                "you have {frames} frames ({held} bytes) waiting to be delivered already; try again when some have been"
+            ));
+        }
+        if self.custody.bytes().0 + bytes > limits.max_total_bytes {
+            return Some(
+                "this server holds as much content waiting for delivery as it may; try again later"
+                    .to_owned(),
+            );
+        }
+        None
     }
 
     /// Where an entry can go now, if anywhere.
