@@ -814,7 +814,18 @@ impl<F: Frontend> Engine<F> {
 
     async fn frame(&mut self, env: Envelope, msg: Message) {
         match msg {
-            Message::UserList(l) => self.emit(Event::List { users: l.users }),
+            Message::UserList(l) => {
+                let total = l
+                    .extra
+                    .get("truncated")
+                    .and_then(Value::as_bool)
+                    .filter(|t| *t)
+                    .and_then(|_| l.extra.get("total").and_then(Value::as_u64));
+                self.emit(Event::List {
+                    users: l.users,
+                    total,
+                })
+            }
             Message::UserDbUser(a) => {
                 let key = (a.found && !a.pubkey.is_empty()).then_some(a.pubkey.as_str());
                 self.key_answer(&a.user_id, key);

@@ -24,6 +24,10 @@ pub enum Event {
     },
     List {
         users: Vec<String>,
+        /// Users online in all, when the node listed only some (its answer
+        /// stays within a bound: PROTOCOL.md C13).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
     },
     Pubget {
         pubkey: String,
@@ -245,9 +249,16 @@ impl TerminalFrontend {
                     *in_ms as f64 / 1000.0
                 ),
             ),
-            Event::List { users } => {
+            Event::List { users, total } => {
+                let more = match total {
+                    Some(n) => format!(
+                        " (and {} more not listed)",
+                        (*n as usize).saturating_sub(users.len())
+                    ),
+                    None => String::new(),
+                };
                 format!(
-                    "online: {}",
+                    "online: {}{more}",
                     users.iter().map(|u| e(u)).collect::<Vec<_>>().join(", ")
                 )
             }
