@@ -33,8 +33,8 @@ async fn a_link_flooded_both_ways_keeps_flowing_and_stops_on_request() {
     l1.wait_online(&["bob"]).await;
     l2.wait_online(&["alice"]).await;
 
-    const N: usize = 600;
-    const BYTES: usize = 48 << 10; // ~64 KiB frames: 38 MB each way
+    const N: usize = 400;
+    const BYTES: usize = 48 << 10; // ~64 KiB frames: 26 MB each way
     let a = flood(alice, "bob", N, BYTES, "a");
     let b = flood(bob, "alice", N, BYTES, "b");
     let all_in = eventually(Duration::from_secs(60), || {
