@@ -790,3 +790,46 @@ async fn a_client_shows_another_senders_dm_under_a_seen_id() {
         "a duplicate was shown twice"
     );
 }
+
+/// Across servers, content a local has acknowledged and the master finds
+/// over a quota used to be acknowledged by the master too and dropped (its
+/// sender told after it had been told "sent"). Now the master refuses it to
+/// the local, which keeps it and sends it again later: once the quota
+/// drains, it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_over_a_quota_further_on_waits_at_the_local_and_arrives() {
+    let limits = MailboxLimits {
+        max_frames: 1,
+        ..Default::default()
+    };
+    let master = TestNode::start_configured(true, None, |c| c.mailbox = limits).await;
+    let local = TestNode::local(&master.url()).await;
+    master.wait_linked(1).await;
+    connect(&master.url(), "bob").await.close().await;
+    master.wait_offline("bob").await;
+    let mut alice = connect(&local.url(), "alice").await;
+    for id in ["one", "two"] {
+        alice
+            .send("bob", &padded_dm(&alice, "bob", id, 0))
+            .await
+            .unwrap();
+        assert!(acked(&mut alice, id).await);
+    }
+    // Alice is not told "two" failed: it has not.
+    for (_, m) in common::cluster::drain(&mut alice, Duration::from_millis(700)).await {
+        assert!(!matches!(m, Message::Error(_)), "alice got {m:?}");
+    }
+    let mut bob = connect(&master.url(), "bob").await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while got.len() < 2 {
+            if let Ok(Some((_, Message::UserDeliver(d)))) = bob.recv().await {
+                let id = d.msg_id.unwrap_or_default();
+                ack(&mut bob, &id).await;
+                got.push(id);
+            }
+        }
+    })
+    .await;
+    assert_eq!(got, ["one", "two"]);
+}

@@ -112,7 +112,7 @@ impl Router {
         };
         // Refused content (a full quota) is never also acknowledged: the
         // sender keeps it and learns why from the error (PROTOCOL.md C12).
-        if self.take(intake, None) == Taken::Refused {
+        if let Taken::Refused(_) = self.take(intake, None) {
             return;
         }
         if !legacy {
@@ -430,7 +430,16 @@ impl Router {
             }
             _ => return,
         }
-        self.take(intake, Some(server));
+        if let Taken::Refused(detail) = self.take(intake, Some(server)) {
+            // Over a quota here: not taken, so not acknowledged. The server
+            // that handed it on keeps it and tries again later (a full quota
+            // drains); an error addressed to it, not to the sender, says so.
+            if acks {
+                let payload = content_error(ErrorCode::QuotaExceeded, detail, &msg_id);
+                self.send(conn, "ERROR", server, payload);
+            }
+            return;
+        }
         if acks {
             self.out.push(Output::AckAfterPersist {
                 conn,
@@ -563,7 +572,7 @@ impl Router {
         intake.shared = Arc::new(std::mem::take(&mut intake.payload));
         let mut touched = Vec::new();
         let mut queued = false;
-        let mut refused = 0;
+        let mut refused = Vec::new();
         let dests = intake.dests.len();
         for (dest, to) in intake.dests.clone() {
             if self.custody.holds(&intake.sender, &intake.msg_id, &dest) {
@@ -572,14 +581,7 @@ impl Router {
             let entry = self.entry(&intake, dest.clone(), to, via);
             let offline = self.cfg.master && self.route(&entry).is_none();
             if let Some(detail) = self.over_quota(&dest, &intake.sender, entry.bytes, offline) {
-                self.report(
-                    via,
-                    &intake.sender,
-                    ErrorCode::QuotaExceeded,
-                    detail,
-                    Some(&intake.msg_id),
-                );
-                refused += 1;
+                refused.push(detail);
                 continue;
             }
             queued |= offline && intake.kind == "DELIVER";
@@ -593,8 +595,24 @@ impl Router {
         for dest in touched {
             self.pump(&dest);
         }
-        if refused == dests {
-            Taken::Refused
+        let all_refused = !refused.is_empty() && refused.len() == dests;
+        // Refused for every destination and handed on by a server: that
+        // server keeps it (it acknowledged it to its sender) and sends it
+        // again later; its sender is not told it failed, because it has not.
+        if all_refused && via.is_some() {
+            return Taken::Refused(refused.swap_remove(0));
+        }
+        for detail in refused.iter().cloned() {
+            self.report(
+                via,
+                &intake.sender,
+                ErrorCode::QuotaExceeded,
+                detail,
+                Some(&intake.msg_id),
+            );
+        }
+        if all_refused {
+            Taken::Refused(refused.swap_remove(0))
         } else {
             Taken::Some
         }
@@ -953,10 +971,11 @@ impl Router {
 
 /// Whether content was taken (for at least one destination, or already
 /// held) or refused for every destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Taken {
     Some,
-    Refused,
+    /// Over a quota for every destination (why).
+    Refused(String),
 }
 
 /// An `ERROR` payload about one piece of content: it names the `msg_id`, so
