@@ -35,8 +35,9 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// The p90 latency issue 11 asks for under attack.
 const TARGET_P90_MS: f64 = 200.0;
 /// Offline ids the mailbox flood writes to.
-const OFFLINE_IDS: usize = 12;
-/// Silent connections (never say hello), spread over two addresses.
+const OFFLINE_IDS: usize = 24;
+/// Silent connections (never say hello) to the master from one address,
+/// more than `--max-conns-per-ip` allows.
 const SILENT: usize = 300;
 /// Garbage connections per second.
 const GARBAGE_PER_S: u64 = 100;
@@ -74,6 +75,11 @@ pub struct AttackConfig {
 struct Tally {
     sent: AtomicU64,
     answers: Mutex<BTreeMap<String, u64>>,
+    /// The first `detail` of each error code.
+    details: Mutex<BTreeMap<String, String>>,
+    /// Ids acknowledged, and ids refused by an ERROR naming them.
+    acked: Mutex<std::collections::HashSet<String>>,
+    refused: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Tally {
@@ -88,8 +94,16 @@ impl Tally {
     }
 
     fn snapshot(&self) -> Value {
-        let answers = self.answers.lock().map(|a| a.clone()).unwrap_or_default();
-        json!({"sent": self.sent.load(Ordering::Relaxed), "answers": answers})
+        let mut answers = self.answers.lock().map(|a| a.clone()).unwrap_or_default();
+        let details = self.details.lock().map(|a| a.clone()).unwrap_or_default();
+        let both = match (self.acked.lock(), self.refused.lock()) {
+            (Ok(a), Ok(r)) => r.iter().filter(|id| a.contains(*id)).count() as u64,
+            _ => 0,
+        };
+        if both > 0 {
+            answers.insert("both ACK and ERROR for one msg_id".into(), both);
+        }
+        json!({"sent": self.sent.load(Ordering::Relaxed), "answers": answers, "error_details": details})
     }
 }
 
@@ -175,8 +189,24 @@ impl Peer {
                 };
                 hook(&env, &msg);
                 match &msg {
-                    Message::Ack(a) => tally.count("ACK", a.msg_ids.len() as u64),
-                    Message::Error(e) => tally.count(&e.code, 1),
+                    Message::Ack(a) => {
+                        tally.count("ACK", a.msg_ids.len() as u64);
+                        if let Ok(mut acked) = tally.acked.lock() {
+                            acked.extend(a.msg_ids.iter().cloned());
+                        }
+                    }
+                    Message::Error(e) => {
+                        tally.count(&e.code, 1);
+                        if let Ok(mut d) = tally.details.lock() {
+                            d.entry(e.code.clone()).or_insert_with(|| e.detail.clone());
+                        }
+                        if let (Some(id), Ok(mut r)) = (
+                            e.extra.get("msg_id").and_then(Value::as_str),
+                            tally.refused.lock(),
+                        ) {
+                            r.insert(id.to_owned());
+                        }
+                    }
                     Message::Receipt(_) | Message::UserList(_) | Message::Heartbeat(_) => {}
                     _ => {
                         if let Some(id) = env.payload.get("msg_id").and_then(Value::as_str) {
@@ -359,6 +389,7 @@ async fn probe(
     mesh: &Mesh,
     key: &Arc<PrivateKey>,
     p: Arc<Probe>,
+    answers: Arc<Tally>,
     stop: Arc<AtomicBool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let quiet = Arc::new(Tally::default());
@@ -412,7 +443,7 @@ async fn probe(
         &mesh.l1.url,
         "pa",
         key,
-        quiet.clone(),
+        answers.clone(),
         sender_hook(p.clone()),
     )
     .await?;
@@ -420,7 +451,7 @@ async fn probe(
         &mesh.l1.url,
         "pc",
         key,
-        quiet.clone(),
+        answers.clone(),
         sender_hook(p.clone()),
     )
     .await?;
@@ -581,8 +612,8 @@ async fn shared_ids(t: Target, tally: Arc<Tally>) -> Result<()> {
 /// (4) A DM flood to offline ids, on past QUOTA_EXCEEDED.
 async fn offline_flood(t: Target, tally: Arc<Tally>) -> Result<()> {
     let peer = Peer::open(&t.l1, "m_off", &t.key, tally.clone()).await?;
-    let dm = padded(&t.key, "m_off", "off0", b"x", 32 << 10)?;
-    send_loop(&peer, &t, &tally, Duration::from_millis(10), |n| {
+    let dm = padded(&t.key, "m_off", "off0", b"x", 60 << 10)?;
+    send_loop(&peer, &t, &tally, Duration::from_millis(6), |n| {
         (
             format!("off{}", n % OFFLINE_IDS as u64),
             with_id(&dm, format!("off-{n}")),
@@ -873,14 +904,13 @@ async fn garbage(t: Target, tally: Arc<Tally>) -> Result<()> {
     Ok(())
 }
 
-/// (9b) A few hundred connections that never say hello, from 127.0.0.2
-/// and 127.0.0.3, reopened as the nodes close them.
+/// (9b) A few hundred connections that never say hello, to the master from
+/// 127.0.0.2, reopened as the node closes them.
 async fn silent(t: Target, tally: Arc<Tally>) -> Result<()> {
-    let urls = [t.master.clone(), t.l1.clone(), t.l2.clone()];
     let mut tasks = Vec::new();
-    for i in 0..SILENT {
-        let (t, tally, url) = (t.clone(), tally.clone(), urls[i % 3].clone());
-        let from = [127, 0, 0, 2 + (i % 2) as u8];
+    for _ in 0..SILENT {
+        let (t, tally, url) = (t.clone(), tally.clone(), t.master.clone());
+        let from = [127, 0, 0, 2];
         tasks.push(tokio::spawn(async move {
             while t.running() {
                 tally.sent(1);
@@ -904,7 +934,10 @@ async fn silent(t: Target, tally: Arc<Tally>) -> Result<()> {
                 }
                 let secs = opened.elapsed().as_secs();
                 let what = match answered {
-                    Some(code) if secs < 1 => format!("refused at once: {code}"),
+                    Some(code) if secs < 1 => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        format!("refused at once: {code}")
+                    }
                     Some(code) => format!("closed after ~{secs} s: {code}"),
                     None => format!("closed after ~{secs} s"),
                 };
@@ -983,6 +1016,29 @@ fn sample_rss(
     })
 }
 
+/// CPU time so far of each node and of this process (the probe and the
+/// attackers), in ms, and when.
+fn cpu_now(mesh: &Mesh) -> (Vec<(&'static str, f64)>, Instant) {
+    let mut v: Vec<(&'static str, f64)> =
+        mesh.nodes().iter().map(|(n, p)| (*n, p.cpu_ms())).collect();
+    v.push(("bench process", super::cpu_ms_of("self")));
+    (v, Instant::now())
+}
+
+/// Percent of one core each used between two readings.
+fn cpu_percent(
+    a: &(Vec<(&'static str, f64)>, Instant),
+    b: &(Vec<(&'static str, f64)>, Instant),
+) -> Value {
+    let secs = b.1.duration_since(a.1).as_secs_f64().max(0.001);
+    let m: Map<String, Value> =
+        a.0.iter()
+            .zip(&b.0)
+            .map(|((name, x), (_, y))| (name.to_string(), json!(((y - x) / 10.0 / secs).round())))
+            .collect();
+    Value::Object(m)
+}
+
 /// Runs the attack benchmark and prints (and optionally writes) the figures.
 pub async fn run_attacks(cfg: AttackConfig) -> Result<Value> {
     if cfg.seconds == 0 {
@@ -994,12 +1050,15 @@ pub async fn run_attacks(cfg: AttackConfig) -> Result<Value> {
     say("socp bench --attacks: generating keys and starting a master and two locals…");
     let keys = tokio::task::spawn_blocking(keys).await??;
     let mesh = Mesh::start()?;
-    // The offline ids exist, and are offline.
+    // The offline ids (and the slow readers) exist, and are offline.
     let quiet = Arc::new(Tally::default());
-    for i in 0..OFFLINE_IDS {
+    let users = (0..OFFLINE_IDS)
+        .map(|i| format!("off{i}"))
+        .chain(["m_slow0".to_owned(), "m_slow1".to_owned()]);
+    for user in users {
         let s = Session::connect_retrying(
             &mesh.l2.url,
-            &format!("off{i}"),
+            &user,
             keys.attacker.clone(),
             Duration::from_secs(30),
         )
@@ -1013,12 +1072,22 @@ pub async fn run_attacks(cfg: AttackConfig) -> Result<Value> {
         Arc::new(AtomicBool::new(false)),
     );
     let sampler = sample_rss(&mesh, p.clone(), sampler_stop.clone());
-    let probe_tasks = probe(&mesh, &keys.probe, p.clone(), probe_stop.clone()).await?;
+    let probe_answers = Arc::new(Tally::default());
+    let probe_tasks = probe(
+        &mesh,
+        &keys.probe,
+        p.clone(),
+        probe_answers.clone(),
+        probe_stop.clone(),
+    )
+    .await?;
     drop(quiet);
     tokio::time::sleep(Duration::from_secs(1)).await;
     say(&format!("baseline: the probe alone for {} s…", cfg.seconds));
     p.phase.store(1, Ordering::Relaxed);
+    let cpu0 = cpu_now(&mesh);
     tokio::time::sleep(Duration::from_secs(cfg.seconds)).await;
+    let cpu1 = cpu_now(&mesh);
 
     say("starting the attacks…");
     p.phase.store(2, Ordering::Relaxed);
@@ -1090,7 +1159,9 @@ pub async fn run_attacks(cfg: AttackConfig) -> Result<Value> {
         cfg.seconds
     ));
     p.phase.store(3, Ordering::Relaxed);
+    let cpu2 = cpu_now(&mesh);
     tokio::time::sleep(Duration::from_secs(cfg.seconds)).await;
+    let cpu3 = cpu_now(&mesh);
     p.phase.store(4, Ordering::Relaxed);
     t.stop.store(true, Ordering::Relaxed);
     let mut failed = BTreeMap::new();
@@ -1156,6 +1227,10 @@ pub async fn run_attacks(cfg: AttackConfig) -> Result<Value> {
         "under_attack": phase(3),
         "rss_bound_kib": bound_kib,
         "rss": rss,
+        "cpu_percent": {
+            "baseline": cpu_percent(&cpu0, &cpu1),
+            "under_attack": cpu_percent(&cpu2, &cpu3),
+        },
         "node_bounds": bounds,
         "attacks": attacks,
         "attacks_failed": failed,
@@ -1164,6 +1239,7 @@ pub async fn run_attacks(cfg: AttackConfig) -> Result<Value> {
             "foreign_group_shares_reaching_member": p.foreign_shares.load(Ordering::Relaxed),
             "file_starts_reaching_probe_receiver": p.file_starts.load(Ordering::Relaxed),
             "probe_disconnects": p.disconnects.load(Ordering::Relaxed),
+            "probe_senders_answers": probe_answers.snapshot()["answers"],
         },
     });
     print_table(&figures);
@@ -1246,6 +1322,12 @@ fn print_table(f: &Value) {
             );
         }
     }
+    for phase in ["baseline", "under_attack"] {
+        if let Some(c) = f["cpu_percent"][phase].as_object() {
+            let parts: Vec<String> = c.iter().map(|(k, v)| format!("{k} {v}%")).collect();
+            println!("CPU, {}: {}", phase.replace('_', " "), parts.join(", "));
+        }
+    }
     println!("attack          what the nodes answered");
     if let Some(attacks) = f["attacks"].as_object() {
         for (name, a) in attacks {
@@ -1277,6 +1359,10 @@ fn print_table(f: &Value) {
         v["file_starts_reaching_probe_receiver"],
         v["probe_disconnects"]
     );
+    if let Some(a) = v["probe_senders_answers"].as_object() {
+        let parts: Vec<String> = a.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!("the nodes answered the probe senders: {}", parts.join(", "));
+    }
     if let Some(failed) = f["attacks_failed"].as_object() {
         for (name, why) in failed {
             println!("attack {name} ended early: {}", why.as_str().unwrap_or(""));
