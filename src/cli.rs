@@ -107,6 +107,15 @@ pub struct BenchArgs {
     /// Idle connections for the memory-per-connection figure.
     #[arg(long, default_value_t = 2000)]
     pub idle: usize,
+    /// Instead: a master and two locals with small bounds, a probe user's
+    /// DMs alone and then under every attack of issue 11 at once (--seconds
+    /// per phase): probe latency, node RSS, what the nodes answered.
+    #[arg(long)]
+    pub attacks: bool,
+    /// With --attacks: the memory budget each node's peak RSS is held
+    /// against, in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub rss_bound_mib: u64,
 }
 
 /// Which kind of server.

@@ -24,6 +24,9 @@ use crate::crypto::session::MacSession;
 use crate::wire::messages::{Ack, Message};
 use crate::wire::{Envelope, ids};
 
+mod attacks;
+pub use attacks::{AttackConfig, run_attacks};
+
 /// Messages a sender may have unacknowledged by its node.
 const WINDOW: usize = 256;
 /// Signatures per cross-server DM without link sessions: the client's frame,
@@ -47,6 +50,38 @@ struct NodeProc {
 
 impl NodeProc {
     fn start(dir: &Path, role: &str, master_url: Option<&str>, no_mac: bool) -> Result<NodeProc> {
+        let mut args: Vec<String> = Vec::new();
+        if no_mac {
+            args.push("--no-mac".into());
+        }
+        // The load comes from one address, faster than any one user would send.
+        args.extend(
+            [
+                "--max-conns-per-ip",
+                "100000",
+                "--user-rate",
+                "1000000",
+                "--user-burst",
+                "1000000",
+                // Thousands of new ids from one address, through one local.
+                "--registrations-per-address",
+                "0",
+                "--registrations-per-server",
+                "0",
+            ]
+            .map(String::from),
+        );
+        Self::spawn(dir, role, master_url, &args)
+    }
+
+    /// Starts `socp node --role ROLE` with these further flags and waits
+    /// until it listens.
+    fn spawn(
+        dir: &Path,
+        role: &str,
+        master_url: Option<&str>,
+        args: &[String],
+    ) -> Result<NodeProc> {
         let exe = std::env::current_exe().context("finding the socp binary")?;
         let mut cmd = Command::new(exe);
         cmd.args(["node", "--role", role, "--listen", "127.0.0.1:0"])
@@ -60,23 +95,7 @@ impl NodeProc {
         if let Some(url) = master_url {
             cmd.args(["--master-url", url]);
         }
-        if no_mac {
-            cmd.arg("--no-mac");
-        }
-        // The load comes from one address, faster than any one user would send.
-        cmd.args([
-            "--max-conns-per-ip",
-            "100000",
-            "--user-rate",
-            "1000000",
-            "--user-burst",
-            "1000000",
-            // Thousands of new ids from one address, through one local.
-            "--registrations-per-address",
-            "0",
-            "--registrations-per-server",
-            "0",
-        ]);
+        cmd.args(args);
         // The nodes die with the benchmark, however it ends.
         unsafe {
             use std::os::unix::process::CommandExt;
@@ -116,16 +135,21 @@ impl NodeProc {
 
     /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
     fn status_kib(&self, field: &str) -> f64 {
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid())) else {
-            return 0.0;
-        };
-        status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        status_kib_of(self.pid(), field)
     }
+}
+
+/// A `/proc/PID/status` field of a process in KiB.
+fn status_kib_of(pid: u32, field: &str) -> f64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0.0;
+    };
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// CPU time a process (a pid, or `self`) used so far, in milliseconds.

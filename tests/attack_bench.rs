@@ -1,0 +1,51 @@
+//! `socp bench --attacks` runs to the end: a short run of every attack of
+//! issue 11 against a real mesh, where the probe's DMs are still delivered.
+//! Its figures are measurements, not asserted here (no timing asserts).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_socp");
+/// Keys, three nodes, two 2-second phases, a drain: well under this.
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+
+#[test]
+fn attack_bench_completes_and_the_probe_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("attacks.json");
+    let mut child = Command::new(BIN)
+        .args(["bench", "--attacks", "--seconds", "2", "--out"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            panic!("socp bench --attacks did not finish within {RUN_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut table = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut table).unwrap();
+    assert!(status.success(), "exit {status}; table:\n{table}");
+    assert!(table.contains("under attack"), "{table}");
+    let f: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for phase in ["baseline", "under_attack"] {
+        for path in ["cross_server", "same_server"] {
+            let delivered = f[phase][path]["delivered"].as_u64().unwrap();
+            assert!(
+                delivered > 0,
+                "no probe DM delivered {path} {phase}:\n{table}"
+            );
+        }
+    }
+    assert_eq!(f["victims"]["probe_disconnects"], 0, "{table}");
+    assert_eq!(f["attacks"].as_object().unwrap().len(), 11, "{table}");
+}
