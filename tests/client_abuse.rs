@@ -356,3 +356,27 @@ async fn content_from_an_invalid_sender_id_is_dropped_not_shown() {
     let rest = alice.drain(Duration::from_millis(500)).await;
     assert!(rest.iter().all(|e| e["event"] != "dm"), "{rest:?}");
 }
+
+/// A receipt for content this client never sent (made up by a server) is
+/// not shown as "delivered"; one for a message it sent is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_show_only_for_content_we_sent() {
+    let mut node = FakeNode::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = ClientProc::start(dir.path(), "alice", &node.url).await;
+    alice.cmd("/msg bob hello").await;
+    let id = msg_id(&node.expect("MSG_PRIVATE").await);
+    node.send("ACK", json!({"msg_ids": [id]}));
+    alice.expect("sent", is("sent")).await;
+    node.send(
+        "RECEIPT",
+        json!({"user_id": "alice", "msg_ids": ["made-up-id", id], "status": "delivered"}),
+    );
+    let d = alice.expect("delivery", is("delivery")).await;
+    assert_eq!(d["msg_id"], json!(id));
+    let rest = alice.drain(Duration::from_millis(500)).await;
+    assert!(
+        rest.iter().all(|e| e["event"] != "delivery"),
+        "a made-up id was shown as delivered: {rest:?}"
+    );
+}

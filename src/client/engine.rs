@@ -100,6 +100,36 @@ pub struct Engine<F: Frontend> {
     retry_at: HashMap<String, tokio::time::Instant>,
     /// Files being sent, until the node acknowledges or refuses them.
     flights: Flights,
+    /// Content the node took from us lately: receipts are shown only for
+    /// these (and for what is still in the outbox).
+    sent: SentIds,
+}
+
+/// The `msg_id`s of content we sent lately, at most [`SENT_REMEMBERED`].
+#[derive(Default)]
+struct SentIds {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+/// How many sent `msg_id`s the client remembers for their receipts.
+const SENT_REMEMBERED: usize = 100_000;
+
+impl SentIds {
+    fn insert(&mut self, id: &str) {
+        if self.ids.insert(id.to_owned()) {
+            self.order.push_back(id.to_owned());
+        }
+        while self.order.len() > SENT_REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
 }
 
 impl<F: Frontend> Engine<F> {
@@ -146,6 +176,7 @@ impl<F: Frontend> Engine<F> {
             ack_at: None,
             retry_at: HashMap::new(),
             flights: Flights::default(),
+            sent: SentIds::default(),
         })
     }
 
@@ -834,6 +865,14 @@ impl<F: Frontend> Engine<F> {
             Message::Ack(a) => self.acked(a.msg_ids),
             Message::Receipt(r) => {
                 for msg_id in r.msg_ids {
+                    // Only for content of ours: a receipt for anything else
+                    // (made up by a server) must not show as "delivered".
+                    let ours = self.sent.contains(&msg_id)
+                        || self.keyring.outbox_get(&msg_id).ok().flatten().is_some();
+                    if !ours {
+                        tracing::warn!(msg_id = %crate::client::display::escape(&msg_id), "ignored a receipt for content we did not send");
+                        continue;
+                    }
                     self.emit(Event::Delivery {
                         msg_id,
                         status: r.status.clone(),

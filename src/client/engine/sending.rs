@@ -178,6 +178,7 @@ impl<F: Frontend> Engine<F> {
     /// The node took these: they leave the outbox and are "sent" now.
     pub(super) fn acked(&mut self, msg_ids: Vec<String>) {
         for id in &msg_ids {
+            self.sent.insert(id);
             if let Ok(Some(w)) = self.keyring.outbox_get(id) {
                 self.retry_at.remove(id);
                 self.emit_sent(&w.out);
