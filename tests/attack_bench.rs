@@ -13,11 +13,12 @@ const RUN_LIMIT: Duration = Duration::from_secs(240);
 fn attack_bench_completes_and_the_probe_is_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("attacks.json");
+    let log = dir.path().join("attacks.log");
     let mut child = Command::new(BIN)
         .args(["bench", "--attacks", "--seconds", "2", "--out"])
         .arg(&out)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let started = Instant::now();
@@ -33,7 +34,11 @@ fn attack_bench_completes_and_the_probe_is_delivered() {
     };
     let mut table = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut table).unwrap();
-    assert!(status.success(), "exit {status}; table:\n{table}");
+    let progress = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "exit {status}; table:\n{table}\nits log:\n{progress}"
+    );
     assert!(table.contains("under attack"), "{table}");
     let f: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
