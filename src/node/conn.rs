@@ -639,6 +639,10 @@ pub(crate) async fn run<S>(
     let is_link = matches!(peer, Peer::Link { .. });
     let capacity = if is_link { LINK_SEND_QUEUE } else { SEND_QUEUE };
     let (tx, mut rx) = mpsc::channel(capacity);
+    // The reader's answers to the peer's own frames (errors) go out through
+    // the same queue as the hub's; it holds it weakly, so that when the hub
+    // drops the queue (a slow peer) the connection still ends.
+    let replies = tx.downgrade();
     if ctx.hub.send(HubEvent::Register(conn, tx)).await.is_err()
         || ctx.hub.send(HubEvent::Input(hello)).await.is_err()
     {
@@ -648,32 +652,29 @@ pub(crate) async fn run<S>(
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (mut sealer, checker) = auth.split();
-    // The reader's answers to the peer's own frames (errors) go out through
-    // the writer, like everything else.
-    let (replies, mut replies_rx) = mpsc::channel(REPLY_QUEUE);
     let mut shutdown = ctx.shutdown.clone();
     {
         let (mut sink, mut stream) = StreamExt::split(&mut *ws);
         let reader = read_frames(&mut stream, conn, ctx, &peer, checker, replies);
-        let writer = write_frames(
-            &mut sink,
-            conn,
-            ctx,
-            &mut rx,
-            &mut replies_rx,
-            &mut sealer,
-            is_link,
-        );
+        let writer = write_frames(&mut sink, conn, ctx, &mut rx, &mut sealer, is_link);
         tokio::select! {
             () = super::stop_requested(&mut shutdown) => {}
             () = reader => {}
             () = writer => {}
         }
     }
-    // An error that ended the reading (an oversized frame, say) still goes out.
-    while let Ok(out) = replies_rx.try_recv() {
-        if let Some(text) = sealer.seal(ctx, out).await {
-            let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(WsMessage::text(text))).await;
+    // An error that ended the reading (an oversized frame, say) still goes
+    // out, with a few frames queued before it.
+    for _ in 0..LAST_WORDS {
+        let Ok(ConnCmd::Frame(out)) = rx.try_recv() else {
+            break;
+        };
+        if let Some(text) = sealer.seal(ctx, out).await
+            && tokio::time::timeout(CLOSE_GRACE, ws.send(WsMessage::text(text)))
+                .await
+                .is_err()
+        {
+            break;
         }
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
@@ -689,9 +690,8 @@ pub(crate) async fn run<S>(
     let _ = ctx.hub.send(HubEvent::Unregister(conn)).await;
 }
 
-/// Replies (errors about the peer's own frames) waiting for the writer; a
-/// peer that provokes more than this many at once misses some.
-const REPLY_QUEUE: usize = 64;
+/// Frames a closing connection still sends (the error that ended it among them).
+const LAST_WORDS: usize = 8;
 /// How long a closing connection waits to say its last words.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -704,18 +704,19 @@ async fn read_frames<R>(
     ctx: &ConnCtx,
     peer: &Peer,
     mut checker: Checker,
-    replies: mpsc::Sender<Outgoing>,
+    replies: mpsc::WeakSender<ConnCmd>,
 ) where
     R: futures_util::Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
     let is_link = matches!(peer, Peer::Link { .. });
     let mut bucket = Bucket::new(ctx.limits.user_rate, ctx.limits.user_burst);
     let reply = |code: ErrorCode, detail: &str, msg_id: Option<&str>| {
-        if replies
-            .try_send(error_about(peer.id(), code, detail, msg_id))
-            .is_err()
-        {
-            tracing::debug!(conn, "reply queue full; an error reply was dropped");
+        let frame = ConnCmd::Frame(error_about(peer.id(), code, detail, msg_id));
+        if replies.upgrade().is_none_or(|q| q.try_send(frame).is_err()) {
+            tracing::debug!(
+                conn,
+                "send queue full or closed; an error reply was dropped"
+            );
         }
     };
     loop {
@@ -788,14 +789,13 @@ async fn read_frames<R>(
 }
 
 /// The writing half of a connection: the hub's frames (acks merged),
-/// the reader's replies and a link's heartbeats, each written under the
+/// with the reader's replies among them, and a link's heartbeats, each under the
 /// write timeout. Returns when the connection should close.
 async fn write_frames<W>(
     sink: &mut W,
     conn: ConnId,
     ctx: &ConnCtx,
     rx: &mut mpsc::Receiver<ConnCmd>,
-    replies: &mut mpsc::Receiver<Outgoing>,
     sealer: &mut Sealer,
     is_link: bool,
 ) where
@@ -839,8 +839,7 @@ async fn write_frames<W>(
         }
         let mut next = None;
         let out = tokio::select! {
-            // What is signed goes first (in order), then replies to the
-            // peer's own frames, then the hub's.
+            // What is signed goes first (in order), then the queue.
             biased;
             Some(signed) = signing.next(), if !signing.is_empty() => {
                 if let Some(text) = signed
@@ -850,7 +849,6 @@ async fn write_frames<W>(
                 }
                 continue;
             },
-            Some(out) = replies.recv() => out,
             cmd = rx.recv(), if !closing && signing.len() < SIGNING_AHEAD => match cmd {
                 Some(ConnCmd::Frame(out)) => {
                     // ACKs queued behind this one go out as one frame.

@@ -159,9 +159,16 @@ impl Custody {
         let n = self.per_dest.entry(e.dest.clone()).or_default();
         n.0 += 1;
         n.1 += e.bytes;
-        let n = self.per_sender.entry(e.sender.clone()).or_default();
-        n.0 += 1;
-        n.1 += e.bytes;
+        // Looked up before inserting: no allocation for a sender already held.
+        match self.per_sender.get_mut(&e.sender) {
+            Some(n) => {
+                n.0 += 1;
+                n.1 += e.bytes;
+            }
+            None => {
+                self.per_sender.insert(e.sender.clone(), (1, e.bytes));
+            }
+        }
         self.total_bytes += e.bytes;
         self.entries.insert(e.seq, e);
     }
