@@ -7,6 +7,8 @@
 
 use std::path::Path;
 
+pub mod backup;
+
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags};
 
