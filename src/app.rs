@@ -70,6 +70,7 @@ fn run_admin(command: AdminCommand) -> Result<()> {
             );
             Ok(())
         }
+        AdminCommand::Status(a) => show_status(&a.metrics, a.json),
         AdminCommand::Restore(a) => {
             let done = admin::backup::restore(&a.from, &a.db)?;
             println!(
@@ -92,6 +93,30 @@ fn run_admin(command: AdminCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `socp admin status`: every node asked, the unreachable ones named.
+fn show_status(urls: &[String], json: bool) -> Result<()> {
+    let mut nodes = Vec::new();
+    let mut failed = Vec::new();
+    for url in urls {
+        match crate::admin::status::status(url) {
+            Ok(n) => nodes.push(n),
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&nodes).context("writing JSON")?
+        );
+    } else {
+        print!("{}", crate::admin::status::render(&nodes));
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    Ok(())
 }
 
 fn init_logging(default: &str) {

@@ -26,7 +26,7 @@ pub enum Command {
     Client(ClientArgs),
     /// Operate a node's database: print its users, servers or mailbox;
     /// make and list invites; list or add admitted servers; remove a user or
-    /// reset a user's key; back it up and restore it.
+    /// reset a user's key; back it up and restore it; show running nodes.
     Admin(AdminArgs),
     /// Measure a master and a local on loopback: throughput, latency, CPU,
     /// memory, with and without link sessions.
@@ -71,6 +71,21 @@ pub enum AdminCommand {
     /// node's database, keeping the old one beside it. The node must be
     /// stopped.
     Restore(RestoreArgs),
+    /// Show running nodes from their --metrics address: links, users
+    /// online, custody and mailbox sizes, quotas in use.
+    Status(StatusArgs),
+}
+
+/// Running nodes to ask.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A node's --metrics address, http://HOST:PORT (repeatable: one per
+    /// node of the mesh).
+    #[arg(long, required = true, num_args = 1..)]
+    pub metrics: Vec<String>,
+    /// Print JSON (an array, one object per node) instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A database to back up, and where to.
