@@ -18,6 +18,8 @@ pub struct NodeProc {
     pub port: u16,
     pub id: String,
     pub scheme: &'static str,
+    /// `http://ADDR` of `--metrics`, when the node serves it.
+    pub metrics: Option<String>,
     child: Option<Child>,
 }
 
@@ -46,6 +48,7 @@ impl NodeProc {
             port: 0,
             id: String::new(),
             scheme: "ws",
+            metrics: None,
             child: None,
         };
         p.spawn("127.0.0.1:0");
@@ -76,6 +79,12 @@ impl NodeProc {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) if line.contains("listening on ws") => break line,
+                Ok(line) if line.contains("metrics on http://") => {
+                    self.metrics = line
+                        .split_whitespace()
+                        .find(|w| w.starts_with("http://"))
+                        .map(|w| w.trim_end_matches("/metrics").to_owned());
+                }
                 Ok(_) => {}
                 Err(_) => panic!("node did not start: {:?}", self.args),
             }
@@ -100,6 +109,7 @@ impl NodeProc {
             port: 0,
             id: String::new(),
             scheme: "ws",
+            metrics: None,
             child: None,
         }
     }
