@@ -690,6 +690,29 @@ async fn refusing_unauthenticated_peers_costs_no_private_key_operation() {
         assert_eq!(s.expect_error().await, "TIMEOUT");
     }
     assert_eq!(counter(&master, "socp_rsa_operations_total").await, before);
+    // A signed hello replayed again and again: refused by the router, still
+    // without a signature of ours.
+    let alice = user_key("alice");
+    let hello = signed(
+        "USER_HELLO",
+        "alice",
+        TO_SERVER,
+        common::raw::hello_payload("alice", alice.public().to_b64()),
+        &alice,
+    );
+    let mut first = Raw::connect(&master.url()).await;
+    first.send(&hello).await;
+    first.expect_kind("USER_WELCOME").await;
+    drop(first);
+    master.wait_offline("alice").await;
+    let before = counter(&master, "socp_rsa_operations_total").await;
+    for _ in 0..10 {
+        let mut replay = Raw::connect(&master.url()).await;
+        replay.send(&hello).await;
+        assert_eq!(replay.expect_error().await, "INVALID_SIG");
+        assert!(replay.closed().await);
+    }
+    assert_eq!(counter(&master, "socp_rsa_operations_total").await, before);
 }
 
 /// Connections are capped for the whole node as well as per address.
@@ -841,4 +864,70 @@ async fn content_over_a_quota_further_on_is_set_aside_and_its_sender_told() {
         })
         .collect();
     assert_eq!(ids, ["one"]);
+}
+
+/// Content is measured as servers pass it on: canonical JSON escapes every
+/// control and non-ASCII character (a DEL grows six-fold), so a frame of
+/// 200 KB of DEL used to be taken, grow past 1 MiB on its way out and stick.
+/// And a msg_id is bounded: ids travel many to an ACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_that_grows_on_the_way_or_has_a_huge_id_is_refused() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let master = TestNode::master().await;
+    let alice = connect(&master.url(), "alice").await;
+    let mut bob = connect(&master.url(), "bob").await;
+    let Message::MsgPrivate(mut dm) = padded_dm(&alice, "bob", "dels", 0) else {
+        unreachable!()
+    };
+    dm.extra
+        .insert("note".into(), json!("\u{7f}".repeat(200_000)));
+    let huge_id = padded_dm(&alice, "bob", &"x".repeat(600_000), 0);
+    let after = padded_dm(&alice, "bob", "after", 0);
+    let (mut ws, mac, _) = alice.into_parts();
+    let (mut seal, mut open) = mac.expect("a mac-v1 session").split();
+    for m in [Message::MsgPrivate(dm), huge_id, after] {
+        // MAC'd over the canonical form, sent raw (a DEL is one byte on
+        // the wire, six once a node passes it on).
+        let mut env = m.into_envelope("alice", "bob");
+        seal.seal(&mut env).unwrap();
+        ws.send(WsMessage::text(env.to_json())).await.unwrap();
+    }
+    let (mut too_large, mut bad_id, mut acked_after) = (false, false, false);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(WsMessage::Text(t))) = ws.next().await {
+            let env = socp::wire::Envelope::parse(t.as_str()).unwrap();
+            open.open(&env).unwrap();
+            match Message::from_envelope(&env) {
+                Ok(Message::Error(e)) if e.code == "TOO_LARGE" => too_large = true,
+                Ok(Message::Error(e)) if e.code == "BAD_FRAME" && e.detail.contains("msg_id") => {
+                    bad_id = true
+                }
+                Ok(Message::Ack(a)) => {
+                    assert!(
+                        !a.msg_ids.iter().any(|i| i == "dels"),
+                        "the DEL frame was taken"
+                    );
+                    acked_after |= a.msg_ids.iter().any(|i| i == "after");
+                }
+                _ => {}
+            }
+            if too_large && bad_id && acked_after {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        too_large,
+        "the frame that grows past the limit was not refused"
+    );
+    assert!(bad_id, "the huge msg_id was not refused");
+    assert!(acked_after, "the DM behind them was not taken");
+    expect(
+        &mut bob,
+        "the DM behind them",
+        |_, m| matches!(m, Message::UserDeliver(d) if d.msg_id.as_deref() == Some("after")),
+    )
+    .await;
 }

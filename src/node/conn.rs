@@ -25,11 +25,11 @@ use super::router::{
 };
 use crate::crypto::session::{self, CAP_MAC_V1, MacOpen, MacSeal, MacSession};
 use crate::crypto::{PrivateKey, PublicKey};
-use crate::wire::ids;
 use crate::wire::messages::{ErrorBody, Message, PeerHelloLink, Proof, UserHello};
 use crate::wire::{
     ENVELOPE_ROOM, Envelope, ErrorCode, MAX_CONTENT_FRAME_BYTES, MAX_FRAME_BYTES, WireError, now_ms,
 };
+use crate::wire::{canonical, ids};
 
 /// A connection must say hello within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,6 +106,9 @@ pub(crate) struct Auth {
     pub mac_out: bool,
     /// The peer's frames must be MAC'd (from its first MAC'd frame).
     pub mac_in: bool,
+    /// We have accepted the peer (welcomed a user, answered a link hello,
+    /// or it answered ours): until then our errors to it are unsigned.
+    pub accepted: bool,
 }
 
 impl Auth {
@@ -123,6 +126,7 @@ impl Auth {
             Sealer {
                 session: seal,
                 mac_out: self.mac_out,
+                accepted: self.accepted,
             },
             Checker {
                 peer_key: self.peer_key,
@@ -138,11 +142,28 @@ struct Sealer {
     session: Option<Box<MacSeal>>,
     /// Our frames are MAC'd (from the frame after our session offer).
     mac_out: bool,
+    /// See [`Auth::accepted`].
+    accepted: bool,
 }
 
 impl Sealer {
     /// Stamps, authenticates and serializes a frame from this node.
+    /// False for a frame that goes out unsigned: an error to a peer we have
+    /// not accepted (a refused hello: replayed, an id in use, registration
+    /// closed). No private-key work for such a peer, however often it tries
+    /// (PROTOCOL.md C14).
+    fn signs(&mut self, out: &Outgoing) -> bool {
+        if matches!(out.kind, "USER_WELCOME" | "PEER_HELLO_LINK") {
+            self.accepted = true;
+        }
+        self.accepted || out.kind != "ERROR"
+    }
+
     async fn seal(&mut self, ctx: &ConnCtx, out: Outgoing) -> Option<String> {
+        if !self.signs(&out) {
+            ctx.metrics.frame_out(out.kind);
+            return Some(Envelope::new(out.kind, &ctx.me, &out.to, out.payload).to_json());
+        }
         let offers_session = matches!(out.kind, "USER_WELCOME" | "PEER_HELLO_LINK")
             && out.payload.contains_key("session");
         if self.mac_out
@@ -537,6 +558,7 @@ where
                     session: session.map(Box::new),
                     mac_out: false,
                     mac_in: false,
+                    accepted: false,
                 };
                 let input = Input::UserHello(UserHelloIn {
                     conn,
@@ -564,6 +586,7 @@ where
                     mac_in: session.is_some(),
                     session: session.map(Box::new),
                     mac_out: false,
+                    accepted: false,
                 };
                 let input =
                     Input::LinkHello(link_hello_in(conn, &env, hello, key, false, false, offer));
@@ -870,7 +893,7 @@ async fn write_frames<W>(
         };
         for cmd in [Some(ConnCmd::Frame(out)), next] {
             match cmd {
-                Some(ConnCmd::Frame(out)) if rsa_only => {
+                Some(ConnCmd::Frame(out)) if rsa_only && sealer.signs(&out) => {
                     signing.push_back(seal_counted(ctx, out).boxed());
                 }
                 Some(ConnCmd::Frame(out)) => {
@@ -890,6 +913,33 @@ async fn write_frames<W>(
 /// The largest content frame a server may relay to us: a user's frame at its
 /// limit plus what hops add (`user_id`, `sender`, a group's `recipients`).
 pub const MAX_RELAYED_FRAME_BYTES: usize = MAX_CONTENT_FRAME_BYTES + ENVELOPE_ROOM * 3 / 4;
+
+/// What a frame's envelope adds around its payload at most (type, from, to,
+/// ts, an RSA signature or seq and MAC).
+const ENVELOPE_HEADER: usize = 1024;
+
+/// Longest `msg_id` a node takes: a uuid is 36 characters, a derived id 71.
+pub const MAX_MSG_ID_LEN: usize = 128;
+
+/// Why a content frame's `msg_id` is refused, if it is: it must be printable
+/// ASCII of at most [`MAX_MSG_ID_LEN`] characters (ids travel in every ACK
+/// and receipt, many to a frame: an unbounded one could push those past the
+/// frame limit).
+fn bad_msg_id(id: Option<&Value>) -> Option<String> {
+    match id {
+        None => None,
+        Some(Value::String(s))
+            if !s.is_empty()
+                && s.len() <= MAX_MSG_ID_LEN
+                && s.bytes().all(|b| (0x21..0x7f).contains(&b)) =>
+        {
+            None
+        }
+        Some(_) => Some(format!(
+            "msg_id must be printable ASCII of 1 to {MAX_MSG_ID_LEN} characters (a uuid)"
+        )),
+    }
+}
 
 /// Frame types that carry user content (and count against content limits).
 fn is_content_kind(kind: &str) -> bool {
@@ -1060,23 +1110,32 @@ async fn handle_frame(
     // Content must fit every hop after this one (PROTOCOL.md C12): what is
     // refused here was never taken, so it is never acknowledged either.
     if is_content_kind(&env.kind) {
+        if let Some(why) = bad_msg_id(env.payload.get("msg_id")) {
+            tracing::info!(conn, peer = %peer.id(), "refused content: {why}");
+            return Verdict::Reply(ErrorCode::BadFrame, why);
+        }
+        let msg_id = env
+            .payload
+            .get("msg_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let limit = match peer {
             Peer::User(_) => MAX_CONTENT_FRAME_BYTES,
             Peer::Link { .. } => MAX_RELAYED_FRAME_BYTES,
         };
-        if text.len() > limit {
-            let msg_id = env
-                .payload
-                .get("msg_id")
-                .and_then(Value::as_str)
-                .map(|id| id.chars().take(ids::MAX_NAME_LEN * 2).collect::<String>());
-            tracing::info!(conn, peer = %peer.id(), bytes = text.len(), limit, "refused oversized content");
+        // As the next hop will send it: canonical JSON escapes every
+        // non-ASCII or control character (a DEL grows six-fold), and a hop
+        // adds its own header.
+        let size = text
+            .len()
+            .max(canonical::map_len(&env.payload) + ENVELOPE_HEADER);
+        if size > limit {
+            tracing::info!(conn, peer = %peer.id(), bytes = size, limit, "refused oversized content");
             return Verdict::Refuse(
                 ErrorCode::TooLarge,
                 format!(
-                    "{} of {} bytes is over the {limit}-byte limit for content (1 MiB less room for what servers add on the way); it was not sent: make it smaller",
+                    "{} of {size} bytes (as servers pass it on) is over the {limit}-byte limit for content (1 MiB less room for what servers add on the way); it was not sent: make it smaller",
                     env.kind.chars().take(32).collect::<String>(),
-                    text.len()
                 ),
                 msg_id,
             );

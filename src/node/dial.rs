@@ -145,6 +145,8 @@ impl Dialer {
             mac_out: session.is_some(),
             mac_in: session.is_some(),
             session: session.map(Box::new),
+            // It answered our hello: we dialed it, it proved its key.
+            accepted: true,
         };
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let input = Input::LinkHello(conn::link_hello_in(

@@ -102,6 +102,40 @@ fn write_object(
     Ok(())
 }
 
+/// The length in bytes of the canonical encoding of a map, counted without
+/// building it: what a frame becomes once a node re-sends it (escapes
+/// included: a DEL grows to `\u007f`, six bytes). Integers only, as
+/// [`check`] ensures; anything else counts as its `to_string`.
+pub fn map_len(map: &serde_json::Map<String, Value>) -> usize {
+    2 + map.len().saturating_sub(1)
+        + map
+            .iter()
+            .map(|(k, v)| string_len(k) + 1 + value_len(v))
+            .sum::<usize>()
+}
+
+fn value_len(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(n) => n.to_string().len(),
+        Value::String(s) => string_len(s),
+        Value::Array(a) => 2 + a.len().saturating_sub(1) + a.iter().map(value_len).sum::<usize>(),
+        Value::Object(m) => map_len(m),
+    }
+}
+
+fn string_len(s: &str) -> usize {
+    2 + s
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            ' '..='~' => 1,
+            c => 6 * c.len_utf16(),
+        })
+        .sum::<usize>()
+}
+
 /// Appends `s` as a canonical JSON string.
 pub fn push_string(out: &mut String, s: &str) {
     write_string(out, s);
@@ -149,6 +183,17 @@ fn write_string(out: &mut String, s: &str) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_counted_length_is_the_canonical_length() {
+        let v = json!({
+            "s": "a\u{7f}\u{0}é😀/\"\\\n\t\u{8}\u{c}\r x",
+            "n": -12345, "u": 18446744073709551615u64, "t": true, "f": false, "z": null,
+            "list": [1, "two", [], {}], "obj": {"k": {"deep": [true, "ü"]}}, "e": {}
+        });
+        let Value::Object(m) = &v else { unreachable!() };
+        assert_eq!(map_len(m), map_to_string(m).unwrap().len());
+    }
 
     #[test]
     fn escapes_like_python() {
