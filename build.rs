@@ -2,7 +2,8 @@
 //! and name the commit the binary is built from in `SOCP_COMMIT` for
 //! `socp --version`: "commit 1a2b3c4d5e6f", or "unknown commit" when there is
 //! no git checkout (a source tarball, `cargo install` from a registry) or no
-//! `git` on the PATH. Never fails the build.
+//! `git` on the PATH. A packager building outside the checkout (the
+//! Dockerfile) names it with `SOCP_COMMIT=1a2b3c4d5e6f`. Never fails the build.
 
 use std::path::Path;
 use std::process::Command;
@@ -13,6 +14,15 @@ const COMMIT_DIGITS: usize = 12;
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-env-changed=GIT_DIR");
+    println!("cargo:rerun-if-env-changed=SOCP_COMMIT");
+    let given = std::env::var("SOCP_COMMIT")
+        .ok()
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty());
+    if let Some(id) = given {
+        println!("cargo:rustc-env=SOCP_COMMIT=commit {id}");
+        return;
+    }
     let commit = match own_checkout()
         .then(|| git(&["rev-parse", &format!("--short={COMMIT_DIGITS}"), "HEAD"]))
         .flatten()
