@@ -2,6 +2,7 @@
 //! the library, with `anyhow` context for the user.
 
 use anyhow::{Context, Result, bail};
+use clap::CommandFactory;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{AdminCommand, Cli, ClientArgs, Command, GenArgs, GenWhat, NodeArgs, RoleArg};
@@ -130,8 +131,18 @@ fn init_logging(default: &str) {
 
 fn gen_identity(args: GenArgs) -> Result<()> {
     let role = match args.what {
+        GenWhat::Completions => {
+            let shell = args.shell.context(
+                "socp gen completions needs a shell: bash, zsh, fish, elvish or powershell",
+            )?;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "socp", &mut std::io::stdout());
+            return Ok(());
+        }
+        GenWhat::Man => return gen_man(args.out.as_deref()),
         GenWhat::Cert => {
-            let (cert, key) = crate::tls::generate(&args.out, &args.hosts)?;
+            let out = args.out.unwrap_or_else(|| std::path::PathBuf::from("tls"));
+            let (cert, key) = crate::tls::generate(&out, &args.hosts)?;
             println!(
                 "wrote {} and {}: serve with --tls-cert {} --tls-key {}; trust with --ca {}",
                 cert.display(),
@@ -172,8 +183,31 @@ fn gen_identity(args: GenArgs) -> Result<()> {
     Ok(())
 }
 
+/// `socp gen man`: socp.1 on stdout, or with `--out DIR` one page per
+/// command in DIR (socp.1, socp-node.1, …) for `man -M`.
+fn gen_man(out: Option<&std::path::Path>) -> Result<()> {
+    let command = Cli::command();
+    match out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(command, dir)
+                .with_context(|| format!("writing the man pages to {}", dir.display()))?;
+            println!("wrote the man pages to {}", dir.display());
+        }
+        None => clap_mangen::Man::new(command)
+            .render(&mut std::io::stdout())
+            .context("writing the man page")?,
+    }
+    Ok(())
+}
+
 fn run_node(args: NodeArgs) -> Result<()> {
+    let args = crate::config::layer(args)?;
     let config = NodeConfig::from_args(&args)?;
+    if args.print_config {
+        print!("{}", crate::config::effective_toml(&args)?);
+        return Ok(());
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         // Handlers first: a signal that arrives while the node starts must

@@ -1,15 +1,22 @@
 //! The command line: `socp gen`, `socp node`, `socp client`. Parsing only;
 //! each subcommand calls into the library.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// What `socp --version` says: the crate version and the commit it was
+/// built from (`build.rs`; "unknown commit" when built outside a git checkout).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SOCP_COMMIT"), ")");
 
 /// Secure Overlay Chat Protocol: a mesh of chat servers with end-to-end
 /// encrypted messages, groups and files.
 #[derive(Debug, Parser)]
-#[command(name = "socp", version, propagate_version = true)]
+#[command(name = "socp", version = VERSION, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -164,7 +171,8 @@ pub struct BenchArgs {
 }
 
 /// Which kind of server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RoleArg {
     /// Holds the user directory, the server identities and the offline mailbox.
     Master,
@@ -184,15 +192,21 @@ impl RoleArg {
 
 #[derive(Debug, Args)]
 pub struct GenArgs {
-    /// What to create: a master or local identity, or a TLS certificate.
+    /// What to create: a master or local identity, a TLS certificate, shell
+    /// completions or the man page.
     #[arg(value_enum)]
     pub what: GenWhat,
+    /// completions: the shell to complete for.
+    #[arg(value_enum, required_if_eq("what", "completions"))]
+    pub shell: Option<clap_complete::Shell>,
     /// Folder for the identity files (<role>.pem, mode 0600, and <role>.id).
     #[arg(long, default_value = "keys")]
     pub keys: PathBuf,
-    /// cert: folder for cert.pem and key.pem.
-    #[arg(long, default_value = "tls")]
-    pub out: PathBuf,
+    /// cert: folder for cert.pem and key.pem (default tls). man: write one
+    /// page per command there (socp.1, socp-node.1, …) instead of printing
+    /// socp.1.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// cert: a host name or IP address the certificate is for (repeatable;
     /// default localhost and 127.0.0.1).
     #[arg(long = "host")]
@@ -208,10 +222,34 @@ pub enum GenWhat {
     Local,
     /// A self-signed certificate and key (cert.pem, key.pem) for wss://.
     Cert,
+    /// Shell completions for SHELL (bash, zsh, fish, elvish, powershell), on stdout.
+    Completions,
+    /// The man page (roff), on stdout.
+    Man,
 }
 
-#[derive(Debug, Args)]
+/// `socp node`'s flags. The same names, without the dashes, are the keys of
+/// its `--config` file (`crate::config`): serde reads the file into this
+/// struct, so a new flag is a config key too.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct NodeArgs {
+    /// Read the settings from this TOML file (keys are the flag names
+    /// without the dashes, e.g. `master-url = "ws://…"`); flags given on
+    /// the command line win over it.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (flags over --config over the
+    /// defaults) as a config file, check it, and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+    /// The flags given on the command line (their long names), which
+    /// override the config file; filled by [`Cli::parse_with_sources`].
+    #[arg(skip)]
+    #[serde(skip)]
+    pub given: BTreeSet<String>,
     /// Run as the master or as a local server.
     #[arg(long, value_enum, default_value = "master")]
     pub role: RoleArg,
@@ -349,6 +387,61 @@ pub struct ClientArgs {
     pub invite: Option<String>,
 }
 
+impl Cli {
+    /// Parses the process's arguments like [`Parser::parse`] (exiting with
+    /// clap's message on a bad one), and records which node flags were
+    /// given on the command line.
+    pub fn parse_with_sources() -> Cli {
+        Self::from_matches(&Cli::command().get_matches()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Cli::parse_with_sources`] for the arguments given (the first is the
+    /// program name).
+    pub fn try_parse_with_sources<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::from_matches(&Cli::command().try_get_matches_from(args)?)
+    }
+
+    /// clap's `value_source` tells a value typed on the command line from a
+    /// default: only the former overrides the config file.
+    fn from_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+        let mut cli = Cli::from_arg_matches(matches)?;
+        if let (Command::Node(args), Some(("node", sub))) = (&mut cli.command, matches.subcommand())
+        {
+            let command = Cli::command();
+            let node = command.find_subcommand("node");
+            args.given = node
+                .into_iter()
+                .flat_map(|c| c.get_arguments())
+                .filter(|arg| {
+                    sub.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine)
+                })
+                .filter_map(|arg| arg.get_long().map(str::to_owned))
+                .collect();
+        }
+        Ok(cli)
+    }
+}
+
+/// The defaults are clap's: one source of truth for the flags and the file.
+impl Default for NodeArgs {
+    fn default() -> Self {
+        let command = NodeArgs::augment_args(clap::Command::new("node"));
+        let parsed = command
+            .try_get_matches_from(["node"])
+            .and_then(|matches| NodeArgs::from_arg_matches(&matches));
+        match parsed {
+            Ok(args) => args,
+            // No node flag is required, so no argument at all always parses:
+            // `cli::tests::node_args_have_defaults` holds it.
+            Err(e) => unreachable!("socp node without flags must parse: {e}"),
+        }
+    }
+}
+
 impl NodeArgs {
     /// The listen address, defaulted by role.
     pub fn listen_addr(&self) -> SocketAddr {
@@ -384,5 +477,32 @@ mod tests {
         };
         assert_eq!(args.listen_addr().to_string(), "127.0.0.1:9101");
         assert_eq!(args.db_path(), PathBuf::from("data/master.sqlite"));
+    }
+
+    #[test]
+    fn node_args_have_defaults() {
+        let args = NodeArgs::default();
+        assert_eq!(args.role, RoleArg::Master);
+        assert_eq!(args.keys, PathBuf::from("keys"));
+        assert!(args.given.is_empty());
+    }
+
+    #[test]
+    fn only_flags_typed_on_the_command_line_are_given() {
+        let cli = Cli::try_parse_with_sources([
+            "socp",
+            "node",
+            "--role",
+            "master",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-mac",
+        ])
+        .unwrap();
+        let Command::Node(args) = cli.command else {
+            panic!()
+        };
+        let given: Vec<&str> = args.given.iter().map(String::as_str).collect();
+        assert_eq!(given, ["listen", "no-mac", "role"]);
     }
 }

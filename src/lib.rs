@@ -1,13 +1,14 @@
 //! `socp`: a Secure Overlay Chat Protocol node and client.
 //!
 //! Module map: [`wire`] is the format on the wire, [`crypto`] the keys and
-//! ciphers, [`store`] the SQLite databases, [`cli`] the command line.
+//! ciphers, [`store`] the SQLite databases, [`cli`] the command line, [`config`] the node's config file.
 
 pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod content;
 pub mod crypto;
 pub mod node;

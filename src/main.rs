@@ -1,7 +1,6 @@
 //! The `socp` binary: parse the command line, run the library, print the
 //! error chain and exit non-zero on failure.
 
-use clap::Parser;
 use socp::cli::Cli;
 
 /// mimalloc: per-thread heaps instead of glibc's locked arenas. The node's
@@ -11,7 +10,7 @@ use socp::cli::Cli;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_sources();
     match socp::app::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

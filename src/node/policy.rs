@@ -13,7 +13,18 @@ use crate::crypto::{self, PublicKey};
 use crate::wire::ids;
 
 /// Who may register a new user id at the master.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Registration {
     /// Anyone, within the per-address and per-server rates.
     #[default]
