@@ -931,3 +931,28 @@ async fn content_that_grows_on_the_way_or_has_a_huge_id_is_refused() {
     )
     .await;
 }
+
+/// A user used to be able to name a group frame's fan-out (`recipients`):
+/// the master delivered to whoever it named, members or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_cannot_name_a_group_frames_recipients() {
+    let master = TestNode::master().await;
+    let local = TestNode::local(&master.url()).await;
+    master.wait_linked(1).await;
+    let mut alice = connect(&master.url(), "alice").await;
+    let mut bob = connect(&master.url(), "bob").await;
+    let mut carol = connect(&local.url(), "carol").await;
+    let mut dave = connect(&master.url(), "dave").await;
+    master.wait_online(&["alice", "bob", "carol", "dave"]).await;
+    alice.send("group_team", &share("alice", "group_team", &["bob", "carol"], "s1")).await.unwrap();
+    assert!(gets_share(&mut carol, "s1").await);
+    let (key, _) = (b"k".repeat(32), ());
+    let mut m = content::seal_group(&user_key("carol"), "carol", "group_team", &key, b"hi", socp::wire::now_ms()).unwrap();
+    m.msg_id = Some("g1".into());
+    m.extra.insert("recipients".into(), json!(["dave"]));
+    carol.send("group_team", &Message::MsgGroup(m)).await.unwrap();
+    expect(&mut bob, "the group message", |_, m| matches!(m, Message::MsgGroup(g) if g.msg_id.as_deref() == Some("g1"))).await;
+    for (_, m) in common::cluster::drain(&mut dave, Duration::from_millis(700)).await {
+        assert!(!matches!(m, Message::MsgGroup(_)), "a non-member named by the sender got {m:?}");
+    }
+}

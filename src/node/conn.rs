@@ -733,6 +733,7 @@ async fn read_frames<R>(
 {
     let is_link = matches!(peer, Peer::Link { .. });
     let mut bucket = Bucket::new(ctx.limits.user_rate, ctx.limits.user_burst);
+    let mut last_rate_reply: Option<Instant> = None;
     let reply = |code: ErrorCode, detail: &str, msg_id: Option<&str>| {
         let frame = ConnCmd::Frame(error_about(peer.id(), code, detail, msg_id));
         if replies.upgrade().is_none_or(|q| q.try_send(frame).is_err()) {
@@ -795,6 +796,14 @@ async fn read_frames<R>(
         };
         match verdict {
             Verdict::Continue => {}
+            Verdict::Reply(ErrorCode::RateLimited, detail) => {
+                // One reply a second at most: each may cost a signature.
+                ctx.metrics.refused(ErrorCode::RateLimited.as_str());
+                if last_rate_reply.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
+                    last_rate_reply = Some(Instant::now());
+                    reply(ErrorCode::RateLimited, &detail, None);
+                }
+            }
             Verdict::Reply(code, detail) => {
                 ctx.metrics.refused(code.as_str());
                 reply(code, &detail, None);

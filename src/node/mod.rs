@@ -468,14 +468,22 @@ struct SlotCounts {
     per_ip: HashMap<std::net::IpAddr, usize>,
 }
 
-struct Slot(Slots, std::net::IpAddr);
+/// A connection's place in the counts: in all, and for its address unless
+/// it is being refused for its address (it still counts in all while it
+/// is told so, so refusals cannot pile up past `--max-conns`).
+struct Slot {
+    slots: Slots,
+    ip: std::net::IpAddr,
+    per_ip: bool,
+}
 
 /// Why a connection got no slot.
 enum NoSlot {
     /// The node holds `--max-conns` connections already.
     Full,
-    /// This address holds `--max-conns-per-ip` already.
-    Address,
+    /// This address holds `--max-conns-per-ip` already: it is told so,
+    /// holding a place in the total meanwhile.
+    Address(Slot),
 }
 
 impl Slots {
@@ -486,24 +494,31 @@ impl Slots {
         if m.total >= limits.max_conns {
             return Err(NoSlot::Full);
         }
-        let n = m.per_ip.entry(ip).or_default();
-        if *n >= limits.max_conns_per_ip {
-            return Err(NoSlot::Address);
-        }
-        *n += 1;
         m.total += 1;
-        Ok(Slot(self.clone(), ip))
+        let n = m.per_ip.entry(ip).or_default();
+        let per_ip = *n < limits.max_conns_per_ip;
+        if per_ip {
+            *n += 1;
+        }
+        let slot = Slot {
+            slots: self.clone(),
+            ip,
+            per_ip,
+        };
+        if per_ip { Ok(slot) } else { Err(NoSlot::Address(slot)) }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Ok(mut m) = (self.0).0.lock() {
+        if let Ok(mut m) = self.slots.0.lock() {
             m.total = m.total.saturating_sub(1);
-            if let Some(n) = m.per_ip.get_mut(&self.1) {
+            if self.per_ip
+                && let Some(n) = m.per_ip.get_mut(&self.ip)
+            {
                 *n -= 1;
                 if *n == 0 {
-                    m.per_ip.remove(&self.1);
+                    m.per_ip.remove(&self.ip);
                 }
             }
         }
@@ -529,7 +544,7 @@ async fn serve(listener: TcpListener, ctx: Accept) {
                             drop(stream);
                             continue;
                         }
-                        Err(NoSlot::Address) => Err(()),
+                        Err(NoSlot::Address(slot)) => Err(slot),
                     };
                     let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
                     let mut conn_ctx = ctx.conn_ctx();
@@ -552,7 +567,7 @@ async fn serve(listener: TcpListener, ctx: Accept) {
 async fn accept_one(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    slot: Result<Slot, ()>,
+    slot: Result<Slot, Slot>,
     conn: router::ConnId,
     ctx: ConnCtx,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -591,7 +606,7 @@ async fn accept_one(
 async fn serve_or_refuse<S>(
     ws: &mut tokio_tungstenite::WebSocketStream<S>,
     peer: SocketAddr,
-    slot: Result<Slot, ()>,
+    slot: Result<Slot, Slot>,
     conn: router::ConnId,
     ctx: &ConnCtx,
 ) where
@@ -602,7 +617,7 @@ async fn serve_or_refuse<S>(
             conn::serve_accepted(ws, conn, ctx).await;
             drop(slot);
         }
-        Err(()) => {
+        Err(_refusing) => {
             tracing::warn!(%peer, "refused a connection: too many from this address");
             let detail = format!(
                 "more than {} connections from your address",
@@ -611,5 +626,36 @@ async fn serve_or_refuse<S>(
             conn::send_error(ws, ctx, ids::TO_USER, ErrorCode::RateLimited, &detail).await;
             conn::close_quietly(ws).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn refusals_for_an_address_still_count_in_the_total() {
+        let limits = Limits {
+            max_conns: 3,
+            max_conns_per_ip: 1,
+            ..Default::default()
+        };
+        let slots = Slots::default();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let first = slots.take(ip, &limits).ok().unwrap();
+        let refused: Vec<Slot> = (0..2)
+            .map(|_| match slots.take(ip, &limits) {
+                Err(NoSlot::Address(slot)) => slot,
+                _ => panic!("expected a refusal for the address"),
+            })
+            .collect();
+        // The total is reached by the refusals being told: nothing more.
+        assert!(matches!(slots.take(ip, &limits), Err(NoSlot::Full)));
+        let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(matches!(slots.take(other, &limits), Err(NoSlot::Full)));
+        drop(refused);
+        let second = slots.take(other, &limits);
+        assert!(second.is_ok(), "a slot was not given back");
+        drop(first);
     }
 }

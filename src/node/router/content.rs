@@ -102,6 +102,9 @@ impl Router {
     pub(super) fn user_content(&mut self, conn: ConnId, user: &str, env: Envelope, msg: Message) {
         let legacy = self.sessions.get(user).is_some_and(|s| s.proof.is_none());
         let mut payload = msg.to_payload();
+        // Who a group frame is fanned out to is the servers' business: a
+        // user cannot name it (the master would deliver to whoever it named).
+        payload.remove("recipients");
         let msg_id = ensure_msg_id(&mut payload);
         let intake = match self.user_intake(user, &env, msg, payload, msg_id.clone()) {
             Ok(intake) => intake,
@@ -391,6 +394,9 @@ impl Router {
             Message::MsgGroup(m) => {
                 intake.sender = m.from.clone();
                 let recipients = take_recipients(&mut intake.payload);
+                // The master fans out to the members it recorded, never to a
+                // list another server names.
+                let recipients = recipients.filter(|_| !self.cfg.master);
                 let members = self
                     .groups
                     .get(&m.group_id)
@@ -488,6 +494,21 @@ impl Router {
                 format!(
                     "{} belongs to {owner}: only its owner may change its key or members; pick another group id",
                     truncate(&share.group_id)
+                ),
+            ));
+        }
+        // A group recorded before owners were kept: only one of its
+        // members may become its owner (the next share pins its creator).
+        if let Some(g) = self.groups.get(&share.group_id)
+            && g.owner.is_none()
+            && !g.members.iter().any(|m| m == &share.creator)
+        {
+            return Err((
+                ErrorCode::NotAllowed,
+                format!(
+                    "{} has members already and {} is not one of them; pick another group id",
+                    truncate(&share.group_id),
+                    truncate(&share.creator)
                 ),
             ));
         }
