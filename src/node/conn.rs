@@ -799,7 +799,8 @@ async fn read_frames<R>(
             Verdict::Reply(ErrorCode::RateLimited, detail) => {
                 // One reply a second at most: each may cost a signature.
                 ctx.metrics.refused(ErrorCode::RateLimited.as_str());
-                if last_rate_reply.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
+                if last_rate_reply.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1))
+                {
                     last_rate_reply = Some(Instant::now());
                     reply(ErrorCode::RateLimited, &detail, None);
                 }

@@ -505,7 +505,11 @@ impl Slots {
             ip,
             per_ip,
         };
-        if per_ip { Ok(slot) } else { Err(NoSlot::Address(slot)) }
+        if per_ip {
+            Ok(slot)
+        } else {
+            Err(NoSlot::Address(slot))
+        }
     }
 }
 

@@ -258,13 +258,14 @@ impl Router {
         let Some(server) = self.conn_links.get(&conn).cloned() else {
             return;
         };
-        // Control frames addressed to another server (errors and receipts
-        // on their way back to a sender) are forwarded as they are; content
-        // is routed by its recipients.
+        // Receipts addressed to another server (on their way back to a
+        // sender) are forwarded once checked; content is routed by its
+        // recipients. Errors are never relayed this way: no server has one
+        // for another server to pass on.
         if self.cfg.master
             && env.to != self.cfg.me
             && ids::check_server(&env.to).is_ok()
-            && matches!(msg, Message::Error(_) | Message::Receipt(_))
+            && matches!(msg, Message::Receipt(_))
         {
             if env.to != server {
                 let kind = msg.type_name();
@@ -372,14 +373,34 @@ impl Router {
             }
             return;
         }
-        if let Some(conn) = self.sessions.get(&env.to).map(|s| s.conn) {
-            let to = env.to.clone();
-            // Errors about content reach the sender with its msg_id.
-            let payload = match e.extra.get("msg_id").and_then(Value::as_str) {
-                Some(id) => content::content_error(code_of(&e.code), e.detail, id),
-                None => error_payload(code_of(&e.code), e.detail),
-            };
-            self.send(conn, "ERROR", &to, payload);
+        // An error for a user (PROTOCOL.md C13): from our master (which
+        // checks what it relays), or about a DM of theirs we handed to the
+        // server that sends it. Anything else would let any server tell any
+        // user their messages failed.
+        let user = env.to.clone();
+        let msg_id = e.extra.get("msg_id").and_then(Value::as_str);
+        let carried = msg_id.is_some_and(|id| self.carried.went_to(&user, id, server));
+        if !(from_master || carried) {
+            tracing::info!(server, user = %truncate(&user), "dropped an error for a user from a server that did not carry their content");
+            return;
+        }
+        let payload = match msg_id {
+            Some(id) => content::content_error(code_of(&e.code), e.detail, id),
+            None => error_payload(code_of(&e.code), e.detail),
+        };
+        if let Some(conn) = self.sessions.get(&user).map(|s| s.conn) {
+            self.send(conn, "ERROR", &user, payload);
+            return;
+        }
+        // The master passes it on to the server the user is on.
+        if self.cfg.master
+            && let Some(loc) = self
+                .presence
+                .get(&user)
+                .filter(|p| p.live && p.location != server)
+                .map(|p| p.location.clone())
+        {
+            self.send_link(&loc, "ERROR", &user, payload);
         }
     }
 
