@@ -35,6 +35,8 @@ pub(crate) struct Dialer {
     pub next_conn: Arc<AtomicU64>,
     /// How `wss://` servers are verified (system roots and `--ca`).
     pub tls: Arc<rustls::ClientConfig>,
+    /// Told when the master link goes up and down (readiness).
+    pub health: Arc<super::health::Health>,
 }
 
 /// Our `PEER_HELLO_LINK` payload.
@@ -160,7 +162,13 @@ impl Dialer {
         let peer = Peer::Link {
             server_id: env.from.clone(),
         };
+        if self.is_master {
+            self.health.master_linked(true);
+        }
         conn::run(&mut ws, conn_id, &ctx, Box::new(input), peer, auth).await;
+        if self.is_master {
+            self.health.master_linked(false);
+        }
         Ok(())
     }
 }
