@@ -113,7 +113,7 @@ impl Dialer {
             Ok(None) => anyhow::bail!("closed before answering our hello"),
             Err(_) => anyhow::bail!("no answer to our hello within {HELLO_TIMEOUT:?}"),
         };
-        let env = Envelope::parse(&answer)?;
+        let env = Envelope::parse(&answer).map_err(|e| anyhow::anyhow!(e.log_summary()))?;
         if env.kind == "ERROR" {
             anyhow::bail!(
                 "refused our hello: {}",
