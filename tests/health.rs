@@ -22,7 +22,8 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     s.set_write_timeout(Some(WAIT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     let code = response
@@ -35,6 +36,18 @@ fn get(addr: &str, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (code, body)
+}
+
+/// `GET /healthz` written in two pieces, as a slow client might send it.
+fn get_healthz_in_pieces(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /heal").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"thz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
 }
 
 /// Polls `/readyz` until its status is `code`; returns the body.
@@ -78,6 +91,8 @@ fn a_local_is_ready_only_while_its_master_link_is_up() {
 
     assert_eq!(get(&l, "/healthz"), (200, "ok\n".into()));
     assert_eq!(get(&l, "/nowhere").0, 404);
+    let pieces = get_healthz_in_pieces(&l);
+    assert!(pieces.starts_with("HTTP/1.1 200 OK"), "{pieces}");
     assert_eq!(wait_ready(&m, 200), "ready\n");
     assert_eq!(wait_ready(&l, 200), "ready\n");
 

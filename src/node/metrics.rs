@@ -191,6 +191,8 @@ impl Metrics {
 
 /// How long a request may take to arrive.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of a request read (its head; the checks take no body).
+const MAX_REQUEST: usize = 4096;
 /// How long `/readyz` waits for the hub (the router's task) to answer.
 const HUB_ANSWER: Duration = Duration::from_secs(2);
 
@@ -216,13 +218,10 @@ pub(crate) async fn serve(
             };
             let (metrics, health, hub) = (metrics.clone(), health.clone(), hub.clone());
             tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let n = tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut buf))
+                let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream))
                     .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]);
+                    .unwrap_or_default();
+                let request = String::from_utf8_lossy(&head);
                 let response = match request_path(&request) {
                     Some("/metrics") => {
                         let status = ask_status(&hub).await.unwrap_or_default();
@@ -245,6 +244,21 @@ pub(crate) async fn serve(
         }
     });
     Ok(bound)
+}
+
+/// The request's head: read until its blank line (a request may come in
+/// several segments, and closing on unread bytes resets the connection
+/// before the client reads the answer), at most `MAX_REQUEST` bytes.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while head.len() < MAX_REQUEST && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    head
 }
 
 /// The path of a `GET` request (without its query), if it is one.
