@@ -7,6 +7,9 @@
 
 use std::path::Path;
 
+pub mod backup;
+pub mod status;
+
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags};
 

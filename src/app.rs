@@ -63,7 +63,62 @@ fn run_admin(command: AdminCommand) -> Result<()> {
         AdminCommand::Admit(a) => admin::admit(&a.file, a.entry.as_deref()),
         AdminCommand::RemoveUser(a) => admin::remove_user(&a.db, &a.user),
         AdminCommand::ResetKey(a) => admin::reset_key(&a.db, &a.user),
+        AdminCommand::Backup(a) => {
+            let summary = admin::backup::backup(&a.db, &a.out)?;
+            println!(
+                "backed up {} to {} ({summary}); also keep a copy of the node's keys folder",
+                a.db.display(),
+                a.out.display()
+            );
+            Ok(())
+        }
+        AdminCommand::Status(a) => show_status(&a.metrics, a.json),
+        AdminCommand::Restore(a) => {
+            let done = admin::backup::restore(&a.from, &a.db)?;
+            println!(
+                "checked {} (integrity ok, {}) and restored it to {}",
+                a.from.display(),
+                done.summary,
+                a.db.display()
+            );
+            match done.kept {
+                Some(old) => println!("the database it replaced is kept as {}", old.display()),
+                None => println!("there was no database at {} before", a.db.display()),
+            }
+            let latest = crate::store::Schema::Node.latest_version();
+            if done.summary.version < latest {
+                println!(
+                    "the node migrates it from schema version {} to {latest} when it starts",
+                    done.summary.version
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+/// `socp admin status`: every node asked, the unreachable ones named.
+fn show_status(urls: &[String], json: bool) -> Result<()> {
+    let mut nodes = Vec::new();
+    let mut failed = Vec::new();
+    for url in urls {
+        match crate::admin::status::status(url) {
+            Ok(n) => nodes.push(n),
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&nodes).context("writing JSON")?
+        );
+    } else {
+        print!("{}", crate::admin::status::render(&nodes));
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    Ok(())
 }
 
 fn gen_identity(args: GenArgs) -> Result<()> {

@@ -32,7 +32,7 @@ pub enum Command {
     Client(ClientArgs),
     /// Operate a node's database: print its users, servers or mailbox;
     /// make and list invites; list or add admitted servers; remove a user or
-    /// reset a user's key.
+    /// reset a user's key; back it up and restore it; show running nodes.
     Admin(AdminArgs),
     /// Measure a master and a local on loopback: throughput, latency, CPU,
     /// memory, with and without link sessions.
@@ -69,6 +69,51 @@ pub enum AdminCommand {
     /// Forget a user's pinned key (for a lost key): the next hello pins a
     /// new one, whatever the registration policy. The node must be stopped.
     ResetKey(UserArg),
+    /// Copy a node's database to FILE: one consistent snapshot, taken with
+    /// SQLite's online backup API (safe while the node runs). The node's
+    /// identity (keys/<role>.pem and .id) is not in it: back it up too.
+    Backup(BackupArgs),
+    /// Check a backup (integrity, schema version) and put it in place of a
+    /// node's database, keeping the old one beside it. The node must be
+    /// stopped.
+    Restore(RestoreArgs),
+    /// Show running nodes from their --metrics address: links, users
+    /// online, custody and mailbox sizes, quotas in use.
+    Status(StatusArgs),
+}
+
+/// Running nodes to ask.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A node's --metrics address, http://HOST:PORT (repeatable: one per
+    /// node of the mesh).
+    #[arg(long, required = true, num_args = 1..)]
+    pub metrics: Vec<String>,
+    /// Print JSON (an array, one object per node) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A database to back up, and where to.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The node's SQLite database.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// The backup file to write (replaced if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// A backup to restore, and where to.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file (from socp admin backup).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The node's SQLite database to replace (or create).
+    #[arg(long)]
+    pub db: PathBuf,
 }
 
 /// A node database.

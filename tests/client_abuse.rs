@@ -380,3 +380,29 @@ async fn receipts_show_only_for_content_we_sent() {
         "a made-up id was shown as delivered: {rest:?}"
     );
 }
+
+/// Content our server took and a server further on refused for good is
+/// shown as not delivered (the node acknowledged it, so it had left the
+/// outbox): never a silent loss, never an "about an unknown id" error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_further_on_shows_as_not_delivered() {
+    let mut node = FakeNode::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = ClientProc::start(dir.path(), "alice", &node.url).await;
+    alice.cmd("/msg bob hello").await;
+    let id = msg_id(&node.expect("MSG_PRIVATE").await);
+    node.send("ACK", json!({"msg_ids": [id]}));
+    alice.expect("sent", is("sent")).await;
+    node.send(
+        "ERROR",
+        json!({"code": "QUOTA_EXCEEDED", "detail": "bob's mailbox is full", "msg_id": id}),
+    );
+    let ns = alice.expect("not_sent", is("not_sent")).await;
+    assert_eq!(ns["msg_id"], json!(id));
+    assert_eq!(ns["to"], "bob");
+    assert_eq!(ns["kept"], false);
+    assert!(
+        ns["detail"].as_str().unwrap().contains("further on"),
+        "{ns}"
+    );
+}

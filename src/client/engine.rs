@@ -105,10 +105,11 @@ pub struct Engine<F: Frontend> {
     sent: SentIds,
 }
 
-/// The `msg_id`s of content we sent lately, at most [`SENT_REMEMBERED`].
+/// The `msg_id`s of content we sent lately (and to whom), at most
+/// [`SENT_REMEMBERED`].
 #[derive(Default)]
 struct SentIds {
-    ids: HashSet<String>,
+    to: HashMap<String, String>,
     order: VecDeque<String>,
 }
 
@@ -116,19 +117,24 @@ struct SentIds {
 const SENT_REMEMBERED: usize = 100_000;
 
 impl SentIds {
-    fn insert(&mut self, id: &str) {
-        if self.ids.insert(id.to_owned()) {
+    fn insert(&mut self, id: &str, to: &str) {
+        if self.to.insert(id.to_owned(), to.to_owned()).is_none() {
             self.order.push_back(id.to_owned());
         }
         while self.order.len() > SENT_REMEMBERED {
             if let Some(old) = self.order.pop_front() {
-                self.ids.remove(&old);
+                self.to.remove(&old);
             }
         }
     }
 
+    /// Whom content we sent under `id` was for.
+    fn recipient(&self, id: &str) -> Option<&str> {
+        self.to.get(id).map(String::as_str)
+    }
+
     fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
+        self.to.contains_key(id)
     }
 }
 

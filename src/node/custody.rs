@@ -200,6 +200,22 @@ impl Custody {
         self.per_sender.get(sender).copied().unwrap_or_default()
     }
 
+    /// The fullest user queue and the fullest sender, each as (frames,
+    /// bytes), each figure the largest of its kind: how close any one user
+    /// is to the per-user and per-sender quotas.
+    pub fn fullest(&self) -> ((usize, usize), (usize, usize)) {
+        let max = |it: &mut dyn Iterator<Item = (usize, usize)>| {
+            it.fold((0, 0), |(f, b), (nf, nb)| (f.max(nf), b.max(nb)))
+        };
+        let users = max(&mut self
+            .per_dest
+            .iter()
+            .filter(|(d, _)| matches!(d, Dest::User(_)))
+            .map(|(_, n)| *n));
+        let senders = max(&mut self.per_sender.values().copied());
+        (users, senders)
+    }
+
     /// Frames and bytes held for `dest`.
     pub fn load_of(&self, dest: &Dest) -> (usize, usize) {
         self.per_dest.get(dest).copied().unwrap_or_default()

@@ -54,6 +54,32 @@ pub struct Status {
     pub custody_bytes: usize,
     pub custody_resident_bytes: usize,
     pub custody_max_bytes: usize,
+    /// This node's id, and whether it is the master.
+    pub node_id: String,
+    pub master: bool,
+    /// Users connected to this node itself (`online` is the whole mesh's).
+    pub users_here: usize,
+    /// The live links, by server id.
+    pub links: Vec<LinkStatus>,
+    /// Payload bytes waiting for users online nowhere (master).
+    pub mailbox_bytes: usize,
+    /// The fullest user queue, as (frames, bytes), each the largest of its
+    /// kind: held to `limits.max_frames` and `limits.max_bytes`.
+    pub fullest_user: (usize, usize),
+    /// The fullest sender, likewise (`limits.max_sender_*`).
+    pub fullest_sender: (usize, usize),
+    /// The quotas this node runs with.
+    pub limits: super::MailboxLimits,
+}
+
+/// One live link, as the metrics name it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    pub server: String,
+    /// `master`, `local`, or `unknown` for a server not pinned yet.
+    pub role: &'static str,
+    /// We dialed it (else it dialed us).
+    pub dialed: bool,
 }
 
 /// Store writes queued before user frames are held back.
@@ -106,7 +132,9 @@ pub(crate) async fn run(
                 let mut linked = router.linked();
                 linked.sort();
                 let (custody, expired) = router.custody_stats();
-                let mailbox = router.mailbox_len();
+                let (mailbox, mailbox_bytes) = router.mailbox_len();
+                let (fullest_user, fullest_sender) = router.fullest();
+                let (node_id, master) = router.me();
                 let (custody_bytes, custody_resident_bytes, custody_max_bytes) =
                     router.custody_bytes();
                 let _ = reply.send(Status {
@@ -122,6 +150,14 @@ pub(crate) async fn run(
                     custody_bytes,
                     custody_resident_bytes,
                     custody_max_bytes,
+                    node_id: node_id.to_owned(),
+                    master,
+                    users_here: router.users_here(),
+                    links: router.link_status(),
+                    mailbox_bytes,
+                    fullest_user,
+                    fullest_sender,
+                    limits: router.limits(),
                 });
                 continue;
             }

@@ -81,6 +81,61 @@ impl Metrics {
             );
         };
         gauge(
+            "socp_users_here",
+            "Users connected to this node itself.",
+            status.users_here as f64,
+        );
+        gauge(
+            "socp_mailbox_bytes",
+            "Payload bytes waiting for users online nowhere (master).",
+            status.mailbox_bytes as f64,
+        );
+        let limits = &status.limits;
+        for (name, help, value) in [
+            (
+                "socp_user_queue_max_frames",
+                "The per-user quota of frames waiting (--mailbox-max-frames).",
+                limits.max_frames,
+            ),
+            (
+                "socp_user_queue_max_bytes",
+                "The per-user quota of bytes waiting (--mailbox-max-bytes).",
+                limits.max_bytes,
+            ),
+            (
+                "socp_user_queue_fullest_frames",
+                "Frames waiting for the user with the most (held to socp_user_queue_max_frames).",
+                status.fullest_user.0,
+            ),
+            (
+                "socp_user_queue_fullest_bytes",
+                "Bytes waiting for the user with the most (held to socp_user_queue_max_bytes).",
+                status.fullest_user.1,
+            ),
+            (
+                "socp_sender_max_frames",
+                "The per-sender quota of frames waiting (--sender-max-frames).",
+                limits.max_sender_frames,
+            ),
+            (
+                "socp_sender_max_bytes",
+                "The per-sender quota of bytes waiting (--sender-max-bytes).",
+                limits.max_sender_bytes,
+            ),
+            (
+                "socp_sender_fullest_frames",
+                "Frames waiting from the sender with the most (held to socp_sender_max_frames).",
+                status.fullest_sender.0,
+            ),
+            (
+                "socp_sender_fullest_bytes",
+                "Bytes waiting from the sender with the most (held to socp_sender_max_bytes).",
+                status.fullest_sender.1,
+            ),
+        ] {
+            gauge(name, help, value as f64);
+        }
+        gauge(
             "socp_connections",
             "Open connections (users and links).",
             self.connections.load(Ordering::Relaxed) as f64,
@@ -155,6 +210,25 @@ impl Metrics {
             "# HELP socp_connections_refused_total Connections refused because the node was at --max-conns.\n# TYPE socp_connections_refused_total counter\nsocp_connections_refused_total {}",
             self.conns_refused_global.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP socp_node_info This node: its server id and role.\n# TYPE socp_node_info gauge\nsocp_node_info{{id=\"{}\",role=\"{}\"}} 1",
+            label(&status.node_id),
+            if status.master { "master" } else { "local" }
+        );
+        let _ = writeln!(
+            out,
+            "# HELP socp_link A live link: the server, its role, and whether this node dialed it.\n# TYPE socp_link gauge"
+        );
+        for link in &status.links {
+            let _ = writeln!(
+                out,
+                "socp_link{{server=\"{}\",role=\"{}\",dialed=\"{}\"}} 1",
+                label(&link.server),
+                link.role,
+                link.dialed
+            );
+        }
         for (name, help, counts) in [
             (
                 "socp_frames_in_total",
@@ -187,6 +261,14 @@ impl Metrics {
         }
         out
     }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// How long a request may take to arrive.

@@ -22,6 +22,8 @@ pub struct NodeProc {
     pub rust_log: String,
     /// Every line the process wrote to stderr (its log), across restarts.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// `http://ADDR` of `--metrics`, when the node serves it.
+    pub metrics: Option<String>,
     child: Option<Child>,
 }
 
@@ -63,6 +65,7 @@ impl NodeProc {
             scheme: "ws",
             rust_log: rust_log.to_owned(),
             log: Arc::default(),
+            metrics: None,
             child: None,
         };
         p.spawn("127.0.0.1:0");
@@ -97,6 +100,12 @@ impl NodeProc {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) if line.contains("listening on ws") => break line,
+                Ok(line) if line.contains("metrics on http://") => {
+                    self.metrics = line
+                        .split_whitespace()
+                        .find(|w| w.starts_with("http://"))
+                        .map(|w| w.trim_end_matches("/metrics").to_owned());
+                }
                 Ok(_) => {}
                 Err(_) => panic!("node did not start: {:?}", self.args),
             }
@@ -134,6 +143,7 @@ impl NodeProc {
             scheme: "ws",
             rust_log: "info".into(),
             log: Arc::default(),
+            metrics: None,
             child: None,
         }
     }

@@ -178,8 +178,8 @@ impl<F: Frontend> Engine<F> {
     /// The node took these: they leave the outbox and are "sent" now.
     pub(super) fn acked(&mut self, msg_ids: Vec<String>) {
         for id in &msg_ids {
-            self.sent.insert(id);
             if let Ok(Some(w)) = self.keyring.outbox_get(id) {
+                self.sent.insert(id, &outbox::shown_to(&w.out));
                 self.retry_at.remove(id);
                 self.emit_sent(&w.out);
             }
@@ -225,6 +225,20 @@ impl<F: Frontend> Engine<F> {
                 to: f.to,
                 code: e.code,
                 detail: format!("{}: {}", f.name, e.detail),
+                kept: false,
+            });
+        }
+        // Content our server took (and acknowledged) and a server further
+        // on refused for good: it was set aside there, not delivered.
+        if let Some(to) = self.sent.recipient(&id).map(str::to_owned) {
+            return self.emit(Event::NotSent {
+                msg_id: id,
+                to,
+                code: e.code,
+                detail: format!(
+                    "a server further on refused it after yours had taken it: {}; it was not delivered, send it again",
+                    e.detail
+                ),
                 kept: false,
             });
         }

@@ -112,7 +112,7 @@ impl Router {
         };
         // Refused content (a full quota) is never also acknowledged: the
         // sender keeps it and learns why from the error (PROTOCOL.md C12).
-        if let Taken::Refused(_) = self.take(intake, None) {
+        if self.take(intake, None) == Taken::Refused {
             return;
         }
         if !legacy {
@@ -430,16 +430,11 @@ impl Router {
             }
             _ => return,
         }
-        if let Taken::Refused(detail) = self.take(intake, Some(server)) {
-            // Over a quota here: not taken, so not acknowledged. The server
-            // that handed it on keeps it and tries again later (a full quota
-            // drains); an error addressed to it, not to the sender, says so.
-            if acks {
-                let payload = content_error(ErrorCode::QuotaExceeded, detail, &msg_id);
-                self.send(conn, "ERROR", server, payload);
-            }
-            return;
-        }
+        // Over a quota here for every destination: the sender was told (it
+        // is set aside and counted, PROTOCOL.md C12), and the server that
+        // handed it on is acknowledged so that it does not keep it: content
+        // the next hop holds back must not pile up where it came from.
+        self.take(intake, Some(server));
         if acks {
             self.out.push(Output::AckAfterPersist {
                 conn,
@@ -606,12 +601,6 @@ impl Router {
             self.pump(&dest);
         }
         let all_refused = !refused.is_empty() && refused.len() == dests;
-        // Refused for every destination and handed on by a server: that
-        // server keeps it (it acknowledged it to its sender) and sends it
-        // again later; its sender is not told it failed, because it has not.
-        if all_refused && via.is_some() {
-            return Taken::Refused(refused.swap_remove(0));
-        }
         for detail in refused.iter().cloned() {
             self.report(
                 via,
@@ -622,7 +611,7 @@ impl Router {
             );
         }
         if all_refused {
-            Taken::Refused(refused.swap_remove(0))
+            Taken::Refused
         } else {
             Taken::Some
         }
@@ -988,11 +977,11 @@ impl Router {
 
 /// Whether content was taken (for at least one destination, or already
 /// held) or refused for every destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Taken {
     Some,
-    /// Over a quota for every destination (why).
-    Refused(String),
+    /// Over a quota for every destination.
+    Refused,
 }
 
 /// An `ERROR` payload about one piece of content: it names the `msg_id`, so

@@ -357,14 +357,7 @@ impl Router {
         // The next hop could not store content we handed it: it keeps
         // nothing, so we send it again a little later (until then it holds
         // no window slot, and nothing behind it waits on it).
-        // The same when it is over a quota there (a mailbox that drains, a
-        // recipient that catches up): later, less often.
-        let retry = match e.code.as_str() {
-            "STORAGE" => Some(STORAGE_RETRY),
-            "QUOTA_EXCEEDED" => Some(QUOTA_RETRY),
-            _ => None,
-        };
-        if let Some(after) = retry
+        if e.code == ErrorCode::Storage.as_str()
             && env.to == self.cfg.me
             && let Some(id) = e.extra.get("msg_id").and_then(Value::as_str)
         {
@@ -372,7 +365,10 @@ impl Router {
             if !dests.is_empty() {
                 let req_id = self.new_req_id();
                 self.pending.insert(req_id.clone(), Pending::Retry(dests));
-                self.out.push(Output::Timer { req_id, after });
+                self.out.push(Output::Timer {
+                    req_id,
+                    after: STORAGE_RETRY,
+                });
             }
             return;
         }
@@ -602,5 +598,3 @@ impl Router {
 /// How long content the next hop could not store waits before it is sent
 /// again.
 pub const STORAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
-/// How long content over the next hop's quota waits before it is sent again.
-pub const QUOTA_RETRY: std::time::Duration = std::time::Duration::from_secs(10);

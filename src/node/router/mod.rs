@@ -381,10 +381,10 @@ impl Router {
         (self.custody.len(), self.expired)
     }
 
-    /// Frames waiting for users online nowhere (the master's mailbox).
-    pub fn mailbox_len(&self) -> usize {
+    /// Frames and bytes waiting for users online nowhere (the master's mailbox).
+    pub fn mailbox_len(&self) -> (usize, usize) {
         if !self.cfg.master {
-            return 0;
+            return (0, 0);
         }
         self.custody
             .pending_dests()
@@ -395,8 +395,47 @@ impl Router {
                 }
                 custody::Dest::Server(_) => false,
             })
-            .map(|d| self.custody.load_of(d).0)
-            .sum()
+            .map(|d| self.custody.load_of(d))
+            .fold((0, 0), |(f, b), (nf, nb)| (f + nf, b + nb))
+    }
+
+    /// The fullest user queue and sender, as `Custody::fullest`.
+    pub fn fullest(&self) -> ((usize, usize), (usize, usize)) {
+        self.custody.fullest()
+    }
+
+    /// The quotas this node runs with.
+    pub fn limits(&self) -> MailboxLimits {
+        self.cfg.limits
+    }
+
+    /// This node's id and whether it is the master.
+    pub fn me(&self) -> (&str, bool) {
+        (&self.cfg.me, self.cfg.master)
+    }
+
+    /// Users connected to this node itself.
+    pub fn users_here(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The live links: server id, its role, and whether we dialed it.
+    pub fn link_status(&self) -> Vec<super::hub::LinkStatus> {
+        let mut links: Vec<_> = self
+            .links
+            .iter()
+            .map(|(id, link)| super::hub::LinkStatus {
+                server: id.clone(),
+                role: match self.servers.get(id).map(|s| s.role) {
+                    Some(Role::Master) => "master",
+                    Some(Role::Local) => "local",
+                    None => "unknown",
+                },
+                dialed: link.dialed,
+            })
+            .collect();
+        links.sort_by(|a, b| a.server.cmp(&b.server));
+        links
     }
 
     /// Tells every link that our users are gone (before the connections close).
