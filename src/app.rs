@@ -3,7 +3,6 @@
 
 use anyhow::{Context, Result, bail};
 use clap::CommandFactory;
-use tracing_subscriber::EnvFilter;
 
 use crate::cli::{AdminCommand, Cli, ClientArgs, Command, GenArgs, GenWhat, NodeArgs, RoleArg};
 use crate::client;
@@ -13,11 +12,14 @@ use crate::node::{self, NodeConfig};
 pub fn run(cli: Cli) -> Result<()> {
     // A node logs what it does; a client only what goes wrong (its output is
     // the conversation).
-    init_logging(if matches!(cli.command, Command::Client(_)) {
-        "warn"
-    } else {
-        "info"
-    });
+    crate::logging::init(
+        if matches!(cli.command, Command::Client(_)) {
+            "warn"
+        } else {
+            "info"
+        },
+        cli.log_format,
+    );
     match cli.command {
         Command::Gen(args) => gen_identity(args),
         Command::Node(args) => run_node(*args),
@@ -118,15 +120,6 @@ fn show_status(urls: &[String], json: bool) -> Result<()> {
         bail!("{}", failed.join("; "));
     }
     Ok(())
-}
-
-fn init_logging(default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 fn gen_identity(args: GenArgs) -> Result<()> {

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 /// built from (`build.rs`; "unknown commit" when built outside a git checkout).
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SOCP_COMMIT"), ")");
 
+pub use crate::logging::LogFormat;
+
 /// Secure Overlay Chat Protocol: a mesh of chat servers with end-to-end
 /// encrypted messages, groups and files.
 #[derive(Debug, Parser)]
@@ -20,6 +22,10 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SOCP_COMMIT
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text or as one JSON object per line (on stderr; levels
+    /// from RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

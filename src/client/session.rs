@@ -359,7 +359,7 @@ impl Session {
             let env = match Envelope::parse(text.as_str()) {
                 Ok(env) => env,
                 Err(e) => {
-                    tracing::warn!(error = %escape(&e.to_string()), "unreadable frame from the server");
+                    tracing::warn!(error = %escape(&e.log_summary()), "unreadable frame from the server");
                     continue;
                 }
             };
@@ -370,7 +370,7 @@ impl Session {
             match Message::from_envelope(&env) {
                 Ok(msg) => return Ok(Some((env, msg))),
                 Err(e) => {
-                    tracing::warn!(kind = %escape(&env.kind), error = %escape(&e.to_string()), "unknown frame from the server")
+                    tracing::warn!(kind = %escape(&env.kind), error = %escape(&e.log_summary()), "unknown frame from the server")
                 }
             }
         }

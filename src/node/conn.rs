@@ -1098,7 +1098,7 @@ async fn handle_frame(
         // On a session, it still counts in the sequence (or ends it).
         Err(e) if auth.skip_unparsed(text) => return Verdict::Reply(e.code(), e.to_string()),
         Err(e) => {
-            tracing::warn!(conn, peer = %peer.id(), error = %e, "closing: an unparsable frame out of sequence");
+            tracing::warn!(conn, peer = %peer.id(), error = %e.log_summary(), "closing: an unparsable frame out of sequence");
             return Verdict::Stop;
         }
     };
@@ -1158,7 +1158,7 @@ async fn handle_frame(
     let msg = match Message::from_payload(&env.kind, payload) {
         Ok(msg) => msg,
         Err(e) => {
-            tracing::info!(conn, kind = %env.kind.chars().take(64).collect::<String>(), error = %e, "refused frame");
+            tracing::info!(conn, kind = %env.kind.chars().take(64).collect::<String>(), error = %e.log_summary(), "refused frame");
             return Verdict::Reply(e.code(), e.to_string());
         }
     };

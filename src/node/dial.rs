@@ -35,6 +35,8 @@ pub(crate) struct Dialer {
     pub next_conn: Arc<AtomicU64>,
     /// How `wss://` servers are verified (system roots and `--ca`).
     pub tls: Arc<rustls::ClientConfig>,
+    /// Told when the master link goes up and down (readiness).
+    pub health: Arc<super::health::Health>,
 }
 
 /// Our `PEER_HELLO_LINK` payload.
@@ -111,7 +113,7 @@ impl Dialer {
             Ok(None) => anyhow::bail!("closed before answering our hello"),
             Err(_) => anyhow::bail!("no answer to our hello within {HELLO_TIMEOUT:?}"),
         };
-        let env = Envelope::parse(&answer)?;
+        let env = Envelope::parse(&answer).map_err(|e| anyhow::anyhow!(e.log_summary()))?;
         if env.kind == "ERROR" {
             anyhow::bail!(
                 "refused our hello: {}",
@@ -162,7 +164,13 @@ impl Dialer {
         let peer = Peer::Link {
             server_id: env.from.clone(),
         };
+        if self.is_master {
+            self.health.master_linked(true);
+        }
         conn::run(&mut ws, conn_id, &ctx, Box::new(input), peer, auth).await;
+        if self.is_master {
+            self.health.master_linked(false);
+        }
         Ok(())
     }
 }

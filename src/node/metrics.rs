@@ -1,6 +1,8 @@
 //! Counters for operators, served as Prometheus text by `--metrics`.
 //! Connection tasks count frames, refusals and RSA operations; the router's
-//! figures (users online, custody, mailbox) are asked from the hub.
+//! figures (users online, custody, mailbox) are asked from the hub. The same
+//! address answers `/healthz` (the process is up) and `/readyz` (see
+//! [`super::health`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,11 +10,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::health::Health;
 use super::hub::{HubEvent, Status};
 use crate::wire::messages::TYPE_NAMES;
 
@@ -267,16 +271,24 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` on `addr` until shutdown.
+/// How long a request may take to arrive.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of a request read (its head; the checks take no body).
+const MAX_REQUEST: usize = 4096;
+/// How long `/readyz` waits for the hub (the router's task) to answer.
+const HUB_ANSWER: Duration = Duration::from_secs(2);
+
+/// Serves `GET /metrics`, `/healthz` and `/readyz` on `addr` until shutdown.
 pub(crate) async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     hub: mpsc::Sender<HubEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tracing::info!("metrics on http://{bound}/metrics");
+    tracing::info!("metrics on http://{bound}/metrics (health: /healthz, /readyz)");
     tokio::spawn(async move {
         loop {
             let (mut stream, _) = tokio::select! {
@@ -286,34 +298,106 @@ pub(crate) async fn serve(
                     Err(_) => continue,
                 },
             };
-            let (metrics, hub) = (metrics.clone(), hub.clone());
+            let (metrics, health, hub) = (metrics.clone(), health.clone(), hub.clone());
             tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let n =
-                    tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let response = if request.starts_with("GET /metrics") {
-                    let (tx, rx) = oneshot::channel();
-                    let status = if hub.send(HubEvent::Status(tx)).await.is_ok() {
-                        rx.await.unwrap_or_default()
-                    } else {
-                        Status::default()
-                    };
-                    let body = metrics.render(&status);
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 19\r\nConnection: close\r\n\r\ntry GET /metrics\r\n\r\n".to_owned()
+                let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream))
+                    .await
+                    .unwrap_or_default();
+                let request = String::from_utf8_lossy(&head);
+                let response = match request_path(&request) {
+                    Some("/metrics") => {
+                        let status = ask_status(&hub).await.unwrap_or_default();
+                        http(
+                            "200 OK",
+                            "text/plain; version=0.0.4",
+                            &metrics.render(&status),
+                        )
+                    }
+                    Some("/healthz") => http("200 OK", "text/plain", "ok\n"),
+                    Some("/readyz") => readiness(&health, &hub).await,
+                    _ => http(
+                        "404 Not Found",
+                        "text/plain",
+                        "try GET /metrics, /healthz or /readyz\n",
+                    ),
                 };
                 let _ = stream.write_all(response.as_bytes()).await;
             });
         }
     });
     Ok(bound)
+}
+
+/// The request's head: read until its blank line (a request may come in
+/// several segments, and closing on unread bytes resets the connection
+/// before the client reads the answer), at most `MAX_REQUEST` bytes.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while head.len() < MAX_REQUEST && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    head
+}
+
+/// The path of a `GET` request (without its query), if it is one.
+fn request_path(request: &str) -> Option<&str> {
+    let mut words = request.lines().next()?.split_whitespace();
+    if words.next()? != "GET" {
+        return None;
+    }
+    words.next()?.split('?').next()
+}
+
+/// The router's figures, if the hub answers within `HUB_ANSWER`.
+async fn ask_status(hub: &mpsc::Sender<HubEvent>) -> Option<Status> {
+    tokio::time::timeout(HUB_ANSWER, async {
+        let (tx, rx) = oneshot::channel();
+        hub.send(HubEvent::Status(tx)).await.ok()?;
+        rx.await.ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// `/readyz`: 200 `ready`, or 503 with one reason a line.
+async fn readiness(health: &Health, hub: &mpsc::Sender<HubEvent>) -> String {
+    let mut why = health.not_ready();
+    if ask_status(hub).await.is_none() {
+        why.push(format!(
+            "router: the hub did not answer within {} s",
+            HUB_ANSWER.as_secs()
+        ));
+    }
+    if why.is_empty() {
+        http("200 OK", "text/plain", "ready\n")
+    } else {
+        let body: String = why.iter().map(|w| format!("{w}\n")).collect();
+        http("503 Service Unavailable", "text/plain", &body)
+    }
+}
+
+/// A complete HTTP/1.1 response that closes the connection.
+fn http(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_path;
+
+    #[test]
+    fn only_get_requests_have_a_path() {
+        assert_eq!(request_path("GET /readyz HTTP/1.1\r\n"), Some("/readyz"));
+        assert_eq!(request_path("GET /metrics?x=1 HTTP/1.1"), Some("/metrics"));
+        assert_eq!(request_path("POST /readyz HTTP/1.1"), None);
+        assert_eq!(request_path(""), None);
+    }
 }

@@ -6,6 +6,7 @@ pub(crate) mod custody;
 pub(crate) mod dial;
 #[doc(hidden)]
 pub mod fuzz;
+pub(crate) mod health;
 pub(crate) mod hub;
 pub mod identity;
 pub mod metrics;
@@ -259,7 +260,9 @@ impl Node {
         let committed: state::Committed = Box::new(move |outcome| {
             let _ = acks.blocking_send(HubEvent::Persisted(outcome));
         });
-        let writer = state::Writer::start(store, committed).context("starting the store writer")?;
+        let health = Arc::new(health::Health::new(&config.db, config.master));
+        let writer = state::Writer::start(store, committed, health.clone())
+            .context("starting the store writer")?;
         let mut tasks = vec![tokio::spawn(hub::run(
             router,
             writer,
@@ -288,9 +291,15 @@ impl Node {
         tasks.push(tokio::spawn(serve(listener, ctx)));
         let metrics_addr = match config.metrics {
             Some(addr) => Some(
-                metrics::serve(addr, metrics.clone(), hub_tx.clone(), shutdown_rx.clone())
-                    .await
-                    .with_context(|| format!("serving metrics on {addr}"))?,
+                metrics::serve(
+                    addr,
+                    metrics.clone(),
+                    health.clone(),
+                    hub_tx.clone(),
+                    shutdown_rx.clone(),
+                )
+                .await
+                .with_context(|| format!("serving metrics on {addr}"))?,
             ),
             None => None,
         };
@@ -319,6 +328,7 @@ impl Node {
                 ctx: base.clone(),
                 next_conn: next_conn.clone(),
                 tls: tls_client.clone(),
+                health: health.clone(),
             };
             tasks.push(tokio::spawn(dialer.run()));
         }

@@ -672,7 +672,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn start(pool: Pool, committed: Committed) -> Result<Self, StoreError> {
+    pub fn start(
+        pool: Pool,
+        committed: Committed,
+        health: std::sync::Arc<super::health::Health>,
+    ) -> Result<Self, StoreError> {
         let mut conn = pool.get()?;
         let backlog = std::sync::Arc::new(AtomicUsize::new(0));
         let applied = backlog.clone();
@@ -702,6 +706,8 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("socp-store".into())
             .spawn(move || {
+                // Readiness hears when this thread ends, panics included.
+                let _alive = StoreAlive(health.clone());
                 let mut pruned_at = 0usize;
                 let mut p = Pipeline::default();
                 let mut next_due: Option<Instant> = None;
@@ -747,7 +753,11 @@ impl Writer {
                         Ok(())
                     } else {
                         last_try = Some(now);
-                        commit(&mut conn, &batch, &mut pruned_at)
+                        let result = commit(&mut conn, &batch, &mut pruned_at);
+                        health.store_committed(
+                            result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                        );
+                        result
                     };
                     applied.fetch_sub(writes + std::mem::take(&mut p.resolved), Ordering::Relaxed);
                     skipped_count.store(p.skipped, Ordering::Relaxed);
@@ -821,6 +831,15 @@ impl Writer {
         if self.tx.send(Job::Flush(done)).is_ok() {
             let _ = wait.await;
         }
+    }
+}
+
+/// Tells readiness that the store thread ended when dropped.
+struct StoreAlive(std::sync::Arc<super::health::Health>);
+
+impl Drop for StoreAlive {
+    fn drop(&mut self) {
+        self.0.store_stopped();
     }
 }
 

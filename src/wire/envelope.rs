@@ -92,6 +92,20 @@ impl WireError {
             | WireError::BadPayload { .. } => ErrorCode::BadFrame,
         }
     }
+
+    /// What went wrong, for a log line: like the error, but without what the
+    /// parser quotes from the frame (serde quotes a mistyped value, which may
+    /// be a ciphertext or a key). The peer's `ERROR` answer keeps the detail.
+    pub fn log_summary(&self) -> String {
+        let short = |s: &str| s.chars().take(32).collect::<String>();
+        match self {
+            WireError::TooLarge(_) => self.to_string(),
+            WireError::UnknownType(kind) => format!("unknown frame type {:?}", short(kind)),
+            WireError::NotEnvelope(_) => "frame is not a JSON envelope".to_owned(),
+            WireError::NotCanonical(_) => "payload has no canonical form".to_owned(),
+            WireError::BadPayload { kind, .. } => format!("bad {} payload", short(kind)),
+        }
+    }
 }
 
 /// `{"type", "from", "to", "ts", "payload", "sig"}`, plus `seq` and `mac` on a
@@ -211,6 +225,18 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_summary_quotes_nothing_from_the_frame() {
+        let secret = "SECRET-CIPHERTEXT-b64";
+        let mut payload = Map::new();
+        payload.insert("index".into(), Value::String(secret.into()));
+        let e = crate::wire::messages::Message::from_payload("FILE_CHUNK", payload).unwrap_err();
+        assert!(e.to_string().contains(secret), "serde quotes it: {e}");
+        assert_eq!(e.log_summary(), "bad FILE_CHUNK payload");
+        let e = Envelope::parse(&format!("{{\"type\":\"DM\",\"from\":{secret:?}}}")).unwrap_err();
+        assert!(!e.log_summary().contains(secret), "{}", e.log_summary());
+    }
 
     #[test]
     fn parses_and_refuses() {

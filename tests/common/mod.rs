@@ -33,3 +33,4 @@ pub mod fakenode;
 pub mod flood;
 pub mod procs;
 pub mod raw;
+pub mod tmpfs;

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use super::cluster::cached_key;
@@ -18,6 +18,10 @@ pub struct NodeProc {
     pub port: u16,
     pub id: String,
     pub scheme: &'static str,
+    /// `RUST_LOG` for the process (`info` unless started with another).
+    pub rust_log: String,
+    /// Every line the process wrote to stderr (its log), across restarts.
+    pub log: Arc<Mutex<Vec<String>>>,
     /// `http://ADDR` of `--metrics`, when the node serves it.
     pub metrics: Option<String>,
     child: Option<Child>,
@@ -26,6 +30,17 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts a node; `role_args` are the role flags (`--role local --master-url …`).
     pub fn start(dir: PathBuf, role: &str, key: &str, extra: &[String]) -> NodeProc {
+        Self::start_logging(dir, role, key, extra, "info")
+    }
+
+    /// Starts a node with this `RUST_LOG`.
+    pub fn start_logging(
+        dir: PathBuf,
+        role: &str,
+        key: &str,
+        extra: &[String],
+        rust_log: &str,
+    ) -> NodeProc {
         let keys = dir.join("keys");
         std::fs::create_dir_all(&keys).unwrap();
         let pem = keys.join(format!("{role}.pem"));
@@ -48,6 +63,8 @@ impl NodeProc {
             port: 0,
             id: String::new(),
             scheme: "ws",
+            rust_log: rust_log.to_owned(),
+            log: Arc::default(),
             metrics: None,
             child: None,
         };
@@ -59,17 +76,21 @@ impl NodeProc {
         let mut child = Command::new(BIN)
             .args(&self.args)
             .args(["--listen", listen])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.rust_log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = self.log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("SOCP_TEST_LOGS").is_some() {
                     eprintln!("[node] {line}");
+                }
+                if let Ok(mut log) = log.lock() {
+                    log.push(line.clone());
                 }
                 let _ = tx.send(line);
             }
@@ -89,7 +110,18 @@ impl NodeProc {
                 Err(_) => panic!("node did not start: {:?}", self.args),
             }
         };
-        self.port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        // `listening on ws://HOST:PORT`, at the end of a text line or inside
+        // a JSON one (`--log-format json`).
+        let url = line.split("listening on ").nth(1).unwrap();
+        let url = url.split(['"', ' ']).next().unwrap();
+        let port: String = url
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        self.port = port.parse().unwrap();
         self.scheme = if line.contains("wss://") { "wss" } else { "ws" };
         self.id = line
             .split_whitespace()
@@ -109,9 +141,24 @@ impl NodeProc {
             port: 0,
             id: String::new(),
             scheme: "ws",
+            rust_log: "info".into(),
+            log: Arc::default(),
             metrics: None,
             child: None,
         }
+    }
+
+    /// The log so far, one line an entry.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The `--metrics` address the running process logged last (`HOST:PORT`).
+    pub fn metrics_addr(&self) -> Option<String> {
+        self.log_lines().iter().rev().find_map(|l| {
+            let rest = l.split("metrics on http://").nth(1)?;
+            Some(rest.split('/').next()?.to_owned())
+        })
     }
 
     pub fn url(&self) -> String {

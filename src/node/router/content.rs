@@ -590,6 +590,16 @@ impl Router {
         let mut queued = false;
         let mut refused = Vec::new();
         let dests = intake.dests.len();
+        // Who, what and where to: never the payload.
+        tracing::debug!(
+            msg_id = %truncate(&intake.msg_id),
+            user = %truncate(&intake.sender),
+            kind = %intake.kind,
+            server = via.unwrap_or("-"),
+            dests,
+            bytes = intake.bytes,
+            "content taken into custody"
+        );
         for (dest, to) in intake.dests.clone() {
             if self.custody.holds(&intake.sender, &intake.msg_id, &dest) {
                 continue;
@@ -937,6 +947,13 @@ impl Router {
         if from_link.is_some() && msg_id.is_some() {
             self.dead_letters += 1;
         }
+        tracing::debug!(
+            user = %truncate(user),
+            msg_id = %truncate(msg_id.unwrap_or("-")),
+            server = from_link.unwrap_or("-"),
+            code = %code,
+            "content refused"
+        );
         let payload = match msg_id {
             Some(id) => content_error(code, detail, id),
             None => error_payload(code, detail),

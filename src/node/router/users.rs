@@ -122,6 +122,7 @@ impl Router {
             },
         );
         self.conn_users.insert(hello.conn, user.clone());
+        tracing::info!(user = %user, conn = hello.conn, "user online");
         let welcome = payload_of(&UserWelcome {
             user_id: user.clone(),
             server_id: self.cfg.me.clone(),
@@ -166,6 +167,7 @@ impl Router {
             return;
         };
         if self.sessions.get(&user).is_some_and(|s| s.conn == conn) {
+            tracing::info!(user = %user, conn, "user offline");
             self.sessions.remove(&user);
             let remove = payload_of(&Presence {
                 user_id: user,
