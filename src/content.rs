@@ -27,6 +27,17 @@ fn decode(field: &'static str, text: &str) -> Result<Vec<u8>, ContentError> {
     b64::decode(text).map_err(|_| ContentError::Encoding(field))
 }
 
+/// The `msg_id` of content whose sender (a reference client) set none: the
+/// SHA-256 of its canonical payload. Nodes and clients derive it the same
+/// way, here, so a client's duplicate check and a node's custody agree.
+pub fn derived_msg_id(payload: &serde_json::Map<String, Value>) -> String {
+    let bytes = canonical::map_to_string(payload).unwrap_or_default();
+    format!(
+        "sha256:{}",
+        crate::crypto::hex(&crate::crypto::sha256(bytes.as_bytes()))
+    )
+}
+
 /// What a DM's `content_sig` covers: `{ciphertext, iv, tag, from, to, ts}`.
 pub fn dm_signed_bytes(p: &MsgPrivate, from: &str, to: &str) -> Result<Vec<u8>, ContentError> {
     let fields = json!({

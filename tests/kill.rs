@@ -47,11 +47,17 @@ fn record(events: Vec<Value>, shown: &mut Vec<(String, usize)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("kill test seed {seed}");
+    // SOCP_KILL_SEED=N replays a run (the seed of each run is printed).
+    let seed = std::env::var("SOCP_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("kill test seed {seed} (SOCP_KILL_SEED={seed} replays it)");
     let mut rng = Lcg(seed);
     let root = tempfile::tempdir().unwrap();
     let master = NodeProc::start(root.path().join("m"), "master", "server-0", &[]);

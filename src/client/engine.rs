@@ -23,7 +23,7 @@ use crate::crypto::{self, PrivateKey, PublicKey, aead};
 use crate::wire::messages::{
     Deliver, FileChunk, FileEnd, FileMode, FileStart, GroupKeyShare, Message, MsgGroup, UserLookup,
 };
-use crate::wire::{Envelope, b64, canonical, ids, now_ms};
+use crate::wire::{Envelope, b64, ids, now_ms};
 
 mod sending;
 use sending::{FileFlight, Flights};
@@ -65,13 +65,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.ok()
 }
 
-/// A `msg_id` for content from a reference client, which sends none: the
-/// SHA-256 of its canonical payload.
-fn derived_msg_id(payload: &Map<String, Value>) -> String {
-    let bytes = canonical::map_to_string(payload).unwrap_or_default();
-    format!("sha256:{}", crypto::hex(&crypto::sha256(bytes.as_bytes())))
-}
-
+/// A fresh `msg_id` for content we send (content from a reference client,
+/// which sends none, gets `content::derived_msg_id`, as at a node).
 fn new_msg_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -952,7 +947,9 @@ impl<F: Frontend> Engine<F> {
         msg_id: Option<&String>,
         payload: &Map<String, Value>,
     ) -> (String, String, bool) {
-        let id = msg_id.cloned().unwrap_or_else(|| derived_msg_id(payload));
+        let id = msg_id
+            .cloned()
+            .unwrap_or_else(|| content::derived_msg_id(payload));
         let key = seen_key(sender, &id);
         let new = !self.journal.contains(&key) && !self.keyring.seen(&key).unwrap_or(false);
         (id, key, new)

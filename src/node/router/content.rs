@@ -16,7 +16,7 @@ use crate::node::custody::{Dest, Entry, Hop};
 use crate::node::state::GroupRecord;
 use crate::wire::ids::{self, IdKind};
 use crate::wire::messages::{self, Deliver, FileChunk, FileEnd, FileStart, Message, Receipt};
-use crate::wire::{Envelope, ErrorCode, canonical};
+use crate::wire::{Envelope, ErrorCode};
 
 /// Receipt statuses (see `RECEIPT`).
 pub const QUEUED: &str = "queued";
@@ -50,11 +50,7 @@ fn ensure_msg_id(payload: &mut Map<String, Value>) -> String {
     {
         return id.clone();
     }
-    let bytes = canonical::map_to_string(payload).unwrap_or_default();
-    let id = format!(
-        "sha256:{}",
-        crate::crypto::hex(&crate::crypto::sha256(bytes.as_bytes()))
-    );
+    let id = crate::content::derived_msg_id(payload);
     payload.insert("msg_id".into(), Value::String(id.clone()));
     id
 }
