@@ -237,7 +237,15 @@ struct Session {
     conn: ConnId,
     proof: Option<Proof>,
     key: String,
+    /// `USER_LIST` answers left (a bucket of [`LIST_BURST`], one more a
+    /// second), and when it was last filled (ms).
+    lists: (u32, i64),
 }
+
+/// `USER_LIST` answers a user may ask for at once; then one a second. A
+/// list is up to 64 KiB: a user that asks and never reads must not fill
+/// its send queue (1,024 frames) with them.
+pub const LIST_BURST: u32 = 5;
 
 struct Link {
     conn: ConnId,

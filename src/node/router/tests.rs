@@ -468,3 +468,27 @@ fn user_list_stays_within_its_bound_and_says_when_it_is_cut() {
     assert_eq!(list["users"], json!(["alice"]));
     assert!(!list.contains_key("truncated"));
 }
+
+#[test]
+fn user_lists_are_answered_a_few_at_once_then_one_a_second() {
+    let mut r = router(true);
+    r.step(1000, signed_hello(1, "alice", &key("alice"), 1000));
+    let ask = || {
+        let env = Envelope::new("USER_LIST_REQ", "alice", "server_*", Map::new());
+        let msg = Message::from_envelope(&env).unwrap();
+        Input::UserFrame { conn: 1, env, msg }
+    };
+    let mut lists = 0;
+    let mut limited = 0;
+    for _ in 0..20 {
+        let out = r.step(1000, ask());
+        lists += sends(&out).iter().filter(|s| s.1 == "USER_LIST").count();
+        limited += usize::from(error_code(&out).as_deref() == Some("RATE_LIMITED"));
+    }
+    assert_eq!(
+        (lists, limited),
+        (LIST_BURST as usize, 20 - LIST_BURST as usize)
+    );
+    let out = r.step(2100, ask());
+    assert_eq!(sends(&out)[0].1, "USER_LIST", "one more a second later");
+}

@@ -119,6 +119,7 @@ impl Router {
                 conn: hello.conn,
                 proof: hello.proof.clone(),
                 key: key.clone(),
+                lists: (super::LIST_BURST, self.now),
             },
         );
         self.conn_users.insert(hello.conn, user.clone());
@@ -202,6 +203,26 @@ impl Router {
         }
         match msg {
             Message::UserListReq(_) => {
+                let now = self.now;
+                let allowed = self.sessions.get_mut(&user).is_some_and(|s| {
+                    let refill = ((now - s.lists.1).max(0) / 1000) as u32;
+                    if refill > 0 {
+                        s.lists = ((s.lists.0 + refill).min(super::LIST_BURST), now);
+                    }
+                    let ok = s.lists.0 > 0;
+                    if ok {
+                        s.lists.0 -= 1;
+                    }
+                    ok
+                });
+                if !allowed {
+                    return self.error(
+                        conn,
+                        &user,
+                        ErrorCode::RateLimited,
+                        "one user list a second; ask again in a moment",
+                    );
+                }
                 let list = self.user_list();
                 self.send(conn, "USER_LIST", &user, list);
             }
