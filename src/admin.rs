@@ -245,6 +245,15 @@ fn user_exists(conn: &Connection, user: &str) -> Result<()> {
     Ok(())
 }
 
+/// Drops `user`'s pinned key, presence and proofs (what both removing a
+/// user and resetting its key forget).
+fn forget_user(tx: &rusqlite::Transaction<'_>, user: &str) -> Result<()> {
+    tx.execute("DELETE FROM users WHERE user_id = ?1", [user])?;
+    tx.execute("DELETE FROM presence WHERE user_id = ?1", [user])?;
+    tx.execute("DELETE FROM proof_owners WHERE user_id = ?1", [user])?;
+    Ok(())
+}
+
 /// Removes `user` from a stopped node's directory, with its presence and
 /// mailbox: the id is free again.
 pub fn remove_user(db: &Path, user: &str) -> Result<()> {
@@ -252,9 +261,7 @@ pub fn remove_user(db: &Path, user: &str) -> Result<()> {
     let mut conn = open_rw(db)?;
     user_exists(&conn, user)?;
     let tx = conn.transaction()?;
-    tx.execute("DELETE FROM users WHERE user_id = ?1", [user])?;
-    tx.execute("DELETE FROM presence WHERE user_id = ?1", [user])?;
-    tx.execute("DELETE FROM proof_owners WHERE user_id = ?1", [user])?;
+    forget_user(&tx, user)?;
     tx.execute("DELETE FROM key_resets WHERE user_id = ?1", [user])?;
     let frames = tx.execute(
         "DELETE FROM custody WHERE dest_kind = 'user' AND dest = ?1",
@@ -271,9 +278,7 @@ pub fn reset_key(db: &Path, user: &str) -> Result<()> {
     let mut conn = open_rw(db)?;
     user_exists(&conn, user)?;
     let tx = conn.transaction()?;
-    tx.execute("DELETE FROM users WHERE user_id = ?1", [user])?;
-    tx.execute("DELETE FROM presence WHERE user_id = ?1", [user])?;
-    tx.execute("DELETE FROM proof_owners WHERE user_id = ?1", [user])?;
+    forget_user(&tx, user)?;
     tx.execute(
         "INSERT OR REPLACE INTO key_resets (user_id, reset_ms) VALUES (?1, ?2)",
         rusqlite::params![user, now_ms()],

@@ -7,33 +7,13 @@ mod common;
 
 use std::path::Path;
 
-use common::cluster::{TestNode, WAIT, cached_key, connect, expect, user_key, wait_until};
+use common::cluster::{TestNode, WAIT, cached_key, connect, directory_key, user_key, wait_until};
 use common::raw::{Raw, hello_payload, link_as, signed};
 use serde_json::{Value, json};
 use socp::client::Session;
 use socp::crypto::PrivateKey;
 use socp::node::Registration;
 use socp::wire::ids::TO_SERVER;
-use socp::wire::messages::{Message, UserLookup};
-
-/// The key `user`'s id is pinned to, as a client of `url` is told.
-async fn directory_key(url: &str, asker: &str, target: &str) -> Option<String> {
-    let mut s = connect(url, asker).await;
-    let q = Message::UserDbGetUser(UserLookup {
-        user_id: target.into(),
-        extra: Default::default(),
-    });
-    s.send(TO_SERVER, &q).await.unwrap();
-    let (_, m) = expect(&mut s, "USER_DB_USER", |_, m| {
-        matches!(m, Message::UserDbUser(_))
-    })
-    .await;
-    let Message::UserDbUser(a) = m else {
-        unreachable!()
-    };
-    s.close().await;
-    a.found.then_some(a.pubkey)
-}
 
 /// Says a signed hello as `user` with the fixture key of `key_of`, with
 /// `invite` in the payload if given; returns the first answer's kind and code.

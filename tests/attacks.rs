@@ -3,31 +3,13 @@
 
 mod common;
 
-use common::cluster::{TestNode, cached_key, connect, expect, user_key};
+use common::cluster::{TestNode, cached_key, connect, directory_key, expect, user_key};
 use common::raw::{Raw, hello_payload, link_as, signed, unsigned};
 use serde_json::json;
 use socp::content;
 use socp::crypto::PrivateKey;
 use socp::wire::ids::TO_SERVER;
-use socp::wire::messages::{Message, UserLookup};
-
-async fn directory_key(url: &str, asker: &str, target: &str) -> Option<String> {
-    let mut s = connect(url, asker).await;
-    let q = Message::UserDbGetUser(UserLookup {
-        user_id: target.into(),
-        extra: Default::default(),
-    });
-    s.send(TO_SERVER, &q).await.unwrap();
-    let (_, m) = expect(&mut s, "USER_DB_USER", |_, m| {
-        matches!(m, Message::UserDbUser(_))
-    })
-    .await;
-    let Message::UserDbUser(a) = m else {
-        unreachable!()
-    };
-    s.close().await;
-    a.found.then_some(a.pubkey)
-}
+use socp::wire::messages::Message;
 
 /// A DM from `from` to `to` arrives and opens.
 async fn dm_flows(from: &mut socp::client::Session, to: &mut socp::client::Session) {

@@ -126,12 +126,16 @@ fn value_len(value: &Value) -> usize {
 }
 
 fn string_len(s: &str) -> usize {
+    // By bytes (content is mostly base64): a character's escape is counted
+    // at its first byte, six bytes per UTF-16 unit.
     2 + s
-        .chars()
-        .map(|c| match c {
-            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-            ' '..='~' => 1,
-            c => 6 * c.len_utf16(),
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0x20..=0x7e => 1,
+            0x80..=0xbf => 0,
+            0xf0..=0xff => 12,
+            _ => 6,
         })
         .sum::<usize>()
 }

@@ -254,6 +254,26 @@ pub async fn connect(url: &str, user: &str) -> Session {
         .unwrap_or_else(|e| panic!("{user} cannot connect to {url}: {e}"))
 }
 
+/// The key `target`'s id is pinned to, as `asker`, a client of `url`, is
+/// told by `USER_DB_GET_USER` (None: not in the directory).
+pub async fn directory_key(url: &str, asker: &str, target: &str) -> Option<String> {
+    let mut s = connect(url, asker).await;
+    let q = socp::wire::messages::Message::UserDbGetUser(socp::wire::messages::UserLookup {
+        user_id: target.into(),
+        extra: Default::default(),
+    });
+    s.send(socp::wire::ids::TO_SERVER, &q).await.unwrap();
+    let (_, m) = expect(&mut s, "USER_DB_USER", |_, m| {
+        matches!(m, Message::UserDbUser(_))
+    })
+    .await;
+    let Message::UserDbUser(a) = m else {
+        unreachable!()
+    };
+    s.close().await;
+    a.found.then_some(a.pubkey)
+}
+
 /// Receives until a frame matches `pred`, failing after `WAIT`.
 pub async fn expect<F>(session: &mut Session, what: &str, mut pred: F) -> (Envelope, Message)
 where
