@@ -215,7 +215,7 @@ async fn over_quota_content_is_refused_by_msg_id_and_never_acknowledged() {
         max_frames: 1,
         ..Default::default()
     };
-    let master = TestNode::start_configured(true, None, |c| c.mailbox = limits).await;
+    let master = TestNode::master_with(|c| c.mailbox = limits).await;
     connect(&master.url(), "bob").await.close().await;
     master.wait_offline("bob").await;
     let mut alice = connect(&master.url(), "alice").await;
@@ -266,7 +266,8 @@ async fn a_server_cannot_disconnect_users_hosted_elsewhere() {
             ))
             .await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the master has handled all of it, DMs flow both ways.
+    rogue.barrier(&rogue_id, &rogue_key).await;
     dm_flows(&mut alice, &mut bob).await;
     dm_flows(&mut bob, &mut alice).await;
     let online = master.status().await.online;
@@ -350,7 +351,7 @@ async fn another_senders_msg_id_neither_suppresses_nor_is_suppressed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_msg_ids_leak_no_window_slots() {
     let master = TestNode::master().await;
-    let local = TestNode::start_configured(false, Some(master.url()), |c| {
+    let local = TestNode::local_with(&master.url(), |c| {
         c.limits.user_rate = 1_000_000.0;
         c.limits.user_burst = 1_000_000.0;
     })
@@ -604,7 +605,7 @@ async fn one_sender_is_held_to_its_own_quota_across_recipients() {
         max_sender_frames: 2,
         ..Default::default()
     };
-    let master = TestNode::start_configured(true, None, |c| c.mailbox = limits).await;
+    let master = TestNode::master_with(|c| c.mailbox = limits).await;
     for u in ["bob", "carol", "dave"] {
         connect(&master.url(), u).await.close().await;
         master.wait_offline(u).await;
@@ -636,11 +637,10 @@ async fn one_sender_is_held_to_its_own_quota_across_recipients() {
 
 /// The value of one counter in the node's metrics.
 async fn counter(node: &TestNode, name: &str) -> u64 {
-    let text = node.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+    match node.metric(name).await {
+        Some(n) => n,
+        None => panic!("{name} not in:\n{}", node.metrics().await),
+    }
 }
 
 /// Two connections that stopped reading used to pin a gigabyte between
@@ -648,7 +648,7 @@ async fn counter(node: &TestNode, name: &str) -> u64 {
 /// that takes in nothing for the write timeout is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_reading_is_disconnected_after_the_write_timeout() {
-    let master = TestNode::start_configured(true, None, |c| {
+    let master = TestNode::master_with(|c| {
         c.limits.write_timeout = Duration::from_secs(2);
         c.metrics = Some("127.0.0.1:0".parse().unwrap());
     })
@@ -683,7 +683,7 @@ async fn a_peer_that_stops_reading_is_disconnected_after_the_write_timeout() {
 /// work is done for a peer that has proved nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusing_unauthenticated_peers_costs_no_private_key_operation() {
-    let master = TestNode::start_configured(true, None, |c| {
+    let master = TestNode::master_with(|c| {
         c.limits.hello_timeout = Duration::from_secs(1);
         c.metrics = Some("127.0.0.1:0".parse().unwrap());
     })
@@ -731,7 +731,7 @@ async fn refusing_unauthenticated_peers_costs_no_private_key_operation() {
 /// Connections are capped for the whole node as well as per address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_global_cap_are_refused_and_others_served() {
-    let master = TestNode::start_configured(true, None, |c| {
+    let master = TestNode::master_with(|c| {
         c.limits.max_conns = 3;
         c.metrics = Some("127.0.0.1:0".parse().unwrap());
     })
@@ -839,7 +839,7 @@ async fn content_over_a_quota_further_on_is_set_aside_and_its_sender_told() {
         max_frames: 1,
         ..Default::default()
     };
-    let master = TestNode::start_configured(true, None, |c| c.mailbox = limits).await;
+    let master = TestNode::master_with(|c| c.mailbox = limits).await;
     let local = TestNode::local(&master.url()).await;
     master.wait_linked(1).await;
     connect(&master.url(), "bob").await.close().await;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::clientproc::ClientProc;
-use common::procs::NodeProc;
+use common::procs::start_node;
 use serde_json::Value;
 
 const PER_SENDER: usize = 1500;
@@ -60,10 +60,10 @@ async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
     println!("kill test seed {seed} (SOCP_KILL_SEED={seed} replays it)");
     let mut rng = Lcg(seed);
     let root = tempfile::tempdir().unwrap();
-    let master = NodeProc::start(root.path().join("m"), "master", "server-0", &[]);
+    let master = start_node(root.path().join("m"), "master", "server-0", &[]);
     let master_arg = vec!["--master-url".to_owned(), master.url()];
-    let l1 = NodeProc::start(root.path().join("l1"), "local", "server-1", &master_arg);
-    let l2 = NodeProc::start(root.path().join("l2"), "local", "server-2", &master_arg);
+    let l1 = start_node(root.path().join("l1"), "local", "server-1", &master_arg);
+    let l2 = start_node(root.path().join("l2"), "local", "server-2", &master_arg);
     let mut nodes = [master, l1, l2];
 
     let bob_dir = root.path().join("bob");
@@ -114,17 +114,12 @@ async fn nothing_is_lost_or_repeated_when_nodes_and_clients_are_killed() {
                 bob = ClientProc::start(&bob_dir, "bob", &nodes[2].url()).await;
                 client_kills += 1;
             } else {
-                let which = rng.next(3) as usize;
-                let mut node = std::mem::replace(&mut nodes[which], NodeProc::placeholder());
-                node = tokio::task::spawn_blocking(move || {
+                let node = &mut nodes[rng.next(3) as usize];
+                tokio::task::block_in_place(|| {
                     node.kill9();
                     std::thread::sleep(Duration::from_millis(300));
-                    node.restart();
-                    node
-                })
-                .await
-                .unwrap();
-                nodes[which] = node;
+                    node.restart().unwrap();
+                });
                 node_kills += 1;
             }
             next_kill = Instant::now() + Duration::from_millis(700 + rng.next(1000));
