@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::cluster::{TestNode, connect, drain, expect, holds_for, lookup, send_dm, user_key};
+use common::cluster::{TestNode, connect, drain, expect, lookup, send_dm, user_key};
 use socp::content;
 use socp::crypto::PublicKey;
 use socp::wire::messages::Message;
@@ -214,18 +214,29 @@ async fn group_of_three_on_three_servers() {
         .unwrap();
         s.send("group_trio", &Message::MsgGroup(m)).await.unwrap();
     }
+    let open = |msg: Message| {
+        let Message::MsgGroup(m) = msg else {
+            return None;
+        };
+        assert!(content::verify(
+            user_key(&m.from).public(),
+            &content::group_signed_bytes(&m).unwrap(),
+            &m.content_sig
+        ));
+        Some(String::from_utf8(content::open_group(&group_key, &m).unwrap()).unwrap())
+    };
     for (j, s) in sessions.iter_mut().enumerate() {
+        // The other two members' messages, then nothing more.
         let mut texts = Vec::new();
-        for (_, msg) in drain(s, Duration::from_millis(1500)).await {
-            if let Message::MsgGroup(m) = msg {
-                assert!(content::verify(
-                    user_key(&m.from).public(),
-                    &content::group_signed_bytes(&m).unwrap(),
-                    &m.content_sig
-                ));
-                texts
-                    .push(String::from_utf8(content::open_group(&group_key, &m).unwrap()).unwrap());
-            }
+        while texts.len() < 2 {
+            let (_, msg) = expect(s, "a group message", |_, m| {
+                matches!(m, Message::MsgGroup(_))
+            })
+            .await;
+            texts.extend(open(msg));
+        }
+        for (_, msg) in drain(s, Duration::from_millis(300)).await {
+            texts.extend(open(msg));
         }
         texts.sort();
         let mut want: Vec<String> = (0..3)
@@ -469,14 +480,30 @@ async fn locals_that_dial_each_other_keep_one_stable_link() {
     let mut alice = connect(&l1.url(), "alice").await;
     let mut bob = connect(&l2.url(), "bob").await;
     l1.wait_online(&["alice", "bob"]).await;
-    // The link does not flap: watched for several seconds (dials back off
-    // from 250 ms, so a flapping pair drops its link within that), it is
-    // never down, and DMs still go straight through.
-    let stable = holds_for(Duration::from_secs(3), || async {
-        l1.status().await.linked.len() == 2 && l2.status().await.linked.len() == 2
-    })
-    .await;
-    assert!(stable, "the link between the locals went down");
+    // The link does not flap. Watched for several seconds (dials back off
+    // from 250 ms, so a flapping pair drops its link again and again in
+    // that time), each local loses the other at most once: when the two
+    // links of the simultaneous dials become one, the one given up may be
+    // the one its side had counted. Then DMs still go straight through.
+    let mut drops = [0, 0];
+    let mut was_up = [true, true];
+    let watch = tokio::time::Instant::now();
+    while watch.elapsed() < Duration::from_secs(3) {
+        for (i, node) in [&l1, &l2].into_iter().enumerate() {
+            let up = node.status().await.linked.len() == 2;
+            if was_up[i] && !up {
+                drops[i] += 1;
+            }
+            was_up[i] = up;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        drops[0] <= 1 && drops[1] <= 1,
+        "the link flapped: {drops:?} drops"
+    );
+    l1.wait_linked(2).await;
+    l2.wait_linked(2).await;
     for i in 0..3 {
         send_dm(&mut alice, "bob", format!("{i}").as_bytes()).await;
         expect(&mut bob, "USER_DELIVER", |_, m| {

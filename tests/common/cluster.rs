@@ -260,24 +260,6 @@ where
     false
 }
 
-/// True if `check` holds at every poll for `window` (false at the first
-/// poll where it does not): for "nothing goes wrong for a while", where a
-/// single look after a sleep could miss a flap.
-pub async fn holds_for<F, Fut>(window: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = tokio::time::Instant::now() + window;
-    while tokio::time::Instant::now() < end {
-        if !check().await {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    check().await
-}
-
 /// Connects `user` (fixture key) to `url`, retrying while the mesh forms.
 pub async fn connect(url: &str, user: &str) -> Session {
     Session::connect_retrying(url, user, user_key(user), WAIT)
