@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{TestNode, cached_key, connect, expect, user_key};
+use common::cluster::{TestNode, cached_key, connect, expect, send_dm, user_key};
 use common::flood::{eventually, flood};
 use common::raw::{Raw, link_as, signed};
 use serde_json::json;
@@ -429,12 +429,14 @@ fn share(creator: &str, group: &str, members: &[&str], msg_id: &str) -> Message 
     Message::GroupKeyShare(s)
 }
 
-/// True if `s` receives a GROUP_KEY_SHARE with this msg_id within a moment.
-async fn gets_share(s: &mut Session, msg_id: &str) -> bool {
-    common::cluster::drain(s, Duration::from_millis(700))
-        .await
-        .iter()
-        .any(|(_, m)| matches!(m, Message::GroupKeyShare(g) if g.msg_id.as_deref() == Some(msg_id)))
+/// Waits for a GROUP_KEY_SHARE with this msg_id (failing after `WAIT`).
+async fn expect_share(s: &mut Session, msg_id: &str) {
+    expect(
+        s,
+        "the group key share",
+        |_, m| matches!(m, Message::GroupKeyShare(g) if g.msg_id.as_deref() == Some(msg_id)),
+    )
+    .await;
 }
 
 /// PROTOCOL.md C10: a user who is not a group's owner used to be able to
@@ -458,7 +460,7 @@ async fn only_a_groups_owner_can_change_it_at_the_master() {
         .await
         .unwrap();
     assert!(acked(&mut alice, "s1").await);
-    assert!(gets_share(&mut bob, "s1").await);
+    expect_share(&mut bob, "s1").await;
     // Dave (on the master) and Carol (through a local) try to take it over.
     dave.send(
         "group_team",
@@ -482,7 +484,24 @@ async fn only_a_groups_owner_can_change_it_at_the_master() {
     })
     .await;
     assert!(matches!(m, Message::Error(e) if e.code == "NOT_ALLOWED"));
-    assert!(!gets_share(&mut bob, "takeover-1").await && !gets_share(&mut bob, "takeover-2").await);
+    // Neither reached Bob: the master refused both before it routed the DM
+    // Alice now sends him, and a share it had passed on would come first.
+    send_dm(&mut alice, "bob", b"after the takeovers").await;
+    let mut before = Vec::new();
+    loop {
+        let (_, m) = expect(&mut bob, "alice's DM", |_, m| {
+            matches!(m, Message::UserDeliver(_) | Message::GroupKeyShare(_))
+        })
+        .await;
+        match m {
+            Message::GroupKeyShare(g) => before.extend(g.msg_id),
+            _ => break,
+        }
+    }
+    assert!(
+        !before.iter().any(|id| id.starts_with("takeover")),
+        "bob got {before:?}"
+    );
     // Refused after the local handed it on: set aside (counted), and it
     // leaves the local's custody instead of being resent.
     assert!(master.status().await.dead_letters >= 1);
@@ -525,7 +544,7 @@ async fn only_a_groups_owner_can_change_it_at_the_master() {
         .await
         .unwrap();
     assert!(acked(&mut alice, "s2").await);
-    assert!(gets_share(&mut carol, "s2").await);
+    expect_share(&mut carol, "s2").await;
 }
 
 /// A server used to be able to confirm content it never carried: a forged
@@ -964,7 +983,7 @@ async fn a_user_cannot_name_a_group_frames_recipients() {
         )
         .await
         .unwrap();
-    assert!(gets_share(&mut carol, "s1").await);
+    expect_share(&mut carol, "s1").await;
     let (key, _) = (b"k".repeat(32), ());
     let mut m = content::seal_group(
         &user_key("carol"),
