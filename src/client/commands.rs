@@ -133,18 +133,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
         "/list" => no_args(Command::List),
         "/pubget" => no_args(Command::Pubget),
         "/quit" | "/exit" => no_args(Command::Quit),
-        "/dbget" | "/trust" => {
-            let (user, extra) = word(rest);
-            if user.is_empty() || !extra.is_empty() {
-                return Err(usage(&cmd, "name exactly one user"));
-            }
-            let user = user_arg(&cmd, user)?;
-            Ok(Some(if cmd == "/dbget" {
-                Command::Dbget(user)
-            } else {
-                Command::Trust(user)
-            }))
-        }
+        "/dbget" => Ok(Some(Command::Dbget(one_user(&cmd, rest)?))),
+        "/trust" => Ok(Some(Command::Trust(one_user(&cmd, rest)?))),
         "/fingerprint" => {
             let (user, extra) = word(rest);
             if !extra.is_empty() {
@@ -186,54 +176,70 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
                 text: text.to_owned(),
             }))
         }
-        "/gshare" => {
-            let mut words = rest.split_whitespace();
-            let group = words
-                .next()
-                .ok_or_else(|| usage(&cmd, "name a group and its members"))?;
-            let group = group_arg(&cmd, group)?;
-            let mut members = Vec::new();
-            for m in words {
-                let m = user_arg(&cmd, m)?;
-                if !members.contains(&m) {
-                    members.push(m);
-                }
-            }
-            if members.is_empty() {
-                return Err(usage(&cmd, "name at least one member"));
-            }
-            Ok(Some(Command::Gshare { group, members }))
-        }
-        "/file" => {
-            let (to, path) = word(rest);
-            if to.is_empty() || path.is_empty() {
-                return Err(usage(&cmd, "name a user or group and a file"));
-            }
-            ids::classify(to)
-                .ok()
-                .filter(|k| matches!(k, ids::IdKind::User | ids::IdKind::Group))
-                .ok_or_else(|| usage(&cmd, format!("{to:?} is not a user or group id")))?;
-            Ok(Some(Command::File {
-                to: to.to_owned(),
-                path: PathBuf::from(path),
-            }))
-        }
-        "/outbox" => {
-            let (action, rest) = word(rest);
-            let (id, extra) = word(rest);
-            match (action, id.is_empty(), extra.is_empty()) {
-                ("", _, _) => Ok(Some(Command::Outbox(OutboxCmd::List))),
-                ("drop", false, true) => Ok(Some(Command::Outbox(OutboxCmd::Drop(id.to_owned())))),
-                ("retry", false, true) => {
-                    Ok(Some(Command::Outbox(OutboxCmd::Retry(id.to_owned()))))
-                }
-                _ => Err(usage(&cmd, "say drop ID or retry ID, or nothing to list")),
-            }
-        }
+        "/gshare" => gshare(&cmd, rest).map(Some),
+        "/file" => file(&cmd, rest).map(Some),
+        "/outbox" => outbox(&cmd, rest).map(|c| Some(Command::Outbox(c))),
         other => Err(UsageError {
             problem: format!("unknown command {other}"),
             usage: "/help lists the commands".into(),
         }),
+    }
+}
+
+/// The one user `/dbget` and `/trust` name.
+fn one_user(cmd: &str, rest: &str) -> Result<String, UsageError> {
+    let (user, extra) = word(rest);
+    if user.is_empty() || !extra.is_empty() {
+        return Err(usage(cmd, "name exactly one user"));
+    }
+    user_arg(cmd, user)
+}
+
+/// `/gshare GROUP MEMBER...`: members once each, at least one.
+fn gshare(cmd: &str, rest: &str) -> Result<Command, UsageError> {
+    let mut words = rest.split_whitespace();
+    let group = words
+        .next()
+        .ok_or_else(|| usage(cmd, "name a group and its members"))?;
+    let group = group_arg(cmd, group)?;
+    let mut members = Vec::new();
+    for m in words {
+        let m = user_arg(cmd, m)?;
+        if !members.contains(&m) {
+            members.push(m);
+        }
+    }
+    if members.is_empty() {
+        return Err(usage(cmd, "name at least one member"));
+    }
+    Ok(Command::Gshare { group, members })
+}
+
+/// `/file USER|GROUP PATH`.
+fn file(cmd: &str, rest: &str) -> Result<Command, UsageError> {
+    let (to, path) = word(rest);
+    if to.is_empty() || path.is_empty() {
+        return Err(usage(cmd, "name a user or group and a file"));
+    }
+    ids::classify(to)
+        .ok()
+        .filter(|k| matches!(k, ids::IdKind::User | ids::IdKind::Group))
+        .ok_or_else(|| usage(cmd, format!("{to:?} is not a user or group id")))?;
+    Ok(Command::File {
+        to: to.to_owned(),
+        path: PathBuf::from(path),
+    })
+}
+
+/// `/outbox`, `/outbox drop ID`, `/outbox retry ID`.
+fn outbox(cmd: &str, rest: &str) -> Result<OutboxCmd, UsageError> {
+    let (action, rest) = word(rest);
+    let (id, extra) = word(rest);
+    match (action, id.is_empty(), extra.is_empty()) {
+        ("", _, _) => Ok(OutboxCmd::List),
+        ("drop", false, true) => Ok(OutboxCmd::Drop(id.to_owned())),
+        ("retry", false, true) => Ok(OutboxCmd::Retry(id.to_owned())),
+        _ => Err(usage(cmd, "say drop ID or retry ID, or nothing to list")),
     }
 }
 

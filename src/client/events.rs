@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 
 use serde::Serialize;
 
+use super::codes::ClientCode;
 use super::display::escape as e;
 
 /// One thing that happened.
@@ -153,10 +154,11 @@ pub struct OutboxEntry {
 }
 
 impl Event {
-    /// A local failure with one of our codes (`USAGE`, `NO_KEY`, `FILE`, ...).
-    pub fn error(code: &str, detail: impl Into<String>) -> Event {
+    /// A failure the client found, with its code (`USAGE`, `NO_KEY`,
+    /// `FILE`, ...).
+    pub fn error(code: ClientCode, detail: impl Into<String>) -> Event {
         Event::Error {
-            code: code.to_owned(),
+            code: code.to_string(),
             detail: detail.into(),
         }
     }

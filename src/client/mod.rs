@@ -1,6 +1,8 @@
 //! The client side: a user's session with a node, the keyring, commands,
-//! safe file reception, the engine, and the terminal and JSON front ends.
+//! key lookups, the outbox, safe file reception, the engine, and the
+//! terminal and JSON front ends.
 
+pub mod codes;
 pub mod commands;
 pub mod display;
 pub mod engine;
@@ -8,6 +10,7 @@ pub mod events;
 pub mod files;
 pub mod journal;
 pub mod keyring;
+pub mod lookups;
 pub mod outbox;
 pub mod session;
 

@@ -14,6 +14,7 @@ use super::conn::{self, ConnCtx, HELLO_TIMEOUT, Peer};
 
 use super::router::{Input, Outgoing};
 
+use crate::backoff::{Backoff, Retries};
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
 use crate::wire::messages::{PeerHelloLink, Role};
 use crate::wire::{Envelope, ids};
@@ -22,6 +23,8 @@ use crate::wire::{Envelope, ids};
 pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest wait between dials.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long to wait between dials.
+const REDIAL: Backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
 /// A link that lived this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(30);
 
@@ -61,26 +64,27 @@ pub(crate) fn our_hello(
 impl Dialer {
     /// Dials until shutdown.
     pub async fn run(mut self) {
-        let mut backoff = BACKOFF_MIN;
+        let mut retries = Retries::new(REDIAL);
         loop {
             if *self.ctx.shutdown.borrow() {
                 return;
             }
             let started = Instant::now();
-            match self.link_once().await {
+            let outcome = self.link_once().await;
+            if started.elapsed() > STABLE {
+                retries.reset();
+            }
+            let backoff = retries.next_delay();
+            match outcome {
                 Ok(()) => tracing::info!(url = %self.url, "link closed; redialling"),
                 Err(e) => {
                     tracing::warn!(url = %self.url, error = %e, "cannot link; retrying in {backoff:?}")
                 }
             }
-            if started.elapsed() > STABLE {
-                backoff = BACKOFF_MIN;
-            }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 () = super::stop_requested(&mut self.ctx.shutdown) => return,
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 

@@ -1,0 +1,160 @@
+//! The engine's side of keys: the pinned key of a user (ours, or from the
+//! keyring), the key we may send with, and directory lookups — sent as
+//! [`super::Lookups`] says, their answers pinned, and the work that waited
+//! for them released.
+
+use std::time::Instant;
+
+use serde_json::Map;
+
+use super::{Deferred, Engine};
+use crate::client::codes::ClientCode;
+use crate::client::events::{Event, Frontend};
+use crate::client::keyring::Observed;
+use crate::client::lookups::Ask;
+use crate::crypto::PublicKey;
+use crate::wire::ids;
+use crate::wire::messages::{Message, UserLookup};
+
+/// Why work that waited for a key is dropped: the directory said no, or
+/// said nothing.
+#[derive(Clone, Copy)]
+enum NoAnswer {
+    NotFound,
+    TimedOut,
+}
+
+impl<F: Frontend> Engine<F> {
+    /// The pinned directory key of `user`, parsed.
+    pub(super) fn pinned(&self, user: &str) -> Option<PublicKey> {
+        if user == self.cfg.user {
+            return Some(self.key.public().clone());
+        }
+        let pinned = self.keyring.get(user).ok().flatten()?;
+        PublicKey::from_b64(&pinned.pubkey).ok()
+    }
+
+    /// The key to send to `user` with: pinned and not awaiting `/trust`.
+    /// Err: nothing may be sent (and the user was told why).
+    pub(super) fn sendable(&mut self, user: &str) -> Result<Option<PublicKey>, ()> {
+        if user == self.cfg.user {
+            return Ok(Some(self.key.public().clone()));
+        }
+        match self.keyring.get(user) {
+            Ok(Some(p)) if p.pending.is_some() => {
+                self.emit(Event::error(
+                    ClientCode::KeyChanged,
+                    format!("{user}'s key changed; compare /fingerprint {user} with them, then /trust {user}"),
+                ));
+                Err(())
+            }
+            Ok(Some(p)) => Ok(PublicKey::from_b64(&p.pubkey).ok()),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.emit(Event::error(ClientCode::Keyring, e.to_string()));
+                Err(())
+            }
+        }
+    }
+
+    /// Asks the directory for `user`'s key, unless a lookup is in flight.
+    pub(super) async fn request_key(&mut self, user: &str) {
+        let connected = self.session.is_some();
+        match self.lookups.ask(user, connected, Instant::now()) {
+            // Asked again for everything still waiting once connected.
+            Ask::InFlight | Ask::Offline { waits: true } => {}
+            Ask::Offline { waits: false } => self.emit(Event::error(
+                ClientCode::NotConnected,
+                format!("not connected: cannot look {user} up now; try again when connected"),
+            )),
+            Ask::Send => {
+                let q = Message::UserDbGetUser(UserLookup {
+                    user_id: user.to_owned(),
+                    extra: Map::new(),
+                });
+                if !self.send(ids::TO_SERVER, &q).await {
+                    self.lookups.unsent(user);
+                }
+            }
+        }
+    }
+
+    /// `/dbget`: looks `user` up again and shows the answer.
+    pub(super) async fn lookup_explicitly(&mut self, user: &str) {
+        self.lookups.explicit(user);
+        self.request_key(user).await;
+    }
+
+    /// Puts `work` aside until `user`'s key is known, and asks for it.
+    pub(super) async fn defer(&mut self, user: &str, work: Deferred) {
+        self.lookups.wait(user, work);
+        self.request_key(user).await;
+    }
+
+    /// The directory's answer for `user`: a key (pinned the first time,
+    /// kept pending if it changed), or none.
+    pub(super) fn key_answer(&mut self, user: &str, pubkey: Option<&str>) {
+        let fingerprint = pubkey
+            .and_then(|k| PublicKey::from_b64(k).ok())
+            .map(|k| k.fingerprint());
+        if let (Some(pk), Some(_)) = (pubkey, &fingerprint) {
+            self.observe(user, pk);
+        }
+        let answered = self.lookups.answer(user, fingerprint.is_some());
+        if answered.explicit {
+            self.emit(Event::Pubkey {
+                user: user.to_owned(),
+                found: fingerprint.is_some(),
+                fingerprint: fingerprint.clone(),
+            });
+        }
+        let why = fingerprint.is_none().then_some(NoAnswer::NotFound);
+        self.release(user, answered.released, why);
+    }
+
+    /// Pins `pubkey` for `user`, or says loudly that it changed.
+    fn observe(&mut self, user: &str, pubkey: &str) {
+        match self.keyring.observe(user, pubkey) {
+            Ok(Observed::Changed { old, new }) => {
+                let fp = |k: &str| {
+                    PublicKey::from_b64(k)
+                        .map(|k| k.fingerprint())
+                        .unwrap_or_default()
+                };
+                self.emit(Event::KeyChanged {
+                    user: user.to_owned(),
+                    old: fp(&old),
+                    new: fp(&new),
+                });
+            }
+            Ok(_) => {}
+            Err(e) => self.emit(Event::error(ClientCode::Keyring, e.to_string())),
+        }
+    }
+
+    /// Lookups the directory did not answer in time: what waited is released.
+    pub(super) fn expire_lookups(&mut self) {
+        for late in self.lookups.expire(Instant::now()) {
+            self.release(&late.user, late.released, Some(NoAnswer::TimedOut));
+        }
+    }
+
+    /// Work that waited for `user`'s key runs next; without a key
+    /// (`missing`), commands are dropped with a word and frames are handled
+    /// anyway: they show as unverified rather than never.
+    fn release(&mut self, user: &str, work: Vec<Deferred>, missing: Option<NoAnswer>) {
+        for w in work {
+            match (w, missing) {
+                (Deferred::Cmd(_), Some(NoAnswer::NotFound)) => self.emit(Event::error(
+                    ClientCode::NoKey,
+                    format!("{user} is not in the directory; nothing was sent"),
+                )),
+                (Deferred::Cmd(_), Some(NoAnswer::TimedOut)) => self.emit(Event::error(
+                    ClientCode::NoKey,
+                    format!("the directory did not answer for {user}'s key; nothing was sent"),
+                )),
+                (other, _) => self.ready.push_back(other),
+            }
+        }
+    }
+}
