@@ -243,7 +243,7 @@ fn run_client(args: ClientArgs) -> Result<()> {
             client::Engine::open(config, client::JsonFrontend)
                 .await?
                 .run(input)
-                .await;
+                .await?;
         } else {
             let mut front = client::TerminalFrontend::default();
             client::Frontend::emit(
@@ -255,7 +255,10 @@ fn run_client(args: ClientArgs) -> Result<()> {
                     ),
                 },
             );
-            client::Engine::open(config, front).await?.run(input).await;
+            client::Engine::open(config, front)
+                .await?
+                .run(input)
+                .await?;
         }
         Ok(())
     })

@@ -19,9 +19,12 @@ pub enum Event {
     Disconnected {
         reason: String,
     },
+    /// The next try at connecting: which, when, and why the last try (or
+    /// the connection) failed.
     Reconnecting {
         attempt: u32,
         in_ms: u64,
+        reason: String,
     },
     List {
         users: Vec<String>,
@@ -44,9 +47,13 @@ pub enum Event {
         to: String,
         msg_id: String,
     },
-    /// Kept in the outbox while not connected; sent when the connection is back.
+    /// Queued: kept in the outbox while not connected, sent when the
+    /// connection is back. No `msg_id` yet for a command that waits for the
+    /// recipient's key (looked up once connected).
     Pending {
-        msg_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        msg_id: Option<String>,
+        to: String,
         reason: String,
     },
     /// The node refused content (`ERROR` naming its `msg_id`): it was not
@@ -69,6 +76,9 @@ pub enum Event {
     Delivery {
         msg_id: String,
         status: String,
+        /// Whom it was for, as we sent it (when we still know).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
     },
     Dm {
         from: String,
@@ -123,9 +133,13 @@ pub enum Event {
         from: String,
         reason: String,
     },
+    /// The pinned key's fingerprint, and the directory's new one if it
+    /// changed and waits for `/trust`.
     Fingerprint {
         user: String,
         fingerprint: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pending: Option<String>,
     },
     Trusted {
         user: String,
@@ -167,6 +181,13 @@ impl Event {
 /// Where events go.
 pub trait Frontend: Send {
     fn emit(&mut self, event: &Event);
+
+    /// An event caused by the command the caller named `id` (the JSON
+    /// command form); front ends that show no ids ignore it.
+    fn emit_for(&mut self, event: &Event, id: Option<&str>) {
+        let _ = id;
+        self.emit(event);
+    }
 }
 
 /// `--json`: one JSON object per line on stdout, nothing else there.
@@ -174,12 +195,20 @@ pub struct JsonFrontend;
 
 impl Frontend for JsonFrontend {
     fn emit(&mut self, event: &Event) {
+        self.emit_for(event, None);
+    }
+
+    fn emit_for(&mut self, event: &Event, id: Option<&str>) {
         if matches!(event, Event::Progress { .. }) {
             return;
         }
-        let Ok(line) = serde_json::to_string(event) else {
+        let Ok(mut value) = serde_json::to_value(event) else {
             return;
         };
+        if let (Some(id), Some(obj)) = (id, value.as_object_mut()) {
+            obj.insert("id".into(), serde_json::Value::String(id.to_owned()));
+        }
+        let line = value.to_string();
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
@@ -191,6 +220,9 @@ impl Frontend for JsonFrontend {
 pub struct TerminalFrontend {
     colour: bool,
     progress: bool,
+    /// A progress bar is on stderr's last line, not ended yet: the next
+    /// line ends it first (a transfer that fails never reaches 100%).
+    bar_open: bool,
 }
 
 impl Default for TerminalFrontend {
@@ -198,6 +230,7 @@ impl Default for TerminalFrontend {
         TerminalFrontend {
             colour: std::io::stdout().is_terminal(),
             progress: std::io::stderr().is_terminal(),
+            bar_open: false,
         }
     }
 }
@@ -244,11 +277,16 @@ impl TerminalFrontend {
             Event::Disconnected { reason } => {
                 self.paint("33", &format!("disconnected: {}", e(reason)))
             }
-            Event::Reconnecting { attempt, in_ms } => self.paint(
+            Event::Reconnecting {
+                attempt,
+                in_ms,
+                reason,
+            } => self.paint(
                 "33",
                 &format!(
-                    "reconnecting in {:.1} s (attempt {attempt})",
-                    *in_ms as f64 / 1000.0
+                    "reconnecting in {:.1} s (attempt {attempt}): {}",
+                    *in_ms as f64 / 1000.0,
+                    e(reason)
                 ),
             ),
             Event::List { users, total } => {
@@ -284,13 +322,18 @@ impl TerminalFrontend {
             } => format!("{} is not in the directory", e(user)),
             Event::Sent { kind, to, msg_id } => self.paint(
                 "2",
-                &format!("sent {kind} to {} ({})", e(to), e(short(msg_id))),
+                &format!(
+                    "sent ({}) {kind} to {}: the server has it ✓",
+                    e(short(msg_id)),
+                    e(to)
+                ),
             ),
-            Event::Pending { msg_id, reason } => self.paint(
+            Event::Pending { msg_id, to, reason } => self.paint(
                 "33",
                 &format!(
-                    "waiting to send ({}): {}; it goes out when it can",
-                    e(short(msg_id)),
+                    "queued ({}) for {}: {}; it goes out when it can",
+                    e(msg_id.as_deref().map_or("…", short)),
+                    e(to),
                     e(reason)
                 ),
             ),
@@ -332,15 +375,25 @@ impl TerminalFrontend {
                 }
                 out
             }
-            Event::Delivery { msg_id, status } if status == "queued" => self.paint(
-                "2",
-                &format!(
-                    "({}) queued: the recipient is offline; delivered when they connect",
-                    e(short(msg_id))
-                ),
-            ),
-            Event::Delivery { msg_id, status } => {
-                self.paint("2", &format!("({}) {} ✓✓", e(short(msg_id)), e(status)))
+            Event::Delivery { msg_id, status, to } => {
+                let to = to.as_deref().map(e).unwrap_or("the recipient".into());
+                match status.as_str() {
+                    "queued" => self.paint(
+                        "2",
+                        &format!(
+                            "stored ({}): {to} is offline; delivered when they connect",
+                            e(short(msg_id))
+                        ),
+                    ),
+                    "delivered" => self.paint(
+                        "2",
+                        &format!("delivered ({}) to {to} ✓✓", e(short(msg_id))),
+                    ),
+                    other => self.paint(
+                        "33",
+                        &format!("{} ({}) to {to}", e(other), e(short(msg_id))),
+                    ),
+                }
             }
             Event::Dm {
                 from,
@@ -427,7 +480,24 @@ impl TerminalFrontend {
                 "33",
                 &format!("dropped content from {}: {}", e(from), e(reason)),
             ),
-            Event::Fingerprint { user, fingerprint } => format!("{}: {}", e(user), e(fingerprint)),
+            Event::Fingerprint {
+                user,
+                fingerprint,
+                pending: None,
+            } => format!("{}: {}", e(user), e(fingerprint)),
+            Event::Fingerprint {
+                user,
+                fingerprint,
+                pending: Some(new),
+            } => self.paint(
+                "1;31",
+                &format!(
+                    "{u}: {} (pinned); the directory now says {}: compare it with {u}, then /trust {u}",
+                    e(fingerprint),
+                    e(new),
+                    u = e(user)
+                ),
+            ),
             Event::Trusted { user, fingerprint } => {
                 format!("now trusting {}'s key {}", e(user), e(fingerprint))
             }
@@ -457,12 +527,16 @@ impl Frontend for TerminalFrontend {
                     "-".repeat(width - filled.min(width))
                 );
                 let end = if done >= total { "\n" } else { "" };
+                self.bar_open = done < total;
                 eprint!(
                     "\r{direction} {} [{bar}] {done}/{total} bytes{end}",
                     e(name)
                 );
             }
             return;
+        }
+        if std::mem::take(&mut self.bar_open) {
+            eprintln!();
         }
         if let Some(line) = self.render(event) {
             println!("{} {line}", self.paint("2", &clock()));

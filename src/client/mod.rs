@@ -16,11 +16,10 @@ pub mod session;
 
 use std::path::PathBuf;
 
-pub use engine::{ClientConfig, Engine};
+pub use engine::{ClientConfig, Engine, Stopped};
 pub use events::{Event, Frontend, JsonFrontend, TerminalFrontend};
 pub use session::{HelloStyle, Session, SessionError};
 
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 /// The longest line a terminal in canonical mode hands over (Linux
@@ -33,13 +32,17 @@ pub const TTY_LINE_MAX: usize = 4095;
 /// read from a terminal that fills the terminal's line buffer may have been
 /// cut by the kernel: it is refused (with a message on stderr) rather than
 /// sent cut.
+///
+/// The reading runs on a thread of its own, not on the runtime's blocking
+/// pool: a read that waits for input must not keep the process alive after
+/// `/quit` (the runtime waits for its blocking tasks when it shuts down).
 pub fn spawn_stdin() -> mpsc::Receiver<String> {
-    use std::io::IsTerminal;
+    use std::io::{BufRead, IsTerminal};
     let tty = std::io::stdin().is_terminal();
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
             if tty && line.len() >= TTY_LINE_MAX {
                 eprintln!(
                     "error USAGE: that line reached the terminal's {TTY_LINE_MAX}-byte line limit and may have been cut; \
@@ -47,7 +50,7 @@ pub fn spawn_stdin() -> mpsc::Receiver<String> {
                 );
                 continue;
             }
-            if tx.send(line).await.is_err() {
+            if tx.blocking_send(line).is_err() {
                 break;
             }
         }

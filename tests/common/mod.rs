@@ -33,4 +33,5 @@ pub mod fakenode;
 pub mod flood;
 pub mod procs;
 pub mod raw;
+pub mod termproc;
 pub mod tmpfs;
