@@ -239,7 +239,8 @@ fn short(msg_id: &str) -> &str {
     msg_id.get(..8).unwrap_or(msg_id)
 }
 
-fn clock() -> String {
+/// The time of day (UTC) a line is shown at.
+pub(crate) fn clock() -> String {
     let secs = crate::wire::now_ms() / 1000;
     format!(
         "{:02}:{:02}:{:02}",
@@ -250,6 +251,16 @@ fn clock() -> String {
 }
 
 impl TerminalFrontend {
+    /// Lines without colour and no progress bar (the terminal UI styles
+    /// and shows them itself).
+    pub fn plain() -> Self {
+        TerminalFrontend {
+            colour: false,
+            progress: false,
+            bar_open: false,
+        }
+    }
+
     fn paint(&self, code: &str, text: &str) -> String {
         if self.colour {
             format!("\x1b[{code}m{text}\x1b[0m")

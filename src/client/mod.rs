@@ -1,10 +1,12 @@
 //! The client side: a user's session with a node, the keyring, commands,
-//! key lookups, the outbox, safe file reception, the engine, and the
-//! terminal and JSON front ends.
+//! key lookups, the outbox, safe file reception, the engine, and the front
+//! ends: the terminal UI (`tui`, with the line `editor`) when stdin and
+//! stdout are a terminal, plain lines otherwise, and JSON (`--json`).
 
 pub mod codes;
 pub mod commands;
 pub mod display;
+pub mod editor;
 pub mod engine;
 pub mod events;
 pub mod files;
@@ -13,6 +15,7 @@ pub mod keyring;
 pub mod lookups;
 pub mod outbox;
 pub mod session;
+pub mod tui;
 
 use std::path::PathBuf;
 
@@ -76,4 +79,31 @@ pub fn config(
         tls: None,
         invite: None,
     }
+}
+
+/// The terminal front end: the full-screen UI when stdin and stdout are
+/// both a terminal, plain lines otherwise (pipes, files, tests).
+pub async fn run_terminal(config: ClientConfig, banner: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        let ui = tui::Ui::start(&config.user, banner)?;
+        let (front, input) = (ui.front, ui.input);
+        let task = ui.task;
+        let result = match Engine::open(config, front).await {
+            Ok(engine) => engine.run(input).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        let _ = task.await;
+        return result;
+    }
+    let mut front = TerminalFrontend::default();
+    Frontend::emit(
+        &mut front,
+        &Event::Help {
+            text: banner.to_owned(),
+        },
+    );
+    let input = spawn_stdin();
+    Engine::open(config, front).await?.run(input).await?;
+    Ok(())
 }

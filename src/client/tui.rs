@@ -1,0 +1,426 @@
+//! The terminal UI, used when stdin and stdout are both a terminal: a
+//! scrolling message pane, a status line (connection state, unread count,
+//! file progress) and an input line with editing and history
+//! ([`super::editor`]). ratatui draws it and crossterm reads the keys; lines
+//! arriving while you type go to the pane, never into the line being typed.
+//! Events come from the engine through [`TuiFrontend`]; each line typed goes
+//! to the engine as one input line.
+
+use std::collections::VecDeque;
+use std::io::Stdout;
+
+use crossterm::event::{Event as TermEvent, EventStream, KeyCode, KeyEvent, KeyEventKind};
+use crossterm::event::{KeyModifiers, MouseEventKind};
+use futures_util::StreamExt;
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use ratatui::layout::{Constraint, Layout, Position};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use tokio::sync::mpsc;
+use unicode_width::UnicodeWidthChar;
+
+use super::editor::LineEditor;
+use super::events::{Event, Frontend, TerminalFrontend};
+
+/// Lines the pane keeps (older ones scroll away for good).
+pub const PANE_LINES: usize = 10_000;
+const PROMPT: &str = "> ";
+
+/// How a pane line is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A message from someone.
+    Message,
+    /// What became of what we sent, answers, help.
+    Info,
+    /// Something failed.
+    Error,
+    /// Loud: a key changed, content refused.
+    Alarm,
+}
+
+/// What the engine tells the UI.
+enum UiMsg {
+    Line(Kind, String),
+    State(String),
+    Progress(Option<String>),
+}
+
+/// The engine's side: events become pane lines and status changes.
+pub struct TuiFrontend {
+    tx: mpsc::UnboundedSender<UiMsg>,
+    text: TerminalFrontend,
+}
+
+fn kind_of(event: &Event) -> Kind {
+    match event {
+        Event::Dm { .. } | Event::GroupMsg { .. } | Event::File { .. } => Kind::Message,
+        Event::Error { .. } | Event::Disconnected { .. } | Event::Dropped { .. } => Kind::Error,
+        Event::KeyChanged { .. } | Event::NotSent { .. } | Event::GroupKeyRefused { .. } => {
+            Kind::Alarm
+        }
+        _ => Kind::Info,
+    }
+}
+
+impl Frontend for TuiFrontend {
+    fn emit(&mut self, event: &Event) {
+        let state = match event {
+            Event::Connected { server, .. } => Some(format!("connected to {server}")),
+            Event::Disconnected { .. } => Some("disconnected".to_owned()),
+            Event::Reconnecting { attempt, .. } => {
+                Some(format!("reconnecting (attempt {attempt})"))
+            }
+            _ => None,
+        };
+        if let Some(s) = state {
+            let _ = self.tx.send(UiMsg::State(s));
+        }
+        if let Event::Progress {
+            direction,
+            name,
+            done,
+            total,
+        } = event
+        {
+            let shown = (done < total).then(|| {
+                let pct = *done as f64 * 100.0 / (*total).max(1) as f64;
+                format!(
+                    "{direction} {} {pct:.0}% of {total} bytes",
+                    super::display::escape(name)
+                )
+            });
+            let _ = self.tx.send(UiMsg::Progress(shown));
+            return;
+        }
+        if matches!(event, Event::Error { .. } | Event::Disconnected { .. }) {
+            let _ = self.tx.send(UiMsg::Progress(None));
+        }
+        let Some(text) = self.text.render(event) else {
+            return;
+        };
+        let kind = kind_of(event);
+        let mut first = true;
+        for line in text.lines() {
+            let line = if first {
+                format!("{} {line}", super::events::clock())
+            } else {
+                format!("         {line}")
+            };
+            first = false;
+            let _ = self.tx.send(UiMsg::Line(kind, line));
+        }
+    }
+}
+
+/// What the UI shows and keeps.
+struct Screen {
+    user: String,
+    lines: VecDeque<(Kind, String)>,
+    /// Rows scrolled back from the bottom (0: following new lines).
+    scroll: usize,
+    /// Lines that arrived while scrolled back.
+    unread: usize,
+    state: String,
+    progress: Option<String>,
+    editor: LineEditor,
+    /// Rows the pane had at the last draw (for page scrolling).
+    pane_rows: usize,
+}
+
+impl Screen {
+    fn apply(&mut self, msg: UiMsg) {
+        match msg {
+            UiMsg::Line(kind, text) => {
+                self.lines.push_back((kind, text));
+                if self.lines.len() > PANE_LINES {
+                    self.lines.pop_front();
+                }
+                if self.scroll > 0 {
+                    self.unread += 1;
+                    self.scroll += 1;
+                }
+            }
+            UiMsg::State(s) => self.state = s,
+            UiMsg::Progress(p) => self.progress = p,
+        }
+    }
+
+    fn scroll_by(&mut self, rows: isize) {
+        let max = self.lines.len();
+        self.scroll = (self.scroll as isize + rows).clamp(0, max as isize) as usize;
+        if self.scroll == 0 {
+            self.unread = 0;
+        }
+    }
+
+    /// A key; returns a line to send when one is complete.
+    fn key(&mut self, k: KeyEvent) -> Option<String> {
+        if k.kind == KeyEventKind::Release {
+            return None;
+        }
+        let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+        let e = &mut self.editor;
+        match k.code {
+            KeyCode::Enter => return Some(e.submit()),
+            KeyCode::Char('c') if ctrl => return Some("/quit".into()),
+            KeyCode::Char('d') if ctrl && e.text().is_empty() => return Some("/quit".into()),
+            KeyCode::Char('d') if ctrl => e.delete(),
+            KeyCode::Char('a') if ctrl => e.home(),
+            KeyCode::Char('e') if ctrl => e.end(),
+            KeyCode::Char('b') if ctrl => e.left(),
+            KeyCode::Char('f') if ctrl => e.right(),
+            KeyCode::Char('u') if ctrl => e.kill_to_start(),
+            KeyCode::Char('k') if ctrl => e.kill_to_end(),
+            KeyCode::Char('w') if ctrl => e.kill_word(),
+            KeyCode::Char('p') if ctrl => e.up(),
+            KeyCode::Char('n') if ctrl => e.down(),
+            KeyCode::Char(_) if ctrl => {}
+            KeyCode::Char(c) => e.insert(c),
+            KeyCode::Backspace => e.backspace(),
+            KeyCode::Delete => e.delete(),
+            KeyCode::Left => e.left(),
+            KeyCode::Right => e.right(),
+            KeyCode::Home => e.home(),
+            KeyCode::End => e.end(),
+            KeyCode::Up => e.up(),
+            KeyCode::Down => e.down(),
+            KeyCode::PageUp => self.scroll_by(self.pane_rows.max(2) as isize - 1),
+            KeyCode::PageDown => self.scroll_by(-(self.pane_rows.max(2) as isize - 1)),
+            _ => {}
+        }
+        None
+    }
+
+    fn draw(&mut self, f: &mut ratatui::Frame) {
+        let [pane, status, input] = Layout::vertical([
+            Constraint::Min(1),
+            Constraint::Length(1),
+            Constraint::Length(1),
+        ])
+        .areas(f.area());
+        self.pane_rows = pane.height as usize;
+        let rows = wrap_rows(&self.lines, pane.width as usize);
+        let h = pane.height as usize;
+        self.scroll = self.scroll.min(rows.len().saturating_sub(h));
+        let end = rows.len() - self.scroll;
+        let start = end.saturating_sub(h);
+        let shown: Vec<Line> = rows[start..end]
+            .iter()
+            .map(|(k, t)| Line::styled(t.clone(), style(*k)))
+            .collect();
+        f.render_widget(Paragraph::new(shown), pane);
+        let mut bar = format!(" {} · {}", self.user, self.state);
+        if self.unread > 0 {
+            bar.push_str(&format!(" · {} unread (PgDn)", self.unread));
+        } else if self.scroll > 0 {
+            bar.push_str(" · scrolled back (PgDn)");
+        }
+        if let Some(p) = &self.progress {
+            bar.push_str(&format!(" · {p}"));
+        }
+        let status_style = Style::default().add_modifier(Modifier::REVERSED);
+        f.render_widget(Paragraph::new(Line::styled(bar, status_style)), status);
+        let (text, cursor_col) = input_view(
+            &self.editor.text(),
+            self.editor.cursor(),
+            input.width as usize,
+        );
+        f.render_widget(
+            Paragraph::new(Line::from(vec![Span::raw(PROMPT), Span::raw(text)])),
+            input,
+        );
+        f.set_cursor_position(Position::new(input.x + cursor_col as u16, input.y));
+    }
+}
+
+fn style(kind: Kind) -> Style {
+    match kind {
+        Kind::Message => Style::default(),
+        Kind::Info => Style::default().fg(Color::DarkGray),
+        Kind::Error => Style::default().fg(Color::Red),
+        Kind::Alarm => Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+    }
+}
+
+/// The pane's lines cut into rows of at most `width` columns.
+fn wrap_rows(lines: &VecDeque<(Kind, String)>, width: usize) -> Vec<(Kind, String)> {
+    let width = width.max(1);
+    let mut rows = Vec::new();
+    for (kind, line) in lines {
+        let (mut row, mut cols) = (String::new(), 0);
+        for c in line.chars() {
+            let w = c.width().unwrap_or(0);
+            if cols + w > width && !row.is_empty() {
+                rows.push((*kind, std::mem::take(&mut row)));
+                cols = 0;
+            }
+            row.push(c);
+            cols += w;
+        }
+        rows.push((*kind, row));
+    }
+    rows
+}
+
+/// The part of the input line that fits after the prompt, keeping the
+/// cursor in view; and the cursor's column on screen.
+fn input_view(text: &str, cursor: usize, width: usize) -> (String, usize) {
+    let room = width.saturating_sub(PROMPT.len() + 1).max(1);
+    let chars: Vec<char> = text.chars().collect();
+    let col = |cs: &[char]| cs.iter().map(|c| c.width().unwrap_or(0)).sum::<usize>();
+    let mut start = 0;
+    while col(&chars[start..cursor]) > room {
+        start += 1;
+    }
+    let mut shown = String::new();
+    let mut used = 0;
+    for c in &chars[start..] {
+        let w = c.width().unwrap_or(0);
+        if used + w > room + 1 {
+            break;
+        }
+        shown.push(*c);
+        used += w;
+    }
+    (shown, PROMPT.len() + col(&chars[start..cursor]))
+}
+
+/// The terminal in raw mode on the alternate screen, put back on drop (also
+/// when the client stops on an error).
+struct RawTerminal(Terminal<CrosstermBackend<Stdout>>);
+
+impl RawTerminal {
+    fn enter() -> std::io::Result<RawTerminal> {
+        crossterm::terminal::enable_raw_mode()?;
+        let mut out = std::io::stdout();
+        crossterm::execute!(out, crossterm::terminal::EnterAlternateScreen)?;
+        Ok(RawTerminal(Terminal::new(CrosstermBackend::new(out))?))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = crossterm::execute!(
+            self.0.backend_mut(),
+            crossterm::terminal::LeaveAlternateScreen,
+            crossterm::cursor::Show
+        );
+        let _ = crossterm::terminal::disable_raw_mode();
+    }
+}
+
+/// The UI, running: give [`Ui::front`] to the engine and [`Ui::input`] to
+/// its run loop, then await `task`: it puts the terminal back once the
+/// engine (which holds the front end) is gone.
+pub struct Ui {
+    pub front: TuiFrontend,
+    pub input: mpsc::Receiver<String>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
+impl Ui {
+    /// Takes over the terminal and shows `banner`.
+    pub fn start(user: &str, banner: &str) -> std::io::Result<Ui> {
+        let terminal = RawTerminal::enter()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (input_tx, input) = mpsc::channel(64);
+        let screen = Screen {
+            user: user.to_owned(),
+            lines: VecDeque::new(),
+            scroll: 0,
+            unread: 0,
+            state: "connecting…".into(),
+            progress: None,
+            editor: LineEditor::default(),
+            pane_rows: 1,
+        };
+        let _ = tx.send(UiMsg::Line(Kind::Info, banner.to_owned()));
+        let task = tokio::spawn(ui_loop(terminal, screen, rx, input_tx));
+        let front = TuiFrontend {
+            tx,
+            text: TerminalFrontend::plain(),
+        };
+        Ok(Ui { front, input, task })
+    }
+}
+
+async fn ui_loop(
+    mut terminal: RawTerminal,
+    mut screen: Screen,
+    mut rx: mpsc::UnboundedReceiver<UiMsg>,
+    input_tx: mpsc::Sender<String>,
+) {
+    let mut keys = EventStream::new();
+    let mut input_tx = Some(input_tx);
+    loop {
+        if terminal.0.draw(|f| screen.draw(f)).is_err() {
+            input_tx = None;
+        }
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(m) => screen.apply(m),
+                None => return,
+            },
+            ev = keys.next(), if input_tx.is_some() => match ev {
+                Some(Ok(TermEvent::Key(k))) => {
+                    if let (Some(line), Some(tx)) = (screen.key(k), input_tx.as_ref())
+                        && tx.send(line).await.is_err()
+                    {
+                        input_tx = None;
+                    }
+                }
+                Some(Ok(TermEvent::Mouse(m))) => match m.kind {
+                    MouseEventKind::ScrollUp => screen.scroll_by(3),
+                    MouseEventKind::ScrollDown => screen.scroll_by(-3),
+                    _ => {}
+                },
+                Some(Ok(_)) => {}
+                // The terminal is gone: end of input, the engine quits.
+                Some(Err(_)) | None => input_tx = None,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_wrap_and_the_input_keeps_the_cursor_in_view() {
+        let lines: VecDeque<(Kind, String)> =
+            [(Kind::Info, "abcdefgh".to_owned())].into_iter().collect();
+        let rows = wrap_rows(&lines, 3);
+        let texts: Vec<&str> = rows.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(texts, ["abc", "def", "gh"]);
+        assert_eq!(input_view("hello", 5, 80), ("hello".to_owned(), 7));
+        let (shown, col) = input_view(&"x".repeat(100), 100, 20);
+        assert!(shown.len() <= 18 && col <= 19, "{shown} {col}");
+    }
+
+    #[test]
+    fn lines_arriving_while_scrolled_back_count_as_unread() {
+        let mut s = Screen {
+            user: "alice".into(),
+            lines: VecDeque::new(),
+            scroll: 0,
+            unread: 0,
+            state: String::new(),
+            progress: None,
+            editor: LineEditor::default(),
+            pane_rows: 5,
+        };
+        for i in 0..10 {
+            s.apply(UiMsg::Line(Kind::Message, format!("line {i}")));
+        }
+        assert_eq!(s.unread, 0);
+        s.scroll_by(4);
+        s.apply(UiMsg::Line(Kind::Message, "new".into()));
+        assert_eq!((s.unread, s.scroll), (1, 5), "the view stays put");
+        s.scroll_by(-5);
+        assert_eq!((s.unread, s.scroll), (0, 0));
+    }
+}

@@ -1,0 +1,129 @@
+//! Issue 14 item 6: the terminal UI on a pseudo-terminal — an input line
+//! with editing and history, a message pane, the connection state in the
+//! status line, a message arriving while typing that does not touch the
+//! line being typed, and `/quit`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::TestNode;
+use common::pty::{CTRL_U, END, ENTER, HOME, LEFT, PtyClient, UP};
+use common::termproc::Proc;
+use serde_json::Value;
+
+fn is(kind: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| e["event"] == kind
+}
+
+fn dm_text(v: &Value) -> String {
+    v["text"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_terminal_ui_edits_keeps_history_and_is_not_split_by_incoming_lines() {
+    let node = TestNode::master().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bob = Proc::client(&dir.path().join("b"), "bob", &node.url(), &["--json"]);
+    bob.expect_json("connected", is("connected")).await;
+    let mut alice = PtyClient::start(&dir.path().join("a"), "alice", &node.url());
+    alice
+        .wait_for("connected", |rows| {
+            rows.iter().any(|r| r.contains("connected as alice"))
+        })
+        .await;
+    let status = alice.status_line();
+    assert!(
+        status.contains("alice") && status.contains("connected to"),
+        "{status}"
+    );
+    assert_eq!(alice.input_line(), ">", "{:?}", alice.rows());
+
+    // Editing: Left twice, insert; Home, then Ctrl-U on a second line.
+    alice.keys("/msg bob abc");
+    alice.keys(LEFT);
+    alice.keys(LEFT);
+    alice.keys("X");
+    alice
+        .wait_for("the edited line", |r| {
+            r.last().is_some_and(|l| l == "> /msg bob aXbc")
+        })
+        .await;
+    alice.keys(ENTER);
+    let dm = bob.expect_json("dm", is("dm")).await;
+    assert_eq!(dm_text(&dm), "aXbc");
+    alice
+        .wait_for("the input line emptied", |r| {
+            r.last().is_some_and(|l| l == ">")
+        })
+        .await;
+
+    // A message arrives while Alice is typing: it goes to the pane, and the
+    // line she is typing stays as it was, cursor at its end.
+    alice.keys("/msg bob hel");
+    alice
+        .wait_for("the partial line", |r| {
+            r.last().is_some_and(|l| l == "> /msg bob hel")
+        })
+        .await;
+    bob.line("/msg alice interrupting you").await;
+    alice
+        .wait_for("the incoming DM in the pane", |rows| {
+            rows.iter()
+                .any(|r| r.contains("[dm from bob]") && r.contains("interrupting you"))
+        })
+        .await;
+    assert_eq!(alice.input_line(), "> /msg bob hel");
+    assert_eq!(
+        alice.cursor(),
+        (common::pty::ROWS - 1, "> /msg bob hel".len() as u16)
+    );
+    alice.keys("lo");
+    alice.keys(ENTER);
+    let dm = bob.expect_json("dm", is("dm")).await;
+    assert_eq!(dm_text(&dm), "hello");
+
+    // History: Up brings the last line back; it can be edited and sent.
+    alice.keys(UP);
+    alice
+        .wait_for("history", |r| {
+            r.last().is_some_and(|l| l == "> /msg bob hello")
+        })
+        .await;
+    alice.keys(UP);
+    alice
+        .wait_for("older history", |r| {
+            r.last().is_some_and(|l| l == "> /msg bob aXbc")
+        })
+        .await;
+    alice.keys(" again");
+    alice.keys(ENTER);
+    let dm = bob.expect_json("dm", is("dm")).await;
+    assert_eq!(dm_text(&dm), "aXbc again");
+
+    // Ctrl-U clears what is before the cursor.
+    alice.keys("junk");
+    alice.keys(HOME);
+    alice.keys("/help");
+    alice.keys(CTRL_U);
+    alice.wait_input("> junk", 2).await;
+    alice.keys(END);
+    alice.keys(CTRL_U);
+    alice
+        .wait_for("all cleared", |r| r.last().is_some_and(|l| l == ">"))
+        .await;
+
+    // What the screen looks like (for the README).
+    eprintln!("{}", alice.rows().join("\n"));
+
+    // /quit exits at once and puts the terminal back.
+    alice.keys("/quit");
+    alice.keys(ENTER);
+    let Some(status) = alice.exited_within(Duration::from_secs(5)).await else {
+        panic!(
+            "the client is still running 5 s after /quit:\n{}",
+            alice.rows().join("\n")
+        );
+    };
+    assert!(status.success(), "{status:?}");
+}
