@@ -305,3 +305,35 @@ async fn json_commands_have_their_id_on_every_event_they_cause() {
             .success()
     );
 }
+
+/// Item 2 (the part the client can do alone): a file the node had not
+/// acknowledged whole when the connection dropped is reported not sent,
+/// with a word to send it again — never left as if it went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_cut_by_a_lost_connection_is_reported_not_sent() {
+    let mut node = common::fakenode::FakeNode::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, vec![7u8; 200_000]).unwrap();
+    let mut alice = Proc::client(&dir.path().join("a"), "alice", &node.url, &["--json"]);
+    alice.expect_json("connected", is("connected")).await;
+    alice.line(&format!("/file bob {}", file.display())).await;
+    node.expect("FILE_END").await;
+    // The node goes away before it acknowledges anything.
+    drop(node);
+    let ns = alice.expect_json("not_sent", is("not_sent")).await;
+    assert_eq!(
+        (ns["to"].as_str(), ns["code"].as_str()),
+        (Some("bob"), Some("FILE"))
+    );
+    let detail = ns["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("big.bin") && detail.contains("/file"),
+        "{ns}"
+    );
+    let later = alice.collect_for(Duration::from_millis(500)).await;
+    assert!(
+        later.iter().all(|(_, l)| !l.contains("\"event\":\"sent\"")),
+        "{later:?}"
+    );
+}
