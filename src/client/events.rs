@@ -154,6 +154,10 @@ pub enum Event {
     },
 }
 
+/// The `RECEIPT` status for content its recipient's client could not
+/// decrypt.
+pub const UNDECRYPTABLE: &str = "undecryptable";
+
 /// One entry of `/outbox`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OutboxEntry {
@@ -400,6 +404,18 @@ impl TerminalFrontend {
                         "2",
                         &format!("delivered ({}) to {to} ✓✓", e(short(msg_id))),
                     ),
+                    // A status for a recipient whose client could not open
+                    // the content (see DESIGN: it needs the node's help to
+                    // reach us): never shown as delivered.
+                    UNDECRYPTABLE => self.paint(
+                        "1;31",
+                        &format!(
+                            "NOT READABLE ({}): {to}'s client could not decrypt it (did a key change? /dbget and /fingerprint); send it again once your keys agree",
+                            e(short(msg_id))
+                        ),
+                    ),
+                    // A status this client does not know: shown as it is,
+                    // never as delivered.
                     other => self.paint(
                         "33",
                         &format!("{} ({}) to {to}", e(other), e(short(msg_id))),
@@ -552,5 +568,36 @@ impl Frontend for TerminalFrontend {
         if let Some(line) = self.render(event) {
             println!("{} {line}", self.paint("2", &clock()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(status: &str) -> String {
+        TerminalFrontend::plain()
+            .render(&Event::Delivery {
+                msg_id: "0123456789".into(),
+                status: status.into(),
+                to: Some("bob".into()),
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn only_delivered_content_shows_two_ticks() {
+        assert_eq!(delivery("delivered"), "delivered (01234567) to bob ✓✓");
+        assert!(delivery("queued").starts_with("stored (01234567): bob is offline"));
+        let bad = delivery(UNDECRYPTABLE);
+        assert!(
+            bad.starts_with("NOT READABLE (01234567)") && !bad.contains('✓'),
+            "{bad}"
+        );
+        let unknown = delivery("lost-in-space");
+        assert!(
+            unknown.contains("lost-in-space") && !unknown.contains('✓'),
+            "{unknown}"
+        );
     }
 }
