@@ -16,6 +16,8 @@ fn is(kind: &'static str) -> impl Fn(&Value) -> bool {
     move |e| e["event"] == kind
 }
 
+const LONG: usize = 5003;
+
 fn dm_text(v: &Value) -> String {
     v["text"].as_str().unwrap_or_default().to_owned()
 }
@@ -112,6 +114,31 @@ async fn the_terminal_ui_edits_keeps_history_and_is_not_split_by_incoming_lines(
     alice
         .wait_for("all cleared", |r| r.last().is_some_and(|l| l == ">"))
         .await;
+
+    // A line longer than a terminal's 4,095-byte canonical limit arrives
+    // whole (issue 14 item 1: never cut silently).
+    let long: String = (0..LONG).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    alice.keys(&format!("/msg bob {long}"));
+    alice
+        .wait_for("the long line typed", |r| {
+            r.last()
+                .is_some_and(|l| l.ends_with(&long[long.len() - 40..]))
+        })
+        .await;
+    alice.keys(ENTER);
+    let got = bob
+        .expect_within(common::cluster::WAIT, "the long dm", |_, l| {
+            l.contains(&long[..100])
+        })
+        .await;
+    let Some(line) = got else {
+        panic!(
+            "the long line did not arrive; alice's screen:\n{}",
+            alice.rows().join("\n")
+        );
+    };
+    let dm: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(dm_text(&dm), long);
 
     // What the screen looks like (for the README).
     eprintln!("{}", alice.rows().join("\n"));

@@ -9,9 +9,8 @@
 use std::collections::VecDeque;
 use std::io::Stdout;
 
-use crossterm::event::{Event as TermEvent, EventStream, KeyCode, KeyEvent, KeyEventKind};
+use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyEventKind};
 use crossterm::event::{KeyModifiers, MouseEventKind};
-use futures_util::StreamExt;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use ratatui::layout::{Constraint, Layout, Position};
@@ -270,10 +269,16 @@ fn wrap_rows(lines: &VecDeque<(Kind, String)>, width: usize) -> Vec<(Kind, Strin
 fn input_view(text: &str, cursor: usize, width: usize) -> (String, usize) {
     let room = width.saturating_sub(PROMPT.len() + 1).max(1);
     let chars: Vec<char> = text.chars().collect();
-    let col = |cs: &[char]| cs.iter().map(|c| c.width().unwrap_or(0)).sum::<usize>();
-    let mut start = 0;
-    while col(&chars[start..cursor]) > room {
-        start += 1;
+    // From the cursor back, as much as fits (one pass: a pasted line can
+    // be long).
+    let (mut start, mut before) = (cursor, 0);
+    while start > 0 {
+        let w = chars[start - 1].width().unwrap_or(0);
+        if before + w > room {
+            break;
+        }
+        before += w;
+        start -= 1;
     }
     let mut shown = String::new();
     let mut used = 0;
@@ -285,7 +290,7 @@ fn input_view(text: &str, cursor: usize, width: usize) -> (String, usize) {
         shown.push(*c);
         used += w;
     }
-    (shown, PROMPT.len() + col(&chars[start..cursor]))
+    (shown, PROMPT.len() + before)
 }
 
 /// The terminal in raw mode on the alternate screen, put back on drop (also
@@ -347,41 +352,93 @@ impl Ui {
     }
 }
 
+/// Redraws wait this long after a change, so a burst (a paste, many lines
+/// at once) is drawn once.
+const FRAME: std::time::Duration = std::time::Duration::from_millis(15);
+
 async fn ui_loop(
     mut terminal: RawTerminal,
     mut screen: Screen,
     mut rx: mpsc::UnboundedReceiver<UiMsg>,
     input_tx: mpsc::Sender<String>,
 ) {
-    let mut keys = EventStream::new();
+    let mut keys = read_keys();
     let mut input_tx = Some(input_tx);
+    let mut draw_at = Some(tokio::time::Instant::now());
     loop {
-        if terminal.0.draw(|f| screen.draw(f)).is_err() {
-            input_tx = None;
-        }
-        tokio::select! {
+        let changed = tokio::select! {
             msg = rx.recv() => match msg {
-                Some(m) => screen.apply(m),
+                Some(m) => {
+                    screen.apply(m);
+                    true
+                }
                 None => return,
             },
-            ev = keys.next(), if input_tx.is_some() => match ev {
-                Some(Ok(TermEvent::Key(k))) => {
-                    if let (Some(line), Some(tx)) = (screen.key(k), input_tx.as_ref())
-                        && tx.send(line).await.is_err()
-                    {
-                        input_tx = None;
-                    }
+            ev = keys.recv(), if input_tx.is_some() => {
+                terminal_event(ev, &mut screen, &mut input_tx).await;
+                true
+            }
+            _ = sleep_until(draw_at) => {
+                draw_at = None;
+                if terminal.0.draw(|f| screen.draw(f)).is_err() {
+                    input_tx = None;
                 }
-                Some(Ok(TermEvent::Mouse(m))) => match m.kind {
-                    MouseEventKind::ScrollUp => screen.scroll_by(3),
-                    MouseEventKind::ScrollDown => screen.scroll_by(-3),
-                    _ => {}
-                },
-                Some(Ok(_)) => {}
-                // The terminal is gone: end of input, the engine quits.
-                Some(Err(_)) | None => input_tx = None,
-            },
+                false
+            }
+        };
+        if changed && draw_at.is_none() {
+            draw_at = Some(tokio::time::Instant::now() + FRAME);
         }
+    }
+}
+
+/// Terminal events, read on a thread of their own (a blocking read that
+/// keeps up with a paste; it ends with the process).
+fn read_keys() -> mpsc::Receiver<std::io::Result<TermEvent>> {
+    let (tx, rx) = mpsc::channel(1024);
+    std::thread::spawn(move || {
+        loop {
+            let ev = crossterm::event::read();
+            let failed = ev.is_err();
+            if tx.blocking_send(ev).is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One terminal event: a key edits the line (a complete line goes to the
+/// engine), the mouse wheel scrolls.
+async fn terminal_event(
+    ev: Option<std::io::Result<TermEvent>>,
+    screen: &mut Screen,
+    input_tx: &mut Option<mpsc::Sender<String>>,
+) {
+    match ev {
+        Some(Ok(TermEvent::Key(k))) => {
+            if let Some(line) = screen.key(k)
+                && let Some(tx) = input_tx.as_ref()
+                && tx.send(line).await.is_err()
+            {
+                *input_tx = None;
+            }
+        }
+        Some(Ok(TermEvent::Mouse(m))) => match m.kind {
+            MouseEventKind::ScrollUp => screen.scroll_by(3),
+            MouseEventKind::ScrollDown => screen.scroll_by(-3),
+            _ => {}
+        },
+        Some(Ok(_)) => {}
+        // The terminal is gone: end of input, the engine quits.
+        Some(Err(_)) | None => *input_tx = None,
     }
 }
 
