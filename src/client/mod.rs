@@ -15,6 +15,7 @@ pub mod keyring;
 pub mod lookups;
 pub mod outbox;
 pub mod session;
+pub mod terminal;
 pub mod tui;
 
 use std::path::PathBuf;

@@ -104,7 +104,7 @@ impl Frontend for TuiFrontend {
         let mut first = true;
         for line in text.lines() {
             let line = if first {
-                format!("{} {line}", super::events::clock())
+                format!("{} {line}", super::terminal::clock())
             } else {
                 format!("         {line}")
             };
