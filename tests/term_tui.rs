@@ -116,13 +116,16 @@ async fn the_terminal_ui_edits_keeps_history_and_is_not_split_by_incoming_lines(
         .await;
 
     // A line longer than a terminal's 4,095-byte canonical limit arrives
-    // whole (issue 14 item 1: never cut silently).
+    // whole (issue 14 item 1: never cut silently), pasted in one burst; the
+    // status line says how long the line is once it is wider than the screen.
     let long: String = (0..LONG).map(|i| (b'a' + (i % 26) as u8) as char).collect();
     alice.keys(&format!("/msg bob {long}"));
+    let whole = format!("line {0}/{0}", LONG + "/msg bob ".len());
     alice
-        .wait_for("the long line typed", |r| {
+        .wait_for("the whole pasted line", |r| {
             r.last()
                 .is_some_and(|l| l.ends_with(&long[long.len() - 40..]))
+                && r[r.len() - 2].contains(&whole)
         })
         .await;
     alice.keys(ENTER);

@@ -24,6 +24,16 @@ impl LineEditor {
         self.text.iter().collect()
     }
 
+    /// The line's length, in characters.
+    pub fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// True if nothing is typed.
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
     /// The cursor, in characters from the start of the line.
     pub fn cursor(&self) -> usize {
         self.cursor

@@ -220,6 +220,11 @@ impl Screen {
         if let Some(p) = &self.progress {
             bar.push_str(&format!(" · {p}"));
         }
+        let typed = self.editor.len();
+        if typed + PROMPT.len() >= input.width as usize {
+            // The line is wider than the screen: say how long it is.
+            bar.push_str(&format!(" · line {}/{typed}", self.editor.cursor()));
+        }
         let status_style = Style::default().add_modifier(Modifier::REVERSED);
         f.render_widget(Paragraph::new(Line::styled(bar, status_style)), status);
         let (text, cursor_col) = input_view(

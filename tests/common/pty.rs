@@ -97,18 +97,10 @@ impl PtyClient {
         }
     }
 
-    /// Types `keys` (text and escape sequences), a long text in 64-byte
-    /// pieces a couple of milliseconds apart, as typed or pasted by a
-    /// terminal (one write of several KiB at once stalled the client's
-    /// input in this harness: see the issue 14 report).
+    /// Types `keys` (text and escape sequences) in one write, as a paste
+    /// arrives.
     pub fn keys(&mut self, keys: &str) {
-        for chunk in keys.as_bytes().chunks(64) {
-            self.master.write_all(chunk).unwrap();
-            self.master.flush().unwrap();
-            if keys.len() > 64 {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
+        self.master.write_all(keys.as_bytes()).unwrap();
     }
 
     /// The screen's rows, trailing blanks trimmed.
