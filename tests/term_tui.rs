@@ -157,3 +157,45 @@ async fn the_terminal_ui_edits_keeps_history_and_is_not_split_by_incoming_lines(
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// The client's warnings do not smear the screen: while the UI is up they
+/// go to `KEYS/USER.log`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_go_to_a_log_file_not_over_the_screen() {
+    let node = common::fakenode::FakeNode::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = PtyClient::start_logging(dir.path(), "alice", &node.url, "warn");
+    alice
+        .wait_for("connected", |rows| {
+            rows.iter().any(|r| r.contains("connected as alice"))
+        })
+        .await;
+    // A receipt for content alice never sent: the client logs a warning.
+    node.send(
+        "RECEIPT",
+        serde_json::json!({"user_id": "alice", "msg_ids": ["made-up-id"], "status": "delivered"}),
+    );
+    let log = dir.path().join("keys/alice.log");
+    let deadline = std::time::Instant::now() + common::cluster::WAIT;
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("ignored a receipt")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning in {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rows = alice.rows();
+    assert!(
+        rows.iter()
+            .all(|r| !r.contains("ignored a receipt") && !r.contains("WARN")),
+        "{}",
+        rows.join("\n")
+    );
+    assert!(
+        rows.iter().any(|r| r.contains("warnings go to")),
+        "{}",
+        rows.join("\n")
+    );
+}

@@ -87,7 +87,9 @@ pub fn config(
 pub async fn run_terminal(config: ClientConfig, banner: &str) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-        let ui = tui::Ui::start(&config.user, banner)?;
+        let log = config.key_path.with_extension("log");
+        let banner = format!("{banner}; warnings go to {}", log.display());
+        let ui = tui::Ui::start(&config.user, &banner, &log)?;
         let (front, input) = (ui.front, ui.input);
         let task = ui.task;
         let result = match Engine::open(config, front).await {

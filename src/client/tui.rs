@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::Stdout;
+use std::path::Path;
 
 use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyEventKind};
 use crossterm::event::{KeyModifiers, MouseEventKind};
@@ -299,15 +300,19 @@ fn input_view(text: &str, cursor: usize, width: usize) -> (String, usize) {
 }
 
 /// The terminal in raw mode on the alternate screen, put back on drop (also
-/// when the client stops on an error).
-struct RawTerminal(Terminal<CrosstermBackend<Stdout>>);
+/// when the client stops on an error); meanwhile stderr goes to a file.
+struct RawTerminal(Terminal<CrosstermBackend<Stdout>>, Option<StderrToFile>);
 
 impl RawTerminal {
-    fn enter() -> std::io::Result<RawTerminal> {
+    fn enter(log: &Path) -> std::io::Result<RawTerminal> {
+        let redirect = StderrToFile::open(log)?;
         crossterm::terminal::enable_raw_mode()?;
         let mut out = std::io::stdout();
         crossterm::execute!(out, crossterm::terminal::EnterAlternateScreen)?;
-        Ok(RawTerminal(Terminal::new(CrosstermBackend::new(out))?))
+        Ok(RawTerminal(
+            Terminal::new(CrosstermBackend::new(out))?,
+            Some(redirect),
+        ))
     }
 }
 
@@ -319,6 +324,46 @@ impl Drop for RawTerminal {
             crossterm::cursor::Show
         );
         let _ = crossterm::terminal::disable_raw_mode();
+        drop(self.1.take());
+    }
+}
+
+/// While the UI is up, what the process writes to stderr (its warnings, a
+/// panic's message) goes to a file instead of over the screen; stderr is
+/// put back on drop.
+struct StderrToFile {
+    saved: libc::c_int,
+}
+
+impl StderrToFile {
+    fn open(path: &Path) -> std::io::Result<StderrToFile> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        // SAFETY: dup and dup2 on descriptor 2 and on one we own; both
+        // results are checked, and `saved` is closed once (on drop).
+        let saved = unsafe { libc::dup(2) };
+        if saved < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if unsafe { libc::dup2(file.as_raw_fd(), 2) } < 0 {
+            let e = std::io::Error::last_os_error();
+            unsafe { libc::close(saved) };
+            return Err(e);
+        }
+        Ok(StderrToFile { saved })
+    }
+}
+
+impl Drop for StderrToFile {
+    fn drop(&mut self) {
+        // SAFETY: `saved` is the stderr we duplicated in `open`, still open.
+        unsafe {
+            libc::dup2(self.saved, 2);
+            libc::close(self.saved);
+        }
     }
 }
 
@@ -332,9 +377,10 @@ pub struct Ui {
 }
 
 impl Ui {
-    /// Takes over the terminal and shows `banner`.
-    pub fn start(user: &str, banner: &str) -> std::io::Result<Ui> {
-        let terminal = RawTerminal::enter()?;
+    /// Takes over the terminal and shows `banner`; until it is put back,
+    /// stderr goes to `log`.
+    pub fn start(user: &str, banner: &str, log: &Path) -> std::io::Result<Ui> {
+        let terminal = RawTerminal::enter(log)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (input_tx, input) = mpsc::channel(64);
         let screen = Screen {

@@ -35,6 +35,11 @@ pub struct PtyClient {
 impl PtyClient {
     /// Starts `socp client` (terminal front end) for `user` in `dir`.
     pub fn start(dir: &Path, user: &str, server: &str) -> PtyClient {
+        Self::start_logging(dir, user, server, "error")
+    }
+
+    /// Starts it with `RUST_LOG` set to `rust_log`.
+    pub fn start_logging(dir: &Path, user: &str, server: &str, rust_log: &str) -> PtyClient {
         use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
         install_key(dir, user);
         let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
@@ -63,7 +68,7 @@ impl PtyClient {
             .arg("--downloads")
             .arg(dir.join("downloads"))
             .env("TERM", "xterm-256color")
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
             .stderr(Stdio::from(slave));
