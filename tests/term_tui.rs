@@ -1,7 +1,8 @@
 //! Issue 14 item 6: the terminal UI on a pseudo-terminal — an input line
 //! with editing and history, a message pane, the connection state in the
-//! status line, a message arriving while typing that does not touch the
-//! line being typed, and `/quit`.
+//! status line (and the unread count when scrolled back), a message
+//! arriving while typing that does not touch the line being typed, a long
+//! paste, warnings kept off the screen, and `/quit`.
 
 mod common;
 
@@ -142,6 +143,40 @@ async fn the_terminal_ui_edits_keeps_history_and_is_not_split_by_incoming_lines(
     };
     let dm: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(dm_text(&dm), long);
+
+    // Scrolled back, a new message counts as unread; PgDn shows it.
+    alice.keys("/help");
+    alice.keys(ENTER);
+    alice.keys("/help");
+    alice.keys(ENTER);
+    alice
+        .wait_for("two helps", |r| {
+            r.iter().filter(|l| l.contains("/outbox")).count() >= 2
+        })
+        .await;
+    alice.keys(common::pty::PAGE_UP);
+    alice
+        .wait_for("scrolled back", |r| {
+            r[r.len() - 2].contains("scrolled back")
+        })
+        .await;
+    bob.line("/msg alice while you were reading").await;
+    alice
+        .wait_for("1 unread", |r| r[r.len() - 2].contains("1 unread"))
+        .await;
+    assert!(
+        alice
+            .rows()
+            .iter()
+            .all(|r| !r.contains("while you were reading"))
+    );
+    alice.keys(common::pty::PAGE_DOWN);
+    alice
+        .wait_for("the new message", |r| {
+            r.iter().any(|l| l.contains("while you were reading"))
+                && !r[r.len() - 2].contains("unread")
+        })
+        .await;
 
     // What the screen looks like (for the README).
     eprintln!("{}", alice.rows().join("\n"));

@@ -24,6 +24,8 @@ pub const LEFT: &str = "\x1b[D";
 pub const UP: &str = "\x1b[A";
 pub const HOME: &str = "\x1b[H";
 pub const END: &str = "\x1b[F";
+pub const PAGE_UP: &str = "\x1b[5~";
+pub const PAGE_DOWN: &str = "\x1b[6~";
 pub const CTRL_U: &str = "\x15";
 
 pub struct PtyClient {
