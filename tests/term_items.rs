@@ -337,3 +337,41 @@ async fn a_file_cut_by_a_lost_connection_is_reported_not_sent() {
         "{later:?}"
     );
 }
+
+/// Item 3: the first DM to a pinned user since connecting asks the
+/// directory again first, so a key that changed while we were away is
+/// announced and nothing is sealed to the old key (which the recipient
+/// could not open, while we showed ✓✓).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_dm_since_connecting_checks_the_pinned_key_first() {
+    let first = TestNode::master().await;
+    let dir = tempfile::tempdir().unwrap();
+    connect(&first.url(), "bob").await.close().await;
+    let mut alice = Proc::client(dir.path(), "alice", &first.url(), &["--json"]);
+    alice.expect_json("connected", is("connected")).await;
+    alice.line("/dbget bob").await;
+    alice.expect_json("pubkey", is("pubkey")).await;
+    alice.close_stdin();
+    alice.exited_within(Duration::from_secs(10)).await.unwrap();
+    // Bob's key changed (here: another mesh where "bob" has Carol's key).
+    let second = TestNode::master().await;
+    let mut new_bob =
+        socp::client::Session::connect(&second.url(), "bob", common::cluster::user_key("carol"))
+            .await
+            .unwrap();
+    let mut alice = Proc::client(dir.path(), "alice", &second.url(), &["--json"]);
+    alice.expect_json("connected", is("connected")).await;
+    alice.line("/msg bob sealed to which key?").await;
+    let changed = alice.expect_json("key_changed", is("key_changed")).await;
+    assert_eq!(changed["user"], "bob");
+    let e = alice.expect_json("error", is("error")).await;
+    assert_eq!(e["code"], "KEY_CHANGED", "{e}");
+    let got = common::cluster::drain(&mut new_bob, Duration::from_millis(500)).await;
+    assert!(
+        got.iter().all(|(env, _)| env.kind != "USER_DELIVER"),
+        "something was sent to bob: {got:?}"
+    );
+    // A pinned key the directory confirms is used as before.
+    alice.line("/msg alice note to self").await;
+    alice.expect_json("sent", is("sent")).await;
+}

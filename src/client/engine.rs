@@ -9,7 +9,7 @@
 //! [`super::lookups::Lookups`]), `compose` (commands to frames),
 //! `send_file`, `incoming` (frames to events) and `receive_file`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +109,9 @@ pub struct Engine<F: Frontend> {
     sent: SentIds,
     /// Which command (by the caller's id) caused which events.
     tags: tags::Tags,
+    /// Users whose pinned key the directory was asked about since we
+    /// connected (see `Engine::confirmed`).
+    rechecked: HashSet<String>,
 }
 
 impl<F: Frontend> Engine<F> {
@@ -146,6 +149,7 @@ impl<F: Frontend> Engine<F> {
             flights: sending::Flights::default(),
             sent: SentIds::default(),
             tags: tags::Tags::default(),
+            rechecked: HashSet::new(),
         })
     }
 

@@ -155,6 +155,11 @@ impl<W> Lookups<W> {
         users
     }
 
+    /// True if work waits for `user`'s key.
+    pub fn waits_for(&self, user: &str) -> bool {
+        self.waiting.contains_key(user)
+    }
+
     /// True if the directory did not know `user` (or did not answer) less
     /// than [`UNKNOWN_TTL`] before `now`.
     pub fn is_unknown(&self, user: &str, now: Instant) -> bool {
@@ -196,7 +201,9 @@ mod tests {
     #[test]
     fn an_answer_releases_what_waited_in_order() {
         let (mut l, t0) = lookups();
+        assert!(!l.waits_for("bob"));
         l.wait("bob", "first");
+        assert!(l.waits_for("bob"));
         assert_eq!(l.ask("bob", true, t0), Ask::Send);
         l.wait("bob", "second");
         l.wait("carol", "other");

@@ -91,12 +91,12 @@ impl<F: Frontend> Engine<F> {
     async fn send_dm(&mut self, to: String, text: String) {
         let recipient = match self.sendable(&to) {
             Err(()) => return,
-            Ok(None) => {
+            Ok(Some(k)) if self.confirmed(&to) => k,
+            Ok(_) => {
                 return self
                     .defer(&to.clone(), self.deferred(Command::Msg { to, text }))
                     .await;
             }
-            Ok(Some(k)) => k,
         };
         let (key, user, to2) = (self.key.clone(), self.cfg.user.clone(), to.clone());
         let sealed = blocking(move || {

@@ -277,6 +277,7 @@ impl<F: Frontend> Engine<F> {
     /// After a (re)connect: what the outbox holds goes out first, in order,
     /// then the key lookups that were waiting.
     async fn on_connect(&mut self) {
+        self.rechecked.clear();
         self.resend_outbox().await;
         for user in self.lookups.reconnected() {
             self.request_key(&user).await;

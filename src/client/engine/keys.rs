@@ -79,6 +79,20 @@ impl<F: Frontend> Engine<F> {
         }
     }
 
+    /// False the first time since we connected that `user`'s pinned key is
+    /// about to be used to seal something: the caller defers its work and
+    /// the directory is asked again first, so a key that changed since it
+    /// was pinned is caught (`key_changed`, and nothing sealed to the old
+    /// key) before anything is sent. False too while work for `user` waits
+    /// for that answer (so it keeps its order). True when offline (nothing
+    /// to ask).
+    pub(super) fn confirmed(&mut self, user: &str) -> bool {
+        if user == self.cfg.user || self.session.is_none() {
+            return true;
+        }
+        !self.lookups.waits_for(user) && !self.rechecked.insert(user.to_owned())
+    }
+
     /// Content from `sender` did not verify with their pinned key: their
     /// key may have changed, so the directory is asked at once (its answer
     /// says `key_changed` loudly and holds what we send them until
@@ -126,6 +140,8 @@ impl<F: Frontend> Engine<F> {
             .map(|k| k.fingerprint());
         if let (Some(pk), Some(_)) = (pubkey, &fingerprint) {
             self.observe(user, pk);
+            // Just answered: the key is as fresh as a re-check would make it.
+            self.rechecked.insert(user.to_owned());
         }
         let answered = self
             .lookups
@@ -172,8 +188,15 @@ impl<F: Frontend> Engine<F> {
     /// (`missing`), commands are dropped with a word and frames are handled
     /// anyway: they show as unverified rather than never.
     fn release(&mut self, user: &str, work: Vec<Deferred>, missing: Option<NoAnswer>) {
+        // A pinned key stays usable when the directory does not confirm it
+        // (no answer, or a directory that does not know the user).
+        let pinned = self.pinned(user).is_some();
         for w in work {
             let detail = match (&w, missing) {
+                (Deferred::Cmd(..), Some(_)) if pinned => {
+                    self.ready.push_back(w);
+                    continue;
+                }
                 (Deferred::Cmd(..), Some(NoAnswer::NotFound)) => {
                     format!("{user} is not in the directory; nothing was sent")
                 }

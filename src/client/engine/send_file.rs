@@ -43,12 +43,12 @@ impl<F: Frontend> Engine<F> {
         } else {
             let recipient = match self.sendable(&to) {
                 Err(()) => return,
-                Ok(None) => {
+                Ok(Some(k)) if self.confirmed(&to) => k,
+                Ok(_) => {
                     return self
                         .defer(&to.clone(), self.deferred(Command::File { to, path }))
                         .await;
                 }
-                Ok(Some(k)) => k,
             };
             let Ok(key) = aead::new_key() else { return };
             let Ok(wrapped) = recipient.wrap(key.as_ref()) else {
