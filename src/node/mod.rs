@@ -27,7 +27,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::cli::{NodeArgs, RoleArg};
 use crate::store::{self, Schema};
 use crate::wire::ErrorCode;
 use crate::wire::ids;
@@ -104,65 +103,6 @@ impl Default for Limits {
             max_group_members: 1000,
             max_file_size: 1 << 30,
         }
-    }
-}
-
-impl NodeConfig {
-    /// Validates the command line's node flags.
-    pub fn from_args(args: &NodeArgs) -> Result<Self> {
-        let master = args.role == RoleArg::Master;
-        if !master && args.master_url.is_none() {
-            bail!("a local node needs --master-url ws://HOST:PORT (the master's address)");
-        }
-        if master && args.master_url.is_some() {
-            bail!("--master-url is for local nodes; the master is the directory itself");
-        }
-        Ok(NodeConfig {
-            master,
-            listen: args.listen_addr(),
-            db: args.db_path(),
-            keys: args.keys.clone(),
-            master_url: args.master_url.clone(),
-            peers: args.peers.clone(),
-            allow_legacy_clients: args.allow_legacy_clients,
-            mailbox: MailboxLimits {
-                max_age_ms: (args.mailbox_max_age_secs as i64).saturating_mul(1000),
-                max_frames: args.mailbox_max_frames,
-                max_bytes: args.mailbox_max_bytes,
-                max_total_bytes: args.custody_max_bytes,
-                max_sender_frames: args.sender_max_frames,
-                max_sender_bytes: args.sender_max_bytes,
-            },
-            mac: !args.no_mac,
-            limits: Limits {
-                user_rate: args.user_rate,
-                user_burst: args.user_burst,
-                max_conns_per_ip: args.max_conns_per_ip,
-                max_group_members: args.max_group_members,
-                max_file_size: args.max_file_size,
-                hello_timeout: std::time::Duration::from_secs(args.hello_timeout_secs.max(1)),
-                write_timeout: std::time::Duration::from_secs(args.write_timeout_secs.max(1)),
-                max_conns: args.max_conns.max(1),
-            },
-            metrics: args.metrics,
-            tls: match (&args.tls_cert, &args.tls_key) {
-                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                }),
-                (None, None) => None,
-                _ => bail!(
-                    "--tls-cert and --tls-key go together: give both (socp gen cert makes a pair)"
-                ),
-            },
-            ca: args.ca.clone(),
-            admission: Admission {
-                admit: args.admit.clone(),
-                registration: args.registration,
-                per_address_hour: args.registrations_per_address,
-                per_server_hour: args.registrations_per_server,
-            },
-        })
     }
 }
 
