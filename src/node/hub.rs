@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::conn::ConnCmd;
 use super::router::{ConnId, Input, Outgoing, Output, Router};
-use super::state::{Outcome, Writer};
+use super::state::{Outcome, PendingAck, Writer};
 use crate::wire::messages::Ack;
 use crate::wire::now_ms;
 
@@ -212,14 +212,14 @@ fn reread_admitted(router: &mut Router) {
 }
 
 /// Sends one batched `ACK` per connection.
-fn send_acks(conns: &HashMap<ConnId, mpsc::Sender<ConnCmd>>, acks: Vec<(ConnId, String, String)>) {
+fn send_acks(conns: &HashMap<ConnId, mpsc::Sender<ConnCmd>>, acks: Vec<PendingAck>) {
     let mut by_conn: HashMap<ConnId, (String, Vec<String>)> = HashMap::new();
-    for (conn, to, id) in acks {
+    for PendingAck { conn, to, msg_id } in acks {
         by_conn
             .entry(conn)
             .or_insert_with(|| (to, Vec::new()))
             .1
-            .push(id);
+            .push(msg_id);
     }
     for (conn, (to, msg_ids)) in by_conn {
         let Some(queue) = conns.get(&conn) else {
