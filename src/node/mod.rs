@@ -14,6 +14,7 @@ pub mod fuzz;
 pub(crate) mod health;
 pub(crate) mod hub;
 pub mod identity;
+mod lock;
 pub mod metrics;
 pub mod policy;
 pub(crate) mod router;
@@ -21,16 +22,17 @@ pub(crate) mod state;
 mod timers;
 
 pub use hub::Status;
+pub use lock::lock_path;
 pub use policy::{Admission, Registration};
 pub use router::MailboxLimits;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -218,15 +220,30 @@ impl Node {
             let _ = acks.blocking_send(HubEvent::Persisted(outcome));
         });
         let health = Arc::new(health::Health::new(&config.db, config.master));
+        let metrics = Arc::new(Metrics::default());
         let writer = state::Writer::start(store, committed, health.clone())
             .context("starting the store writer")?;
+        let (metrics_addr, endpoint) = match config.metrics {
+            Some(at) => {
+                let sources = endpoint::Sources {
+                    metrics: metrics.clone(),
+                    health: health.clone(),
+                    hub: hub_tx.clone(),
+                };
+                let (bound, task) = endpoint::serve(at, sources, door_rx.clone())
+                    .await
+                    .with_context(|| format!("serving metrics on {at}"))?;
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
+        // Nothing fails from here on: the tasks start.
         let (hub_ended_tx, hub_ended) = watch::channel(false);
         let hub_task = tokio::spawn(async move {
             let _ended = Ended(hub_ended_tx);
             hub::run(router, writer, hub_rx, users_rx).await;
         });
         let next_conn = Arc::new(AtomicU64::new(1));
-        let metrics = Arc::new(Metrics::default());
         let ctx = ConnCtx {
             me: id.clone(),
             key: key.clone(),
@@ -234,7 +251,7 @@ impl Node {
             hub_users: users_tx,
             shutdown: stop_rx,
             mac: config.mac,
-            metrics: metrics.clone(),
+            metrics,
             limits: config.limits,
             peer_ip: None,
         };
@@ -248,20 +265,6 @@ impl Node {
             },
             door_rx.clone(),
         ));
-        let (metrics_addr, endpoint) = match config.metrics {
-            Some(at) => {
-                let sources = endpoint::Sources {
-                    metrics,
-                    health: health.clone(),
-                    hub: hub_tx.clone(),
-                };
-                let (bound, task) = endpoint::serve(at, sources, door_rx.clone())
-                    .await
-                    .with_context(|| format!("serving metrics on {at}"))?;
-                (Some(bound), Some(task))
-            }
-            None => (None, None),
-        };
         let tick = tokio::spawn(tick(hub_tx.clone(), config.mailbox, door_rx));
         let hello = dial::our_hello(
             &addr.ip().to_string(),
@@ -270,25 +273,7 @@ impl Node {
             config.master,
             config.mac,
         );
-        let urls = config
-            .master_url
-            .iter()
-            .map(|u| (u.clone(), true))
-            .chain(config.peers.iter().map(|u| (u.clone(), false)));
-        let dialers = urls
-            .map(|(url, is_master)| {
-                let dialer = dial::Dialer {
-                    url,
-                    is_master,
-                    hello: hello.clone(),
-                    ctx: ctx.clone(),
-                    next_conn: next_conn.clone(),
-                    tls: tls_client.clone(),
-                    health: health.clone(),
-                };
-                tokio::spawn(dialer.run())
-            })
-            .collect();
+        let dialers = dialers(&config, hello, &ctx, &next_conn, &tls_client, &health);
         if scheme == "ws" && !addr.ip().is_loopback() {
             tracing::warn!(
                 "listening on {addr} without TLS: frames are authenticated but readable on the network; use --tls-cert and --tls-key"
@@ -375,7 +360,7 @@ impl Node {
 
 /// Opens the database (under its lock), the identity and the state.
 fn open(config: &NodeConfig) -> Result<Opened> {
-    let lock = lock_db(&config.db)?;
+    let lock = lock::lock_db(&config.db)?;
     let store = store::open(&config.db, Schema::Node)
         .with_context(|| format!("opening the database {}", config.db.display()))?;
     let (identity, created) = identity::load_or_create(&config.keys, config.master)
@@ -414,6 +399,35 @@ fn router_config(config: &NodeConfig, id: &str, pubkey: &str, addr: SocketAddr) 
     }
 }
 
+/// Starts a dialer for the master's URL and each of `--peers`.
+fn dialers(
+    config: &NodeConfig,
+    hello: crate::wire::messages::PeerHelloLink,
+    ctx: &ConnCtx,
+    next_conn: &Arc<AtomicU64>,
+    tls: &Arc<rustls::ClientConfig>,
+    health: &Arc<health::Health>,
+) -> Vec<JoinHandle<()>> {
+    let urls = config
+        .master_url
+        .iter()
+        .map(|u| (u.clone(), true))
+        .chain(config.peers.iter().map(|u| (u.clone(), false)));
+    urls.map(|(url, is_master)| {
+        let dialer = dial::Dialer {
+            url,
+            is_master,
+            hello: hello.clone(),
+            ctx: ctx.clone(),
+            next_conn: next_conn.clone(),
+            tls: tls.clone(),
+            health: health.clone(),
+        };
+        tokio::spawn(dialer.run())
+    })
+    .collect()
+}
+
 /// Has the router say goodbye and the hub close every connection; true
 /// once none is left, false if some are still open after `GOODBYE`.
 async fn say_goodbye(hub: &mpsc::Sender<HubEvent>) -> bool {
@@ -440,36 +454,6 @@ struct Ended(watch::Sender<bool>);
 impl Drop for Ended {
     fn drop(&mut self) {
         self.0.send_replace(true);
-    }
-}
-
-/// The lock file beside a node's database (`DB.lock`).
-pub fn lock_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
-}
-
-/// Takes the lock that says a node runs on `db`: one node per database, and
-/// `socp admin` edits of the directory wait until it stops.
-fn lock_db(db: &Path) -> Result<std::fs::File> {
-    let path = lock_path(db);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the database folder {}", dir.display()))?;
-    }
-    let file = std::fs::File::create(&path)
-        .with_context(|| format!("creating the lock file {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "another socp node is running on {} (it holds {}); stop it first",
-            db.display(),
-            path.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", path.display()))
-        }
     }
 }
 
