@@ -363,3 +363,86 @@ fn send_acks(conns: &HashMap<ConnId, mpsc::Sender<ConnCmd>>, acks: Vec<PendingAc
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::router::RouterConfig;
+    use crate::node::state::Snapshot;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// A hub over an empty master router and a fresh store.
+    fn start() -> (
+        tempfile::TempDir,
+        mpsc::Sender<HubEvent>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("n.sqlite");
+        let pool = crate::store::open(&db, crate::store::Schema::Node).unwrap();
+        let cfg = RouterConfig {
+            me: crate::wire::ids::new_master_id(),
+            master: true,
+            allow_legacy: false,
+            pubkey: "k".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            limits: Default::default(),
+            max_group_members: 16,
+            max_file_size: 1 << 20,
+            admission: Default::default(),
+        };
+        let router = Router::new(cfg, Snapshot::default());
+        let (tx, rx) = mpsc::channel(16);
+        let (_users_tx, users_rx) = mpsc::channel(16);
+        let acks = tx.clone();
+        let health = std::sync::Arc::new(crate::node::health::Health::new(&db, true));
+        let writer = Writer::start(
+            pool,
+            Box::new(move |o| {
+                let _ = acks.blocking_send(HubEvent::Persisted(o));
+            }),
+            health,
+        )
+        .unwrap();
+        let task = tokio::spawn(run(router, writer, rx, users_rx));
+        (dir, tx, task)
+    }
+
+    async fn next(queue: &mut mpsc::Receiver<ConnCmd>) -> Option<ConnCmd> {
+        tokio::time::timeout(WAIT, queue.recv()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_every_connection_and_answers_when_none_is_left() {
+        let (_dir, hub, task) = start();
+        let (q1, mut r1) = mpsc::channel(8);
+        hub.send(HubEvent::Register(1, q1)).await.unwrap();
+        let (done, mut closed) = oneshot::channel();
+        hub.send(HubEvent::Shutdown(done)).await.unwrap();
+        assert!(matches!(next(&mut r1).await, Some(ConnCmd::Close)));
+        // A connection that registers meanwhile (a redial) is closed at once.
+        let (q2, mut r2) = mpsc::channel(8);
+        hub.send(HubEvent::Register(2, q2)).await.unwrap();
+        assert!(matches!(next(&mut r2).await, Some(ConnCmd::Close)));
+        hub.send(HubEvent::Unregister(1)).await.unwrap();
+        // Not answered while connection 2 is open.
+        assert!(ask_status(&hub, WAIT).await.is_some());
+        assert!(closed.try_recv().is_err());
+        hub.send(HubEvent::Unregister(2)).await.unwrap();
+        tokio::time::timeout(WAIT, closed).await.unwrap().unwrap();
+        hub.send(HubEvent::Stop).await.unwrap();
+        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hub_without_connections_answers_the_shutdown_at_once() {
+        let (_dir, hub, task) = start();
+        let (done, closed) = oneshot::channel();
+        hub.send(HubEvent::Shutdown(done)).await.unwrap();
+        tokio::time::timeout(WAIT, closed).await.unwrap().unwrap();
+        hub.send(HubEvent::Stop).await.unwrap();
+        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    }
+}
