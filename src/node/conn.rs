@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use super::Limits;
-use super::hub::HubEvent;
+use super::hub::{ConnCmd, HubEvent};
 use super::metrics::Metrics;
 use super::router::{
     CAP_SOCP, ConnId, HELLO_FRESHNESS_MS, Input, LinkHelloIn, Outgoing, UserHelloIn,
@@ -44,13 +44,6 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 pub const LINK_SILENCE: Duration = Duration::from_secs(45);
 /// Default write timeout (`--write-timeout-secs`).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// What the hub tells a connection.
-#[derive(Debug)]
-pub(crate) enum ConnCmd {
-    Frame(Outgoing),
-    Close,
-}
 
 /// WebSocket limits for every connection (PROTOCOL.md C8).
 pub(crate) fn ws_config() -> WebSocketConfig {

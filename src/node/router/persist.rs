@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use super::{Router, StoreFailure, StoreOp, error_payload};
+use crate::node::state::PendingAck;
 use crate::wire::ErrorCode;
 
 impl Router {
@@ -33,7 +34,7 @@ impl Router {
                 );
             }
         }
-        for (conn, to, msg_id) in f.acks {
+        for PendingAck { conn, to, msg_id } in f.acks {
             let mut payload = error_payload(
                 ErrorCode::Storage,
                 format!(
