@@ -13,6 +13,10 @@ mod persist;
 mod replay;
 mod req_ids;
 #[cfg(test)]
+mod scenarios;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 mod users;
 
