@@ -122,3 +122,25 @@ fn a_dm_to_an_unknown_user_comes_back_as_an_error() {
     );
     assert!(all_handed_on(&mesh, &["A", "M"]), "set aside, not kept");
 }
+
+#[test]
+fn mailbox_frames_past_their_age_are_dropped_at_a_tick() {
+    let mut mesh = Mesh::new(16)
+        .node("M", true, |cfg| cfg.limits.max_age_ms = 60_000)
+        .local("A")
+        .link("A", "M");
+    mesh.user("bob", "A");
+    mesh.disconnect("bob");
+    mesh.user("alice", "A");
+    mesh.dm("alice", "bob", "too old");
+    mesh.run();
+    mesh.advance(50_000);
+    assert_eq!(mesh.mailbox("M"), 1, "still young");
+    mesh.dm("alice", "bob", "young");
+    mesh.run();
+    mesh.advance(30_000); // the master ticks every quarter of the age limit
+    assert_eq!(mesh.mailbox("M"), 1, "the first expired, not the second");
+    mesh.user("bob", "A");
+    assert_eq!(mesh.delivered("bob"), ["alice: young"]);
+    assert!(all_handed_on(&mesh, &["A", "M"]));
+}

@@ -219,6 +219,7 @@ impl Mesh {
                 req_id,
             } if current(self, &node, incarnation) => self.step(&node, Input::Timeout(req_id)),
             Timer::Tick { node, incarnation } if current(self, &node, incarnation) => {
+                self.note(|| format!("{node} ticks"));
                 self.step(&node, Input::Tick);
                 let every = tick_every(self.node_ref(&node).cfg.limits);
                 self.schedule(self.now + every, Timer::Tick { node, incarnation });
