@@ -300,8 +300,7 @@ fn a_lookup_the_master_does_not_answer_times_out() {
 
 /// The reference run's frames, parsed (`vectors/reference-run`).
 fn reference_frames() -> Vec<(String, Envelope, Message)> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/vectors/reference-run/frames.jsonl");
+    let path = super::sim::vectors().join("reference-run/frames.jsonl");
     let text = std::fs::read_to_string(path).unwrap();
     text.lines()
         .map(|line| {

@@ -62,11 +62,20 @@ const LINK_LATENCY_MS: i64 = 1;
 /// Events one `run` or `advance` may take before the mesh is said to spin.
 const MAX_EVENTS: usize = 200_000;
 
-/// A fixture key by user name (`../shared/vectors`), loaded once.
+/// The shared test vectors: `../shared/vectors` beside the repository, or
+/// `SOCP_VECTORS`.
+pub(crate) fn vectors() -> std::path::PathBuf {
+    std::env::var_os("SOCP_VECTORS").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors"),
+        std::path::PathBuf::from,
+    )
+}
+
+/// A fixture key by user name (from the vectors), loaded once.
 pub(crate) fn key(name: &str) -> &'static PrivateKey {
     static KEYS: OnceLock<BTreeMap<&'static str, PrivateKey>> = OnceLock::new();
     let keys = KEYS.get_or_init(|| {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors");
+        let dir = vectors();
         [
             ("alice", "keys/alice.pem"),
             ("bob", "keys/bob.pem"),
