@@ -11,6 +11,11 @@ mod content;
 mod links;
 mod persist;
 mod replay;
+mod req_ids;
+#[cfg(test)]
+mod scenarios;
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -299,7 +304,8 @@ pub(crate) struct Router {
     /// Content refused by this node after a previous hop handed it on:
     /// acknowledged to that hop so it leaves custody, its sender told.
     dead_letters: u64,
-    next_req: u64,
+    /// Request ids: random in a node, seeded in the simulator.
+    req_ids: req_ids::ReqIds,
     out: Vec<Output>,
     now: i64,
 }
@@ -360,7 +366,7 @@ impl Router {
             carried: Default::default(),
             expired: 0,
             dead_letters: 0,
-            next_req: 0,
+            req_ids: req_ids::ReqIds::random(),
             out: Vec::new(),
             now: 0,
             cfg,
@@ -557,8 +563,7 @@ impl Router {
     }
 
     fn new_req_id(&mut self) -> String {
-        self.next_req += 1;
-        format!("{}-{}", uuid::Uuid::new_v4(), self.next_req)
+        self.req_ids.next_id()
     }
 
     fn master_link(&self) -> Option<&str> {

@@ -1,13 +1,8 @@
+use super::sim::{key, kind_of, payload_of, signed_hello, to_of};
 use super::*;
 use crate::crypto::PrivateKey;
 use serde_json::json;
-
-fn key(name: &str) -> PrivateKey {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/vectors/keys")
-        .join(format!("{name}.pem"));
-    PrivateKey::load(&path).unwrap()
-}
+use std::collections::BTreeSet;
 
 fn router(master: bool) -> Router {
     let cfg = RouterConfig {
@@ -29,33 +24,10 @@ fn router(master: bool) -> Router {
     Router::new(cfg, Snapshot::default())
 }
 
-fn signed_hello(conn: ConnId, user: &str, k: &PrivateKey, now: i64) -> Input {
-    let Value::Object(payload) = json!({"client": "t", "pubkey": k.public().to_b64(),
-            "enc_pubkey": k.public().to_b64(), "ts": now, "user_id": user})
-    else {
-        unreachable!()
-    };
-    let sig = k
-        .sign_b64(canonical::map_to_string(&payload).unwrap().as_bytes())
-        .unwrap();
-    Input::UserHello(UserHelloIn {
-        conn,
-        user_id: user.into(),
-        key: k.public().clone(),
-        proof: Some(Proof {
-            payload,
-            sig,
-            extra: Map::new(),
-        }),
-        session: None,
-        addr: None,
-    })
-}
-
-fn sends(out: &[Output]) -> Vec<(ConnId, &'static str, String)> {
+fn sends(out: &[Output]) -> Vec<(ConnId, &str, String)> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Send(c, f) => Some((*c, f.kind, f.to.clone())),
+            Output::Send(c, f) => Some((*c, kind_of(f), to_of(f).to_owned())),
             _ => None,
         })
         .collect()
@@ -63,7 +35,9 @@ fn sends(out: &[Output]) -> Vec<(ConnId, &'static str, String)> {
 
 fn error_code(out: &[Output]) -> Option<String> {
     out.iter().find_map(|o| match o {
-        Output::Send(_, f) if f.kind == "ERROR" => f.payload["code"].as_str().map(str::to_owned),
+        Output::Send(_, f) if kind_of(f) == "ERROR" => {
+            payload_of(f)["code"].as_str().map(str::to_owned)
+        }
         _ => None,
     })
 }
@@ -83,7 +57,7 @@ fn dm(from: &str, to: &str) -> Input {
 fn master_welcomes_pins_and_refuses_replays() {
     let mut r = router(true);
     let alice = key("alice");
-    let hello = signed_hello(1, "alice", &alice, 1000);
+    let hello = signed_hello(1, "alice", alice, 1000);
     let out = r.step(1000, hello.clone());
     assert_eq!(sends(&out), vec![(1, "USER_WELCOME", "alice".into())]);
     assert!(
@@ -105,19 +79,19 @@ fn master_welcomes_pins_and_refuses_replays() {
 #[test]
 fn pinned_key_and_second_session_are_refused() {
     let mut r = router(true);
-    r.step(1000, signed_hello(1, "alice", &key("alice"), 1000));
-    let out = r.step(1000, signed_hello(2, "alice", &key("alice"), 1000));
+    r.step(1000, signed_hello(1, "alice", key("alice"), 1000));
+    let out = r.step(1000, signed_hello(2, "alice", key("alice"), 1000));
     assert_eq!(error_code(&out).as_deref(), Some("NAME_IN_USE"));
     r.step(1000, Input::UserClosed(1));
-    let out = r.step(1000, signed_hello(3, "alice", &key("bob"), 1000));
+    let out = r.step(1000, signed_hello(3, "alice", key("bob"), 1000));
     assert_eq!(error_code(&out).as_deref(), Some("BAD_KEY"));
 }
 
 #[test]
 fn dms_are_delivered_here_queued_when_offline_or_reported() {
     let mut r = router(true);
-    r.step(0, signed_hello(1, "alice", &key("alice"), 0));
-    r.step(0, signed_hello(2, "bob", &key("bob"), 0));
+    r.step(0, signed_hello(1, "alice", key("alice"), 0));
+    r.step(0, signed_hello(2, "bob", key("bob"), 0));
     let out = r.step(0, dm("alice", "bob"));
     // Persisted, delivered, and acknowledged to Alice once committed.
     assert!(matches!(out[0], Output::Persist(StoreOp::Custody(_))));
@@ -129,9 +103,10 @@ fn dms_are_delivered_here_queued_when_offline_or_reported() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(frame.payload["sender"], "alice");
-    assert_eq!(frame.payload["user_id"], "bob");
-    let msg_id = frame.payload["msg_id"].as_str().unwrap().to_owned();
+    let frame = payload_of(frame);
+    assert_eq!(frame["sender"], "alice");
+    assert_eq!(frame["user_id"], "bob");
+    let msg_id = frame["msg_id"].as_str().unwrap().to_owned();
     assert!(out.contains(&Output::AckAfterPersist {
         conn: 1,
         to: "alice".into(),
@@ -158,12 +133,12 @@ fn dms_are_delivered_here_queued_when_offline_or_reported() {
     let receipt = out
         .iter()
         .find_map(|o| match o {
-            Output::Send(1, f) if f.kind == "RECEIPT" => Some(f),
+            Output::Send(1, f) if kind_of(f) == "RECEIPT" => Some(payload_of(f)),
             _ => None,
         })
         .unwrap();
-    assert_eq!(receipt.payload["status"], "delivered");
-    assert_eq!(receipt.payload["msg_ids"][0], msg_id.as_str());
+    assert_eq!(receipt["status"], "delivered");
+    assert_eq!(receipt["msg_ids"][0], msg_id.as_str());
 
     let out = r.step(0, dm("alice", "nobody"));
     assert_eq!(error_code(&out).as_deref(), Some("USER_NOT_FOUND"));
@@ -173,29 +148,22 @@ fn dms_are_delivered_here_queued_when_offline_or_reported() {
     let receipt = out
         .iter()
         .find_map(|o| match o {
-            Output::Send(1, f) if f.kind == "RECEIPT" => Some(f),
+            Output::Send(1, f) if kind_of(f) == "RECEIPT" => Some(payload_of(f)),
             _ => None,
         })
         .unwrap();
-    assert_eq!(receipt.payload["status"], "queued");
+    assert_eq!(receipt["status"], "queued");
     assert_eq!(r.custody_stats().0, 1);
     // Bob comes back: the mailbox is delivered.
-    let out = r.step(0, signed_hello(3, "bob", &key("bob"), 1));
+    let out = r.step(0, signed_hello(3, "bob", key("bob"), 1));
     assert!(sends(&out).contains(&(3, "USER_DELIVER", "bob".into())));
     // Sender binding: a frame whose from is not the session's user.
     let out = r.step(0, dm("mallory", "alice"));
     assert_eq!(error_code(&out).as_deref(), Some("NOT_ALLOWED"));
 }
 
-fn link(
-    conn: ConnId,
-    id: &str,
-    k: &PrivateKey,
-    role: Role,
-    socp: bool,
-    dialed_master: bool,
-) -> Input {
-    Input::LinkHello(LinkHelloIn {
+fn link(conn: ConnId, id: &str, k: &PrivateKey, role: Role, dialed_master: bool) -> LinkHelloIn {
+    LinkHelloIn {
         conn,
         server_id: id.into(),
         key: k.public().clone(),
@@ -203,28 +171,46 @@ fn link(
         host: "h".into(),
         port: 1,
         ts: 5,
-        socp,
+        socp: true,
         dialed: dialed_master,
         dialed_master,
         session: None,
+    }
+}
+
+/// The link to our master (`master_server_m`), which we dialed, on `conn`.
+fn master_link(conn: ConnId) -> Input {
+    Input::LinkHello(link(
+        conn,
+        "master_server_m",
+        key("carol"),
+        Role::Master,
+        true,
+    ))
+}
+
+/// A `socp` local that dialed us, on `conn`.
+fn local_link(conn: ConnId, id: &str) -> Input {
+    Input::LinkHello(link(conn, id, key("carol"), Role::Local, false))
+}
+
+/// An unsigned (legacy) hello.
+fn legacy_hello(conn: ConnId, user: &str) -> Input {
+    Input::UserHello(UserHelloIn {
+        conn,
+        user_id: user.to_owned(),
+        key: key("alice").public().clone(),
+        proof: None,
+        session: None,
+        addr: None,
     })
 }
 
 #[test]
 fn local_forwards_unknown_recipients_to_the_master() {
     let mut r = router(false);
-    r.step(
-        0,
-        link(
-            9,
-            "master_server_m",
-            &key("carol"),
-            Role::Master,
-            true,
-            true,
-        ),
-    );
-    let out = r.step(0, signed_hello(1, "alice", &key("alice"), 0));
+    r.step(0, master_link(9));
+    let out = r.step(0, signed_hello(1, "alice", key("alice"), 0));
     // Unknown user: register, then confirm the pinned key, before welcoming.
     assert_eq!(
         sends(&out).iter().map(|s| s.1).collect::<Vec<_>>(),
@@ -233,7 +219,9 @@ fn local_forwards_unknown_recipients_to_the_master() {
     let req = out
         .iter()
         .find_map(|o| match o {
-            Output::Send(_, f) if f.kind == "DB_GET_USER" => Some(f.payload["req_id"].clone()),
+            Output::Send(_, f) if kind_of(f) == "DB_GET_USER" => {
+                Some(payload_of(f)["req_id"].clone())
+            }
             _ => None,
         })
         .unwrap();
@@ -257,8 +245,8 @@ fn local_forwards_unknown_recipients_to_the_master() {
 fn master_refuses_presence_without_proof_and_drops_dormant_users_of_socp_peers() {
     let mut r = router(true);
     let l1 = "server_11111111-1111-4111-8111-111111111111";
-    r.step(0, link(7, l1, &key("carol"), Role::Local, true, false));
-    r.step(0, signed_hello(1, "alice", &key("alice"), 0));
+    r.step(0, local_link(7, l1));
+    r.step(0, signed_hello(1, "alice", key("alice"), 0));
     r.step(0, Input::UserClosed(1));
     // A claim without proof for a signed user is refused.
     let Value::Object(p) = json!({"user_id": "alice", "location": l1}) else {
@@ -269,7 +257,7 @@ fn master_refuses_presence_without_proof_and_drops_dormant_users_of_socp_peers()
     r.step(0, Input::LinkFrame { conn: 7, env, msg });
     assert!(r.online().is_empty());
     // With alice's fresh signed hello as proof, it is accepted and listed.
-    let Input::UserHello(h) = signed_hello(0, "alice", &key("alice"), 10) else {
+    let Input::UserHello(h) = signed_hello(0, "alice", key("alice"), 10) else {
         unreachable!()
     };
     let proof = serde_json::to_value(h.proof.unwrap()).unwrap();
@@ -284,9 +272,7 @@ fn master_refuses_presence_without_proof_and_drops_dormant_users_of_socp_peers()
     // after relinking, so the dormant entry is dropped, not restored.
     r.step(20, Input::LinkClosed(7));
     assert!(r.online().is_empty());
-    let Input::LinkHello(mut again) = link(8, l1, &key("carol"), Role::Local, true, false) else {
-        unreachable!()
-    };
+    let mut again = link(8, l1, key("carol"), Role::Local, false);
     again.ts = 6;
     r.step(30, Input::LinkHello(again));
     assert!(r.online().is_empty());
@@ -295,18 +281,8 @@ fn master_refuses_presence_without_proof_and_drops_dormant_users_of_socp_peers()
 #[test]
 fn a_lookup_the_master_does_not_answer_times_out() {
     let mut r = router(false);
-    r.step(
-        0,
-        link(
-            9,
-            "master_server_m",
-            &key("carol"),
-            Role::Master,
-            true,
-            true,
-        ),
-    );
-    let out = r.step(0, signed_hello(1, "alice", &key("alice"), 0));
+    r.step(0, master_link(9));
+    let out = r.step(0, signed_hello(1, "alice", key("alice"), 0));
     let req = out
         .iter()
         .find_map(|o| match o {
@@ -322,16 +298,85 @@ fn a_lookup_the_master_does_not_answer_times_out() {
     assert!(out.contains(&Output::Close(1)));
 }
 
-#[test]
-fn the_fuzz_entry_point_handles_the_reference_frames() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/vectors/reference-run/frames.jsonl");
+/// The reference run's frames, parsed (`vectors/reference-run`).
+fn reference_frames() -> Vec<(String, Envelope, Message)> {
+    let path = super::sim::vectors().join("reference-run/frames.jsonl");
     let text = std::fs::read_to_string(path).unwrap();
-    for line in text.lines() {
-        let record: Value = serde_json::from_str(line).unwrap();
-        crate::node::fuzz::dispatch(record["frame"].as_str().unwrap().as_bytes());
+    text.lines()
+        .map(|line| {
+            let record: Value = serde_json::from_str(line).unwrap();
+            let raw = record["frame"].as_str().unwrap().to_owned();
+            let env = Envelope::parse(&raw).unwrap();
+            let msg = Message::from_envelope(&env).unwrap_or_else(|e| panic!("{}: {e}", env.kind));
+            (raw, env, msg)
+        })
+        .collect()
+}
+
+/// Feeds one reference frame to a fresh router as the fuzz target does:
+/// from a user (Alice and Bob said unsigned hellos) and from a linked peer.
+fn feed_reference(master: bool, env: &Envelope, msg: &Message) -> Vec<Output> {
+    let peer = "server_00000000-0000-4000-8000-000000000001";
+    let mut r = router(master);
+    r.cfg.allow_legacy = true;
+    let role = if master { Role::Local } else { Role::Master };
+    let mut out = r.step(
+        0,
+        Input::LinkHello(link(2, peer, key("carol"), role, !master)),
+    );
+    for (conn, user) in [(1, "Alice"), (3, "Bob")] {
+        out.extend(r.step(0, legacy_hello(conn, user)));
+    }
+    let conn = if env.from == "Bob" { 3 } else { 1 };
+    let (env, msg) = (env.clone(), msg.clone());
+    let from_user = Input::UserFrame {
+        conn,
+        env: env.clone(),
+        msg: msg.clone(),
+    };
+    out.extend(r.step(1, from_user));
+    let env = Envelope {
+        from: peer.to_owned(),
+        ..env
+    };
+    out.extend(r.step(2, Input::LinkFrame { conn: 2, env, msg }));
+    out
+}
+
+#[test]
+fn the_reference_frames_parse_and_the_routers_answers_to_them_parse_too() {
+    let frames = reference_frames();
+    assert_eq!(frames.len(), 52, "every frame of the reference run parses");
+    let mut answered = BTreeSet::new();
+    for (raw, env, msg) in &frames {
+        for master in [true, false] {
+            for out in feed_reference(master, env, msg) {
+                if let Output::Send(_, f) = out {
+                    let parsed = Message::from_payload(kind_of(&f), payload_of(&f));
+                    assert!(
+                        parsed.is_ok(),
+                        "{} answered with a bad {}",
+                        env.kind,
+                        kind_of(&f)
+                    );
+                    answered.insert(kind_of(&f).to_owned());
+                }
+            }
+        }
+        crate::node::fuzz::dispatch(raw.as_bytes());
     }
     crate::node::fuzz::dispatch(b"not json");
+    // The frames reached the routing: users were welcomed, content was
+    // delivered or refused with a reason, lists and lookups were answered.
+    for kind in [
+        "USER_WELCOME",
+        "USER_DELIVER",
+        "USER_DB_USER",
+        "USER_LIST",
+        "ERROR",
+    ] {
+        assert!(answered.contains(kind), "no {kind} among {answered:?}");
+    }
 }
 
 #[test]
@@ -340,11 +385,8 @@ fn crossed_dials_keep_one_link_and_redials_replace_it() {
     let lower = "server_a";
     let higher = "server_z";
     // A peer with a smaller id dialed us; our own dial to it is the duplicate.
-    r.step(0, link(1, lower, &key("carol"), Role::Local, true, false));
-    let mut ours = match link(2, lower, &key("carol"), Role::Local, true, false) {
-        Input::LinkHello(h) => h,
-        _ => unreachable!(),
-    };
+    r.step(0, local_link(1, lower));
+    let mut ours = link(2, lower, key("carol"), Role::Local, false);
     ours.dialed = true;
     ours.ts = 6;
     let out = r.step(1, Input::LinkHello(ours));
@@ -354,19 +396,16 @@ fn crossed_dials_keep_one_link_and_redials_replace_it() {
     );
     assert_eq!(r.linked(), vec![lower.to_owned()]);
     // The peer dials again (its old link died quietly): the new one wins.
-    let mut again = match link(3, lower, &key("carol"), Role::Local, true, false) {
-        Input::LinkHello(h) => h,
-        _ => unreachable!(),
-    };
+    let mut again = link(3, lower, key("carol"), Role::Local, false);
     again.ts = 7;
     let out = r.step(2, Input::LinkHello(again));
     assert!(out.contains(&Output::Close(1)));
     // With a larger id, our own dial is the one kept.
-    r.step(3, link(4, higher, &key("bob"), Role::Local, true, false));
-    let mut ours = match link(5, higher, &key("bob"), Role::Local, true, false) {
-        Input::LinkHello(h) => h,
-        _ => unreachable!(),
-    };
+    r.step(
+        3,
+        Input::LinkHello(link(4, higher, key("bob"), Role::Local, false)),
+    );
+    let mut ours = link(5, higher, key("bob"), Role::Local, false);
     ours.dialed = true;
     ours.ts = 6;
     let out = r.step(4, Input::LinkHello(ours));
@@ -378,7 +417,7 @@ fn crossed_dials_keep_one_link_and_redials_replace_it() {
 
 /// A presence claim by `server` for `user`, with a fresh proof signed at `ts`.
 fn claim(server: &str, user: &str, ts: i64) -> crate::wire::messages::Presence {
-    let Input::UserHello(h) = signed_hello(0, user, &key(user), ts) else {
+    let Input::UserHello(h) = signed_hello(0, user, key(user), ts) else {
         unreachable!()
     };
     crate::wire::messages::Presence {
@@ -393,8 +432,8 @@ fn claim(server: &str, user: &str, ts: i64) -> crate::wire::messages::Presence {
 fn many_logins_keep_the_replay_state_bounded() {
     let mut r = router(true);
     let l1 = "server_11111111-1111-4111-8111-111111111111";
-    r.step(0, link(7, l1, &key("carol"), Role::Local, true, false));
-    r.step(0, signed_hello(1, "alice", &key("alice"), 0));
+    r.step(0, local_link(7, l1));
+    r.step(0, signed_hello(1, "alice", key("alice"), 0));
     r.step(0, Input::UserClosed(1));
     let first = claim(l1, "alice", 1);
     r.now = 1;
@@ -405,7 +444,7 @@ fn many_logins_keep_the_replay_state_bounded() {
         let now = minute * 60_000;
         r.step(
             now,
-            signed_hello(minute as u64 + 10, "bob", &key("bob"), now),
+            signed_hello(minute as u64 + 10, "bob", key("bob"), now),
         );
         last = claim(l1, "alice", now);
         r.now = now;
@@ -472,7 +511,7 @@ fn user_list_stays_within_its_bound_and_says_when_it_is_cut() {
 #[test]
 fn user_lists_are_answered_a_few_at_once_then_one_a_second() {
     let mut r = router(true);
-    r.step(1000, signed_hello(1, "alice", &key("alice"), 1000));
+    r.step(1000, signed_hello(1, "alice", key("alice"), 1000));
     let ask = || {
         let env = Envelope::new("USER_LIST_REQ", "alice", "server_*", Map::new());
         let msg = Message::from_envelope(&env).unwrap();
