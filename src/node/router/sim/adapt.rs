@@ -69,7 +69,10 @@ pub(crate) fn store_failed(
     Input::StoreFailed(StoreFailure {
         custody,
         users,
-        acks,
+        acks: acks
+            .into_iter()
+            .map(|(conn, to, msg_id)| crate::node::state::PendingAck { conn, to, msg_id })
+            .collect(),
         error: "the disk is full (simulated)".to_owned(),
     })
 }
