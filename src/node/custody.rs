@@ -1,16 +1,23 @@
 //! Custody (PROTOCOL.md B): the frames a node has taken responsibility for
-//! and not yet handed on. Each entry is one frame for one destination (a
-//! user, or a server for group fan-out), kept in arrival order until the next
-//! hop acknowledges it. Entries with nowhere to go wait; at the master that
-//! waiting set is the offline mailbox. Pure data: the router decides routes,
-//! this keeps order, windows and acknowledgements.
+//! and not yet handed on. Each entry is one piece of content for one
+//! destination (a user, or a server for group fan-out), kept typed and in
+//! arrival order until the next hop acknowledges it. Entries with nowhere to
+//! go wait; at the master that waiting set is the offline mailbox. Pure data:
+//! the router decides routes, this keeps order, windows and acknowledgements.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::router::ConnId;
+use crate::wire::WireError;
+use crate::wire::messages::{
+    Deliver, Extra, FileChunk, FileEnd, FileStart, GroupKeyShare, Kind, Message, MsgGroup, typed,
+    untyped,
+};
 
 /// Where an entry is going.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,6 +35,174 @@ pub(crate) enum Hop {
     Link(String),
 }
 
+/// One piece of user content as custody holds it: typed, unknown fields
+/// kept (so content signatures over it still verify where it arrives).
+/// Serialized as its payload: that is the custody row's `payload` column.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Content {
+    /// A DM, sent as `PEER_DELIVER` on a link and `USER_DELIVER` to its
+    /// recipient.
+    Dm(Deliver),
+    KeyShare(GroupKeyShare),
+    Group(MsgGroup),
+    FileStart(FileStart),
+    FileChunk(FileChunk),
+    FileEnd(FileEnd),
+}
+
+/// What kind of content an entry holds, known while its body is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ContentKind {
+    Dm,
+    KeyShare,
+    Group,
+    FileStart,
+    FileChunk,
+    FileEnd,
+}
+
+impl ContentKind {
+    /// The frame type it leaves as: a DM's depends on the hop.
+    pub fn frame(self, on_link: bool) -> Kind {
+        match self {
+            ContentKind::Dm if on_link => Kind::PeerDeliver,
+            ContentKind::Dm => Kind::UserDeliver,
+            ContentKind::KeyShare => Kind::GroupKeyShare,
+            ContentKind::Group => Kind::MsgGroup,
+            ContentKind::FileStart => Kind::FileStart,
+            ContentKind::FileChunk => Kind::FileChunk,
+            ContentKind::FileEnd => Kind::FileEnd,
+        }
+    }
+
+    /// The kind a frame type names, if it is content a node holds.
+    pub fn of(kind: Kind) -> Option<Self> {
+        Some(match kind {
+            Kind::PeerDeliver | Kind::UserDeliver => ContentKind::Dm,
+            Kind::GroupKeyShare => ContentKind::KeyShare,
+            Kind::MsgGroup => ContentKind::Group,
+            Kind::FileStart => ContentKind::FileStart,
+            Kind::FileChunk => ContentKind::FileChunk,
+            Kind::FileEnd => ContentKind::FileEnd,
+            _ => return None,
+        })
+    }
+
+    /// Fanned out to a group's members (one frame per server on a link).
+    pub fn is_group(self) -> bool {
+        matches!(self, ContentKind::KeyShare | ContentKind::Group)
+    }
+
+    /// A piece of a file (it names its recipient in `user_id`).
+    pub fn is_file(self) -> bool {
+        matches!(
+            self,
+            ContentKind::FileStart | ContentKind::FileChunk | ContentKind::FileEnd
+        )
+    }
+}
+
+/// The custody row's `kind` column: the frame type (a DM's as it leaves on
+/// a link; migration 04 renamed the rows written before).
+impl ToSql for ContentKind {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.frame(true).name()))
+    }
+}
+
+impl FromSql for ContentKind {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let name = value.as_str()?;
+        Kind::from_name(name)
+            .and_then(ContentKind::of)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown custody kind {name:?}").into()))
+    }
+}
+
+impl Content {
+    pub fn kind(&self) -> ContentKind {
+        match self {
+            Content::Dm(_) => ContentKind::Dm,
+            Content::KeyShare(_) => ContentKind::KeyShare,
+            Content::Group(_) => ContentKind::Group,
+            Content::FileStart(_) => ContentKind::FileStart,
+            Content::FileChunk(_) => ContentKind::FileChunk,
+            Content::FileEnd(_) => ContentKind::FileEnd,
+        }
+    }
+
+    /// The content a frame carries, if it is content a node holds as it is
+    /// (a user's `MSG_PRIVATE` becomes a DM once its sender is known).
+    pub fn from_message(msg: Message) -> Option<Self> {
+        Some(match msg {
+            Message::PeerDeliver(d) | Message::UserDeliver(d) => Content::Dm(d),
+            Message::GroupKeyShare(s) => Content::KeyShare(s),
+            Message::MsgGroup(m) => Content::Group(m),
+            Message::FileStart(f) => Content::FileStart(f),
+            Message::FileChunk(f) => Content::FileChunk(f),
+            Message::FileEnd(f) => Content::FileEnd(f),
+            _ => return None,
+        })
+    }
+
+    /// The fields this version does not know, kept as received.
+    pub fn extra(&self) -> &Extra {
+        match self {
+            Content::Dm(c) => &c.extra,
+            Content::KeyShare(c) => &c.extra,
+            Content::Group(c) => &c.extra,
+            Content::FileStart(c) => &c.extra,
+            Content::FileChunk(c) => &c.extra,
+            Content::FileEnd(c) => &c.extra,
+        }
+    }
+
+    /// The `user_id` a file frame names (None for a group's, or not a file).
+    pub fn file_user_id(&self) -> Option<&str> {
+        match self {
+            Content::FileStart(FileStart { user_id, .. })
+            | Content::FileChunk(FileChunk { user_id, .. })
+            | Content::FileEnd(FileEnd { user_id, .. }) => user_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Names the recipient of a file frame (no effect on other content).
+    pub fn set_file_user_id(&mut self, user: String) {
+        match self {
+            Content::FileStart(FileStart { user_id, .. })
+            | Content::FileChunk(FileChunk { user_id, .. })
+            | Content::FileEnd(FileEnd { user_id, .. }) => *user_id = Some(user),
+            _ => {}
+        }
+    }
+
+    /// A body read back from its custody row.
+    pub fn from_payload(kind: ContentKind, payload: Map<String, Value>) -> Result<Self, WireError> {
+        let name = kind.frame(true).name();
+        Ok(match kind {
+            ContentKind::Dm => Content::Dm(typed(name, payload)?),
+            ContentKind::KeyShare => Content::KeyShare(typed(name, payload)?),
+            ContentKind::Group => Content::Group(typed(name, payload)?),
+            ContentKind::FileStart => Content::FileStart(typed(name, payload)?),
+            ContentKind::FileChunk => Content::FileChunk(typed(name, payload)?),
+            ContentKind::FileEnd => Content::FileEnd(typed(name, payload)?),
+        })
+    }
+
+    /// The payload as a JSON object, unknown fields included.
+    pub fn to_payload(&self) -> Map<String, Value> {
+        untyped(self)
+    }
+
+    /// Its size as compact JSON, for quotas (counted without writing it;
+    /// escapes are not counted).
+    pub fn json_len(&self) -> usize {
+        crate::wire::size::json_len(self)
+    }
+}
+
 /// Frames in flight to one user before it must acknowledge some.
 pub const WINDOW: usize = 256;
 /// Frames in flight on one server link before it must acknowledge some: a
@@ -36,16 +211,16 @@ pub const WINDOW: usize = 256;
 /// `state::HOLD`), so it needs room for tens of ms at full rate.
 pub const LINK_WINDOW: usize = 4096;
 
-/// One frame in custody.
+/// One piece of content in custody, for one destination.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Entry {
     pub seq: u64,
     pub msg_id: String,
     pub dest: Dest,
-    /// `DELIVER` (sent as `PEER_DELIVER` or `USER_DELIVER`), or the frame type.
-    pub kind: String,
-    /// Shared between custody, the store write and every send.
-    pub payload: Arc<Map<String, Value>>,
+    pub kind: ContentKind,
+    /// Shared between custody, the store write and every send; None while
+    /// the body is on disk only.
+    pub body: Option<Arc<Content>>,
     /// The `to` of the frame, when the destination does not imply it (a
     /// group file handed to the master names the group).
     pub to: Option<String>,
@@ -72,7 +247,7 @@ pub(crate) struct Custody {
     per_sender: HashMap<String, (usize, usize)>,
     next_seq: u64,
     /// Entries whose body is on disk only (written, and waiting): their
-    /// `payload` is empty until `restore` brings it back for sending.
+    /// `body` is None until `restore` brings it back for sending.
     evicted: HashSet<u64>,
     /// Payload bytes of all entries, and of the evicted ones.
     total_bytes: usize,
@@ -103,7 +278,7 @@ impl Custody {
         if !waiting || !self.evicted.insert(seq) {
             return false;
         }
-        e.payload = Arc::default();
+        e.body = None;
         self.evicted_bytes += e.bytes;
         true
     }
@@ -118,14 +293,17 @@ impl Custody {
         self.evicted.contains(&seq)
     }
 
-    /// Puts a body read back from disk into its entry.
-    pub fn restore(&mut self, seq: u64, payload: Arc<Map<String, Value>>) {
+    /// Puts a body read back from disk into its entry; an error if it is
+    /// not the content the entry says (a corrupt row).
+    pub fn restore(&mut self, seq: u64, payload: Map<String, Value>) -> Result<(), WireError> {
         if let Some(e) = self.entries.get_mut(&seq)
-            && self.evicted.remove(&seq)
+            && self.evicted.contains(&seq)
         {
-            e.payload = payload;
+            e.body = Some(Arc::new(Content::from_payload(e.kind, payload)?));
+            self.evicted.remove(&seq);
             self.evicted_bytes -= e.bytes;
         }
+        Ok(())
     }
 
     /// The first `n` pending entries of `dest` whose bodies are on disk only.
@@ -436,13 +614,29 @@ impl Custody {
 mod tests {
     use super::*;
 
+    fn dm(user: &str) -> Deliver {
+        Deliver {
+            user_id: user.into(),
+            ciphertext: "c".into(),
+            iv: "i".into(),
+            tag: "t".into(),
+            wrapped_key: "w".into(),
+            sender: "a".into(),
+            sender_pub: "p".into(),
+            content_sig: "s".into(),
+            content_ts: 1,
+            msg_id: None,
+            extra: Map::new(),
+        }
+    }
+
     fn entry(msg: &str, user: &str) -> Entry {
         Entry {
             seq: 0,
             msg_id: msg.into(),
             dest: Dest::User(user.into()),
-            kind: "DELIVER".into(),
-            payload: Arc::new(Map::new()),
+            kind: ContentKind::Dm,
+            body: Some(Arc::new(Content::Dm(dm(user)))),
             to: None,
             via: None,
             sender: "a".into(),
@@ -509,16 +703,63 @@ mod tests {
         assert!(!c.evict(a.seq));
         assert!(c.evict(b.seq));
         assert_eq!(c.bytes(), (20, 10));
-        assert!(c.next_pending(&bob).unwrap().payload.is_empty());
+        assert!(c.next_pending(&bob).unwrap().body.is_none());
         assert_eq!(c.evicted_page(&bob, 10), vec![b.seq]);
-        let body = Arc::new(Map::from_iter([("k".to_owned(), Value::from(1))]));
-        c.restore(b.seq, body.clone());
+        let mut body = dm("bob");
+        body.extra.insert("zz".into(), Value::from(1));
+        let row = serde_json::to_string(&Content::Dm(body.clone())).unwrap();
+        let Ok(Value::Object(read)) = serde_json::from_str(&row) else {
+            unreachable!()
+        };
+        assert!(c.restore(b.seq, Map::new()).is_err(), "not a DM");
+        assert!(c.is_evicted(b.seq));
+        c.restore(b.seq, read).unwrap();
         assert!(!c.is_evicted(b.seq));
-        assert_eq!(c.next_pending(&bob).unwrap().payload, body);
+        assert_eq!(
+            c.next_pending(&bob).unwrap().body.as_deref(),
+            Some(&Content::Dm(body))
+        );
         assert_eq!(c.bytes(), (20, 20));
         c.evict(b.seq);
         c.release(&[b.seq]);
         assert_eq!(c.bytes(), (10, 10));
+    }
+
+    #[test]
+    fn a_dm_stored_under_its_old_kind_loads_after_the_migration() {
+        use crate::store::Schema;
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        Schema::Node
+            .migrations()
+            .unwrap()
+            .to_version(&mut conn, 3)
+            .unwrap();
+        let mut body = dm("bob");
+        body.extra.insert("zz".into(), Value::from("kept"));
+        let row = serde_json::to_string(&body).unwrap();
+        conn.execute(
+            "INSERT INTO custody (seq, msg_id, dest_kind, dest, kind, sender, payload, bytes, created_ms)
+             VALUES (1, 'm1', 'user', 'bob', 'DELIVER', 'a', ?1, 10, 0)",
+            [&row],
+        )
+        .unwrap();
+        crate::store::migrate(&mut conn, Schema::Node).unwrap();
+        let snap = crate::node::state::load(&conn, 0).unwrap();
+        assert_eq!(snap.custody.len(), 1);
+        assert_eq!(snap.custody[0].kind, ContentKind::Dm);
+        let mut c = Custody::load(snap.custody);
+        let Ok(Value::Object(read)) = serde_json::from_str(&row) else {
+            unreachable!()
+        };
+        c.restore(1, read).unwrap();
+        let bob = Dest::User("bob".into());
+        let restored = c.next_pending(&bob).unwrap().body.clone().unwrap();
+        assert_eq!(*restored, Content::Dm(body));
+        // Written back as it leaves on a link.
+        assert_eq!(
+            ContentKind::Dm.to_sql().unwrap(),
+            ToSqlOutput::from(Kind::PeerDeliver.name())
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::conn::ConnCmd;
 use super::router::{ConnId, Input, Outgoing, Output, Router};
 use super::state::{Outcome, Writer};
-use crate::wire::messages::Ack;
+use crate::wire::messages::{Ack, Message};
 use crate::wire::now_ms;
 
 /// Events the hub consumes.
@@ -225,18 +225,11 @@ fn send_acks(conns: &HashMap<ConnId, mpsc::Sender<ConnCmd>>, acks: Vec<(ConnId, 
         let Some(queue) = conns.get(&conn) else {
             continue;
         };
-        let payload = match serde_json::to_value(Ack {
+        let ack = Ack {
             msg_ids,
             extra: Default::default(),
-        }) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => continue,
         };
-        let frame = Outgoing {
-            kind: "ACK",
-            to,
-            payload,
-        };
+        let frame = Outgoing::new(to, Message::Ack(ack));
         if queue.try_send(ConnCmd::Frame(frame)).is_err() {
             tracing::warn!(conn, "could not queue an ACK; the peer will resend");
         }

@@ -212,7 +212,7 @@ pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StoreError> 
             to: r.get(5)?,
             via: r.get(6)?,
             sender: r.get(7)?,
-            payload: std::sync::Arc::default(),
+            body: None,
             bytes: r.get::<_, i64>(8)? as usize,
             created_ms: r.get(9)?,
         })
@@ -298,7 +298,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Re
                 Dest::User(u) => ("user", u),
                 Dest::Server(s) => ("server", s),
             };
-            let payload = serde_json::to_string(&*e.payload).unwrap_or_default();
+            let payload = serde_json::to_string(&e.body.as_deref()).unwrap_or_default();
             tx.prepare_cached("INSERT INTO custody (seq, msg_id, dest_kind, dest, kind, to_id, via, sender, payload, bytes, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")?.execute(params![e.seq as i64, e.msg_id, dest_kind, dest, e.kind, e.to, e.via, e.sender, payload, e.bytes as i64, e.created_ms],
             )?;
@@ -863,8 +863,8 @@ mod tests {
             seq,
             msg_id: format!("m{seq}"),
             dest: Dest::User("bob".into()),
-            kind: "DELIVER".into(),
-            payload: Default::default(),
+            kind: crate::node::custody::ContentKind::Dm,
+            body: None,
             to: None,
             via: None,
             sender: "alice".into(),

@@ -59,6 +59,28 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// The code an `ERROR` payload names, if it is one we know.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+
+    const ALL: [ErrorCode; 12] = [
+        ErrorCode::UserNotFound,
+        ErrorCode::InvalidSig,
+        ErrorCode::BadKey,
+        ErrorCode::Timeout,
+        ErrorCode::UnknownType,
+        ErrorCode::NameInUse,
+        ErrorCode::BadFrame,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::NotAllowed,
+        ErrorCode::Storage,
+    ];
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -260,6 +282,16 @@ mod tests {
             Envelope::parse(&big).unwrap_err().code(),
             ErrorCode::TooLarge
         );
+    }
+
+    #[test]
+    fn error_codes_parse_back() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, Value::String(code.as_str().to_owned()));
+        }
+        assert_eq!(ErrorCode::parse("NOPE"), None);
     }
 
     #[test]

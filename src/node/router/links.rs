@@ -6,8 +6,7 @@ use serde_json::{Map, Value};
 use super::admission::RegSource;
 use super::{
     ConnId, HELLO_FRESHNESS_MS, Link, LinkHelloIn, Output, Pending, Router, StoreOp, code_of,
-    content, error_payload, lookup_answer, our_caps, payload_of, proof_digest, proof_signed_by,
-    registration, session_offer, truncate,
+    lookup_answer, our_caps, proof_digest, proof_signed_by, registration, session_offer, truncate,
 };
 use crate::crypto::PublicKey;
 use crate::node::custody::{Dest, Hop};
@@ -127,7 +126,7 @@ impl Router {
             self.master_id = Some(id.clone());
         }
         if !hello.dialed {
-            let reply = payload_of(&PeerHelloLink {
+            let reply = Message::PeerHelloLink(PeerHelloLink {
                 host: self.cfg.host.clone(),
                 port: self.cfg.port,
                 pubkey: self.cfg.pubkey.clone(),
@@ -140,7 +139,7 @@ impl Router {
                 session: session_offer(&hello.session),
                 extra: Map::new(),
             });
-            self.send(hello.conn, "PEER_HELLO_LINK", &id, reply);
+            self.send(hello.conn, &id, reply);
         }
         self.links.insert(
             id.clone(),
@@ -173,14 +172,14 @@ impl Router {
                 self.persist(StoreOp::RemovePresence(user));
             } else if let Some(p) = self.presence.get_mut(&user) {
                 p.live = true;
-                let adv = payload_of(&Presence {
+                let adv = Message::UserAdvertise(Presence {
                     user_id: user,
                     location: p.location.clone(),
                     proof: p.proof.clone(),
                     extra: Map::new(),
                 });
                 if self.cfg.master {
-                    self.broadcast(Some(server), "USER_ADVERTISE", &adv);
+                    self.broadcast(Some(server), &adv);
                 }
             }
         }
@@ -194,10 +193,10 @@ impl Router {
         for user in &own {
             if is_master_link && let Some(session) = self.sessions.get(user) {
                 let reg = registration(user, &session.key, session.proof.clone());
-                self.send_link(server, "DB_REGISTER_USER", server, reg);
+                self.send_link(server, server, reg);
             }
             let adv = self.own_advert(user);
-            self.send_link(server, "USER_ADVERTISE", ids::TO_ALL, adv);
+            self.send_link(server, ids::TO_ALL, adv);
         }
         if self.cfg.master {
             let others: Vec<(String, PresenceRecord)> = self
@@ -207,13 +206,13 @@ impl Router {
                 .map(|(u, p)| (u.clone(), p.clone()))
                 .collect();
             for (user, p) in others {
-                let adv = payload_of(&Presence {
+                let adv = Message::UserAdvertise(Presence {
                     user_id: user,
                     location: p.location,
                     proof: p.proof,
                     extra: Map::new(),
                 });
-                self.send_link(server, "USER_ADVERTISE", ids::TO_ALL, adv);
+                self.send_link(server, ids::TO_ALL, adv);
             }
         }
     }
@@ -241,13 +240,13 @@ impl Router {
                 };
                 p.live = false;
                 if self.cfg.master {
-                    let remove = payload_of(&Presence {
+                    let remove = Message::UserRemove(Presence {
                         user_id: user,
                         location: p.location.clone(),
                         proof: None,
                         extra: Map::new(),
                     });
-                    self.broadcast(Some(&server), "USER_REMOVE", &remove);
+                    self.broadcast(Some(&server), &remove);
                 }
             }
             self.hop_down(&Hop::Link(server));
@@ -255,7 +254,7 @@ impl Router {
     }
 
     pub(super) fn link_frame(&mut self, conn: ConnId, env: Envelope, msg: Message) {
-        let Some(server) = self.conn_links.get(&conn).cloned() else {
+        let Some(server) = self.sender(conn, &env, true) else {
             return;
         };
         // Receipts addressed to another server (on their way back to a
@@ -268,7 +267,6 @@ impl Router {
             && matches!(msg, Message::Receipt(_))
         {
             if env.to != server {
-                let kind = msg.type_name();
                 let mut msg = msg;
                 // A receipt is relayed only for DMs the master handed to the
                 // server that sends it.
@@ -280,10 +278,9 @@ impl Router {
                         return;
                     }
                 }
-                let mut payload = msg.to_payload();
                 // Only the master itself may refuse a user.
-                payload.remove("refused_user");
-                self.send_link(&env.to.clone(), kind, &env.to, payload);
+                msg.extra_mut().remove(REFUSED_USER);
+                self.send_link(&env.to.clone(), &env.to, msg);
             }
             return;
         }
@@ -292,7 +289,7 @@ impl Router {
             Message::UserRemove(p) => self.peer_remove(&server, p),
             Message::DbRegisterUser(r) => self.peer_register(&server, r),
             Message::DbGetUser(q) if self.cfg.master => {
-                let answer = payload_of(&DirectoryAnswer {
+                let answer = Message::DbUser(DirectoryAnswer {
                     user_id: q.user_id.clone(),
                     found: self.users.contains_key(&q.user_id),
                     pubkey: self
@@ -303,7 +300,7 @@ impl Router {
                     req_id: q.req_id,
                     extra: Map::new(),
                 });
-                self.send_link(&server, "DB_USER", &server, answer);
+                self.send_link(&server, &server, answer);
             }
             Message::DbUser(a) => self.directory_answer(a),
             Message::PeerDeliver(_)
@@ -335,7 +332,7 @@ impl Router {
         // else) it would let one server disconnect users hosted elsewhere
         // (PROTOCOL.md C13).
         let from_master = !self.cfg.master && self.master_id.as_deref() == Some(server);
-        if let Some(Value::String(user)) = e.extra.get("refused_user") {
+        if let Some(Value::String(user)) = e.extra.get(REFUSED_USER) {
             if !from_master {
                 tracing::warn!(server, user = %truncate(user), "ignored a user refusal from a server that is not our master");
                 return;
@@ -347,20 +344,20 @@ impl Router {
             }) && let Some(Pending::Hello(hello)) = self.pending.remove(&req)
             {
                 let user = user.clone();
-                return self.refuse(hello.conn, &user, code_of(&e.code), e.detail);
+                return self.refuse(hello.conn, &user, code_of(&e), e.detail);
             }
             if let Some(conn) = self.sessions.get(user).map(|s| s.conn) {
                 let user = user.clone();
-                return self.refuse(conn, &user, code_of(&e.code), e.detail.clone());
+                return self.refuse(conn, &user, code_of(&e), e.detail.clone());
             }
             return;
         }
         // The next hop could not store content we handed it: it keeps
         // nothing, so we send it again a little later (until then it holds
         // no window slot, and nothing behind it waits on it).
-        if e.code == ErrorCode::Storage.as_str()
+        if e.error_code() == Some(ErrorCode::Storage)
             && env.to == self.cfg.me
-            && let Some(id) = e.extra.get("msg_id").and_then(Value::as_str)
+            && let Some(id) = e.msg_id()
         {
             let dests = self.custody.requeue(&Hop::Link(server.to_owned()), id);
             if !dests.is_empty() {
@@ -378,18 +375,15 @@ impl Router {
         // server that sends it. Anything else would let any server tell any
         // user their messages failed.
         let user = env.to.clone();
-        let msg_id = e.extra.get("msg_id").and_then(Value::as_str);
+        let msg_id = e.msg_id();
         let carried = msg_id.is_some_and(|id| self.carried.went_to(&user, id, server));
         if !(from_master || carried) {
             tracing::info!(server, user = %truncate(&user), "dropped an error for a user from a server that did not carry their content");
             return;
         }
-        let payload = match msg_id {
-            Some(id) => content::content_error(code_of(&e.code), e.detail, id),
-            None => error_payload(code_of(&e.code), e.detail),
-        };
+        let error = Message::Error(ErrorBody::about(code_of(&e), e.detail.clone(), msg_id));
         if let Some(conn) = self.sessions.get(&user).map(|s| s.conn) {
-            self.send(conn, "ERROR", &user, payload);
+            self.send(conn, &user, error);
             return;
         }
         // The master passes it on to the server the user is on.
@@ -400,7 +394,7 @@ impl Router {
                 .filter(|p| p.live && p.location != server)
                 .map(|p| p.location.clone())
         {
-            self.send_link(&loc, "ERROR", &user, payload);
+            self.send_link(&loc, &user, error);
         }
     }
 
@@ -429,12 +423,7 @@ impl Router {
             Some(Pending::Lookup { conn, user_id }) if user_id == a.user_id => {
                 if let Some(user) = self.conn_users.get(&conn).cloned() {
                     let pubkey = a.found.then_some(a.pubkey.as_str());
-                    self.send(
-                        conn,
-                        "USER_DB_USER",
-                        &user,
-                        lookup_answer(&a.user_id, pubkey),
-                    );
+                    self.send(conn, &user, lookup_answer(&a.user_id, pubkey));
                 }
             }
             Some(Pending::Hello(hello)) if hello.user_id == a.user_id => {
@@ -467,9 +456,11 @@ impl Router {
         }
         let refuse = |this: &mut Self, code: ErrorCode, detail: String| {
             tracing::warn!(server, user = %truncate(&r.user_id), %detail, "registration refused");
-            let mut payload = error_payload(code, detail);
-            payload.insert("refused_user".into(), Value::String(r.user_id.clone()));
-            this.send_link(server, "ERROR", &r.user_id, payload);
+            let mut error = ErrorBody::new(code, detail);
+            error
+                .extra
+                .insert(REFUSED_USER.into(), Value::String(r.user_id.clone()));
+            this.send_link(server, &r.user_id, Message::Error(error));
         };
         if ids::check_user(&r.user_id).is_err() || PublicKey::from_b64(&r.pubkey).is_err() {
             return refuse(self, ErrorCode::BadKey, "bad user id or key".into());
@@ -558,8 +549,9 @@ impl Router {
         self.presence.insert(p.user_id.clone(), rec.clone());
         self.persist(StoreOp::SetPresence(p.user_id.clone(), rec));
         if self.cfg.master {
-            let relay = payload_of(&p);
-            self.broadcast(Some(server), "USER_ADVERTISE", &relay);
+            let user = p.user_id.clone();
+            self.broadcast(Some(server), &Message::UserAdvertise(p));
+            return self.pump(&Dest::User(user));
         }
         self.pump(&Dest::User(p.user_id));
     }
@@ -609,8 +601,8 @@ impl Router {
             self.presence.remove(&p.user_id);
             self.persist(StoreOp::RemovePresence(p.user_id.clone()));
             if self.cfg.master {
-                let relay = payload_of(&Presence { proof: None, ..p });
-                self.broadcast(Some(server), "USER_REMOVE", &relay);
+                let relay = Message::UserRemove(Presence { proof: None, ..p });
+                self.broadcast(Some(server), &relay);
             }
         }
     }
@@ -619,3 +611,7 @@ impl Router {
 /// How long content the next hop could not store waits before it is sent
 /// again.
 pub const STORAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The field of an `ERROR` from the master that names the user whose
+/// registration it refused (a `socp` extension).
+const REFUSED_USER: &str = "refused_user";

@@ -8,6 +8,8 @@ mod admission;
 mod bodies;
 mod carried;
 mod content;
+mod delivery;
+mod groups;
 mod links;
 mod persist;
 mod replay;
@@ -16,17 +18,19 @@ mod tests;
 mod users;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::custody::{self, Custody, Entry};
+use super::custody::{self, Content, Custody, Entry};
 use super::state::{
     GroupRecord, PresenceRecord, ProofOwner, ServerRecord, Snapshot, StoreFailure, UserRecord,
 };
 use crate::crypto::{self, PublicKey};
-use crate::wire::messages::{ErrorBody, Message, Proof, RegisterUser, Role, UserLookupAnswer};
+use crate::wire::messages::{
+    ErrorBody, Kind, Message, Presence, Proof, RegisterUser, Role, UserLookupAnswer,
+};
 use crate::wire::{Envelope, ErrorCode};
 use crate::wire::{canonical, ids};
 
@@ -65,13 +69,91 @@ pub(crate) fn our_caps(mac: bool) -> Vec<String> {
 /// The capability a `socp` peer lists in its hello.
 pub const CAP_SOCP: &str = "socp-v1";
 
-/// A frame for a connection's writer to stamp with our id, sign and send.
+/// A frame for a connection's writer to stamp with our id, sign and send:
+/// typed until the writer serializes it, once.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Outgoing {
-    pub kind: &'static str,
     pub to: String,
-    pub payload: Map<String, Value>,
+    pub frame: Frame,
 }
+
+/// What an [`Outgoing`] carries.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Frame {
+    /// A message made for this send.
+    Msg(Message),
+    /// Content from custody, shared with it rather than copied.
+    Content(Relay),
+}
+
+/// A piece of content in custody as it leaves on one hop.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Relay {
+    pub content: Arc<Content>,
+    /// On a server link (a DM is a `PEER_DELIVER` there, a `USER_DELIVER`
+    /// to its recipient).
+    pub on_link: bool,
+    /// The recipient a file frame names (its destination user).
+    pub user_id: Option<String>,
+    /// The members a group frame is for behind this hop (on a link).
+    pub recipients: Option<Vec<String>>,
+}
+
+impl Outgoing {
+    /// A message for `to`.
+    pub fn new(to: impl Into<String>, msg: Message) -> Self {
+        Outgoing {
+            to: to.into(),
+            frame: Frame::Msg(msg),
+        }
+    }
+
+    /// The frame type it is sent as.
+    pub fn kind(&self) -> Kind {
+        match &self.frame {
+            Frame::Msg(msg) => msg.kind(),
+            Frame::Content(relay) => relay.content.kind().frame(relay.on_link),
+        }
+    }
+
+    /// Its envelope `type`.
+    pub fn type_name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The payload as it goes on the wire: the one place a frame from this
+    /// node becomes JSON.
+    pub fn payload(&self) -> Map<String, Value> {
+        match &self.frame {
+            Frame::Msg(msg) => msg.to_payload(),
+            Frame::Content(relay) => relay.payload(),
+        }
+    }
+
+    /// The unsigned envelope it goes out in, from us (`from`).
+    pub fn into_envelope(self, from: &str) -> Envelope {
+        Envelope::new(self.type_name(), from, &self.to, self.payload())
+    }
+}
+
+impl Relay {
+    fn payload(&self) -> Map<String, Value> {
+        let mut payload = self.content.to_payload();
+        if let Some(user) = &self.user_id {
+            payload.insert(USER_ID.into(), Value::String(user.clone()));
+        }
+        if let Some(r) = self.recipients.as_ref().filter(|r| !r.is_empty()) {
+            payload.insert(RECIPIENTS.into(), Value::from(r.clone()));
+        }
+        payload
+    }
+}
+
+/// The field a file frame names its recipient in.
+const USER_ID: &str = "user_id";
+/// The field of a group frame on a link that names the members it is for
+/// behind that link (a `socp` extension, never taken from a user).
+const RECIPIENTS: &str = "recipients";
 
 /// A row for the store writer.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,6 +267,21 @@ pub(crate) enum Input {
         bodies: super::state::Bodies,
         unread: Vec<u64>,
     },
+}
+
+impl Input {
+    /// True for what keeps frames moving out: a hello, link traffic, timers,
+    /// the store's answers, and a user's `ACK` (it releases what the node
+    /// holds). The hub serves these before the rest of what users bring in,
+    /// so a flood of user content cannot starve the acks that keep links
+    /// flowing. A user's close goes after that user's frames.
+    pub fn is_urgent(&self) -> bool {
+        match self {
+            Input::UserFrame { msg, .. } => matches!(msg, Message::Ack(_)),
+            Input::UserClosed(_) => false,
+            _ => true,
+        }
+    }
 }
 
 /// Fixed facts about this node.
@@ -302,21 +399,6 @@ pub(crate) struct Router {
     next_req: u64,
     out: Vec<Output>,
     now: i64,
-}
-
-fn payload_of<T: Serialize>(value: &T) -> Map<String, Value> {
-    match serde_json::to_value(value) {
-        Ok(Value::Object(map)) => map,
-        _ => Map::new(),
-    }
-}
-
-fn error_payload(code: ErrorCode, detail: impl Into<String>) -> Map<String, Value> {
-    payload_of(&ErrorBody {
-        code: code.as_str().to_owned(),
-        detail: detail.into(),
-        extra: Map::new(),
-    })
 }
 
 /// SHA-256 of a proof's signature: how replays and owners are keyed.
@@ -450,13 +532,13 @@ impl Router {
     fn shutting_down(&mut self) {
         let users: Vec<String> = self.sessions.keys().cloned().collect();
         for user in users {
-            let remove = payload_of(&crate::wire::messages::Presence {
+            let remove = Message::UserRemove(Presence {
                 user_id: user,
                 location: self.cfg.me.clone(),
                 proof: None,
                 extra: Map::new(),
             });
-            self.broadcast(None, "USER_REMOVE", &remove);
+            self.broadcast(None, &remove);
         }
     }
 
@@ -497,19 +579,12 @@ impl Router {
 
     // ---- output helpers ----
 
-    fn send(&mut self, conn: ConnId, kind: &'static str, to: &str, payload: Map<String, Value>) {
-        self.out.push(Output::Send(
-            conn,
-            Outgoing {
-                kind,
-                to: to.to_owned(),
-                payload,
-            },
-        ));
+    fn send(&mut self, conn: ConnId, to: &str, msg: Message) {
+        self.out.push(Output::Send(conn, Outgoing::new(to, msg)));
     }
 
     fn error(&mut self, conn: ConnId, to: &str, code: ErrorCode, detail: impl Into<String>) {
-        self.send(conn, "ERROR", to, error_payload(code, detail));
+        self.send(conn, to, Message::Error(ErrorBody::new(code, detail)));
     }
 
     fn refuse(&mut self, conn: ConnId, to: &str, code: ErrorCode, detail: impl Into<String>) {
@@ -522,29 +597,20 @@ impl Router {
         self.out.push(Output::Persist(op));
     }
 
-    fn send_link(
-        &mut self,
-        server: &str,
-        kind: &'static str,
-        to: &str,
-        payload: Map<String, Value>,
-    ) -> bool {
+    /// Sends on the link to `server`; false if there is none.
+    fn send_link(&mut self, server: &str, to: &str, msg: Message) -> bool {
         match self.links.get(server) {
             Some(link) => {
                 let conn = link.conn;
-                self.send(conn, kind, to, payload);
+                self.send(conn, to, msg);
                 true
             }
             None => false,
         }
     }
 
-    fn broadcast(
-        &mut self,
-        except: Option<&str>,
-        kind: &'static str,
-        payload: &Map<String, Value>,
-    ) {
+    /// Sends to every link but `except`'s.
+    fn broadcast(&mut self, except: Option<&str>, msg: &Message) {
         let targets: Vec<ConnId> = self
             .links
             .iter()
@@ -552,8 +618,33 @@ impl Router {
             .map(|(_, l)| l.conn)
             .collect();
         for conn in targets {
-            self.send(conn, kind, ids::TO_ALL, payload.clone());
+            self.send(conn, ids::TO_ALL, msg.clone());
         }
+    }
+
+    /// Who sent a frame on `conn` (a link's if `link`, else a user's): the
+    /// peer its hello named, if the frame's `from` is that peer. The one
+    /// check of `from` for users and links: a user is told, a server's
+    /// frame is dropped.
+    fn sender(&mut self, conn: ConnId, env: &Envelope, link: bool) -> Option<String> {
+        if link {
+            let server = self.conn_links.get(&conn)?;
+            if env.from == *server {
+                return Some(server.clone());
+            }
+            tracing::warn!(conn, server = %server, from = %truncate(&env.from), "dropped link frame: from is not the linked server");
+            return None;
+        }
+        let user = self.conn_users.get(&conn)?.clone();
+        if env.from == user {
+            return Some(user);
+        }
+        let detail = format!(
+            "frame from {:?} on {user}'s connection",
+            truncate(&env.from)
+        );
+        self.error(conn, &user, ErrorCode::NotAllowed, detail);
+        None
     }
 
     fn new_req_id(&mut self) -> String {
@@ -587,8 +678,8 @@ fn proof_signed_by(proof: &Proof, user: &str, pubkey: &str) -> bool {
     key.verify_b64(bytes.as_bytes(), &proof.sig).is_ok()
 }
 
-fn registration(user: &str, pubkey: &str, proof: Option<Proof>) -> Map<String, Value> {
-    payload_of(&RegisterUser {
+fn registration(user: &str, pubkey: &str, proof: Option<Proof>) -> Message {
+    Message::DbRegisterUser(RegisterUser {
         user_id: user.to_owned(),
         pubkey: pubkey.to_owned(),
         proof,
@@ -596,8 +687,8 @@ fn registration(user: &str, pubkey: &str, proof: Option<Proof>) -> Map<String, V
     })
 }
 
-fn lookup_answer(user: &str, pubkey: Option<&str>) -> Map<String, Value> {
-    payload_of(&UserLookupAnswer {
+fn lookup_answer(user: &str, pubkey: Option<&str>) -> Message {
+    Message::UserDbUser(UserLookupAnswer {
         user_id: user.to_owned(),
         found: pubkey.is_some(),
         pubkey: pubkey.unwrap_or_default().to_owned(),
@@ -605,13 +696,15 @@ fn lookup_answer(user: &str, pubkey: Option<&str>) -> Map<String, Value> {
     })
 }
 
+/// The members a group frame from a link names (see [`RECIPIENTS`]).
 fn take_recipients(extra: &mut Map<String, Value>) -> Option<Vec<String>> {
-    let value = extra.remove("recipients")?;
+    let value = extra.remove(RECIPIENTS)?;
     serde_json::from_value(value).ok()
 }
 
-fn code_of(code: &str) -> ErrorCode {
-    serde_json::from_value(Value::String(code.to_owned())).unwrap_or(ErrorCode::NotAllowed)
+/// The code of an error a peer sent (an unknown one counts as `NOT_ALLOWED`).
+fn code_of(e: &ErrorBody) -> ErrorCode {
+    e.error_code().unwrap_or(ErrorCode::NotAllowed)
 }
 
 fn truncate(s: &str) -> String {
