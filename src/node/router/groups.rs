@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use super::{Router, StoreOp, truncate};
+use super::content::Dests;
+use super::{Router, StoreOp, take_recipients, truncate};
 use crate::node::custody::Dest;
 use crate::node::state::GroupRecord;
 use crate::wire::ErrorCode;
@@ -161,5 +162,51 @@ impl Router {
             self.groups.insert(group_id.to_owned(), rec.clone());
             self.persist(StoreOp::SetGroup(group_id.to_owned(), rec));
         }
+    }
+
+    /// Where a group key share relayed by `server` goes, once checked: the
+    /// master checks every share it is handed and serves every member (those
+    /// on the server it came from too: that server waited for the master's
+    /// check); a local takes the master's word (it relays only what it
+    /// checked). Refused: no destinations, and the creator is told.
+    pub(super) fn relayed_share_dests(
+        &mut self,
+        server: &str,
+        share: &mut GroupKeyShare,
+        msg_id: &str,
+    ) -> Dests {
+        let from_master = !self.cfg.master && self.master_id.as_deref() == Some(server);
+        let verdict = if from_master {
+            Ok(())
+        } else if self.cfg.master {
+            self.check_share(share)
+        } else {
+            Err((
+                ErrorCode::NotAllowed,
+                "group key shares travel through the master".to_owned(),
+            ))
+        };
+        if let Err((code, detail)) = verdict {
+            tracing::warn!(server, group = %truncate(&share.group_id), creator = %truncate(&share.creator), %detail, "refused a group key share");
+            self.report(Some(server), &share.creator, code, detail, Some(msg_id));
+            return Vec::new();
+        }
+        let mut members: BTreeSet<String> = share.shares.iter().map(|s| s.member.clone()).collect();
+        members.insert(share.creator.clone());
+        self.record_group(&share.group_id, members.clone(), &share.creator);
+        let recipients = take_recipients(&mut share.extra);
+        if self.cfg.master {
+            return members
+                .into_iter()
+                .filter(|m| m != &share.creator)
+                .map(|m| (Dest::User(m), None))
+                .collect();
+        }
+        self.relayed_group_dests(
+            server,
+            &share.creator,
+            recipients,
+            members.into_iter().collect(),
+        )
     }
 }

@@ -1,21 +1,17 @@
-//! Server links and presence: link hellos and pinning, snapshots, link
-//! loss, and the presence and directory frames of PROTOCOL.md C5.
+//! Server links: link hellos and pinning (PROTOCOL.md C5), link loss, and
+//! what a link's frames are dispatched to (presence, directory, content,
+//! acks, receipts, errors).
 
 use serde_json::{Map, Value};
 
-use super::admission::RegSource;
 use super::{
-    ConnId, HELLO_FRESHNESS_MS, Link, LinkHelloIn, Output, Pending, Router, StoreOp, code_of,
-    lookup_answer, our_caps, proof_digest, proof_signed_by, registration, session_offer, truncate,
+    ConnId, Link, LinkHelloIn, Output, Pending, Router, StoreOp, code_of, our_caps, session_offer,
+    truncate,
 };
-use crate::crypto::PublicKey;
-use crate::node::custody::{Dest, Hop};
-use crate::node::policy::PolicyOp;
-use crate::node::state::{PresenceRecord, ServerRecord, UserRecord};
+use crate::node::custody::Hop;
+use crate::node::state::ServerRecord;
 use crate::wire::ids;
-use crate::wire::messages::{
-    DirectoryAnswer, ErrorBody, Message, PeerHelloLink, Presence, RegisterUser, Role,
-};
+use crate::wire::messages::{DirectoryAnswer, ErrorBody, Message, PeerHelloLink, Presence, Role};
 use crate::wire::{Envelope, ErrorCode};
 
 impl Router {
@@ -154,67 +150,6 @@ impl Router {
         self.restore_presence(&id, hello.socp);
         self.send_snapshot(&id);
         self.pump_all();
-    }
-
-    /// After a link forms: a `socp` peer re-advertises its users, so what we
-    /// cached from it is dropped; a reference peer does not, so the cache is
-    /// restored.
-    pub(super) fn restore_presence(&mut self, server: &str, socp: bool) {
-        let via: Vec<String> = self
-            .presence
-            .iter()
-            .filter(|(_, p)| p.via == server && !p.live)
-            .map(|(u, _)| u.clone())
-            .collect();
-        for user in via {
-            if socp {
-                self.presence.remove(&user);
-                self.persist(StoreOp::RemovePresence(user));
-            } else if let Some(p) = self.presence.get_mut(&user) {
-                p.live = true;
-                let adv = Message::UserAdvertise(Presence {
-                    user_id: user,
-                    location: p.location.clone(),
-                    proof: p.proof.clone(),
-                    extra: Map::new(),
-                });
-                if self.cfg.master {
-                    self.broadcast(Some(server), &adv);
-                }
-            }
-        }
-    }
-
-    /// A new link learns who is online: our own users (registered first,
-    /// if it is our master) and, from the master, everyone else's.
-    pub(super) fn send_snapshot(&mut self, server: &str) {
-        let own: Vec<String> = self.sessions.keys().cloned().collect();
-        let is_master_link = self.master_id.as_deref() == Some(server);
-        for user in &own {
-            if is_master_link && let Some(session) = self.sessions.get(user) {
-                let reg = registration(user, &session.key, session.proof.clone());
-                self.send_link(server, server, reg);
-            }
-            let adv = self.own_advert(user);
-            self.send_link(server, ids::TO_ALL, adv);
-        }
-        if self.cfg.master {
-            let others: Vec<(String, PresenceRecord)> = self
-                .presence
-                .iter()
-                .filter(|(_, p)| p.live && p.location != server)
-                .map(|(u, p)| (u.clone(), p.clone()))
-                .collect();
-            for (user, p) in others {
-                let adv = Message::UserAdvertise(Presence {
-                    user_id: user,
-                    location: p.location,
-                    proof: p.proof,
-                    extra: Map::new(),
-                });
-                self.send_link(server, ids::TO_ALL, adv);
-            }
-        }
     }
 
     pub(super) fn link_closed(&mut self, conn: ConnId) {
@@ -397,215 +332,6 @@ impl Router {
             self.send_link(&loc, &user, error);
         }
     }
-
-    pub(super) fn directory_answer(&mut self, a: DirectoryAnswer) {
-        if a.found && PublicKey::from_b64(&a.pubkey).is_ok() {
-            match self.users.get_mut(&a.user_id) {
-                None => {
-                    let rec = UserRecord::new(a.pubkey.clone(), false, self.now);
-                    self.users.insert(a.user_id.clone(), rec.clone());
-                    self.persist(StoreOp::PinUser(a.user_id.clone(), rec));
-                }
-                // The master is the directory: a key its operator reset
-                // replaces what this local cached.
-                Some(rec) if rec.pubkey != a.pubkey && self.master_id.is_some() => {
-                    tracing::warn!(user = %a.user_id, "the master has a new key for this user (reset by its operator)");
-                    rec.pubkey = a.pubkey.clone();
-                    self.persist(StoreOp::Policy(PolicyOp::ReplaceKey {
-                        user: a.user_id.clone(),
-                        pubkey: a.pubkey.clone(),
-                    }));
-                }
-                Some(_) => {}
-            }
-        }
-        match self.pending.remove(&a.req_id) {
-            Some(Pending::Lookup { conn, user_id }) if user_id == a.user_id => {
-                if let Some(user) = self.conn_users.get(&conn).cloned() {
-                    let pubkey = a.found.then_some(a.pubkey.as_str());
-                    self.send(conn, &user, lookup_answer(&a.user_id, pubkey));
-                }
-            }
-            Some(Pending::Hello(hello)) if hello.user_id == a.user_id => {
-                let user = hello.user_id.clone();
-                if !a.found {
-                    self.refuse(
-                        hello.conn,
-                        &user,
-                        ErrorCode::NotAllowed,
-                        "the master refused to register this user",
-                    );
-                } else if a.pubkey != hello.key.to_b64() {
-                    self.refuse(
-                        hello.conn,
-                        &user,
-                        ErrorCode::BadKey,
-                        format!("{user} is registered with another key; pick another user id"),
-                    );
-                } else {
-                    self.accept_user(hello);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    pub(super) fn peer_register(&mut self, server: &str, r: RegisterUser) {
-        if !self.cfg.master {
-            return;
-        }
-        let refuse = |this: &mut Self, code: ErrorCode, detail: String| {
-            tracing::warn!(server, user = %truncate(&r.user_id), %detail, "registration refused");
-            let mut error = ErrorBody::new(code, detail);
-            error
-                .extra
-                .insert(REFUSED_USER.into(), Value::String(r.user_id.clone()));
-            this.send_link(server, &r.user_id, Message::Error(error));
-        };
-        if ids::check_user(&r.user_id).is_err() || PublicKey::from_b64(&r.pubkey).is_err() {
-            return refuse(self, ErrorCode::BadKey, "bad user id or key".into());
-        }
-        // A server may register only the users whose signed hello it
-        // carries (C13); proofless registrations are for legacy clients.
-        match &r.proof {
-            None if !self.cfg.allow_legacy => {
-                return refuse(
-                    self,
-                    ErrorCode::NotAllowed,
-                    "a registration needs the user's signed hello as proof (this master admits no legacy clients)".into(),
-                );
-            }
-            Some(proof) if !proof_signed_by(proof, &r.user_id, &r.pubkey) => {
-                return refuse(
-                    self,
-                    ErrorCode::InvalidSig,
-                    "registration proof does not verify".into(),
-                );
-            }
-            _ => {}
-        }
-        let known = self.users.get(&r.user_id).map(|rec| rec.pubkey == r.pubkey);
-        match known {
-            Some(true) => {}
-            Some(false) if !self.policy.resets.contains(&r.user_id) => refuse(
-                self,
-                ErrorCode::BadKey,
-                format!(
-                    "{} is registered with another key; pick another user id",
-                    r.user_id
-                ),
-            ),
-            _ => {
-                // A new id: its proof must be fresh, not a hello kept from
-                // long ago, and the policy and the server's rate apply.
-                if let Some(proof) = &r.proof {
-                    let ts = proof.payload.get("ts").and_then(Value::as_i64).unwrap_or(0);
-                    if (self.now - ts).abs() > HELLO_FRESHNESS_MS {
-                        return refuse(
-                            self,
-                            ErrorCode::InvalidSig,
-                            "stale registration proof".into(),
-                        );
-                    }
-                }
-                let source = Some(RegSource::Server(server.to_owned()));
-                if let Err((code, detail)) =
-                    self.register_new(&r.user_id, &r.pubkey, r.proof.as_ref(), source)
-                {
-                    refuse(self, code, detail);
-                }
-            }
-        }
-    }
-
-    pub(super) fn peer_advertise(&mut self, server: &str, p: Presence) {
-        let from_master = self.master_id.as_deref() == Some(server);
-        if p.location == self.cfg.me || ids::check_user(&p.user_id).is_err() {
-            return;
-        }
-        if self.cfg.master {
-            if p.location != server {
-                tracing::warn!(server, user = %p.user_id, location = %truncate(&p.location), "refused presence for another server");
-                return;
-            }
-            if let Err(why) = self.check_claim(server, &p) {
-                tracing::warn!(server, user = %p.user_id, why, "refused presence claim");
-                return;
-            }
-        } else if !from_master {
-            tracing::debug!(server, user = %p.user_id, "presence from a peer ignored: the master relays it");
-            return;
-        }
-        if self.sessions.contains_key(&p.user_id) {
-            return;
-        }
-        let rec = PresenceRecord {
-            location: p.location.clone(),
-            via: server.to_owned(),
-            proof: p.proof.clone(),
-            live: true,
-            updated_ms: self.now,
-        };
-        self.presence.insert(p.user_id.clone(), rec.clone());
-        self.persist(StoreOp::SetPresence(p.user_id.clone(), rec));
-        if self.cfg.master {
-            let user = p.user_id.clone();
-            self.broadcast(Some(server), &Message::UserAdvertise(p));
-            return self.pump(&Dest::User(user));
-        }
-        self.pump(&Dest::User(p.user_id));
-    }
-
-    /// The master's check of a presence claim: a proof signed with the user's
-    /// directory key, fresh when first seen and owned by the first server
-    /// that presented it; no proof only for legacy users.
-    pub(super) fn check_claim(&mut self, server: &str, p: &Presence) -> Result<(), &'static str> {
-        let Some(rec) = self.users.get(&p.user_id) else {
-            return Err("user is not registered");
-        };
-        let Some(proof) = &p.proof else {
-            return if rec.legacy {
-                Ok(())
-            } else {
-                Err("no proof for a signed user")
-            };
-        };
-        if !proof_signed_by(proof, &p.user_id, &rec.pubkey) {
-            return Err("proof is not signed with the directory key");
-        }
-        let digest = proof_digest(proof);
-        match self.proof_owners.get(&digest) {
-            Some(owner) if owner.server == server => Ok(()),
-            Some(_) => Err("proof belongs to another server"),
-            None => {
-                let ts = proof.payload.get("ts").and_then(Value::as_i64).unwrap_or(0);
-                if (self.now - ts).abs() > HELLO_FRESHNESS_MS {
-                    return Err("stale proof");
-                }
-                self.own_proof(digest, server, &p.user_id);
-                Ok(())
-            }
-        }
-    }
-
-    pub(super) fn peer_remove(&mut self, server: &str, p: Presence) {
-        let trusted = self.master_id.as_deref() == Some(server) || p.location == server;
-        if !trusted {
-            return;
-        }
-        if self
-            .presence
-            .get(&p.user_id)
-            .is_some_and(|rec| rec.location == p.location)
-        {
-            self.presence.remove(&p.user_id);
-            self.persist(StoreOp::RemovePresence(p.user_id.clone()));
-            if self.cfg.master {
-                let relay = Message::UserRemove(Presence { proof: None, ..p });
-                self.broadcast(Some(server), &relay);
-            }
-        }
-    }
 }
 
 /// How long content the next hop could not store waits before it is sent
@@ -614,4 +340,4 @@ pub const STORAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(2)
 
 /// The field of an `ERROR` from the master that names the user whose
 /// registration it refused (a `socp` extension).
-const REFUSED_USER: &str = "refused_user";
+pub(super) const REFUSED_USER: &str = "refused_user";
