@@ -17,7 +17,7 @@ use super::{ConnCmd, ConnCtx, HEARTBEAT_EVERY};
 use crate::crypto::PrivateKey;
 use crate::node::router::{ConnId, Frame, Outgoing};
 use crate::wire::messages::{Empty, Message};
-use crate::wire::{MAX_FRAME_BYTES, ids};
+use crate::wire::{MAX_FRAME_BYTES, canonical, ids};
 
 /// Frames a connection without a session signs at once.
 const SIGNING_AHEAD: usize = 4;
@@ -28,14 +28,16 @@ const MERGED_IDS: usize = 4096;
 /// Signs and serializes a frame from this node (RSA off the reactor).
 pub(crate) async fn sign(key: &Arc<PrivateKey>, me: &str, out: Outgoing) -> Option<String> {
     let mut env = out.into_envelope(me);
-    let bytes = env.signed_bytes().ok()?;
+    let payload = canonical::map_to_string(&env.payload).ok()?;
     let key = key.clone();
-    let sig = tokio::task::spawn_blocking(move || key.sign_b64(&bytes))
-        .await
-        .ok()?
-        .ok()?;
-    env.sig = sig;
-    Some(env.to_json())
+    let (payload, sig) = tokio::task::spawn_blocking(move || {
+        let sig = key.sign_b64(payload.as_bytes());
+        sig.map(|sig| (payload, sig))
+    })
+    .await
+    .ok()?
+    .ok()?;
+    Some(env.to_json_signed(&payload, sig))
 }
 
 /// RSA-signs a frame from this node, counting it in the metrics.
