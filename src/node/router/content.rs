@@ -261,7 +261,37 @@ impl Router {
         let Some(mut content) = Content::from_message(msg) else {
             return;
         };
-        let (sender, dests) = match &mut content {
+        let (sender, dests) = self.relayed_dests(server, &env, &mut content, &msg_id);
+        let intake = Intake {
+            msg_id: msg_id.clone(),
+            content,
+            sender,
+            dests,
+        };
+        // Over a quota here for every destination: the sender was told (it
+        // is set aside and counted, PROTOCOL.md C12), and the server that
+        // handed it on is acknowledged so that it does not keep it: content
+        // the next hop holds back must not pile up where it came from.
+        self.take(intake, Some(server));
+        if acks {
+            self.out.push(Output::AckAfterPersist {
+                conn,
+                to: server.to_owned(),
+                msg_id,
+            });
+        }
+    }
+
+    /// Who sent content relayed by `server` and where it goes. Refused
+    /// (its sender told): no destinations.
+    fn relayed_dests(
+        &mut self,
+        server: &str,
+        env: &Envelope,
+        content: &mut Content,
+        msg_id: &str,
+    ) -> (String, Dests) {
+        match content {
             Content::Dm(d) => {
                 let dests = if self.cfg.master && !self.users.contains_key(&d.user_id) {
                     self.report(
@@ -269,7 +299,7 @@ impl Router {
                         &d.sender,
                         ErrorCode::UserNotFound,
                         format!("{} is not a registered user", d.user_id),
-                        Some(&msg_id),
+                        Some(msg_id),
                     );
                     Vec::new()
                 } else {
@@ -278,7 +308,7 @@ impl Router {
                 (d.sender.clone(), dests)
             }
             Content::KeyShare(share) => {
-                let dests = self.relayed_share_dests(server, share, &msg_id);
+                let dests = self.relayed_share_dests(server, share, msg_id);
                 (share.creator.clone(), dests)
             }
             Content::Group(m) => {
@@ -297,7 +327,7 @@ impl Router {
                         &m.from,
                         ErrorCode::UserNotFound,
                         format!("unknown group {}", m.group_id),
-                        Some(&msg_id),
+                        Some(msg_id),
                     );
                 }
                 let dests = self.relayed_group_dests(server, &m.from, recipients, members);
@@ -310,27 +340,9 @@ impl Router {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned();
-                let dests = self.relayed_file_dests(server, &env, &sender, file);
+                let dests = self.relayed_file_dests(server, env, &sender, file);
                 (sender, dests)
             }
-        };
-        let intake = Intake {
-            msg_id: msg_id.clone(),
-            content,
-            sender,
-            dests,
-        };
-        // Over a quota here for every destination: the sender was told (it
-        // is set aside and counted, PROTOCOL.md C12), and the server that
-        // handed it on is acknowledged so that it does not keep it: content
-        // the next hop holds back must not pile up where it came from.
-        self.take(intake, Some(server));
-        if acks {
-            self.out.push(Output::AckAfterPersist {
-                conn,
-                to: server.to_owned(),
-                msg_id,
-            });
         }
     }
 

@@ -16,98 +16,19 @@ use crate::wire::{Envelope, ErrorCode};
 
 impl Router {
     pub(super) fn link_hello(&mut self, hello: LinkHelloIn) {
+        match self.link_refusal(&hello) {
+            Some(NoLink::Close) => return self.out.push(Output::Close(hello.conn)),
+            Some(NoLink::Refuse(code, detail)) => {
+                return self.refuse(hello.conn, &hello.server_id, code, detail);
+            }
+            None => {}
+        }
+        if !self.keep_one_link(&hello) {
+            return self.out.push(Output::Close(hello.conn));
+        }
         let id = hello.server_id.clone();
-        let key = hello.key.to_b64().to_owned();
-        if id == self.cfg.me {
-            return self.out.push(Output::Close(hello.conn));
-        }
-        // The master a local dialed is its trust anchor, pinned on its own;
-        // every other link needs an --admit entry when there is a list.
-        if !hello.dialed_master && !self.admits(&id, &hello.key) {
-            tracing::warn!(server = %id, fingerprint = %hello.key.fingerprint(), "refused link: not admitted (--admit)");
-            return self.refuse(
-                hello.conn,
-                &id,
-                ErrorCode::NotAllowed,
-                "this server is not admitted to the mesh: its operator must list its id or key fingerprint (--admit)",
-            );
-        }
-        if let Some(rec) = self.servers.get(&id)
-            && rec.pubkey != key
-        {
-            tracing::warn!(server = %id, "refused link: server id is pinned to another key");
-            return self.refuse(
-                hello.conn,
-                &id,
-                ErrorCode::BadKey,
-                "this server id is pinned to another key",
-            );
-        }
-        if let Some(rec) = self.servers.get(&id)
-            && hello.ts <= rec.hello_ts
-        {
-            tracing::warn!(server = %id, "refused link: its hello is not newer than the last one (a replay?)");
-            return self.refuse(
-                hello.conn,
-                &id,
-                ErrorCode::NotAllowed,
-                "link hello is not newer than the last accepted one (replayed, or the clock went back)",
-            );
-        }
-        match (self.cfg.master, hello.role) {
-            (true, Role::Master) => {
-                return self.refuse(
-                    hello.conn,
-                    &id,
-                    ErrorCode::NotAllowed,
-                    "a mesh has one master",
-                );
-            }
-            (false, Role::Master) if !hello.dialed_master => {
-                return self.refuse(
-                    hello.conn,
-                    &id,
-                    ErrorCode::NotAllowed,
-                    "only the master we dial may link as master",
-                );
-            }
-            (false, Role::Local) if hello.dialed_master => {
-                tracing::warn!(server = %id, "--master-url answered as a local, not a master");
-                return self.out.push(Output::Close(hello.conn));
-            }
-            _ => {}
-        }
-        if hello.dialed_master
-            && let Some(pinned) = self.master_id.as_deref()
-            && pinned != id
-        {
-            tracing::error!(
-                pinned,
-                found = %id,
-                "the master now has another id; if it was reset on purpose, reset this local too (scripts/reset.sh)"
-            );
-            return self.out.push(Output::Close(hello.conn));
-        }
-        if let Some(old) = self.links.get(&id) {
-            // One live link per pair. Two servers that dial each other keep
-            // the link the smaller id dialed; a server that dials again
-            // replaces its old link (which may be dead without knowing it).
-            let crossed = old.dialed != hello.dialed;
-            let new_dialer = if hello.dialed {
-                self.cfg.me.as_str()
-            } else {
-                id.as_str()
-            };
-            if crossed && new_dialer != self.cfg.me.as_str().min(id.as_str()) {
-                tracing::debug!(server = %id, "closing a crossed duplicate link");
-                return self.out.push(Output::Close(hello.conn));
-            }
-            let old_conn = old.conn;
-            self.out.push(Output::Close(old_conn));
-            self.drop_link(old_conn);
-        }
         let rec = ServerRecord {
-            pubkey: key,
+            pubkey: hello.key.to_b64().to_owned(),
             role: hello.role,
             host: hello.host.clone(),
             port: hello.port,
@@ -122,34 +43,126 @@ impl Router {
             self.master_id = Some(id.clone());
         }
         if !hello.dialed {
-            let reply = Message::PeerHelloLink(PeerHelloLink {
-                host: self.cfg.host.clone(),
-                port: self.cfg.port,
-                pubkey: self.cfg.pubkey.clone(),
-                role: if self.cfg.master {
-                    Role::Master
-                } else {
-                    Role::Local
-                },
-                caps: Some(our_caps(hello.session.is_some())),
-                session: session_offer(&hello.session),
-                extra: Map::new(),
-            });
-            self.send(hello.conn, &id, reply);
+            self.answer_link_hello(&hello);
         }
-        self.links.insert(
-            id.clone(),
-            Link {
-                conn: hello.conn,
-                socp: hello.socp,
-                dialed: hello.dialed,
-            },
-        );
+        let link = Link {
+            conn: hello.conn,
+            socp: hello.socp,
+            dialed: hello.dialed,
+        };
+        self.links.insert(id.clone(), link);
         self.conn_links.insert(hello.conn, id.clone());
         tracing::info!(server = %id, role = ?hello.role, "link up");
         self.restore_presence(&id, hello.socp);
         self.send_snapshot(&id);
         self.pump_all();
+    }
+
+    /// Why a link hello is not taken, if it is not: a link to ourselves, a
+    /// server not admitted, a key or hello that does not match what is
+    /// pinned, a role this node does not take from it.
+    fn link_refusal(&self, hello: &LinkHelloIn) -> Option<NoLink> {
+        let id = &hello.server_id;
+        if *id == self.cfg.me {
+            return Some(NoLink::Close);
+        }
+        // The master a local dialed is its trust anchor, pinned on its own;
+        // every other link needs an --admit entry when there is a list.
+        if !hello.dialed_master && !self.admits(id, &hello.key) {
+            tracing::warn!(server = %id, fingerprint = %hello.key.fingerprint(), "refused link: not admitted (--admit)");
+            return Some(NoLink::Refuse(
+                ErrorCode::NotAllowed,
+                "this server is not admitted to the mesh: its operator must list its id or key fingerprint (--admit)",
+            ));
+        }
+        if let Some(rec) = self.servers.get(id) {
+            if rec.pubkey != hello.key.to_b64() {
+                tracing::warn!(server = %id, "refused link: server id is pinned to another key");
+                return Some(NoLink::Refuse(
+                    ErrorCode::BadKey,
+                    "this server id is pinned to another key",
+                ));
+            }
+            if hello.ts <= rec.hello_ts {
+                tracing::warn!(server = %id, "refused link: its hello is not newer than the last one (a replay?)");
+                return Some(NoLink::Refuse(
+                    ErrorCode::NotAllowed,
+                    "link hello is not newer than the last accepted one (replayed, or the clock went back)",
+                ));
+            }
+        }
+        match (self.cfg.master, hello.role) {
+            (true, Role::Master) => {
+                let detail = "a mesh has one master";
+                return Some(NoLink::Refuse(ErrorCode::NotAllowed, detail));
+            }
+            (false, Role::Master) if !hello.dialed_master => {
+                let detail = "only the master we dial may link as master";
+                return Some(NoLink::Refuse(ErrorCode::NotAllowed, detail));
+            }
+            (false, Role::Local) if hello.dialed_master => {
+                tracing::warn!(server = %id, "--master-url answered as a local, not a master");
+                return Some(NoLink::Close);
+            }
+            _ => {}
+        }
+        if hello.dialed_master
+            && let Some(pinned) = self.master_id.as_deref()
+            && pinned != id
+        {
+            tracing::error!(
+                pinned,
+                found = %id,
+                "the master now has another id; if it was reset on purpose, reset this local too (scripts/reset.sh)"
+            );
+            return Some(NoLink::Close);
+        }
+        None
+    }
+
+    /// One live link per pair. Two servers that dial each other keep the
+    /// link the smaller id dialed; a server that dials again replaces its
+    /// old link (which may be dead without knowing it). False if the new
+    /// link is the one to close.
+    fn keep_one_link(&mut self, hello: &LinkHelloIn) -> bool {
+        let id = hello.server_id.as_str();
+        let Some(old) = self.links.get(id) else {
+            return true;
+        };
+        let crossed = old.dialed != hello.dialed;
+        let new_dialer = if hello.dialed {
+            self.cfg.me.as_str()
+        } else {
+            id
+        };
+        if crossed && new_dialer != self.cfg.me.as_str().min(id) {
+            tracing::debug!(server = %id, "closing a crossed duplicate link");
+            return false;
+        }
+        let old_conn = old.conn;
+        self.out.push(Output::Close(old_conn));
+        self.drop_link(old_conn);
+        true
+    }
+
+    /// The acceptor's answer to a link hello: our own hello, with the
+    /// `mac-v1` offer if the connection made one.
+    fn answer_link_hello(&mut self, hello: &LinkHelloIn) {
+        let role = if self.cfg.master {
+            Role::Master
+        } else {
+            Role::Local
+        };
+        let reply = Message::PeerHelloLink(PeerHelloLink {
+            host: self.cfg.host.clone(),
+            port: self.cfg.port,
+            pubkey: self.cfg.pubkey.clone(),
+            role,
+            caps: Some(our_caps(hello.session.is_some())),
+            session: session_offer(&hello.session),
+            extra: Map::new(),
+        });
+        self.send(hello.conn, &hello.server_id, reply);
     }
 
     pub(super) fn link_closed(&mut self, conn: ConnId) {
@@ -332,6 +345,14 @@ impl Router {
             self.send_link(&loc, &user, error);
         }
     }
+}
+
+/// Why a link hello is not taken.
+enum NoLink {
+    /// Closed without a word (a link to ourselves, a master that changed).
+    Close,
+    /// Answered with an error, then closed.
+    Refuse(ErrorCode, &'static str),
 }
 
 /// How long content the next hop could not store waits before it is sent

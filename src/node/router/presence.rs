@@ -106,12 +106,11 @@ impl Router {
         };
         self.presence.insert(p.user_id.clone(), rec.clone());
         self.persist(StoreOp::SetPresence(p.user_id.clone(), rec));
+        let user = Dest::User(p.user_id.clone());
         if self.cfg.master {
-            let user = p.user_id.clone();
             self.broadcast(Some(server), &Message::UserAdvertise(p));
-            return self.pump(&Dest::User(user));
         }
-        self.pump(&Dest::User(p.user_id));
+        self.pump(&user);
     }
 
     /// The master's check of a presence claim: a proof signed with the user's
