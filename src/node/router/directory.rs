@@ -12,10 +12,23 @@ use super::{
 use crate::crypto::PublicKey;
 use crate::node::policy::PolicyOp;
 use crate::node::state::UserRecord;
-use crate::wire::messages::{DirectoryAnswer, ErrorBody, Message, RegisterUser};
+use crate::wire::messages::{DirectoryAnswer, DirectoryLookup, ErrorBody, Message, RegisterUser};
 use crate::wire::{ErrorCode, ids};
 
 impl Router {
+    /// The master answers a local's `DB_GET_USER`.
+    pub(super) fn peer_lookup(&mut self, server: &str, q: DirectoryLookup) {
+        let pubkey = self.users.get(&q.user_id).map(|u| u.pubkey.clone());
+        let answer = Message::DbUser(DirectoryAnswer {
+            found: pubkey.is_some(),
+            pubkey: pubkey.unwrap_or_default(),
+            user_id: q.user_id,
+            req_id: q.req_id,
+            extra: Default::default(),
+        });
+        self.send_link(server, server, answer);
+    }
+
     pub(super) fn directory_answer(&mut self, a: DirectoryAnswer) {
         if a.found && PublicKey::from_b64(&a.pubkey).is_ok() {
             match self.users.get_mut(&a.user_id) {

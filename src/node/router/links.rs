@@ -11,7 +11,7 @@ use super::{
 use crate::node::custody::Hop;
 use crate::node::state::ServerRecord;
 use crate::wire::ids;
-use crate::wire::messages::{DirectoryAnswer, ErrorBody, Message, PeerHelloLink, Presence, Role};
+use crate::wire::messages::{ErrorBody, Message, PeerHelloLink, Presence, Receipt, Role};
 use crate::wire::{Envelope, ErrorCode};
 
 impl Router {
@@ -212,44 +212,15 @@ impl Router {
         if self.cfg.master
             && env.to != self.cfg.me
             && ids::check_server(&env.to).is_ok()
-            && matches!(msg, Message::Receipt(_))
+            && let Message::Receipt(r) = msg
         {
-            if env.to != server {
-                let mut msg = msg;
-                // A receipt is relayed only for DMs the master handed to the
-                // server that sends it.
-                if let Message::Receipt(r) = &mut msg {
-                    let ids = std::mem::take(&mut r.msg_ids);
-                    r.msg_ids =
-                        self.receipt_ids_from(&server, &r.user_id.clone(), ids, &r.status.clone());
-                    if r.msg_ids.is_empty() {
-                        return;
-                    }
-                }
-                // Only the master itself may refuse a user.
-                msg.extra_mut().remove(REFUSED_USER);
-                self.send_link(&env.to.clone(), &env.to, msg);
-            }
-            return;
+            return self.relay_receipt(&server, &env.to, r);
         }
         match msg {
             Message::UserAdvertise(p) => self.peer_advertise(&server, p),
             Message::UserRemove(p) => self.peer_remove(&server, p),
             Message::DbRegisterUser(r) => self.peer_register(&server, r),
-            Message::DbGetUser(q) if self.cfg.master => {
-                let answer = Message::DbUser(DirectoryAnswer {
-                    user_id: q.user_id.clone(),
-                    found: self.users.contains_key(&q.user_id),
-                    pubkey: self
-                        .users
-                        .get(&q.user_id)
-                        .map(|u| u.pubkey.clone())
-                        .unwrap_or_default(),
-                    req_id: q.req_id,
-                    extra: Map::new(),
-                });
-                self.send_link(&server, &server, answer);
-            }
+            Message::DbGetUser(q) if self.cfg.master => self.peer_lookup(&server, q),
             Message::DbUser(a) => self.directory_answer(a),
             Message::PeerDeliver(_)
             | Message::GroupKeyShare(_)
@@ -273,32 +244,28 @@ impl Router {
         }
     }
 
+    /// The master passes a receipt from `server` on to the server `to`,
+    /// for the DMs it handed to `server` only.
+    fn relay_receipt(&mut self, server: &str, to: &str, mut r: Receipt) {
+        if to == server {
+            return;
+        }
+        let ids = std::mem::take(&mut r.msg_ids);
+        r.msg_ids = self.receipt_ids_from(server, &r.user_id.clone(), ids, &r.status.clone());
+        if r.msg_ids.is_empty() {
+            return;
+        }
+        // Only the master itself may refuse a user.
+        r.extra.remove(REFUSED_USER);
+        self.send_link(to, to, Message::Receipt(r));
+    }
+
     pub(super) fn peer_error(&mut self, server: &str, env: &Envelope, e: ErrorBody) {
         tracing::info!(server, code = %e.code, detail = %truncate(&e.detail), "error from peer");
-        // Only the directory may refuse a user, and only to the server that
-        // asked to register them: from anyone else (or relayed for anyone
-        // else) it would let one server disconnect users hosted elsewhere
-        // (PROTOCOL.md C13).
         let from_master = !self.cfg.master && self.master_id.as_deref() == Some(server);
         if let Some(Value::String(user)) = e.extra.get(REFUSED_USER) {
-            if !from_master {
-                tracing::warn!(server, user = %truncate(user), "ignored a user refusal from a server that is not our master");
-                return;
-            }
-            // The master refused a registration we asked for: the user
-            // waiting for it hears why.
-            if let Some(req) = self.pending.iter().find_map(|(req, p)| {
-                matches!(p, Pending::Hello(h) if h.user_id == *user).then(|| req.clone())
-            }) && let Some(Pending::Hello(hello)) = self.pending.remove(&req)
-            {
-                let user = user.clone();
-                return self.refuse(hello.conn, &user, code_of(&e), e.detail);
-            }
-            if let Some(conn) = self.sessions.get(user).map(|s| s.conn) {
-                let user = user.clone();
-                return self.refuse(conn, &user, code_of(&e), e.detail.clone());
-            }
-            return;
+            let user = user.clone();
+            return self.registration_refused(server, from_master, &user, e);
         }
         // The next hop could not store content we handed it: it keeps
         // nothing, so we send it again a little later (until then it holds
@@ -307,16 +274,7 @@ impl Router {
             && env.to == self.cfg.me
             && let Some(id) = e.msg_id()
         {
-            let dests = self.custody.requeue(&Hop::Link(server.to_owned()), id);
-            if !dests.is_empty() {
-                let req_id = self.new_req_id();
-                self.pending.insert(req_id.clone(), Pending::Retry(dests));
-                self.out.push(Output::Timer {
-                    req_id,
-                    after: STORAGE_RETRY,
-                });
-            }
-            return;
+            return self.retry_later(server, id);
         }
         // An error for a user (PROTOCOL.md C13): from our master (which
         // checks what it relays), or about a DM of theirs we handed to the
@@ -343,6 +301,41 @@ impl Router {
                 .map(|p| p.location.clone())
         {
             self.send_link(&loc, &user, error);
+        }
+    }
+
+    /// The master refused a registration we asked for: the user waiting for
+    /// it (or welcomed meanwhile) hears why. Only the directory may refuse
+    /// a user, and only to the server that asked to register them: from
+    /// anyone else (or relayed for anyone else) it would let one server
+    /// disconnect users hosted elsewhere (PROTOCOL.md C13).
+    fn registration_refused(&mut self, server: &str, from_master: bool, user: &str, e: ErrorBody) {
+        if !from_master {
+            tracing::warn!(server, user = %truncate(user), "ignored a user refusal from a server that is not our master");
+            return;
+        }
+        if let Some(req) = self.pending.iter().find_map(|(req, p)| {
+            matches!(p, Pending::Hello(h) if h.user_id == user).then(|| req.clone())
+        }) && let Some(Pending::Hello(hello)) = self.pending.remove(&req)
+        {
+            return self.refuse(hello.conn, user, code_of(&e), e.detail);
+        }
+        if let Some(conn) = self.sessions.get(user).map(|s| s.conn) {
+            self.refuse(conn, user, code_of(&e), e.detail);
+        }
+    }
+
+    /// `server` could not store what it was handed under `msg_id`: it is
+    /// pending again, and sent again after [`STORAGE_RETRY`].
+    fn retry_later(&mut self, server: &str, msg_id: &str) {
+        let dests = self.custody.requeue(&Hop::Link(server.to_owned()), msg_id);
+        if !dests.is_empty() {
+            let req_id = self.new_req_id();
+            self.pending.insert(req_id.clone(), Pending::Retry(dests));
+            self.out.push(Output::Timer {
+                req_id,
+                after: STORAGE_RETRY,
+            });
         }
     }
 }

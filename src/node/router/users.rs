@@ -64,41 +64,45 @@ impl Router {
                     }
                 }
             }
-            _ => match self.master_link().map(str::to_owned) {
-                Some(_) if !self.users.contains_key(&user)
-                    && let Err((code, detail)) = self.local_rate(hello.addr) =>
-                {
-                    tracing::info!(user = %user, addr = ?hello.addr, %detail, "registration refused");
-                    self.refuse(hello.conn, &user, code, detail)
-                }
-                // Register, then look the id up on the same link: the answer
-                // comes after the master applied the registration, so it
-                // says which key the id is pinned to now.
-                Some(master) => {
-                    let reg = registration(&user, &key, hello.proof.clone());
-                    self.send_link(&master, &master, reg);
-                    let req_id = self.new_req_id();
-                    let ask = Message::DbGetUser(DirectoryLookup {
-                        user_id: user,
-                        req_id: req_id.clone(),
-                        extra: Map::new(),
-                    });
-                    self.send_link(&master, &master, ask);
-                    self.early.insert(hello.conn, Vec::new());
-                    self.pending.insert(req_id.clone(), Pending::Hello(hello));
-                    self.out.push(Output::Timer {
-                        req_id,
-                        after: LOOKUP_TIMEOUT,
-                    });
-                }
-                None => self.refuse(
-                    hello.conn,
-                    &user,
-                    ErrorCode::Timeout,
-                    "the master is unreachable, so this server cannot check your key yet; try again shortly",
-                ),
-            },
+            _ => self.confirm_with_master(hello, key),
         }
+    }
+
+    /// A local asks its master which key a user's id is pinned to before it
+    /// welcomes them: it registers the user, then looks the id up on the
+    /// same link (the answer comes after the master applied the
+    /// registration, so it says which key the id is pinned to now).
+    fn confirm_with_master(&mut self, hello: UserHelloIn, key: String) {
+        let user = hello.user_id.clone();
+        let Some(master) = self.master_link().map(str::to_owned) else {
+            return self.refuse(
+                hello.conn,
+                &user,
+                ErrorCode::Timeout,
+                "the master is unreachable, so this server cannot check your key yet; try again shortly",
+            );
+        };
+        if !self.users.contains_key(&user)
+            && let Err((code, detail)) = self.local_rate(hello.addr)
+        {
+            tracing::info!(user = %user, addr = ?hello.addr, %detail, "registration refused");
+            return self.refuse(hello.conn, &user, code, detail);
+        }
+        let reg = registration(&user, &key, hello.proof.clone());
+        self.send_link(&master, &master, reg);
+        let req_id = self.new_req_id();
+        let ask = Message::DbGetUser(DirectoryLookup {
+            user_id: user,
+            req_id: req_id.clone(),
+            extra: Map::new(),
+        });
+        self.send_link(&master, &master, ask);
+        self.early.insert(hello.conn, Vec::new());
+        self.pending.insert(req_id.clone(), Pending::Hello(hello));
+        self.out.push(Output::Timer {
+            req_id,
+            after: LOOKUP_TIMEOUT,
+        });
     }
 
     pub(super) fn accept_user(&mut self, hello: UserHelloIn) {
