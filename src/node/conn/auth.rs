@@ -5,7 +5,7 @@
 
 use crate::crypto::PublicKey;
 use crate::crypto::session::{self, CAP_MAC_V1, MacOpen, MacSeal, MacSession};
-use crate::node::router::{Frame, Outgoing};
+use crate::node::router::Outgoing;
 use crate::wire::Envelope;
 use crate::wire::messages::Message;
 
@@ -116,7 +116,7 @@ impl Sealer {
                     };
                     Stamp::Signed
                 }
-                None if matches!(out.frame, Frame::Msg(Message::Error(_))) => Stamp::Unsigned,
+                None if matches!(out.message(), Some(Message::Error(_))) => Stamp::Unsigned,
                 None => Stamp::Signed,
             },
         }
@@ -140,9 +140,9 @@ impl Sealer {
 /// Whether `out` accepts the peer (a welcome, or our link hello), and if
 /// so whether it carries a session offer.
 fn accepts(out: &Outgoing) -> Option<bool> {
-    match &out.frame {
-        Frame::Msg(Message::UserWelcome(w)) => Some(w.session.is_some()),
-        Frame::Msg(Message::PeerHelloLink(h)) => Some(h.session.is_some()),
+    match out.message()? {
+        Message::UserWelcome(w) => Some(w.session.is_some()),
+        Message::PeerHelloLink(h) => Some(h.session.is_some()),
         _ => None,
     }
 }

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use super::auth::{Sealer, Stamp};
 use super::{ConnCmd, ConnCtx, HEARTBEAT_EVERY};
 use crate::crypto::PrivateKey;
-use crate::node::router::{ConnId, Frame, Outgoing};
+use crate::node::router::{ConnId, Outgoing};
 use crate::wire::messages::{Empty, Message};
 use crate::wire::{MAX_FRAME_BYTES, canonical, ids};
 
@@ -212,9 +212,9 @@ where
 
 /// The ids of an `ACK` or a `RECEIPT`, the frames that can be folded.
 fn ids_of(out: &mut Outgoing) -> Option<&mut Vec<String>> {
-    match &mut out.frame {
-        Frame::Msg(Message::Ack(a)) => Some(&mut a.msg_ids),
-        Frame::Msg(Message::Receipt(r)) => Some(&mut r.msg_ids),
+    match out.message_mut()? {
+        Message::Ack(a) => Some(&mut a.msg_ids),
+        Message::Receipt(r) => Some(&mut r.msg_ids),
         _ => None,
     }
 }
@@ -223,9 +223,9 @@ fn ids_of(out: &mut Outgoing) -> Option<&mut Vec<String>> {
 /// about the same user and status, to the same peer.
 fn mergeable(out: &Outgoing, next: &Outgoing) -> bool {
     out.to == next.to
-        && match (&out.frame, &next.frame) {
-            (Frame::Msg(Message::Ack(_)), Frame::Msg(Message::Ack(_))) => true,
-            (Frame::Msg(Message::Receipt(a)), Frame::Msg(Message::Receipt(b))) => {
+        && match (out.message(), next.message()) {
+            (Some(Message::Ack(_)), Some(Message::Ack(_))) => true,
+            (Some(Message::Receipt(a)), Some(Message::Receipt(b))) => {
                 a.user_id == b.user_id && a.status == b.status
             }
             _ => false,
@@ -238,7 +238,7 @@ fn mergeable(out: &Outgoing, next: &Outgoing) -> bool {
 /// ahead of other frames, and those frames keep their order.
 fn merge_acks(mut out: Outgoing, rx: &mut mpsc::Receiver<ConnCmd>) -> (Outgoing, Option<ConnCmd>) {
     loop {
-        if !ids_of(&mut out).is_some_and(|ids| ids.len() < MERGED_IDS) {
+        if ids_of(&mut out).is_none_or(|ids| ids.len() >= MERGED_IDS) {
             return (out, None);
         }
         match rx.try_recv() {
@@ -315,10 +315,10 @@ mod tests {
         let first = frame(receipt("alice", "delivered", &["a"]));
         let (merged, next) = merge_acks(first, &mut rx);
         assert_eq!(ids(Some(ConnCmd::Frame(merged))), ["a", "b"]);
-        assert!(matches!(next, Some(ConnCmd::Frame(Outgoing {
-            frame: Frame::Msg(Message::Receipt(r)),
-            ..
-        })) if r.status == "queued"));
+        let Some(ConnCmd::Frame(next)) = next else {
+            panic!("the queued receipt comes next")
+        };
+        assert!(matches!(next.message(), Some(Message::Receipt(r)) if r.status == "queued"));
     }
 
     #[test]
@@ -327,7 +327,7 @@ mod tests {
         tx.try_send(ack(&["b"])).unwrap();
         let out = Outgoing::new("alice", Message::Heartbeat(Empty::default()));
         let (same, next) = merge_acks(out, &mut rx);
-        assert!(matches!(same.frame, Frame::Msg(Message::Heartbeat(_))));
+        assert!(matches!(same.message(), Some(Message::Heartbeat(_))));
         assert!(next.is_none());
         assert!(rx.try_recv().is_ok(), "the ACK is still queued");
     }

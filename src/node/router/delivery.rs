@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ConnId, Frame, Outgoing, Output, Relay, Router, StoreOp, truncate};
+use super::{ConnId, Frame, Names, Outgoing, Output, Relay, Router, StoreOp, truncate};
 use crate::node::custody::{ContentKind, Dest, Entry, Hop};
 use crate::wire::ErrorCode;
 use crate::wire::messages::{ErrorBody, Message, Receipt};
@@ -133,15 +133,15 @@ impl Router {
         {
             self.carried.record(&e.sender, &e.msg_id, server);
         }
-        let user_id = match &e.dest {
-            Dest::User(u) if e.kind.is_file() => Some(u.clone()),
-            _ => None,
+        let names = match (recipients, &e.dest) {
+            (Some(members), _) => Names::Members(members),
+            (None, Dest::User(u)) if e.kind.is_file() => Names::User(u.clone()),
+            (None, _) => Names::Nobody,
         };
         let relay = Relay {
             content,
             on_link: route.on_link,
-            user_id,
-            recipients,
+            names,
         };
         self.out.push(Output::Send(
             route.conn,

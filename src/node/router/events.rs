@@ -28,8 +28,9 @@ pub(crate) struct Outgoing {
 /// What an [`Outgoing`] carries.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Frame {
-    /// A message made for this send.
-    Msg(Message),
+    /// A message made for this send (boxed: a queued frame stays small,
+    /// and so does every connection's queue).
+    Msg(Box<Message>),
     /// Content from custody, shared with it rather than copied.
     Content(Relay),
 }
@@ -41,10 +42,19 @@ pub(crate) struct Relay {
     /// On a server link (a DM is a `PEER_DELIVER` there, a `USER_DELIVER`
     /// to its recipient).
     pub on_link: bool,
-    /// The recipient a file frame names (its destination user).
-    pub user_id: Option<String>,
-    /// The members a group frame is for behind this hop (on a link).
-    pub recipients: Option<Vec<String>>,
+    /// Who the frame names on this hop, beside what its content says.
+    pub names: Names,
+}
+
+/// Who a frame from custody names on the hop it leaves on.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Names {
+    /// Nobody beside what the content says.
+    Nobody,
+    /// The recipient of a file frame (`user_id`: its destination user).
+    User(String),
+    /// The members a group frame is for behind a link (`recipients`).
+    Members(Vec<String>),
 }
 
 impl Outgoing {
@@ -52,7 +62,22 @@ impl Outgoing {
     pub fn new(to: impl Into<String>, msg: Message) -> Self {
         Outgoing {
             to: to.into(),
-            frame: Frame::Msg(msg),
+            frame: Frame::Msg(Box::new(msg)),
+        }
+    }
+
+    /// The message, unless it is content from custody.
+    pub fn message(&self) -> Option<&Message> {
+        match &self.frame {
+            Frame::Msg(msg) => Some(msg),
+            Frame::Content(_) => None,
+        }
+    }
+
+    pub fn message_mut(&mut self) -> Option<&mut Message> {
+        match &mut self.frame {
+            Frame::Msg(msg) => Some(msg),
+            Frame::Content(_) => None,
         }
     }
 
@@ -87,11 +112,15 @@ impl Outgoing {
 impl Relay {
     fn payload(&self) -> Map<String, Value> {
         let mut payload = self.content.to_payload();
-        if let Some(user) = &self.user_id {
-            payload.insert(USER_ID.into(), Value::String(user.clone()));
-        }
-        if let Some(r) = self.recipients.as_ref().filter(|r| !r.is_empty()) {
-            payload.insert(RECIPIENTS.into(), Value::from(r.clone()));
+        match &self.names {
+            Names::Nobody => {}
+            Names::User(user) => {
+                payload.insert(USER_ID.into(), Value::String(user.clone()));
+            }
+            Names::Members(m) if m.is_empty() => {}
+            Names::Members(m) => {
+                payload.insert(RECIPIENTS.into(), Value::from(m.clone()));
+            }
         }
         payload
     }

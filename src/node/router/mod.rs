@@ -26,7 +26,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use events::RECIPIENTS;
-pub(crate) use events::{Frame, Input, LinkHelloIn, Outgoing, Output, Relay, StoreOp, UserHelloIn};
+pub(crate) use events::{
+    Frame, Input, LinkHelloIn, Names, Outgoing, Output, Relay, StoreOp, UserHelloIn,
+};
 
 use super::custody::{self, Custody};
 use super::state::{
