@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::router::{ConnId, Input, Outgoing, Output, Router};
 use super::state::{Outcome, PendingAck, Writer};
 use super::timers::Timers;
-use crate::wire::messages::Ack;
+use crate::wire::messages::{Ack, Message};
 use crate::wire::now_ms;
 
 /// Events the hub consumes.
@@ -346,18 +346,11 @@ fn send_acks(conns: &HashMap<ConnId, mpsc::Sender<ConnCmd>>, acks: Vec<PendingAc
         let Some(queue) = conns.get(&conn) else {
             continue;
         };
-        let payload = match serde_json::to_value(Ack {
+        let ack = Ack {
             msg_ids,
             extra: Default::default(),
-        }) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => continue,
         };
-        let frame = Outgoing {
-            kind: "ACK",
-            to,
-            payload,
-        };
+        let frame = Outgoing::new(to, Message::Ack(ack));
         if queue.try_send(ConnCmd::Frame(frame)).is_err() {
             tracing::warn!(conn, "could not queue an ACK; the peer will resend");
         }

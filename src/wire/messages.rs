@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::envelope::{Envelope, WireError};
+use super::envelope::{Envelope, ErrorCode, WireError};
 
 /// Fields this version does not know, kept as received.
 pub type Extra = Map<String, Value>;
@@ -322,6 +322,13 @@ macro_rules! catalogue {
             $($variant($ty),)*
         }
 
+        /// Every frame type `socp` knows, without its payload: what code
+        /// outside this module names a frame type by, instead of a string.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Kind {
+            $($variant,)*
+        }
+
         /// Every frame type name `socp` knows.
         pub const TYPE_NAMES: &[&str] = &[$($name,)*];
 
@@ -330,12 +337,34 @@ macro_rules! catalogue {
             TYPE_NAMES.iter().copied().find(|n| *n == kind)
         }
 
+        impl Kind {
+            /// The envelope `type` of this kind of frame.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Kind::$variant => $name,)*
+                }
+            }
+
+            /// The kind an envelope `type` names, if `socp` knows it.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(Kind::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
         impl Message {
+            /// The kind of this message.
+            pub fn kind(&self) -> Kind {
+                match self {
+                    $(Message::$variant(_) => Kind::$variant,)*
+                }
+            }
+
             /// The envelope `type` of this message.
             pub fn type_name(&self) -> &'static str {
-                match self {
-                    $(Message::$variant(_) => $name,)*
-                }
+                self.kind().name()
             }
 
             /// Parses a payload of the given envelope `type`.
@@ -350,6 +379,13 @@ macro_rules! catalogue {
             pub fn to_payload(&self) -> Map<String, Value> {
                 match self {
                     $(Message::$variant(p) => untyped(p),)*
+                }
+            }
+
+            /// The fields of the payload this version does not know.
+            pub fn extra_mut(&mut self) -> &mut Extra {
+                match self {
+                    $(Message::$variant(p) => &mut p.extra,)*
                 }
             }
         }
@@ -383,10 +419,99 @@ catalogue!(
     Error(ErrorBody) = "ERROR",
 );
 
+impl Kind {
+    /// True for the frames that bring user content into a node (PROTOCOL.md
+    /// C12): what content limits and custody apply to. (`USER_DELIVER`
+    /// only ever leaves a node.)
+    pub fn brings_content(self) -> bool {
+        matches!(
+            self,
+            Kind::MsgPrivate
+                | Kind::PeerDeliver
+                | Kind::GroupKeyShare
+                | Kind::MsgGroup
+                | Kind::FileStart
+                | Kind::FileChunk
+                | Kind::FileEnd
+        )
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl ErrorBody {
+    /// An `ERROR` payload with a known code.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        ErrorBody {
+            code: code.as_str().to_owned(),
+            detail: detail.into(),
+            extra: Map::new(),
+        }
+    }
+
+    /// An `ERROR` about one piece of content: it names the `msg_id`, so the
+    /// sender's client knows which message was refused (PROTOCOL.md C12).
+    pub fn about(code: ErrorCode, detail: impl Into<String>, msg_id: Option<&str>) -> Self {
+        let mut body = ErrorBody::new(code, detail);
+        if let Some(id) = msg_id {
+            body.extra
+                .insert(MSG_ID.into(), Value::String(id.to_owned()));
+        }
+        body
+    }
+
+    /// The code, if it is one `socp` knows.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::parse(&self.code)
+    }
+
+    /// The `msg_id` of the content an error is about, if it names one.
+    pub fn msg_id(&self) -> Option<&str> {
+        self.extra.get(MSG_ID).and_then(Value::as_str)
+    }
+}
+
+/// The field that names a piece of content (PROTOCOL.md B).
+pub const MSG_ID: &str = "msg_id";
+
 impl Message {
     /// Parses the payload of an envelope by its `type`.
     pub fn from_envelope(env: &Envelope) -> Result<Self, WireError> {
         Self::from_payload(&env.kind, env.payload.clone())
+    }
+
+    /// The `msg_id` of a content message (None: not content, or it has none).
+    pub fn msg_id(&self) -> Option<&str> {
+        match self {
+            Message::MsgPrivate(MsgPrivate { msg_id, .. })
+            | Message::PeerDeliver(Deliver { msg_id, .. })
+            | Message::UserDeliver(Deliver { msg_id, .. })
+            | Message::GroupKeyShare(GroupKeyShare { msg_id, .. })
+            | Message::MsgGroup(MsgGroup { msg_id, .. })
+            | Message::FileStart(FileStart { msg_id, .. })
+            | Message::FileChunk(FileChunk { msg_id, .. })
+            | Message::FileEnd(FileEnd { msg_id, .. }) => msg_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Sets the `msg_id` of a content message (no effect on other messages).
+    pub fn set_msg_id(&mut self, id: String) {
+        match self {
+            Message::MsgPrivate(MsgPrivate { msg_id, .. })
+            | Message::PeerDeliver(Deliver { msg_id, .. })
+            | Message::UserDeliver(Deliver { msg_id, .. })
+            | Message::GroupKeyShare(GroupKeyShare { msg_id, .. })
+            | Message::MsgGroup(MsgGroup { msg_id, .. })
+            | Message::FileStart(FileStart { msg_id, .. })
+            | Message::FileChunk(FileChunk { msg_id, .. })
+            | Message::FileEnd(FileEnd { msg_id, .. }) => *msg_id = Some(id),
+            _ => {}
+        }
     }
 
     /// A group key share entry as a JSON object, unknown fields included.
@@ -400,14 +525,17 @@ impl Message {
     }
 }
 
-fn typed<T: DeserializeOwned>(kind: &str, payload: Map<String, Value>) -> Result<T, WireError> {
+/// Parses a payload of envelope `type` `kind` into its typed form (the
+/// payload's strings move, they are not copied).
+pub fn typed<T: DeserializeOwned>(kind: &str, payload: Map<String, Value>) -> Result<T, WireError> {
     serde_json::from_value(Value::Object(payload)).map_err(|e| WireError::BadPayload {
         kind: kind.to_owned(),
         detail: e.to_string(),
     })
 }
 
-fn untyped<T: Serialize>(payload: &T) -> Map<String, Value> {
+/// A typed payload as a JSON object, unknown fields included.
+pub fn untyped<T: Serialize>(payload: &T) -> Map<String, Value> {
     // Every payload type serializes to an object of plain JSON values.
     match serde_json::to_value(payload) {
         Ok(Value::Object(map)) => map,

@@ -6,6 +6,7 @@ pub mod canonical;
 pub mod envelope;
 pub mod ids;
 pub mod messages;
+pub mod size;
 
 pub use envelope::{
     ENVELOPE_ROOM, Envelope, ErrorCode, MAX_CONTENT_FRAME_BYTES, MAX_FRAME_BYTES, WireError, now_ms,

@@ -19,7 +19,7 @@ pub(super) fn insert(tx: &Transaction<'_>, e: &Entry) -> rusqlite::Result<()> {
         Dest::User(u) => ("user", u),
         Dest::Server(s) => ("server", s),
     };
-    let payload = serde_json::to_string(&*e.payload).unwrap_or_default();
+    let payload = serde_json::to_string(&e.body.as_deref()).unwrap_or_default();
     tx.prepare_cached(
         "INSERT INTO custody (seq, msg_id, dest_kind, dest, kind, to_id, via, sender, payload, bytes, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -61,7 +61,7 @@ pub(super) fn load(conn: &Connection) -> rusqlite::Result<Vec<Entry>> {
             to: r.get(5)?,
             via: r.get(6)?,
             sender: r.get(7)?,
-            payload: Arc::default(),
+            body: None,
             bytes: r.get::<_, i64>(8)? as usize,
             created_ms: r.get(9)?,
         })

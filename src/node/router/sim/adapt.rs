@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::super::{ConnId, Entry, Input, Outgoing, StoreFailure};
+use super::super::{ConnId, Input, Outgoing, StoreFailure};
+use crate::node::custody::Entry;
 use crate::wire::Envelope;
 
 /// The frame type of an outgoing frame.
 pub(crate) fn kind_of(out: &Outgoing) -> &str {
-    out.kind
+    out.type_name()
 }
 
 /// The `to` of an outgoing frame.
@@ -23,13 +24,13 @@ pub(crate) fn to_of(out: &Outgoing) -> &str {
 
 /// The payload of an outgoing frame, as it goes on the wire.
 pub(crate) fn payload_of(out: &Outgoing) -> Map<String, Value> {
-    out.payload.clone()
+    out.payload()
 }
 
 /// The envelope a connection writes for `out`, from server `me` at `ts`
 /// (unsigned: the simulator's links carry frames that would verify).
 pub(crate) fn envelope_of(out: Outgoing, me: &str, ts: i64) -> Envelope {
-    let mut env = Envelope::new(out.kind, me, &out.to, out.payload);
+    let mut env = out.into_envelope(me);
     env.ts = ts;
     env
 }
@@ -41,7 +42,7 @@ pub(crate) fn seq_of(e: &Entry) -> u64 {
 
 /// The entry as the store loads it at start: without its body.
 pub(crate) fn without_body(mut e: Entry) -> Entry {
-    e.payload = Arc::default();
+    e.body = None;
     e
 }
 
@@ -50,7 +51,10 @@ pub(crate) fn without_body(mut e: Entry) -> Entry {
 pub(crate) fn bodies_read(rows: &BTreeMap<u64, Entry>, seqs: &[u64]) -> Input {
     let bodies = seqs
         .iter()
-        .map(|seq| (*seq, rows.get(seq).map(|e| e.payload.clone())))
+        .map(|seq| {
+            let body = rows.get(seq).and_then(|e| e.body.as_ref());
+            (*seq, body.map(|b| Arc::new(b.to_payload())))
+        })
         .collect();
     Input::BodiesRead {
         bodies,

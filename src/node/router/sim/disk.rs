@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 
 // The router's own names for the records, wherever they are defined.
 use super::super::{
-    Entry, GroupRecord, HELLO_FRESHNESS_MS, PresenceRecord, ProofOwner, ServerRecord, Snapshot,
-    StoreOp, UserRecord,
+    GroupRecord, HELLO_FRESHNESS_MS, PresenceRecord, ProofOwner, ServerRecord, Snapshot, StoreOp,
+    UserRecord,
 };
 use super::adapt;
+use crate::node::custody::Entry;
 use crate::node::policy::PolicyOp;
 
 /// The rows of one node.
