@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::Limits;
 use super::conn::{self, ConnCtx};
-use super::router::ConnId;
+use super::records::ConnId;
 use crate::wire::{ErrorCode, ids};
 
 /// What the accept loop hands each connection.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use super::router::LinkStatus;
 use super::router::{ConnId, Input, Outgoing, Output, Router};
 use super::state::{Outcome, PendingAck, Writer};
 use super::timers::Timers;
@@ -85,16 +86,6 @@ pub struct Status {
     pub fullest_sender: (usize, usize),
     /// The quotas this node runs with.
     pub limits: super::MailboxLimits,
-}
-
-/// One live link, as the metrics name it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LinkStatus {
-    pub server: String,
-    /// `master`, `local`, or `unknown` for a server not pinned yet.
-    pub role: &'static str,
-    /// We dialed it (else it dialed us).
-    pub dialed: bool,
 }
 
 /// Asks the hub for its [`Status`]; None if it does not answer `within`

@@ -17,6 +17,7 @@ pub mod identity;
 mod lock;
 pub mod metrics;
 pub mod policy;
+pub(crate) mod records;
 pub(crate) mod router;
 pub(crate) mod state;
 mod timers;

@@ -254,6 +254,10 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How far a signed hello's `ts` may be from the receiver's clock
+/// (PROTOCOL.md C3).
+pub const HELLO_FRESHNESS_MS: i64 = 120_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;

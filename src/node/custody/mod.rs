@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::router::ConnId;
+use super::records::ConnId;
 use crate::wire::WireError;
 
 mod content;

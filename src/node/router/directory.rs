@@ -11,7 +11,7 @@ use super::{
 };
 use crate::crypto::PublicKey;
 use crate::node::policy::PolicyOp;
-use crate::node::state::UserRecord;
+use crate::node::records::UserRecord;
 use crate::wire::messages::{DirectoryAnswer, DirectoryLookup, ErrorBody, Message, RegisterUser};
 use crate::wire::{ErrorCode, ids};
 

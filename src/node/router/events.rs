@@ -9,11 +9,9 @@ use serde_json::{Map, Value};
 
 use super::ConnId;
 use crate::crypto::PublicKey;
-use crate::node::custody::{Content, Entry};
-use crate::node::policy::PolicyOp;
-use crate::node::state::{
-    Bodies, GroupRecord, PresenceRecord, ServerRecord, StoreFailure, UserRecord,
-};
+use crate::node::custody::Content;
+pub(crate) use crate::node::state::StoreOp;
+use crate::node::state::{Bodies, StoreFailure};
 use crate::wire::Envelope;
 use crate::wire::messages::{Kind, Message, Proof, Role};
 
@@ -132,26 +130,6 @@ pub(super) const USER_ID: &str = "user_id";
 /// behind that link (a `socp` extension, never taken from a user).
 pub(super) const RECIPIENTS: &str = "recipients";
 
-/// A row for the store writer.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum StoreOp {
-    PinUser(String, UserRecord),
-    PinServer(String, ServerRecord),
-    SetPresence(String, PresenceRecord),
-    RemovePresence(String),
-    SeenHello([u8; 32], i64),
-    ProofOwner([u8; 32], String, String),
-    /// Proofs that can never be presented again (see `replay.rs`).
-    ForgetProofs(Vec<[u8; 32]>),
-    SetGroup(String, GroupRecord),
-    /// A frame taken into custody.
-    Custody(Entry),
-    /// Frames handed on and acknowledged (or expired).
-    Release(Vec<u64>),
-    /// Registration policy rows (invites used, key resets done).
-    Policy(PolicyOp),
-}
-
 /// What the node must do.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Output {
@@ -259,4 +237,14 @@ impl Input {
             _ => true,
         }
     }
+}
+
+/// One live link, as the metrics name it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    pub server: String,
+    /// `master`, `local`, or `unknown` for a server not pinned yet.
+    pub role: &'static str,
+    /// We dialed it (else it dialed us).
+    pub dialed: bool,
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use super::content::Dests;
 use super::{Router, StoreOp, take_recipients, truncate};
 use crate::node::custody::Dest;
-use crate::node::state::GroupRecord;
+use crate::node::records::GroupRecord;
 use crate::wire::ErrorCode;
 use crate::wire::messages::GroupKeyShare;
 

@@ -9,7 +9,7 @@ use super::{
     truncate,
 };
 use crate::node::custody::Hop;
-use crate::node::state::ServerRecord;
+use crate::node::records::ServerRecord;
 use crate::wire::ids;
 use crate::wire::messages::{ErrorBody, Message, PeerHelloLink, Presence, Receipt, Role};
 use crate::wire::{Envelope, ErrorCode};

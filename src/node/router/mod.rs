@@ -30,15 +30,15 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+pub use events::LinkStatus;
 use events::RECIPIENTS;
 pub(crate) use events::{
     Frame, Input, LinkHelloIn, Names, Outgoing, Output, Relay, StoreOp, UserHelloIn,
 };
 
 use super::custody::{self, Custody};
-use super::state::{
-    GroupRecord, PresenceRecord, ProofOwner, ServerRecord, Snapshot, StoreFailure, UserRecord,
-};
+use super::records::{GroupRecord, PresenceRecord, ProofOwner, ServerRecord, UserRecord};
+use super::state::{Snapshot, StoreFailure};
 use crate::crypto::{self, PublicKey};
 use crate::wire::messages::{
     ErrorBody, Message, Presence, Proof, RegisterUser, Role, UserLookupAnswer,
@@ -46,13 +46,11 @@ use crate::wire::messages::{
 use crate::wire::{Envelope, ErrorCode};
 use crate::wire::{canonical, ids};
 
-/// Identifies one connection of this node.
-pub(crate) type ConnId = u64;
+pub(crate) use super::records::ConnId;
 
 /// How long a directory lookup through the master may take.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How far a signed hello's `ts` may be from our clock (PROTOCOL.md C3).
-pub const HELLO_FRESHNESS_MS: i64 = 120_000;
+pub use crate::wire::HELLO_FRESHNESS_MS;
 /// Frames kept from a connection whose hello is still being checked.
 pub const MAX_EARLY_FRAMES: usize = 64;
 /// Addresses and servers whose registrations are counted at once; beyond
@@ -308,11 +306,11 @@ impl Router {
     }
 
     /// The live links: server id, its role, and whether we dialed it.
-    pub fn link_status(&self) -> Vec<super::hub::LinkStatus> {
+    pub fn link_status(&self) -> Vec<LinkStatus> {
         let mut links: Vec<_> = self
             .links
             .iter()
-            .map(|(id, link)| super::hub::LinkStatus {
+            .map(|(id, link)| LinkStatus {
                 server: id.clone(),
                 role: match self.servers.get(id).map(|s| s.role) {
                     Some(Role::Master) => "master",

@@ -10,7 +10,7 @@ use super::{
     HELLO_FRESHNESS_MS, Router, StoreOp, proof_digest, proof_signed_by, registration, truncate,
 };
 use crate::node::custody::Dest;
-use crate::node::state::PresenceRecord;
+use crate::node::records::PresenceRecord;
 use crate::wire::ids;
 use crate::wire::messages::{Message, Presence};
 

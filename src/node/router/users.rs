@@ -8,7 +8,7 @@ use super::{
     UserHelloIn, lookup_answer, proof_digest, registration,
 };
 use crate::node::custody::{Dest, Hop};
-use crate::node::state::UserRecord;
+use crate::node::records::UserRecord;
 use crate::wire::messages::{DirectoryLookup, Message, Presence, UserList, UserWelcome};
 use crate::wire::{Envelope, ErrorCode};
 

@@ -11,15 +11,15 @@
 //! - `writer`: the store thread that runs it all, and the WAL checkpointer.
 
 pub(crate) mod custody_rows;
+mod ops;
 pub(crate) mod outcome;
 mod pipeline;
-pub(crate) mod records;
 pub(crate) mod sql;
 pub(crate) mod writer;
 
 pub(crate) use custody_rows::Bodies;
+pub(crate) use ops::StoreOp;
 pub(crate) use outcome::{Outcome, PendingAck, StoreFailure};
-pub(crate) use records::{GroupRecord, PresenceRecord, ProofOwner, ServerRecord, UserRecord};
 pub(crate) use sql::{Snapshot, load};
 pub(crate) use writer::{Committed, Writer};
 

@@ -3,7 +3,7 @@
 //! now on disk and the bodies read back.
 
 use super::custody_rows::Bodies;
-use crate::node::router::ConnId;
+use crate::node::records::ConnId;
 
 /// An acknowledgement that waits for the writes queued before it: the
 /// `msg_id` to acknowledge, on which connection, to which peer.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::StoreOp;
 use super::outcome::{Outcome, PendingAck, StoreFailure};
-use crate::node::router::StoreOp;
 
 /// What the store thread is asked to do, in order.
 pub(super) enum Job {
@@ -298,7 +298,7 @@ fn is_transient(e: &rusqlite::Error) -> bool {
 mod tests {
     use super::*;
     use crate::node::custody::{Dest, Entry};
-    use crate::node::state::UserRecord;
+    use crate::node::records::UserRecord;
 
     fn entry(seq: u64) -> Entry {
         Entry {

@@ -9,10 +9,11 @@ use rusqlite::{Connection, Transaction, params};
 use serde_json::Value;
 
 use super::StateError;
+use super::StoreOp;
 use super::custody_rows;
-use super::records::{GroupRecord, PresenceRecord, ProofOwner, ServerRecord, UserRecord};
 use crate::node::custody::Entry;
-use crate::node::router::{HELLO_FRESHNESS_MS, StoreOp};
+use crate::node::records::{GroupRecord, PresenceRecord, ProofOwner, ServerRecord, UserRecord};
+use crate::wire::HELLO_FRESHNESS_MS;
 use crate::wire::messages::{Proof, Role};
 
 /// Everything the router resumes from.

@@ -13,12 +13,13 @@ use r2d2::PooledConnection;
 use r2d2_sqlite::SqliteConnectionManager;
 
 use super::StateError;
+use super::StoreOp;
 use super::custody_rows;
 use super::outcome::{Outcome, PendingAck};
 use super::pipeline::{Job, Pipeline, RETRY_EVERY};
 use super::sql;
 use crate::node::health::Health;
-use crate::node::router::{ConnId, StoreOp};
+use crate::node::records::ConnId;
 use crate::store::{Pool, StoreError};
 
 /// How often the write-ahead log is folded back into the database.

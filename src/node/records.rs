@@ -1,8 +1,12 @@
-//! The records the router keeps about users, servers, presence and groups,
-//! as they are stored. Plain data: no SQL here (see `sql.rs`) and nothing
-//! of the router, so any part of the node may hold them.
+//! The node's plain data that every part shares: connection ids and the
+//! records the router keeps about users, servers, presence and groups, as
+//! they are stored. A leaf: no SQL here (see `state::sql`), nothing of the
+//! router, the hub or custody, so any part of the node may hold them.
 
 use crate::wire::messages::{Proof, Role};
+
+/// Identifies one connection of this node.
+pub(crate) type ConnId = u64;
 
 /// A directory entry: the key a user id is pinned to.
 #[derive(Debug, Clone, PartialEq)]
