@@ -324,7 +324,7 @@ macro_rules! catalogue {
 
         /// Every frame type `socp` knows, without its payload: what code
         /// outside this module names a frame type by, instead of a string.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum Kind {
             $($variant,)*
         }
