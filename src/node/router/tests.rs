@@ -1,6 +1,8 @@
-use super::sim::{key, kind_of, payload_of, signed_hello, to_of};
+use super::sim::{code_of, error_body, key, kind_of, payload_of, signed_hello, to_of};
 use super::*;
 use crate::crypto::PrivateKey;
+use crate::wire::ErrorCode;
+use crate::wire::messages::Kind;
 use serde_json::json;
 use std::collections::BTreeSet;
 
@@ -24,7 +26,7 @@ fn router(master: bool) -> Router {
     Router::new(cfg, Snapshot::default())
 }
 
-fn sends(out: &[Output]) -> Vec<(ConnId, &str, String)> {
+fn sends(out: &[Output]) -> Vec<(ConnId, Kind, String)> {
     out.iter()
         .filter_map(|o| match o {
             Output::Send(c, f) => Some((*c, kind_of(f), to_of(f).to_owned())),
@@ -33,10 +35,10 @@ fn sends(out: &[Output]) -> Vec<(ConnId, &str, String)> {
         .collect()
 }
 
-fn error_code(out: &[Output]) -> Option<String> {
+fn error_code(out: &[Output]) -> Option<ErrorCode> {
     out.iter().find_map(|o| match o {
-        Output::Send(_, f) if kind_of(f) == "ERROR" => {
-            payload_of(f)["code"].as_str().map(str::to_owned)
+        Output::Send(_, f) if kind_of(f) == Kind::Error => {
+            Some(code_of(&error_body(payload_of(f))))
         }
         _ => None,
     })
@@ -48,7 +50,7 @@ fn dm(from: &str, to: &str) -> Input {
     else {
         unreachable!()
     };
-    let env = Envelope::new("MSG_PRIVATE", from, to, payload);
+    let env = Envelope::new(Kind::MsgPrivate.name(), from, to, payload);
     let msg = Message::from_envelope(&env).unwrap();
     Input::UserFrame { conn: 1, env, msg }
 }
@@ -59,7 +61,7 @@ fn master_welcomes_pins_and_refuses_replays() {
     let alice = key("alice");
     let hello = signed_hello(1, "alice", alice, 1000);
     let out = r.step(1000, hello.clone());
-    assert_eq!(sends(&out), vec![(1, "USER_WELCOME", "alice".into())]);
+    assert_eq!(sends(&out), vec![(1, Kind::UserWelcome, "alice".into())]);
     assert!(
         out.iter()
             .any(|o| matches!(o, Output::Persist(StoreOp::PinUser(u, _)) if u == "alice"))
@@ -72,7 +74,7 @@ fn master_welcomes_pins_and_refuses_replays() {
     };
     again.conn = 2;
     let out = r.step(1002, Input::UserHello(again));
-    assert_eq!(error_code(&out).as_deref(), Some("INVALID_SIG"));
+    assert_eq!(error_code(&out), Some(ErrorCode::InvalidSig));
     assert!(out.contains(&Output::Close(2)));
 }
 
@@ -81,10 +83,10 @@ fn pinned_key_and_second_session_are_refused() {
     let mut r = router(true);
     r.step(1000, signed_hello(1, "alice", key("alice"), 1000));
     let out = r.step(1000, signed_hello(2, "alice", key("alice"), 1000));
-    assert_eq!(error_code(&out).as_deref(), Some("NAME_IN_USE"));
+    assert_eq!(error_code(&out), Some(ErrorCode::NameInUse));
     r.step(1000, Input::UserClosed(1));
     let out = r.step(1000, signed_hello(3, "alice", key("bob"), 1000));
-    assert_eq!(error_code(&out).as_deref(), Some("BAD_KEY"));
+    assert_eq!(error_code(&out), Some(ErrorCode::BadKey));
 }
 
 #[test]
@@ -95,7 +97,7 @@ fn dms_are_delivered_here_queued_when_offline_or_reported() {
     let out = r.step(0, dm("alice", "bob"));
     // Persisted, delivered, and acknowledged to Alice once committed.
     assert!(matches!(out[0], Output::Persist(StoreOp::Custody(_))));
-    assert_eq!(sends(&out), vec![(2, "USER_DELIVER", "bob".into())]);
+    assert_eq!(sends(&out), vec![(2, Kind::UserDeliver, "bob".into())]);
     let frame = out
         .iter()
         .find_map(|o| match o {
@@ -133,7 +135,7 @@ fn dms_are_delivered_here_queued_when_offline_or_reported() {
     let receipt = out
         .iter()
         .find_map(|o| match o {
-            Output::Send(1, f) if kind_of(f) == "RECEIPT" => Some(payload_of(f)),
+            Output::Send(1, f) if kind_of(f) == Kind::Receipt => Some(payload_of(f)),
             _ => None,
         })
         .unwrap();
@@ -141,14 +143,14 @@ fn dms_are_delivered_here_queued_when_offline_or_reported() {
     assert_eq!(receipt["msg_ids"][0], msg_id.as_str());
 
     let out = r.step(0, dm("alice", "nobody"));
-    assert_eq!(error_code(&out).as_deref(), Some("USER_NOT_FOUND"));
+    assert_eq!(error_code(&out), Some(ErrorCode::UserNotFound));
     // Bob offline: kept in the mailbox, Alice is told it is queued.
     r.step(0, Input::UserClosed(2));
     let out = r.step(0, dm("alice", "bob"));
     let receipt = out
         .iter()
         .find_map(|o| match o {
-            Output::Send(1, f) if kind_of(f) == "RECEIPT" => Some(payload_of(f)),
+            Output::Send(1, f) if kind_of(f) == Kind::Receipt => Some(payload_of(f)),
             _ => None,
         })
         .unwrap();
@@ -156,10 +158,10 @@ fn dms_are_delivered_here_queued_when_offline_or_reported() {
     assert_eq!(r.custody_stats().0, 1);
     // Bob comes back: the mailbox is delivered.
     let out = r.step(0, signed_hello(3, "bob", key("bob"), 1));
-    assert!(sends(&out).contains(&(3, "USER_DELIVER", "bob".into())));
+    assert!(sends(&out).contains(&(3, Kind::UserDeliver, "bob".into())));
     // Sender binding: a frame whose from is not the session's user.
     let out = r.step(0, dm("mallory", "alice"));
-    assert_eq!(error_code(&out).as_deref(), Some("NOT_ALLOWED"));
+    assert_eq!(error_code(&out), Some(ErrorCode::NotAllowed));
 }
 
 fn link(conn: ConnId, id: &str, k: &PrivateKey, role: Role, dialed_master: bool) -> LinkHelloIn {
@@ -214,12 +216,12 @@ fn local_forwards_unknown_recipients_to_the_master() {
     // Unknown user: register, then confirm the pinned key, before welcoming.
     assert_eq!(
         sends(&out).iter().map(|s| s.1).collect::<Vec<_>>(),
-        ["DB_REGISTER_USER", "DB_GET_USER"]
+        [Kind::DbRegisterUser, Kind::DbGetUser]
     );
     let req = out
         .iter()
         .find_map(|o| match o {
-            Output::Send(_, f) if kind_of(f) == "DB_GET_USER" => {
+            Output::Send(_, f) if kind_of(f) == Kind::DbGetUser => {
                 Some(payload_of(f)["req_id"].clone())
             }
             _ => None,
@@ -230,14 +232,14 @@ fn local_forwards_unknown_recipients_to_the_master() {
     else {
         unreachable!()
     };
-    let env = Envelope::new("DB_USER", "master_server_m", "server_l", answer);
+    let env = Envelope::new(Kind::DbUser.name(), "master_server_m", "server_l", answer);
     let msg = Message::from_envelope(&env).unwrap();
     let out = r.step(0, Input::LinkFrame { conn: 9, env, msg });
-    assert!(sends(&out).contains(&(1, "USER_WELCOME", "alice".into())));
+    assert!(sends(&out).contains(&(1, Kind::UserWelcome, "alice".into())));
     let out = r.step(0, dm("alice", "zed"));
     assert_eq!(
         sends(&out),
-        vec![(9, "PEER_DELIVER", "master_server_m".into())]
+        vec![(9, Kind::PeerDeliver, "master_server_m".into())]
     );
 }
 
@@ -252,7 +254,7 @@ fn master_refuses_presence_without_proof_and_drops_dormant_users_of_socp_peers()
     let Value::Object(p) = json!({"user_id": "alice", "location": l1}) else {
         unreachable!()
     };
-    let env = Envelope::new("USER_ADVERTISE", l1, "*", p);
+    let env = Envelope::new(Kind::UserAdvertise.name(), l1, "*", p);
     let msg = Message::from_envelope(&env).unwrap();
     r.step(0, Input::LinkFrame { conn: 7, env, msg });
     assert!(r.online().is_empty());
@@ -264,7 +266,7 @@ fn master_refuses_presence_without_proof_and_drops_dormant_users_of_socp_peers()
     let Value::Object(p) = json!({"user_id": "alice", "location": l1, "proof": proof}) else {
         unreachable!()
     };
-    let env = Envelope::new("USER_ADVERTISE", l1, "*", p);
+    let env = Envelope::new(Kind::UserAdvertise.name(), l1, "*", p);
     let msg = Message::from_envelope(&env).unwrap();
     r.step(10, Input::LinkFrame { conn: 7, env, msg });
     assert_eq!(r.online(), ["alice"]);
@@ -294,7 +296,7 @@ fn a_lookup_the_master_does_not_answer_times_out() {
         })
         .unwrap();
     let out = r.step(5000, Input::Timeout(req));
-    assert_eq!(error_code(&out).as_deref(), Some("TIMEOUT"));
+    assert_eq!(error_code(&out), Some(ErrorCode::Timeout));
     assert!(out.contains(&Output::Close(1)));
 }
 
@@ -352,14 +354,14 @@ fn the_reference_frames_parse_and_the_routers_answers_to_them_parse_too() {
         for master in [true, false] {
             for out in feed_reference(master, env, msg) {
                 if let Output::Send(_, f) = out {
-                    let parsed = Message::from_payload(kind_of(&f), payload_of(&f));
+                    let parsed = Message::from_payload(kind_of(&f).name(), payload_of(&f));
                     assert!(
                         parsed.is_ok(),
                         "{} answered with a bad {}",
                         env.kind,
                         kind_of(&f)
                     );
-                    answered.insert(kind_of(&f).to_owned());
+                    answered.insert(kind_of(&f));
                 }
             }
         }
@@ -369,13 +371,13 @@ fn the_reference_frames_parse_and_the_routers_answers_to_them_parse_too() {
     // The frames reached the routing: users were welcomed, content was
     // delivered or refused with a reason, lists and lookups were answered.
     for kind in [
-        "USER_WELCOME",
-        "USER_DELIVER",
-        "USER_DB_USER",
-        "USER_LIST",
-        "ERROR",
+        Kind::UserWelcome,
+        Kind::UserDeliver,
+        Kind::UserDbUser,
+        Kind::UserList,
+        Kind::Error,
     ] {
-        assert!(answered.contains(kind), "no {kind} among {answered:?}");
+        assert!(answered.contains(&kind), "no {kind} among {answered:?}");
     }
 }
 
@@ -513,7 +515,7 @@ fn user_lists_are_answered_a_few_at_once_then_one_a_second() {
     let mut r = router(true);
     r.step(1000, signed_hello(1, "alice", key("alice"), 1000));
     let ask = || {
-        let env = Envelope::new("USER_LIST_REQ", "alice", "server_*", Map::new());
+        let env = Envelope::new(Kind::UserListReq.name(), "alice", "server_*", Map::new());
         let msg = Message::from_envelope(&env).unwrap();
         Input::UserFrame { conn: 1, env, msg }
     };
@@ -521,13 +523,13 @@ fn user_lists_are_answered_a_few_at_once_then_one_a_second() {
     let mut limited = 0;
     for _ in 0..20 {
         let out = r.step(1000, ask());
-        lists += sends(&out).iter().filter(|s| s.1 == "USER_LIST").count();
-        limited += usize::from(error_code(&out).as_deref() == Some("RATE_LIMITED"));
+        lists += sends(&out).iter().filter(|s| s.1 == Kind::UserList).count();
+        limited += usize::from(error_code(&out) == Some(ErrorCode::RateLimited));
     }
     assert_eq!(
         (lists, limited),
         (LIST_BURST as usize, 20 - LIST_BURST as usize)
     );
     let out = r.step(2100, ask());
-    assert_eq!(sends(&out)[0].1, "USER_LIST", "one more a second later");
+    assert_eq!(sends(&out)[0].1, Kind::UserList, "one more a second later");
 }
