@@ -158,28 +158,26 @@ pub(crate) fn write_metric(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ErrorCode;
+    use crate::wire::messages::Kind as Frame;
 
     #[test]
     fn counters_are_rendered_by_type_and_reason() {
         let m = Metrics::default();
-        m.frame_in("MSG_PRIVATE");
-        m.frame_in("MSG_PRIVATE");
-        m.frame_out("NOT_A_TYPE");
-        m.refused("BAD_FRAME");
+        m.frame_in(Frame::MsgPrivate.name());
+        m.frame_in(Frame::MsgPrivate.name());
+        m.frame_out("not a frame type");
+        m.refused(ErrorCode::BadFrame.as_str());
         let mut out = String::new();
         m.render(&mut out);
-        assert!(
-            out.contains("socp_frames_in_total{type=\"MSG_PRIVATE\"} 2"),
-            "{out}"
-        );
+        let frames_in = format!("socp_frames_in_total{{type=\"{}\"}} 2", Frame::MsgPrivate);
+        assert!(out.contains(&frames_in), "{out}");
         assert!(
             out.contains("socp_frames_out_total{type=\"other\"} 1"),
             "{out}"
         );
-        assert!(
-            out.contains("socp_refused_total{reason=\"BAD_FRAME\"} 1"),
-            "{out}"
-        );
+        let refused = format!("socp_refused_total{{reason=\"{}\"}} 1", ErrorCode::BadFrame);
+        assert!(out.contains(&refused), "{out}");
         assert!(
             out.contains("# TYPE socp_connections gauge\nsocp_connections 0\n"),
             "{out}"

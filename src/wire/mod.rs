@@ -6,6 +6,7 @@ pub mod canonical;
 pub mod envelope;
 pub mod ids;
 pub mod messages;
+mod payloads;
 pub mod size;
 
 pub use envelope::{

@@ -6,6 +6,8 @@ use serde_json::{Value, json};
 
 use super::super::sim::Mesh;
 use super::{all_handed_on, two_locals};
+use crate::wire::ErrorCode;
+use crate::wire::messages::Kind;
 
 #[test]
 fn a_server_that_is_not_admitted_cannot_link_and_its_users_stay_unseen() {
@@ -16,13 +18,17 @@ fn a_server_that_is_not_admitted_cannot_link_and_its_users_stay_unseen() {
         .admit("M", &["A"])
         .link("A", "M")
         .link("R", "M");
-    assert_eq!(mesh.refused("R", "M").as_deref(), Some("NOT_ALLOWED"));
+    assert_eq!(mesh.refused("R", "M"), Some(ErrorCode::NotAllowed));
     assert!(mesh.linked("A", "M") && !mesh.linked("R", "M"));
     mesh.user("alice", "A");
     mesh.connect("erin", "R");
     mesh.advance(30_000); // R keeps dialing, and keeps being refused
     assert!(!mesh.linked("R", "M"));
-    assert_eq!(mesh.errors("erin"), ["TIMEOUT"], "R cannot check her key");
+    assert_eq!(
+        mesh.errors("erin"),
+        [ErrorCode::Timeout],
+        "R cannot check her key"
+    );
     assert_eq!(mesh.online("M"), ["alice"]);
     assert_eq!(mesh.online("A"), ["alice"]);
 }
@@ -38,7 +44,7 @@ fn a_server_cannot_claim_or_remove_a_user_hosted_elsewhere() {
     mesh.user("alice", "A");
     mesh.user("dave", "M");
     // The master relayed alice's presence, proof included, to R.
-    let relayed = mesh.carried_frames("M", "R", "USER_ADVERTISE");
+    let relayed = mesh.carried_frames("M", "R", Kind::UserAdvertise);
     let proof = relayed
         .iter()
         .find(|f| f.payload["user_id"] == "alice")
@@ -52,13 +58,13 @@ fn a_server_cannot_claim_or_remove_a_user_hosted_elsewhere() {
         };
         p
     };
-    mesh.inject("R", "M", "USER_ADVERTISE", "*", claim(&r, proof.clone()));
-    mesh.inject("R", "M", "USER_REMOVE", "*", claim(&a, Value::Null));
+    mesh.inject("R", "M", Kind::UserAdvertise, "*", claim(&r, proof.clone()));
+    mesh.inject("R", "M", Kind::UserRemove, "*", claim(&a, Value::Null));
     mesh.run();
     mesh.dm("dave", "alice", "where are you?");
     mesh.run();
     assert_eq!(mesh.delivered("alice"), ["dave: where are you?"]);
-    assert_eq!(mesh.carried("M", "R", "PEER_DELIVER"), 0);
+    assert_eq!(mesh.carried("M", "R", Kind::PeerDeliver), 0);
     assert_eq!(mesh.online("M"), ["alice", "dave"]);
 }
 
@@ -74,9 +80,9 @@ fn a_frame_whose_from_is_not_its_user_is_refused() {
     else {
         unreachable!()
     };
-    mesh.send_forged("alice", "carol", "MSG_PRIVATE", "bob", dm);
+    mesh.send_forged("alice", "carol", Kind::MsgPrivate, "bob", dm);
     mesh.run();
-    assert_eq!(mesh.errors("alice"), ["NOT_ALLOWED"]);
+    assert_eq!(mesh.errors("alice"), [ErrorCode::NotAllowed]);
     assert!(mesh.delivered("bob").is_empty());
     assert!(mesh.errors("carol").is_empty());
     assert!(all_handed_on(&mesh, &["A", "M", "B"]));
@@ -99,8 +105,8 @@ fn a_full_mailbox_refuses_more_and_tells_the_sender() {
     mesh.run();
     assert_eq!(mesh.receipts("alice", "queued"), ids[..2]);
     assert_eq!(
-        mesh.error_about("alice", &ids[2]).as_deref(),
-        Some("QUOTA_EXCEEDED")
+        mesh.error_about("alice", &ids[2]),
+        Some(ErrorCode::QuotaExceeded)
     );
     assert!(all_handed_on(&mesh, &["A"]), "A is not left holding it");
     mesh.user("bob", "B");
@@ -124,18 +130,15 @@ fn content_over_the_servers_bounds_is_refused_where_it_enters() {
     else {
         unreachable!()
     };
-    mesh.send_frame("alice", "FILE_START", "bob", start);
+    mesh.send_frame("alice", Kind::FileStart, "bob", start);
     let share = mesh.share_group("alice", "group_big", &["alice", "bob", "carol"]);
     mesh.run();
     assert_eq!(
-        mesh.error_about("alice", "file-1").as_deref(),
-        Some("TOO_LARGE")
+        mesh.error_about("alice", "file-1"),
+        Some(ErrorCode::TooLarge)
     );
-    assert_eq!(
-        mesh.error_about("alice", &share).as_deref(),
-        Some("TOO_LARGE")
-    );
-    assert_eq!(mesh.received("bob", "FILE_START"), 0);
+    assert_eq!(mesh.error_about("alice", &share), Some(ErrorCode::TooLarge));
+    assert_eq!(mesh.received("bob", Kind::FileStart), 0);
     assert!(mesh.shares("bob").is_empty() && mesh.shares("carol").is_empty());
     assert!(all_handed_on(&mesh, &["A", "M"]));
 }

@@ -4,13 +4,14 @@
 
 use super::super::custody::WINDOW;
 use super::{Mesh, all_handed_on, two_locals};
+use crate::wire::messages::Kind;
 
 #[test]
 fn a_frame_lost_on_a_link_is_sent_again_after_the_link_drops_and_delivered_once() {
     let mut mesh = two_locals(20);
     mesh.user("alice", "A");
     mesh.user("bob", "B");
-    mesh.drop_next("A", "M", "PEER_DELIVER");
+    mesh.drop_next("A", "M", Kind::PeerDeliver);
     mesh.dm("alice", "bob", "lost once");
     mesh.run();
     assert!(mesh.delivered("bob").is_empty());
@@ -19,7 +20,7 @@ fn a_frame_lost_on_a_link_is_sent_again_after_the_link_drops_and_delivered_once(
     mesh.heal("A", "M");
     mesh.run();
     assert_eq!(mesh.delivered("bob"), ["alice: lost once"]);
-    assert_eq!(mesh.received("bob", "USER_DELIVER"), 1);
+    assert_eq!(mesh.received("bob", Kind::UserDeliver), 1);
     assert!(all_handed_on(&mesh, &["A", "M", "B"]));
 }
 
@@ -34,13 +35,13 @@ fn what_was_in_flight_when_a_link_broke_reaches_the_client_once() {
         mesh.dm("alice", "bob", text);
     }
     mesh.run();
-    assert_eq!(mesh.received("bob", "USER_DELIVER"), 3);
+    assert_eq!(mesh.received("bob", Kind::UserDeliver), 3);
     assert_eq!(mesh.custody("M"), 3, "unacknowledged on the link to B");
     mesh.cut("B", "M");
     mesh.heal("B", "M");
     mesh.run();
     // The master sent them again; the client shows each once, in order.
-    assert_eq!(mesh.received("bob", "USER_DELIVER"), 6);
+    assert_eq!(mesh.received("bob", Kind::UserDeliver), 6);
     assert_eq!(
         mesh.delivered("bob"),
         ["alice: one", "alice: two", "alice: three"]
@@ -64,9 +65,9 @@ fn a_repeated_dm_is_taken_once_but_another_senders_same_id_is_not_a_repeat() {
         [id.clone(), id.clone()],
         "both acknowledged"
     );
-    assert_eq!(mesh.received("bob", "USER_DELIVER"), 2);
+    assert_eq!(mesh.received("bob", Kind::UserDeliver), 2);
     assert_eq!(mesh.delivered("bob"), ["alice: hi", "carol: hello"]);
-    assert_eq!(mesh.carried("A", "M", "PEER_DELIVER"), 2);
+    assert_eq!(mesh.carried("A", "M", Kind::PeerDeliver), 2);
     assert!(all_handed_on(&mesh, &["A", "M", "B"]));
 }
 
@@ -80,13 +81,17 @@ fn frames_and_acks_reordered_on_a_link_are_each_delivered_once() {
         mesh.dm("alice", "bob", text);
     }
     mesh.run();
-    assert_eq!(mesh.in_flight("A", "M"), ["PEER_DELIVER"; 3]);
+    assert_eq!(mesh.in_flight("A", "M"), [Kind::PeerDeliver; 3]);
     mesh.reverse("A", "M");
     mesh.hold("M", "A");
     mesh.release("A", "M");
     mesh.run();
     let back = mesh.in_flight("M", "A");
-    assert_eq!(back.iter().filter(|k| *k == "ACK").count(), 3, "{back:?}");
+    assert_eq!(
+        back.iter().filter(|k| **k == Kind::Ack).count(),
+        3,
+        "{back:?}"
+    );
     mesh.reverse("M", "A");
     mesh.release("M", "A");
     mesh.run();
@@ -95,7 +100,7 @@ fn frames_and_acks_reordered_on_a_link_are_each_delivered_once() {
         ["alice: three", "alice: two", "alice: one"],
         "in the order the master got them"
     );
-    assert_eq!(mesh.received("bob", "USER_DELIVER"), 3);
+    assert_eq!(mesh.received("bob", Kind::UserDeliver), 3);
     assert!(all_handed_on(&mesh, &["A", "M", "B"]));
 }
 
@@ -127,7 +132,7 @@ fn interleavings_of_several_links_change_nothing_users_see() {
                 .collect();
             assert_eq!(from, want.iter().collect::<Vec<_>>(), "seed {seed}");
         }
-        assert_eq!(mesh.received("bob", "USER_DELIVER"), 10, "seed {seed}");
+        assert_eq!(mesh.received("bob", Kind::UserDeliver), 10, "seed {seed}");
         assert!(all_handed_on(&mesh, &["A", "B", "C", "M"]), "seed {seed}");
     }
 }
@@ -143,11 +148,11 @@ fn a_recipient_that_does_not_acknowledge_is_sent_one_window_at_a_time() {
         mesh.dm("alice", "bob", &n.to_string());
     }
     mesh.run();
-    assert_eq!(mesh.received("bob", "USER_DELIVER"), WINDOW);
+    assert_eq!(mesh.received("bob", Kind::UserDeliver), WINDOW);
     assert_eq!(mesh.custody("A"), total, "the rest waits at A");
     mesh.ack_now("bob");
     mesh.run();
-    assert_eq!(mesh.received("bob", "USER_DELIVER"), total);
+    assert_eq!(mesh.received("bob", Kind::UserDeliver), total);
     mesh.ack_now("bob");
     mesh.run();
     let want: Vec<String> = (0..total).map(|n| format!("alice: {n}")).collect();

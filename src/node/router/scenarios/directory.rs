@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use super::super::LOOKUP_TIMEOUT;
 use super::two_locals;
+use crate::wire::ErrorCode;
+use crate::wire::messages::Kind;
 
 const TIMEOUT_MS: i64 = LOOKUP_TIMEOUT.as_millis() as i64;
 
@@ -21,7 +23,7 @@ fn lookups_through_the_master_find_registered_users_only() {
         [("bob".to_owned(), true), ("zed".to_owned(), false)]
     );
     assert_eq!(
-        mesh.carried("A", "M", "DB_GET_USER"),
+        mesh.carried("A", "M", Kind::DbGetUser),
         2 + 1,
         "alice's hello asked once"
     );
@@ -29,7 +31,7 @@ fn lookups_through_the_master_find_registered_users_only() {
     mesh.lookup("alice", "bob");
     mesh.run();
     assert_eq!(mesh.lookups("alice").len(), 3);
-    assert_eq!(mesh.carried("A", "M", "DB_GET_USER"), 3);
+    assert_eq!(mesh.carried("A", "M", Kind::DbGetUser), 3);
 }
 
 #[test]
@@ -43,7 +45,7 @@ fn a_lookup_the_master_does_not_answer_times_out() {
     mesh.advance(TIMEOUT_MS - 10);
     assert!(mesh.errors("alice").is_empty(), "not before the timeout");
     mesh.advance(10);
-    assert_eq!(mesh.errors("alice"), ["TIMEOUT"]);
+    assert_eq!(mesh.errors("alice"), [ErrorCode::Timeout]);
     // The late answer finds nobody waiting for it.
     mesh.release("M", "A");
     mesh.run();
@@ -59,7 +61,7 @@ fn a_hello_the_master_cannot_confirm_in_time_is_refused_and_can_be_said_again() 
     mesh.run();
     assert!(!mesh.welcomed("alice"));
     mesh.advance(TIMEOUT_MS);
-    assert_eq!(mesh.errors("alice"), ["TIMEOUT"]);
+    assert_eq!(mesh.errors("alice"), [ErrorCode::Timeout]);
     assert!(!mesh.connected("alice"));
     mesh.release("A", "M");
     mesh.run();

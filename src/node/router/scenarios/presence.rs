@@ -1,6 +1,8 @@
 //! Presence: who is online where, as every server sees it.
 
 use super::two_locals;
+use crate::wire::ErrorCode;
+use crate::wire::messages::Kind;
 
 #[test]
 fn presence_spreads_across_locals_and_goes_with_the_user() {
@@ -30,7 +32,7 @@ fn a_user_who_moves_to_another_local_is_reached_there() {
     mesh.run();
     assert_eq!(mesh.delivered("alice"), ["carol: found you"]);
     assert_eq!(
-        mesh.carried("M", "B", "PEER_DELIVER"),
+        mesh.carried("M", "B", Kind::PeerDeliver),
         1,
         "via the master to B"
     );
@@ -44,7 +46,7 @@ fn a_second_session_anywhere_in_the_mesh_is_refused() {
     mesh.twin("alice-again", "alice");
     mesh.connect("alice-again", "B");
     mesh.run();
-    assert_eq!(mesh.errors("alice-again"), ["NAME_IN_USE"]);
+    assert_eq!(mesh.errors("alice-again"), [ErrorCode::NameInUse]);
     assert!(!mesh.welcomed("alice-again") && !mesh.connected("alice-again"));
     // The first session is untouched: still listed, still reached.
     mesh.dm("bob", "alice", "still there?");

@@ -1,6 +1,8 @@
 //! Restarts: a server rebuilt from its rows carries on where it stopped.
 
 use super::{all_handed_on, two_locals};
+use crate::wire::ErrorCode;
+use crate::wire::messages::Kind;
 
 #[test]
 fn a_restarted_master_delivers_its_mailbox_from_disk() {
@@ -22,7 +24,7 @@ fn a_restarted_master_delivers_its_mailbox_from_disk() {
         mesh.delivered("bob"),
         ["alice: before", "alice: the restart"]
     );
-    assert_eq!(mesh.received("bob", "USER_DELIVER"), 2);
+    assert_eq!(mesh.received("bob", Kind::UserDeliver), 2);
     assert!(all_handed_on(&mesh, &["A", "M", "B"]));
 }
 
@@ -41,7 +43,7 @@ fn a_local_that_crashed_sends_what_it_had_taken() {
     mesh.advance(1_000);
     assert!(mesh.linked("A", "M"));
     assert_eq!(mesh.delivered("bob"), ["alice: kept on disk"]);
-    assert_eq!(mesh.received("bob", "USER_DELIVER"), 1);
+    assert_eq!(mesh.received("bob", Kind::UserDeliver), 1);
     assert!(all_handed_on(&mesh, &["A", "M", "B"]));
 }
 
@@ -54,7 +56,7 @@ fn a_disk_that_cannot_write_refuses_content_and_keeps_what_it_takes_when_sent_ag
     mesh.fail_store("A", true);
     let id = mesh.dm("alice", "bob", "retry me");
     mesh.run();
-    assert_eq!(mesh.error_about("alice", &id).as_deref(), Some("STORAGE"));
+    assert_eq!(mesh.error_about("alice", &id), Some(ErrorCode::Storage));
     assert!(
         mesh.acked("alice").is_empty(),
         "refused content is never acknowledged"

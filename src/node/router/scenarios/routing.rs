@@ -2,6 +2,8 @@
 //! direct link, to the master's mailbox, and to nobody.
 
 use super::{Mesh, all_handed_on, two_locals};
+use crate::wire::ErrorCode;
+use crate::wire::messages::Kind;
 
 #[test]
 fn a_dm_between_users_of_one_local_never_leaves_it() {
@@ -12,7 +14,7 @@ fn a_dm_between_users_of_one_local_never_leaves_it() {
     mesh.run();
     assert_eq!(mesh.delivered("bob"), ["alice: hi"]);
     assert_eq!(mesh.receipts("alice", "delivered"), [id]);
-    assert_eq!(mesh.carried("A", "M", "PEER_DELIVER"), 0);
+    assert_eq!(mesh.carried("A", "M", Kind::PeerDeliver), 0);
     assert!(all_handed_on(&mesh, &["A"]));
 }
 
@@ -24,11 +26,11 @@ fn a_dm_across_locals_is_carried_by_the_master_and_confirmed() {
     let id = mesh.dm("alice", "bob", "hi");
     mesh.run();
     assert_eq!(mesh.delivered("bob"), ["alice: hi"]);
-    assert_eq!(mesh.received("bob", "USER_DELIVER"), 1);
+    assert_eq!(mesh.received("bob", Kind::UserDeliver), 1);
     assert_eq!(mesh.acked("alice"), [id.as_str()]);
     assert_eq!(mesh.receipts("alice", "delivered"), [id]);
-    assert_eq!(mesh.carried("A", "M", "PEER_DELIVER"), 1);
-    assert_eq!(mesh.carried("M", "B", "PEER_DELIVER"), 1);
+    assert_eq!(mesh.carried("A", "M", Kind::PeerDeliver), 1);
+    assert_eq!(mesh.carried("M", "B", Kind::PeerDeliver), 1);
     assert!(all_handed_on(&mesh, &["A", "M", "B"]));
 }
 
@@ -61,15 +63,15 @@ fn a_direct_link_between_locals_carries_their_dms() {
     mesh.run();
     assert_eq!(mesh.delivered("bob"), ["alice: direct"]);
     assert_eq!(mesh.delivered("alice"), ["bob: back"]);
-    assert_eq!(mesh.carried("A", "B", "PEER_DELIVER"), 1);
-    assert_eq!(mesh.carried("B", "A", "PEER_DELIVER"), 1);
+    assert_eq!(mesh.carried("A", "B", Kind::PeerDeliver), 1);
+    assert_eq!(mesh.carried("B", "A", Kind::PeerDeliver), 1);
     assert_eq!(
-        mesh.carried("A", "M", "PEER_DELIVER"),
+        mesh.carried("A", "M", Kind::PeerDeliver),
         0,
         "the master is skipped"
     );
     assert_eq!(
-        mesh.carried("B", "M", "PEER_DELIVER"),
+        mesh.carried("B", "M", Kind::PeerDeliver),
         0,
         "the master is skipped"
     );
@@ -112,11 +114,11 @@ fn a_dm_to_an_unknown_user_comes_back_as_an_error() {
     let id = mesh.dm("alice", "zed", "anyone?");
     mesh.run();
     assert_eq!(
-        mesh.error_about("alice", &id).as_deref(),
-        Some("USER_NOT_FOUND")
+        mesh.error_about("alice", &id),
+        Some(ErrorCode::UserNotFound)
     );
     assert_eq!(
-        mesh.carried("A", "M", "PEER_DELIVER"),
+        mesh.carried("A", "M", Kind::PeerDeliver),
         1,
         "only the master knows"
     );

@@ -11,10 +11,11 @@ use serde_json::{Map, Value};
 use super::super::{ConnId, Input, Outgoing, StoreFailure};
 use crate::node::custody::Entry;
 use crate::wire::Envelope;
+use crate::wire::messages::Kind;
 
 /// The frame type of an outgoing frame.
-pub(crate) fn kind_of(out: &Outgoing) -> &str {
-    out.type_name()
+pub(crate) fn kind_of(out: &Outgoing) -> Kind {
+    out.kind()
 }
 
 /// The `to` of an outgoing frame.

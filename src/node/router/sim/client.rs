@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value, json};
 
 use super::super::ConnId;
-use super::{Mesh, Peer, key, signed_hello};
+use super::{Mesh, Peer, code_of, error_body, key, kind_named, signed_hello};
 use crate::crypto::PrivateKey;
-use crate::wire::messages::{Ack, Message};
-use crate::wire::{Envelope, b64, ids};
+use crate::wire::messages::{Ack, ErrorBody, Kind, Message};
+use crate::wire::{Envelope, ErrorCode, b64, ids};
 
 /// One user (or an impostor using a user's id and key).
 pub(super) struct SimUser {
@@ -33,10 +33,15 @@ pub(super) struct SimUser {
 }
 
 /// Frame types that carry content a client acknowledges.
-fn is_content(kind: &str) -> bool {
+fn is_content(kind: Kind) -> bool {
     matches!(
         kind,
-        "USER_DELIVER" | "MSG_GROUP" | "GROUP_KEY_SHARE" | "FILE_START" | "FILE_CHUNK" | "FILE_END"
+        Kind::UserDeliver
+            | Kind::MsgGroup
+            | Kind::GroupKeyShare
+            | Kind::FileStart
+            | Kind::FileChunk
+            | Kind::FileEnd
     )
 }
 
@@ -132,12 +137,13 @@ impl Mesh {
 
     /// A frame `handle` receives, as its client handles it.
     pub(super) fn user_receives(&mut self, handle: &str, env: Envelope) {
+        let kind = kind_named(&env.kind);
         let user = self.user_mut(handle);
-        if env.kind == "USER_WELCOME" {
+        if kind == Kind::UserWelcome {
             user.welcomed = true;
         }
         let msg_id = str_field(&env, "msg_id").to_owned();
-        let ack = is_content(&env.kind) && !msg_id.is_empty();
+        let ack = is_content(kind) && !msg_id.is_empty();
         user.inbox.push(env);
         if !ack {
             return;
@@ -161,12 +167,12 @@ impl Mesh {
                 msg_ids,
                 extra: Map::new(),
             });
-            self.send_frame(handle, "ACK", ids::TO_SERVER, ack.to_payload());
+            self.send_frame(handle, ack.kind(), ids::TO_SERVER, ack.to_payload());
         }
     }
 
     /// `handle` sends a frame (from its own id).
-    pub fn send_frame(&mut self, handle: &str, kind: &str, to: &str, payload: Map<String, Value>) {
+    pub fn send_frame(&mut self, handle: &str, kind: Kind, to: &str, payload: Map<String, Value>) {
         let from = self.user_ref(handle).id.clone();
         self.send_forged(handle, &from, kind, to, payload);
     }
@@ -176,11 +182,11 @@ impl Mesh {
         &mut self,
         handle: &str,
         from: &str,
-        kind: &str,
+        kind: Kind,
         to: &str,
         payload: Map<String, Value>,
     ) {
-        let mut env = Envelope::new(kind, from, to, payload);
+        let mut env = Envelope::new(kind.name(), from, to, payload);
         env.ts = self.now;
         if let Some(Value::String(id)) = env.payload.get("msg_id") {
             let id = id.clone();
@@ -212,7 +218,7 @@ impl Mesh {
         }) else {
             unreachable!()
         };
-        self.send_frame(from, "MSG_PRIVATE", to, payload);
+        self.send_frame(from, Kind::MsgPrivate, to, payload);
     }
 
     /// `handle` sends again the content it sent under `msg_id`.
@@ -235,8 +241,8 @@ impl Mesh {
                 .unwrap();
         let msg_id = self.new_msg_id(creator);
         share.msg_id = Some(msg_id.clone());
-        let payload = Message::GroupKeyShare(share).to_payload();
-        self.send_frame(creator, "GROUP_KEY_SHARE", ids::TO_SERVER, payload);
+        let share = Message::GroupKeyShare(share);
+        self.send_frame(creator, share.kind(), ids::TO_SERVER, share.to_payload());
         msg_id
     }
 
@@ -251,7 +257,7 @@ impl Mesh {
         }) else {
             unreachable!()
         };
-        self.send_frame(from, "MSG_GROUP", group, payload);
+        self.send_frame(from, Kind::MsgGroup, group, payload);
         msg_id
     }
 
@@ -260,7 +266,7 @@ impl Mesh {
         let Value::Object(payload) = json!({ "user_id": target }) else {
             unreachable!()
         };
-        self.send_frame(handle, "USER_DB_GET_USER", ids::TO_SERVER, payload);
+        self.send_frame(handle, Kind::UserDbGetUser, ids::TO_SERVER, payload);
     }
 
     // ---- what a user saw ----
@@ -282,9 +288,10 @@ impl Mesh {
         let mut seen = BTreeSet::new();
         let mut shown = Vec::new();
         for env in &self.user_ref(handle).inbox {
-            let line = match env.kind.as_str() {
-                "USER_DELIVER" => format!("{}: {}", str_field(env, "sender"), text_of(env)),
-                "MSG_GROUP" => format!(
+            let kind = kind_named(&env.kind);
+            let line = match kind {
+                Kind::UserDeliver => format!("{}: {}", str_field(env, "sender"), text_of(env)),
+                Kind::MsgGroup => format!(
                     "{} in {}: {}",
                     str_field(env, "from"),
                     str_field(env, "group_id"),
@@ -292,8 +299,8 @@ impl Mesh {
                 ),
                 _ => continue,
             };
-            let sender = match env.kind.as_str() {
-                "USER_DELIVER" => str_field(env, "sender"),
+            let sender = match kind {
+                Kind::UserDeliver => str_field(env, "sender"),
                 _ => str_field(env, "from"),
             };
             if seen.insert((sender.to_owned(), str_field(env, "msg_id").to_owned())) {
@@ -304,38 +311,43 @@ impl Mesh {
     }
 
     /// How many frames of `kind` reached `handle` (duplicates included).
-    pub fn received(&self, handle: &str, kind: &str) -> usize {
+    pub fn received(&self, handle: &str, kind: Kind) -> usize {
         self.frames(handle, kind).len()
     }
 
     /// The frames of `kind` that reached `handle`.
-    pub fn frames(&self, handle: &str, kind: &str) -> Vec<&Envelope> {
+    pub fn frames(&self, handle: &str, kind: Kind) -> Vec<&Envelope> {
         self.user_ref(handle)
             .inbox
             .iter()
-            .filter(|e| e.kind == kind)
+            .filter(|e| e.kind == kind.name())
+            .collect()
+    }
+
+    /// The `ERROR`s `handle` received, in order.
+    fn error_frames(&self, handle: &str) -> Vec<ErrorBody> {
+        self.frames(handle, Kind::Error)
+            .into_iter()
+            .map(|e| error_body(e.payload.clone()))
             .collect()
     }
 
     /// The codes of the `ERROR`s `handle` received, in order.
-    pub fn errors(&self, handle: &str) -> Vec<String> {
-        self.frames(handle, "ERROR")
-            .into_iter()
-            .map(|e| str_field(e, "code").to_owned())
-            .collect()
+    pub fn errors(&self, handle: &str) -> Vec<ErrorCode> {
+        self.error_frames(handle).iter().map(code_of).collect()
     }
 
     /// The code of the `ERROR` about `handle`'s content `msg_id`, if any.
-    pub fn error_about(&self, handle: &str, msg_id: &str) -> Option<String> {
-        self.frames(handle, "ERROR")
-            .into_iter()
-            .find(|e| str_field(e, "msg_id") == msg_id)
-            .map(|e| str_field(e, "code").to_owned())
+    pub fn error_about(&self, handle: &str, msg_id: &str) -> Option<ErrorCode> {
+        self.error_frames(handle)
+            .iter()
+            .find(|body| body.msg_id().unwrap_or_default() == msg_id)
+            .map(code_of)
     }
 
     /// The `msg_id`s `handle` was sent receipts for with `status`.
     pub fn receipts(&self, handle: &str, status: &str) -> Vec<String> {
-        self.frames(handle, "RECEIPT")
+        self.frames(handle, Kind::Receipt)
             .into_iter()
             .filter(|e| str_field(e, "status") == status)
             .flat_map(|e| ids_in(e, "msg_ids"))
@@ -344,7 +356,7 @@ impl Mesh {
 
     /// The `msg_id`s `handle`'s node acknowledged (took into custody).
     pub fn acked(&self, handle: &str) -> Vec<String> {
-        self.frames(handle, "ACK")
+        self.frames(handle, Kind::Ack)
             .into_iter()
             .flat_map(|e| ids_in(e, "msg_ids"))
             .collect()
@@ -352,7 +364,7 @@ impl Mesh {
 
     /// The directory answers `handle` received: (user, found).
     pub fn lookups(&self, handle: &str) -> Vec<(String, bool)> {
-        self.frames(handle, "USER_DB_USER")
+        self.frames(handle, Kind::UserDbUser)
             .into_iter()
             .map(|e| {
                 let found = e.payload.get("found").and_then(Value::as_bool);
@@ -364,7 +376,7 @@ impl Mesh {
     /// The groups whose key shares reached `handle`, once each.
     pub fn shares(&self, handle: &str) -> Vec<String> {
         let groups: BTreeSet<String> = self
-            .frames(handle, "GROUP_KEY_SHARE")
+            .frames(handle, Kind::GroupKeyShare)
             .into_iter()
             .map(|e| str_field(e, "group_id").to_owned())
             .collect();

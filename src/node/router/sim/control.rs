@@ -6,8 +6,9 @@ use serde_json::{Map, Value};
 
 use super::super::Input;
 use super::net::{Chan, InFlight, Item, Tag};
-use super::{LINK_LATENCY_MS, Mesh};
-use crate::wire::Envelope;
+use super::{LINK_LATENCY_MS, Mesh, kind_named};
+use crate::wire::messages::Kind;
+use crate::wire::{Envelope, ErrorCode};
 
 impl Mesh {
     /// The link between two nodes (either dialed the other).
@@ -39,13 +40,13 @@ impl Mesh {
     }
 
     /// Frames from `from` to `to` still on their way, by type.
-    pub fn in_flight(&self, from: &str, to: &str) -> Vec<String> {
+    pub fn in_flight(&self, from: &str, to: &str) -> Vec<Kind> {
         let chan = self.link_chan(from, to);
         self.chans.get(&chan).map_or_else(Vec::new, |c| {
             c.queue
                 .iter()
                 .filter_map(|f| match &f.item {
-                    Item::Frame(env) => Some(env.kind.clone()),
+                    Item::Frame(env) => Some(kind_named(&env.kind)),
                     Item::Close => None,
                 })
                 .collect()
@@ -72,7 +73,7 @@ impl Mesh {
         &mut self,
         from: &str,
         to: &str,
-        kind: &str,
+        kind: Kind,
         to_id: &str,
         payload: Map<String, Value>,
     ) {
@@ -80,20 +81,16 @@ impl Mesh {
         let Chan::Link { wire, .. } = chan else {
             unreachable!()
         };
-        let mut env = Envelope::new(kind, &self.id(from), to_id, payload);
+        let mut env = Envelope::new(kind.name(), &self.id(from), to_id, payload);
         env.ts = self.now;
         let tag = Tag::Link(self.wires[wire].epoch);
         self.enqueue(chan, tag, Item::Frame(env), LINK_LATENCY_MS);
     }
 
     /// The next `kind` frame `from` sends to `to` is lost (the link stays up).
-    pub fn drop_next(&mut self, from: &str, to: &str, kind: &str) {
+    pub fn drop_next(&mut self, from: &str, to: &str, kind: Kind) {
         let chan = self.link_chan(from, to);
-        self.chans
-            .entry(chan)
-            .or_default()
-            .drops
-            .push(kind.to_owned());
+        self.chans.entry(chan).or_default().drops.push(kind);
     }
 
     /// The link between `a` and `b` breaks, and stays broken until healed.
@@ -116,10 +113,8 @@ impl Mesh {
     }
 
     /// The code of the last `ERROR` that refused `dialer`'s hello to `acceptor`.
-    pub fn refused(&self, dialer: &str, acceptor: &str) -> Option<String> {
-        self.wires[self.wire_between(dialer, acceptor)]
-            .refused
-            .clone()
+    pub fn refused(&self, dialer: &str, acceptor: &str) -> Option<ErrorCode> {
+        self.wires[self.wire_between(dialer, acceptor)].refused
     }
 
     /// `node`'s disk fails every write from now on (or works again).

@@ -52,8 +52,8 @@ use super::req_ids::{ReqIds, SplitMix};
 use super::{ConnId, Input, MailboxLimits, Router, RouterConfig, UserHelloIn, canonical};
 use crate::crypto::PrivateKey;
 use crate::node::policy::{AdmitEntry, AdmitList};
-use crate::wire::Envelope;
-use crate::wire::messages::Proof;
+use crate::wire::messages::{ErrorBody, Kind, Message, Proof};
+use crate::wire::{Envelope, ErrorCode};
 
 /// The clock's start (Unix ms): hellos carry real-looking times.
 const EPOCH_MS: i64 = 1_700_000_000_000;
@@ -114,6 +114,27 @@ pub(crate) fn signed_hello(conn: ConnId, user: &str, k: &PrivateKey, now: i64) -
         session: None,
         addr: None,
     })
+}
+
+/// The kind an envelope `type` names. Frames in a simulated mesh come from
+/// routers or from the test, all of known types: any other is a failure.
+pub(crate) fn kind_named(name: &str) -> Kind {
+    Kind::from_name(name).unwrap_or_else(|| panic!("a frame of unknown type {name:?}"))
+}
+
+/// An `ERROR` payload, parsed (anything else is a failure).
+pub(crate) fn error_body(payload: Map<String, Value>) -> ErrorBody {
+    match Message::from_payload(Kind::Error.name(), payload) {
+        Ok(Message::Error(body)) => body,
+        other => panic!("not an ERROR payload: {other:?}"),
+    }
+}
+
+/// The code of an `ERROR`. Routers only send codes `socp` knows: any other
+/// is a failure.
+pub(crate) fn code_of(body: &ErrorBody) -> ErrorCode {
+    body.error_code()
+        .unwrap_or_else(|| panic!("an ERROR with an unknown code {:?}", body.code))
 }
 
 /// A stable server id for a node name (`server_<uuid4>`, or the master's).
@@ -328,15 +349,15 @@ impl Mesh {
     }
 
     /// How many frames of `kind` `to` received on its link from `from`.
-    pub fn carried(&self, from: &str, to: &str, kind: &str) -> usize {
+    pub fn carried(&self, from: &str, to: &str, kind: Kind) -> usize {
         self.carried_frames(from, to, kind).len()
     }
 
     /// The frames of `kind` `to` received on its link from `from`.
-    pub fn carried_frames(&self, from: &str, to: &str, kind: &str) -> Vec<Envelope> {
+    pub fn carried_frames(&self, from: &str, to: &str, kind: Kind) -> Vec<Envelope> {
         self.carried
             .iter()
-            .filter(|(f, t, env)| f == from && t == to && env.kind == kind)
+            .filter(|(f, t, env)| f == from && t == to && env.kind == kind.name())
             .map(|(_, _, env)| env.clone())
             .collect()
     }

@@ -8,10 +8,10 @@ use std::collections::VecDeque;
 use serde_json::Value;
 
 use super::super::{CAP_SOCP, ConnId, Input, LinkHelloIn, our_caps};
-use super::{LINK_LATENCY_MS, Mesh, Peer};
+use super::{LINK_LATENCY_MS, Mesh, Peer, code_of};
 use crate::crypto::PublicKey;
-use crate::wire::messages::{Message, PeerHelloLink, Role};
-use crate::wire::{Envelope, ids};
+use crate::wire::messages::{Kind, Message, PeerHelloLink, Role};
+use crate::wire::{Envelope, ErrorCode, ids};
 
 /// A dialer's first wait before dialing again, and its longest (`dial.rs`).
 const REDIAL_MIN_MS: i64 = 250;
@@ -38,7 +38,7 @@ pub(super) struct Wire {
     /// When the last dial went out.
     pub since: i64,
     /// The code of the last `ERROR` that answered our hello.
-    pub refused: Option<String>,
+    pub refused: Option<ErrorCode>,
 }
 
 /// One direction of a connection.
@@ -57,7 +57,7 @@ pub(super) struct Channel {
     pub held: bool,
     last_due: i64,
     /// Frame types whose next frame is lost on the way.
-    pub drops: Vec<String>,
+    pub drops: Vec<Kind>,
 }
 
 pub(super) struct InFlight {
@@ -98,7 +98,7 @@ impl Mesh {
 
     pub(super) fn enqueue(&mut self, chan: Chan, tag: Tag, item: Item, latency: i64) {
         if let (Item::Frame(env), Some(c)) = (&item, self.chans.get_mut(&chan))
-            && let Some(at) = c.drops.iter().position(|k| *k == env.kind)
+            && let Some(at) = c.drops.iter().position(|k| k.name() == env.kind)
         {
             c.drops.remove(at);
             return;
@@ -213,7 +213,7 @@ impl Mesh {
             return self.hello_arrives(wire, from_dialer, env);
         };
         // As `conn.rs`: only the linked server's own frames, no heartbeats.
-        if env.from != self.id(&from) || env.kind == "HEARTBEAT" {
+        if env.from != self.id(&from) || env.kind == Kind::Heartbeat.name() {
             return;
         }
         let Ok(msg) = Message::from_payload(&env.kind, env.payload.clone()) else {
@@ -231,7 +231,7 @@ impl Mesh {
         let hello = match Message::from_envelope(&env) {
             Ok(Message::PeerHelloLink(h)) if ids::check_server(&env.from).is_ok() => h,
             Ok(Message::Error(e)) if !from_dialer => {
-                self.wires[wire].refused = Some(e.code);
+                self.wires[wire].refused = Some(code_of(&e));
                 return self.close_wire(wire);
             }
             _ => return self.close_wire(wire),
