@@ -6,7 +6,7 @@ use clap::CommandFactory;
 
 use crate::cli::{AdminCommand, Cli, ClientArgs, Command, GenArgs, GenWhat, NodeArgs, RoleArg};
 use crate::client;
-use crate::node::{self, NodeConfig};
+use crate::node;
 
 /// Runs a parsed command line to completion.
 pub fn run(cli: Cli) -> Result<()> {
@@ -196,7 +196,7 @@ fn gen_man(out: Option<&std::path::Path>) -> Result<()> {
 
 fn run_node(args: NodeArgs) -> Result<()> {
     let args = crate::config::layer(args)?;
-    let config = NodeConfig::from_args(&args)?;
+    let config = crate::config::node_config(&args)?;
     if args.print_config {
         print!("{}", crate::config::effective_toml(&args)?);
         return Ok(());

@@ -16,7 +16,7 @@ use super::router::{Input, Outgoing};
 
 use crate::backoff::{Backoff, Retries};
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
-use crate::wire::messages::{PeerHelloLink, Role};
+use crate::wire::messages::{Kind, Message, PeerHelloLink, Role};
 use crate::wire::{Envelope, ids};
 
 /// First wait before redialling.
@@ -98,16 +98,8 @@ impl Dialer {
             ) => r?,
             () = super::stop_requested(&mut self.ctx.shutdown) => return Ok(()),
         };
-        let payload = match serde_json::to_value(&self.hello)? {
-            serde_json::Value::Object(m) => m,
-            _ => anyhow::bail!("hello is not an object"),
-        };
-        let out = Outgoing {
-            kind: "PEER_HELLO_LINK",
-            to: ids::TO_SERVER.to_owned(),
-            payload,
-        };
-        let text = conn::seal(&self.ctx.key, &self.ctx.me, out)
+        let out = Outgoing::new(ids::TO_SERVER, Message::PeerHelloLink(self.hello.clone()));
+        let text = conn::sign(&self.ctx.key, &self.ctx.me, out)
             .await
             .ok_or_else(|| anyhow::anyhow!("cannot sign our hello"))?;
         ws.send(WsMessage::text(text)).await?;
@@ -118,14 +110,13 @@ impl Dialer {
             Err(_) => anyhow::bail!("no answer to our hello within {HELLO_TIMEOUT:?}"),
         };
         let env = Envelope::parse(&answer).map_err(|e| anyhow::anyhow!(e.log_summary()))?;
-        if env.kind == "ERROR" {
-            anyhow::bail!(
+        match Kind::from_name(&env.kind) {
+            Some(Kind::PeerHelloLink) => {}
+            Some(Kind::Error) => anyhow::bail!(
                 "refused our hello: {}",
                 serde_json::Value::Object(env.payload)
-            );
-        }
-        if env.kind != "PEER_HELLO_LINK" {
-            anyhow::bail!("answered our hello with {}", env.kind);
+            ),
+            _ => anyhow::bail!("answered our hello with {}", env.kind),
         }
         let (hello, key) = conn::check_link_hello(&env)
             .map_err(|r| anyhow::anyhow!("{}: {}", r.code, r.detail))?;
@@ -145,15 +136,8 @@ impl Dialer {
             }
             None => None,
         };
-        let auth = conn::Auth {
-            // With a session every frame carries a MAC: no RSA key needed.
-            peer_key: session.is_none().then(|| conn::PeerKey::new(&key)),
-            mac_out: session.is_some(),
-            mac_in: session.is_some(),
-            session: session.map(Box::new),
-            // It answered our hello: we dialed it, it proved its key.
-            accepted: true,
-        };
+        // It answered our hello: we dialed it, it proved its key.
+        let auth = conn::Auth::dialer(&key, session);
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let input = Input::LinkHello(conn::link_hello_in(
             conn_id,
