@@ -238,24 +238,18 @@ fn run_client(args: ClientArgs) -> Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let input = client::spawn_stdin();
         if args.json {
+            let input = client::spawn_stdin();
             client::Engine::open(config, client::JsonFrontend)
                 .await?
                 .run(input)
-                .await;
+                .await?;
         } else {
-            let mut front = client::TerminalFrontend::default();
-            client::Frontend::emit(
-                &mut front,
-                &client::Event::Help {
-                    text: format!(
-                        "socp client: /help lists the commands; connecting to {} as {}",
-                        args.server, args.user
-                    ),
-                },
+            let banner = format!(
+                "socp client: /help lists the commands; connecting to {} as {}",
+                args.server, args.user
             );
-            client::Engine::open(config, front).await?.run(input).await;
+            client::run_terminal(config, &banner).await?;
         }
         Ok(())
     })

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use crate::wire::ids;
 
-/// The group `/all` writes to.
-pub const GLOBAL_GROUP: &str = "group_global";
+/// How group names are made, for `/help` and usage errors.
+pub const GROUP_RULES: &str = "GROUP is group_ then 1-64 of A-Z a-z 0-9 . _ - (e.g. group_team); \
+a group has a key only once its owner ran /gshare, and only members can write to it";
 
 /// One command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +50,6 @@ pub const USAGE: &[(&str, &str)] = &[
         "/msg USER TEXT",
         "send USER an end-to-end encrypted message",
     ),
-    ("/all TEXT", "send TEXT to group_global"),
     (
         "/gshare GROUP MEMBER...",
         "create or rotate GROUP's key and share it with the members",
@@ -94,7 +94,7 @@ fn user_arg(cmd: &str, s: &str) -> Result<String, UsageError> {
 }
 
 fn group_arg(cmd: &str, s: &str) -> Result<String, UsageError> {
-    ids::check_group(s).map_err(|e| usage(cmd, e.to_string()))?;
+    ids::check_group(s).map_err(|e| usage(cmd, format!("{e}; {GROUP_RULES}")))?;
     Ok(s.to_owned())
 }
 
@@ -157,15 +157,12 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
                 text: text.to_owned(),
             }))
         }
-        "/all" => {
-            if rest.is_empty() {
-                return Err(usage(&cmd, "write a message"));
-            }
-            Ok(Some(Command::Gmsg {
-                group: GLOBAL_GROUP.into(),
-                text: rest.to_owned(),
-            }))
-        }
+        // There is no group everyone is in: a group needs a key its owner
+        // shares with the members.
+        "/all" => Err(UsageError {
+            problem: "there is no /all: a group needs a key, shared by its owner".into(),
+            usage: "/gshare group_NAME MEMBER... to make one, then /gmsg group_NAME TEXT".into(),
+        }),
         "/gmsg" => {
             let (group, text) = word(rest);
             if group.is_empty() || text.is_empty() {
@@ -243,14 +240,16 @@ fn outbox(cmd: &str, rest: &str) -> Result<OutboxCmd, UsageError> {
     }
 }
 
-/// The help text.
+/// The help text: the commands, then how names are made.
 pub fn help() -> String {
     let width = USAGE.iter().map(|(u, _)| u.len()).max().unwrap_or(0);
-    USAGE
+    let mut lines: Vec<String> = USAGE
         .iter()
         .map(|(u, what)| format!("  {u:width$}  {what}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    lines.push(format!("  {GROUP_RULES}"));
+    lines.push("  USER is 1-64 of A-Z a-z 0-9 . _ -".into());
+    lines.join("\n")
 }
 
 #[cfg(test)]
@@ -268,13 +267,7 @@ mod tests {
                 text: "hello  there".into()
             })
         );
-        assert_eq!(
-            parse("/all hi").unwrap(),
-            Some(Command::Gmsg {
-                group: GLOBAL_GROUP.into(),
-                text: "hi".into()
-            })
-        );
+        assert!(parse("/all hi").unwrap_err().usage.contains("/gshare"));
         assert_eq!(
             parse("/gshare group_x bob carol bob").unwrap(),
             Some(Command::Gshare {

@@ -9,7 +9,7 @@
 //! [`super::lookups::Lookups`]), `compose` (commands to frames),
 //! `send_file`, `incoming` (frames to events) and `receive_file`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +34,10 @@ mod keys;
 mod receive_file;
 mod send_file;
 mod sending;
+mod tags;
 
 pub use super::lookups::LOOKUP_PATIENCE;
+pub use connection::Stopped;
 
 /// Shown ids gathered in the journal before they go into the keyring.
 pub const JOURNAL_BATCH: usize = 512;
@@ -63,9 +65,10 @@ pub struct ClientConfig {
     pub invite: Option<String>,
 }
 
-/// Work waiting for a user's directory key.
+/// Work waiting for a user's directory key: a command (with the id the
+/// caller gave it, if any: see [`tags`]) or a frame.
 enum Deferred {
-    Cmd(Command),
+    Cmd(Command, Option<String>),
     Frame(Box<(Envelope, Message)>),
 }
 
@@ -104,6 +107,11 @@ pub struct Engine<F: Frontend> {
     /// Content the node took from us lately: receipts are shown only for
     /// these (and for what is still in the outbox).
     sent: SentIds,
+    /// Which command (by the caller's id) caused which events.
+    tags: tags::Tags,
+    /// Users whose pinned key the directory was asked about since we
+    /// connected (see `Engine::confirmed`).
+    rechecked: HashSet<String>,
 }
 
 impl<F: Frontend> Engine<F> {
@@ -140,11 +148,16 @@ impl<F: Frontend> Engine<F> {
             retry_at: HashMap::new(),
             flights: sending::Flights::default(),
             sent: SentIds::default(),
+            tags: tags::Tags::default(),
+            rechecked: HashSet::new(),
         })
     }
 
+    /// Tells the user; the event carries the id of the command that
+    /// caused it, if the caller gave one.
     fn emit(&mut self, event: Event) {
-        self.front.emit(&event);
+        let id = self.tags.id_for(&event);
+        self.front.emit_for(&event, id.as_deref());
     }
 }
 

@@ -1,13 +1,20 @@
 //! Key lookups as plain data: whose directory keys were asked for and when,
 //! what work waits for each answer, who asked on purpose (`/dbget`), and
-//! whom the directory does not know. No I/O and no clock: the engine sends
-//! the lookups it is told to send and passes the time in.
+//! whom the directory did not know lately (a negative answer, or none in
+//! time, is remembered for [`UNKNOWN_TTL`] only: a user may join a moment
+//! later). No I/O and no clock: the engine sends the lookups it is told to
+//! send and passes the time in.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// How long to wait for the directory to answer a key lookup.
 pub const LOOKUP_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a user the directory did not know (or did not answer for)
+/// counts as unknown: their content is shown unverified at once meanwhile,
+/// instead of each piece waiting for a lookup; after that, the next piece
+/// asks again.
+pub const UNKNOWN_TTL: Duration = Duration::from_secs(5);
 
 /// What to do when a user's key is needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +54,10 @@ pub struct Lookups<W> {
     waiting: HashMap<String, Vec<W>>,
     /// Users whose answer is to be shown (`/dbget`).
     explicit: HashSet<String>,
-    /// Users the directory does not know (or did not answer for): their
-    /// content is shown unverified instead of waiting.
-    unknown: HashSet<String>,
+    /// Users the directory did not know (or did not answer for), and when
+    /// it said so: until [`UNKNOWN_TTL`] has passed, their content is shown
+    /// unverified instead of waiting.
+    unknown: HashMap<String, Instant>,
 }
 
 impl<W> Default for Lookups<W> {
@@ -66,7 +74,7 @@ impl<W> Lookups<W> {
             in_flight: HashMap::new(),
             waiting: HashMap::new(),
             explicit: HashSet::new(),
-            unknown: HashSet::new(),
+            unknown: HashMap::new(),
         }
     }
 
@@ -101,13 +109,13 @@ impl<W> Lookups<W> {
         self.in_flight.remove(user);
     }
 
-    /// The directory answered for `user`; `found`: with a usable key.
-    pub fn answer(&mut self, user: &str, found: bool) -> Answered<W> {
+    /// The directory answered for `user` at `now`; `found`: with a usable key.
+    pub fn answer(&mut self, user: &str, found: bool, now: Instant) -> Answered<W> {
         self.in_flight.remove(user);
         if found {
             self.unknown.remove(user);
         } else {
-            self.unknown.insert(user.to_owned());
+            self.unknown.insert(user.to_owned(), now);
         }
         Answered {
             explicit: self.explicit.remove(user),
@@ -125,11 +133,13 @@ impl<W> Lookups<W> {
             .map(|(user, _)| user.clone())
             .collect();
         late.sort();
+        self.unknown
+            .retain(|_, at| now.saturating_duration_since(*at) < UNKNOWN_TTL);
         late.into_iter()
             .map(|user| {
                 self.in_flight.remove(&user);
                 self.explicit.remove(&user);
-                self.unknown.insert(user.clone());
+                self.unknown.insert(user.clone(), now);
                 let released = self.waiting.remove(&user).unwrap_or_default();
                 Expired { user, released }
             })
@@ -145,9 +155,17 @@ impl<W> Lookups<W> {
         users
     }
 
-    /// True if the directory does not know `user` (or did not answer).
-    pub fn is_unknown(&self, user: &str) -> bool {
-        self.unknown.contains(user)
+    /// True if work waits for `user`'s key.
+    pub fn waits_for(&self, user: &str) -> bool {
+        self.waiting.contains_key(user)
+    }
+
+    /// True if the directory did not know `user` (or did not answer) less
+    /// than [`UNKNOWN_TTL`] before `now`.
+    pub fn is_unknown(&self, user: &str, now: Instant) -> bool {
+        self.unknown
+            .get(user)
+            .is_some_and(|at| now.saturating_duration_since(*at) < UNKNOWN_TTL)
     }
 }
 
@@ -168,7 +186,7 @@ mod tests {
         assert_eq!(l.ask("bob", true, t0), Ask::InFlight);
         assert_eq!(l.ask("bob", false, t0), Ask::InFlight);
         assert_eq!(l.ask("carol", true, t0), Ask::Send);
-        l.answer("bob", true);
+        l.answer("bob", true, t0);
         assert_eq!(l.ask("bob", true, t0), Ask::Send);
     }
 
@@ -183,11 +201,13 @@ mod tests {
     #[test]
     fn an_answer_releases_what_waited_in_order() {
         let (mut l, t0) = lookups();
+        assert!(!l.waits_for("bob"));
         l.wait("bob", "first");
+        assert!(l.waits_for("bob"));
         assert_eq!(l.ask("bob", true, t0), Ask::Send);
         l.wait("bob", "second");
         l.wait("carol", "other");
-        let a = l.answer("bob", true);
+        let a = l.answer("bob", true, t0);
         assert_eq!(
             a,
             Answered {
@@ -195,9 +215,9 @@ mod tests {
                 released: vec!["first", "second"]
             }
         );
-        assert!(!l.is_unknown("bob"));
-        assert!(l.answer("bob", true).released.is_empty());
-        assert_eq!(l.answer("carol", true).released, ["other"]);
+        assert!(!l.is_unknown("bob", t0));
+        assert!(l.answer("bob", true, t0).released.is_empty());
+        assert_eq!(l.answer("carol", true, t0).released, ["other"]);
     }
 
     #[test]
@@ -205,12 +225,29 @@ mod tests {
         let (mut l, t0) = lookups();
         l.wait("bob", "dm");
         l.ask("bob", true, t0);
-        let a = l.answer("bob", false);
+        let a = l.answer("bob", false, t0);
         assert_eq!(a.released, ["dm"]);
-        assert!(l.is_unknown("bob"));
+        assert!(l.is_unknown("bob", t0));
         // An answer nobody asked for counts too.
-        l.answer("bob", true);
-        assert!(!l.is_unknown("bob"));
+        l.answer("bob", true, t0);
+        assert!(!l.is_unknown("bob", t0));
+    }
+
+    #[test]
+    fn a_negative_answer_expires() {
+        let (mut l, t0) = lookups();
+        l.answer("erin", false, t0);
+        assert!(l.is_unknown("erin", t0 + UNKNOWN_TTL - Duration::from_millis(1)));
+        assert!(
+            !l.is_unknown("erin", t0 + UNKNOWN_TTL),
+            "erin may have joined"
+        );
+        // A time-out counts the same way, and is forgotten too.
+        l.ask("frank", true, t0);
+        l.expire(t0 + PATIENCE + Duration::from_secs(1));
+        let t1 = t0 + PATIENCE + Duration::from_secs(1);
+        assert!(l.is_unknown("frank", t1));
+        assert!(!l.is_unknown("frank", t1 + UNKNOWN_TTL));
     }
 
     #[test]
@@ -232,15 +269,15 @@ mod tests {
                 released: vec!["dm"]
             }]
         );
-        assert!(l.is_unknown("bob"));
+        assert!(l.is_unknown("bob", t0 + PATIENCE));
         let t1 = t0 + PATIENCE;
         assert_eq!(l.ask("bob", true, t1), Ask::Send, "no longer in flight");
         let late = l.expire(t0 + Duration::from_secs(16));
         assert_eq!(late.len(), 1);
         assert_eq!(late[0].user, "carol");
-        assert!(l.is_unknown("carol"));
+        assert!(l.is_unknown("carol", t0 + Duration::from_secs(16)));
         // A late answer to an expired /dbget is not shown.
-        assert!(!l.answer("carol", true).explicit);
+        assert!(!l.answer("carol", true, t0).explicit);
         let late = l.expire(t1 + Duration::from_secs(11));
         assert_eq!(late.len(), 1, "bob's second lookup");
         assert!(late[0].released.is_empty());
@@ -253,8 +290,8 @@ mod tests {
         assert_eq!(l.ask("bob", true, t0), Ask::Send);
         l.explicit("bob");
         assert_eq!(l.ask("bob", true, t0), Ask::Send);
-        assert!(l.answer("bob", false).explicit);
-        assert!(!l.answer("bob", false).explicit);
+        assert!(l.answer("bob", false, t0).explicit);
+        assert!(!l.answer("bob", false, t0).explicit);
     }
 
     #[test]

@@ -60,6 +60,13 @@ impl SessionError {
     }
 }
 
+impl SessionError {
+    /// True if the node said another connection uses our name.
+    pub fn is_name_in_use(&self) -> bool {
+        matches!(self, SessionError::Refused { code, .. } if code == ErrorCode::NameInUse.as_str())
+    }
+}
+
 /// True if connecting failed in TLS (an untrusted or mismatched certificate).
 fn is_tls_failure(e: &tokio_tungstenite::tungstenite::Error) -> bool {
     use tokio_tungstenite::tungstenite::Error;

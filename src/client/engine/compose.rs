@@ -2,7 +2,7 @@
 //! DMs, group messages and group key shares — handed to the outbox. A
 //! command that needs a key the keyring lacks waits for its lookup.
 
-use super::{Deferred, Engine, blocking, new_msg_id};
+use super::{Engine, blocking, new_msg_id};
 use crate::client::codes::ClientCode;
 use crate::client::commands::{self, Command};
 use crate::client::events::{Event, Frontend};
@@ -50,12 +50,19 @@ impl<F: Frontend> Engine<F> {
             return self.emit(Event::Fingerprint {
                 user: self.cfg.user.clone(),
                 fingerprint: fp,
+                pending: None,
             });
+        };
+        let fp = |k: &str| PublicKey::from_b64(k).ok().map(|k| k.fingerprint());
+        let pending = match self.keyring.get(&user) {
+            Ok(Some(p)) => p.pending.as_deref().and_then(fp),
+            _ => None,
         };
         match self.pinned(&user) {
             Some(k) => self.emit(Event::Fingerprint {
                 user,
                 fingerprint: k.fingerprint(),
+                pending,
             }),
             None => self.emit(Event::error(
                 ClientCode::NoKey,
@@ -84,12 +91,12 @@ impl<F: Frontend> Engine<F> {
     async fn send_dm(&mut self, to: String, text: String) {
         let recipient = match self.sendable(&to) {
             Err(()) => return,
-            Ok(None) => {
+            Ok(Some(k)) if self.confirmed(&to) => k,
+            Ok(_) => {
                 return self
-                    .defer(&to.clone(), Deferred::Cmd(Command::Msg { to, text }))
+                    .defer(&to.clone(), self.deferred(Command::Msg { to, text }))
                     .await;
             }
-            Ok(Some(k)) => k,
         };
         let (key, user, to2) = (self.key.clone(), self.cfg.user.clone(), to.clone());
         let sealed = blocking(move || {
@@ -199,7 +206,8 @@ impl<F: Frontend> Engine<F> {
                         group: group.to_owned(),
                         members: members.to_vec(),
                     };
-                    self.defer(first, Deferred::Cmd(cmd)).await;
+                    let work = self.deferred(cmd);
+                    self.defer(first, work).await;
                     return None;
                 }
             }

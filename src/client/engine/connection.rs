@@ -5,7 +5,7 @@
 use serde_json::Map;
 use tokio::sync::mpsc;
 
-use super::{ACK_BATCH, ACK_DELAY, Deferred, Engine, RECONNECT};
+use super::{ACK_BATCH, ACK_DELAY, Deferred, Engine, RECONNECT, tags};
 use crate::client::HelloStyle;
 use crate::client::codes::ClientCode;
 use crate::client::commands;
@@ -18,6 +18,11 @@ use crate::wire::{Envelope, ids};
 struct Redial {
     attempt: u32,
     at: Option<tokio::time::Instant>,
+    /// Connected at least once in this run: a `NAME_IN_USE` then most
+    /// likely names our own previous connection, which the node has not
+    /// yet seen close, so it is worth another try; before that, it means
+    /// another client uses the name, and trying again cannot help.
+    was_connected: bool,
 }
 
 /// What the run loop does after a step.
@@ -26,21 +31,29 @@ enum Next {
     Go,
     /// Leave politely: acknowledge, record what was shown, close.
     Quit,
-    /// End at once: the server cannot be used.
-    Stop,
+    /// End at once: the server cannot be used (why).
+    Stop(String),
 }
 
+/// The client stopped because the server cannot be used: what it said.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Stopped(pub String);
+
 impl<F: Frontend> Engine<F> {
-    /// Runs until `/quit` or the end of input.
-    pub async fn run(mut self, mut input: mpsc::Receiver<String>) {
+    /// Runs until `/quit` or the end of input (Ok), or until the server
+    /// refuses us for good (Err, with what it said; the user was told).
+    pub async fn run(mut self, mut input: mpsc::Receiver<String>) -> Result<(), Stopped> {
         let mut redial = Redial {
             attempt: 0,
             at: Some(tokio::time::Instant::now()),
+            was_connected: false,
         };
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             if !self.run_ready().await {
-                return self.quit().await;
+                self.quit().await;
+                return Ok(());
             }
             let connected = self.session.is_some();
             let next = tokio::select! {
@@ -67,8 +80,11 @@ impl<F: Frontend> Engine<F> {
             };
             match next {
                 Next::Go => {}
-                Next::Quit => return self.quit().await,
-                Next::Stop => return,
+                Next::Quit => {
+                    self.quit().await;
+                    return Ok(());
+                }
+                Next::Stop(why) => return Err(Stopped(why)),
             }
         }
     }
@@ -77,8 +93,11 @@ impl<F: Frontend> Engine<F> {
     async fn run_ready(&mut self) -> bool {
         while let Some(work) = self.ready.pop_front() {
             match work {
-                Deferred::Cmd(cmd) => {
-                    if !self.command(cmd).await {
+                Deferred::Cmd(cmd, id) => {
+                    self.tags.running(id);
+                    let go_on = self.command(cmd).await;
+                    self.tags.running(None);
+                    if !go_on {
                         return false;
                     }
                 }
@@ -93,21 +112,34 @@ impl<F: Frontend> Engine<F> {
         let Some(line) = line else {
             return Next::Quit;
         };
+        let (id, line) = if line.trim_start().starts_with('{') {
+            match tags::parse_json(&line) {
+                Ok(c) => (c.id, c.command),
+                Err(e) => {
+                    self.emit(Event::error(ClientCode::Usage, e));
+                    return Next::Go;
+                }
+            }
+        } else {
+            (None, line)
+        };
+        self.tags.running(id);
+        let mut next = Next::Go;
         match commands::parse(&line) {
             Ok(None) => {}
             Ok(Some(cmd)) => {
                 if !self.command(cmd).await {
-                    return Next::Quit;
+                    next = Next::Quit;
                 }
             }
             Err(e) => self.emit(Event::error(ClientCode::Usage, e.to_string())),
         }
-        Next::Go
+        self.tags.running(None);
+        next
     }
 
     /// One try at connecting; a failure that may pass sets the next try.
     async fn connect(&mut self, redial: &mut Redial) -> Next {
-        redial.attempt += 1;
         let (server, user, tls) = (
             self.cfg.server.clone(),
             self.cfg.user.clone(),
@@ -122,14 +154,17 @@ impl<F: Frontend> Engine<F> {
                 // key of its to check signatures with), so a forged ERROR or
                 // ACK could drop our outbox. See DESIGN.md.
                 session.close().await;
-                self.emit(Event::error(ClientCode::NoSession, format!(
+                let why = format!(
                     "{server} welcomed us without a mac-v1 session, so its frames cannot be authenticated; not retrying: \
-                     use a server that offers sessions (not --no-mac), over wss://")));
-                Next::Stop
+                     use a server that offers sessions (not --no-mac), over wss://"
+                );
+                self.emit(Event::error(ClientCode::NoSession, why.clone()));
+                Next::Stop(why)
             }
             Ok(session) => {
                 redial.attempt = 0;
                 redial.at = None;
+                redial.was_connected = true;
                 self.emit(Event::Connected {
                     user: self.cfg.user.clone(),
                     server: session.server_id.clone(),
@@ -138,14 +173,9 @@ impl<F: Frontend> Engine<F> {
                 self.on_connect().await;
                 Next::Go
             }
-            Err(e) if e.is_transient() => {
-                let wait = RECONNECT.delay(redial.attempt);
+            Err(e) if e.is_transient() && (redial.was_connected || !e.is_name_in_use()) => {
                 tracing::info!(error = %e, "not connected");
-                self.emit(Event::Reconnecting {
-                    attempt: redial.attempt,
-                    in_ms: wait.as_millis() as u64,
-                });
-                redial.at = Some(tokio::time::Instant::now() + wait);
+                self.schedule_redial(redial, e.to_string());
                 Next::Go
             }
             Err(e) => {
@@ -153,11 +183,12 @@ impl<F: Frontend> Engine<F> {
                     SessionError::Refused { code, .. } => code.clone(),
                     _ => ClientCode::Connect.to_string(),
                 };
+                let detail = format!("{e}; not retrying: {}", advice(&e));
                 self.emit(Event::Error {
-                    code,
-                    detail: format!("{e}; not retrying: fix this and start again"),
+                    code: code.clone(),
+                    detail: detail.clone(),
                 });
-                Next::Stop
+                Next::Stop(format!("{code}: {detail}"))
             }
         }
     }
@@ -168,19 +199,39 @@ impl<F: Frontend> Engine<F> {
         // reconnect; it is marked as seen, so it is not shown twice.
         self.to_ack.clear();
         self.ack_at = None;
-        self.flights.clear();
+        for f in self.flights.drain() {
+            self.emit(Event::NotSent {
+                msg_id: f.start_msg_id,
+                to: f.to,
+                code: ClientCode::File.to_string(),
+                detail: format!(
+                    "{}: the connection dropped before the server took the whole file; /file it again",
+                    f.name
+                ),
+                kept: false,
+            });
+        }
         for name in self.receiver.abort_all() {
             self.emit(Event::error(
                 ClientCode::File,
                 format!("{name}: transfer cut off by the disconnect; nothing was saved"),
             ));
         }
-        self.emit(Event::Disconnected { reason });
-        let attempt = redial.attempt + 1;
-        let wait = RECONNECT.delay(attempt);
+        self.emit(Event::Disconnected {
+            reason: reason.clone(),
+        });
+        self.schedule_redial(redial, reason);
+    }
+
+    /// The next try at connecting, said once with why the last one failed
+    /// (numbered from 1 since the last time we were connected).
+    fn schedule_redial(&mut self, redial: &mut Redial, reason: String) {
+        redial.attempt += 1;
+        let wait = RECONNECT.delay(redial.attempt);
         self.emit(Event::Reconnecting {
-            attempt,
+            attempt: redial.attempt,
             in_ms: wait.as_millis() as u64,
+            reason,
         });
         redial.at = Some(tokio::time::Instant::now() + wait);
     }
@@ -226,6 +277,7 @@ impl<F: Frontend> Engine<F> {
     /// After a (re)connect: what the outbox holds goes out first, in order,
     /// then the key lookups that were waiting.
     async fn on_connect(&mut self) {
+        self.rechecked.clear();
         self.resend_outbox().await;
         for user in self.lookups.reconnected() {
             self.request_key(&user).await;
@@ -258,6 +310,15 @@ impl<F: Frontend> Engine<F> {
         if self.to_ack.len() >= ACK_BATCH {
             self.ack_at = Some(tokio::time::Instant::now());
         }
+    }
+}
+
+/// What the user can do about a refusal that stops the client.
+fn advice(e: &SessionError) -> &'static str {
+    if e.is_name_in_use() {
+        "another client is connected under this name (close it, or use another --user), then start again"
+    } else {
+        "fix this and start again"
     }
 }
 

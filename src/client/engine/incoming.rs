@@ -53,18 +53,31 @@ impl<F: Frontend> Engine<F> {
     }
 
     fn receipt(&mut self, r: Receipt) {
+        // A receipt can overtake the node's ACK: content its recipient has
+        // (or that waits in a mailbox) the node took, so it is "sent" first.
+        let unacked: Vec<String> = r
+            .msg_ids
+            .iter()
+            .filter(|id| self.keyring.outbox_get(id).ok().flatten().is_some())
+            .cloned()
+            .collect();
+        let ours_unacked: std::collections::HashSet<String> = unacked.iter().cloned().collect();
+        if !unacked.is_empty() {
+            self.acked(unacked);
+        }
         for msg_id in r.msg_ids {
             // Only for content of ours: a receipt for anything else (made
             // up by a server) must not show as "delivered".
-            let ours = self.sent.contains(&msg_id)
-                || self.keyring.outbox_get(&msg_id).ok().flatten().is_some();
+            let ours = self.sent.contains(&msg_id) || ours_unacked.contains(&msg_id);
             if !ours {
                 tracing::warn!(msg_id = %escape(&msg_id), "ignored a receipt for content we did not send");
                 continue;
             }
+            let to = self.sent.recipient(&msg_id).map(str::to_owned);
             self.emit(Event::Delivery {
                 msg_id,
                 status: r.status.clone(),
+                to,
             });
         }
     }
@@ -169,7 +182,7 @@ impl<F: Frontend> Engine<F> {
         if let Some(k) = self.pinned(sender) {
             return Ok(Some(k));
         }
-        if self.lookups.is_unknown(sender)
+        if self.lookups.is_unknown(sender, std::time::Instant::now())
             || self.session.is_none()
             || ids::check_user(sender).is_err()
         {
@@ -190,10 +203,13 @@ impl<F: Frontend> Engine<F> {
             return true;
         }
         let dm = d.to_private();
+        let pinned = sender_key.is_some();
         let verified = sender_key.is_some_and(|k| {
             content::dm_signed_bytes(&dm, &d.sender, &self.cfg.user)
                 .is_ok_and(|b| content::verify(&k, &b, &dm.content_sig))
         });
+        self.check_key_if_unverified(&d.sender, pinned, verified)
+            .await;
         let key = self.key.clone();
         match blocking(move || content::open_dm(&key, &dm)).await {
             Some(Ok(plain)) => {
@@ -223,9 +239,12 @@ impl<F: Frontend> Engine<F> {
         if !new {
             return true;
         }
+        let pinned = creator_key.is_some();
         let verified = creator_key.is_some_and(|k| {
             content::share_signed_bytes(&s).is_ok_and(|b| content::verify(&k, &b, &s.content_sig))
         });
+        self.check_key_if_unverified(&s.creator, pinned, verified)
+            .await;
         match self.owner_allows(&s, verified) {
             Err(()) => return true,
             Ok(false) => {
@@ -330,9 +349,12 @@ impl<F: Frontend> Engine<F> {
             self.shown(&seen);
             return true;
         };
+        let pinned = sender_key.is_some();
         let verified = sender_key.is_some_and(|k| {
             content::group_signed_bytes(&m).is_ok_and(|b| content::verify(&k, &b, &m.content_sig))
         });
+        self.check_key_if_unverified(&m.from, pinned, verified)
+            .await;
         match content::open_group(&gk.key, &m) {
             Ok(plain) => {
                 let text = String::from_utf8_lossy(&plain).into_owned();

@@ -79,14 +79,55 @@ impl<F: Frontend> Engine<F> {
         }
     }
 
+    /// False the first time since we connected that `user`'s pinned key is
+    /// about to be used to seal something: the caller defers its work and
+    /// the directory is asked again first, so a key that changed since it
+    /// was pinned is caught (`key_changed`, and nothing sealed to the old
+    /// key) before anything is sent. False too while work for `user` waits
+    /// for that answer (so it keeps its order). True when offline (nothing
+    /// to ask).
+    pub(super) fn confirmed(&mut self, user: &str) -> bool {
+        if user == self.cfg.user || self.session.is_none() {
+            return true;
+        }
+        !self.lookups.waits_for(user) && !self.rechecked.insert(user.to_owned())
+    }
+
+    /// Content from `sender` did not verify with their pinned key: their
+    /// key may have changed, so the directory is asked at once (its answer
+    /// says `key_changed` loudly and holds what we send them until
+    /// `/trust`). Not asked again while a change already waits for `/trust`.
+    pub(super) async fn check_key_if_unverified(
+        &mut self,
+        sender: &str,
+        pinned: bool,
+        verified: bool,
+    ) {
+        if verified || !pinned || sender == self.cfg.user || self.session.is_none() {
+            return;
+        }
+        if matches!(self.keyring.get(sender), Ok(Some(p)) if p.pending.is_some()) {
+            return;
+        }
+        self.request_key(sender).await;
+    }
+
     /// `/dbget`: looks `user` up again and shows the answer.
     pub(super) async fn lookup_explicitly(&mut self, user: &str) {
+        self.tags.lookup(user);
         self.lookups.explicit(user);
         self.request_key(user).await;
     }
 
     /// Puts `work` aside until `user`'s key is known, and asks for it.
     pub(super) async fn defer(&mut self, user: &str, work: Deferred) {
+        if self.session.is_none() && matches!(work, Deferred::Cmd(..)) {
+            self.emit(Event::Pending {
+                msg_id: None,
+                to: user.to_owned(),
+                reason: format!("not connected; {user}'s key is looked up first"),
+            });
+        }
         self.lookups.wait(user, work);
         self.request_key(user).await;
     }
@@ -99,8 +140,12 @@ impl<F: Frontend> Engine<F> {
             .map(|k| k.fingerprint());
         if let (Some(pk), Some(_)) = (pubkey, &fingerprint) {
             self.observe(user, pk);
+            // Just answered: the key is as fresh as a re-check would make it.
+            self.rechecked.insert(user.to_owned());
         }
-        let answered = self.lookups.answer(user, fingerprint.is_some());
+        let answered = self
+            .lookups
+            .answer(user, fingerprint.is_some(), Instant::now());
         if answered.explicit {
             self.emit(Event::Pubkey {
                 user: user.to_owned(),
@@ -143,18 +188,31 @@ impl<F: Frontend> Engine<F> {
     /// (`missing`), commands are dropped with a word and frames are handled
     /// anyway: they show as unverified rather than never.
     fn release(&mut self, user: &str, work: Vec<Deferred>, missing: Option<NoAnswer>) {
+        // A pinned key stays usable when the directory does not confirm it
+        // (no answer, or a directory that does not know the user).
+        let pinned = self.pinned(user).is_some();
         for w in work {
-            match (w, missing) {
-                (Deferred::Cmd(_), Some(NoAnswer::NotFound)) => self.emit(Event::error(
-                    ClientCode::NoKey,
-                    format!("{user} is not in the directory; nothing was sent"),
-                )),
-                (Deferred::Cmd(_), Some(NoAnswer::TimedOut)) => self.emit(Event::error(
-                    ClientCode::NoKey,
-                    format!("the directory did not answer for {user}'s key; nothing was sent"),
-                )),
-                (other, _) => self.ready.push_back(other),
+            let detail = match (&w, missing) {
+                (Deferred::Cmd(..), Some(_)) if pinned => {
+                    self.ready.push_back(w);
+                    continue;
+                }
+                (Deferred::Cmd(..), Some(NoAnswer::NotFound)) => {
+                    format!("{user} is not in the directory; nothing was sent")
+                }
+                (Deferred::Cmd(..), Some(NoAnswer::TimedOut)) => {
+                    format!("the directory did not answer for {user}'s key; nothing was sent")
+                }
+                _ => {
+                    self.ready.push_back(w);
+                    continue;
+                }
+            };
+            if let Deferred::Cmd(_, id) = w {
+                self.tags.running(id);
             }
+            self.emit(Event::error(ClientCode::NoKey, detail));
+            self.tags.running(None);
         }
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use tokio::io::AsyncReadExt;
 
 use super::sending::FileFlight;
-use super::{Deferred, Engine, blocking, new_msg_id};
+use super::{Engine, blocking, new_msg_id};
 use crate::client::codes::ClientCode;
 use crate::client::commands::Command;
 use crate::client::events::{Event, Frontend};
@@ -43,12 +43,12 @@ impl<F: Frontend> Engine<F> {
         } else {
             let recipient = match self.sendable(&to) {
                 Err(()) => return,
-                Ok(None) => {
+                Ok(Some(k)) if self.confirmed(&to) => k,
+                Ok(_) => {
                     return self
-                        .defer(&to.clone(), Deferred::Cmd(Command::File { to, path }))
+                        .defer(&to.clone(), self.deferred(Command::File { to, path }))
                         .await;
                 }
-                Ok(Some(k)) => k,
             };
             let Ok(key) = aead::new_key() else { return };
             let Ok(wrapped) = recipient.wrap(key.as_ref()) else {
@@ -89,6 +89,7 @@ impl<F: Frontend> Engine<F> {
             wrapped,
             start_msg_id: start.msg_id.clone().unwrap_or_default(),
         };
+        self.tags.content(&upload.start_msg_id);
         let start = Message::FileStart(start);
         if !self.fits(to, &start) {
             return Ok(());

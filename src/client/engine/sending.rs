@@ -56,9 +56,11 @@ impl Flights {
             .filter(|f| self.files.contains_key(*f))
     }
 
-    pub fn clear(&mut self) {
-        self.files.clear();
+    /// Forgets every file in flight (the connection was lost) and returns
+    /// them: the node may not have taken them whole, so they were not sent.
+    pub fn drain(&mut self) -> Vec<FileFlight> {
         self.frames.clear();
+        self.files.drain().map(|(_, f)| f).collect()
     }
 }
 
@@ -90,6 +92,7 @@ impl<F: Frontend> Engine<F> {
         if !self.fits(to, &msg) {
             return;
         }
+        self.tags.content(&msg_id);
         let out = Outgoing {
             msg_id: msg_id.clone(),
             to: to.to_owned(),
@@ -120,7 +123,8 @@ impl<F: Frontend> Engine<F> {
         };
         if !sent {
             self.emit(Event::Pending {
-                msg_id: out.msg_id.clone(),
+                msg_id: Some(out.msg_id.clone()),
+                to: outbox::shown_to(out),
                 reason: "not connected".into(),
             });
         } else if !acks {
