@@ -303,10 +303,12 @@ fn apply(tx: &Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Result<()> {
                    proof = excluded.proof, updated_ms = excluded.updated_ms",
             )?
             .execute(params![user, rec.location, rec.via, proof, rec.updated_ms])?;
+            seen(tx, user, now)?;
         }
         StoreOp::RemovePresence(user) => {
             tx.prepare_cached("DELETE FROM presence WHERE user_id = ?1")?
                 .execute([user])?;
+            seen(tx, user, now)?;
         }
         StoreOp::SeenHello(digest, at) => {
             tx.prepare_cached(
@@ -346,6 +348,14 @@ fn apply(tx: &Transaction<'_>, op: &StoreOp, now: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A user came online or went: the directory's `last_seen_ms` says when
+/// (what `socp admin users` shows as LAST SEEN).
+fn seen(tx: &Transaction<'_>, user: &str, now: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE users SET last_seen_ms = MAX(last_seen_ms, ?2) WHERE user_id = ?1")?
+        .execute(params![user, now])?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +365,48 @@ mod tests {
         let pool =
             crate::store::open(&dir.path().join("n.sqlite"), crate::store::Schema::Node).unwrap();
         (dir, pool)
+    }
+
+    #[test]
+    fn a_user_coming_online_or_going_is_last_seen_then() {
+        let (_dir, pool) = database();
+        let mut conn = pool.get().unwrap();
+        let mut n = 0;
+        let rec = UserRecord {
+            pubkey: "k".into(),
+            legacy: false,
+            first_seen_ms: 1,
+        };
+        let presence = PresenceRecord {
+            location: "s1".into(),
+            via: "s1".into(),
+            proof: None,
+            live: true,
+            updated_ms: 2,
+        };
+        commit(&mut conn, &[StoreOp::PinUser("alice".into(), rec)], &mut n).unwrap();
+        let seen = |conn: &Connection| -> (i64, i64) {
+            conn.query_row(
+                "SELECT first_seen_ms, last_seen_ms FROM users WHERE user_id = 'alice'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(seen(&conn), (1, 1));
+        let ops = [StoreOp::SetPresence("alice".into(), presence)];
+        commit(&mut conn, &ops, &mut n).unwrap();
+        let (first, online) = seen(&conn);
+        assert_eq!(first, 1, "the first sighting stays");
+        assert!(online > 1_000_000, "seen when it came online: {online}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        commit(
+            &mut conn,
+            &[StoreOp::RemovePresence("alice".into())],
+            &mut n,
+        )
+        .unwrap();
+        assert!(seen(&conn).1 > online, "seen again when it went");
     }
 
     #[test]
