@@ -76,6 +76,7 @@ pub fn show(db: &Path, table: Table) -> Result<()> {
     )
     .with_context(|| format!("opening {} read-only", db.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    check_node_db(&conn, db)?;
     let rows = match table {
         Table::Users => {
             let mut stmt = conn.prepare("SELECT user_id, pubkey, legacy, first_seen_ms, last_seen_ms FROM users ORDER BY user_id")?;
@@ -144,6 +145,34 @@ pub fn show(db: &Path, table: Table) -> Result<()> {
         rows,
     );
     Ok(())
+}
+
+/// Says plainly when `db` is not a node's database (a client's keyring, or
+/// another file) instead of failing on a missing table.
+fn check_node_db(conn: &Connection, db: &Path) -> Result<()> {
+    let has = |table: &str| -> Result<bool> {
+        Ok(conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| r.get::<_, i64>(0),
+            )
+            .with_context(|| format!("{} is not an SQLite database", db.display()))?
+            > 0)
+    };
+    if has("users")? && has("custody")? {
+        return Ok(());
+    }
+    if has("keyring")? {
+        bail!(
+            "{} is a client's keyring (socp client --keys), not a node database; give the --db of a node",
+            db.display()
+        );
+    }
+    bail!(
+        "{} is not a socp node database (no users table); give the --db of a node",
+        db.display()
+    )
 }
 
 /// Opens an existing node database for writing, migrated to this binary's schema.

@@ -6,7 +6,7 @@ use clap::CommandFactory;
 
 use crate::cli::{AdminCommand, Cli, ClientArgs, Command, GenArgs, GenWhat, NodeArgs, RoleArg};
 use crate::client;
-use crate::node::{self, NodeConfig};
+use crate::node;
 
 /// Runs a parsed command line to completion.
 pub fn run(cli: Cli) -> Result<()> {
@@ -178,7 +178,7 @@ fn gen_man(out: Option<&std::path::Path>) -> Result<()> {
 
 fn run_node(args: NodeArgs) -> Result<()> {
     let args = crate::config::layer(args)?;
-    let config = NodeConfig::from_args(&args)?;
+    let config = crate::config::node_config(&args)?;
     if args.print_config {
         print!("{}", crate::config::effective_toml(&args)?);
         return Ok(());
@@ -220,24 +220,18 @@ fn run_client(args: ClientArgs) -> Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let input = client::spawn_stdin();
         if args.json {
+            let input = client::spawn_stdin();
             client::Engine::open(config, client::JsonFrontend)
                 .await?
                 .run(input)
-                .await;
+                .await?;
         } else {
-            let mut front = client::TerminalFrontend::default();
-            client::Frontend::emit(
-                &mut front,
-                &client::Event::Help {
-                    text: format!(
-                        "socp client: /help lists the commands; connecting to {} as {}",
-                        args.server, args.user
-                    ),
-                },
+            let banner = format!(
+                "socp client: /help lists the commands; connecting to {} as {}",
+                args.server, args.user
             );
-            client::Engine::open(config, front).await?.run(input).await;
+            client::run_terminal(config, &banner).await?;
         }
         Ok(())
     })

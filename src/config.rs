@@ -1,16 +1,20 @@
-//! The node's config file (`socp node --config FILE`): TOML whose keys are
-//! the `socp node` flags without their dashes, laid under the flags typed on
-//! the command line, over clap's defaults.
+//! What a node runs with: its config file (`socp node --config FILE`), TOML
+//! whose keys are the `socp node` flags without their dashes, laid under the
+//! flags typed on the command line, over clap's defaults; and the settings
+//! that result, checked and mapped to the library's [`NodeConfig`] (the node
+//! itself knows nothing of flags).
 //!
 //! The file is read into [`NodeArgs`] itself (serde, `deny_unknown_fields`),
 //! so every flag is a key, a misspelt key is refused with its line, and a new
 //! flag needs no code here.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, NodeArgs};
+use crate::cli::{Cli, NodeArgs, RoleArg};
+use crate::node::{Admission, Limits, MailboxLimits, NodeConfig};
 
 /// Flags that are about the file itself, not settings: not keys of it.
 const NOT_KEYS: &[&str] = &["config", "print-config"];
@@ -34,6 +38,68 @@ pub enum ConfigError {
     },
     #[error("laying the command line over the config file: {0}")]
     Layer(String),
+    #[error("a local node needs --master-url ws://HOST:PORT (the master's address)")]
+    NoMasterUrl,
+    #[error("--master-url is for local nodes; the master is the directory itself")]
+    MasterUrlOnMaster,
+    #[error("--tls-cert and --tls-key go together: give both (socp gen cert makes a pair)")]
+    HalfTls,
+}
+
+/// The node's configuration from its (layered) flags, checked: a local
+/// needs its master's URL, the master has none, TLS needs both files.
+pub fn node_config(args: &NodeArgs) -> Result<NodeConfig, ConfigError> {
+    let master = args.role == RoleArg::Master;
+    match (master, &args.master_url) {
+        (false, None) => return Err(ConfigError::NoMasterUrl),
+        (true, Some(_)) => return Err(ConfigError::MasterUrlOnMaster),
+        _ => {}
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None) => None,
+        _ => return Err(ConfigError::HalfTls),
+    };
+    Ok(NodeConfig {
+        master,
+        listen: args.listen_addr(),
+        db: args.db_path(),
+        keys: args.keys.clone(),
+        master_url: args.master_url.clone(),
+        peers: args.peers.clone(),
+        allow_legacy_clients: args.allow_legacy_clients,
+        mailbox: MailboxLimits {
+            max_age_ms: (args.mailbox_max_age_secs as i64).saturating_mul(1000),
+            max_frames: args.mailbox_max_frames,
+            max_bytes: args.mailbox_max_bytes,
+            max_total_bytes: args.custody_max_bytes,
+            max_sender_frames: args.sender_max_frames,
+            max_sender_bytes: args.sender_max_bytes,
+        },
+        mac: !args.no_mac,
+        limits: Limits {
+            user_rate: args.user_rate,
+            user_burst: args.user_burst,
+            max_conns_per_ip: args.max_conns_per_ip,
+            max_group_members: args.max_group_members,
+            max_file_size: args.max_file_size,
+            hello_timeout: Duration::from_secs(args.hello_timeout_secs.max(1)),
+            write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
+            max_conns: args.max_conns.max(1),
+        },
+        metrics: args.metrics,
+        tls,
+        ca: args.ca.clone(),
+        admission: Admission {
+            admit: args.admit.clone(),
+            registration: args.registration,
+            per_address_hour: args.registrations_per_address,
+            per_server_hour: args.registrations_per_server,
+        },
+    })
 }
 
 /// `args` with the settings of its `--config` file (if any) filled in, for
@@ -187,6 +253,39 @@ mod tests {
         let err = layer(node_args(&["--config", path.to_str().unwrap()])).unwrap_err();
         let text = format!("{:#}", anyhow::Error::from(err));
         assert!(text.contains("unknown field `config`"), "{text}");
+    }
+
+    #[test]
+    fn the_flags_map_to_the_node_config() {
+        let config = node_config(&node_args(&[
+            "--role",
+            "local",
+            "--master-url",
+            "ws://m:1",
+            "--mailbox-max-age-secs",
+            "60",
+            "--hello-timeout-secs",
+            "0",
+            "--no-mac",
+        ]))
+        .unwrap();
+        assert!(!config.master && !config.mac);
+        assert_eq!(config.master_url.as_deref(), Some("ws://m:1"));
+        assert_eq!(config.mailbox.max_age_ms, 60_000);
+        assert_eq!(
+            config.limits.hello_timeout,
+            Duration::from_secs(1),
+            "at least 1 s"
+        );
+        assert!(config.tls.is_none());
+    }
+
+    #[test]
+    fn inconsistent_flags_are_refused() {
+        let refused = |argv: &[&str]| node_config(&node_args(argv)).unwrap_err().to_string();
+        assert!(refused(&["--role", "local"]).contains("needs --master-url"));
+        assert!(refused(&["--master-url", "ws://m:1"]).contains("for local nodes"));
+        assert!(refused(&["--tls-cert", "c.pem"]).contains("go together"));
     }
 
     #[test]

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use crate::wire::ids;
 
-/// The group `/all` writes to.
-pub const GLOBAL_GROUP: &str = "group_global";
+/// How group names are made, for `/help` and usage errors.
+pub const GROUP_RULES: &str = "GROUP is group_ then 1-64 of A-Z a-z 0-9 . _ - (e.g. group_team); \
+a group has a key only once its owner ran /gshare, and only members can write to it";
 
 /// One command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +50,6 @@ pub const USAGE: &[(&str, &str)] = &[
         "/msg USER TEXT",
         "send USER an end-to-end encrypted message",
     ),
-    ("/all TEXT", "send TEXT to group_global"),
     (
         "/gshare GROUP MEMBER...",
         "create or rotate GROUP's key and share it with the members",
@@ -94,7 +94,7 @@ fn user_arg(cmd: &str, s: &str) -> Result<String, UsageError> {
 }
 
 fn group_arg(cmd: &str, s: &str) -> Result<String, UsageError> {
-    ids::check_group(s).map_err(|e| usage(cmd, e.to_string()))?;
+    ids::check_group(s).map_err(|e| usage(cmd, format!("{e}; {GROUP_RULES}")))?;
     Ok(s.to_owned())
 }
 
@@ -133,18 +133,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
         "/list" => no_args(Command::List),
         "/pubget" => no_args(Command::Pubget),
         "/quit" | "/exit" => no_args(Command::Quit),
-        "/dbget" | "/trust" => {
-            let (user, extra) = word(rest);
-            if user.is_empty() || !extra.is_empty() {
-                return Err(usage(&cmd, "name exactly one user"));
-            }
-            let user = user_arg(&cmd, user)?;
-            Ok(Some(if cmd == "/dbget" {
-                Command::Dbget(user)
-            } else {
-                Command::Trust(user)
-            }))
-        }
+        "/dbget" => Ok(Some(Command::Dbget(one_user(&cmd, rest)?))),
+        "/trust" => Ok(Some(Command::Trust(one_user(&cmd, rest)?))),
         "/fingerprint" => {
             let (user, extra) = word(rest);
             if !extra.is_empty() {
@@ -167,15 +157,12 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
                 text: text.to_owned(),
             }))
         }
-        "/all" => {
-            if rest.is_empty() {
-                return Err(usage(&cmd, "write a message"));
-            }
-            Ok(Some(Command::Gmsg {
-                group: GLOBAL_GROUP.into(),
-                text: rest.to_owned(),
-            }))
-        }
+        // There is no group everyone is in: a group needs a key its owner
+        // shares with the members.
+        "/all" => Err(UsageError {
+            problem: "there is no /all: a group needs a key, shared by its owner".into(),
+            usage: "/gshare group_NAME MEMBER... to make one, then /gmsg group_NAME TEXT".into(),
+        }),
         "/gmsg" => {
             let (group, text) = word(rest);
             if group.is_empty() || text.is_empty() {
@@ -186,50 +173,9 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
                 text: text.to_owned(),
             }))
         }
-        "/gshare" => {
-            let mut words = rest.split_whitespace();
-            let group = words
-                .next()
-                .ok_or_else(|| usage(&cmd, "name a group and its members"))?;
-            let group = group_arg(&cmd, group)?;
-            let mut members = Vec::new();
-            for m in words {
-                let m = user_arg(&cmd, m)?;
-                if !members.contains(&m) {
-                    members.push(m);
-                }
-            }
-            if members.is_empty() {
-                return Err(usage(&cmd, "name at least one member"));
-            }
-            Ok(Some(Command::Gshare { group, members }))
-        }
-        "/file" => {
-            let (to, path) = word(rest);
-            if to.is_empty() || path.is_empty() {
-                return Err(usage(&cmd, "name a user or group and a file"));
-            }
-            ids::classify(to)
-                .ok()
-                .filter(|k| matches!(k, ids::IdKind::User | ids::IdKind::Group))
-                .ok_or_else(|| usage(&cmd, format!("{to:?} is not a user or group id")))?;
-            Ok(Some(Command::File {
-                to: to.to_owned(),
-                path: PathBuf::from(path),
-            }))
-        }
-        "/outbox" => {
-            let (action, rest) = word(rest);
-            let (id, extra) = word(rest);
-            match (action, id.is_empty(), extra.is_empty()) {
-                ("", _, _) => Ok(Some(Command::Outbox(OutboxCmd::List))),
-                ("drop", false, true) => Ok(Some(Command::Outbox(OutboxCmd::Drop(id.to_owned())))),
-                ("retry", false, true) => {
-                    Ok(Some(Command::Outbox(OutboxCmd::Retry(id.to_owned()))))
-                }
-                _ => Err(usage(&cmd, "say drop ID or retry ID, or nothing to list")),
-            }
-        }
+        "/gshare" => gshare(&cmd, rest).map(Some),
+        "/file" => file(&cmd, rest).map(Some),
+        "/outbox" => outbox(&cmd, rest).map(|c| Some(Command::Outbox(c))),
         other => Err(UsageError {
             problem: format!("unknown command {other}"),
             usage: "/help lists the commands".into(),
@@ -237,14 +183,73 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
     }
 }
 
-/// The help text.
+/// The one user `/dbget` and `/trust` name.
+fn one_user(cmd: &str, rest: &str) -> Result<String, UsageError> {
+    let (user, extra) = word(rest);
+    if user.is_empty() || !extra.is_empty() {
+        return Err(usage(cmd, "name exactly one user"));
+    }
+    user_arg(cmd, user)
+}
+
+/// `/gshare GROUP MEMBER...`: members once each, at least one.
+fn gshare(cmd: &str, rest: &str) -> Result<Command, UsageError> {
+    let mut words = rest.split_whitespace();
+    let group = words
+        .next()
+        .ok_or_else(|| usage(cmd, "name a group and its members"))?;
+    let group = group_arg(cmd, group)?;
+    let mut members = Vec::new();
+    for m in words {
+        let m = user_arg(cmd, m)?;
+        if !members.contains(&m) {
+            members.push(m);
+        }
+    }
+    if members.is_empty() {
+        return Err(usage(cmd, "name at least one member"));
+    }
+    Ok(Command::Gshare { group, members })
+}
+
+/// `/file USER|GROUP PATH`.
+fn file(cmd: &str, rest: &str) -> Result<Command, UsageError> {
+    let (to, path) = word(rest);
+    if to.is_empty() || path.is_empty() {
+        return Err(usage(cmd, "name a user or group and a file"));
+    }
+    ids::classify(to)
+        .ok()
+        .filter(|k| matches!(k, ids::IdKind::User | ids::IdKind::Group))
+        .ok_or_else(|| usage(cmd, format!("{to:?} is not a user or group id")))?;
+    Ok(Command::File {
+        to: to.to_owned(),
+        path: PathBuf::from(path),
+    })
+}
+
+/// `/outbox`, `/outbox drop ID`, `/outbox retry ID`.
+fn outbox(cmd: &str, rest: &str) -> Result<OutboxCmd, UsageError> {
+    let (action, rest) = word(rest);
+    let (id, extra) = word(rest);
+    match (action, id.is_empty(), extra.is_empty()) {
+        ("", _, _) => Ok(OutboxCmd::List),
+        ("drop", false, true) => Ok(OutboxCmd::Drop(id.to_owned())),
+        ("retry", false, true) => Ok(OutboxCmd::Retry(id.to_owned())),
+        _ => Err(usage(cmd, "say drop ID or retry ID, or nothing to list")),
+    }
+}
+
+/// The help text: the commands, then how names are made.
 pub fn help() -> String {
     let width = USAGE.iter().map(|(u, _)| u.len()).max().unwrap_or(0);
-    USAGE
+    let mut lines: Vec<String> = USAGE
         .iter()
         .map(|(u, what)| format!("  {u:width$}  {what}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    lines.push(format!("  {GROUP_RULES}"));
+    lines.push("  USER is 1-64 of A-Z a-z 0-9 . _ -".into());
+    lines.join("\n")
 }
 
 #[cfg(test)]
@@ -262,13 +267,7 @@ mod tests {
                 text: "hello  there".into()
             })
         );
-        assert_eq!(
-            parse("/all hi").unwrap(),
-            Some(Command::Gmsg {
-                group: GLOBAL_GROUP.into(),
-                text: "hi".into()
-            })
-        );
+        assert!(parse("/all hi").unwrap_err().usage.contains("/gshare"));
         assert_eq!(
             parse("/gshare group_x bob carol bob").unwrap(),
             Some(Command::Gshare {

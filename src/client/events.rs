@@ -1,11 +1,12 @@
-//! What the client tells its user, as values: the JSON front end prints them
-//! as one object per line, the terminal front end as readable lines.
+//! What the client tells its user, as values, and the JSON front end that
+//! prints them as one object per line (the terminal's lines are in
+//! [`super::terminal`]).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use serde::Serialize;
 
-use super::display::escape as e;
+use super::codes::ClientCode;
 
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -18,9 +19,12 @@ pub enum Event {
     Disconnected {
         reason: String,
     },
+    /// The next try at connecting: which, when, and why the last try (or
+    /// the connection) failed.
     Reconnecting {
         attempt: u32,
         in_ms: u64,
+        reason: String,
     },
     List {
         users: Vec<String>,
@@ -43,9 +47,13 @@ pub enum Event {
         to: String,
         msg_id: String,
     },
-    /// Kept in the outbox while not connected; sent when the connection is back.
+    /// Queued: kept in the outbox while not connected, sent when the
+    /// connection is back. No `msg_id` yet for a command that waits for the
+    /// recipient's key (looked up once connected).
     Pending {
-        msg_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        msg_id: Option<String>,
+        to: String,
         reason: String,
     },
     /// The node refused content (`ERROR` naming its `msg_id`): it was not
@@ -68,6 +76,9 @@ pub enum Event {
     Delivery {
         msg_id: String,
         status: String,
+        /// Whom it was for, as we sent it (when we still know).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
     },
     Dm {
         from: String,
@@ -122,9 +133,13 @@ pub enum Event {
         from: String,
         reason: String,
     },
+    /// The pinned key's fingerprint, and the directory's new one if it
+    /// changed and waits for `/trust`.
     Fingerprint {
         user: String,
         fingerprint: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pending: Option<String>,
     },
     Trusted {
         user: String,
@@ -138,6 +153,10 @@ pub enum Event {
         detail: String,
     },
 }
+
+/// The `RECEIPT` status for content its recipient's client could not
+/// decrypt.
+pub const UNDECRYPTABLE: &str = "undecryptable";
 
 /// One entry of `/outbox`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -153,10 +172,11 @@ pub struct OutboxEntry {
 }
 
 impl Event {
-    /// A local failure with one of our codes (`USAGE`, `NO_KEY`, `FILE`, ...).
-    pub fn error(code: &str, detail: impl Into<String>) -> Event {
+    /// A failure the client found, with its code (`USAGE`, `NO_KEY`,
+    /// `FILE`, ...).
+    pub fn error(code: ClientCode, detail: impl Into<String>) -> Event {
         Event::Error {
-            code: code.to_owned(),
+            code: code.to_string(),
             detail: detail.into(),
         }
     }
@@ -165,6 +185,13 @@ impl Event {
 /// Where events go.
 pub trait Frontend: Send {
     fn emit(&mut self, event: &Event);
+
+    /// An event caused by the command the caller named `id` (the JSON
+    /// command form); front ends that show no ids ignore it.
+    fn emit_for(&mut self, event: &Event, id: Option<&str>) {
+        let _ = id;
+        self.emit(event);
+    }
 }
 
 /// `--json`: one JSON object per line on stdout, nothing else there.
@@ -172,298 +199,24 @@ pub struct JsonFrontend;
 
 impl Frontend for JsonFrontend {
     fn emit(&mut self, event: &Event) {
+        self.emit_for(event, None);
+    }
+
+    fn emit_for(&mut self, event: &Event, id: Option<&str>) {
         if matches!(event, Event::Progress { .. }) {
             return;
         }
-        let Ok(line) = serde_json::to_string(event) else {
+        let Ok(mut value) = serde_json::to_value(event) else {
             return;
         };
+        if let (Some(id), Some(obj)) = (id, value.as_object_mut()) {
+            obj.insert("id".into(), serde_json::Value::String(id.to_owned()));
+        }
+        let line = value.to_string();
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
 }
 
-/// The terminal: readable lines with a time, colour only on a terminal, and
-/// a progress bar for files on stderr.
-pub struct TerminalFrontend {
-    colour: bool,
-    progress: bool,
-}
-
-impl Default for TerminalFrontend {
-    fn default() -> Self {
-        TerminalFrontend {
-            colour: std::io::stdout().is_terminal(),
-            progress: std::io::stderr().is_terminal(),
-        }
-    }
-}
-
-fn short(msg_id: &str) -> &str {
-    msg_id.get(..8).unwrap_or(msg_id)
-}
-
-fn clock() -> String {
-    let secs = crate::wire::now_ms() / 1000;
-    format!(
-        "{:02}:{:02}:{:02}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60
-    )
-}
-
-impl TerminalFrontend {
-    fn paint(&self, code: &str, text: &str) -> String {
-        if self.colour {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_owned()
-        }
-    }
-
-    fn mark(&self, verified: bool) -> String {
-        if verified {
-            self.paint("32", "✓")
-        } else {
-            self.paint("1;31", "⚠ UNVERIFIED")
-        }
-    }
-
-    /// The line for an event, if it has one. Every string in it that came
-    /// from outside (names, text, ids, errors a node wrote) goes through
-    /// [`escape`]: one line per event, no control characters.
-    pub fn render(&self, event: &Event) -> Option<String> {
-        Some(match event {
-            Event::Connected { user, server } => {
-                format!("connected as {} to {}", e(user), e(server))
-            }
-            Event::Disconnected { reason } => {
-                self.paint("33", &format!("disconnected: {}", e(reason)))
-            }
-            Event::Reconnecting { attempt, in_ms } => self.paint(
-                "33",
-                &format!(
-                    "reconnecting in {:.1} s (attempt {attempt})",
-                    *in_ms as f64 / 1000.0
-                ),
-            ),
-            Event::List { users, total } => {
-                let more = match total {
-                    Some(n) => format!(
-                        " (and {} more not listed)",
-                        (*n as usize).saturating_sub(users.len())
-                    ),
-                    None => String::new(),
-                };
-                format!(
-                    "online: {}{more}",
-                    users.iter().map(|u| e(u)).collect::<Vec<_>>().join(", ")
-                )
-            }
-            Event::Pubget {
-                pubkey,
-                fingerprint,
-            } => format!("your key {fingerprint}\n{pubkey}"),
-            Event::Pubkey {
-                user,
-                found: true,
-                fingerprint,
-            } => {
-                format!(
-                    "{}'s key: {}",
-                    e(user),
-                    e(fingerprint.as_deref().unwrap_or("?"))
-                )
-            }
-            Event::Pubkey {
-                user, found: false, ..
-            } => format!("{} is not in the directory", e(user)),
-            Event::Sent { kind, to, msg_id } => self.paint(
-                "2",
-                &format!("sent {kind} to {} ({})", e(to), e(short(msg_id))),
-            ),
-            Event::Pending { msg_id, reason } => self.paint(
-                "33",
-                &format!(
-                    "waiting to send ({}): {}; it goes out when it can",
-                    e(short(msg_id)),
-                    e(reason)
-                ),
-            ),
-            Event::NotSent {
-                msg_id,
-                to,
-                code,
-                detail,
-                kept,
-            } => self.paint(
-                "1;31",
-                &format!(
-                    "NOT SENT ({}) to {}: {}: {}; {}",
-                    e(short(msg_id)),
-                    e(to),
-                    e(code),
-                    e(detail),
-                    if *kept {
-                        "kept in the outbox, tried again later (/outbox)"
-                    } else {
-                        "dropped from the outbox"
-                    }
-                ),
-            ),
-            Event::Outbox { entries } if entries.is_empty() => "the outbox is empty".to_owned(),
-            Event::Outbox { entries } => {
-                let mut out = format!("outbox: {} waiting", entries.len());
-                for o in entries {
-                    out.push_str(&format!(
-                        "\n  {} {} to {}{}",
-                        e(&o.msg_id),
-                        e(&o.kind),
-                        e(&o.to),
-                        o.last_error
-                            .as_deref()
-                            .map(|r| format!(" (refused: {})", e(r)))
-                            .unwrap_or_default()
-                    ));
-                }
-                out
-            }
-            Event::Delivery { msg_id, status } if status == "queued" => self.paint(
-                "2",
-                &format!(
-                    "({}) queued: the recipient is offline; delivered when they connect",
-                    e(short(msg_id))
-                ),
-            ),
-            Event::Delivery { msg_id, status } => {
-                self.paint("2", &format!("({}) {} ✓✓", e(short(msg_id)), e(status)))
-            }
-            Event::Dm {
-                from,
-                text,
-                verified,
-                ..
-            } => {
-                format!("[dm from {}] {} {}", e(from), self.mark(*verified), e(text))
-            }
-            Event::GroupKey {
-                group,
-                from,
-                verified,
-            } => {
-                format!(
-                    "[{}] {} shared the group key {}",
-                    e(group),
-                    e(from),
-                    self.mark(*verified)
-                )
-            }
-            Event::GroupKeyRefused {
-                group,
-                from,
-                owner,
-                reason,
-            } => self.paint(
-                "1;31",
-                &format!(
-                    "!!! [{}] a key share from {} was REFUSED: {}; the group's owner is {}",
-                    e(group),
-                    e(from),
-                    e(reason),
-                    e(owner)
-                ),
-            ),
-            Event::GroupMsg {
-                group,
-                from,
-                text,
-                verified,
-                ..
-            } => {
-                format!(
-                    "[{}] {}: {} {}",
-                    e(group),
-                    e(from),
-                    self.mark(*verified),
-                    e(text)
-                )
-            }
-            Event::File {
-                from,
-                name,
-                path,
-                size,
-                verified,
-                group,
-                ..
-            } => format!(
-                "[file from {}{}] {} {} ({size} bytes) saved as {}",
-                e(from.as_deref().unwrap_or("unknown sender")),
-                group
-                    .as_deref()
-                    .map(|g| format!(" in {}", e(g)))
-                    .unwrap_or_default(),
-                self.mark(*verified),
-                e(name),
-                e(path)
-            ),
-            Event::Progress { .. } => return None,
-            Event::KeyChanged { user, old, new } => {
-                let (user, old, new) = (e(user), e(old), e(new));
-                self.paint(
-                    "1;31",
-                    &format!(
-                        "!!! {user}'s KEY CHANGED in the directory: pinned {old}, now {new}.\n\
-                         !!! Messages from {user} will show as unverified and nothing is sent to {user}\n\
-                         !!! until you check the new fingerprint with them and run /trust {user}."
-                    ),
-                )
-            }
-            Event::Dropped { from, reason } => self.paint(
-                "33",
-                &format!("dropped content from {}: {}", e(from), e(reason)),
-            ),
-            Event::Fingerprint { user, fingerprint } => format!("{}: {}", e(user), e(fingerprint)),
-            Event::Trusted { user, fingerprint } => {
-                format!("now trusting {}'s key {}", e(user), e(fingerprint))
-            }
-            Event::Help { text } => text.clone(),
-            Event::Error { code, detail } => {
-                self.paint("31", &format!("error {}: {}", e(code), e(detail)))
-            }
-        })
-    }
-}
-
-impl Frontend for TerminalFrontend {
-    fn emit(&mut self, event: &Event) {
-        if let Event::Progress {
-            direction,
-            name,
-            done,
-            total,
-        } = event
-        {
-            if self.progress {
-                let width = 30usize;
-                let filled = (*done as f64 / (*total).max(1) as f64 * width as f64) as usize;
-                let bar = format!(
-                    "{}{}",
-                    "#".repeat(filled.min(width)),
-                    "-".repeat(width - filled.min(width))
-                );
-                let end = if done >= total { "\n" } else { "" };
-                eprint!(
-                    "\r{direction} {} [{bar}] {done}/{total} bytes{end}",
-                    e(name)
-                );
-            }
-            return;
-        }
-        if let Some(line) = self.render(event) {
-            println!("{} {line}", self.paint("2", &clock()));
-        }
-    }
-}
+pub use super::terminal::TerminalFrontend;

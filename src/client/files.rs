@@ -363,6 +363,15 @@ impl Receiver {
     }
 }
 
+/// The manifest field naming its sender (a `socp` extension the node checks
+/// against the authenticated user).
+pub const MANIFEST_FROM: &str = "from";
+
+/// The sender a manifest names, if it names one.
+pub fn manifest_sender(start: &FileStart) -> Option<&str> {
+    start.extra.get(MANIFEST_FROM).and_then(|v| v.as_str())
+}
+
 /// The mode of a manifest, as the JSON events name it.
 pub fn mode_name(mode: FileMode) -> &'static str {
     match mode {

@@ -338,6 +338,7 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ErrorCode;
 
     #[test]
     fn pins_on_first_use_and_holds_changes_until_trusted() {
@@ -384,22 +385,24 @@ mod tests {
             let out = Outgoing {
                 msg_id: format!("m{i}"),
                 to: "bob".into(),
-                kind: "MSG_PRIVATE".into(),
+                // Kept as given: the keyring does not read it.
+                kind: "any frame type".into(),
                 payload: Default::default(),
             };
             ring.outbox_add(&out).unwrap();
             ring.outbox_add(&out).unwrap();
         }
         ring.outbox_done(&["m1".into()]).unwrap();
-        let w = ring
-            .outbox_refused("m2", "QUOTA_EXCEEDED", 2)
-            .unwrap()
-            .unwrap();
+        let (quota, storage) = (
+            ErrorCode::QuotaExceeded.as_str(),
+            ErrorCode::Storage.as_str(),
+        );
+        let w = ring.outbox_refused("m2", quota, 2).unwrap().unwrap();
         assert_eq!((w.refusals, w.held), (1, false));
-        let w = ring.outbox_refused("m2", "STORAGE", 2).unwrap().unwrap();
+        let w = ring.outbox_refused("m2", storage, 2).unwrap().unwrap();
         assert_eq!(
             (w.refusals, w.held, w.last_error.as_deref()),
-            (2, true, Some("STORAGE"))
+            (2, true, Some(storage))
         );
         assert!(ring.outbox_release("m2").unwrap());
         assert!(!ring.outbox_get("m2").unwrap().unwrap().held);

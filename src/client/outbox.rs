@@ -4,12 +4,14 @@
 //! refusals so nothing waits behind it), and how an entry is named to the
 //! user.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use super::events::OutboxEntry;
 use super::keyring::{Outgoing, Waiting};
-use crate::wire::MAX_CONTENT_FRAME_BYTES;
+use crate::backoff::Backoff;
 use crate::wire::messages::Message;
+use crate::wire::{ErrorCode, MAX_CONTENT_FRAME_BYTES, ids};
 
 /// Room kept for what authenticates a frame and is added after the size
 /// check: an RSA-4096 signature in base64 (684 bytes) or a `mac-v1` MAC and
@@ -22,6 +24,13 @@ pub const HOLD_AFTER: u32 = 5;
 /// with each refusal, up to [`RETRY_MAX`].
 pub const RETRY_MIN: Duration = Duration::from_secs(2);
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
+const RETRY: Backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+/// The node's codes for a refusal that may not hold later.
+const TRANSIENT: [ErrorCode; 3] = [
+    ErrorCode::QuotaExceeded,
+    ErrorCode::Storage,
+    ErrorCode::RateLimited,
+];
 
 /// What a node's `ERROR` about content means for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,18 +44,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// What the code of a node's `ERROR` means (it may be one we do not know).
     pub fn of(code: &str) -> Refusal {
-        match code {
-            "QUOTA_EXCEEDED" | "STORAGE" | "RATE_LIMITED" => Refusal::Transient,
-            _ => Refusal::Permanent,
+        if TRANSIENT.iter().any(|c| c.as_str() == code) {
+            Refusal::Transient
+        } else {
+            Refusal::Permanent
         }
     }
 }
 
 /// The wait before the next try after `refusals` transient refusals.
 pub fn retry_delay(refusals: u32) -> Duration {
-    let factor = 1u32 << refusals.clamp(1, 6).saturating_sub(1);
-    (RETRY_MIN * factor).min(RETRY_MAX)
+    RETRY.delay(refusals)
 }
 
 /// Content too big for any node to take.
@@ -99,21 +109,31 @@ pub fn thousands(n: usize) -> String {
     out
 }
 
-/// What an outbox entry is, as events name it.
-pub fn kind_name(frame_type: &str) -> &'static str {
-    match frame_type {
-        "MSG_PRIVATE" => "dm",
-        "MSG_GROUP" => "group_msg",
-        "GROUP_KEY_SHARE" => "group_key",
+/// The frame an outbox entry holds (None if it no longer parses).
+pub fn message(out: &Outgoing) -> Option<Message> {
+    Message::from_payload(&out.kind, out.payload.clone()).ok()
+}
+
+/// What content is, as events name it.
+pub fn kind_name(msg: &Message) -> &'static str {
+    match msg {
+        Message::MsgPrivate(_) => "dm",
+        Message::MsgGroup(_) => "group_msg",
+        Message::GroupKeyShare(_) => "group_key",
         _ => "content",
     }
+}
+
+/// What an outbox entry is, as events name it.
+pub fn entry_kind(out: &Outgoing) -> &'static str {
+    message(out).map_or("content", |msg| kind_name(&msg))
 }
 
 /// Whom an entry is for, as the user named it (a key share goes to the
 /// server but is for its group).
 pub fn shown_to(out: &Outgoing) -> String {
     match out.payload.get("group_id").and_then(|g| g.as_str()) {
-        Some(group) if out.to.starts_with("server_") => group.to_owned(),
+        Some(group) if out.to.starts_with(ids::SERVER_PREFIX) => group.to_owned(),
         _ => out.to.clone(),
     }
 }
@@ -122,7 +142,7 @@ pub fn shown_to(out: &Outgoing) -> String {
 pub fn entry(w: &Waiting) -> OutboxEntry {
     OutboxEntry {
         msg_id: w.out.msg_id.clone(),
-        kind: kind_name(&w.out.kind).to_owned(),
+        kind: entry_kind(&w.out).to_owned(),
         to: shown_to(&w.out),
         last_error: w.last_error.clone(),
         held: w.held,
@@ -148,6 +168,56 @@ pub fn find<'a>(waiting: &'a [Waiting], id: &str) -> Result<&'a Waiting, String>
     }
 }
 
+/// How many sent `msg_id`s the client remembers for their receipts.
+pub const SENT_REMEMBERED: usize = 100_000;
+
+/// The `msg_id`s of content the node took from us lately (and whom each was
+/// for), at most `limit`: receipts are shown only for these (and for what is
+/// still in the outbox), and a refusal from further on names its recipient.
+#[derive(Debug)]
+pub struct SentIds {
+    to: HashMap<String, String>,
+    order: VecDeque<String>,
+    limit: usize,
+}
+
+impl Default for SentIds {
+    fn default() -> Self {
+        SentIds::new(SENT_REMEMBERED)
+    }
+}
+
+impl SentIds {
+    pub fn new(limit: usize) -> SentIds {
+        SentIds {
+            to: HashMap::new(),
+            order: VecDeque::new(),
+            limit,
+        }
+    }
+
+    /// Remembers `id`, for `to`, forgetting the oldest beyond the limit.
+    pub fn insert(&mut self, id: &str, to: &str) {
+        if self.to.insert(id.to_owned(), to.to_owned()).is_none() {
+            self.order.push_back(id.to_owned());
+        }
+        while self.order.len() > self.limit {
+            if let Some(old) = self.order.pop_front() {
+                self.to.remove(&old);
+            }
+        }
+    }
+
+    /// Whom content we sent under `id` was for.
+    pub fn recipient(&self, id: &str) -> Option<&str> {
+        self.to.get(id).map(String::as_str)
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.to.contains_key(id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,17 +225,13 @@ mod tests {
 
     #[test]
     fn refusals_sort_into_permanent_and_transient() {
-        for code in [
-            "TOO_LARGE",
-            "USER_NOT_FOUND",
-            "NOT_ALLOWED",
-            "BAD_FRAME",
-            "X",
-        ] {
-            assert_eq!(Refusal::of(code), Refusal::Permanent, "{code}");
+        use ErrorCode::*;
+        for code in [TooLarge, UserNotFound, NotAllowed, BadFrame] {
+            assert_eq!(Refusal::of(code.as_str()), Refusal::Permanent, "{code}");
         }
-        for code in ["QUOTA_EXCEEDED", "STORAGE", "RATE_LIMITED"] {
-            assert_eq!(Refusal::of(code), Refusal::Transient, "{code}");
+        assert_eq!(Refusal::of("X"), Refusal::Permanent);
+        for code in [QuotaExceeded, Storage, RateLimited] {
+            assert_eq!(Refusal::of(code.as_str()), Refusal::Transient, "{code}");
         }
         assert_eq!(retry_delay(1), RETRY_MIN);
         assert_eq!(retry_delay(2), RETRY_MIN * 2);
@@ -201,5 +267,17 @@ mod tests {
                 && text.contains("the limit is 917,504; split it"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn sent_ids_forget_the_oldest() {
+        let mut sent = SentIds::new(2);
+        sent.insert("a", "bob");
+        sent.insert("b", "carol");
+        sent.insert("a", "bob");
+        assert_eq!(sent.recipient("a"), Some("bob"));
+        sent.insert("c", "group_x");
+        assert!(!sent.contains("a") && sent.contains("b") && sent.contains("c"));
+        assert_eq!(sent.recipient("c"), Some("group_x"));
     }
 }

@@ -12,15 +12,18 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::display::escape;
+use crate::backoff::{Backoff, Retries};
 use crate::crypto::PrivateKey;
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
-use crate::wire::messages::{ErrorBody, Message, UserHello};
-use crate::wire::{Envelope, MAX_FRAME_BYTES, ids, now_ms};
+use crate::wire::messages::{ErrorBody, Message, UserHello, UserWelcome};
+use crate::wire::{Envelope, ErrorCode, MAX_FRAME_BYTES, ids, now_ms};
 
 /// What our client calls itself in `USER_HELLO`.
 pub const CLIENT_NAME: &str = concat!("socp-rs/", env!("CARGO_PKG_VERSION"));
 /// How long to wait for the node to accept a hello.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
+/// Waits between tries of [`Session::connect_retrying`].
+pub const CONNECT_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
 /// Why a session could not be opened or used.
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +49,21 @@ impl SessionError {
     /// or the connection dropped); false if the server said no.
     pub fn is_transient(&self) -> bool {
         match self {
-            SessionError::Refused { code, .. } => code == "TIMEOUT" || code == "NAME_IN_USE",
+            SessionError::Refused { code, .. } => {
+                code == ErrorCode::Timeout.as_str() || code == ErrorCode::NameInUse.as_str()
+            }
             // A certificate that does not verify will not start to.
             SessionError::Connect { source, .. } if is_tls_failure(source) => false,
             SessionError::Sign(_) => false,
             _ => true,
         }
+    }
+}
+
+impl SessionError {
+    /// True if the node said another connection uses our name.
+    pub fn is_name_in_use(&self) -> bool {
+        matches!(self, SessionError::Refused { code, .. } if code == ErrorCode::NameInUse.as_str())
     }
 }
 
@@ -183,17 +195,18 @@ impl Session {
         patience: Duration,
     ) -> Result<Self, SessionError> {
         let deadline = tokio::time::Instant::now() + patience;
-        let mut wait = Duration::from_millis(200);
+        let mut retries = Retries::new(CONNECT_RETRY);
         loop {
-            match Self::connect(url, user, key.clone()).await {
+            let e = match Self::connect(url, user, key.clone()).await {
                 Ok(s) => return Ok(s),
-                Err(e) if e.is_transient() && tokio::time::Instant::now() + wait < deadline => {
-                    tracing::debug!(error = %e, "connect failed; retrying in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e),
+                Err(e) => e,
+            };
+            let wait = retries.next_delay();
+            if !e.is_transient() || tokio::time::Instant::now() + wait >= deadline {
+                return Err(e);
             }
+            tracing::debug!(error = %e, "connect failed; retrying in {wait:?}");
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -251,25 +264,7 @@ impl Session {
                     return Err(SessionError::Lost("closed during hello".into()));
                 };
                 match msg {
-                    Message::UserWelcome(w) => {
-                        if let Some(offer) = w.session.filter(|o| o.cap == CAP_MAC_V1) {
-                            let key = self.key.clone();
-                            let secret = tokio::task::spawn_blocking(move || {
-                                session::accept(&key, &offer.wrapped)
-                            })
-                            .await
-                            .map_err(|e| SessionError::Sign(e.to_string()))?
-                            .map_err(|e| {
-                                SessionError::Lost(format!("the session offer does not open: {e}"))
-                            })?;
-                            self.mac =
-                                Some(MacSession::new(&secret, &self.user, &w.server_id, true));
-                        }
-                        self.server_id = w.server_id;
-                        self.swallow_list = true;
-                        self.welcomed = true;
-                        return Ok(());
-                    }
+                    Message::UserWelcome(w) => return self.welcome(w).await,
                     Message::UserList(_) => {
                         self.server_id = env.from;
                         return Ok(());
@@ -283,6 +278,23 @@ impl Session {
         })
         .await;
         outcome.unwrap_or(Err(SessionError::NoWelcome(WELCOME_TIMEOUT)))
+    }
+
+    /// The node accepted us with a welcome, and a `mac-v1` session if it
+    /// offered one.
+    async fn welcome(&mut self, w: UserWelcome) -> Result<(), SessionError> {
+        if let Some(offer) = w.session.filter(|o| o.cap == CAP_MAC_V1) {
+            let key = self.key.clone();
+            let secret = tokio::task::spawn_blocking(move || session::accept(&key, &offer.wrapped))
+                .await
+                .map_err(|e| SessionError::Sign(e.to_string()))?
+                .map_err(|e| SessionError::Lost(format!("the session offer does not open: {e}")))?;
+            self.mac = Some(MacSession::new(&secret, &self.user, &w.server_id, true));
+        }
+        self.server_id = w.server_id;
+        self.swallow_list = true;
+        self.welcomed = true;
+        Ok(())
     }
 
     /// Signs (unless legacy) and sends a frame.

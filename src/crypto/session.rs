@@ -174,12 +174,13 @@ impl MacOpen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::messages::Kind;
     use serde_json::Map;
 
     fn frame() -> Envelope {
         let mut p = Map::new();
         p.insert("x".into(), 1.into());
-        Envelope::new("HEARTBEAT", "server_a", "server_b", p)
+        Envelope::new(Kind::Heartbeat.name(), "server_a", "server_b", p)
     }
 
     #[test]
@@ -222,7 +223,7 @@ mod tests {
                 "list".into(),
                 serde_json::json!([2, {"b": null, "a": true}]),
             );
-            let env = Envelope::new("MSG_PRIVATE", "alice", "bob", p);
+            let env = Envelope::new(Kind::MsgPrivate.name(), "alice", "bob", p);
             let (mut one, mut two) = (env.clone(), env);
             a.seal(&mut one).unwrap();
             let wire = b.seal_to_json(&mut two).unwrap();

@@ -14,14 +14,17 @@ use super::conn::{self, ConnCtx, HELLO_TIMEOUT, Peer};
 
 use super::router::{Input, Outgoing};
 
+use crate::backoff::{Backoff, Retries};
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
-use crate::wire::messages::{PeerHelloLink, Role};
+use crate::wire::messages::{Kind, Message, PeerHelloLink, Role};
 use crate::wire::{Envelope, ids};
 
 /// First wait before redialling.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest wait between dials.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long to wait between dials.
+const REDIAL: Backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
 /// A link that lived this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(30);
 
@@ -61,26 +64,27 @@ pub(crate) fn our_hello(
 impl Dialer {
     /// Dials until shutdown.
     pub async fn run(mut self) {
-        let mut backoff = BACKOFF_MIN;
+        let mut retries = Retries::new(REDIAL);
         loop {
             if *self.ctx.shutdown.borrow() {
                 return;
             }
             let started = Instant::now();
-            match self.link_once().await {
+            let outcome = self.link_once().await;
+            if started.elapsed() > STABLE {
+                retries.reset();
+            }
+            let backoff = retries.next_delay();
+            match outcome {
                 Ok(()) => tracing::info!(url = %self.url, "link closed; redialling"),
                 Err(e) => {
                     tracing::warn!(url = %self.url, error = %e, "cannot link; retrying in {backoff:?}")
                 }
             }
-            if started.elapsed() > STABLE {
-                backoff = BACKOFF_MIN;
-            }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 () = super::stop_requested(&mut self.ctx.shutdown) => return,
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -94,16 +98,8 @@ impl Dialer {
             ) => r?,
             () = super::stop_requested(&mut self.ctx.shutdown) => return Ok(()),
         };
-        let payload = match serde_json::to_value(&self.hello)? {
-            serde_json::Value::Object(m) => m,
-            _ => anyhow::bail!("hello is not an object"),
-        };
-        let out = Outgoing {
-            kind: "PEER_HELLO_LINK",
-            to: ids::TO_SERVER.to_owned(),
-            payload,
-        };
-        let text = conn::seal(&self.ctx.key, &self.ctx.me, out)
+        let out = Outgoing::new(ids::TO_SERVER, Message::PeerHelloLink(self.hello.clone()));
+        let text = conn::sign(&self.ctx.key, &self.ctx.me, out)
             .await
             .ok_or_else(|| anyhow::anyhow!("cannot sign our hello"))?;
         ws.send(WsMessage::text(text)).await?;
@@ -114,14 +110,13 @@ impl Dialer {
             Err(_) => anyhow::bail!("no answer to our hello within {HELLO_TIMEOUT:?}"),
         };
         let env = Envelope::parse(&answer).map_err(|e| anyhow::anyhow!(e.log_summary()))?;
-        if env.kind == "ERROR" {
-            anyhow::bail!(
+        match Kind::from_name(&env.kind) {
+            Some(Kind::PeerHelloLink) => {}
+            Some(Kind::Error) => anyhow::bail!(
                 "refused our hello: {}",
                 serde_json::Value::Object(env.payload)
-            );
-        }
-        if env.kind != "PEER_HELLO_LINK" {
-            anyhow::bail!("answered our hello with {}", env.kind);
+            ),
+            _ => anyhow::bail!("answered our hello with {}", env.kind),
         }
         let (hello, key) = conn::check_link_hello(&env)
             .map_err(|r| anyhow::anyhow!("{}: {}", r.code, r.detail))?;
@@ -141,15 +136,8 @@ impl Dialer {
             }
             None => None,
         };
-        let auth = conn::Auth {
-            // With a session every frame carries a MAC: no RSA key needed.
-            peer_key: session.is_none().then(|| conn::PeerKey::new(&key)),
-            mac_out: session.is_some(),
-            mac_in: session.is_some(),
-            session: session.map(Box::new),
-            // It answered our hello: we dialed it, it proved its key.
-            accepted: true,
-        };
+        // It answered our hello: we dialed it, it proved its key.
+        let auth = conn::Auth::dialer(&key, session);
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let input = Input::LinkHello(conn::link_hello_in(
             conn_id,

@@ -1,16 +1,20 @@
 //! The hub: the one task that owns the router. It feeds the router the
 //! connections' events in order, hands its frames to the connections'
 //! bounded queues (a full queue disconnects that peer, never blocks the
-//! others), passes its writes to the store thread and arms its timers.
+//! others), passes its writes to the store thread and keeps its timers.
+//! At shutdown it has the router say goodbye and closes every connection
+//! through its queue, then flushes the store.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::conn::ConnCmd;
+pub use super::router::LinkStatus;
 use super::router::{ConnId, Input, Outgoing, Output, Router};
-use super::state::{Outcome, Writer};
-use crate::wire::messages::Ack;
+use super::state::{Outcome, PendingAck, Writer};
+use super::timers::Timers;
+use crate::wire::messages::{Ack, Message};
 use crate::wire::now_ms;
 
 /// Events the hub consumes.
@@ -22,8 +26,20 @@ pub(crate) enum HubEvent {
     Status(oneshot::Sender<Status>),
     /// What the store committed (acks to send) or could not write.
     Persisted(Outcome),
+    /// The node is stopping: tell the peers our users are gone, then close
+    /// every connection once what is queued for it is sent (and any that
+    /// registers from now on). Answered when no connection is left.
+    Shutdown(oneshot::Sender<()>),
     /// Flush the store and stop (every connection has ended).
     Stop,
+}
+
+/// What the hub tells a connection.
+#[derive(Debug)]
+pub(crate) enum ConnCmd {
+    Frame(Outgoing),
+    /// Close once the frames queued before it are sent.
+    Close,
 }
 
 /// What tests and operators can ask a running node.
@@ -72,130 +88,226 @@ pub struct Status {
     pub limits: super::MailboxLimits,
 }
 
-/// One live link, as the metrics name it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LinkStatus {
-    pub server: String,
-    /// `master`, `local`, or `unknown` for a server not pinned yet.
-    pub role: &'static str,
-    /// We dialed it (else it dialed us).
-    pub dialed: bool,
+/// Asks the hub for its [`Status`]; None if it does not answer `within`
+/// (it is gone, or too busy to be of use to the one asking).
+pub(crate) async fn ask_status(hub: &mpsc::Sender<HubEvent>, within: Duration) -> Option<Status> {
+    tokio::time::timeout(within, async {
+        let (tx, rx) = oneshot::channel();
+        hub.send(HubEvent::Status(tx)).await.ok()?;
+        rx.await.ok()
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Store writes queued before user frames are held back.
 const WRITE_BACKLOG: usize = 20_000;
 /// How often a throttled hub looks at the store again.
-const THROTTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+const THROTTLE_PAUSE: Duration = Duration::from_millis(2);
 
-/// Runs the hub until told to stop.
+/// Runs the hub until told to stop, then flushes the store.
 pub(crate) async fn run(
-    mut router: Router,
+    router: Router,
     writer: Writer,
-    tx: mpsc::Sender<HubEvent>,
     mut rx: mpsc::Receiver<HubEvent>,
     mut users: mpsc::Receiver<HubEvent>,
 ) {
-    let mut conns: HashMap<ConnId, mpsc::Sender<ConnCmd>> = HashMap::new();
-    let mut slow_disconnects = 0u64;
+    let mut hub = Hub {
+        router,
+        writer,
+        conns: HashMap::new(),
+        slow_disconnects: 0,
+        timers: Timers::default(),
+        closing: None,
+    };
     loop {
         // Receipts wait for a quiet moment, so that under load one frame
         // carries many. Checked before every wait, whatever the last event
         // was (an event handled without the router must not leave them held).
-        if rx.is_empty() && users.is_empty() && router.has_pending_receipts() {
-            let outputs = router.step(now_ms(), Input::Idle);
-            carry_out(outputs, &mut conns, &writer, &tx, &mut slow_disconnects);
+        if rx.is_empty() && users.is_empty() && hub.router.has_pending_receipts() {
+            hub.step(Input::Idle);
         }
         // Links, acks and timers first: they keep frames moving out. User
         // frames only bring more in.
         // When the store falls behind, new content from users waits (in
         // their sockets) instead of piling up in memory.
-        let throttled = writer.backlog() > WRITE_BACKLOG;
+        let throttled = hub.writer.backlog() > WRITE_BACKLOG;
         let event = tokio::select! {
             biased;
             e = rx.recv() => match e {
                 Some(e) => e,
                 None => break,
             },
+            fired = hub.timers.expired() => {
+                for req_id in fired {
+                    hub.step(Input::Timeout(req_id));
+                }
+                continue;
+            }
             Some(e) = users.recv(), if !throttled => e,
             () = tokio::time::sleep(THROTTLE_PAUSE), if throttled => continue,
         };
-        let input = match event {
+        if let HubEvent::Stop = event {
+            break;
+        }
+        hub.handle(event);
+    }
+    hub.writer.flush().await;
+}
+
+/// What the hub task owns.
+struct Hub {
+    router: Router,
+    writer: Writer,
+    /// The connections' queues, by connection.
+    conns: HashMap<ConnId, mpsc::Sender<ConnCmd>>,
+    slow_disconnects: u64,
+    timers: Timers,
+    /// Set at shutdown: answered once no connection is left.
+    closing: Option<oneshot::Sender<()>>,
+}
+
+impl Hub {
+    fn handle(&mut self, event: HubEvent) {
+        match event {
             HubEvent::Register(conn, queue) => {
-                conns.insert(conn, queue);
-                continue;
+                if self.closing.is_some() {
+                    // A redial during shutdown: closed at once.
+                    let _ = queue.try_send(ConnCmd::Close);
+                }
+                self.conns.insert(conn, queue);
             }
             HubEvent::Unregister(conn) => {
-                conns.remove(&conn);
-                continue;
+                self.conns.remove(&conn);
+                self.answer_when_closed();
             }
             HubEvent::Status(reply) => {
-                let mut linked = router.linked();
-                linked.sort();
-                let (custody, expired) = router.custody_stats();
-                let (mailbox, mailbox_bytes) = router.mailbox_len();
-                let (fullest_user, fullest_sender) = router.fullest();
-                let (node_id, master) = router.me();
-                let (custody_bytes, custody_resident_bytes, custody_max_bytes) =
-                    router.custody_bytes();
-                let _ = reply.send(Status {
-                    online: router.online(),
-                    linked,
-                    slow_disconnects,
-                    custody,
-                    expired,
-                    mailbox,
-                    unwritten: writer.skipped(),
-                    in_flight: router.in_flight(),
-                    dead_letters: router.dead_letters(),
-                    custody_bytes,
-                    custody_resident_bytes,
-                    custody_max_bytes,
-                    node_id: node_id.to_owned(),
-                    master,
-                    users_here: router.users_here(),
-                    links: router.link_status(),
-                    mailbox_bytes,
-                    fullest_user,
-                    fullest_sender,
-                    limits: router.limits(),
-                });
-                continue;
+                let _ = reply.send(self.status());
             }
             HubEvent::Input(input) => {
                 if let Input::LinkHello(_) = *input {
-                    reread_admitted(&mut router);
+                    reread_admitted(&mut self.router);
                 }
-                *input
+                self.step(*input);
             }
-            HubEvent::Persisted(outcome) => {
-                send_acks(&conns, outcome.acks);
-                let mut inputs = Vec::new();
-                // The router forgets what is not on disk and answers its
-                // senders `STORAGE` instead of the ack.
-                if let Some(failure) = outcome.failure {
-                    inputs.push(Input::StoreFailed(failure));
-                }
-                if !outcome.written.is_empty() {
-                    inputs.push(Input::Stored(outcome.written));
-                }
-                if !outcome.bodies.is_empty() || !outcome.unread.is_empty() {
-                    inputs.push(Input::BodiesRead {
-                        bodies: outcome.bodies,
-                        unread: outcome.unread,
-                    });
-                }
-                for input in inputs {
-                    let outputs = router.step(now_ms(), input);
-                    carry_out(outputs, &mut conns, &writer, &tx, &mut slow_disconnects);
-                }
-                continue;
+            HubEvent::Persisted(outcome) => self.persisted(outcome),
+            HubEvent::Shutdown(done) => {
+                self.step(Input::Shutdown);
+                // Each connection ends once its goodbyes are sent; one
+                // whose queue is full is dropped (that ends it too).
+                self.conns
+                    .retain(|_, queue| queue.try_send(ConnCmd::Close).is_ok());
+                self.closing = Some(done);
+                self.answer_when_closed();
             }
-            HubEvent::Stop => break,
-        };
-        let outputs = router.step(now_ms(), input);
-        carry_out(outputs, &mut conns, &writer, &tx, &mut slow_disconnects);
+            // `run` stops on it before it gets here.
+            HubEvent::Stop => {}
+        }
     }
-    writer.flush().await;
+
+    /// At shutdown, tells the node once no connection is left.
+    fn answer_when_closed(&mut self) {
+        if self.conns.is_empty()
+            && let Some(done) = self.closing.take()
+        {
+            let _ = done.send(());
+        }
+    }
+
+    /// Steps the router and carries out what it says.
+    fn step(&mut self, input: Input) {
+        let outputs = self.router.step(now_ms(), input);
+        self.carry_out(outputs);
+    }
+
+    /// What the store did: acks to send; the router forgets what is not on
+    /// disk and answers its senders `STORAGE` instead of the ack.
+    fn persisted(&mut self, outcome: Outcome) {
+        send_acks(&self.conns, outcome.acks);
+        if let Some(failure) = outcome.failure {
+            self.step(Input::StoreFailed(failure));
+        }
+        if !outcome.written.is_empty() {
+            self.step(Input::Stored(outcome.written));
+        }
+        if !outcome.bodies.is_empty() || !outcome.unread.is_empty() {
+            self.step(Input::BodiesRead {
+                bodies: outcome.bodies,
+                unread: outcome.unread,
+            });
+        }
+    }
+
+    fn status(&self) -> Status {
+        let router = &self.router;
+        let mut linked = router.linked();
+        linked.sort();
+        let (custody, expired) = router.custody_stats();
+        let (mailbox, mailbox_bytes) = router.mailbox_len();
+        let (fullest_user, fullest_sender) = router.fullest();
+        let (node_id, master) = router.me();
+        let (custody_bytes, custody_resident_bytes, custody_max_bytes) = router.custody_bytes();
+        Status {
+            online: router.online(),
+            linked,
+            slow_disconnects: self.slow_disconnects,
+            custody,
+            expired,
+            mailbox,
+            unwritten: self.writer.skipped(),
+            in_flight: router.in_flight(),
+            dead_letters: router.dead_letters(),
+            custody_bytes,
+            custody_resident_bytes,
+            custody_max_bytes,
+            node_id: node_id.to_owned(),
+            master,
+            users_here: router.users_here(),
+            links: router.link_status(),
+            mailbox_bytes,
+            fullest_user,
+            fullest_sender,
+            limits: router.limits(),
+        }
+    }
+
+    /// Carries out the router's actions.
+    fn carry_out(&mut self, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Send(conn, frame) => {
+                    let Some(queue) = self.conns.get(&conn) else {
+                        continue;
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(_)) =
+                        queue.try_send(ConnCmd::Frame(frame))
+                    {
+                        // Dropping the queue ends the connection task, which
+                        // reports the close like any other. (At shutdown a
+                        // closing connection takes nothing more: not slow.)
+                        if self.closing.is_none() {
+                            tracing::warn!(conn, "send queue full: disconnecting the slow peer");
+                            self.slow_disconnects += 1;
+                        }
+                        self.conns.remove(&conn);
+                    }
+                }
+                Output::Close(conn) => {
+                    if let Some(queue) = self.conns.get(&conn)
+                        && queue.try_send(ConnCmd::Close).is_err()
+                    {
+                        self.conns.remove(&conn);
+                    }
+                }
+                Output::Persist(op) => self.writer.write(op),
+                Output::LoadBodies(seqs) => self.writer.load(seqs),
+                Output::AckAfterPersist { conn, to, msg_id } => self.writer.ack(conn, to, msg_id),
+                Output::Timer { req_id, after } => self.timers.arm(req_id, after),
+            }
+        }
+        self.answer_when_closed();
+    }
 }
 
 /// Reads the `--admit` file again, so a server listed since the start can
@@ -212,80 +324,109 @@ fn reread_admitted(router: &mut Router) {
 }
 
 /// Sends one batched `ACK` per connection.
-fn send_acks(conns: &HashMap<ConnId, mpsc::Sender<ConnCmd>>, acks: Vec<(ConnId, String, String)>) {
+fn send_acks(conns: &HashMap<ConnId, mpsc::Sender<ConnCmd>>, acks: Vec<PendingAck>) {
     let mut by_conn: HashMap<ConnId, (String, Vec<String>)> = HashMap::new();
-    for (conn, to, id) in acks {
+    for PendingAck { conn, to, msg_id } in acks {
         by_conn
             .entry(conn)
             .or_insert_with(|| (to, Vec::new()))
             .1
-            .push(id);
+            .push(msg_id);
     }
     for (conn, (to, msg_ids)) in by_conn {
         let Some(queue) = conns.get(&conn) else {
             continue;
         };
-        let payload = match serde_json::to_value(Ack {
+        let ack = Ack {
             msg_ids,
             extra: Default::default(),
-        }) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => continue,
         };
-        let frame = Outgoing {
-            kind: "ACK",
-            to,
-            payload,
-        };
+        let frame = Outgoing::new(to, Message::Ack(ack));
         if queue.try_send(ConnCmd::Frame(frame)).is_err() {
             tracing::warn!(conn, "could not queue an ACK; the peer will resend");
         }
     }
 }
 
-/// Carries out the router's actions.
-fn carry_out(
-    outputs: Vec<Output>,
-    conns: &mut HashMap<ConnId, mpsc::Sender<ConnCmd>>,
-    writer: &Writer,
-    tx: &mpsc::Sender<HubEvent>,
-    slow_disconnects: &mut u64,
-) {
-    for output in outputs {
-        match output {
-            Output::Send(conn, frame) => {
-                let Some(queue) = conns.get(&conn) else {
-                    continue;
-                };
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    queue.try_send(ConnCmd::Frame(frame))
-                {
-                    // Dropping the queue ends the connection task, which
-                    // reports the close like any other.
-                    tracing::warn!(conn, "send queue full: disconnecting the slow peer");
-                    *slow_disconnects += 1;
-                    conns.remove(&conn);
-                }
-            }
-            Output::Close(conn) => {
-                if let Some(queue) = conns.get(&conn)
-                    && queue.try_send(ConnCmd::Close).is_err()
-                {
-                    conns.remove(&conn);
-                }
-            }
-            Output::Persist(op) => writer.write(op),
-            Output::LoadBodies(seqs) => writer.load(seqs),
-            Output::AckAfterPersist { conn, to, msg_id } => writer.ack(conn, to, msg_id),
-            Output::Timer { req_id, after } => {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let _ = tx
-                        .send(HubEvent::Input(Box::new(Input::Timeout(req_id))))
-                        .await;
-                });
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::router::RouterConfig;
+    use crate::node::state::Snapshot;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// A hub over an empty master router and a fresh store.
+    fn start() -> (
+        tempfile::TempDir,
+        mpsc::Sender<HubEvent>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("n.sqlite");
+        let pool = crate::store::open(&db, crate::store::Schema::Node).unwrap();
+        let cfg = RouterConfig {
+            me: crate::wire::ids::new_master_id(),
+            master: true,
+            allow_legacy: false,
+            pubkey: "k".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            limits: Default::default(),
+            max_group_members: 16,
+            max_file_size: 1 << 20,
+            admission: Default::default(),
+        };
+        let router = Router::new(cfg, Snapshot::default());
+        let (tx, rx) = mpsc::channel(16);
+        let (_users_tx, users_rx) = mpsc::channel(16);
+        let acks = tx.clone();
+        let health = std::sync::Arc::new(crate::node::health::Health::new(&db, true));
+        let writer = Writer::start(
+            pool,
+            Box::new(move |o| {
+                let _ = acks.blocking_send(HubEvent::Persisted(o));
+            }),
+            health,
+        )
+        .unwrap();
+        let task = tokio::spawn(run(router, writer, rx, users_rx));
+        (dir, tx, task)
+    }
+
+    async fn next(queue: &mut mpsc::Receiver<ConnCmd>) -> Option<ConnCmd> {
+        tokio::time::timeout(WAIT, queue.recv()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_every_connection_and_answers_when_none_is_left() {
+        let (_dir, hub, task) = start();
+        let (q1, mut r1) = mpsc::channel(8);
+        hub.send(HubEvent::Register(1, q1)).await.unwrap();
+        let (done, mut closed) = oneshot::channel();
+        hub.send(HubEvent::Shutdown(done)).await.unwrap();
+        assert!(matches!(next(&mut r1).await, Some(ConnCmd::Close)));
+        // A connection that registers meanwhile (a redial) is closed at once.
+        let (q2, mut r2) = mpsc::channel(8);
+        hub.send(HubEvent::Register(2, q2)).await.unwrap();
+        assert!(matches!(next(&mut r2).await, Some(ConnCmd::Close)));
+        hub.send(HubEvent::Unregister(1)).await.unwrap();
+        // Not answered while connection 2 is open.
+        assert!(ask_status(&hub, WAIT).await.is_some());
+        assert!(closed.try_recv().is_err());
+        hub.send(HubEvent::Unregister(2)).await.unwrap();
+        tokio::time::timeout(WAIT, closed).await.unwrap().unwrap();
+        hub.send(HubEvent::Stop).await.unwrap();
+        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hub_without_connections_answers_the_shutdown_at_once() {
+        let (_dir, hub, task) = start();
+        let (done, closed) = oneshot::channel();
+        hub.send(HubEvent::Shutdown(done)).await.unwrap();
+        tokio::time::timeout(WAIT, closed).await.unwrap().unwrap();
+        hub.send(HubEvent::Stop).await.unwrap();
+        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
     }
 }

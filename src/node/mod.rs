@@ -1,43 +1,49 @@
 //! A SOCP server: the master (user directory, server identities, offline
-//! mailbox) or a local (serves users, links to the master).
+//! mailbox) or a local (serves users, links to the master). [`Node::start`]
+//! opens the store, builds the router and starts the tasks around it: the
+//! hub that owns the router, the accept loop, the dialers, the housekeeping
+//! tick and the `--metrics` endpoint; [`Node::shutdown`] stops them in order.
 
+mod accept;
 pub(crate) mod conn;
 pub(crate) mod custody;
 pub(crate) mod dial;
+mod endpoint;
 #[doc(hidden)]
 pub mod fuzz;
 pub(crate) mod health;
 pub(crate) mod hub;
 pub mod identity;
+mod lock;
 pub mod metrics;
 pub mod policy;
+pub(crate) mod records;
 pub(crate) mod router;
 pub(crate) mod state;
+mod timers;
 
 pub use hub::Status;
+pub use lock::lock_path;
 pub use policy::{Admission, Registration};
+pub use router::MailboxLimits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::cli::{NodeArgs, RoleArg};
-use crate::store::{self, Schema};
-use crate::wire::ErrorCode;
-use crate::wire::ids;
+use crate::store::{self, Pool, Schema};
 use conn::ConnCtx;
 use hub::HubEvent;
 use identity::Identity;
 use metrics::Metrics;
-pub use router::MailboxLimits;
 use router::{Router, RouterConfig};
-use std::collections::HashMap;
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -107,65 +113,6 @@ impl Default for Limits {
     }
 }
 
-impl NodeConfig {
-    /// Validates the command line's node flags.
-    pub fn from_args(args: &NodeArgs) -> Result<Self> {
-        let master = args.role == RoleArg::Master;
-        if !master && args.master_url.is_none() {
-            bail!("a local node needs --master-url ws://HOST:PORT (the master's address)");
-        }
-        if master && args.master_url.is_some() {
-            bail!("--master-url is for local nodes; the master is the directory itself");
-        }
-        Ok(NodeConfig {
-            master,
-            listen: args.listen_addr(),
-            db: args.db_path(),
-            keys: args.keys.clone(),
-            master_url: args.master_url.clone(),
-            peers: args.peers.clone(),
-            allow_legacy_clients: args.allow_legacy_clients,
-            mailbox: MailboxLimits {
-                max_age_ms: (args.mailbox_max_age_secs as i64).saturating_mul(1000),
-                max_frames: args.mailbox_max_frames,
-                max_bytes: args.mailbox_max_bytes,
-                max_total_bytes: args.custody_max_bytes,
-                max_sender_frames: args.sender_max_frames,
-                max_sender_bytes: args.sender_max_bytes,
-            },
-            mac: !args.no_mac,
-            limits: Limits {
-                user_rate: args.user_rate,
-                user_burst: args.user_burst,
-                max_conns_per_ip: args.max_conns_per_ip,
-                max_group_members: args.max_group_members,
-                max_file_size: args.max_file_size,
-                hello_timeout: std::time::Duration::from_secs(args.hello_timeout_secs.max(1)),
-                write_timeout: std::time::Duration::from_secs(args.write_timeout_secs.max(1)),
-                max_conns: args.max_conns.max(1),
-            },
-            metrics: args.metrics,
-            tls: match (&args.tls_cert, &args.tls_key) {
-                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                }),
-                (None, None) => None,
-                _ => bail!(
-                    "--tls-cert and --tls-key go together: give both (socp gen cert makes a pair)"
-                ),
-            },
-            ca: args.ca.clone(),
-            admission: Admission {
-                admit: args.admit.clone(),
-                registration: args.registration,
-                per_address_hour: args.registrations_per_address,
-                per_server_hour: args.registrations_per_server,
-            },
-        })
-    }
-}
-
 /// A running node; [`Node::shutdown`] stops it.
 pub struct Node {
     pub id: String,
@@ -175,15 +122,50 @@ pub struct Node {
     /// `ws` or `wss`.
     pub scheme: &'static str,
     hub: mpsc::Sender<HubEvent>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Closes the doors: the accept loop, the tick and the endpoint stop.
+    door: watch::Sender<bool>,
+    /// Ends every connection and dialer where it stands.
+    stop: watch::Sender<bool>,
+    /// Becomes true when the hub's task ends.
+    hub_ended: watch::Receiver<bool>,
+    tasks: Tasks,
     /// Held while the node runs: `socp admin` commands that change the
     /// directory refuse to run beside it.
     _lock: std::fs::File,
 }
 
+/// The node's tasks, by what they do.
+struct Tasks {
+    hub: JoinHandle<()>,
+    listener: JoinHandle<()>,
+    tick: JoinHandle<()>,
+    endpoint: Option<JoinHandle<()>>,
+    dialers: Vec<JoinHandle<()>>,
+}
+
 /// Events queued for the hub before connections wait.
 const HUB_QUEUE: usize = 4096;
+/// How long [`Node::status`] waits for the hub.
+const STATUS_WAIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits to hand the hub an event.
+const HUB_SEND: Duration = Duration::from_secs(2);
+/// How long the connections get to send what is queued for them (our
+/// goodbyes among it) and close, before they are ended where they stand.
+const GOODBYE: Duration = Duration::from_secs(2);
+/// How long the tasks get to end once stopped (a connection's last
+/// words); what is still running then is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long the hub gets to flush the store.
+const FLUSH_GRACE: Duration = Duration::from_secs(5);
+
+/// What is read from disk before the node starts.
+struct Opened {
+    store: Pool,
+    identity: Identity,
+    snapshot: state::Snapshot,
+    policy: policy::PolicyState,
+    lock: std::fs::File,
+}
 
 impl Node {
     /// Opens the database, loads or creates the identity, binds the listener
@@ -198,26 +180,11 @@ impl Node {
         if config.admission.admit.is_none() {
             tracing::warn!("no --admit file: any server that proves its key may link to this node");
         }
-        let (store, identity, snapshot, policy_state, lock) = {
+        let opened = {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || -> Result<_> {
-                let lock = lock_db(&config.db)?;
-                let store = store::open(&config.db, Schema::Node)
-                    .with_context(|| format!("opening the database {}", config.db.display()))?;
-                let (identity, created) = identity::load_or_create(&config.keys, config.master)
-                    .with_context(|| format!("loading the identity in {}", config.keys.display()))?;
-                if created {
-                    tracing::info!(id = %identity.id, keys = %config.keys.display(), "created a new server identity");
-                }
-                let snapshot = state::load(&*store.get()?, crate::wire::now_ms())
-                    .with_context(|| format!("reading the state in {}", config.db.display()))?;
-                let policy_state = policy::load(&*store.get()?).with_context(|| {
-                    format!("reading the policy tables in {}", config.db.display())
-                })?;
-                Ok((store, identity, snapshot, policy_state, lock))
-            })
-            .await
-            .context("startup task")??
+            tokio::task::spawn_blocking(move || open(&config))
+                .await
+                .context("startup task")??
         };
         let acceptor = config
             .tls
@@ -231,29 +198,22 @@ impl Node {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
-        let Identity { id, key } = identity;
+        let Opened {
+            store,
+            identity: Identity { id, key },
+            snapshot,
+            policy,
+            lock,
+        } = opened;
         let key = Arc::new(key);
         let pubkey = key.public().to_b64().to_owned();
-        let mut router = Router::new(
-            RouterConfig {
-                me: id.clone(),
-                master: config.master,
-                allow_legacy: config.allow_legacy_clients,
-                pubkey: pubkey.clone(),
-                host: addr.ip().to_string(),
-                port: addr.port(),
-                limits: config.mailbox,
-                max_group_members: config.limits.max_group_members,
-                max_file_size: config.limits.max_file_size,
-                admission: config.admission.clone(),
-            },
-            snapshot,
-        );
-        router.set_policy(policy_state);
+        let mut router = Router::new(router_config(&config, &id, &pubkey, addr), snapshot);
+        router.set_policy(policy);
         if let Some(list) = admitted {
             router.set_admitted(list);
         }
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (door, door_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
         let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
         let (users_tx, users_rx) = mpsc::channel(HUB_QUEUE);
         let acks = hub_tx.clone();
@@ -261,53 +221,52 @@ impl Node {
             let _ = acks.blocking_send(HubEvent::Persisted(outcome));
         });
         let health = Arc::new(health::Health::new(&config.db, config.master));
+        let metrics = Arc::new(Metrics::default());
         let writer = state::Writer::start(store, committed, health.clone())
             .context("starting the store writer")?;
-        let mut tasks = vec![tokio::spawn(hub::run(
-            router,
-            writer,
-            hub_tx.clone(),
-            hub_rx,
-            users_rx,
-        ))];
+        let (metrics_addr, endpoint) = match config.metrics {
+            Some(at) => {
+                let sources = endpoint::Sources {
+                    metrics: metrics.clone(),
+                    health: health.clone(),
+                    hub: hub_tx.clone(),
+                };
+                let (bound, task) = endpoint::serve(at, sources, door_rx.clone())
+                    .await
+                    .with_context(|| format!("serving metrics on {at}"))?;
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
+        // Nothing fails from here on: the tasks start.
+        let (hub_ended_tx, hub_ended) = watch::channel(false);
+        let hub_task = tokio::spawn(async move {
+            let _ended = Ended(hub_ended_tx);
+            hub::run(router, writer, hub_rx, users_rx).await;
+        });
         let next_conn = Arc::new(AtomicU64::new(1));
-        let metrics = Arc::new(Metrics::default());
-        let base = ConnCtx {
+        let ctx = ConnCtx {
             me: id.clone(),
             key: key.clone(),
             hub: hub_tx.clone(),
-            hub_users: users_tx.clone(),
-            shutdown: shutdown_rx.clone(),
+            hub_users: users_tx,
+            shutdown: stop_rx,
             mac: config.mac,
-            metrics: metrics.clone(),
+            metrics,
             limits: config.limits,
             peer_ip: None,
         };
-        let ctx = Accept {
-            ctx: base.clone(),
-            next_conn: next_conn.clone(),
-            tls: acceptor.clone(),
-        };
-        tasks.push(tokio::spawn(serve(listener, ctx)));
-        let metrics_addr = match config.metrics {
-            Some(addr) => Some(
-                metrics::serve(
-                    addr,
-                    metrics.clone(),
-                    health.clone(),
-                    hub_tx.clone(),
-                    shutdown_rx.clone(),
-                )
-                .await
-                .with_context(|| format!("serving metrics on {addr}"))?,
-            ),
-            None => None,
-        };
-        tasks.push(tokio::spawn(tick(
-            hub_tx.clone(),
-            config.mailbox,
-            shutdown_rx.clone(),
-        )));
+        let scheme = if acceptor.is_some() { "wss" } else { "ws" };
+        let listener = tokio::spawn(accept::serve(
+            listener,
+            accept::Acceptor {
+                ctx: ctx.clone(),
+                next_conn: next_conn.clone(),
+                tls: acceptor,
+            },
+            door_rx.clone(),
+        ));
+        let tick = tokio::spawn(tick(hub_tx.clone(), config.mailbox, door_rx));
         let hello = dial::our_hello(
             &addr.ip().to_string(),
             addr.port(),
@@ -315,25 +274,8 @@ impl Node {
             config.master,
             config.mac,
         );
-        let urls = config
-            .master_url
-            .iter()
-            .map(|u| (u.clone(), true))
-            .chain(config.peers.iter().map(|u| (u.clone(), false)));
-        for (url, is_master) in urls {
-            let dialer = dial::Dialer {
-                url,
-                is_master,
-                hello: hello.clone(),
-                ctx: base.clone(),
-                next_conn: next_conn.clone(),
-                tls: tls_client.clone(),
-                health: health.clone(),
-            };
-            tasks.push(tokio::spawn(dialer.run()));
-        }
-        let scheme = if acceptor.is_some() { "wss" } else { "ws" };
-        if acceptor.is_none() && !addr.ip().is_loopback() {
+        let dialers = dialers(&config, hello, &ctx, &next_conn, &tls_client, &health);
+        if scheme == "ws" && !addr.ip().is_loopback() {
             tracing::warn!(
                 "listening on {addr} without TLS: frames are authenticated but readable on the network; use --tls-cert and --tls-key"
             );
@@ -345,8 +287,16 @@ impl Node {
             scheme,
             metrics_addr,
             hub: hub_tx,
-            shutdown,
-            tasks,
+            door,
+            stop,
+            hub_ended,
+            tasks: Tasks {
+                hub: hub_task,
+                listener,
+                tick,
+                endpoint,
+                dialers,
+            },
             _lock: lock,
         })
     }
@@ -356,91 +306,166 @@ impl Node {
         format!("{}://{}", self.scheme, self.addr)
     }
 
-    /// Who is online and which servers are linked, as the router sees it.
+    /// Who is online and which servers are linked, as the router sees it
+    /// (empty if the hub does not answer within 10 s).
     pub async fn status(&self) -> Status {
-        let (tx, rx) = oneshot::channel();
-        if self.hub.send(HubEvent::Status(tx)).await.is_err() {
-            return Status::default();
-        }
-        rx.await.unwrap_or_default()
+        hub::ask_status(&self.hub, STATUS_WAIT)
+            .await
+            .unwrap_or_default()
     }
 
-    /// Resolves when the node stopped by itself.
+    /// Resolves when the node stopped by itself: its hub (the task that
+    /// owns the router) ended, which it does only if it failed.
     pub async fn stopped(&self) {
-        let mut rx = self.shutdown.subscribe();
-        let _ = rx.wait_for(|stop| *stop).await;
+        let mut ended = self.hub_ended.clone();
+        let _ = ended.wait_for(|ended| *ended).await;
     }
 
-    /// Stops accepting and dialing, closes every connection, flushes the
-    /// store and waits for the tasks.
+    /// Stops the node in order, every step bounded: the doors close (no
+    /// new connections, no housekeeping); the router tells the linked
+    /// servers that our users are gone and every connection closes once
+    /// what is queued for it is sent; what is still open after `GOODBYE`
+    /// is ended; the store writes what it holds.
     pub async fn shutdown(self) {
-        // Peers hear that our users are gone before the connections close.
-        let _ = self
-            .hub
-            .send(HubEvent::Input(Box::new(router::Input::Shutdown)))
-            .await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let _ = self.shutdown.send(true);
         let Node {
             id,
             hub,
-            mut tasks,
+            door,
+            stop,
+            tasks,
             _lock: lock,
             ..
         } = self;
-        let hub_task = tasks.remove(0);
-        for task in tasks {
-            let _ = task.await;
+        let _ = door.send(true);
+        if !say_goodbye(&hub).await {
+            tracing::warn!("connections still open after {GOODBYE:?}: ending them");
         }
-        let _ = hub.send(HubEvent::Stop).await;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), hub_task).await;
+        let _ = stop.send(true);
+        let Tasks {
+            hub: hub_task,
+            listener,
+            tick,
+            endpoint,
+            dialers,
+        } = tasks;
+        let others = [listener, tick].into_iter().chain(endpoint).chain(dialers);
+        join_within(STOP_GRACE, others.collect()).await;
+        let _ = tokio::time::timeout(HUB_SEND, hub.send(HubEvent::Stop)).await;
+        if tokio::time::timeout(FLUSH_GRACE, hub_task).await.is_err() {
+            tracing::error!("the store did not flush within {FLUSH_GRACE:?}");
+        }
         drop(lock);
         tracing::info!(id = %id, "node stopped");
     }
 }
 
-/// The lock file beside a node's database (`DB.lock`).
-pub fn lock_path(db: &std::path::Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
+/// Opens the database (under its lock), the identity and the state.
+fn open(config: &NodeConfig) -> Result<Opened> {
+    let lock = lock::lock_db(&config.db)?;
+    let store = store::open(&config.db, Schema::Node)
+        .with_context(|| format!("opening the database {}", config.db.display()))?;
+    let (identity, created) = identity::load_or_create(&config.keys, config.master)
+        .with_context(|| format!("loading the identity in {}", config.keys.display()))?;
+    if created {
+        tracing::info!(id = %identity.id, keys = %config.keys.display(), "created a new server identity");
+    }
+    let conn = store.get()?;
+    let snapshot = state::load(&conn, crate::wire::now_ms())
+        .with_context(|| format!("reading the state in {}", config.db.display()))?;
+    let policy = policy::load(&conn)
+        .with_context(|| format!("reading the policy tables in {}", config.db.display()))?;
+    drop(conn);
+    Ok(Opened {
+        store,
+        identity,
+        snapshot,
+        policy,
+        lock,
+    })
 }
 
-/// Takes the lock that says a node runs on `db`: one node per database, and
-/// `socp admin` edits of the directory wait until it stops.
-fn lock_db(db: &std::path::Path) -> Result<std::fs::File> {
-    let path = lock_path(db);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the database folder {}", dir.display()))?;
+/// The router's fixed facts: who we are and the limits we keep.
+fn router_config(config: &NodeConfig, id: &str, pubkey: &str, addr: SocketAddr) -> RouterConfig {
+    RouterConfig {
+        me: id.to_owned(),
+        master: config.master,
+        allow_legacy: config.allow_legacy_clients,
+        pubkey: pubkey.to_owned(),
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        limits: config.mailbox,
+        max_group_members: config.limits.max_group_members,
+        max_file_size: config.limits.max_file_size,
+        admission: config.admission.clone(),
     }
-    let file = std::fs::File::create(&path)
-        .with_context(|| format!("creating the lock file {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "another socp node is running on {} (it holds {}); stop it first",
-            db.display(),
-            path.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", path.display()))
+}
+
+/// Starts a dialer for the master's URL and each of `--peers`.
+fn dialers(
+    config: &NodeConfig,
+    hello: crate::wire::messages::PeerHelloLink,
+    ctx: &ConnCtx,
+    next_conn: &Arc<AtomicU64>,
+    tls: &Arc<rustls::ClientConfig>,
+    health: &Arc<health::Health>,
+) -> Vec<JoinHandle<()>> {
+    let urls = config
+        .master_url
+        .iter()
+        .map(|u| (u.clone(), true))
+        .chain(config.peers.iter().map(|u| (u.clone(), false)));
+    urls.map(|(url, is_master)| {
+        let dialer = dial::Dialer {
+            url,
+            is_master,
+            hello: hello.clone(),
+            ctx: ctx.clone(),
+            next_conn: next_conn.clone(),
+            tls: tls.clone(),
+            health: health.clone(),
+        };
+        tokio::spawn(dialer.run())
+    })
+    .collect()
+}
+
+/// Has the router say goodbye and the hub close every connection; true
+/// once none is left, false if some are still open after `GOODBYE`.
+async fn say_goodbye(hub: &mpsc::Sender<HubEvent>) -> bool {
+    let (done, closed) = oneshot::channel();
+    let asked = tokio::time::timeout(HUB_SEND, hub.send(HubEvent::Shutdown(done))).await;
+    matches!(asked, Ok(Ok(()))) && matches!(tokio::time::timeout(GOODBYE, closed).await, Ok(Ok(())))
+}
+
+/// Waits for `tasks` to end, at most `limit`; aborts those still running.
+async fn join_within(limit: Duration, tasks: Vec<JoinHandle<()>>) {
+    let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+    let all = futures_util::future::join_all(tasks);
+    if tokio::time::timeout(limit, all).await.is_err() {
+        tracing::warn!("tasks still running {limit:?} after the stop: aborting them");
+        for task in aborts {
+            task.abort();
         }
+    }
+}
+
+/// Marks the hub's task ended when dropped (a panic included).
+struct Ended(watch::Sender<bool>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
     }
 }
 
 /// Drives the router's housekeeping (mailbox expiry), often enough for the
 /// configured age limit.
-async fn tick(
-    hub: mpsc::Sender<HubEvent>,
-    limits: MailboxLimits,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let every = std::time::Duration::from_millis((limits.max_age_ms / 4).clamp(250, 60_000) as u64);
+async fn tick(hub: mpsc::Sender<HubEvent>, limits: MailboxLimits, mut door: watch::Receiver<bool>) {
+    let every = Duration::from_millis((limits.max_age_ms / 4).clamp(250, 60_000) as u64);
     let mut timer = tokio::time::interval(every);
     loop {
         tokio::select! {
-            () = stop_requested(&mut shutdown) => return,
+            () = stop_requested(&mut door) => return,
             _ = timer.tick() => {
                 if hub.send(HubEvent::Input(Box::new(router::Input::Tick))).await.is_err() {
                     return;
@@ -450,226 +475,7 @@ async fn tick(
     }
 }
 
-/// Resolves once shutdown is requested.
+/// Resolves once `rx` says stop (the node's stop signal, or its door).
 pub(crate) async fn stop_requested(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
-}
-
-struct Accept {
-    ctx: ConnCtx,
-    next_conn: Arc<AtomicU64>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-}
-
-impl Accept {
-    fn conn_ctx(&self) -> ConnCtx {
-        self.ctx.clone()
-    }
-}
-
-/// Connections open, in all and per IP address; a slot is given back when
-/// dropped.
-#[derive(Clone, Default)]
-struct Slots(Arc<std::sync::Mutex<SlotCounts>>);
-
-#[derive(Default)]
-struct SlotCounts {
-    total: usize,
-    per_ip: HashMap<std::net::IpAddr, usize>,
-}
-
-/// A connection's place in the counts: in all, and for its address unless
-/// it is being refused for its address (it still counts in all while it
-/// is told so, so refusals cannot pile up past `--max-conns`).
-struct Slot {
-    slots: Slots,
-    ip: std::net::IpAddr,
-    per_ip: bool,
-}
-
-/// Why a connection got no slot.
-enum NoSlot {
-    /// The node holds `--max-conns` connections already.
-    Full,
-    /// This address holds `--max-conns-per-ip` already: it is told so,
-    /// holding a place in the total meanwhile.
-    Address(Slot),
-}
-
-impl Slots {
-    fn take(&self, ip: std::net::IpAddr, limits: &Limits) -> Result<Slot, NoSlot> {
-        let Ok(mut m) = self.0.lock() else {
-            return Err(NoSlot::Full);
-        };
-        if m.total >= limits.max_conns {
-            return Err(NoSlot::Full);
-        }
-        m.total += 1;
-        let n = m.per_ip.entry(ip).or_default();
-        let per_ip = *n < limits.max_conns_per_ip;
-        if per_ip {
-            *n += 1;
-        }
-        let slot = Slot {
-            slots: self.clone(),
-            ip,
-            per_ip,
-        };
-        if per_ip {
-            Ok(slot)
-        } else {
-            Err(NoSlot::Address(slot))
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.slots.0.lock() {
-            m.total = m.total.saturating_sub(1);
-            if self.per_ip
-                && let Some(n) = m.per_ip.get_mut(&self.ip)
-            {
-                *n -= 1;
-                if *n == 0 {
-                    m.per_ip.remove(&self.ip);
-                }
-            }
-        }
-    }
-}
-
-async fn serve(listener: TcpListener, ctx: Accept) {
-    let slots = Slots::default();
-    let mut shutdown = ctx.ctx.shutdown.clone();
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            () = stop_requested(&mut shutdown) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let slot = match slots.take(peer.ip(), &ctx.ctx.limits) {
-                        Ok(slot) => Ok(slot),
-                        Err(NoSlot::Full) => {
-                            // Not even a handshake: at the cap, each refusal
-                            // must cost next to nothing.
-                            ctx.ctx.metrics.conns_refused_global.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%peer, "refused a connection: the node is at --max-conns");
-                            drop(stream);
-                            continue;
-                        }
-                        Err(NoSlot::Address(slot)) => Err(slot),
-                    };
-                    let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-                    let mut conn_ctx = ctx.conn_ctx();
-                    conn_ctx.peer_ip = Some(peer.ip());
-                    conns.spawn(accept_one(stream, peer, slot, conn, conn_ctx, ctx.tls.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    while conns.join_next().await.is_some() {}
-}
-
-/// One accepted TCP connection: the TLS and WebSocket handshakes (within
-/// the hello timeout), then the connection itself, or a refusal.
-async fn accept_one(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    slot: Result<Slot, Slot>,
-    conn: router::ConnId,
-    ctx: ConnCtx,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) {
-    let _ = stream.set_nodelay(true);
-    let limit = ctx.limits.hello_timeout;
-    match tls {
-        Some(acceptor) => {
-            // Boxed: its state is large and gone once the handshake is done.
-            let handshake = Box::pin(async {
-                let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
-                tokio_tungstenite::accept_async_with_config(tls, Some(conn::ws_config()))
-                    .await
-                    .map_err(|e| e.to_string())
-            });
-            match tokio::time::timeout(limit, handshake).await {
-                Ok(Ok(mut ws)) => serve_or_refuse(&mut ws, peer, slot, conn, &ctx).await,
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "TLS or WebSocket handshake failed")
-                }
-                Err(_) => tracing::debug!(%peer, "handshake timed out"),
-            }
-        }
-        None => {
-            let handshake =
-                tokio_tungstenite::accept_async_with_config(stream, Some(conn::ws_config()));
-            match tokio::time::timeout(limit, handshake).await {
-                Ok(Ok(mut ws)) => serve_or_refuse(&mut ws, peer, slot, conn, &ctx).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
-                Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
-            }
-        }
-    }
-}
-
-async fn serve_or_refuse<S>(
-    ws: &mut tokio_tungstenite::WebSocketStream<S>,
-    peer: SocketAddr,
-    slot: Result<Slot, Slot>,
-    conn: router::ConnId,
-    ctx: &ConnCtx,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    match slot {
-        Ok(slot) => {
-            conn::serve_accepted(ws, conn, ctx).await;
-            drop(slot);
-        }
-        Err(_refusing) => {
-            tracing::warn!(%peer, "refused a connection: too many from this address");
-            let detail = format!(
-                "more than {} connections from your address",
-                ctx.limits.max_conns_per_ip
-            );
-            conn::send_error(ws, ctx, ids::TO_USER, ErrorCode::RateLimited, &detail).await;
-            conn::close_quietly(ws).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod slot_tests {
-    use super::*;
-
-    #[test]
-    fn refusals_for_an_address_still_count_in_the_total() {
-        let limits = Limits {
-            max_conns: 3,
-            max_conns_per_ip: 1,
-            ..Default::default()
-        };
-        let slots = Slots::default();
-        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-        let first = slots.take(ip, &limits).ok().unwrap();
-        let refused: Vec<Slot> = (0..2)
-            .map(|_| match slots.take(ip, &limits) {
-                Err(NoSlot::Address(slot)) => slot,
-                _ => panic!("expected a refusal for the address"),
-            })
-            .collect();
-        // The total is reached by the refusals being told: nothing more.
-        assert!(matches!(slots.take(ip, &limits), Err(NoSlot::Full)));
-        let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
-        assert!(matches!(slots.take(other, &limits), Err(NoSlot::Full)));
-        drop(refused);
-        let second = slots.take(other, &limits);
-        assert!(second.is_ok(), "a slot was not given back");
-        drop(first);
-    }
 }

@@ -59,6 +59,28 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// The code an `ERROR` payload names, if it is one we know.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+
+    const ALL: [ErrorCode; 12] = [
+        ErrorCode::UserNotFound,
+        ErrorCode::InvalidSig,
+        ErrorCode::BadKey,
+        ErrorCode::Timeout,
+        ErrorCode::UnknownType,
+        ErrorCode::NameInUse,
+        ErrorCode::BadFrame,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::NotAllowed,
+        ErrorCode::Storage,
+    ];
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -162,7 +184,7 @@ impl Envelope {
     /// without `sig` and `mac`.
     pub fn mac_bytes(&self) -> Result<Vec<u8>, CanonicalError> {
         let payload = canonical::map_to_string(&self.payload)?;
-        Ok(self.mac_text(&payload, None).into_bytes())
+        Ok(self.text(&payload, None, None).into_bytes())
     }
 
     /// The frame as sent on a `mac-v1` session, with `mac` computed by `tag`
@@ -173,18 +195,27 @@ impl Envelope {
         tag: impl FnOnce(&[u8]) -> String,
     ) -> Result<String, CanonicalError> {
         let payload = canonical::map_to_string(&self.payload)?;
-        let mac = tag(self.mac_text(&payload, None).as_bytes());
-        let text = self.mac_text(&payload, Some(&mac));
+        let mac = tag(self.text(&payload, None, None).as_bytes());
+        let text = self.text(&payload, Some(&mac), Some(""));
         self.sig.clear();
         self.mac = Some(mac);
         Ok(text)
     }
 
-    /// Written field by field in sorted key order (from, [mac], payload, seq,
-    /// [sig], to, ts, type) rather than by copying the payload into a new
-    /// map. With `mac`: the wire form (which also carries an empty `sig`).
-    fn mac_text(&self, payload: &str, mac: Option<&str>) -> String {
-        let mut out = String::with_capacity(payload.len() + 192);
+    /// The frame as sent with an RSA signature: `payload` is the canonical
+    /// payload the signature covers ([`Envelope::signed_bytes`]), written
+    /// into the frame as it is, so it is serialized once for both.
+    pub fn to_json_signed(&mut self, payload: &str, sig: String) -> String {
+        let text = self.text(payload, None, Some(&sig));
+        self.sig = sig;
+        text
+    }
+
+    /// Written field by field in sorted key order (from, [mac], payload,
+    /// [seq], [sig], to, ts, type) rather than by copying the payload into
+    /// a new map: the canonical form when neither `mac` nor `sig` is given.
+    fn text(&self, payload: &str, mac: Option<&str>, sig: Option<&str>) -> String {
+        let mut out = String::with_capacity(payload.len() + 192 + sig.map_or(0, str::len));
         out.push_str("{\"from\":");
         canonical::push_string(&mut out, &self.from);
         if let Some(mac) = mac {
@@ -196,8 +227,9 @@ impl Envelope {
         if let Some(seq) = self.seq {
             out.push_str(&format!(",\"seq\":{seq}"));
         }
-        if mac.is_some() {
-            out.push_str(",\"sig\":\"\"");
+        if let Some(sig) = sig {
+            out.push_str(",\"sig\":");
+            canonical::push_string(&mut out, sig);
         }
         out.push_str(",\"to\":");
         canonical::push_string(&mut out, &self.to);
@@ -221,6 +253,10 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// How far a signed hello's `ts` may be from the receiver's clock
+/// (PROTOCOL.md C3).
+pub const HELLO_FRESHNESS_MS: i64 = 120_000;
 
 #[cfg(test)]
 mod tests {
@@ -260,6 +296,28 @@ mod tests {
             Envelope::parse(&big).unwrap_err().code(),
             ErrorCode::TooLarge
         );
+    }
+
+    #[test]
+    fn error_codes_parse_back() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, Value::String(code.as_str().to_owned()));
+        }
+        assert_eq!(ErrorCode::parse("NOPE"), None);
+    }
+
+    #[test]
+    fn a_signed_frame_carries_the_payload_it_signed() {
+        let mut payload = Map::new();
+        payload.insert("é".into(), Value::from("x\u{7f}"));
+        let mut env = Envelope::new("HEARTBEAT", "a", "b", payload);
+        let signed = String::from_utf8(env.signed_bytes().unwrap()).unwrap();
+        let text = env.to_json_signed(&signed, "c2ln".into());
+        let back = Envelope::parse(&text).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(back.signed_bytes().unwrap(), signed.into_bytes());
     }
 
     #[test]

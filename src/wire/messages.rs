@@ -1,318 +1,14 @@
-//! The typed catalogue of every SOCP message (PROTOCOL.md A5 and B). Each
-//! payload keeps the fields it does not know in `extra`, so a frame parsed
-//! and written again has the same canonical payload, and so the same
-//! signature.
+//! The typed catalogue of every SOCP message (PROTOCOL.md A5 and B):
+//! [`Message`], a frame's payload by type, and [`Kind`], its type alone, both
+//! made from one table of envelope type names. The payload structs live in
+//! `payloads.rs` and are re-exported here.
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::envelope::{Envelope, WireError};
-
-/// Fields this version does not know, kept as received.
-pub type Extra = Map<String, Value>;
-
-/// Link-session offer carried in an acceptor's answer (PROTOCOL.md B, `mac-v1`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SessionOffer {
-    pub cap: String,
-    pub wrapped: String,
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-/// A user's signed hello, attached to a presence claim (PROTOCOL.md C5).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Proof {
-    pub payload: Map<String, Value>,
-    pub sig: String,
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-/// `master` or `local`, as a server says in its link hello.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Master,
-    Local,
-}
-
-/// `dm` or `group`, the two ways a file travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileMode {
-    Dm,
-    Group,
-}
-
-macro_rules! payload {
-    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-        pub struct $name {
-            $(
-                $(#[$fmeta])*
-                pub $field: $ty,
-            )*
-            #[serde(flatten)]
-            pub extra: Extra,
-        }
-    };
-}
-
-payload!(
-    /// `PEER_HELLO_LINK`: the first frame of a server link, both ways.
-    PeerHelloLink {
-        host: String,
-        port: u16,
-        pubkey: String,
-        role: Role,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        caps: Option<Vec<String>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        session: Option<SessionOffer>,
-    }
-);
-
-payload!(
-    /// `USER_HELLO`: the first frame of a user connection.
-    UserHello {
-        client: String,
-        pubkey: String,
-        enc_pubkey: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        ts: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        caps: Option<Vec<String>>,
-    }
-);
-
-payload!(
-    /// `USER_WELCOME`: a node accepted a user's hello.
-    UserWelcome {
-        user_id: String,
-        server_id: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        session: Option<SessionOffer>,
-    }
-);
-
-payload!(
-    /// A payload with no fields of its own (`USER_LIST_REQ`, `HEARTBEAT`).
-    #[derive(Default)]
-    Empty {}
-);
-
-payload!(
-    /// `USER_LIST`: users online anywhere in the mesh, sorted.
-    UserList { users: Vec<String> }
-);
-
-payload!(
-    /// `USER_DB_GET_USER`: a user asks for another user's directory key.
-    UserLookup { user_id: String }
-);
-
-payload!(
-    /// `USER_DB_USER`: the answer to a lookup.
-    UserLookupAnswer {
-        user_id: String,
-        found: bool,
-        pubkey: String,
-    }
-);
-
-payload!(
-    /// `MSG_PRIVATE`: an end-to-end encrypted DM from its sender.
-    MsgPrivate {
-        ciphertext: String,
-        iv: String,
-        tag: String,
-        wrapped_key: String,
-        sender_pub: String,
-        content_sig: String,
-        content_ts: i64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        msg_id: Option<String>,
-    }
-);
-
-payload!(
-    /// `PEER_DELIVER` / `USER_DELIVER`: a DM on its way to, or at, its recipient.
-    Deliver {
-        user_id: String,
-        ciphertext: String,
-        iv: String,
-        tag: String,
-        wrapped_key: String,
-        sender: String,
-        sender_pub: String,
-        content_sig: String,
-        content_ts: i64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        msg_id: Option<String>,
-    }
-);
-
-payload!(
-    /// One member's copy of a group key, wrapped with the member's key.
-    Share {
-        member: String,
-        wrapped_group_key: String,
-    }
-);
-
-payload!(
-    /// `GROUP_KEY_SHARE`: a group key created or rotated by `creator`.
-    GroupKeyShare {
-        group_id: String,
-        shares: Vec<Share>,
-        creator: String,
-        creator_pub: String,
-        content_sig: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        msg_id: Option<String>,
-    }
-);
-
-payload!(
-    /// `MSG_GROUP`: a message sealed with the group key.
-    MsgGroup {
-        group_id: String,
-        ciphertext: String,
-        iv: String,
-        tag: String,
-        from: String,
-        ts: i64,
-        sender_pub: String,
-        content_sig: String,
-        content_ts: i64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        msg_id: Option<String>,
-    }
-);
-
-payload!(
-    /// `FILE_START`: the manifest of a file transfer.
-    FileStart {
-        file_id: String,
-        name: String,
-        size: u64,
-        sha256: String,
-        mode: FileMode,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        group_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        user_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        content_sig: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        msg_id: Option<String>,
-    }
-);
-
-payload!(
-    /// `FILE_CHUNK`: one sealed 61440-byte piece of a file.
-    FileChunk {
-        file_id: String,
-        index: u64,
-        ciphertext: String,
-        iv: String,
-        tag: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        wrapped_key: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        user_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        msg_id: Option<String>,
-    }
-);
-
-payload!(
-    /// `FILE_END`: the sender has sent every chunk.
-    FileEnd {
-        file_id: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        user_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        msg_id: Option<String>,
-    }
-);
-
-payload!(
-    /// `USER_ADVERTISE` / `USER_REMOVE`: a user is (no longer) at `location`.
-    Presence {
-        user_id: String,
-        location: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        proof: Option<Proof>,
-    }
-);
-
-payload!(
-    /// `DB_REGISTER_USER`: a local tells the master a user said hello there.
-    RegisterUser {
-        user_id: String,
-        pubkey: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        proof: Option<Proof>,
-    }
-);
-
-payload!(
-    /// `DB_GET_USER`: a local asks the master for a user's key.
-    DirectoryLookup { user_id: String, req_id: String }
-);
-
-payload!(
-    /// `DB_USER`: the master's answer to `DB_GET_USER`.
-    DirectoryAnswer {
-        user_id: String,
-        found: bool,
-        pubkey: String,
-        req_id: String,
-    }
-);
-
-payload!(
-    /// `ACK`: the sender of these ids may forget them (PROTOCOL.md B).
-    Ack { msg_ids: Vec<String> }
-);
-
-payload!(
-    /// `RECEIPT` (a `socp` extension): what became of content `user_id` sent:
-    /// `queued` (in the master's mailbox) or `delivered` (the recipient's
-    /// client acknowledged it). Routed back to the sender, best effort.
-    Receipt {
-        user_id: String,
-        msg_ids: Vec<String>,
-        status: String,
-    }
-);
-
-payload!(
-    /// `ERROR`: why the previous frame was refused.
-    ErrorBody { code: String, detail: String }
-);
-
-impl Deliver {
-    /// The DM as its sender wrote it (what the content signature covers and
-    /// the recipient opens).
-    pub fn to_private(&self) -> MsgPrivate {
-        MsgPrivate {
-            ciphertext: self.ciphertext.clone(),
-            iv: self.iv.clone(),
-            tag: self.tag.clone(),
-            wrapped_key: self.wrapped_key.clone(),
-            sender_pub: self.sender_pub.clone(),
-            content_sig: self.content_sig.clone(),
-            content_ts: self.content_ts,
-            msg_id: self.msg_id.clone(),
-            extra: Map::new(),
-        }
-    }
-}
+pub use super::payloads::*;
 
 macro_rules! catalogue {
     ($($variant:ident($ty:ty) = $name:literal),* $(,)?) => {
@@ -320,6 +16,13 @@ macro_rules! catalogue {
         #[derive(Debug, Clone, PartialEq)]
         pub enum Message {
             $($variant($ty),)*
+        }
+
+        /// Every frame type `socp` knows, without its payload: what code
+        /// outside this module names a frame type by, instead of a string.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Kind {
+            $($variant,)*
         }
 
         /// Every frame type name `socp` knows.
@@ -330,12 +33,34 @@ macro_rules! catalogue {
             TYPE_NAMES.iter().copied().find(|n| *n == kind)
         }
 
+        impl Kind {
+            /// The envelope `type` of this kind of frame.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Kind::$variant => $name,)*
+                }
+            }
+
+            /// The kind an envelope `type` names, if `socp` knows it.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(Kind::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
         impl Message {
+            /// The kind of this message.
+            pub fn kind(&self) -> Kind {
+                match self {
+                    $(Message::$variant(_) => Kind::$variant,)*
+                }
+            }
+
             /// The envelope `type` of this message.
             pub fn type_name(&self) -> &'static str {
-                match self {
-                    $(Message::$variant(_) => $name,)*
-                }
+                self.kind().name()
             }
 
             /// Parses a payload of the given envelope `type`.
@@ -350,6 +75,13 @@ macro_rules! catalogue {
             pub fn to_payload(&self) -> Map<String, Value> {
                 match self {
                     $(Message::$variant(p) => untyped(p),)*
+                }
+            }
+
+            /// The fields of the payload this version does not know.
+            pub fn extra_mut(&mut self) -> &mut Extra {
+                match self {
+                    $(Message::$variant(p) => &mut p.extra,)*
                 }
             }
         }
@@ -383,10 +115,64 @@ catalogue!(
     Error(ErrorBody) = "ERROR",
 );
 
+impl Kind {
+    /// True for the frames that bring user content into a node (PROTOCOL.md
+    /// C12): what content limits and custody apply to. (`USER_DELIVER`
+    /// only ever leaves a node.)
+    pub fn brings_content(self) -> bool {
+        matches!(
+            self,
+            Kind::MsgPrivate
+                | Kind::PeerDeliver
+                | Kind::GroupKeyShare
+                | Kind::MsgGroup
+                | Kind::FileStart
+                | Kind::FileChunk
+                | Kind::FileEnd
+        )
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Message {
     /// Parses the payload of an envelope by its `type`.
     pub fn from_envelope(env: &Envelope) -> Result<Self, WireError> {
         Self::from_payload(&env.kind, env.payload.clone())
+    }
+
+    /// The `msg_id` of a content message (None: not content, or it has none).
+    pub fn msg_id(&self) -> Option<&str> {
+        match self {
+            Message::MsgPrivate(MsgPrivate { msg_id, .. })
+            | Message::PeerDeliver(Deliver { msg_id, .. })
+            | Message::UserDeliver(Deliver { msg_id, .. })
+            | Message::GroupKeyShare(GroupKeyShare { msg_id, .. })
+            | Message::MsgGroup(MsgGroup { msg_id, .. })
+            | Message::FileStart(FileStart { msg_id, .. })
+            | Message::FileChunk(FileChunk { msg_id, .. })
+            | Message::FileEnd(FileEnd { msg_id, .. }) => msg_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Sets the `msg_id` of a content message (no effect on other messages).
+    pub fn set_msg_id(&mut self, id: String) {
+        match self {
+            Message::MsgPrivate(MsgPrivate { msg_id, .. })
+            | Message::PeerDeliver(Deliver { msg_id, .. })
+            | Message::UserDeliver(Deliver { msg_id, .. })
+            | Message::GroupKeyShare(GroupKeyShare { msg_id, .. })
+            | Message::MsgGroup(MsgGroup { msg_id, .. })
+            | Message::FileStart(FileStart { msg_id, .. })
+            | Message::FileChunk(FileChunk { msg_id, .. })
+            | Message::FileEnd(FileEnd { msg_id, .. }) => *msg_id = Some(id),
+            _ => {}
+        }
     }
 
     /// A group key share entry as a JSON object, unknown fields included.
@@ -400,14 +186,17 @@ impl Message {
     }
 }
 
-fn typed<T: DeserializeOwned>(kind: &str, payload: Map<String, Value>) -> Result<T, WireError> {
+/// Parses a payload of envelope `type` `kind` into its typed form (the
+/// payload's strings move, they are not copied).
+pub fn typed<T: DeserializeOwned>(kind: &str, payload: Map<String, Value>) -> Result<T, WireError> {
     serde_json::from_value(Value::Object(payload)).map_err(|e| WireError::BadPayload {
         kind: kind.to_owned(),
         detail: e.to_string(),
     })
 }
 
-fn untyped<T: Serialize>(payload: &T) -> Map<String, Value> {
+/// A typed payload as a JSON object, unknown fields included.
+pub fn untyped<T: Serialize>(payload: &T) -> Map<String, Value> {
     // Every payload type serializes to an object of plain JSON values.
     match serde_json::to_value(payload) {
         Ok(Value::Object(map)) => map,

@@ -6,8 +6,11 @@ pub mod canonical;
 pub mod envelope;
 pub mod ids;
 pub mod messages;
+mod payloads;
+pub mod size;
 
 pub use envelope::{
-    ENVELOPE_ROOM, Envelope, ErrorCode, MAX_CONTENT_FRAME_BYTES, MAX_FRAME_BYTES, WireError, now_ms,
+    ENVELOPE_ROOM, Envelope, ErrorCode, HELLO_FRESHNESS_MS, MAX_CONTENT_FRAME_BYTES,
+    MAX_FRAME_BYTES, WireError, now_ms,
 };
 pub use messages::Message;

@@ -32,5 +32,7 @@ pub mod cluster;
 pub mod fakenode;
 pub mod flood;
 pub mod procs;
+pub mod pty;
 pub mod raw;
+pub mod termproc;
 pub mod tmpfs;

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::Engine;
+use crate::client::codes::ClientCode;
 use crate::client::commands::OutboxCmd;
 use crate::client::events::{Event, Frontend};
 use crate::client::keyring::{Outgoing, Waiting};
@@ -55,9 +56,11 @@ impl Flights {
             .filter(|f| self.files.contains_key(*f))
     }
 
-    pub fn clear(&mut self) {
-        self.files.clear();
+    /// Forgets every file in flight (the connection was lost) and returns
+    /// them: the node may not have taken them whole, so they were not sent.
+    pub fn drain(&mut self) -> Vec<FileFlight> {
         self.frames.clear();
+        self.files.drain().map(|(_, f)| f).collect()
     }
 }
 
@@ -72,7 +75,10 @@ impl<F: Frontend> Engine<F> {
         match outbox::check_size(&self.cfg.user, to, msg) {
             Ok(_) => true,
             Err(e) => {
-                self.emit(Event::error("TOO_LARGE", format!("{e}; nothing was sent")));
+                self.emit(Event::error(
+                    ClientCode::TooLarge,
+                    format!("{e}; nothing was sent"),
+                ));
                 false
             }
         }
@@ -86,6 +92,7 @@ impl<F: Frontend> Engine<F> {
         if !self.fits(to, &msg) {
             return;
         }
+        self.tags.content(&msg_id);
         let out = Outgoing {
             msg_id: msg_id.clone(),
             to: to.to_owned(),
@@ -94,7 +101,7 @@ impl<F: Frontend> Engine<F> {
         };
         if let Err(e) = self.keyring.outbox_add(&out) {
             return self.emit(Event::error(
-                "KEYRING",
+                ClientCode::Keyring,
                 format!("could not keep the message in the outbox, not sent: {e}"),
             ));
         }
@@ -104,7 +111,7 @@ impl<F: Frontend> Engine<F> {
     /// Sends one outbox entry now if connected; says it waits otherwise. A
     /// node that acknowledges nothing (a reference node) gets "sent" at once.
     async fn transmit(&mut self, out: &Outgoing) {
-        let Some(msg) = rebuild(out) else {
+        let Some(msg) = outbox::message(out) else {
             return;
         };
         let (sent, acks) = match self.session.as_mut() {
@@ -116,17 +123,18 @@ impl<F: Frontend> Engine<F> {
         };
         if !sent {
             self.emit(Event::Pending {
-                msg_id: out.msg_id.clone(),
+                msg_id: Some(out.msg_id.clone()),
+                to: outbox::shown_to(out),
                 reason: "not connected".into(),
             });
         } else if !acks {
-            self.emit_sent(out);
+            self.emit_sent(out, outbox::kind_name(&msg));
         }
     }
 
-    fn emit_sent(&mut self, out: &Outgoing) {
+    fn emit_sent(&mut self, out: &Outgoing, kind: &'static str) {
         self.emit(Event::Sent {
-            kind: outbox::kind_name(&out.kind),
+            kind,
             to: outbox::shown_to(out),
             msg_id: out.msg_id.clone(),
         });
@@ -138,10 +146,10 @@ impl<F: Frontend> Engine<F> {
         self.retry_at.clear();
         let waiting = match self.keyring.outbox_waiting() {
             Ok(w) => w,
-            Err(e) => return self.emit(Event::error("KEYRING", e.to_string())),
+            Err(e) => return self.emit(Event::error(ClientCode::Keyring, e.to_string())),
         };
         for w in waiting.into_iter().filter(|w| !w.held) {
-            let Some(msg) = rebuild(&w.out) else {
+            let Some(msg) = outbox::message(&w.out) else {
                 continue;
             };
             let Some(session) = self.session.as_mut() else {
@@ -181,7 +189,7 @@ impl<F: Frontend> Engine<F> {
             if let Ok(Some(w)) = self.keyring.outbox_get(id) {
                 self.sent.insert(id, &outbox::shown_to(&w.out));
                 self.retry_at.remove(id);
-                self.emit_sent(&w.out);
+                self.emit_sent(&w.out, outbox::entry_kind(&w.out));
             }
             if let Some(file_id) = self.flights.frames.remove(id)
                 && self
@@ -200,7 +208,7 @@ impl<F: Frontend> Engine<F> {
             }
         }
         if let Err(e) = self.keyring.outbox_done(&msg_ids) {
-            self.emit(Event::error("KEYRING", e.to_string()));
+            self.emit(Event::error(ClientCode::Keyring, e.to_string()));
         }
     }
 
@@ -254,7 +262,7 @@ impl<F: Frontend> Engine<F> {
         match Refusal::of(&code) {
             Refusal::Permanent => {
                 if let Err(e) = self.keyring.outbox_done(std::slice::from_ref(&msg_id)) {
-                    self.emit(Event::error("KEYRING", e.to_string()));
+                    self.emit(Event::error(ClientCode::Keyring, e.to_string()));
                 }
                 self.emit(Event::NotSent {
                     msg_id,
@@ -272,7 +280,7 @@ impl<F: Frontend> Engine<F> {
                 ) {
                     Ok(Some(now)) => now,
                     Ok(None) => return,
-                    Err(e) => return self.emit(Event::error("KEYRING", e.to_string())),
+                    Err(e) => return self.emit(Event::error(ClientCode::Keyring, e.to_string())),
                 };
                 let detail = if now.held {
                     format!(
@@ -300,7 +308,7 @@ impl<F: Frontend> Engine<F> {
     pub(super) async fn outbox_command(&mut self, cmd: OutboxCmd) {
         let waiting = match self.keyring.outbox_waiting() {
             Ok(w) => w,
-            Err(e) => return self.emit(Event::error("KEYRING", e.to_string())),
+            Err(e) => return self.emit(Event::error(ClientCode::Keyring, e.to_string())),
         };
         let id = match &cmd {
             OutboxCmd::List => {
@@ -311,7 +319,7 @@ impl<F: Frontend> Engine<F> {
         };
         let w = match outbox::find(&waiting, id) {
             Ok(w) => w.clone(),
-            Err(e) => return self.emit(Event::error("USAGE", e)),
+            Err(e) => return self.emit(Event::error(ClientCode::Usage, e)),
         };
         match cmd {
             OutboxCmd::Drop(_) => {
@@ -320,27 +328,22 @@ impl<F: Frontend> Engine<F> {
                     .keyring
                     .outbox_done(std::slice::from_ref(&w.out.msg_id))
                 {
-                    return self.emit(Event::error("KEYRING", e.to_string()));
+                    return self.emit(Event::error(ClientCode::Keyring, e.to_string()));
                 }
                 self.emit(Event::NotSent {
                     msg_id: w.out.msg_id.clone(),
                     to: outbox::shown_to(&w.out),
-                    code: "DROPPED".into(),
+                    code: ClientCode::Dropped.to_string(),
                     detail: "dropped from the outbox with /outbox drop".into(),
                     kept: false,
                 });
             }
             _ => {
                 if let Err(e) = self.keyring.outbox_release(&w.out.msg_id) {
-                    return self.emit(Event::error("KEYRING", e.to_string()));
+                    return self.emit(Event::error(ClientCode::Keyring, e.to_string()));
                 }
                 self.transmit(&w.out).await;
             }
         }
     }
-}
-
-/// The frame an outbox entry holds (None if it no longer parses).
-fn rebuild(out: &Outgoing) -> Option<Message> {
-    Message::from_payload(&out.kind, out.payload.clone()).ok()
 }

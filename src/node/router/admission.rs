@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{RATE_SOURCES_MAX, Router, StoreOp};
 use crate::crypto::PublicKey;
 use crate::node::policy::{self, AdmitList, PolicyOp, PolicyState, RATE_WINDOW_MS, Registration};
-use crate::node::state::UserRecord;
+use crate::node::records::UserRecord;
 use crate::wire::ErrorCode;
 use crate::wire::messages::Proof;
 

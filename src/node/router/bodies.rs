@@ -6,6 +6,7 @@
 //! memory per frame, not per byte.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use super::{Output, Router, StoreOp, custody::Dest};
 
@@ -41,8 +42,13 @@ impl Router {
             let Some(dest) = self.custody.dest_of(seq) else {
                 continue; // released meanwhile
             };
-            match body {
-                Some(body) => self.custody.restore(seq, body),
+            let restored = body.map(|b| self.custody.restore(seq, Arc::unwrap_or_clone(b)));
+            match restored {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::error!(seq, error = %e.log_summary(), "a custody row on disk is not the content it says");
+                    missing.push(seq);
+                }
                 None => missing.push(seq),
             }
             dests.insert(dest);
@@ -56,7 +62,7 @@ impl Router {
             // Never expected: a body is dropped only once its row is written.
             tracing::error!(
                 frames = missing.len(),
-                "custody rows missing on disk; their frames are dropped"
+                "custody rows missing or unreadable on disk; their frames are dropped"
             );
             self.custody.release(&missing);
             self.persist(StoreOp::Release(missing));

@@ -1,118 +1,34 @@
-//! Server links and presence: link hellos and pinning, snapshots, link
-//! loss, and the presence and directory frames of PROTOCOL.md C5.
+//! Server links: link hellos and pinning (PROTOCOL.md C5), link loss, and
+//! what a link's frames are dispatched to (presence, directory, content,
+//! acks, receipts, errors).
 
 use serde_json::{Map, Value};
 
-use super::admission::RegSource;
 use super::{
-    ConnId, HELLO_FRESHNESS_MS, Link, LinkHelloIn, Output, Pending, Router, StoreOp, code_of,
-    content, error_payload, lookup_answer, our_caps, payload_of, proof_digest, proof_signed_by,
-    registration, session_offer, truncate,
+    ConnId, Link, LinkHelloIn, Output, Pending, Router, StoreOp, code_of, our_caps, session_offer,
+    truncate,
 };
-use crate::crypto::PublicKey;
-use crate::node::custody::{Dest, Hop};
-use crate::node::policy::PolicyOp;
-use crate::node::state::{PresenceRecord, ServerRecord, UserRecord};
+use crate::node::custody::Hop;
+use crate::node::records::ServerRecord;
 use crate::wire::ids;
-use crate::wire::messages::{
-    DirectoryAnswer, ErrorBody, Message, PeerHelloLink, Presence, RegisterUser, Role,
-};
+use crate::wire::messages::{ErrorBody, Message, PeerHelloLink, Presence, Receipt, Role};
 use crate::wire::{Envelope, ErrorCode};
 
 impl Router {
     pub(super) fn link_hello(&mut self, hello: LinkHelloIn) {
+        match self.link_refusal(&hello) {
+            Some(NoLink::Close) => return self.out.push(Output::Close(hello.conn)),
+            Some(NoLink::Refuse(code, detail)) => {
+                return self.refuse(hello.conn, &hello.server_id, code, detail);
+            }
+            None => {}
+        }
+        if !self.keep_one_link(&hello) {
+            return self.out.push(Output::Close(hello.conn));
+        }
         let id = hello.server_id.clone();
-        let key = hello.key.to_b64().to_owned();
-        if id == self.cfg.me {
-            return self.out.push(Output::Close(hello.conn));
-        }
-        // The master a local dialed is its trust anchor, pinned on its own;
-        // every other link needs an --admit entry when there is a list.
-        if !hello.dialed_master && !self.admits(&id, &hello.key) {
-            tracing::warn!(server = %id, fingerprint = %hello.key.fingerprint(), "refused link: not admitted (--admit)");
-            return self.refuse(
-                hello.conn,
-                &id,
-                ErrorCode::NotAllowed,
-                "this server is not admitted to the mesh: its operator must list its id or key fingerprint (--admit)",
-            );
-        }
-        if let Some(rec) = self.servers.get(&id)
-            && rec.pubkey != key
-        {
-            tracing::warn!(server = %id, "refused link: server id is pinned to another key");
-            return self.refuse(
-                hello.conn,
-                &id,
-                ErrorCode::BadKey,
-                "this server id is pinned to another key",
-            );
-        }
-        if let Some(rec) = self.servers.get(&id)
-            && hello.ts <= rec.hello_ts
-        {
-            tracing::warn!(server = %id, "refused link: its hello is not newer than the last one (a replay?)");
-            return self.refuse(
-                hello.conn,
-                &id,
-                ErrorCode::NotAllowed,
-                "link hello is not newer than the last accepted one (replayed, or the clock went back)",
-            );
-        }
-        match (self.cfg.master, hello.role) {
-            (true, Role::Master) => {
-                return self.refuse(
-                    hello.conn,
-                    &id,
-                    ErrorCode::NotAllowed,
-                    "a mesh has one master",
-                );
-            }
-            (false, Role::Master) if !hello.dialed_master => {
-                return self.refuse(
-                    hello.conn,
-                    &id,
-                    ErrorCode::NotAllowed,
-                    "only the master we dial may link as master",
-                );
-            }
-            (false, Role::Local) if hello.dialed_master => {
-                tracing::warn!(server = %id, "--master-url answered as a local, not a master");
-                return self.out.push(Output::Close(hello.conn));
-            }
-            _ => {}
-        }
-        if hello.dialed_master
-            && let Some(pinned) = self.master_id.as_deref()
-            && pinned != id
-        {
-            tracing::error!(
-                pinned,
-                found = %id,
-                "the master now has another id; if it was reset on purpose, reset this local too (scripts/reset.sh)"
-            );
-            return self.out.push(Output::Close(hello.conn));
-        }
-        if let Some(old) = self.links.get(&id) {
-            // One live link per pair. Two servers that dial each other keep
-            // the link the smaller id dialed; a server that dials again
-            // replaces its old link (which may be dead without knowing it).
-            let crossed = old.dialed != hello.dialed;
-            let new_dialer = if hello.dialed {
-                self.cfg.me.as_str()
-            } else {
-                id.as_str()
-            };
-            if crossed && new_dialer != self.cfg.me.as_str().min(id.as_str()) {
-                tracing::debug!(server = %id, "closing a crossed duplicate link");
-                return self.out.push(Output::Close(hello.conn));
-            }
-            let old_conn = old.conn;
-            self.out.push(Output::Close(old_conn));
-            self.drop_link(old_conn);
-        }
         let rec = ServerRecord {
-            pubkey: key,
+            pubkey: hello.key.to_b64().to_owned(),
             role: hello.role,
             host: hello.host.clone(),
             port: hello.port,
@@ -127,29 +43,14 @@ impl Router {
             self.master_id = Some(id.clone());
         }
         if !hello.dialed {
-            let reply = payload_of(&PeerHelloLink {
-                host: self.cfg.host.clone(),
-                port: self.cfg.port,
-                pubkey: self.cfg.pubkey.clone(),
-                role: if self.cfg.master {
-                    Role::Master
-                } else {
-                    Role::Local
-                },
-                caps: Some(our_caps(hello.session.is_some())),
-                session: session_offer(&hello.session),
-                extra: Map::new(),
-            });
-            self.send(hello.conn, "PEER_HELLO_LINK", &id, reply);
+            self.answer_link_hello(&hello);
         }
-        self.links.insert(
-            id.clone(),
-            Link {
-                conn: hello.conn,
-                socp: hello.socp,
-                dialed: hello.dialed,
-            },
-        );
+        let link = Link {
+            conn: hello.conn,
+            socp: hello.socp,
+            dialed: hello.dialed,
+        };
+        self.links.insert(id.clone(), link);
         self.conn_links.insert(hello.conn, id.clone());
         tracing::info!(server = %id, role = ?hello.role, "link up");
         self.restore_presence(&id, hello.socp);
@@ -157,65 +58,111 @@ impl Router {
         self.pump_all();
     }
 
-    /// After a link forms: a `socp` peer re-advertises its users, so what we
-    /// cached from it is dropped; a reference peer does not, so the cache is
-    /// restored.
-    pub(super) fn restore_presence(&mut self, server: &str, socp: bool) {
-        let via: Vec<String> = self
-            .presence
-            .iter()
-            .filter(|(_, p)| p.via == server && !p.live)
-            .map(|(u, _)| u.clone())
-            .collect();
-        for user in via {
-            if socp {
-                self.presence.remove(&user);
-                self.persist(StoreOp::RemovePresence(user));
-            } else if let Some(p) = self.presence.get_mut(&user) {
-                p.live = true;
-                let adv = payload_of(&Presence {
-                    user_id: user,
-                    location: p.location.clone(),
-                    proof: p.proof.clone(),
-                    extra: Map::new(),
-                });
-                if self.cfg.master {
-                    self.broadcast(Some(server), "USER_ADVERTISE", &adv);
-                }
+    /// Why a link hello is not taken, if it is not: a link to ourselves, a
+    /// server not admitted, a key or hello that does not match what is
+    /// pinned, a role this node does not take from it.
+    fn link_refusal(&self, hello: &LinkHelloIn) -> Option<NoLink> {
+        let id = &hello.server_id;
+        if *id == self.cfg.me {
+            return Some(NoLink::Close);
+        }
+        // The master a local dialed is its trust anchor, pinned on its own;
+        // every other link needs an --admit entry when there is a list.
+        if !hello.dialed_master && !self.admits(id, &hello.key) {
+            tracing::warn!(server = %id, fingerprint = %hello.key.fingerprint(), "refused link: not admitted (--admit)");
+            return Some(NoLink::Refuse(
+                ErrorCode::NotAllowed,
+                "this server is not admitted to the mesh: its operator must list its id or key fingerprint (--admit)",
+            ));
+        }
+        if let Some(rec) = self.servers.get(id) {
+            if rec.pubkey != hello.key.to_b64() {
+                tracing::warn!(server = %id, "refused link: server id is pinned to another key");
+                return Some(NoLink::Refuse(
+                    ErrorCode::BadKey,
+                    "this server id is pinned to another key",
+                ));
+            }
+            if hello.ts <= rec.hello_ts {
+                tracing::warn!(server = %id, "refused link: its hello is not newer than the last one (a replay?)");
+                return Some(NoLink::Refuse(
+                    ErrorCode::NotAllowed,
+                    "link hello is not newer than the last accepted one (replayed, or the clock went back)",
+                ));
             }
         }
+        match (self.cfg.master, hello.role) {
+            (true, Role::Master) => {
+                let detail = "a mesh has one master";
+                return Some(NoLink::Refuse(ErrorCode::NotAllowed, detail));
+            }
+            (false, Role::Master) if !hello.dialed_master => {
+                let detail = "only the master we dial may link as master";
+                return Some(NoLink::Refuse(ErrorCode::NotAllowed, detail));
+            }
+            (false, Role::Local) if hello.dialed_master => {
+                tracing::warn!(server = %id, "--master-url answered as a local, not a master");
+                return Some(NoLink::Close);
+            }
+            _ => {}
+        }
+        if hello.dialed_master
+            && let Some(pinned) = self.master_id.as_deref()
+            && pinned != id
+        {
+            tracing::error!(
+                pinned,
+                found = %id,
+                "the master now has another id; if it was reset on purpose, reset this local too (scripts/reset.sh)"
+            );
+            return Some(NoLink::Close);
+        }
+        None
     }
 
-    /// A new link learns who is online: our own users (registered first,
-    /// if it is our master) and, from the master, everyone else's.
-    pub(super) fn send_snapshot(&mut self, server: &str) {
-        let own: Vec<String> = self.sessions.keys().cloned().collect();
-        let is_master_link = self.master_id.as_deref() == Some(server);
-        for user in &own {
-            if is_master_link && let Some(session) = self.sessions.get(user) {
-                let reg = registration(user, &session.key, session.proof.clone());
-                self.send_link(server, "DB_REGISTER_USER", server, reg);
-            }
-            let adv = self.own_advert(user);
-            self.send_link(server, "USER_ADVERTISE", ids::TO_ALL, adv);
+    /// One live link per pair. Two servers that dial each other keep the
+    /// link the smaller id dialed; a server that dials again replaces its
+    /// old link (which may be dead without knowing it). False if the new
+    /// link is the one to close.
+    fn keep_one_link(&mut self, hello: &LinkHelloIn) -> bool {
+        let id = hello.server_id.as_str();
+        let Some(old) = self.links.get(id) else {
+            return true;
+        };
+        let crossed = old.dialed != hello.dialed;
+        let new_dialer = if hello.dialed {
+            self.cfg.me.as_str()
+        } else {
+            id
+        };
+        if crossed && new_dialer != self.cfg.me.as_str().min(id) {
+            tracing::debug!(server = %id, "closing a crossed duplicate link");
+            return false;
         }
-        if self.cfg.master {
-            let others: Vec<(String, PresenceRecord)> = self
-                .presence
-                .iter()
-                .filter(|(_, p)| p.live && p.location != server)
-                .map(|(u, p)| (u.clone(), p.clone()))
-                .collect();
-            for (user, p) in others {
-                let adv = payload_of(&Presence {
-                    user_id: user,
-                    location: p.location,
-                    proof: p.proof,
-                    extra: Map::new(),
-                });
-                self.send_link(server, "USER_ADVERTISE", ids::TO_ALL, adv);
-            }
-        }
+        let old_conn = old.conn;
+        self.out.push(Output::Close(old_conn));
+        self.drop_link(old_conn);
+        true
+    }
+
+    /// The acceptor's answer to a link hello: our own hello, with the
+    /// `mac-v1` offer if the connection made one.
+    fn answer_link_hello(&mut self, hello: &LinkHelloIn) {
+        let role = if self.cfg.master {
+            Role::Master
+        } else {
+            Role::Local
+        };
+        let reply = Message::PeerHelloLink(PeerHelloLink {
+            host: self.cfg.host.clone(),
+            port: self.cfg.port,
+            pubkey: self.cfg.pubkey.clone(),
+            role,
+            caps: Some(our_caps(hello.session.is_some())),
+            session: session_offer(&hello.session),
+            extra: Map::new(),
+        });
+        self.send(hello.conn, &hello.server_id, reply);
     }
 
     pub(super) fn link_closed(&mut self, conn: ConnId) {
@@ -241,13 +188,13 @@ impl Router {
                 };
                 p.live = false;
                 if self.cfg.master {
-                    let remove = payload_of(&Presence {
+                    let remove = Message::UserRemove(Presence {
                         user_id: user,
                         location: p.location.clone(),
                         proof: None,
                         extra: Map::new(),
                     });
-                    self.broadcast(Some(&server), "USER_REMOVE", &remove);
+                    self.broadcast(Some(&server), &remove);
                 }
             }
             self.hop_down(&Hop::Link(server));
@@ -255,7 +202,7 @@ impl Router {
     }
 
     pub(super) fn link_frame(&mut self, conn: ConnId, env: Envelope, msg: Message) {
-        let Some(server) = self.conn_links.get(&conn).cloned() else {
+        let Some(server) = self.sender(conn, &env, true) else {
             return;
         };
         // Receipts addressed to another server (on their way back to a
@@ -265,46 +212,15 @@ impl Router {
         if self.cfg.master
             && env.to != self.cfg.me
             && ids::check_server(&env.to).is_ok()
-            && matches!(msg, Message::Receipt(_))
+            && let Message::Receipt(r) = msg
         {
-            if env.to != server {
-                let kind = msg.type_name();
-                let mut msg = msg;
-                // A receipt is relayed only for DMs the master handed to the
-                // server that sends it.
-                if let Message::Receipt(r) = &mut msg {
-                    let ids = std::mem::take(&mut r.msg_ids);
-                    r.msg_ids =
-                        self.receipt_ids_from(&server, &r.user_id.clone(), ids, &r.status.clone());
-                    if r.msg_ids.is_empty() {
-                        return;
-                    }
-                }
-                let mut payload = msg.to_payload();
-                // Only the master itself may refuse a user.
-                payload.remove("refused_user");
-                self.send_link(&env.to.clone(), kind, &env.to, payload);
-            }
-            return;
+            return self.relay_receipt(&server, &env.to, r);
         }
         match msg {
             Message::UserAdvertise(p) => self.peer_advertise(&server, p),
             Message::UserRemove(p) => self.peer_remove(&server, p),
             Message::DbRegisterUser(r) => self.peer_register(&server, r),
-            Message::DbGetUser(q) if self.cfg.master => {
-                let answer = payload_of(&DirectoryAnswer {
-                    user_id: q.user_id.clone(),
-                    found: self.users.contains_key(&q.user_id),
-                    pubkey: self
-                        .users
-                        .get(&q.user_id)
-                        .map(|u| u.pubkey.clone())
-                        .unwrap_or_default(),
-                    req_id: q.req_id,
-                    extra: Map::new(),
-                });
-                self.send_link(&server, "DB_USER", &server, answer);
-            }
+            Message::DbGetUser(q) if self.cfg.master => self.peer_lookup(&server, q),
             Message::DbUser(a) => self.directory_answer(a),
             Message::PeerDeliver(_)
             | Message::GroupKeyShare(_)
@@ -328,68 +244,52 @@ impl Router {
         }
     }
 
+    /// The master passes a receipt from `server` on to the server `to`,
+    /// for the DMs it handed to `server` only.
+    fn relay_receipt(&mut self, server: &str, to: &str, mut r: Receipt) {
+        if to == server {
+            return;
+        }
+        let ids = std::mem::take(&mut r.msg_ids);
+        r.msg_ids = self.receipt_ids_from(server, &r.user_id.clone(), ids, &r.status.clone());
+        if r.msg_ids.is_empty() {
+            return;
+        }
+        // Only the master itself may refuse a user.
+        r.extra.remove(REFUSED_USER);
+        self.send_link(to, to, Message::Receipt(r));
+    }
+
     pub(super) fn peer_error(&mut self, server: &str, env: &Envelope, e: ErrorBody) {
         tracing::info!(server, code = %e.code, detail = %truncate(&e.detail), "error from peer");
-        // Only the directory may refuse a user, and only to the server that
-        // asked to register them: from anyone else (or relayed for anyone
-        // else) it would let one server disconnect users hosted elsewhere
-        // (PROTOCOL.md C13).
         let from_master = !self.cfg.master && self.master_id.as_deref() == Some(server);
-        if let Some(Value::String(user)) = e.extra.get("refused_user") {
-            if !from_master {
-                tracing::warn!(server, user = %truncate(user), "ignored a user refusal from a server that is not our master");
-                return;
-            }
-            // The master refused a registration we asked for: the user
-            // waiting for it hears why.
-            if let Some(req) = self.pending.iter().find_map(|(req, p)| {
-                matches!(p, Pending::Hello(h) if h.user_id == *user).then(|| req.clone())
-            }) && let Some(Pending::Hello(hello)) = self.pending.remove(&req)
-            {
-                let user = user.clone();
-                return self.refuse(hello.conn, &user, code_of(&e.code), e.detail);
-            }
-            if let Some(conn) = self.sessions.get(user).map(|s| s.conn) {
-                let user = user.clone();
-                return self.refuse(conn, &user, code_of(&e.code), e.detail.clone());
-            }
-            return;
+        if let Some(Value::String(user)) = e.extra.get(REFUSED_USER) {
+            let user = user.clone();
+            return self.registration_refused(server, from_master, &user, e);
         }
         // The next hop could not store content we handed it: it keeps
         // nothing, so we send it again a little later (until then it holds
         // no window slot, and nothing behind it waits on it).
-        if e.code == ErrorCode::Storage.as_str()
+        if e.error_code() == Some(ErrorCode::Storage)
             && env.to == self.cfg.me
-            && let Some(id) = e.extra.get("msg_id").and_then(Value::as_str)
+            && let Some(id) = e.msg_id()
         {
-            let dests = self.custody.requeue(&Hop::Link(server.to_owned()), id);
-            if !dests.is_empty() {
-                let req_id = self.new_req_id();
-                self.pending.insert(req_id.clone(), Pending::Retry(dests));
-                self.out.push(Output::Timer {
-                    req_id,
-                    after: STORAGE_RETRY,
-                });
-            }
-            return;
+            return self.retry_later(server, id);
         }
         // An error for a user (PROTOCOL.md C13): from our master (which
         // checks what it relays), or about a DM of theirs we handed to the
         // server that sends it. Anything else would let any server tell any
         // user their messages failed.
         let user = env.to.clone();
-        let msg_id = e.extra.get("msg_id").and_then(Value::as_str);
+        let msg_id = e.msg_id();
         let carried = msg_id.is_some_and(|id| self.carried.went_to(&user, id, server));
         if !(from_master || carried) {
             tracing::info!(server, user = %truncate(&user), "dropped an error for a user from a server that did not carry their content");
             return;
         }
-        let payload = match msg_id {
-            Some(id) => content::content_error(code_of(&e.code), e.detail, id),
-            None => error_payload(code_of(&e.code), e.detail),
-        };
+        let error = Message::Error(ErrorBody::about(code_of(&e), e.detail.clone(), msg_id));
         if let Some(conn) = self.sessions.get(&user).map(|s| s.conn) {
-            self.send(conn, "ERROR", &user, payload);
+            self.send(conn, &user, error);
             return;
         }
         // The master passes it on to the server the user is on.
@@ -400,222 +300,58 @@ impl Router {
                 .filter(|p| p.live && p.location != server)
                 .map(|p| p.location.clone())
         {
-            self.send_link(&loc, "ERROR", &user, payload);
+            self.send_link(&loc, &user, error);
         }
     }
 
-    pub(super) fn directory_answer(&mut self, a: DirectoryAnswer) {
-        if a.found && PublicKey::from_b64(&a.pubkey).is_ok() {
-            match self.users.get_mut(&a.user_id) {
-                None => {
-                    let rec = UserRecord::new(a.pubkey.clone(), false, self.now);
-                    self.users.insert(a.user_id.clone(), rec.clone());
-                    self.persist(StoreOp::PinUser(a.user_id.clone(), rec));
-                }
-                // The master is the directory: a key its operator reset
-                // replaces what this local cached.
-                Some(rec) if rec.pubkey != a.pubkey && self.master_id.is_some() => {
-                    tracing::warn!(user = %a.user_id, "the master has a new key for this user (reset by its operator)");
-                    rec.pubkey = a.pubkey.clone();
-                    self.persist(StoreOp::Policy(PolicyOp::ReplaceKey {
-                        user: a.user_id.clone(),
-                        pubkey: a.pubkey.clone(),
-                    }));
-                }
-                Some(_) => {}
-            }
-        }
-        match self.pending.remove(&a.req_id) {
-            Some(Pending::Lookup { conn, user_id }) if user_id == a.user_id => {
-                if let Some(user) = self.conn_users.get(&conn).cloned() {
-                    let pubkey = a.found.then_some(a.pubkey.as_str());
-                    self.send(
-                        conn,
-                        "USER_DB_USER",
-                        &user,
-                        lookup_answer(&a.user_id, pubkey),
-                    );
-                }
-            }
-            Some(Pending::Hello(hello)) if hello.user_id == a.user_id => {
-                let user = hello.user_id.clone();
-                if !a.found {
-                    self.refuse(
-                        hello.conn,
-                        &user,
-                        ErrorCode::NotAllowed,
-                        "the master refused to register this user",
-                    );
-                } else if a.pubkey != hello.key.to_b64() {
-                    self.refuse(
-                        hello.conn,
-                        &user,
-                        ErrorCode::BadKey,
-                        format!("{user} is registered with another key; pick another user id"),
-                    );
-                } else {
-                    self.accept_user(hello);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    pub(super) fn peer_register(&mut self, server: &str, r: RegisterUser) {
-        if !self.cfg.master {
+    /// The master refused a registration we asked for: the user waiting for
+    /// it (or welcomed meanwhile) hears why. Only the directory may refuse
+    /// a user, and only to the server that asked to register them: from
+    /// anyone else (or relayed for anyone else) it would let one server
+    /// disconnect users hosted elsewhere (PROTOCOL.md C13).
+    fn registration_refused(&mut self, server: &str, from_master: bool, user: &str, e: ErrorBody) {
+        if !from_master {
+            tracing::warn!(server, user = %truncate(user), "ignored a user refusal from a server that is not our master");
             return;
         }
-        let refuse = |this: &mut Self, code: ErrorCode, detail: String| {
-            tracing::warn!(server, user = %truncate(&r.user_id), %detail, "registration refused");
-            let mut payload = error_payload(code, detail);
-            payload.insert("refused_user".into(), Value::String(r.user_id.clone()));
-            this.send_link(server, "ERROR", &r.user_id, payload);
-        };
-        if ids::check_user(&r.user_id).is_err() || PublicKey::from_b64(&r.pubkey).is_err() {
-            return refuse(self, ErrorCode::BadKey, "bad user id or key".into());
-        }
-        // A server may register only the users whose signed hello it
-        // carries (C13); proofless registrations are for legacy clients.
-        match &r.proof {
-            None if !self.cfg.allow_legacy => {
-                return refuse(
-                    self,
-                    ErrorCode::NotAllowed,
-                    "a registration needs the user's signed hello as proof (this master admits no legacy clients)".into(),
-                );
-            }
-            Some(proof) if !proof_signed_by(proof, &r.user_id, &r.pubkey) => {
-                return refuse(
-                    self,
-                    ErrorCode::InvalidSig,
-                    "registration proof does not verify".into(),
-                );
-            }
-            _ => {}
-        }
-        let known = self.users.get(&r.user_id).map(|rec| rec.pubkey == r.pubkey);
-        match known {
-            Some(true) => {}
-            Some(false) if !self.policy.resets.contains(&r.user_id) => refuse(
-                self,
-                ErrorCode::BadKey,
-                format!(
-                    "{} is registered with another key; pick another user id",
-                    r.user_id
-                ),
-            ),
-            _ => {
-                // A new id: its proof must be fresh, not a hello kept from
-                // long ago, and the policy and the server's rate apply.
-                if let Some(proof) = &r.proof {
-                    let ts = proof.payload.get("ts").and_then(Value::as_i64).unwrap_or(0);
-                    if (self.now - ts).abs() > HELLO_FRESHNESS_MS {
-                        return refuse(
-                            self,
-                            ErrorCode::InvalidSig,
-                            "stale registration proof".into(),
-                        );
-                    }
-                }
-                let source = Some(RegSource::Server(server.to_owned()));
-                if let Err((code, detail)) =
-                    self.register_new(&r.user_id, &r.pubkey, r.proof.as_ref(), source)
-                {
-                    refuse(self, code, detail);
-                }
-            }
-        }
-    }
-
-    pub(super) fn peer_advertise(&mut self, server: &str, p: Presence) {
-        let from_master = self.master_id.as_deref() == Some(server);
-        if p.location == self.cfg.me || ids::check_user(&p.user_id).is_err() {
-            return;
-        }
-        if self.cfg.master {
-            if p.location != server {
-                tracing::warn!(server, user = %p.user_id, location = %truncate(&p.location), "refused presence for another server");
-                return;
-            }
-            if let Err(why) = self.check_claim(server, &p) {
-                tracing::warn!(server, user = %p.user_id, why, "refused presence claim");
-                return;
-            }
-        } else if !from_master {
-            tracing::debug!(server, user = %p.user_id, "presence from a peer ignored: the master relays it");
-            return;
-        }
-        if self.sessions.contains_key(&p.user_id) {
-            return;
-        }
-        let rec = PresenceRecord {
-            location: p.location.clone(),
-            via: server.to_owned(),
-            proof: p.proof.clone(),
-            live: true,
-            updated_ms: self.now,
-        };
-        self.presence.insert(p.user_id.clone(), rec.clone());
-        self.persist(StoreOp::SetPresence(p.user_id.clone(), rec));
-        if self.cfg.master {
-            let relay = payload_of(&p);
-            self.broadcast(Some(server), "USER_ADVERTISE", &relay);
-        }
-        self.pump(&Dest::User(p.user_id));
-    }
-
-    /// The master's check of a presence claim: a proof signed with the user's
-    /// directory key, fresh when first seen and owned by the first server
-    /// that presented it; no proof only for legacy users.
-    pub(super) fn check_claim(&mut self, server: &str, p: &Presence) -> Result<(), &'static str> {
-        let Some(rec) = self.users.get(&p.user_id) else {
-            return Err("user is not registered");
-        };
-        let Some(proof) = &p.proof else {
-            return if rec.legacy {
-                Ok(())
-            } else {
-                Err("no proof for a signed user")
-            };
-        };
-        if !proof_signed_by(proof, &p.user_id, &rec.pubkey) {
-            return Err("proof is not signed with the directory key");
-        }
-        let digest = proof_digest(proof);
-        match self.proof_owners.get(&digest) {
-            Some(owner) if owner.server == server => Ok(()),
-            Some(_) => Err("proof belongs to another server"),
-            None => {
-                let ts = proof.payload.get("ts").and_then(Value::as_i64).unwrap_or(0);
-                if (self.now - ts).abs() > HELLO_FRESHNESS_MS {
-                    return Err("stale proof");
-                }
-                self.own_proof(digest, server, &p.user_id);
-                Ok(())
-            }
-        }
-    }
-
-    pub(super) fn peer_remove(&mut self, server: &str, p: Presence) {
-        let trusted = self.master_id.as_deref() == Some(server) || p.location == server;
-        if !trusted {
-            return;
-        }
-        if self
-            .presence
-            .get(&p.user_id)
-            .is_some_and(|rec| rec.location == p.location)
+        if let Some(req) = self.pending.iter().find_map(|(req, p)| {
+            matches!(p, Pending::Hello(h) if h.user_id == user).then(|| req.clone())
+        }) && let Some(Pending::Hello(hello)) = self.pending.remove(&req)
         {
-            self.presence.remove(&p.user_id);
-            self.persist(StoreOp::RemovePresence(p.user_id.clone()));
-            if self.cfg.master {
-                let relay = payload_of(&Presence { proof: None, ..p });
-                self.broadcast(Some(server), "USER_REMOVE", &relay);
-            }
+            return self.refuse(hello.conn, user, code_of(&e), e.detail);
+        }
+        if let Some(conn) = self.sessions.get(user).map(|s| s.conn) {
+            self.refuse(conn, user, code_of(&e), e.detail);
         }
     }
+
+    /// `server` could not store what it was handed under `msg_id`: it is
+    /// pending again, and sent again after [`STORAGE_RETRY`].
+    fn retry_later(&mut self, server: &str, msg_id: &str) {
+        let dests = self.custody.requeue(&Hop::Link(server.to_owned()), msg_id);
+        if !dests.is_empty() {
+            let req_id = self.new_req_id();
+            self.pending.insert(req_id.clone(), Pending::Retry(dests));
+            self.out.push(Output::Timer {
+                req_id,
+                after: STORAGE_RETRY,
+            });
+        }
+    }
+}
+
+/// Why a link hello is not taken.
+enum NoLink {
+    /// Closed without a word (a link to ourselves, a master that changed).
+    Close,
+    /// Answered with an error, then closed.
+    Refuse(ErrorCode, &'static str),
 }
 
 /// How long content the next hop could not store waits before it is sent
 /// again.
 pub const STORAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The field of an `ERROR` from the master that names the user whose
+/// registration it refused (a `socp` extension).
+pub(super) const REFUSED_USER: &str = "refused_user";

@@ -8,9 +8,19 @@ mod admission;
 mod bodies;
 mod carried;
 mod content;
+mod delivery;
+mod directory;
+mod events;
+mod groups;
 mod links;
 mod persist;
+mod presence;
 mod replay;
+mod req_ids;
+#[cfg(test)]
+mod scenarios;
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -18,25 +28,29 @@ mod users;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::custody::{self, Custody, Entry};
-use super::state::{
-    GroupRecord, PresenceRecord, ProofOwner, ServerRecord, Snapshot, StoreFailure, UserRecord,
+pub use events::LinkStatus;
+use events::RECIPIENTS;
+pub(crate) use events::{
+    Frame, Input, LinkHelloIn, Names, Outgoing, Output, Relay, StoreOp, UserHelloIn,
 };
+
+use super::custody::{self, Custody};
+use super::records::{GroupRecord, PresenceRecord, ProofOwner, ServerRecord, UserRecord};
+use super::state::{Snapshot, StoreFailure};
 use crate::crypto::{self, PublicKey};
-use crate::wire::messages::{ErrorBody, Message, Proof, RegisterUser, Role, UserLookupAnswer};
+use crate::wire::messages::{
+    ErrorBody, Message, Presence, Proof, RegisterUser, Role, UserLookupAnswer,
+};
 use crate::wire::{Envelope, ErrorCode};
 use crate::wire::{canonical, ids};
 
-/// Identifies one connection of this node.
-pub(crate) type ConnId = u64;
+pub(crate) use super::records::ConnId;
 
 /// How long a directory lookup through the master may take.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How far a signed hello's `ts` may be from our clock (PROTOCOL.md C3).
-pub const HELLO_FRESHNESS_MS: i64 = 120_000;
+pub use crate::wire::HELLO_FRESHNESS_MS;
 /// Frames kept from a connection whose hello is still being checked.
 pub const MAX_EARLY_FRAMES: usize = 64;
 /// Addresses and servers whose registrations are counted at once; beyond
@@ -64,128 +78,6 @@ pub(crate) fn our_caps(mac: bool) -> Vec<String> {
 
 /// The capability a `socp` peer lists in its hello.
 pub const CAP_SOCP: &str = "socp-v1";
-
-/// A frame for a connection's writer to stamp with our id, sign and send.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Outgoing {
-    pub kind: &'static str,
-    pub to: String,
-    pub payload: Map<String, Value>,
-}
-
-/// A row for the store writer.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum StoreOp {
-    PinUser(String, UserRecord),
-    PinServer(String, ServerRecord),
-    SetPresence(String, PresenceRecord),
-    RemovePresence(String),
-    SeenHello([u8; 32], i64),
-    ProofOwner([u8; 32], String, String),
-    /// Proofs that can never be presented again (see `replay.rs`).
-    ForgetProofs(Vec<[u8; 32]>),
-    SetGroup(String, GroupRecord),
-    /// A frame taken into custody.
-    Custody(Entry),
-    /// Frames handed on and acknowledged (or expired).
-    Release(Vec<u64>),
-    /// Registration policy rows (invites used, key resets done).
-    Policy(super::policy::PolicyOp),
-}
-
-/// What the node must do.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Output {
-    Send(ConnId, Outgoing),
-    /// Close after the frames already queued for it are sent.
-    Close(ConnId),
-    Persist(StoreOp),
-    Timer {
-        req_id: String,
-        after: Duration,
-    },
-    /// Acknowledge `msg_id` to the connection once what came before is
-    /// committed (ack after persist).
-    AckAfterPersist {
-        conn: ConnId,
-        to: String,
-        msg_id: String,
-    },
-    /// Read these custody bodies back from disk (answered by `BodiesRead`).
-    LoadBodies(Vec<u64>),
-}
-
-/// A user hello whose key, signature and freshness the connection checked.
-#[derive(Debug, Clone)]
-pub(crate) struct UserHelloIn {
-    pub conn: ConnId,
-    pub user_id: String,
-    pub key: PublicKey,
-    /// The signed hello, as proof of presence (None for a legacy hello).
-    pub proof: Option<Proof>,
-    /// A `mac-v1` secret wrapped for the user, for the welcome.
-    pub session: Option<String>,
-    /// The user's IP address, for the registration rate (None: unknown).
-    pub addr: Option<std::net::IpAddr>,
-}
-
-/// A server hello whose signature the connection checked.
-#[derive(Debug, Clone)]
-pub(crate) struct LinkHelloIn {
-    pub conn: ConnId,
-    pub server_id: String,
-    pub key: PublicKey,
-    pub role: Role,
-    pub host: String,
-    pub port: u16,
-    /// The hello's envelope `ts`: must grow from one link to the next.
-    pub ts: i64,
-    /// The peer listed our capability: it re-advertises after a reconnect.
-    pub socp: bool,
-    /// We dialed it (its hello is the answer to ours).
-    pub dialed: bool,
-    /// We dialed it as our master (`--master-url`).
-    pub dialed_master: bool,
-    /// A `mac-v1` secret wrapped for the dialer, for our answer.
-    pub session: Option<String>,
-}
-
-/// Events the router consumes.
-#[derive(Debug, Clone)]
-pub(crate) enum Input {
-    UserHello(UserHelloIn),
-    /// A frame from a user; `env` carries the header only (the payload
-    /// moved into `msg`).
-    UserFrame {
-        conn: ConnId,
-        env: Envelope,
-        msg: Message,
-    },
-    UserClosed(ConnId),
-    LinkHello(LinkHelloIn),
-    LinkFrame {
-        conn: ConnId,
-        env: Envelope,
-        msg: Message,
-    },
-    LinkClosed(ConnId),
-    Timeout(String),
-    /// Periodic housekeeping (mailbox expiry).
-    Tick,
-    /// The node is stopping: tell the peers our users are gone.
-    Shutdown,
-    /// Nothing else is queued: send what was held back for batching.
-    Idle,
-    /// The store could not write these (PROTOCOL.md C14).
-    StoreFailed(StoreFailure),
-    /// These custody rows are on disk.
-    Stored(Vec<u64>),
-    /// Custody bodies read back from disk, and those that could not be.
-    BodiesRead {
-        bodies: super::state::Bodies,
-        unread: Vec<u64>,
-    },
-}
 
 /// Fixed facts about this node.
 #[derive(Debug, Clone)]
@@ -299,24 +191,10 @@ pub(crate) struct Router {
     /// Content refused by this node after a previous hop handed it on:
     /// acknowledged to that hop so it leaves custody, its sender told.
     dead_letters: u64,
-    next_req: u64,
+    /// Request ids: random in a node, seeded in the simulator.
+    req_ids: req_ids::ReqIds,
     out: Vec<Output>,
     now: i64,
-}
-
-fn payload_of<T: Serialize>(value: &T) -> Map<String, Value> {
-    match serde_json::to_value(value) {
-        Ok(Value::Object(map)) => map,
-        _ => Map::new(),
-    }
-}
-
-fn error_payload(code: ErrorCode, detail: impl Into<String>) -> Map<String, Value> {
-    payload_of(&ErrorBody {
-        code: code.as_str().to_owned(),
-        detail: detail.into(),
-        extra: Map::new(),
-    })
 }
 
 /// SHA-256 of a proof's signature: how replays and owners are keyed.
@@ -360,7 +238,7 @@ impl Router {
             carried: Default::default(),
             expired: 0,
             dead_letters: 0,
-            next_req: 0,
+            req_ids: req_ids::ReqIds::random(),
             out: Vec::new(),
             now: 0,
             cfg,
@@ -428,11 +306,11 @@ impl Router {
     }
 
     /// The live links: server id, its role, and whether we dialed it.
-    pub fn link_status(&self) -> Vec<super::hub::LinkStatus> {
+    pub fn link_status(&self) -> Vec<LinkStatus> {
         let mut links: Vec<_> = self
             .links
             .iter()
-            .map(|(id, link)| super::hub::LinkStatus {
+            .map(|(id, link)| LinkStatus {
                 server: id.clone(),
                 role: match self.servers.get(id).map(|s| s.role) {
                     Some(Role::Master) => "master",
@@ -450,13 +328,13 @@ impl Router {
     fn shutting_down(&mut self) {
         let users: Vec<String> = self.sessions.keys().cloned().collect();
         for user in users {
-            let remove = payload_of(&crate::wire::messages::Presence {
+            let remove = Message::UserRemove(Presence {
                 user_id: user,
                 location: self.cfg.me.clone(),
                 proof: None,
                 extra: Map::new(),
             });
-            self.broadcast(None, "USER_REMOVE", &remove);
+            self.broadcast(None, &remove);
         }
     }
 
@@ -497,19 +375,12 @@ impl Router {
 
     // ---- output helpers ----
 
-    fn send(&mut self, conn: ConnId, kind: &'static str, to: &str, payload: Map<String, Value>) {
-        self.out.push(Output::Send(
-            conn,
-            Outgoing {
-                kind,
-                to: to.to_owned(),
-                payload,
-            },
-        ));
+    fn send(&mut self, conn: ConnId, to: &str, msg: Message) {
+        self.out.push(Output::Send(conn, Outgoing::new(to, msg)));
     }
 
     fn error(&mut self, conn: ConnId, to: &str, code: ErrorCode, detail: impl Into<String>) {
-        self.send(conn, "ERROR", to, error_payload(code, detail));
+        self.send(conn, to, Message::Error(ErrorBody::new(code, detail)));
     }
 
     fn refuse(&mut self, conn: ConnId, to: &str, code: ErrorCode, detail: impl Into<String>) {
@@ -522,29 +393,20 @@ impl Router {
         self.out.push(Output::Persist(op));
     }
 
-    fn send_link(
-        &mut self,
-        server: &str,
-        kind: &'static str,
-        to: &str,
-        payload: Map<String, Value>,
-    ) -> bool {
+    /// Sends on the link to `server`; false if there is none.
+    fn send_link(&mut self, server: &str, to: &str, msg: Message) -> bool {
         match self.links.get(server) {
             Some(link) => {
                 let conn = link.conn;
-                self.send(conn, kind, to, payload);
+                self.send(conn, to, msg);
                 true
             }
             None => false,
         }
     }
 
-    fn broadcast(
-        &mut self,
-        except: Option<&str>,
-        kind: &'static str,
-        payload: &Map<String, Value>,
-    ) {
+    /// Sends to every link but `except`'s.
+    fn broadcast(&mut self, except: Option<&str>, msg: &Message) {
         let targets: Vec<ConnId> = self
             .links
             .iter()
@@ -552,13 +414,37 @@ impl Router {
             .map(|(_, l)| l.conn)
             .collect();
         for conn in targets {
-            self.send(conn, kind, ids::TO_ALL, payload.clone());
+            self.send(conn, ids::TO_ALL, msg.clone());
         }
     }
 
+    /// Who sent a frame on `conn` (a link's if `link`, else a user's): the
+    /// peer its hello named, if the frame's `from` is that peer. The one
+    /// check of `from` for users and links: a user is told, a server's
+    /// frame is dropped.
+    fn sender(&mut self, conn: ConnId, env: &Envelope, link: bool) -> Option<String> {
+        if link {
+            let server = self.conn_links.get(&conn)?;
+            if env.from == *server {
+                return Some(server.clone());
+            }
+            tracing::warn!(conn, server = %server, from = %truncate(&env.from), "dropped link frame: from is not the linked server");
+            return None;
+        }
+        let user = self.conn_users.get(&conn)?.clone();
+        if env.from == user {
+            return Some(user);
+        }
+        let detail = format!(
+            "frame from {:?} on {user}'s connection",
+            truncate(&env.from)
+        );
+        self.error(conn, &user, ErrorCode::NotAllowed, detail);
+        None
+    }
+
     fn new_req_id(&mut self) -> String {
-        self.next_req += 1;
-        format!("{}-{}", uuid::Uuid::new_v4(), self.next_req)
+        self.req_ids.next_id()
     }
 
     fn master_link(&self) -> Option<&str> {
@@ -587,8 +473,8 @@ fn proof_signed_by(proof: &Proof, user: &str, pubkey: &str) -> bool {
     key.verify_b64(bytes.as_bytes(), &proof.sig).is_ok()
 }
 
-fn registration(user: &str, pubkey: &str, proof: Option<Proof>) -> Map<String, Value> {
-    payload_of(&RegisterUser {
+fn registration(user: &str, pubkey: &str, proof: Option<Proof>) -> Message {
+    Message::DbRegisterUser(RegisterUser {
         user_id: user.to_owned(),
         pubkey: pubkey.to_owned(),
         proof,
@@ -596,8 +482,8 @@ fn registration(user: &str, pubkey: &str, proof: Option<Proof>) -> Map<String, V
     })
 }
 
-fn lookup_answer(user: &str, pubkey: Option<&str>) -> Map<String, Value> {
-    payload_of(&UserLookupAnswer {
+fn lookup_answer(user: &str, pubkey: Option<&str>) -> Message {
+    Message::UserDbUser(UserLookupAnswer {
         user_id: user.to_owned(),
         found: pubkey.is_some(),
         pubkey: pubkey.unwrap_or_default().to_owned(),
@@ -605,13 +491,15 @@ fn lookup_answer(user: &str, pubkey: Option<&str>) -> Map<String, Value> {
     })
 }
 
+/// The members a group frame from a link names (see [`RECIPIENTS`]).
 fn take_recipients(extra: &mut Map<String, Value>) -> Option<Vec<String>> {
-    let value = extra.remove("recipients")?;
+    let value = extra.remove(RECIPIENTS)?;
     serde_json::from_value(value).ok()
 }
 
-fn code_of(code: &str) -> ErrorCode {
-    serde_json::from_value(Value::String(code.to_owned())).unwrap_or(ErrorCode::NotAllowed)
+/// The code of an error a peer sent (an unknown one counts as `NOT_ALLOWED`).
+fn code_of(e: &ErrorBody) -> ErrorCode {
+    e.error_code().unwrap_or(ErrorCode::NotAllowed)
 }
 
 fn truncate(s: &str) -> String {

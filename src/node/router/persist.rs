@@ -3,10 +3,10 @@
 //! an acknowledgement is told `STORAGE` instead, so a resend is taken and
 //! written afresh and nothing acknowledged is ever lost.
 
-use serde_json::Value;
-
-use super::{Router, StoreFailure, StoreOp, error_payload};
+use super::{Router, StoreFailure, StoreOp};
+use crate::node::state::PendingAck;
 use crate::wire::ErrorCode;
+use crate::wire::messages::{ErrorBody, Message};
 
 impl Router {
     pub(super) fn store_failed(&mut self, f: StoreFailure) {
@@ -33,16 +33,13 @@ impl Router {
                 );
             }
         }
-        for (conn, to, msg_id) in f.acks {
-            let mut payload = error_payload(
-                ErrorCode::Storage,
-                format!(
-                    "this server could not store {msg_id} ({}); it was not taken: send it again later",
-                    f.error
-                ),
+        for PendingAck { conn, to, msg_id } in f.acks {
+            let detail = format!(
+                "this server could not store {msg_id} ({}); it was not taken: send it again later",
+                f.error
             );
-            payload.insert("msg_id".into(), Value::String(msg_id));
-            self.send(conn, "ERROR", &to, payload);
+            let error = ErrorBody::about(ErrorCode::Storage, detail, Some(&msg_id));
+            self.send(conn, &to, Message::Error(error));
         }
     }
 }

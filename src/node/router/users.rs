@@ -5,10 +5,10 @@ use serde_json::{Map, Value};
 use super::admission::RegSource;
 use super::{
     ConnId, LOOKUP_TIMEOUT, MAX_EARLY_FRAMES, Output, Pending, Router, Session, StoreOp,
-    UserHelloIn, lookup_answer, payload_of, proof_digest, registration, truncate,
+    UserHelloIn, lookup_answer, proof_digest, registration,
 };
 use crate::node::custody::{Dest, Hop};
-use crate::node::state::UserRecord;
+use crate::node::records::UserRecord;
 use crate::wire::messages::{DirectoryLookup, Message, Presence, UserList, UserWelcome};
 use crate::wire::{Envelope, ErrorCode};
 
@@ -64,41 +64,45 @@ impl Router {
                     }
                 }
             }
-            _ => match self.master_link().map(str::to_owned) {
-                Some(_) if !self.users.contains_key(&user)
-                    && let Err((code, detail)) = self.local_rate(hello.addr) =>
-                {
-                    tracing::info!(user = %user, addr = ?hello.addr, %detail, "registration refused");
-                    self.refuse(hello.conn, &user, code, detail)
-                }
-                // Register, then look the id up on the same link: the answer
-                // comes after the master applied the registration, so it
-                // says which key the id is pinned to now.
-                Some(master) => {
-                    let reg = registration(&user, &key, hello.proof.clone());
-                    self.send_link(&master, "DB_REGISTER_USER", &master, reg);
-                    let req_id = self.new_req_id();
-                    let ask = payload_of(&DirectoryLookup {
-                        user_id: user,
-                        req_id: req_id.clone(),
-                        extra: Map::new(),
-                    });
-                    self.send_link(&master, "DB_GET_USER", &master, ask);
-                    self.early.insert(hello.conn, Vec::new());
-                    self.pending.insert(req_id.clone(), Pending::Hello(hello));
-                    self.out.push(Output::Timer {
-                        req_id,
-                        after: LOOKUP_TIMEOUT,
-                    });
-                }
-                None => self.refuse(
-                    hello.conn,
-                    &user,
-                    ErrorCode::Timeout,
-                    "the master is unreachable, so this server cannot check your key yet; try again shortly",
-                ),
-            },
+            _ => self.confirm_with_master(hello, key),
         }
+    }
+
+    /// A local asks its master which key a user's id is pinned to before it
+    /// welcomes them: it registers the user, then looks the id up on the
+    /// same link (the answer comes after the master applied the
+    /// registration, so it says which key the id is pinned to now).
+    fn confirm_with_master(&mut self, hello: UserHelloIn, key: String) {
+        let user = hello.user_id.clone();
+        let Some(master) = self.master_link().map(str::to_owned) else {
+            return self.refuse(
+                hello.conn,
+                &user,
+                ErrorCode::Timeout,
+                "the master is unreachable, so this server cannot check your key yet; try again shortly",
+            );
+        };
+        if !self.users.contains_key(&user)
+            && let Err((code, detail)) = self.local_rate(hello.addr)
+        {
+            tracing::info!(user = %user, addr = ?hello.addr, %detail, "registration refused");
+            return self.refuse(hello.conn, &user, code, detail);
+        }
+        let reg = registration(&user, &key, hello.proof.clone());
+        self.send_link(&master, &master, reg);
+        let req_id = self.new_req_id();
+        let ask = Message::DbGetUser(DirectoryLookup {
+            user_id: user,
+            req_id: req_id.clone(),
+            extra: Map::new(),
+        });
+        self.send_link(&master, &master, ask);
+        self.early.insert(hello.conn, Vec::new());
+        self.pending.insert(req_id.clone(), Pending::Hello(hello));
+        self.out.push(Output::Timer {
+            req_id,
+            after: LOOKUP_TIMEOUT,
+        });
     }
 
     pub(super) fn accept_user(&mut self, hello: UserHelloIn) {
@@ -124,13 +128,13 @@ impl Router {
         );
         self.conn_users.insert(hello.conn, user.clone());
         tracing::info!(user = %user, conn = hello.conn, "user online");
-        let welcome = payload_of(&UserWelcome {
+        let welcome = Message::UserWelcome(UserWelcome {
             user_id: user.clone(),
             server_id: self.cfg.me.clone(),
             session: super::session_offer(&hello.session),
             extra: Map::new(),
         });
-        self.send(hello.conn, "USER_WELCOME", &user, welcome);
+        self.send(hello.conn, &user, welcome);
         if !self.cfg.master {
             if !self.users.contains_key(&user) {
                 let rec = UserRecord::new(key.clone(), hello.proof.is_none(), self.now);
@@ -139,19 +143,19 @@ impl Router {
             }
             if let Some(master) = self.master_link().map(str::to_owned) {
                 let reg = registration(&user, &key, hello.proof.clone());
-                self.send_link(&master, "DB_REGISTER_USER", &master, reg);
+                self.send_link(&master, &master, reg);
             }
         }
         let adv = self.own_advert(&user);
-        self.broadcast(None, "USER_ADVERTISE", &adv);
+        self.broadcast(None, &adv);
         for (env, msg) in early {
             self.user_frame(hello.conn, env, msg);
         }
         self.pump(&Dest::User(user));
     }
 
-    pub(super) fn own_advert(&self, user: &str) -> Map<String, Value> {
-        payload_of(&Presence {
+    pub(super) fn own_advert(&self, user: &str) -> Message {
+        Message::UserAdvertise(Presence {
             user_id: user.to_owned(),
             location: self.cfg.me.clone(),
             proof: self.sessions.get(user).and_then(|s| s.proof.clone()),
@@ -170,37 +174,29 @@ impl Router {
         if self.sessions.get(&user).is_some_and(|s| s.conn == conn) {
             tracing::info!(user = %user, conn, "user offline");
             self.sessions.remove(&user);
-            let remove = payload_of(&Presence {
+            let remove = Message::UserRemove(Presence {
                 user_id: user,
                 location: self.cfg.me.clone(),
                 proof: None,
                 extra: Map::new(),
             });
-            self.broadcast(None, "USER_REMOVE", &remove);
+            self.broadcast(None, &remove);
         }
         self.hop_down(&Hop::Conn(conn));
     }
 
     pub(super) fn user_frame(&mut self, conn: ConnId, env: Envelope, msg: Message) {
-        let Some(user) = self.conn_users.get(&conn).cloned() else {
+        if !self.conn_users.contains_key(&conn) {
             if let Some(early) = self.early.get_mut(&conn)
                 && early.len() < MAX_EARLY_FRAMES
             {
                 early.push((env, msg));
             }
             return;
-        };
-        if env.from != user {
-            return self.error(
-                conn,
-                &user,
-                ErrorCode::NotAllowed,
-                format!(
-                    "frame from {:?} on {user}'s connection",
-                    truncate(&env.from)
-                ),
-            );
         }
+        let Some(user) = self.sender(conn, &env, false) else {
+            return;
+        };
         match msg {
             Message::UserListReq(_) => {
                 let now = self.now;
@@ -224,7 +220,7 @@ impl Router {
                     );
                 }
                 let list = self.user_list();
-                self.send(conn, "USER_LIST", &user, list);
+                self.send(conn, &user, Message::UserList(list));
             }
             Message::UserDbGetUser(q) => self.user_lookup(conn, &user, q.user_id),
             Message::MsgPrivate(_)
@@ -248,10 +244,10 @@ impl Router {
     pub(super) fn user_lookup(&mut self, conn: ConnId, user: &str, target: String) {
         if let Some(rec) = self.users.get(&target) {
             let answer = lookup_answer(&target, Some(&rec.pubkey));
-            return self.send(conn, "USER_DB_USER", user, answer);
+            return self.send(conn, user, answer);
         }
         if self.cfg.master {
-            return self.send(conn, "USER_DB_USER", user, lookup_answer(&target, None));
+            return self.send(conn, user, lookup_answer(&target, None));
         }
         let Some(master) = self.master_link().map(str::to_owned) else {
             return self.error(
@@ -262,12 +258,12 @@ impl Router {
             );
         };
         let req_id = self.new_req_id();
-        let ask = payload_of(&DirectoryLookup {
+        let ask = Message::DbGetUser(DirectoryLookup {
             user_id: target.clone(),
             req_id: req_id.clone(),
             extra: Map::new(),
         });
-        self.send_link(&master, "DB_GET_USER", &master, ask);
+        self.send_link(&master, &master, ask);
         self.pending.insert(
             req_id.clone(),
             Pending::Lookup {
@@ -312,7 +308,7 @@ impl Router {
     /// [`USER_LIST_MAX_BYTES`] (PROTOCOL.md C13: every answer stays within
     /// the frame limit, whatever the mesh holds). A cut list says so:
     /// `truncated: true` and `total`, the number online.
-    pub(super) fn user_list(&self) -> Map<String, Value> {
+    pub(super) fn user_list(&self) -> UserList {
         let online = self.online();
         let total = online.len();
         let mut bytes = 0;
@@ -328,7 +324,7 @@ impl Router {
             extra.insert("truncated".into(), Value::Bool(true));
             extra.insert("total".into(), Value::from(total));
         }
-        payload_of(&UserList { users, extra })
+        UserList { users, extra }
     }
 }
 

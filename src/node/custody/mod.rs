@@ -1,16 +1,23 @@
 //! Custody (PROTOCOL.md B): the frames a node has taken responsibility for
-//! and not yet handed on. Each entry is one frame for one destination (a
-//! user, or a server for group fan-out), kept in arrival order until the next
-//! hop acknowledges it. Entries with nowhere to go wait; at the master that
-//! waiting set is the offline mailbox. Pure data: the router decides routes,
-//! this keeps order, windows and acknowledgements.
+//! and not yet handed on. Each entry is one piece of content for one
+//! destination (a user, or a server for group fan-out), kept typed and in
+//! arrival order until the next hop acknowledges it. Entries with nowhere to
+//! go wait; at the master that waiting set is the offline mailbox. Pure data:
+//! the router decides routes, this keeps order, windows and acknowledgements.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::router::ConnId;
+use super::records::ConnId;
+use crate::wire::WireError;
+
+mod content;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use content::{Content, ContentKind};
 
 /// Where an entry is going.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,16 +43,16 @@ pub const WINDOW: usize = 256;
 /// `state::HOLD`), so it needs room for tens of ms at full rate.
 pub const LINK_WINDOW: usize = 4096;
 
-/// One frame in custody.
+/// One piece of content in custody, for one destination.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Entry {
     pub seq: u64,
     pub msg_id: String,
     pub dest: Dest,
-    /// `DELIVER` (sent as `PEER_DELIVER` or `USER_DELIVER`), or the frame type.
-    pub kind: String,
-    /// Shared between custody, the store write and every send.
-    pub payload: Arc<Map<String, Value>>,
+    pub kind: ContentKind,
+    /// Shared between custody, the store write and every send; None while
+    /// the body is on disk only.
+    pub body: Option<Arc<Content>>,
     /// The `to` of the frame, when the destination does not imply it (a
     /// group file handed to the master names the group).
     pub to: Option<String>,
@@ -72,7 +79,7 @@ pub(crate) struct Custody {
     per_sender: HashMap<String, (usize, usize)>,
     next_seq: u64,
     /// Entries whose body is on disk only (written, and waiting): their
-    /// `payload` is empty until `restore` brings it back for sending.
+    /// `body` is None until `restore` brings it back for sending.
     evicted: HashSet<u64>,
     /// Payload bytes of all entries, and of the evicted ones.
     total_bytes: usize,
@@ -103,7 +110,7 @@ impl Custody {
         if !waiting || !self.evicted.insert(seq) {
             return false;
         }
-        e.payload = Arc::default();
+        e.body = None;
         self.evicted_bytes += e.bytes;
         true
     }
@@ -118,14 +125,17 @@ impl Custody {
         self.evicted.contains(&seq)
     }
 
-    /// Puts a body read back from disk into its entry.
-    pub fn restore(&mut self, seq: u64, payload: Arc<Map<String, Value>>) {
+    /// Puts a body read back from disk into its entry; an error if it is
+    /// not the content the entry says (a corrupt row).
+    pub fn restore(&mut self, seq: u64, payload: Map<String, Value>) -> Result<(), WireError> {
         if let Some(e) = self.entries.get_mut(&seq)
-            && self.evicted.remove(&seq)
+            && self.evicted.contains(&seq)
         {
-            e.payload = payload;
+            e.body = Some(Arc::new(Content::from_payload(e.kind, payload)?));
+            self.evicted.remove(&seq);
             self.evicted_bytes -= e.bytes;
         }
+        Ok(())
     }
 
     /// The first `n` pending entries of `dest` whose bodies are on disk only.
@@ -429,110 +439,5 @@ impl Custody {
     /// Entries held in all.
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(msg: &str, user: &str) -> Entry {
-        Entry {
-            seq: 0,
-            msg_id: msg.into(),
-            dest: Dest::User(user.into()),
-            kind: "DELIVER".into(),
-            payload: Arc::new(Map::new()),
-            to: None,
-            via: None,
-            sender: "a".into(),
-            bytes: 10,
-            created_ms: 0,
-        }
-    }
-
-    #[test]
-    fn keeps_order_across_a_lost_hop() {
-        let mut c = Custody::default();
-        for i in 0..3 {
-            c.admit(entry(&format!("m{i}"), "bob"));
-        }
-        let bob = Dest::User("bob".into());
-        let hop = Hop::Link("s".into());
-        let first = c.next_pending(&bob).unwrap().clone();
-        assert_eq!(first.msg_id, "m0");
-        c.send(&hop, "m0", &[first.seq]);
-        let second = c.next_pending(&bob).unwrap().clone();
-        c.send(&hop, "m1", &[second.seq]);
-        assert_eq!(c.room(&hop), LINK_WINDOW - 2);
-        // The hop dies: both are pending again, oldest first.
-        assert_eq!(c.hop_down(&hop), vec![bob.clone()]);
-        assert_eq!(c.next_pending(&bob).unwrap().msg_id, "m0");
-        let hop2 = Hop::Conn(1);
-        c.send(&hop2, "m0", &[first.seq]);
-        let released = c.ack(&hop2, &["m0".into()]);
-        assert_eq!(released.len(), 1);
-        assert_eq!(c.next_pending(&bob).unwrap().msg_id, "m1");
-        assert_eq!(c.load_of(&bob), (2, 20));
-        assert!(c.holds("a", "m2", &bob));
-        assert!(
-            !c.holds("b", "m2", &bob),
-            "another sender's id is not a duplicate"
-        );
-        assert!(!c.holds("a", "m0", &bob));
-    }
-
-    #[test]
-    fn a_reused_msg_id_does_not_leak_window_slots() {
-        let mut c = Custody::default();
-        let hop = Hop::Link("s".into());
-        let a = c.admit(entry("x", "bob"));
-        let b = c.admit(entry("x", "carol"));
-        c.send(&hop, "x", &[a.seq]);
-        assert!(c.in_flight(&hop, "x"));
-        c.send(&hop, "x", &[b.seq]);
-        assert_eq!(c.room(&hop), LINK_WINDOW - 1);
-        c.ack(&hop, &["x".into()]);
-        assert_eq!(c.room(&hop), LINK_WINDOW);
-        assert!(!c.in_flight(&hop, "x"));
-    }
-
-    #[test]
-    fn a_waiting_body_leaves_memory_and_comes_back() {
-        let mut c = Custody::default();
-        let bob = Dest::User("bob".into());
-        let a = c.admit(entry("m0", "bob"));
-        let b = c.admit(entry("m1", "bob"));
-        let hop = Hop::Conn(1);
-        c.send(&hop, "m0", &[a.seq]);
-        // In flight: kept; waiting: on disk only.
-        assert!(!c.evict(a.seq));
-        assert!(c.evict(b.seq));
-        assert_eq!(c.bytes(), (20, 10));
-        assert!(c.next_pending(&bob).unwrap().payload.is_empty());
-        assert_eq!(c.evicted_page(&bob, 10), vec![b.seq]);
-        let body = Arc::new(Map::from_iter([("k".to_owned(), Value::from(1))]));
-        c.restore(b.seq, body.clone());
-        assert!(!c.is_evicted(b.seq));
-        assert_eq!(c.next_pending(&bob).unwrap().payload, body);
-        assert_eq!(c.bytes(), (20, 20));
-        c.evict(b.seq);
-        c.release(&[b.seq]);
-        assert_eq!(c.bytes(), (10, 10));
-    }
-
-    #[test]
-    fn expires_only_stuck_entries() {
-        let mut c = Custody::default();
-        c.admit(entry("old", "bob"));
-        c.admit(Entry {
-            created_ms: 100,
-            ..entry("new", "bob")
-        });
-        c.admit(entry("carol", "carol"));
-        let gone = c.expire(50, |d| d == &Dest::User("bob".into()));
-        assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].msg_id, "old");
-        assert_eq!(c.len(), 2);
     }
 }

@@ -1,0 +1,149 @@
+//! Receiving files: the engine's side of [`crate::client::files::Receiver`]
+//! — a manifest opens a transfer, each chunk is opened with the group key or
+//! the DM file key and written, and at `FILE_END` the file is saved and its
+//! signed manifest checked against the sender's pinned key. Stalled
+//! transfers are dropped by the 1 s tick.
+
+use super::{Engine, blocking};
+use crate::client::codes::ClientCode;
+use crate::client::events::{Event, Frontend};
+use crate::client::files::{self, FileError};
+use crate::content;
+use crate::wire::messages::{FileChunk, FileEnd, FileMode, FileStart};
+
+impl<F: Frontend> Engine<F> {
+    /// `FILE_START`: a transfer begins (and the sender's key is fetched, to
+    /// check the manifest at the end).
+    pub(super) async fn file_start(&mut self, s: FileStart) {
+        let from = files::manifest_sender(&s).map(str::to_owned);
+        if let Some(sender) = &from
+            && self.pinned(sender).is_none()
+        {
+            self.request_key(sender).await;
+        }
+        if let Err(e) = self.receiver.start(s, from) {
+            self.emit(Event::error(ClientCode::File, e.to_string()));
+        }
+    }
+
+    /// Drops transfers that stalled, freeing their slots.
+    pub(super) fn expire_transfers(&mut self) {
+        let dropped = self
+            .receiver
+            .expire(std::time::Instant::now(), files::TRANSFER_IDLE);
+        for (name, from) in dropped {
+            self.emit(Event::error(
+                ClientCode::File,
+                format!(
+                    "{name} from {}: no data for {} s; the transfer was dropped and nothing was saved",
+                    from.as_deref().unwrap_or("an unnamed sender"),
+                    files::TRANSFER_IDLE.as_secs()
+                ),
+            ));
+        }
+    }
+
+    /// `FILE_CHUNK`: opened and appended; a chunk that does not open ends
+    /// the transfer.
+    pub(super) async fn file_chunk(&mut self, c: FileChunk) {
+        let Some(t) = self.receiver.get_mut(&c.file_id) else {
+            return;
+        };
+        let name = t.name.clone();
+        let plain = self
+            .chunk_key(&c)
+            .await
+            .and_then(|k| content::open_chunk(&k, &c).ok());
+        let Some(plain) = plain else {
+            self.receiver.abort(&c.file_id);
+            let e = FileError::Decrypt {
+                name,
+                index: c.index,
+            };
+            return self.emit(Event::error(
+                ClientCode::File,
+                format!("{e}; the transfer was dropped and nothing was saved"),
+            ));
+        };
+        match self.receiver.append(&c, &plain) {
+            Ok((done, total)) => self.emit(Event::Progress {
+                direction: "receiving",
+                name,
+                done,
+                total,
+            }),
+            Err(e) => self.emit(Event::error(
+                ClientCode::File,
+                format!("{e}; nothing was saved"),
+            )),
+        }
+    }
+
+    /// The key a chunk opens with: the group's, or the DM file key unwrapped
+    /// with ours (once per transfer while the wrapped key stays the same).
+    async fn chunk_key(&mut self, c: &FileChunk) -> Option<Vec<u8>> {
+        let t = self.receiver.get_mut(&c.file_id)?;
+        match (t.start.mode, &t.start.group_id, &c.wrapped_key) {
+            (FileMode::Group, Some(group), _) => {
+                self.keyring.group_key(group).ok().flatten().map(|g| g.key)
+            }
+            (FileMode::Dm, _, Some(wrapped)) => match &t.dm_key {
+                Some((w, k)) if w == wrapped => Some(k.clone()),
+                _ => {
+                    let (key, wrapped2) = (self.key.clone(), wrapped.clone());
+                    let k = blocking(move || content::unwrap_file_key(&key, &wrapped2))
+                        .await
+                        .and_then(Result::ok);
+                    if let (Some(k), Some(t)) = (&k, self.receiver.get_mut(&c.file_id)) {
+                        t.dm_key = Some((wrapped.clone(), k.clone()));
+                    }
+                    k
+                }
+            },
+            _ => None,
+        }
+    }
+
+    /// `FILE_END`: the file is complete and saved; say so, and whether its
+    /// manifest verifies.
+    pub(super) fn file_end(&mut self, e: FileEnd) {
+        let done = match self.receiver.finish(&e.file_id) {
+            Ok(done) => done,
+            Err(FileError::Unknown(_)) => return,
+            Err(err) => {
+                return self.emit(Event::error(
+                    ClientCode::File,
+                    format!("{err}; nothing was saved"),
+                ));
+            }
+        };
+        let s = &done.start;
+        let to = match s.mode {
+            FileMode::Dm => self.cfg.user.clone(),
+            FileMode::Group => s.group_id.clone().unwrap_or_default(),
+        };
+        let verified = match (&done.from, &s.content_sig) {
+            (Some(from), Some(sig)) => self.pinned(from).is_some_and(|k| {
+                content::manifest_signed_bytes(
+                    &s.file_id, &s.name, s.size, &s.sha256, s.mode, from, &to,
+                )
+                .is_ok_and(|b| content::verify(&k, &b, sig))
+            }),
+            _ => false,
+        };
+        self.emit(Event::File {
+            from: done.from.clone(),
+            mode: files::mode_name(s.mode),
+            group: s.group_id.clone(),
+            name: done
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: done.path.display().to_string(),
+            size: done.size,
+            sha256_ok: true,
+            verified,
+        });
+    }
+}

@@ -1,0 +1,392 @@
+//! The plain-line terminal front end: each event as one readable line (or a
+//! few), with a time, colour only on a terminal, and a progress bar for
+//! files on stderr when it is a terminal. The full-screen UI
+//! ([`super::tui`]) shows the same lines.
+
+use std::io::IsTerminal;
+
+use super::display::escape as e;
+use super::events::{Event, Frontend, UNDECRYPTABLE};
+
+/// The terminal: readable lines with a time, colour only on a terminal, and
+/// a progress bar for files on stderr.
+pub struct TerminalFrontend {
+    colour: bool,
+    progress: bool,
+    /// A progress bar is on stderr's last line, not ended yet: the next
+    /// line ends it first (a transfer that fails never reaches 100%).
+    bar_open: bool,
+}
+
+impl Default for TerminalFrontend {
+    fn default() -> Self {
+        TerminalFrontend {
+            colour: std::io::stdout().is_terminal(),
+            progress: std::io::stderr().is_terminal(),
+            bar_open: false,
+        }
+    }
+}
+
+fn short(msg_id: &str) -> &str {
+    msg_id.get(..8).unwrap_or(msg_id)
+}
+
+/// The time of day (UTC) a line is shown at.
+pub(crate) fn clock() -> String {
+    let secs = crate::wire::now_ms() / 1000;
+    format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+impl TerminalFrontend {
+    /// Lines without colour and no progress bar (the terminal UI styles
+    /// and shows them itself).
+    pub fn plain() -> Self {
+        TerminalFrontend {
+            colour: false,
+            progress: false,
+            bar_open: false,
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn mark(&self, verified: bool) -> String {
+        if verified {
+            self.paint("32", "✓")
+        } else {
+            self.paint("1;31", "⚠ UNVERIFIED")
+        }
+    }
+
+    /// The line for an event, if it has one. Every string in it that came
+    /// from outside (names, text, ids, errors a node wrote) goes through
+    /// [`escape`]: one line per event, no control characters.
+    pub fn render(&self, event: &Event) -> Option<String> {
+        Some(match event {
+            Event::Connected { user, server } => {
+                format!("connected as {} to {}", e(user), e(server))
+            }
+            Event::Disconnected { reason } => {
+                self.paint("33", &format!("disconnected: {}", e(reason)))
+            }
+            Event::Reconnecting {
+                attempt,
+                in_ms,
+                reason,
+            } => self.paint(
+                "33",
+                &format!(
+                    "reconnecting in {:.1} s (attempt {attempt}): {}",
+                    *in_ms as f64 / 1000.0,
+                    e(reason)
+                ),
+            ),
+            Event::List { users, total } => {
+                let more = match total {
+                    Some(n) => format!(
+                        " (and {} more not listed)",
+                        (*n as usize).saturating_sub(users.len())
+                    ),
+                    None => String::new(),
+                };
+                format!(
+                    "online: {}{more}",
+                    users.iter().map(|u| e(u)).collect::<Vec<_>>().join(", ")
+                )
+            }
+            Event::Pubget {
+                pubkey,
+                fingerprint,
+            } => format!("your key {fingerprint}\n{pubkey}"),
+            Event::Pubkey {
+                user,
+                found: true,
+                fingerprint,
+            } => {
+                format!(
+                    "{}'s key: {}",
+                    e(user),
+                    e(fingerprint.as_deref().unwrap_or("?"))
+                )
+            }
+            Event::Pubkey {
+                user, found: false, ..
+            } => format!("{} is not in the directory", e(user)),
+            Event::Sent { kind, to, msg_id } => self.paint(
+                "2",
+                &format!(
+                    "sent ({}) {kind} to {}: the server has it ✓",
+                    e(short(msg_id)),
+                    e(to)
+                ),
+            ),
+            Event::Pending { msg_id, to, reason } => self.paint(
+                "33",
+                &format!(
+                    "queued ({}) for {}: {}; it goes out when it can",
+                    e(msg_id.as_deref().map_or("…", short)),
+                    e(to),
+                    e(reason)
+                ),
+            ),
+            Event::NotSent {
+                msg_id,
+                to,
+                code,
+                detail,
+                kept,
+            } => self.paint(
+                "1;31",
+                &format!(
+                    "NOT SENT ({}) to {}: {}: {}; {}",
+                    e(short(msg_id)),
+                    e(to),
+                    e(code),
+                    e(detail),
+                    if *kept {
+                        "kept in the outbox, tried again later (/outbox)"
+                    } else {
+                        "dropped from the outbox"
+                    }
+                ),
+            ),
+            Event::Outbox { entries } if entries.is_empty() => "the outbox is empty".to_owned(),
+            Event::Outbox { entries } => {
+                let mut out = format!("outbox: {} waiting", entries.len());
+                for o in entries {
+                    out.push_str(&format!(
+                        "\n  {} {} to {}{}",
+                        e(&o.msg_id),
+                        e(&o.kind),
+                        e(&o.to),
+                        o.last_error
+                            .as_deref()
+                            .map(|r| format!(" (refused: {})", e(r)))
+                            .unwrap_or_default()
+                    ));
+                }
+                out
+            }
+            Event::Delivery { msg_id, status, to } => {
+                let to = to.as_deref().map(e).unwrap_or("the recipient".into());
+                match status.as_str() {
+                    "queued" => self.paint(
+                        "2",
+                        &format!(
+                            "stored ({}): {to} is offline; delivered when they connect",
+                            e(short(msg_id))
+                        ),
+                    ),
+                    "delivered" => self.paint(
+                        "2",
+                        &format!("delivered ({}) to {to} ✓✓", e(short(msg_id))),
+                    ),
+                    // A status for a recipient whose client could not open
+                    // the content (see DESIGN: it needs the node's help to
+                    // reach us): never shown as delivered.
+                    UNDECRYPTABLE => self.paint(
+                        "1;31",
+                        &format!(
+                            "NOT READABLE ({}): {to}'s client could not decrypt it (did a key change? /dbget and /fingerprint); send it again once your keys agree",
+                            e(short(msg_id))
+                        ),
+                    ),
+                    // A status this client does not know: shown as it is,
+                    // never as delivered.
+                    other => self.paint(
+                        "33",
+                        &format!("{} ({}) to {to}", e(other), e(short(msg_id))),
+                    ),
+                }
+            }
+            Event::Dm {
+                from,
+                text,
+                verified,
+                ..
+            } => {
+                format!("[dm from {}] {} {}", e(from), self.mark(*verified), e(text))
+            }
+            Event::GroupKey {
+                group,
+                from,
+                verified,
+            } => {
+                format!(
+                    "[{}] {} shared the group key {}",
+                    e(group),
+                    e(from),
+                    self.mark(*verified)
+                )
+            }
+            Event::GroupKeyRefused {
+                group,
+                from,
+                owner,
+                reason,
+            } => self.paint(
+                "1;31",
+                &format!(
+                    "!!! [{}] a key share from {} was REFUSED: {}; the group's owner is {}",
+                    e(group),
+                    e(from),
+                    e(reason),
+                    e(owner)
+                ),
+            ),
+            Event::GroupMsg {
+                group,
+                from,
+                text,
+                verified,
+                ..
+            } => {
+                format!(
+                    "[{}] {}: {} {}",
+                    e(group),
+                    e(from),
+                    self.mark(*verified),
+                    e(text)
+                )
+            }
+            Event::File {
+                from,
+                name,
+                path,
+                size,
+                verified,
+                group,
+                ..
+            } => format!(
+                "[file from {}{}] {} {} ({size} bytes) saved as {}",
+                e(from.as_deref().unwrap_or("unknown sender")),
+                group
+                    .as_deref()
+                    .map(|g| format!(" in {}", e(g)))
+                    .unwrap_or_default(),
+                self.mark(*verified),
+                e(name),
+                e(path)
+            ),
+            Event::Progress { .. } => return None,
+            Event::KeyChanged { user, old, new } => {
+                let (user, old, new) = (e(user), e(old), e(new));
+                self.paint(
+                    "1;31",
+                    &format!(
+                        "!!! {user}'s KEY CHANGED in the directory: pinned {old}, now {new}.\n\
+                         !!! Messages from {user} will show as unverified and nothing is sent to {user}\n\
+                         !!! until you check the new fingerprint with them and run /trust {user}."
+                    ),
+                )
+            }
+            Event::Dropped { from, reason } => self.paint(
+                "33",
+                &format!("dropped content from {}: {}", e(from), e(reason)),
+            ),
+            Event::Fingerprint {
+                user,
+                fingerprint,
+                pending: None,
+            } => format!("{}: {}", e(user), e(fingerprint)),
+            Event::Fingerprint {
+                user,
+                fingerprint,
+                pending: Some(new),
+            } => self.paint(
+                "1;31",
+                &format!(
+                    "{u}: {} (pinned); the directory now says {}: compare it with {u}, then /trust {u}",
+                    e(fingerprint),
+                    e(new),
+                    u = e(user)
+                ),
+            ),
+            Event::Trusted { user, fingerprint } => {
+                format!("now trusting {}'s key {}", e(user), e(fingerprint))
+            }
+            Event::Help { text } => text.clone(),
+            Event::Error { code, detail } => {
+                self.paint("31", &format!("error {}: {}", e(code), e(detail)))
+            }
+        })
+    }
+}
+
+impl Frontend for TerminalFrontend {
+    fn emit(&mut self, event: &Event) {
+        if let Event::Progress {
+            direction,
+            name,
+            done,
+            total,
+        } = event
+        {
+            if self.progress {
+                let width = 30usize;
+                let filled = (*done as f64 / (*total).max(1) as f64 * width as f64) as usize;
+                let bar = format!(
+                    "{}{}",
+                    "#".repeat(filled.min(width)),
+                    "-".repeat(width - filled.min(width))
+                );
+                let end = if done >= total { "\n" } else { "" };
+                self.bar_open = done < total;
+                eprint!(
+                    "\r{direction} {} [{bar}] {done}/{total} bytes{end}",
+                    e(name)
+                );
+            }
+            return;
+        }
+        if std::mem::take(&mut self.bar_open) {
+            eprintln!();
+        }
+        if let Some(line) = self.render(event) {
+            println!("{} {line}", self.paint("2", &clock()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(status: &str) -> String {
+        TerminalFrontend::plain()
+            .render(&Event::Delivery {
+                msg_id: "0123456789".into(),
+                status: status.into(),
+                to: Some("bob".into()),
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn only_delivered_content_shows_two_ticks() {
+        assert_eq!(delivery("delivered"), "delivered (01234567) to bob ✓✓");
+        assert!(delivery("queued").starts_with("stored (01234567): bob is offline"));
+        let bad = delivery(UNDECRYPTABLE);
+        assert!(
+            bad.starts_with("NOT READABLE (01234567)") && !bad.contains('✓'),
+            "{bad}"
+        );
+        let unknown = delivery("lost-in-space");
+        assert!(
+            unknown.contains("lost-in-space") && !unknown.contains('✓'),
+            "{unknown}"
+        );
+    }
+}

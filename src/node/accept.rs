@@ -1,0 +1,245 @@
+//! Accepting connections: one path for every accepted socket. The node's
+//! connection caps (`--max-conns` in all, `--max-conns-per-ip`) are taken
+//! before any handshake; then the TLS (with `--tls-cert`) and WebSocket
+//! handshakes run under the hello timeout, and the connection is served,
+//! or told why it is refused and closed.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::Limits;
+use super::conn::{self, ConnCtx};
+use super::records::ConnId;
+use crate::wire::{ErrorCode, ids};
+
+/// What the accept loop hands each connection.
+pub(crate) struct Acceptor {
+    /// What every connection task shares (`peer_ip` is set per connection).
+    pub ctx: ConnCtx,
+    /// Connection ids, shared with the dialers.
+    pub next_conn: Arc<AtomicU64>,
+    /// Serve `wss://` (`--tls-cert`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Connections open, in all and per IP address; a slot is given back when
+/// dropped.
+#[derive(Clone, Default)]
+struct Slots(Arc<std::sync::Mutex<SlotCounts>>);
+
+#[derive(Default)]
+struct SlotCounts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place in the counts: in all, and for its address unless
+/// it is being refused for its address (it still counts in all while it
+/// is told so, so refusals cannot pile up past `--max-conns`).
+struct Slot {
+    slots: Slots,
+    ip: IpAddr,
+    per_ip: bool,
+}
+
+/// Why a connection got no slot.
+enum NoSlot {
+    /// The node holds `--max-conns` connections already.
+    Full,
+    /// This address holds `--max-conns-per-ip` already: it is told so,
+    /// holding a place in the total meanwhile.
+    Address(Slot),
+}
+
+impl Slots {
+    fn take(&self, ip: IpAddr, limits: &Limits) -> Result<Slot, NoSlot> {
+        let Ok(mut m) = self.0.lock() else {
+            return Err(NoSlot::Full);
+        };
+        if m.total >= limits.max_conns {
+            return Err(NoSlot::Full);
+        }
+        m.total += 1;
+        let n = m.per_ip.entry(ip).or_default();
+        let per_ip = *n < limits.max_conns_per_ip;
+        if per_ip {
+            *n += 1;
+        }
+        let slot = Slot {
+            slots: self.clone(),
+            ip,
+            per_ip,
+        };
+        if per_ip {
+            Ok(slot)
+        } else {
+            Err(NoSlot::Address(slot))
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.slots.0.lock() {
+            m.total = m.total.saturating_sub(1);
+            if self.per_ip
+                && let Some(n) = m.per_ip.get_mut(&self.ip)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    m.per_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// Accepts until `door` closes, then stops listening and waits for the
+/// connections it accepted to end (the hub closes them at shutdown, and
+/// the node's stop signal ends what is left).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    acceptor: Acceptor,
+    mut door: watch::Receiver<bool>,
+) {
+    let slots = Slots::default();
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            () = super::stop_requested(&mut door) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let slot = match slots.take(peer.ip(), &acceptor.ctx.limits) {
+                        Ok(slot) => Ok(slot),
+                        Err(NoSlot::Full) => {
+                            // Not even a handshake: at the cap, each refusal
+                            // must cost next to nothing.
+                            acceptor.ctx.metrics.conns_refused_global.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "refused a connection: the node is at --max-conns");
+                            drop(stream);
+                            continue;
+                        }
+                        Err(NoSlot::Address(slot)) => Err(slot),
+                    };
+                    let conn = acceptor.next_conn.fetch_add(1, Ordering::Relaxed);
+                    let mut ctx = acceptor.ctx.clone();
+                    ctx.peer_ip = Some(peer.ip());
+                    conns.spawn(accept_one(stream, peer, slot, conn, ctx, acceptor.tls.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+/// One accepted TCP connection: the TLS and WebSocket handshakes (within
+/// the hello timeout), then the connection itself, or a refusal.
+/// `slot` is Err when the address is over its cap: it is told so.
+async fn accept_one(
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Result<Slot, Slot>,
+    conn: ConnId,
+    ctx: ConnCtx,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let _ = stream.set_nodelay(true);
+    let limit = ctx.limits.hello_timeout;
+    match tls {
+        Some(acceptor) => {
+            // Boxed: its state is large and gone once the handshake is done.
+            let handshake = Box::pin(async {
+                let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
+                tokio_tungstenite::accept_async_with_config(tls, Some(conn::ws_config()))
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            match tokio::time::timeout(limit, handshake).await {
+                Ok(Ok(mut ws)) => serve_or_refuse(&mut ws, peer, slot, conn, &ctx).await,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "TLS or WebSocket handshake failed")
+                }
+                Err(_) => tracing::debug!(%peer, "handshake timed out"),
+            }
+        }
+        None => {
+            let handshake =
+                tokio_tungstenite::accept_async_with_config(stream, Some(conn::ws_config()));
+            match tokio::time::timeout(limit, handshake).await {
+                Ok(Ok(mut ws)) => serve_or_refuse(&mut ws, peer, slot, conn, &ctx).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
+                Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
+            }
+        }
+    }
+}
+
+/// After the handshakes: serves the connection, or tells it that its
+/// address holds too many and closes it.
+async fn serve_or_refuse<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    peer: SocketAddr,
+    slot: Result<Slot, Slot>,
+    conn: ConnId,
+    ctx: &ConnCtx,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match slot {
+        Ok(slot) => {
+            conn::serve_accepted(ws, conn, ctx).await;
+            drop(slot);
+        }
+        Err(_refusing) => {
+            tracing::warn!(%peer, "refused a connection: too many from this address");
+            let detail = format!(
+                "more than {} connections from your address",
+                ctx.limits.max_conns_per_ip
+            );
+            conn::send_error(ws, ctx, ids::TO_USER, ErrorCode::RateLimited, &detail).await;
+            conn::close_quietly(ws).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_for_an_address_still_count_in_the_total() {
+        let limits = Limits {
+            max_conns: 3,
+            max_conns_per_ip: 1,
+            ..Default::default()
+        };
+        let slots = Slots::default();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let first = slots.take(ip, &limits).ok().unwrap();
+        let refused: Vec<Slot> = (0..2)
+            .map(|_| match slots.take(ip, &limits) {
+                Err(NoSlot::Address(slot)) => slot,
+                _ => panic!("expected a refusal for the address"),
+            })
+            .collect();
+        // The total is reached by the refusals being told: nothing more.
+        assert!(matches!(slots.take(ip, &limits), Err(NoSlot::Full)));
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(matches!(slots.take(other, &limits), Err(NoSlot::Full)));
+        drop(refused);
+        let second = slots.take(other, &limits);
+        assert!(second.is_ok(), "a slot was not given back");
+        drop(first);
+    }
+}

@@ -1,0 +1,294 @@
+//! One connection (a user session or a server link) as an actor. It checks
+//! the hello (`hello.rs`), registers its bounded queue with the hub, then
+//! runs a reader (`reader.rs`: authentication, content limits, typing) and
+//! a writer (`writer.rs`: signing or MACs, heartbeats, the write timeout)
+//! side by side until either ends or the node shuts down. How frames are
+//! authenticated each way is `auth.rs`; RSA work runs on the blocking pool,
+//! never on the reactor.
+
+mod auth;
+mod hello;
+mod limits;
+mod reader;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+
+use super::Limits;
+use super::hub::{ConnCmd, HubEvent};
+use super::metrics::Metrics;
+use super::router::{ConnId, Input, Outgoing};
+use crate::crypto::PrivateKey;
+use crate::wire::messages::{ErrorBody, Message};
+use crate::wire::{ErrorCode, MAX_FRAME_BYTES, ids};
+
+pub(crate) use auth::Auth;
+pub(crate) use hello::{check_link_hello, link_hello_in};
+pub(crate) use writer::sign;
+
+/// A connection must say hello within this time.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames queued for one connection before it counts as too slow.
+pub const SEND_QUEUE: usize = 1024;
+/// The same for a server link: more than its custody window
+/// (`custody::LINK_WINDOW`) plus the acks, receipts and presence it carries.
+pub const LINK_SEND_QUEUE: usize = 8192;
+/// How often a link sends `HEARTBEAT`.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+/// A link silent this long is closed (and redialled by its dialer).
+pub const LINK_SILENCE: Duration = Duration::from_secs(45);
+/// Default write timeout (`--write-timeout-secs`).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Frames a closing connection still sends (the error that ended it among them).
+const LAST_WORDS: usize = 8;
+/// How long a closing connection waits to say its last words.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Starting size of a connection's read and write buffers.
+const WS_BUFFER: usize = 4096;
+
+/// WebSocket limits for every connection (PROTOCOL.md C8).
+pub(crate) fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        // Small starting buffers (they grow for big frames): an idle
+        // connection should cost a few KiB, not 256.
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
+        // Bounded: a peer that does not read is disconnected, not buffered for.
+        .max_write_buffer_size(4 * MAX_FRAME_BYTES)
+}
+
+/// What every connection task shares.
+#[derive(Clone)]
+pub(crate) struct ConnCtx {
+    pub me: String,
+    pub key: Arc<PrivateKey>,
+    pub hub: mpsc::Sender<HubEvent>,
+    /// Where the frames users bring in go: the hub serves its main queue
+    /// first (see [`Input::is_urgent`]), so a flood from users cannot starve
+    /// the acks that keep links flowing.
+    pub hub_users: mpsc::Sender<HubEvent>,
+    pub shutdown: watch::Receiver<bool>,
+    /// Offer `mac-v1` link sessions (off with `--no-mac`).
+    pub mac: bool,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// The peer's IP address, on an accepted connection.
+    pub peer_ip: Option<std::net::IpAddr>,
+}
+
+impl ConnCtx {
+    /// Hands the router an input, on the hub queue its urgency says.
+    async fn to_hub(&self, input: Input) -> bool {
+        let queue = if input.is_urgent() {
+            &self.hub
+        } else {
+            &self.hub_users
+        };
+        queue.send(HubEvent::Input(Box::new(input))).await.is_ok()
+    }
+}
+
+/// The kind of peer on a connection, once its hello is accepted.
+pub(crate) enum Peer {
+    User(String),
+    Link { server_id: String },
+}
+
+impl Peer {
+    fn id(&self) -> &str {
+        match self {
+            Peer::User(u) => u,
+            Peer::Link { server_id } => server_id,
+        }
+    }
+
+    fn is_link(&self) -> bool {
+        matches!(self, Peer::Link { .. })
+    }
+}
+
+/// Reads the next text frame, answering pings; None at end of stream.
+pub(crate) async fn next_text<S>(ws: &mut WebSocketStream<S>) -> Option<Result<String, WsError>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await? {
+            Ok(WsMessage::Text(t)) => return Some(Ok(t.as_str().to_owned())),
+            Ok(WsMessage::Close(_)) => return None,
+            Ok(WsMessage::Binary(_)) => {
+                return Some(Err(WsError::Protocol(
+                    tokio_tungstenite::tungstenite::error::ProtocolError::UnmaskedFrameFromClient,
+                )));
+            }
+            Ok(_) => continue, // ping, pong: tungstenite answers pings itself
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}
+
+/// Sends an `ERROR` frame straight from a connection, before the peer has
+/// authenticated (and before the hub knows it). Unsigned: a node does no
+/// private-key work for a peer that has proved nothing (PROTOCOL.md C14),
+/// so refusing garbage costs next to nothing. Under the write timeout.
+pub(crate) async fn send_error<S>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &ConnCtx,
+    to: &str,
+    code: ErrorCode,
+    detail: &str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ctx.metrics.refused(code.as_str());
+    let out = Outgoing::new(to, Message::Error(ErrorBody::new(code, detail)));
+    ctx.metrics.frame_out(out.type_name());
+    let text = out.into_envelope(&ctx.me).to_json();
+    let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(WsMessage::text(text))).await;
+}
+
+/// Closes a connection, waiting at most a moment for the peer.
+pub(crate) async fn close_quietly<S>(ws: &mut WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
+}
+
+/// Runs an accepted connection until it closes: reads the hello, hands it
+/// to the router, then serves frames both ways.
+/// Takes the stream and context by reference: the caller's task owns them
+/// once, where moving them in would store them twice in the task (async fn
+/// arguments are kept beside their moved copies); an idle connection is
+/// mostly this task.
+pub(crate) async fn serve_accepted<S>(ws: &mut WebSocketStream<S>, conn: ConnId, ctx: &ConnCtx)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let first = match tokio::time::timeout(ctx.limits.hello_timeout, next_text(ws)).await {
+        Ok(Some(Ok(text))) => text,
+        Ok(Some(Err(WsError::Capacity(e)))) => {
+            return refuse(ws, ctx, ids::TO_USER, ErrorCode::TooLarge, &e.to_string()).await;
+        }
+        Ok(_) => return,
+        Err(_) => {
+            let detail = "no hello within 10 s";
+            return refuse(ws, ctx, ids::TO_USER, ErrorCode::Timeout, detail).await;
+        }
+    };
+    match hello::accept_first(ctx, conn, &first) {
+        Ok(a) => run(ws, conn, ctx, Box::new(a.input), a.peer, a.auth).await,
+        Err((to, r)) => refuse(ws, ctx, to, r.code, &r.detail).await,
+    }
+}
+
+/// Answers a refused hello with an error, and closes.
+async fn refuse<S>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &ConnCtx,
+    to: &str,
+    code: ErrorCode,
+    detail: &str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    send_error(ws, ctx, to, code, detail).await;
+    close_quietly(ws).await;
+}
+
+/// Registers the connection with the hub, delivers its hello, and serves it.
+///
+/// The socket is split: a reader and a writer run side by side in this
+/// task, so a write that cannot finish (the peer is not reading, perhaps
+/// because it is itself blocked writing to us) never stops the reads. Every
+/// write runs under the write timeout: a peer that takes in nothing for that
+/// long is disconnected. Shutdown ends both at once.
+pub(crate) async fn run<S>(
+    ws: &mut WebSocketStream<S>,
+    conn: ConnId,
+    ctx: &ConnCtx,
+    hello: Box<Input>,
+    peer: Peer,
+    auth: Auth,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let capacity = if peer.is_link() {
+        LINK_SEND_QUEUE
+    } else {
+        SEND_QUEUE
+    };
+    let (tx, mut rx) = mpsc::channel(capacity);
+    // The reader's answers to the peer's own frames (errors) go out through
+    // the same queue as the hub's; it holds it weakly, so that when the hub
+    // drops the queue (a slow peer) the connection still ends.
+    let replies = tx.downgrade();
+    // The hello goes on the queue its registration went on: before any
+    // frame of the connection.
+    if ctx.hub.send(HubEvent::Register(conn, tx)).await.is_err()
+        || ctx.hub.send(HubEvent::Input(hello)).await.is_err()
+    {
+        return;
+    }
+    ctx.metrics
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (mut sealer, checker) = auth.split();
+    let mut shutdown = ctx.shutdown.clone();
+    {
+        let (mut sink, mut stream) = StreamExt::split(&mut *ws);
+        let reader = reader::read_frames(&mut stream, conn, ctx, &peer, checker, replies);
+        let writer =
+            writer::write_frames(&mut sink, conn, ctx, &mut rx, &mut sealer, peer.is_link());
+        tokio::select! {
+            () = super::stop_requested(&mut shutdown) => {}
+            () = reader => {}
+            () = writer => {}
+        }
+    }
+    say_last_words(ws, ctx, &mut rx, &mut sealer).await;
+    ctx.metrics
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let closed = match peer {
+        Peer::User(_) => Input::UserClosed(conn),
+        Peer::Link { .. } => Input::LinkClosed(conn),
+    };
+    ctx.to_hub(closed).await;
+    let _ = ctx.hub.send(HubEvent::Unregister(conn)).await;
+}
+
+/// An error that ended the reading (an oversized frame, say) still goes
+/// out, with a few frames queued before it; then the close.
+async fn say_last_words<S>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &ConnCtx,
+    rx: &mut mpsc::Receiver<ConnCmd>,
+    sealer: &mut auth::Sealer,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for _ in 0..LAST_WORDS {
+        let Ok(ConnCmd::Frame(out)) = rx.try_recv() else {
+            break;
+        };
+        if let Some(text) = writer::seal(ctx, sealer, out).await
+            && tokio::time::timeout(CLOSE_GRACE, ws.send(WsMessage::text(text)))
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
+}

@@ -1,0 +1,347 @@
+//! Content on its way out: where a custody entry can go now, pumping each
+//! destination's entries towards their next hop in order within the hop's
+//! window, acknowledgements releasing them, and what the senders are told
+//! (receipts and errors). Expiry of the master's mailbox too.
+
+use std::collections::BTreeMap;
+
+use super::{ConnId, Frame, Names, Outgoing, Output, Relay, Router, StoreOp, truncate};
+use crate::node::custody::{ContentKind, Dest, Entry, Hop};
+use crate::wire::ErrorCode;
+use crate::wire::messages::{ErrorBody, Message, Receipt};
+
+/// Receipt statuses (see `RECEIPT`).
+pub const QUEUED: &str = "queued";
+pub const DELIVERED: &str = "delivered";
+/// Most ids one `delivered` receipt carries before it is sent anyway.
+const RECEIPT_BATCH: usize = 256;
+
+/// How an entry leaves: on which hop, through which connection, with which `to`.
+pub(super) struct Route {
+    hop: Hop,
+    conn: ConnId,
+    to: String,
+    on_link: bool,
+    /// The hop never acknowledges (a reference peer or a legacy client).
+    best_effort: bool,
+}
+
+impl Router {
+    /// Where an entry can go now, if anywhere.
+    pub(super) fn route(&self, e: &Entry) -> Option<Route> {
+        let link_route = |server: &str, to: &str| {
+            self.links.get(server).map(|l| Route {
+                hop: Hop::Link(server.to_owned()),
+                conn: l.conn,
+                to: to.to_owned(),
+                on_link: true,
+                best_effort: !l.socp,
+            })
+        };
+        let master = self.master_link().filter(|_| !self.cfg.master);
+        match &e.dest {
+            Dest::User(u) => {
+                if let Some(s) = self.sessions.get(u) {
+                    return Some(Route {
+                        hop: Hop::Conn(s.conn),
+                        conn: s.conn,
+                        to: u.clone(),
+                        on_link: false,
+                        best_effort: s.proof.is_none(),
+                    });
+                }
+                if let Some(p) = self
+                    .presence
+                    .get(u)
+                    .filter(|p| p.live && p.location != self.cfg.me)
+                {
+                    return link_route(&p.location, &p.location)
+                        .or_else(|| master.and_then(|m| link_route(m, &p.location)));
+                }
+                // A local hands its own users' content for unknown recipients
+                // to the master; what came over a link waits for the user.
+                master
+                    .filter(|_| e.via.is_none())
+                    .and_then(|m| link_route(m, m))
+            }
+            Dest::Server(s) => link_route(s, e.to.as_deref().unwrap_or(s)),
+        }
+    }
+
+    /// Sends what `dest` has pending, in order, while its hop has room.
+    pub(super) fn pump(&mut self, dest: &Dest) {
+        loop {
+            let Some(head) = self.custody.next_pending(dest).cloned() else {
+                return;
+            };
+            let Some(route) = self.route(&head) else {
+                return;
+            };
+            if self.custody.is_evicted(head.seq) {
+                // Its body is on disk: read a page back, then send on.
+                return self.page_in(dest);
+            }
+            if route.best_effort {
+                self.emit_entry(&route, &head, None);
+                let released = self.custody.release(&[head.seq]);
+                self.persist(StoreOp::Release(released.iter().map(|e| e.seq).collect()));
+                continue;
+            }
+            // A full window, or another frame under the same id in flight
+            // on this hop (an ACK names only the id): wait for an ack.
+            if self.custody.room(&route.hop) == 0
+                || self.custody.in_flight(&route.hop, &head.msg_id)
+            {
+                self.custody.block(&route.hop, dest);
+                return;
+            }
+            let mut seqs = vec![head.seq];
+            let mut recipients = None;
+            if route.on_link && head.kind.is_group() {
+                // One frame per destination server: take the other members
+                // behind the same hop whose next frame is this one too.
+                let mut names = vec![dest_user(&head.dest)];
+                let others: Vec<Entry> = self
+                    .custody
+                    .pending_with_msg(&head.sender, &head.msg_id)
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                for other in others.iter().filter(|o| o.seq != head.seq) {
+                    let at_head = self
+                        .custody
+                        .next_pending(&other.dest)
+                        .is_some_and(|h| h.seq == other.seq);
+                    if at_head && self.route(other).is_some_and(|r| r.hop == route.hop) {
+                        seqs.push(other.seq);
+                        names.push(dest_user(&other.dest));
+                    }
+                }
+                recipients = Some(names.into_iter().flatten().collect::<Vec<_>>());
+            }
+            self.custody.send(&route.hop, &head.msg_id, &seqs);
+            self.emit_entry(&route, &head, recipients);
+        }
+    }
+
+    fn emit_entry(&mut self, route: &Route, e: &Entry, recipients: Option<Vec<String>>) {
+        let Some(content) = e.body.clone() else {
+            return; // on disk only: `pump` reads it back first
+        };
+        if e.kind == ContentKind::Dm
+            && let Hop::Link(server) = &route.hop
+        {
+            self.carried.record(&e.sender, &e.msg_id, server);
+        }
+        let names = match (recipients, &e.dest) {
+            (Some(members), _) => Names::Members(members),
+            (None, Dest::User(u)) if e.kind.is_file() => Names::User(u.clone()),
+            (None, _) => Names::Nobody,
+        };
+        let relay = Relay {
+            content,
+            on_link: route.on_link,
+            names,
+        };
+        self.out.push(Output::Send(
+            route.conn,
+            Outgoing {
+                to: route.to.clone(),
+                frame: Frame::Content(relay),
+            },
+        ));
+    }
+
+    /// Pumps every destination with something pending.
+    pub(super) fn pump_all(&mut self) {
+        for dest in self.custody.pending_dests() {
+            self.pump(&dest);
+        }
+    }
+
+    /// A hop went away: what was in flight on it goes out again, in order.
+    pub(super) fn hop_down(&mut self, hop: &Hop) {
+        for dest in self.custody.hop_down(hop) {
+            self.pump(&dest);
+        }
+    }
+
+    /// `hop` acknowledged `msg_ids`: release them, tell senders their DMs
+    /// were delivered (when the hop is the recipient's client), send more.
+    pub(super) fn acked(&mut self, hop: Hop, msg_ids: Vec<String>) {
+        let released = self.custody.ack(&hop, &msg_ids);
+        if !released.is_empty() {
+            self.persist(StoreOp::Release(released.iter().map(|e| e.seq).collect()));
+        }
+        if matches!(hop, Hop::Conn(_)) {
+            let mut by_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for e in released.iter().filter(|e| e.kind == ContentKind::Dm) {
+                by_sender
+                    .entry(e.sender.clone())
+                    .or_default()
+                    .push(e.msg_id.clone());
+            }
+            for (sender, ids) in by_sender {
+                let held = self.receipts.entry(sender.clone()).or_default();
+                held.extend(ids);
+                if held.len() >= RECEIPT_BATCH {
+                    let ids = self.receipts.remove(&sender).unwrap_or_default();
+                    self.send_receipt(None, &sender, ids, DELIVERED);
+                }
+            }
+        }
+        for dest in self.custody.unblock(&hop) {
+            self.pump(&dest);
+        }
+    }
+
+    /// Sends the `delivered` receipts held back for batching.
+    pub(super) fn flush_receipts(&mut self) {
+        for (sender, ids) in std::mem::take(&mut self.receipts) {
+            self.send_receipt(None, &sender, ids, DELIVERED);
+        }
+    }
+
+    /// The ids of a receipt from `server` about `user`'s DMs that `server`
+    /// may confirm: DMs we handed to it, or, from our master, DMs we handed
+    /// to anyone (the master checks what it relays the same way).
+    /// PROTOCOL.md C13: a server cannot confirm content it never carried.
+    pub(super) fn receipt_ids_from(
+        &mut self,
+        server: &str,
+        user: &str,
+        msg_ids: Vec<String>,
+        status: &str,
+    ) -> Vec<String> {
+        let from_master = !self.cfg.master && self.master_id.as_deref() == Some(server);
+        let (ok, forged): (Vec<String>, Vec<String>) = msg_ids.into_iter().partition(|id| {
+            self.carried.went_to(user, id, server)
+                || (from_master && self.carried.carried(user, id))
+        });
+        if !forged.is_empty() {
+            tracing::warn!(server, user = %truncate(user), ids = forged.len(), "dropped receipts for content that server did not carry");
+        }
+        if status == DELIVERED && (self.sessions.contains_key(user) || self.cfg.master) {
+            // Delivered is final: on the sender's own server, and at the
+            // master once it relays it.
+            for id in &ok {
+                self.carried.forget(user, id);
+            }
+        }
+        ok
+    }
+
+    /// Routes a receipt towards `user`, best effort, never back where it came from.
+    pub(super) fn send_receipt(
+        &mut self,
+        from_link: Option<&str>,
+        user: &str,
+        msg_ids: Vec<String>,
+        status: &str,
+    ) {
+        let receipt = Message::Receipt(Receipt {
+            user_id: user.to_owned(),
+            msg_ids,
+            status: status.to_owned(),
+            extra: Default::default(),
+        });
+        if let Some(s) = self.sessions.get(user) {
+            if s.proof.is_some() {
+                let conn = s.conn;
+                self.send(conn, user, receipt);
+            }
+            return;
+        }
+        let socp = |this: &Self, s: &str| {
+            this.links.get(s).is_some_and(|l| l.socp) && Some(s) != from_link
+        };
+        if let Some(loc) = self
+            .presence
+            .get(user)
+            .filter(|p| p.live)
+            .map(|p| p.location.clone())
+        {
+            if socp(self, &loc) {
+                self.send_link(&loc, &loc, receipt);
+                return;
+            }
+            if let Some(m) = self.master_link().map(str::to_owned)
+                && !self.cfg.master
+                && socp(self, &m)
+            {
+                self.send_link(&m, &loc, receipt);
+            }
+            return;
+        }
+        if !self.cfg.master
+            && let Some(m) = self.master_link().map(str::to_owned)
+            && socp(self, &m)
+        {
+            self.send_link(&m, &m, receipt);
+        }
+    }
+
+    /// Sends an error to `user`, here or on the server the frame came from.
+    pub(super) fn report(
+        &mut self,
+        from_link: Option<&str>,
+        user: &str,
+        code: ErrorCode,
+        detail: String,
+        msg_id: Option<&str>,
+    ) {
+        if from_link.is_some() && msg_id.is_some() {
+            self.dead_letters += 1;
+        }
+        tracing::debug!(
+            user = %truncate(user),
+            msg_id = %truncate(msg_id.unwrap_or("-")),
+            server = from_link.unwrap_or("-"),
+            code = %code,
+            "content refused"
+        );
+        let error = Message::Error(ErrorBody::about(code, detail, msg_id));
+        match from_link {
+            None => {
+                if let Some(conn) = self.sessions.get(user).map(|s| s.conn) {
+                    self.send(conn, user, error);
+                }
+            }
+            Some(server) => {
+                if self.links.get(server).is_some_and(|l| l.socp) && !user.is_empty() {
+                    self.send_link(server, user, error);
+                }
+            }
+        }
+    }
+
+    /// Housekeeping: the master drops mailbox frames older than the limit.
+    pub(super) fn tick(&mut self) {
+        if !self.cfg.master {
+            return;
+        }
+        let cutoff = self.now - self.cfg.limits.max_age_ms;
+        let sessions = &self.sessions;
+        let presence = &self.presence;
+        let gone = self.custody.expire(cutoff, |d| match d {
+            Dest::User(u) => !sessions.contains_key(u) && !presence.get(u).is_some_and(|p| p.live),
+            Dest::Server(_) => false,
+        });
+        if !gone.is_empty() {
+            self.expired += gone.len() as u64;
+            tracing::info!(
+                frames = gone.len(),
+                total = self.expired,
+                "dropped mailbox frames past their age limit"
+            );
+            self.persist(StoreOp::Release(gone.iter().map(|e| e.seq).collect()));
+        }
+    }
+}
+
+fn dest_user(d: &Dest) -> Option<String> {
+    match d {
+        Dest::User(u) => Some(u.clone()),
+        Dest::Server(_) => None,
+    }
+}

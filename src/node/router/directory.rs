@@ -1,0 +1,151 @@
+//! The directory across links (PROTOCOL.md C5, C13): a local registers its
+//! users at the master (`DB_REGISTER_USER`) and takes the master's answers
+//! to lookups (`DB_USER`) as the keys ids are pinned to.
+
+use serde_json::Value;
+
+use super::admission::RegSource;
+use super::links::REFUSED_USER;
+use super::{
+    HELLO_FRESHNESS_MS, Pending, Router, StoreOp, lookup_answer, proof_signed_by, truncate,
+};
+use crate::crypto::PublicKey;
+use crate::node::policy::PolicyOp;
+use crate::node::records::UserRecord;
+use crate::wire::messages::{DirectoryAnswer, DirectoryLookup, ErrorBody, Message, RegisterUser};
+use crate::wire::{ErrorCode, ids};
+
+impl Router {
+    /// The master answers a local's `DB_GET_USER`.
+    pub(super) fn peer_lookup(&mut self, server: &str, q: DirectoryLookup) {
+        let pubkey = self.users.get(&q.user_id).map(|u| u.pubkey.clone());
+        let answer = Message::DbUser(DirectoryAnswer {
+            found: pubkey.is_some(),
+            pubkey: pubkey.unwrap_or_default(),
+            user_id: q.user_id,
+            req_id: q.req_id,
+            extra: Default::default(),
+        });
+        self.send_link(server, server, answer);
+    }
+
+    pub(super) fn directory_answer(&mut self, a: DirectoryAnswer) {
+        if a.found && PublicKey::from_b64(&a.pubkey).is_ok() {
+            match self.users.get_mut(&a.user_id) {
+                None => {
+                    let rec = UserRecord::new(a.pubkey.clone(), false, self.now);
+                    self.users.insert(a.user_id.clone(), rec.clone());
+                    self.persist(StoreOp::PinUser(a.user_id.clone(), rec));
+                }
+                // The master is the directory: a key its operator reset
+                // replaces what this local cached.
+                Some(rec) if rec.pubkey != a.pubkey && self.master_id.is_some() => {
+                    tracing::warn!(user = %a.user_id, "the master has a new key for this user (reset by its operator)");
+                    rec.pubkey = a.pubkey.clone();
+                    self.persist(StoreOp::Policy(PolicyOp::ReplaceKey {
+                        user: a.user_id.clone(),
+                        pubkey: a.pubkey.clone(),
+                    }));
+                }
+                Some(_) => {}
+            }
+        }
+        match self.pending.remove(&a.req_id) {
+            Some(Pending::Lookup { conn, user_id }) if user_id == a.user_id => {
+                if let Some(user) = self.conn_users.get(&conn).cloned() {
+                    let pubkey = a.found.then_some(a.pubkey.as_str());
+                    self.send(conn, &user, lookup_answer(&a.user_id, pubkey));
+                }
+            }
+            Some(Pending::Hello(hello)) if hello.user_id == a.user_id => {
+                let user = hello.user_id.clone();
+                if !a.found {
+                    self.refuse(
+                        hello.conn,
+                        &user,
+                        ErrorCode::NotAllowed,
+                        "the master refused to register this user",
+                    );
+                } else if a.pubkey != hello.key.to_b64() {
+                    self.refuse(
+                        hello.conn,
+                        &user,
+                        ErrorCode::BadKey,
+                        format!("{user} is registered with another key; pick another user id"),
+                    );
+                } else {
+                    self.accept_user(hello);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn peer_register(&mut self, server: &str, r: RegisterUser) {
+        if !self.cfg.master {
+            return;
+        }
+        let refuse = |this: &mut Self, code: ErrorCode, detail: String| {
+            tracing::warn!(server, user = %truncate(&r.user_id), %detail, "registration refused");
+            let mut error = ErrorBody::new(code, detail);
+            error
+                .extra
+                .insert(REFUSED_USER.into(), Value::String(r.user_id.clone()));
+            this.send_link(server, &r.user_id, Message::Error(error));
+        };
+        if ids::check_user(&r.user_id).is_err() || PublicKey::from_b64(&r.pubkey).is_err() {
+            return refuse(self, ErrorCode::BadKey, "bad user id or key".into());
+        }
+        // A server may register only the users whose signed hello it
+        // carries (C13); proofless registrations are for legacy clients.
+        match &r.proof {
+            None if !self.cfg.allow_legacy => {
+                return refuse(
+                    self,
+                    ErrorCode::NotAllowed,
+                    "a registration needs the user's signed hello as proof (this master admits no legacy clients)".into(),
+                );
+            }
+            Some(proof) if !proof_signed_by(proof, &r.user_id, &r.pubkey) => {
+                return refuse(
+                    self,
+                    ErrorCode::InvalidSig,
+                    "registration proof does not verify".into(),
+                );
+            }
+            _ => {}
+        }
+        let known = self.users.get(&r.user_id).map(|rec| rec.pubkey == r.pubkey);
+        match known {
+            Some(true) => {}
+            Some(false) if !self.policy.resets.contains(&r.user_id) => refuse(
+                self,
+                ErrorCode::BadKey,
+                format!(
+                    "{} is registered with another key; pick another user id",
+                    r.user_id
+                ),
+            ),
+            _ => {
+                // A new id: its proof must be fresh, not a hello kept from
+                // long ago, and the policy and the server's rate apply.
+                if let Some(proof) = &r.proof {
+                    let ts = proof.payload.get("ts").and_then(Value::as_i64).unwrap_or(0);
+                    if (self.now - ts).abs() > HELLO_FRESHNESS_MS {
+                        return refuse(
+                            self,
+                            ErrorCode::InvalidSig,
+                            "stale registration proof".into(),
+                        );
+                    }
+                }
+                let source = Some(RegSource::Server(server.to_owned()));
+                if let Err((code, detail)) =
+                    self.register_new(&r.user_id, &r.pubkey, r.proof.as_ref(), source)
+                {
+                    refuse(self, code, detail);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Presence (PROTOCOL.md C5): where remote users are, as links tell us.
+//! The master checks every claim (a proof signed with the user's directory
+//! key, first presented by the server that hosts them) and relays it; a
+//! local takes presence from its master only. A new link learns who is
+//! online; a reformed link's cache is dropped or restored.
+
+use serde_json::{Map, Value};
+
+use super::{
+    HELLO_FRESHNESS_MS, Router, StoreOp, proof_digest, proof_signed_by, registration, truncate,
+};
+use crate::node::custody::Dest;
+use crate::node::records::PresenceRecord;
+use crate::wire::ids;
+use crate::wire::messages::{Message, Presence};
+
+impl Router {
+    /// After a link forms: a `socp` peer re-advertises its users, so what we
+    /// cached from it is dropped; a reference peer does not, so the cache is
+    /// restored.
+    pub(super) fn restore_presence(&mut self, server: &str, socp: bool) {
+        let via: Vec<String> = self
+            .presence
+            .iter()
+            .filter(|(_, p)| p.via == server && !p.live)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for user in via {
+            if socp {
+                self.presence.remove(&user);
+                self.persist(StoreOp::RemovePresence(user));
+            } else if let Some(p) = self.presence.get_mut(&user) {
+                p.live = true;
+                let adv = Message::UserAdvertise(Presence {
+                    user_id: user,
+                    location: p.location.clone(),
+                    proof: p.proof.clone(),
+                    extra: Map::new(),
+                });
+                if self.cfg.master {
+                    self.broadcast(Some(server), &adv);
+                }
+            }
+        }
+    }
+
+    /// A new link learns who is online: our own users (registered first,
+    /// if it is our master) and, from the master, everyone else's.
+    pub(super) fn send_snapshot(&mut self, server: &str) {
+        let own: Vec<String> = self.sessions.keys().cloned().collect();
+        let is_master_link = self.master_id.as_deref() == Some(server);
+        for user in &own {
+            if is_master_link && let Some(session) = self.sessions.get(user) {
+                let reg = registration(user, &session.key, session.proof.clone());
+                self.send_link(server, server, reg);
+            }
+            let adv = self.own_advert(user);
+            self.send_link(server, ids::TO_ALL, adv);
+        }
+        if self.cfg.master {
+            let others: Vec<(String, PresenceRecord)> = self
+                .presence
+                .iter()
+                .filter(|(_, p)| p.live && p.location != server)
+                .map(|(u, p)| (u.clone(), p.clone()))
+                .collect();
+            for (user, p) in others {
+                let adv = Message::UserAdvertise(Presence {
+                    user_id: user,
+                    location: p.location,
+                    proof: p.proof,
+                    extra: Map::new(),
+                });
+                self.send_link(server, ids::TO_ALL, adv);
+            }
+        }
+    }
+
+    pub(super) fn peer_advertise(&mut self, server: &str, p: Presence) {
+        let from_master = self.master_id.as_deref() == Some(server);
+        if p.location == self.cfg.me || ids::check_user(&p.user_id).is_err() {
+            return;
+        }
+        if self.cfg.master {
+            if p.location != server {
+                tracing::warn!(server, user = %p.user_id, location = %truncate(&p.location), "refused presence for another server");
+                return;
+            }
+            if let Err(why) = self.check_claim(server, &p) {
+                tracing::warn!(server, user = %p.user_id, why, "refused presence claim");
+                return;
+            }
+        } else if !from_master {
+            tracing::debug!(server, user = %p.user_id, "presence from a peer ignored: the master relays it");
+            return;
+        }
+        if self.sessions.contains_key(&p.user_id) {
+            return;
+        }
+        let rec = PresenceRecord {
+            location: p.location.clone(),
+            via: server.to_owned(),
+            proof: p.proof.clone(),
+            live: true,
+            updated_ms: self.now,
+        };
+        self.presence.insert(p.user_id.clone(), rec.clone());
+        self.persist(StoreOp::SetPresence(p.user_id.clone(), rec));
+        let user = Dest::User(p.user_id.clone());
+        if self.cfg.master {
+            self.broadcast(Some(server), &Message::UserAdvertise(p));
+        }
+        self.pump(&user);
+    }
+
+    /// The master's check of a presence claim: a proof signed with the user's
+    /// directory key, fresh when first seen and owned by the first server
+    /// that presented it; no proof only for legacy users.
+    pub(super) fn check_claim(&mut self, server: &str, p: &Presence) -> Result<(), &'static str> {
+        let Some(rec) = self.users.get(&p.user_id) else {
+            return Err("user is not registered");
+        };
+        let Some(proof) = &p.proof else {
+            return if rec.legacy {
+                Ok(())
+            } else {
+                Err("no proof for a signed user")
+            };
+        };
+        if !proof_signed_by(proof, &p.user_id, &rec.pubkey) {
+            return Err("proof is not signed with the directory key");
+        }
+        let digest = proof_digest(proof);
+        match self.proof_owners.get(&digest) {
+            Some(owner) if owner.server == server => Ok(()),
+            Some(_) => Err("proof belongs to another server"),
+            None => {
+                let ts = proof.payload.get("ts").and_then(Value::as_i64).unwrap_or(0);
+                if (self.now - ts).abs() > HELLO_FRESHNESS_MS {
+                    return Err("stale proof");
+                }
+                self.own_proof(digest, server, &p.user_id);
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn peer_remove(&mut self, server: &str, p: Presence) {
+        let trusted = self.master_id.as_deref() == Some(server) || p.location == server;
+        if !trusted {
+            return;
+        }
+        if self
+            .presence
+            .get(&p.user_id)
+            .is_some_and(|rec| rec.location == p.location)
+        {
+            self.presence.remove(&p.user_id);
+            self.persist(StoreOp::RemovePresence(p.user_id.clone()));
+            if self.cfg.master {
+                let relay = Message::UserRemove(Presence { proof: None, ..p });
+                self.broadcast(Some(server), &relay);
+            }
+        }
+    }
+}
