@@ -25,24 +25,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Node(args) => run_node(*args),
         Command::Client(args) => run_client(args),
         Command::Admin(args) => run_admin(args.command),
-        Command::Bench(args) => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            if args.attacks {
-                let cfg = crate::bench::AttackConfig {
-                    seconds: args.seconds,
-                    rss_bound_mib: args.rss_bound_mib,
-                    out: args.out,
-                };
-                return runtime.block_on(crate::bench::run_attacks(cfg)).map(|_| ());
-            }
-            let cfg = crate::bench::BenchConfig {
-                seconds: args.seconds,
-                pairs: args.pairs,
-                idle: args.idle,
-                out: args.out,
-            };
-            runtime.block_on(crate::bench::run(cfg)).map(|_| ())
-        }
     }
 }
 

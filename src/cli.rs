@@ -41,9 +41,6 @@ pub enum Command {
     /// make and list invites; list or add admitted servers; remove a user or
     /// reset a user's key; back it up and restore it; show running nodes.
     Admin(AdminArgs),
-    /// Measure a master and a local on loopback: throughput, latency, CPU,
-    /// memory, with and without link sessions.
-    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -149,31 +146,6 @@ pub struct AdmitArgs {
     pub file: PathBuf,
     /// A server id or key fingerprint to add.
     pub entry: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Write the figures as JSON to this file.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Seconds each measured run lasts (after a one-second warm-up).
-    #[arg(long, default_value_t = 5)]
-    pub seconds: u64,
-    /// Sender/receiver session pairs.
-    #[arg(long, default_value_t = 8)]
-    pub pairs: usize,
-    /// Idle connections for the memory-per-connection figure.
-    #[arg(long, default_value_t = 2000)]
-    pub idle: usize,
-    /// Instead: a master and two locals with small bounds, a probe user's
-    /// DMs alone and then under every attack of issue 11 at once (--seconds
-    /// per phase): probe latency, node RSS, what the nodes answered.
-    #[arg(long)]
-    pub attacks: bool,
-    /// With --attacks: the memory budget each node's peak RSS is held
-    /// against, in MiB.
-    #[arg(long, default_value_t = 256)]
-    pub rss_bound_mib: u64,
 }
 
 /// Which kind of server.

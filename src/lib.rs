@@ -7,7 +7,6 @@
 pub mod admin;
 pub mod app;
 pub mod backoff;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

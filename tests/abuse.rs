@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{TestNode, cached_key, connect, expect, user_key};
+use common::cluster::{TestNode, cached_key, connect, expect, send_dm, user_key};
 use common::flood::{eventually, flood};
 use common::raw::{Raw, link_as, signed};
 use serde_json::json;
@@ -215,7 +215,7 @@ async fn over_quota_content_is_refused_by_msg_id_and_never_acknowledged() {
         max_frames: 1,
         ..Default::default()
     };
-    let master = TestNode::start_configured(true, None, |c| c.mailbox = limits).await;
+    let master = TestNode::master_with(|c| c.mailbox = limits).await;
     connect(&master.url(), "bob").await.close().await;
     master.wait_offline("bob").await;
     let mut alice = connect(&master.url(), "alice").await;
@@ -266,7 +266,8 @@ async fn a_server_cannot_disconnect_users_hosted_elsewhere() {
             ))
             .await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the master has handled all of it, DMs flow both ways.
+    rogue.barrier(&rogue_id, &rogue_key).await;
     dm_flows(&mut alice, &mut bob).await;
     dm_flows(&mut bob, &mut alice).await;
     let online = master.status().await.online;
@@ -350,7 +351,7 @@ async fn another_senders_msg_id_neither_suppresses_nor_is_suppressed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_msg_ids_leak_no_window_slots() {
     let master = TestNode::master().await;
-    let local = TestNode::start_configured(false, Some(master.url()), |c| {
+    let local = TestNode::local_with(&master.url(), |c| {
         c.limits.user_rate = 1_000_000.0;
         c.limits.user_burst = 1_000_000.0;
     })
@@ -428,12 +429,14 @@ fn share(creator: &str, group: &str, members: &[&str], msg_id: &str) -> Message 
     Message::GroupKeyShare(s)
 }
 
-/// True if `s` receives a GROUP_KEY_SHARE with this msg_id within a moment.
-async fn gets_share(s: &mut Session, msg_id: &str) -> bool {
-    common::cluster::drain(s, Duration::from_millis(700))
-        .await
-        .iter()
-        .any(|(_, m)| matches!(m, Message::GroupKeyShare(g) if g.msg_id.as_deref() == Some(msg_id)))
+/// Waits for a GROUP_KEY_SHARE with this msg_id (failing after `WAIT`).
+async fn expect_share(s: &mut Session, msg_id: &str) {
+    expect(
+        s,
+        "the group key share",
+        |_, m| matches!(m, Message::GroupKeyShare(g) if g.msg_id.as_deref() == Some(msg_id)),
+    )
+    .await;
 }
 
 /// PROTOCOL.md C10: a user who is not a group's owner used to be able to
@@ -457,7 +460,7 @@ async fn only_a_groups_owner_can_change_it_at_the_master() {
         .await
         .unwrap();
     assert!(acked(&mut alice, "s1").await);
-    assert!(gets_share(&mut bob, "s1").await);
+    expect_share(&mut bob, "s1").await;
     // Dave (on the master) and Carol (through a local) try to take it over.
     dave.send(
         "group_team",
@@ -481,7 +484,24 @@ async fn only_a_groups_owner_can_change_it_at_the_master() {
     })
     .await;
     assert!(matches!(m, Message::Error(e) if e.code == "NOT_ALLOWED"));
-    assert!(!gets_share(&mut bob, "takeover-1").await && !gets_share(&mut bob, "takeover-2").await);
+    // Neither reached Bob: the master refused both before it routed the DM
+    // Alice now sends him, and a share it had passed on would come first.
+    send_dm(&mut alice, "bob", b"after the takeovers").await;
+    let mut before = Vec::new();
+    loop {
+        let (_, m) = expect(&mut bob, "alice's DM", |_, m| {
+            matches!(m, Message::UserDeliver(_) | Message::GroupKeyShare(_))
+        })
+        .await;
+        match m {
+            Message::GroupKeyShare(g) => before.extend(g.msg_id),
+            _ => break,
+        }
+    }
+    assert!(
+        !before.iter().any(|id| id.starts_with("takeover")),
+        "bob got {before:?}"
+    );
     // Refused after the local handed it on: set aside (counted), and it
     // leaves the local's custody instead of being resent.
     assert!(master.status().await.dead_letters >= 1);
@@ -524,7 +544,7 @@ async fn only_a_groups_owner_can_change_it_at_the_master() {
         .await
         .unwrap();
     assert!(acked(&mut alice, "s2").await);
-    assert!(gets_share(&mut carol, "s2").await);
+    expect_share(&mut carol, "s2").await;
 }
 
 /// A server used to be able to confirm content it never carried: a forged
@@ -604,7 +624,7 @@ async fn one_sender_is_held_to_its_own_quota_across_recipients() {
         max_sender_frames: 2,
         ..Default::default()
     };
-    let master = TestNode::start_configured(true, None, |c| c.mailbox = limits).await;
+    let master = TestNode::master_with(|c| c.mailbox = limits).await;
     for u in ["bob", "carol", "dave"] {
         connect(&master.url(), u).await.close().await;
         master.wait_offline(u).await;
@@ -636,11 +656,10 @@ async fn one_sender_is_held_to_its_own_quota_across_recipients() {
 
 /// The value of one counter in the node's metrics.
 async fn counter(node: &TestNode, name: &str) -> u64 {
-    let text = node.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+    match node.metric(name).await {
+        Some(n) => n,
+        None => panic!("{name} not in:\n{}", node.metrics().await),
+    }
 }
 
 /// Two connections that stopped reading used to pin a gigabyte between
@@ -648,7 +667,7 @@ async fn counter(node: &TestNode, name: &str) -> u64 {
 /// that takes in nothing for the write timeout is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_reading_is_disconnected_after_the_write_timeout() {
-    let master = TestNode::start_configured(true, None, |c| {
+    let master = TestNode::master_with(|c| {
         c.limits.write_timeout = Duration::from_secs(2);
         c.metrics = Some("127.0.0.1:0".parse().unwrap());
     })
@@ -683,7 +702,7 @@ async fn a_peer_that_stops_reading_is_disconnected_after_the_write_timeout() {
 /// work is done for a peer that has proved nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusing_unauthenticated_peers_costs_no_private_key_operation() {
-    let master = TestNode::start_configured(true, None, |c| {
+    let master = TestNode::master_with(|c| {
         c.limits.hello_timeout = Duration::from_secs(1);
         c.metrics = Some("127.0.0.1:0".parse().unwrap());
     })
@@ -731,7 +750,7 @@ async fn refusing_unauthenticated_peers_costs_no_private_key_operation() {
 /// Connections are capped for the whole node as well as per address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_global_cap_are_refused_and_others_served() {
-    let master = TestNode::start_configured(true, None, |c| {
+    let master = TestNode::master_with(|c| {
         c.limits.max_conns = 3;
         c.metrics = Some("127.0.0.1:0".parse().unwrap());
     })
@@ -839,7 +858,7 @@ async fn content_over_a_quota_further_on_is_set_aside_and_its_sender_told() {
         max_frames: 1,
         ..Default::default()
     };
-    let master = TestNode::start_configured(true, None, |c| c.mailbox = limits).await;
+    let master = TestNode::master_with(|c| c.mailbox = limits).await;
     let local = TestNode::local(&master.url()).await;
     master.wait_linked(1).await;
     connect(&master.url(), "bob").await.close().await;
@@ -964,7 +983,7 @@ async fn a_user_cannot_name_a_group_frames_recipients() {
         )
         .await
         .unwrap();
-    assert!(gets_share(&mut carol, "s1").await);
+    expect_share(&mut carol, "s1").await;
     let (key, _) = (b"k".repeat(32), ());
     let mut m = content::seal_group(
         &user_key("carol"),

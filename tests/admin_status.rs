@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::cluster::{WAIT, connect, expect, send_dm};
-use common::procs::NodeProc;
+use common::procs::start_node;
 use serde_json::Value;
 use socp::wire::messages::Message;
 
@@ -45,10 +45,10 @@ async fn admin_status(metrics: &[&str], json: bool) -> (bool, String) {
 async fn status_shows_links_users_mailbox_and_quotas_of_a_running_mesh() {
     let root = tempfile::tempdir().unwrap();
     let metrics_flag = ["--metrics".to_owned(), "127.0.0.1:0".to_owned()];
-    let master = NodeProc::start(root.path().join("m"), "master", "server-0", &metrics_flag);
+    let master = start_node(root.path().join("m"), "master", "server-0", &metrics_flag);
     let mut local_args = vec!["--master-url".to_owned(), master.url()];
     local_args.extend(metrics_flag.iter().cloned());
-    let local = NodeProc::start(root.path().join("l"), "local", "server-1", &local_args);
+    let local = start_node(root.path().join("l"), "local", "server-1", &local_args);
     let (m_url, l_url) = (
         master.metrics.clone().unwrap(),
         local.metrics.clone().unwrap(),

@@ -84,7 +84,7 @@ async fn registration_over_a_link_without_proof_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_over_a_link_without_proof_is_legacy_only_with_the_flag() {
-    let master = TestNode::start(true, None, true).await;
+    let master = TestNode::master_with(|c| c.allow_legacy_clients = true).await;
     let key = PrivateKey::load(&cached_key("server-5")).unwrap();
     let id = socp::wire::ids::new_local_server_id();
     let mut rogue = link_as(&master.url(), &id, &key).await;
@@ -116,10 +116,13 @@ async fn master_with_admit_links_only_listed_servers_and_rereads_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let admit = dir.path().join("admit.txt");
     write(&admit, "# servers allowed to link\n");
-    let master = TestNode::start_configured(true, None, |c| {
+    let master = TestNode::master_with(|c| {
         c.admission.admit = Some(admit.clone());
+        c.metrics = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
+    // The master's refusals of links, counted as the ERRORs it sent.
+    let errors_sent = || master.metric("socp_frames_out_total{type=\"ERROR\"}");
     // A server that is not listed is told why and closed.
     let key = PrivateKey::load(&cached_key("server-5")).unwrap();
     let id = socp::wire::ids::new_local_server_id();
@@ -130,8 +133,10 @@ async fn master_with_admit_links_only_listed_servers_and_rereads_the_file() {
 
     // A real local is kept out until its id is listed, then links (the
     // file is read at every link hello).
+    let refused_before = errors_sent().await.unwrap_or(0);
     let local = TestNode::local(&master.url()).await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let refused = wait_until(|| async { errors_sent().await > Some(refused_before) }).await;
+    assert!(refused, "the unlisted local was never refused");
     assert!(master.status().await.linked.is_empty());
     write(
         &admit,
@@ -159,7 +164,7 @@ async fn local_with_admit_refuses_unlisted_peers() {
     let dir = tempfile::tempdir().unwrap();
     let admit = dir.path().join("admit.txt");
     write(&admit, "");
-    let local = TestNode::start_configured(false, Some(master.url()), |c| {
+    let local = TestNode::local_with(&master.url(), |c| {
         c.admission.admit = Some(admit.clone());
     })
     .await;
@@ -199,10 +204,10 @@ async fn a_bad_admit_file_stops_the_start_with_its_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_registration_admits_known_users_only() {
     let mut master = TestNode::master().await;
-    let local = TestNode::local(&master.url()).await;
+    let mut local = TestNode::local(&master.url()).await;
     master.wait_linked(1).await;
     connect(&master.url(), "alice").await.close().await;
-    drop(local);
+    local.stop().await;
     master.config.admission.registration = Registration::Closed;
     master.restart().await;
     let local = TestNode::local(&master.url()).await;
@@ -224,7 +229,7 @@ async fn closed_registration_admits_known_users_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invites_are_needed_and_used_once() {
-    let master = TestNode::start_configured(true, None, |c| {
+    let master = TestNode::master_with(|c| {
         c.admission.registration = Registration::Invite;
     })
     .await;
@@ -280,7 +285,7 @@ async fn invites_are_needed_and_used_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_per_address_and_per_local_are_bounded() {
-    let master = TestNode::start_configured(true, None, |c| {
+    let master = TestNode::master_with(|c| {
         c.admission.per_address_hour = 2;
         c.admission.per_server_hour = 1;
     })
@@ -351,7 +356,7 @@ async fn reset_key_and_remove_user_need_a_stopped_node_and_take_effect() {
 /// A client session with an invite, as `socp client --invite` says hello.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_presents_an_invite() {
-    let master = TestNode::start_configured(true, None, |c| {
+    let master = TestNode::master_with(|c| {
         c.admission.registration = Registration::Invite;
     })
     .await;

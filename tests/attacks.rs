@@ -35,7 +35,7 @@ async fn dm_flows(from: &mut socp::client::Session, to: &mut socp::client::Sessi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c1_weak_keys_are_refused() {
-    let master = TestNode::start(true, None, true).await;
+    let master = TestNode::master_with(|c| c.allow_legacy_clients = true).await;
     let vectors = common::vector_json("pubkeys.json");
     for (name, case) in vectors.as_object().unwrap() {
         if case["acceptable"].as_bool().unwrap() {
@@ -96,7 +96,7 @@ async fn c3_unsigned_hello_without_the_legacy_flag_is_refused() {
     assert_eq!(raw.expect_error().await, "INVALID_SIG");
     assert!(raw.closed().await);
     // With the flag, the same hello is admitted.
-    let legacy = TestNode::start(true, None, true).await;
+    let legacy = TestNode::master_with(|c| c.allow_legacy_clients = true).await;
     let mut raw = Raw::connect(&legacy.url()).await;
     raw.send(&unsigned(
         "USER_HELLO",
@@ -305,8 +305,9 @@ async fn c5_rogue_server_cannot_draw_a_users_traffic() {
             &rogue_key,
         ))
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    // DMs still reach the real Bob, and nothing reaches the rogue.
+    // Once the master has handled all of it, DMs still reach the real Bob,
+    // and nothing reaches the rogue.
+    rogue.barrier(&rogue_id, &rogue_key).await;
     dm_flows(&mut alice, &mut bob).await;
     dm_flows(&mut alice, &mut bob).await;
     while let Some(env) = rogue

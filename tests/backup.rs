@@ -10,11 +10,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::cluster::{WAIT, connect, expect, user_key};
-use common::procs::NodeProc;
+use common::cluster::{WAIT, connect, expect, user_key, wait_until};
+use common::procs::start_node;
 use socp::client::{Session, SessionError};
 use socp::wire::ids::TO_SERVER;
 use socp::wire::messages::{Ack, Message};
@@ -78,7 +78,7 @@ fn mailbox_ids(db: &Path, user: &str) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_restored_from_a_live_backup_has_its_directory_and_mailbox() {
     let root = tempfile::tempdir().unwrap();
-    let mut master = NodeProc::start(root.path().join("m"), "master", "server-0", &[]);
+    let mut master = start_node(root.path().join("m"), "master", "server-0", &[]);
     let db = master.dir.join("node.sqlite");
     let backup = root.path().join("backups/master.sqlite");
 
@@ -98,20 +98,29 @@ async fn a_master_restored_from_a_live_backup_has_its_directory_and_mailbox() {
 
     // Alice keeps writing to Bob's mailbox while the backup is taken.
     let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
     let traffic = tokio::spawn({
-        let stop = stop.clone();
+        let (stop, sent) = (stop.clone(), sent.clone());
         async move {
-            let mut sent = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                send_dm(&mut alice, "bob", &format!("during-{sent}")).await;
-                sent += 1;
+                let n = sent.load(Ordering::Relaxed);
+                send_dm(&mut alice, "bob", &format!("during-{n}")).await;
+                sent.fetch_add(1, Ordering::Relaxed);
                 // Read the acks as they come, so the node never waits on us.
                 let _ = tokio::time::timeout(Duration::from_millis(5), alice.recv()).await;
             }
-            sent
+            sent.load(Ordering::Relaxed)
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The traffic flows before the backup starts and after it ends.
+    let flowing = |past: usize| {
+        let sent = sent.clone();
+        wait_until(move || {
+            let sent = sent.clone();
+            async move { sent.load(Ordering::Relaxed) > past }
+        })
+    };
+    assert!(flowing(0).await, "alice sends nothing");
     let out = socp(&[
         "admin",
         "backup",
@@ -143,7 +152,10 @@ async fn a_master_restored_from_a_live_backup_has_its_directory_and_mailbox() {
         "{}",
         text(&refused)
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        flowing(sent.load(Ordering::Relaxed)).await,
+        "alice's traffic stopped during the backup"
+    );
     stop.store(true, Ordering::Relaxed);
     let during = tokio::time::timeout(WAIT, traffic).await.unwrap().unwrap();
     assert!(during > 0, "no traffic while the backup was taken");
@@ -181,7 +193,7 @@ async fn a_master_restored_from_a_live_backup_has_its_directory_and_mailbox() {
         said.contains("integrity ok") && said.contains("restored"),
         "{said}"
     );
-    master.restart();
+    master.restart().unwrap();
 
     // The directory: Bob's id is still pinned to his key.
     match Session::connect(&master.url(), "bob", user_key("carol")).await {

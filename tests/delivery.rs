@@ -103,7 +103,7 @@ async fn master_with_quota(frames: usize, age_ms: i64) -> TestNode {
         max_bytes: 1 << 20,
         ..Default::default()
     };
-    TestNode::start_configured(true, None, |c| c.mailbox = limits).await
+    TestNode::master_with(|c| c.mailbox = limits).await
 }
 
 /// Alice sends four DMs to Bob over a quota of three: the fourth is refused

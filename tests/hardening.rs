@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{TestNode, connect, expect, expect_dm, send_dm, user_key};
-use common::procs::NodeProc;
+use common::procs::start_node;
 use common::raw::Raw;
 use socp::content;
 use socp::wire::ids::TO_SERVER;
@@ -28,7 +28,7 @@ fn error_code(m: &Message) -> Option<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_over_the_frame_rate_is_limited_and_others_are_not() {
-    let master = TestNode::start_configured(true, None, |c| {
+    let master = TestNode::master_with(|c| {
         c.limits.user_rate = 5.0;
         c.limits.user_burst = 5.0;
     })
@@ -47,15 +47,33 @@ async fn a_user_over_the_frame_rate_is_limited_and_others_are_not() {
     .await;
     assert!(matches!(m, Message::Error(e) if e.detail.contains("slow down")));
     list_works(&mut calm).await;
-    // The limited user is still connected and served once it slows down.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The limited user is still connected and served once it slows down
+    // (to one request every 250 ms, under its rate of 5 a second).
     let _ = common::cluster::drain(&mut noisy, Duration::from_millis(200)).await;
-    list_works(&mut noisy).await;
+    let deadline = tokio::time::Instant::now() + common::cluster::WAIT;
+    loop {
+        noisy
+            .send(TO_SERVER, &Message::UserListReq(Default::default()))
+            .await
+            .unwrap();
+        let (_, m) = expect(&mut noisy, "USER_LIST or RATE_LIMITED", |_, m| {
+            matches!(m, Message::UserList(_)) || error_code(m) == Some("RATE_LIMITED")
+        })
+        .await;
+        if matches!(m, Message::UserList(_)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a user that slowed down is still refused"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_address_are_bounded() {
-    let master = TestNode::start_configured(true, None, |c| c.limits.max_conns_per_ip = 2).await;
+    let master = TestNode::master_with(|c| c.limits.max_conns_per_ip = 2).await;
     let mut a = connect(&master.url(), "alice").await;
     let _b = connect(&master.url(), "bob").await;
     let mut third = Raw::connect(&master.url()).await;
@@ -66,10 +84,7 @@ async fn connections_per_address_are_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_closed_after_the_hello_timeout() {
-    let master = TestNode::start_configured(true, None, |c| {
-        c.limits.hello_timeout = Duration::from_secs(1)
-    })
-    .await;
+    let master = TestNode::master_with(|c| c.limits.hello_timeout = Duration::from_secs(1)).await;
     let mut silent = Raw::connect(&master.url()).await;
     assert_eq!(silent.expect_error().await, "TIMEOUT");
     assert!(silent.closed().await);
@@ -79,7 +94,7 @@ async fn a_silent_connection_is_closed_after_the_hello_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_group_shares_and_files_are_refused() {
-    let master = TestNode::start_configured(true, None, |c| {
+    let master = TestNode::master_with(|c| {
         c.limits.max_group_members = 2;
         c.limits.max_file_size = 1000;
     })
@@ -121,10 +136,7 @@ async fn oversized_group_shares_and_files_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_lists_the_counters_after_traffic() {
-    let master = TestNode::start_configured(true, None, |c| {
-        c.metrics = Some("127.0.0.1:0".parse().unwrap())
-    })
-    .await;
+    let master = TestNode::master_with(|c| c.metrics = Some("127.0.0.1:0".parse().unwrap())).await;
     let mut alice = connect(&master.url(), "alice").await;
     let mut bob = connect(&master.url(), "bob").await;
     send_dm(&mut alice, "bob", b"hi").await;
@@ -154,7 +166,7 @@ async fn the_metrics_endpoint_lists_the_counters_after_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_within_five_seconds_and_loses_nothing() {
     let root = tempfile::tempdir().unwrap();
-    let mut master = NodeProc::start(root.path().join("m"), "master", "server-0", &[]);
+    let mut master = start_node(root.path().join("m"), "master", "server-0", &[]);
     connect(&master.url(), "bob").await.close().await;
     let mut alice = connect(&master.url(), "alice").await;
     let mut dm = content::seal_dm(
@@ -175,14 +187,14 @@ async fn sigterm_stops_within_five_seconds_and_loses_nothing() {
     )
     .await;
     let started = std::time::Instant::now();
-    let status = master.terminate();
+    let status = master.terminate().unwrap();
     assert!(status.success(), "exit status {status}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
         started.elapsed()
     );
-    master.restart();
+    master.restart().unwrap();
     let mut bob = connect(&master.url(), "bob").await;
     assert_eq!(expect_dm(&mut bob, &user_key("bob")).await, b"kept");
 }

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::cluster::{connect, user_key};
-use common::procs::NodeProc;
+use common::procs::start_node;
 use common::tmpfs::Tmpfs;
 use socp::client::{Session, SessionError};
 
@@ -78,10 +78,10 @@ fn metrics_flag() -> Vec<String> {
 #[test]
 fn a_local_is_ready_only_while_its_master_link_is_up() {
     let dir = tempfile::tempdir().unwrap();
-    let mut master = NodeProc::start(dir.path().join("m"), "master", "server-0", &metrics_flag());
+    let mut master = start_node(dir.path().join("m"), "master", "server-0", &metrics_flag());
     let mut args = metrics_flag();
     args.extend(["--master-url".into(), master.url()]);
-    let local = NodeProc::start(dir.path().join("l"), "local", "server-1", &args);
+    let local = start_node(dir.path().join("l"), "local", "server-1", &args);
     let m = master
         .metrics_addr()
         .expect("the master logs its metrics address");
@@ -103,7 +103,7 @@ fn a_local_is_ready_only_while_its_master_link_is_up() {
     assert_eq!(get(&l, "/healthz").0, 200, "the process is still up");
 
     // The master comes back (same port): the local redials and is ready.
-    master.restart();
+    master.restart().unwrap();
     assert_eq!(wait_ready(&l, 200), "ready\n");
 }
 
@@ -112,7 +112,7 @@ async fn a_master_whose_store_cannot_write_is_not_ready_until_there_is_room() {
     let Some(fs) = Tmpfs::mount("4m") else {
         return;
     };
-    let master = NodeProc::start(fs.path().join("m"), "master", "server-0", &metrics_flag());
+    let master = start_node(fs.path().join("m"), "master", "server-0", &metrics_flag());
     let m = master
         .metrics_addr()
         .expect("the master logs its metrics address");

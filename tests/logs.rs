@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::clientproc::{ClientProc, fixture_pem};
-use common::cluster::{WAIT, connect, expect, user_key};
-use common::procs::NodeProc;
+use common::cluster::{WAIT, connect, expect, user_key, wait_until};
+use common::procs::start_node_logging;
 use serde_json::Value;
 use socp::wire::messages::Message;
 
@@ -29,13 +27,20 @@ fn pem_lines(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// A log line, text (`user=bob`) or JSON (`"user":"bob"`), that says
+/// `user` went offline.
+fn says_offline(line: &str, user: &str) -> bool {
+    line.contains("user offline")
+        && (line.contains(&format!("user={user} "))
+            || line.contains(&format!("\"user\":\"{user}\"")))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dm_session_at_trace_leaves_no_text_ciphertext_signature_or_key_in_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let json = ["--log-format".to_owned(), "json".to_owned()];
-    let master =
-        NodeProc::start_logging(dir.path().join("m"), "master", "server-0", &json, "trace");
-    let local = NodeProc::start_logging(
+    let master = start_node_logging(dir.path().join("m"), "master", "server-0", &json, "trace");
+    let local = start_node_logging(
         dir.path().join("l"),
         "local",
         "server-1",
@@ -88,7 +93,16 @@ async fn a_dm_session_at_trace_leaves_no_text_ciphertext_signature_or_key_in_the
     dave.quit().await;
     alice.close().await;
     bob.close().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Everything about these sessions is in the logs once each node has
+    // logged its users going offline.
+    for (node, users) in [(&master, ["bob", "carol"]), (&local, ["alice", "dave"])] {
+        let logged = wait_until(|| async {
+            let log = node.log_lines();
+            users.iter().all(|u| log.iter().any(|l| says_offline(l, u)))
+        })
+        .await;
+        assert!(logged, "{users:?} going offline is not in the log");
+    }
 
     let mut secrets: Vec<(String, String)> = vec![
         ("the DM's text".into(), DM_TEXT.into()),

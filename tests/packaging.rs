@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_socp");
-const SUBCOMMANDS: [&str; 5] = ["gen", "node", "client", "admin", "bench"];
+const SUBCOMMANDS: [&str; 4] = ["gen", "node", "client", "admin"];
 
 /// `socp ARGS`: (success, stdout, stderr).
 fn socp(args: &[&str]) -> (bool, String, String) {

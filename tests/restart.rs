@@ -4,34 +4,13 @@
 
 mod common;
 
-use common::cluster::{connect, expect, expect_dm, user_key};
-use common::procs::NodeProc;
+use common::cluster::{connect, expect, expect_dm, lookup, user_key};
+use common::procs::start_node;
 use socp::content;
-use socp::crypto::PublicKey;
-use socp::wire::ids::TO_SERVER;
-use socp::wire::messages::{Message, UserLookup};
-
-async fn lookup(s: &mut socp::client::Session, target: &str) -> PublicKey {
-    let q = Message::UserDbGetUser(UserLookup {
-        user_id: target.into(),
-        extra: Default::default(),
-    });
-    s.send(TO_SERVER, &q).await.unwrap();
-    let (_, m) = expect(
-        s,
-        "USER_DB_USER",
-        |_, m| matches!(m, Message::UserDbUser(a) if a.user_id == target),
-    )
-    .await;
-    let Message::UserDbUser(a) = m else {
-        unreachable!()
-    };
-    assert!(a.found, "{target} not found");
-    PublicKey::from_b64(&a.pubkey).unwrap()
-}
+use socp::wire::messages::Message;
 
 async fn dm_arrives(from: &mut socp::client::Session, to: &mut socp::client::Session, text: &str) {
-    let key = lookup(from, to.user()).await;
+    let key = lookup(from, to.user()).await.expect("found");
     assert_eq!(&key, user_key(to.user()).public());
     // The recipient may still be reconnecting; retry until it arrives.
     for _ in 0..40 {
@@ -74,17 +53,17 @@ async fn dm_arrives(from: &mut socp::client::Session, to: &mut socp::client::Ses
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_local_and_master_then_traffic_flows_again() {
     let root = tempfile::tempdir().unwrap();
-    let mut master = NodeProc::start(root.path().join("master"), "master", "server-0", &[]);
+    let mut master = start_node(root.path().join("master"), "master", "server-0", &[]);
     let master_arg = vec!["--master-url".to_owned(), master.url()];
-    let mut l1 = NodeProc::start(root.path().join("l1"), "local", "server-1", &master_arg);
-    let l2 = NodeProc::start(root.path().join("l2"), "local", "server-2", &master_arg);
+    let mut l1 = start_node(root.path().join("l1"), "local", "server-1", &master_arg);
+    let l2 = start_node(root.path().join("l2"), "local", "server-2", &master_arg);
 
     let mut alice = connect(&l1.url(), "alice").await;
     let mut bob = connect(&l2.url(), "bob").await;
     dm_arrives(&mut alice, &mut bob, "before any kill").await;
 
     // kill -9 the local Alice is on; she reconnects once it is back.
-    l1.restart();
+    l1.restart().unwrap();
     alice = connect(&l1.url(), "alice").await;
     dm_arrives(&mut alice, &mut bob, "after the local restarted").await;
     dm_arrives(&mut bob, &mut alice, "back to alice").await;
@@ -94,9 +73,12 @@ async fn kill_9_local_and_master_then_traffic_flows_again() {
 
     // kill -9 the master: the locals redial it by themselves.
     master.kill9();
-    master.restart();
+    master.restart().unwrap();
     dm_arrives(&mut alice, &mut bob, "after the master restarted").await;
-    assert_eq!(&lookup(&mut bob, "alice").await, user_key("alice").public());
+    assert_eq!(
+        &lookup(&mut bob, "alice").await.expect("found"),
+        user_key("alice").public()
+    );
 
     // A master restart keeps the directory: another key for carol is refused.
     let refused = socp::client::Session::connect(&master.url(), "carol", user_key("alice")).await;
@@ -113,12 +95,12 @@ async fn kill_9_local_and_master_then_traffic_flows_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_sender_was_acked_for_survives_kill_9_of_every_node() {
     let root = tempfile::tempdir().unwrap();
-    let mut master = NodeProc::start(root.path().join("master"), "master", "server-0", &[]);
+    let mut master = start_node(root.path().join("master"), "master", "server-0", &[]);
     let master_arg = vec!["--master-url".to_owned(), master.url()];
-    let mut local = NodeProc::start(root.path().join("l1"), "local", "server-1", &master_arg);
+    let mut local = start_node(root.path().join("l1"), "local", "server-1", &master_arg);
     let mut bob = connect(&master.url(), "bob").await;
     let mut alice = connect(&local.url(), "alice").await;
-    let key = lookup(&mut alice, "bob").await;
+    let key = lookup(&mut alice, "bob").await.expect("found");
     let mut dm = content::seal_dm(
         alice.key(),
         "alice",
@@ -143,8 +125,8 @@ async fn what_the_sender_was_acked_for_survives_kill_9_of_every_node() {
     master.kill9();
     local.kill9();
     drop(bob);
-    master.restart();
-    local.restart();
+    master.restart().unwrap();
+    local.restart().unwrap();
     let mut bob = connect(&master.url(), "bob").await;
     assert_eq!(
         expect_dm(&mut bob, &user_key("bob")).await,

@@ -97,7 +97,7 @@ async fn forged_replayed_or_unauthenticated_frames_close_the_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_mac_nodes_sign_every_frame() {
-    let master = TestNode::start_configured(true, None, |c| c.mac = false).await;
+    let master = TestNode::master_with(|c| c.mac = false).await;
     let mut bob = connect(&master.url(), "bob").await;
     bob.send(TO_SERVER, &Message::UserListReq(Default::default()))
         .await

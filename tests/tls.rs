@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::clientproc::ClientProc;
-use common::procs::NodeProc;
+use common::procs::start_node;
 
 const BIN: &str = env!("CARGO_BIN_EXE_socp");
 
@@ -54,11 +54,11 @@ async fn a_tls_mesh_carries_dms_and_refuses_unknown_certificates() {
         "--ca".into(),
         ca.display().to_string(),
     ];
-    let master = NodeProc::start(root.path().join("m"), "master", "server-0", &tls_args);
+    let master = start_node(root.path().join("m"), "master", "server-0", &tls_args);
     assert!(master.url().starts_with("wss://"), "{}", master.url());
     let mut local_args = tls_args.clone();
     local_args.extend(["--master-url".to_owned(), master.url()]);
-    let local = NodeProc::start(root.path().join("l"), "local", "server-1", &local_args);
+    let local = start_node(root.path().join("l"), "local", "server-1", &local_args);
     assert!(local.url().starts_with("wss://"));
 
     let ca_flag = ["--ca", ca.to_str().unwrap()];

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socp::client::Session;
-use socp::crypto::PrivateKey;
+use socp::crypto::{PrivateKey, PublicKey};
 use socp::node::{Node, NodeConfig, Status};
 use socp::wire::Envelope;
-use socp::wire::messages::Message;
+use socp::wire::ids::TO_SERVER;
+use socp::wire::messages::{Message, UserLookup};
 use tempfile::TempDir;
 
 /// Every wait in a test gives up after this long.
@@ -65,29 +66,31 @@ fn install_key(keys: &Path, role: &str) {
 }
 
 impl TestNode {
-    pub async fn start(master: bool, master_url: Option<String>, legacy: bool) -> TestNode {
-        Self::start_with_peers(master, master_url, legacy, Vec::new()).await
+    /// A master with the default configuration.
+    pub async fn master() -> TestNode {
+        Self::start(None, |_| {}).await
     }
 
-    pub async fn start_with_peers(
-        master: bool,
-        master_url: Option<String>,
-        legacy: bool,
-        peers: Vec<String>,
-    ) -> TestNode {
-        Self::start_configured(master, master_url, |c| {
-            c.allow_legacy_clients = legacy;
-            c.peers = peers;
-        })
-        .await
+    /// A local of the master at `master_url`, with the default configuration.
+    pub async fn local(master_url: &str) -> TestNode {
+        Self::start(Some(master_url.to_owned()), |_| {}).await
     }
 
-    /// Starts a node after `adjust` has had its say on the configuration.
-    pub async fn start_configured(
-        master: bool,
-        master_url: Option<String>,
-        adjust: impl FnOnce(&mut NodeConfig),
-    ) -> TestNode {
+    /// A master after `adjust` has set what the test needs, by name:
+    /// `TestNode::master_with(|c| c.allow_legacy_clients = true)`.
+    pub async fn master_with(adjust: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        Self::start(None, adjust).await
+    }
+
+    /// A local of `master_url` after `adjust` has set what the test needs:
+    /// `TestNode::local_with(&url, |c| c.peers = vec![other])`.
+    pub async fn local_with(master_url: &str, adjust: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        Self::start(Some(master_url.to_owned()), adjust).await
+    }
+
+    /// A master (no `master_url`) or a local, configured by `adjust`.
+    async fn start(master_url: Option<String>, adjust: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let master = master_url.is_none();
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");
         install_key(&keys, if master { "master" } else { "local" });
@@ -116,14 +119,6 @@ impl TestNode {
             config,
             node: Some(node),
         }
-    }
-
-    pub async fn master() -> TestNode {
-        Self::start(true, None, false).await
-    }
-
-    pub async fn local(master_url: &str) -> TestNode {
-        Self::start(false, Some(master_url.to_owned()), false).await
     }
 
     pub fn node(&self) -> &Node {
@@ -184,6 +179,15 @@ impl TestNode {
         .unwrap()
     }
 
+    /// One series of the node's `/metrics` (`name` or `name{labels}`), if
+    /// it is there.
+    pub async fn metric(&self, series: &str) -> Option<u64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     pub async fn status(&self) -> Status {
         self.node().status().await
     }
@@ -223,10 +227,19 @@ impl TestNode {
 }
 
 impl Drop for TestNode {
+    /// A node the test did not stop is shut down here. `drop` cannot await,
+    /// so the shutdown runs as a task on the test's runtime: the node stops
+    /// serving, dialing and writing while the test goes on, and the
+    /// runtime's end cancels what is left. A test that needs the node gone
+    /// before its next step awaits [`TestNode::stop`] instead.
     fn drop(&mut self) {
-        // Dropping the runtime's tasks stops a node that was not shut down.
-        if let Some(node) = self.node.take() {
-            drop(node);
+        let Some(node) = self.node.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(node.shutdown())),
+            // No runtime left to run on: its end already stopped the tasks.
+            Err(_) => drop(node),
         }
     }
 }
@@ -254,24 +267,39 @@ pub async fn connect(url: &str, user: &str) -> Session {
         .unwrap_or_else(|e| panic!("{user} cannot connect to {url}: {e}"))
 }
 
-/// The key `target`'s id is pinned to, as `asker`, a client of `url`, is
-/// told by `USER_DB_GET_USER` (None: not in the directory).
-pub async fn directory_key(url: &str, asker: &str, target: &str) -> Option<String> {
-    let mut s = connect(url, asker).await;
-    let q = socp::wire::messages::Message::UserDbGetUser(socp::wire::messages::UserLookup {
+/// The key the directory holds for `target`, asked through `session`
+/// (`USER_DB_GET_USER`), as the node sent it; None: not in the directory.
+pub async fn lookup_b64(session: &mut Session, target: &str) -> Option<String> {
+    let q = Message::UserDbGetUser(UserLookup {
         user_id: target.into(),
         extra: Default::default(),
     });
-    s.send(socp::wire::ids::TO_SERVER, &q).await.unwrap();
-    let (_, m) = expect(&mut s, "USER_DB_USER", |_, m| {
-        matches!(m, Message::UserDbUser(_))
-    })
+    session.send(TO_SERVER, &q).await.unwrap();
+    let (_, m) = expect(
+        session,
+        "USER_DB_USER",
+        |_, m| matches!(m, Message::UserDbUser(a) if a.user_id == target),
+    )
     .await;
     let Message::UserDbUser(a) = m else {
         unreachable!()
     };
-    s.close().await;
     a.found.then_some(a.pubkey)
+}
+
+/// The key the directory holds for `target`, asked through `session`.
+pub async fn lookup(session: &mut Session, target: &str) -> Option<PublicKey> {
+    let b64 = lookup_b64(session, target).await?;
+    Some(PublicKey::from_b64(&b64).unwrap_or_else(|e| panic!("{target}'s key: {e}")))
+}
+
+/// The key `target`'s id is pinned to, as `asker`, a client of `url`, is
+/// told (None: not in the directory).
+pub async fn directory_key(url: &str, asker: &str, target: &str) -> Option<String> {
+    let mut s = connect(url, asker).await;
+    let key = lookup_b64(&mut s, target).await;
+    s.close().await;
+    key
 }
 
 /// Receives until a frame matches `pred`, failing after `WAIT`.

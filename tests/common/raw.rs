@@ -98,6 +98,34 @@ impl Raw {
         }
     }
 
+    /// On a link to the master (`link_as`): waits until the master has
+    /// handled every frame sent on it so far. A link's frames reach the
+    /// master's router in order, and the router refuses a registration
+    /// without a proof (`NOT_ALLOWED`, to the sending link) after them. The
+    /// master must admit no legacy clients.
+    pub async fn barrier(&mut self, server_id: &str, key: &PrivateKey) {
+        let user = format!("barrier{}", uuid::Uuid::new_v4().simple());
+        let user = &user[..20];
+        self.send(&signed(
+            "DB_REGISTER_USER",
+            server_id,
+            socp::wire::ids::TO_SERVER,
+            json!({"user_id": user, "pubkey": key.public().to_b64()}),
+            key,
+        ))
+        .await;
+        loop {
+            match self.recv().await {
+                Some(env) if env.kind == "ERROR" && env.payload["refused_user"] == user => {
+                    assert_eq!(env.payload["code"], "NOT_ALLOWED", "{:?}", env.payload);
+                    return;
+                }
+                Some(_) => continue,
+                None => panic!("the link closed or went quiet before the barrier's answer"),
+            }
+        }
+    }
+
     /// True if the node closes the connection (skipping frames) within `WAIT`.
     pub async fn closed(&mut self) -> bool {
         let done = tokio::time::timeout(WAIT, async {

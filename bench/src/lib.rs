@@ -1,0 +1,24 @@
+//! `socp-bench`: measurements of a real mesh of `socp node` processes on
+//! loopback. [`throughput`] drives a master and a local with sender and
+//! receiver sessions (throughput, latency, CPU, memory, with and without
+//! link sessions); [`attacks`] runs a probe alone and then under every
+//! attack of issue 11. [`node_proc`] starts and stops the node processes;
+//! the integration tests of `socp` use it too.
+
+pub mod attacks;
+pub mod node_proc;
+pub mod procfs;
+pub mod throughput;
+
+pub use attacks::{AttackConfig, run_attacks};
+pub use node_proc::{NodeLog, NodeOptions, NodeProc};
+pub use throughput::{BenchConfig, run};
+
+/// The `p` quantile (0..=1) of sorted microseconds, in milliseconds.
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}

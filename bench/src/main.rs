@@ -1,0 +1,100 @@
+//! The `socp-bench` binary: parse the command line, run a benchmark against
+//! `socp node` processes, print the error chain and exit non-zero on failure.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use socp::logging::LogFormat;
+use socp_bench::{AttackConfig, BenchConfig};
+
+/// The same allocator as `socp`: the load generator's figures (CPU per DM)
+/// are compared between versions.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Measure a master and a local on loopback: throughput, latency, CPU,
+/// memory, with and without link sessions.
+#[derive(Debug, Parser)]
+#[command(name = "socp-bench", version)]
+struct BenchArgs {
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seconds each measured run lasts (after a one-second warm-up).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Sender/receiver session pairs.
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// Idle connections for the memory-per-connection figure.
+    #[arg(long, default_value_t = 2000)]
+    idle: usize,
+    /// Instead: a master and two locals with small bounds, a probe user's
+    /// DMs alone and then under every attack of issue 11 at once (--seconds
+    /// per phase): probe latency, node RSS, what the nodes answered.
+    #[arg(long)]
+    attacks: bool,
+    /// With --attacks: the memory budget each node's peak RSS is held
+    /// against, in MiB.
+    #[arg(long, default_value_t = 256)]
+    rss_bound_mib: u64,
+    /// The `socp` binary the nodes run [default: `socp` beside this binary,
+    /// as `cargo build --release --workspace` leaves it].
+    #[arg(long)]
+    socp: Option<PathBuf>,
+    /// Log lines as text or as one JSON object per line (on stderr; levels
+    /// from RUST_LOG).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(BenchArgs::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("socp-bench: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: BenchArgs) -> Result<()> {
+    socp::logging::init("info", args.log_format);
+    let socp = match args.socp {
+        Some(path) => path,
+        None => beside_this_binary()?,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    if args.attacks {
+        let cfg = AttackConfig {
+            socp,
+            seconds: args.seconds,
+            rss_bound_mib: args.rss_bound_mib,
+            out: args.out,
+            keys: None,
+        };
+        return runtime.block_on(socp_bench::run_attacks(cfg)).map(|_| ());
+    }
+    let cfg = BenchConfig {
+        socp,
+        seconds: args.seconds,
+        pairs: args.pairs,
+        idle: args.idle,
+        out: args.out,
+    };
+    runtime.block_on(socp_bench::run(cfg)).map(|_| ())
+}
+
+/// `socp` in this binary's folder, where cargo builds both.
+fn beside_this_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let socp = exe.with_file_name("socp");
+    if !socp.is_file() {
+        anyhow::bail!(
+            "no socp binary at {} (build it with `cargo build --release --workspace`, or pass --socp PATH)",
+            socp.display()
+        );
+    }
+    Ok(socp)
+}
