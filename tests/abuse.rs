@@ -850,7 +850,7 @@ async fn a_client_shows_another_senders_dm_under_a_seen_id() {
 /// quota is set aside at the master (counted), its sender is told with the
 /// msg_id, and the local lets go of it: refused content must not pile up
 /// where it came from (an attacker flooding offline ids would otherwise fill
-/// the local for everyone, as `socp bench --attacks` showed when the local
+/// the local for everyone, as `socp-bench --attacks` showed when the local
 /// kept such content to retry it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_over_a_quota_further_on_is_set_aside_and_its_sender_told() {

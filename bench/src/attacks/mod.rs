@@ -252,7 +252,7 @@ pub async fn run_attacks(cfg: AttackConfig) -> Result<Value> {
     raise_fd_limit();
     let started = Instant::now();
     let say = |what: &str| eprintln!("{:>5.1} s  {what}", started.elapsed().as_secs_f64());
-    say("socp bench --attacks: generating keys and starting a master and two locals…");
+    say("socp-bench --attacks: generating keys and starting a master and two locals…");
     let from = cfg.keys.clone();
     let keys = tokio::task::spawn_blocking(move || keys(from.as_deref())).await??;
     let mesh = Mesh::start(&cfg.socp, cfg.keys.as_deref())?;

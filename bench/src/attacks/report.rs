@@ -16,7 +16,7 @@ fn write_table(out: &mut String, f: &Value) -> std::fmt::Result {
     let n = |v: &Value| v.as_f64().unwrap_or(0.0);
     writeln!(
         out,
-        "socp bench --attacks ({} s per phase, probe DM every {} ms; node bounds: {})",
+        "socp-bench --attacks ({} s per phase, probe DM every {} ms; node bounds: {})",
         f["seconds_per_phase"],
         f["probe_every_ms"],
         f["node_bounds"]

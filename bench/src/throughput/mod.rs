@@ -336,7 +336,7 @@ pub async fn run(cfg: BenchConfig) -> Result<Value> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    eprintln!("socp bench: {cores} cores; generating keys and starting nodes…");
+    eprintln!("socp-bench: {cores} cores; generating keys and starting nodes…");
     let m = tokio::task::spawn_blocking(material).await??;
     let sign_ms = rsa_sign_ms(&m.sender_key)?;
     let rsa_bound = cores as f64 / (sign_ms / 1000.0 * SIGS_PER_DM);

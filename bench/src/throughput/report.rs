@@ -16,7 +16,7 @@ fn write_table(out: &mut String, f: &Value) -> std::fmt::Result {
     let n = |v: &Value| v.as_f64().unwrap_or(0.0);
     writeln!(
         out,
-        "socp bench ({} cores, {} s per run, {} sender/receiver pairs, custody on)",
+        "socp-bench ({} cores, {} s per run, {} sender/receiver pairs, custody on)",
         f["cores"], f["seconds_per_run"], f["pairs"]
     )?;
     writeln!(
