@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::conn::{self, ConnCtx, HELLO_TIMEOUT, Peer};
 
-use super::router::{Input, Outgoing};
+use super::router::{Input, LinkHelloIn, Outgoing};
 
 use crate::backoff::{Backoff, Retries};
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
@@ -139,7 +139,7 @@ impl Dialer {
         // It answered our hello: we dialed it, it proved its key.
         let auth = conn::Auth::dialer(&key, session);
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let input = Input::LinkHello(conn::link_hello_in(
+        let input = Input::LinkHello(LinkHelloIn::new(
             conn_id,
             &env,
             hello,

@@ -4,7 +4,7 @@
 //! admission are the router's call.
 
 use crate::crypto::PublicKey;
-use crate::node::router::{CAP_SOCP, ConnId, HELLO_FRESHNESS_MS, Input, LinkHelloIn, UserHelloIn};
+use crate::node::router::{ConnId, HELLO_FRESHNESS_MS, Input, LinkHelloIn, UserHelloIn};
 use crate::wire::messages::{Kind, Message, PeerHelloLink, Proof, UserHello};
 use crate::wire::{Envelope, ErrorCode, WireError, ids, now_ms};
 
@@ -95,7 +95,7 @@ fn accept_link(ctx: &ConnCtx, conn: ConnId, env: &Envelope) -> Result<Accepted, 
     let (hello, key) = check_link_hello(env)?;
     let (session, offer) = offer_session(ctx, env, &key, true, &env.from);
     let auth = Auth::link_acceptor(&key, session);
-    let input = Input::LinkHello(link_hello_in(conn, env, hello, key, false, false, offer));
+    let input = Input::LinkHello(LinkHelloIn::new(conn, env, hello, key, false, false, offer));
     Ok(Accepted {
         input,
         peer: Peer::Link {
@@ -200,33 +200,4 @@ pub(crate) fn check_link_hello(env: &Envelope) -> Result<(PeerHelloLink, PublicK
         )
     })?;
     Ok((hello, key))
-}
-
-/// Builds the router's view of a checked link hello.
-pub(crate) fn link_hello_in(
-    conn: ConnId,
-    env: &Envelope,
-    hello: PeerHelloLink,
-    key: PublicKey,
-    dialed: bool,
-    dialed_master: bool,
-    session: Option<String>,
-) -> LinkHelloIn {
-    let socp = hello
-        .caps
-        .as_ref()
-        .is_some_and(|c| c.iter().any(|c| c == CAP_SOCP));
-    LinkHelloIn {
-        conn,
-        server_id: env.from.clone(),
-        key,
-        role: hello.role,
-        host: hello.host,
-        port: hello.port,
-        ts: env.ts,
-        socp,
-        dialed,
-        dialed_master,
-        session,
-    }
 }

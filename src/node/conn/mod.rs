@@ -31,7 +31,7 @@ use crate::wire::messages::{ErrorBody, Message};
 use crate::wire::{ErrorCode, MAX_FRAME_BYTES, ids};
 
 pub(crate) use auth::Auth;
-pub(crate) use hello::{check_link_hello, link_hello_in};
+pub(crate) use hello::check_link_hello;
 pub(crate) use writer::sign;
 
 /// A connection must say hello within this time.

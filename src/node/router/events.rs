@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::ConnId;
+use super::{CAP_SOCP, ConnId};
 use crate::crypto::PublicKey;
 use crate::node::custody::Content;
 pub(crate) use crate::node::state::StoreOp;
 use crate::node::state::{Bodies, StoreFailure};
 use crate::wire::Envelope;
-use crate::wire::messages::{Kind, Message, Proof, Role};
+use crate::wire::messages::{Kind, Message, PeerHelloLink, Proof, Role};
 
 /// A frame for a connection's writer to stamp with our id, sign and send:
 /// typed until the writer serializes it, once.
@@ -185,6 +185,37 @@ pub(crate) struct LinkHelloIn {
     pub dialed_master: bool,
     /// A `mac-v1` secret wrapped for the dialer, for our answer.
     pub session: Option<String>,
+}
+
+impl LinkHelloIn {
+    /// Builds the router's view of a checked link hello.
+    pub fn new(
+        conn: ConnId,
+        env: &Envelope,
+        hello: PeerHelloLink,
+        key: PublicKey,
+        dialed: bool,
+        dialed_master: bool,
+        session: Option<String>,
+    ) -> Self {
+        let socp = hello
+            .caps
+            .as_ref()
+            .is_some_and(|c| c.iter().any(|c| c == CAP_SOCP));
+        LinkHelloIn {
+            conn,
+            server_id: env.from.clone(),
+            key,
+            role: hello.role,
+            host: hello.host,
+            port: hello.port,
+            ts: env.ts,
+            socp,
+            dialed,
+            dialed_master,
+            session,
+        }
+    }
 }
 
 /// Events the router consumes.

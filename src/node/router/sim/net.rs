@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use serde_json::Value;
 
-use super::super::{CAP_SOCP, ConnId, Input, LinkHelloIn, our_caps};
+use super::super::{ConnId, Input, LinkHelloIn, our_caps};
 use super::{LINK_LATENCY_MS, Mesh, Peer, code_of};
 use crate::crypto::PublicKey;
 use crate::wire::messages::{Kind, Message, PeerHelloLink, Role};
@@ -253,23 +253,7 @@ impl Mesh {
             w.dialer_conn = Some(conn);
             w.refused = None;
         }
-        let socp = hello
-            .caps
-            .as_ref()
-            .is_some_and(|c| c.iter().any(|c| c == CAP_SOCP));
-        let hello = LinkHelloIn {
-            conn,
-            server_id: env.from,
-            key,
-            role: hello.role,
-            host: hello.host,
-            port: hello.port,
-            ts: env.ts,
-            socp,
-            dialed,
-            dialed_master,
-            session: None,
-        };
+        let hello = LinkHelloIn::new(conn, &env, hello, key, dialed, dialed_master, None);
         self.step(&node, Input::LinkHello(hello));
     }
 
