@@ -14,6 +14,22 @@ pub use attacks::{AttackConfig, run_attacks};
 pub use node_proc::{NodeLog, NodeOptions, NodeProc};
 pub use throughput::{BenchConfig, run};
 
+/// Prints a run's table and, if asked, writes its figures as JSON.
+pub(crate) fn publish(
+    table: &str,
+    figures: &serde_json::Value,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    print!("{table}");
+    if let Some(path) = out {
+        std::fs::write(path, serde_json::to_string_pretty(figures)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("figures written to {}", path.display());
+    }
+    Ok(())
+}
+
 /// The `p` quantile (0..=1) of sorted microseconds, in milliseconds.
 pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {

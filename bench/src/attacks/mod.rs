@@ -448,11 +448,6 @@ pub async fn run_attacks(cfg: AttackConfig) -> Result<Value> {
             "probe_senders_answers": probe_answers.snapshot()["answers"],
         },
     });
-    print!("{}", table(&figures));
-    if let Some(path) = &cfg.out {
-        std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("figures written to {}", path.display());
-    }
+    crate::publish(&table(&figures), &figures, cfg.out.as_deref())?;
     Ok(figures)
 }

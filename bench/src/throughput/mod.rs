@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::{Map, Value, json};
 use socp::client::Session;
 use socp::content;
@@ -439,11 +439,6 @@ pub async fn run(cfg: BenchConfig) -> Result<Value> {
         },
         "mac_speedup": { "cross_server": cross.rate / nm_cross.rate.max(1.0), "same_server": same.rate / nm_same.rate.max(1.0) },
     });
-    print!("{}", table(&figures));
-    if let Some(path) = &cfg.out {
-        std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("figures written to {}", path.display());
-    }
+    crate::publish(&table(&figures), &figures, cfg.out.as_deref())?;
     Ok(figures)
 }
