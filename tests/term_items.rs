@@ -14,6 +14,35 @@ fn is(kind: &'static str) -> impl Fn(&Value) -> bool {
 }
 
 /// A `ws://` URL where nothing listens.
+/// Alice pins Bob's key on one mesh and quits; then she connects to a
+/// second mesh where "bob" is a session with Carol's key: what a key change
+/// looks like to her client. Returns both meshes (kept alive), her folder,
+/// her client and the new "bob".
+async fn alice_pinned_bob_then_meets_another_bob() -> (
+    [TestNode; 2],
+    tempfile::TempDir,
+    Proc,
+    socp::client::Session,
+) {
+    let first = TestNode::master().await;
+    let dir = tempfile::tempdir().unwrap();
+    connect(&first.url(), "bob").await.close().await;
+    let mut alice = Proc::client(dir.path(), "alice", &first.url(), &["--json"]);
+    alice.expect_json("connected", is("connected")).await;
+    alice.line("/dbget bob").await;
+    alice.expect_json("pubkey", is("pubkey")).await;
+    alice.close_stdin();
+    alice.exited_within(Duration::from_secs(10)).await.unwrap();
+    let second = TestNode::master().await;
+    let other_bob =
+        socp::client::Session::connect(&second.url(), "bob", common::cluster::user_key("carol"))
+            .await
+            .unwrap();
+    let mut alice = Proc::client(dir.path(), "alice", &second.url(), &["--json"]);
+    alice.expect_json("connected", is("connected")).await;
+    ([first, second], dir, alice, other_bob)
+}
+
 fn dead_url() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://{}", l.local_addr().unwrap());
@@ -139,23 +168,7 @@ async fn a_user_unknown_a_moment_ago_verifies_once_they_join() {
 /// both keys — with no `/dbget` from the user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signature_that_fails_with_the_pinned_key_reveals_a_key_change() {
-    let first = TestNode::master().await;
-    let dir = tempfile::tempdir().unwrap();
-    connect(&first.url(), "bob").await.close().await;
-    let mut alice = Proc::client(dir.path(), "alice", &first.url(), &["--json"]);
-    alice.expect_json("connected", is("connected")).await;
-    alice.line("/dbget bob").await;
-    alice.expect_json("pubkey", is("pubkey")).await;
-    alice.close_stdin();
-    alice.exited_within(Duration::from_secs(10)).await.unwrap();
-    // On another mesh "bob" has Carol's key, and writes.
-    let second = TestNode::master().await;
-    let mut impostor =
-        socp::client::Session::connect(&second.url(), "bob", common::cluster::user_key("carol"))
-            .await
-            .unwrap();
-    let mut alice = Proc::client(dir.path(), "alice", &second.url(), &["--json"]);
-    alice.expect_json("connected", is("connected")).await;
+    let (_meshes, _dir, mut alice, mut impostor) = alice_pinned_bob_then_meets_another_bob().await;
     let dm = socp::content::seal_dm(
         &common::cluster::user_key("carol"),
         "bob",
@@ -344,23 +357,8 @@ async fn a_file_cut_by_a_lost_connection_is_reported_not_sent() {
 /// could not open, while we showed ✓✓).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_dm_since_connecting_checks_the_pinned_key_first() {
-    let first = TestNode::master().await;
-    let dir = tempfile::tempdir().unwrap();
-    connect(&first.url(), "bob").await.close().await;
-    let mut alice = Proc::client(dir.path(), "alice", &first.url(), &["--json"]);
-    alice.expect_json("connected", is("connected")).await;
-    alice.line("/dbget bob").await;
-    alice.expect_json("pubkey", is("pubkey")).await;
-    alice.close_stdin();
-    alice.exited_within(Duration::from_secs(10)).await.unwrap();
     // Bob's key changed (here: another mesh where "bob" has Carol's key).
-    let second = TestNode::master().await;
-    let mut new_bob =
-        socp::client::Session::connect(&second.url(), "bob", common::cluster::user_key("carol"))
-            .await
-            .unwrap();
-    let mut alice = Proc::client(dir.path(), "alice", &second.url(), &["--json"]);
-    alice.expect_json("connected", is("connected")).await;
+    let (_meshes, _dir, mut alice, mut new_bob) = alice_pinned_bob_then_meets_another_bob().await;
     alice.line("/msg bob sealed to which key?").await;
     let changed = alice.expect_json("key_changed", is("key_changed")).await;
     assert_eq!(changed["user"], "bob");
