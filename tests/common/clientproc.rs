@@ -24,6 +24,32 @@ pub struct ClientProc {
     pub seen: Vec<Value>,
 }
 
+/// `socp client --user USER --server URL --keys DIR/keys --downloads
+/// DIR/downloads EXTRA...` with `RUST_LOG=warn`, after putting `user`'s
+/// fixture key in `DIR/keys` (unless one is there).
+pub fn client_command(dir: &Path, user: &str, server: &str, extra: &[&str]) -> Command {
+    install_key(dir, user);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["client", "--user", user, "--server", server])
+        .arg("--keys")
+        .arg(dir.join("keys"))
+        .arg("--downloads")
+        .arg(dir.join("downloads"))
+        .args(extra)
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Puts `user`'s fixture key in `dir/keys` (unless one is there).
+pub fn install_key(dir: &Path, user: &str) {
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let pem = keys.join(format!("{user}.pem"));
+    if !pem.exists() {
+        std::fs::copy(fixture_pem(user), &pem).unwrap();
+    }
+}
+
 /// Fixture key files by user name.
 pub fn fixture_pem(user: &str) -> PathBuf {
     let rel = match user {
@@ -53,20 +79,7 @@ impl ClientProc {
 
     /// Starts a client without waiting for anything.
     pub fn spawn(dir: &Path, user: &str, server: &str, extra: &[&str]) -> ClientProc {
-        let keys = dir.join("keys");
-        std::fs::create_dir_all(&keys).unwrap();
-        let pem = keys.join(format!("{user}.pem"));
-        if !pem.exists() {
-            std::fs::copy(fixture_pem(user), &pem).unwrap();
-        }
-        let mut child = Command::new(BIN)
-            .args(["client", "--json", "--user", user, "--server", server])
-            .arg("--keys")
-            .arg(&keys)
-            .arg("--downloads")
-            .arg(dir.join("downloads"))
-            .args(extra)
-            .env("RUST_LOG", "warn")
+        let mut child = client_command(dir, user, server, &[&["--json"], extra].concat())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -193,19 +206,7 @@ pub struct TermProc {
 impl TermProc {
     /// Starts a terminal client and waits until it says it is connected.
     pub async fn start(dir: &Path, user: &str, server: &str) -> TermProc {
-        let keys = dir.join("keys");
-        std::fs::create_dir_all(&keys).unwrap();
-        let pem = keys.join(format!("{user}.pem"));
-        if !pem.exists() {
-            std::fs::copy(fixture_pem(user), &pem).unwrap();
-        }
-        let mut child = Command::new(BIN)
-            .args(["client", "--user", user, "--server", server])
-            .arg("--keys")
-            .arg(&keys)
-            .arg("--downloads")
-            .arg(dir.join("downloads"))
-            .env("RUST_LOG", "warn")
+        let mut child = client_command(dir, user, server, &[])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

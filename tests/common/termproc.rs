@@ -13,7 +13,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use super::clientproc::fixture_pem;
+use super::clientproc::client_command;
+pub use super::clientproc::install_key;
 use super::cluster::WAIT;
 
 const BIN: &str = env!("CARGO_BIN_EXE_socp");
@@ -36,29 +37,11 @@ pub struct Proc {
     unmatched: Vec<(Stream, String)>,
 }
 
-/// Puts `user`'s fixture key in `dir/keys` (unless one is there).
-pub fn install_key(dir: &Path, user: &str) {
-    let keys = dir.join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let pem = keys.join(format!("{user}.pem"));
-    if !pem.exists() {
-        std::fs::copy(fixture_pem(user), &pem).unwrap();
-    }
-}
-
 impl Proc {
     /// `socp client --user USER --server URL --keys DIR/keys --downloads
     /// DIR/downloads EXTRA...` with the fixture key.
     pub fn client(dir: &Path, user: &str, server: &str, extra: &[&str]) -> Proc {
-        install_key(dir, user);
-        let mut cmd = Command::new(BIN);
-        cmd.args(["client", "--user", user, "--server", server])
-            .arg("--keys")
-            .arg(dir.join("keys"))
-            .arg("--downloads")
-            .arg(dir.join("downloads"))
-            .args(extra);
-        Self::spawn(cmd)
+        Self::spawn(client_command(dir, user, server, extra))
     }
 
     /// Runs `socp ARGS...`.
