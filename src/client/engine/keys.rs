@@ -84,13 +84,17 @@ impl<F: Frontend> Engine<F> {
     /// the directory is asked again first, so a key that changed since it
     /// was pinned is caught (`key_changed`, and nothing sealed to the old
     /// key) before anything is sent. False too while work for `user` waits
-    /// for that answer (so it keeps its order). True when offline (nothing
-    /// to ask).
+    /// for that answer, online or not, so it keeps its order (work sealed
+    /// while offline must not overtake work deferred before the connection
+    /// dropped). True when offline with nothing waiting (nothing to ask).
     pub(super) fn confirmed(&mut self, user: &str) -> bool {
-        if user == self.cfg.user || self.session.is_none() {
+        if user == self.cfg.user {
             return true;
         }
-        !self.lookups.waits_for(user) && !self.rechecked.insert(user.to_owned())
+        if self.lookups.waits_for(user) {
+            return false;
+        }
+        self.session.is_none() || !self.rechecked.insert(user.to_owned())
     }
 
     /// Content from `sender` did not verify with their pinned key: their
