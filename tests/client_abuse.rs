@@ -406,3 +406,43 @@ async fn a_refusal_further_on_shows_as_not_delivered() {
         "{ns}"
     );
 }
+
+/// The text of a DM frame a client sent to Bob.
+fn opened_for_bob(frame: &socp::wire::Envelope) -> String {
+    let Ok(Message::MsgPrivate(dm)) = Message::from_envelope(frame) else {
+        panic!("not a DM: {frame:?}")
+    };
+    String::from_utf8(content::open_dm(&user_key("bob"), &dm).unwrap()).unwrap()
+}
+
+/// A DM waiting for the re-check of Bob's key when the connection drops
+/// stays ahead of a DM written while offline: what waits for a key keeps
+/// its order (the kill test once showed one sender's DMs out of order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dms_waiting_for_a_key_check_keep_their_order_across_a_dropped_connection() {
+    let mut node = FakeNode::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = ClientProc::start(dir.path(), "alice", &node.url).await;
+    alice.cmd("/dbget bob").await;
+    alice.expect("pubkey", is("pubkey")).await;
+    // A new connection: the next DM to Bob re-checks his key first, and
+    // that lookup goes unanswered.
+    node.hold_lookups(true);
+    node.hang_up();
+    alice.expect("disconnected", is("disconnected")).await;
+    alice.expect("connected", is("connected")).await;
+    alice.cmd("/msg bob one").await;
+    node.expect("USER_DB_GET_USER").await;
+    // The connection drops with "one" still waiting; "two" is written offline.
+    node.hang_up();
+    alice.expect("disconnected", is("disconnected")).await;
+    alice.cmd("/msg bob two").await;
+    node.hold_lookups(false);
+    let first = node.expect("MSG_PRIVATE").await;
+    let second = node.expect("MSG_PRIVATE").await;
+    assert_eq!(
+        [opened_for_bob(&first), opened_for_bob(&second)],
+        ["one", "two"],
+        "DMs to one user leave in the order they were written"
+    );
+}

@@ -11,7 +11,10 @@ use serde_json::{Map, Value, json};
 use socp::crypto::PublicKey;
 use socp::crypto::session::{self, CAP_MAC_V1, MacSession};
 use socp::wire::Envelope;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
 use super::cluster::{WAIT, user_key};
@@ -25,6 +28,10 @@ pub struct FakeNode {
     /// Frames to send to the connected client.
     out: mpsc::UnboundedSender<Envelope>,
     pub seen: Vec<Envelope>,
+    /// While set, key lookups are handed to the test instead of answered.
+    hold_lookups: Arc<AtomicBool>,
+    /// Closes the connection of the client connected now.
+    hang_up: Arc<Notify>,
 }
 
 impl FakeNode {
@@ -34,13 +41,22 @@ impl FakeNode {
         let url = format!("ws://{}", listener.local_addr().unwrap());
         let (frames_tx, frames) = mpsc::unbounded_channel();
         let (out, out_rx) = mpsc::unbounded_channel::<Envelope>();
+        let hold_lookups = Arc::new(AtomicBool::new(false));
+        let hang_up = Arc::new(Notify::new());
+        let (hold, hang) = (hold_lookups.clone(), hang_up.clone());
         tokio::spawn(async move {
             let mut out_rx = out_rx;
             while let Ok((stream, _)) = listener.accept().await {
                 let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
                     continue;
                 };
-                serve(ws, mac, &frames_tx, &mut out_rx).await;
+                let link = Link {
+                    frames: &frames_tx,
+                    out: &mut out_rx,
+                    hold_lookups: &hold,
+                    hang_up: &hang,
+                };
+                serve(ws, mac, link).await;
             }
         });
         FakeNode {
@@ -48,7 +64,20 @@ impl FakeNode {
             frames,
             out,
             seen: Vec::new(),
+            hold_lookups,
+            hang_up,
         }
+    }
+
+    /// `true`: key lookups reach the test (`expect("USER_DB_GET_USER")`)
+    /// and are never answered; `false`: answered from the fixture keys.
+    pub fn hold_lookups(&self, hold: bool) {
+        self.hold_lookups.store(hold, Ordering::SeqCst);
+    }
+
+    /// Drops the connected client's connection (it may reconnect).
+    pub fn hang_up(&self) {
+        self.hang_up.notify_one();
     }
 
     /// Sends `kind` with `payload` to the client.
@@ -97,12 +126,16 @@ fn payload(v: Value) -> Map<String, Value> {
     }
 }
 
-async fn serve<S>(
-    mut ws: tokio_tungstenite::WebSocketStream<S>,
-    mac: bool,
-    frames: &mpsc::UnboundedSender<Envelope>,
-    out: &mut mpsc::UnboundedReceiver<Envelope>,
-) where
+/// What one connection shares with the test.
+struct Link<'a> {
+    frames: &'a mpsc::UnboundedSender<Envelope>,
+    out: &'a mut mpsc::UnboundedReceiver<Envelope>,
+    hold_lookups: &'a AtomicBool,
+    hang_up: &'a Notify,
+}
+
+async fn serve<S>(mut ws: tokio_tungstenite::WebSocketStream<S>, mac: bool, link: Link<'_>)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     // The hello.
@@ -137,6 +170,10 @@ async fn serve<S>(
                 let Ok(env) = Envelope::parse(t.as_str()) else { continue };
                 let reply = match env.kind.as_str() {
                     "USER_LIST_REQ" => Some(("USER_LIST", json!({"users": [env.from.clone()]}))),
+                    "USER_DB_GET_USER" if link.hold_lookups.load(Ordering::SeqCst) => {
+                        let _ = link.frames.send(env);
+                        None
+                    }
                     "USER_DB_GET_USER" => {
                         let who = env.payload["user_id"].as_str().unwrap_or_default().to_owned();
                         let known = ["alice", "bob", "carol"].contains(&who.as_str());
@@ -144,7 +181,7 @@ async fn serve<S>(
                         Some(("USER_DB_USER", json!({"user_id": who, "found": known, "pubkey": pubkey})))
                     }
                     _ => {
-                        let _ = frames.send(env);
+                        let _ = link.frames.send(env);
                         None
                     }
                 };
@@ -153,7 +190,8 @@ async fn serve<S>(
                     if ws.send(Ws::text(send(&mut e))).await.is_err() { return; }
                 }
             }
-            env = out.recv() => {
+            () = link.hang_up.notified() => return,
+            env = link.out.recv() => {
                 let Some(mut env) = env else { return };
                 if ws.send(Ws::text(send(&mut env))).await.is_err() { return; }
             }
