@@ -13,7 +13,7 @@ use socp::client::Session;
 use socp::client::session::Ws;
 use socp::content;
 use socp::crypto::PrivateKey;
-use socp::wire::messages::{FileMode, FileStart, Message};
+use socp::wire::messages::{FileMode, FileStart, Kind, Message};
 use socp::wire::{Envelope, MAX_FRAME_BYTES, ids};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -204,7 +204,7 @@ pub(super) async fn rogue(t: Target, rogue_key: Arc<PrivateKey>, tally: Arc<Tall
     let hello = rogue_frame(
         &rogue_key,
         &me,
-        "PEER_HELLO_LINK",
+        Kind::PeerHelloLink.name(),
         ids::TO_SERVER,
         json!({"host": "127.0.0.1", "port": 1, "pubkey": pk, "role": "local"}),
     )?;
@@ -219,10 +219,10 @@ pub(super) async fn rogue(t: Target, rogue_key: Arc<PrivateKey>, tally: Arc<Tall
             let Ok(env) = Envelope::parse(text.as_str()) else {
                 continue;
             };
-            let kind = env.kind.clone();
-            if kind == "PEER_HELLO_LINK" || kind == "USER_ADVERTISE" {
+            let kind = Kind::from_name(&env.kind);
+            if matches!(kind, Some(Kind::PeerHelloLink | Kind::UserAdvertise)) {
                 let loc = env.payload.get("location").and_then(Value::as_str);
-                let who = if kind == "PEER_HELLO_LINK" {
+                let who = if kind == Some(Kind::PeerHelloLink) {
                     Some(env.from.as_str())
                 } else {
                     loc
@@ -233,8 +233,8 @@ pub(super) async fn rogue(t: Target, rogue_key: Arc<PrivateKey>, tally: Arc<Tall
                     v.push(s.to_owned());
                 }
             }
-            match kind.as_str() {
-                "ERROR" => {
+            match kind {
+                Some(Kind::Error) => {
                     let code = env
                         .payload
                         .get("code")
@@ -243,7 +243,7 @@ pub(super) async fn rogue(t: Target, rogue_key: Arc<PrivateKey>, tally: Arc<Tall
                     answers.count(code, 1);
                 }
                 // Content for the probe receiver drawn to the rogue.
-                "PEER_DELIVER" => answers.count("PEER_DELIVER drawn", 1),
+                Some(Kind::PeerDeliver) => answers.count("PEER_DELIVER drawn", 1),
                 _ => {}
             }
         }
@@ -262,31 +262,31 @@ pub(super) async fn rogue(t: Target, rogue_key: Arc<PrivateKey>, tally: Arc<Tall
                     .iter()
                     .map(|s| {
                         (
-                            "ERROR",
+                            Kind::Error.name(),
                             s.clone(),
                             json!({"code": "BAD_KEY", "detail": "refused", "refused_user": user}),
                         )
                     })
                     .collect();
                 v.push((
-                    "ERROR",
+                    Kind::Error.name(),
                     user.to_owned(),
                     json!({"code": "BAD_KEY", "detail": "refused", "refused_user": user}),
                 ));
                 v
             }
             1 => vec![(
-                "RECEIPT",
+                Kind::Receipt.name(),
                 "pa".to_owned(),
                 json!({"user_id": "pa", "msg_ids": [format!("forged-{n}")], "status": "delivered"}),
             )],
             2 => vec![(
-                "DB_REGISTER_USER",
+                Kind::DbRegisterUser.name(),
                 ids::TO_SERVER.to_owned(),
                 json!({"user_id": format!("rogue{n}"), "pubkey": pk}),
             )],
             _ => vec![(
-                "USER_ADVERTISE",
+                Kind::UserAdvertise.name(),
                 ids::TO_ALL.to_owned(),
                 json!({"user_id": "pb", "location": me}),
             )],

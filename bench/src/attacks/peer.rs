@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use socp::client::Session;
 use socp::content;
 use socp::crypto::PrivateKey;
-use socp::wire::messages::{Ack, Message, MsgPrivate};
+use socp::wire::messages::{Ack, Kind, Message, MsgPrivate};
 use socp::wire::{Envelope, ids};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -142,7 +142,7 @@ impl Peer {
                 hook(&env, &msg);
                 match &msg {
                     Message::Ack(a) => {
-                        tally.count("ACK", a.msg_ids.len() as u64);
+                        tally.count(Kind::Ack.name(), a.msg_ids.len() as u64);
                         if let Ok(mut acked) = tally.acked.lock() {
                             acked.extend(a.msg_ids.iter().cloned());
                         }

@@ -14,7 +14,7 @@ use socp::client::Session;
 use socp::client::session::Ws;
 use socp::crypto::PrivateKey;
 use socp::crypto::session::MacSession;
-use socp::wire::messages::{Ack, Message};
+use socp::wire::messages::{Ack, Kind, Message};
 use socp::wire::{Envelope, ids};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -116,7 +116,7 @@ pub(super) async fn sender(
         tokio::select! {
             biased;
             frame = c.next() => match frame {
-                Some(env) if env.kind == "ACK" => {
+                Some(env) if env.kind == Kind::Ack.name() => {
                     let n = env.payload.get("msg_ids").and_then(Value::as_array).map_or(0, Vec::len);
                     in_flight = in_flight.saturating_sub(n);
                 }
@@ -140,7 +140,7 @@ pub(super) async fn sender(
                     let text = if c.mac.is_some() {
                         let mut payload = dm.clone();
                         payload.insert("msg_id".into(), Value::String(format!("b{id}")));
-                        match c.seal(Envelope::new("MSG_PRIVATE", &c.user.clone(), &to, payload)).await {
+                        match c.seal(Envelope::new(Kind::MsgPrivate.name(), &c.user.clone(), &to, payload)).await {
                             Ok(t) => t,
                             Err(_) => return sent,
                         }
@@ -177,7 +177,7 @@ pub(super) async fn receiver(mut c: Conn, seen: Arc<Observed>) {
         tokio::select! {
             frame = c.next() => {
                 let Some(env) = frame else { return };
-                if env.kind != "USER_DELIVER" {
+                if env.kind != Kind::UserDeliver.name() {
                     continue;
                 }
                 seen.delivered.fetch_add(1, Ordering::Relaxed);

@@ -14,7 +14,7 @@ use socp::client::Session;
 use socp::content;
 use socp::crypto::PrivateKey;
 use socp::wire::Envelope;
-use socp::wire::messages::Message;
+use socp::wire::messages::{Kind, Message};
 
 use crate::node_proc::{NodeLog, NodeOptions, NodeProc};
 use crate::percentile;
@@ -224,7 +224,7 @@ async fn throughput(rig: &Rig, m: &Material, load: Load) -> Result<(Run, Arc<Obs
                     .map(|n| {
                         let mut payload = dm.clone();
                         payload.insert("msg_id".into(), Value::String(format!("b{}", base + n)));
-                        let mut env = Envelope::new("MSG_PRIVATE", &user, &to, payload);
+                        let mut env = Envelope::new(Kind::MsgPrivate.name(), &user, &to, payload);
                         env.sig = key.sign_b64(&env.signed_bytes()?)?;
                         Ok(env.to_json())
                     })
