@@ -82,6 +82,20 @@ async fn nodes_stop_promptly_during_a_two_way_flood() {
     b.stop().await;
 }
 
+/// A master and a local, linked; Alice, Bob and Dave on the master and
+/// Carol on the local, all online (the group tests' cast).
+async fn group_mesh() -> (TestNode, TestNode, [Session; 4]) {
+    let master = TestNode::master().await;
+    let local = TestNode::local(&master.url()).await;
+    master.wait_linked(1).await;
+    let alice = connect(&master.url(), "alice").await;
+    let bob = connect(&master.url(), "bob").await;
+    let carol = connect(&local.url(), "carol").await;
+    let dave = connect(&master.url(), "dave").await;
+    master.wait_online(&["alice", "bob", "carol", "dave"]).await;
+    (master, local, [alice, bob, carol, dave])
+}
+
 /// A DM from `from` to `to` with this msg_id and a ciphertext of `pad`
 /// bytes (nodes never open content, so the padding need not decrypt).
 fn padded_dm(from: &Session, to: &str, msg_id: &str, pad: usize) -> Message {
@@ -446,14 +460,7 @@ async fn expect_share(s: &mut Session, msg_id: &str) {
 /// members are refused; each refusal names the share's msg_id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_groups_owner_can_change_it_at_the_master() {
-    let master = TestNode::master().await;
-    let local = TestNode::local(&master.url()).await;
-    master.wait_linked(1).await;
-    let mut alice = connect(&master.url(), "alice").await;
-    let mut bob = connect(&master.url(), "bob").await;
-    let mut carol = connect(&local.url(), "carol").await;
-    let mut dave = connect(&master.url(), "dave").await;
-    master.wait_online(&["alice", "bob", "carol", "dave"]).await;
+    let (master, local, [mut alice, mut bob, mut carol, mut dave]) = group_mesh().await;
     // Alice creates the group with Bob.
     alice
         .send("group_team", &share("alice", "group_team", &["bob"], "s1"))
@@ -968,14 +975,7 @@ async fn content_that_grows_on_the_way_or_has_a_huge_id_is_refused() {
 /// the master delivered to whoever it named, members or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_cannot_name_a_group_frames_recipients() {
-    let master = TestNode::master().await;
-    let local = TestNode::local(&master.url()).await;
-    master.wait_linked(1).await;
-    let mut alice = connect(&master.url(), "alice").await;
-    let mut bob = connect(&master.url(), "bob").await;
-    let mut carol = connect(&local.url(), "carol").await;
-    let mut dave = connect(&master.url(), "dave").await;
-    master.wait_online(&["alice", "bob", "carol", "dave"]).await;
+    let (_master, _local, [mut alice, mut bob, mut carol, mut dave]) = group_mesh().await;
     alice
         .send(
             "group_team",
