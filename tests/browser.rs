@@ -21,8 +21,8 @@ async fn sign_in(b: &Browser, url: &str, user: &str) {
     let name = b.named("input", "User name").await;
     b.type_into(&name, user).await;
     let file = b.named("input[type=file]", "Import key file").await;
-    b.type_into(&file, &fixture_pem(user).display().to_string())
-        .await;
+    let pem = std::fs::canonicalize(fixture_pem(user)).unwrap();
+    b.type_into(&file, &pem.display().to_string()).await;
     let connect = b.named("button", "Connect").await;
     b.click(&connect).await;
     b.wait_text("#status", "connected", |t| t.starts_with("connected to"))
@@ -83,4 +83,90 @@ async fn the_vectors_pass_in_the_browser() {
     assert_eq!(out["failures"], json!([]), "{out}");
     assert!(out["checked"].as_u64().unwrap_or(0) > 40, "{out}");
     b.quit().await;
+}
+
+/// A master and a local, linked.
+async fn two_servers() -> (TestNode, TestNode) {
+    let master = TestNode::master().await;
+    let local = TestNode::local(&master.url()).await;
+    master.wait_linked(1).await;
+    local.wait_linked(1).await;
+    (master, local)
+}
+
+fn is(kind: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| e["event"] == kind
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_and_a_terminal_on_two_servers_exchange_dms_and_hostile_text_stays_text() {
+    let (master, local) = two_servers().await;
+    let root = tempfile::tempdir().unwrap();
+    let driver = Driver::start();
+    let alice = driver.browser(&profile(root.path(), "alice")).await;
+    let bob = driver.browser(&profile(root.path(), "bob")).await;
+    sign_in(&alice, &page(&master), "alice").await;
+    sign_in(&bob, &page(&local), "bob").await;
+    let mut carol = ClientProc::start(&root.path().join("carol"), "carol", &local.url()).await;
+    master.wait_online(&["alice", "bob", "carol"]).await;
+    alice
+        .wait_text("#online", "the online list", |t| {
+            ["alice", "bob", "carol"].iter().all(|u| t.contains(u))
+        })
+        .await;
+
+    // Browser to browser, both ways, across the two servers.
+    send(&alice, "bob", "hello bob, from a browser").await;
+    expect_message(&bob, &["alice", "hello bob, from a browser"]).await;
+    expect_message(&alice, &["hello bob, from a browser", "delivered"]).await;
+    send(&bob, "alice", "hi alice é 😀").await;
+    expect_message(&alice, &["bob", "hi alice é 😀"]).await;
+
+    // Browser and terminal, both ways, from each server.
+    send(&alice, "carol", "carol, it is alice").await;
+    let dm = carol.expect("dm", is("dm")).await;
+    assert_eq!(
+        (
+            dm["from"].as_str(),
+            dm["text"].as_str(),
+            dm["verified"].as_bool()
+        ),
+        (Some("alice"), Some("carol, it is alice"), Some(true))
+    );
+    send(&bob, "carol", "carol, it is bob").await;
+    let dm = carol.expect("dm", is("dm")).await;
+    assert_eq!(
+        (dm["from"].as_str(), dm["verified"].as_bool()),
+        (Some("bob"), Some(true))
+    );
+    carol.cmd("/msg alice terminal to browser").await;
+    expect_message(&alice, &["carol", "terminal to browser"]).await;
+    carol.cmd("/msg bob terminal to the other browser").await;
+    expect_message(&bob, &["carol", "terminal to the other browser"]).await;
+
+    // Hostile text is shown as its characters: no element is made of it.
+    let hostile = "<img src=x onerror=\"document.title='owned'\"><b>bold</b>";
+    carol.cmd(&format!("/msg alice {hostile}")).await;
+    expect_message(&alice, &["carol", hostile]).await;
+    let made = alice
+        .execute(
+            "return [document.querySelectorAll('#messages img, #messages b').length, document.title]",
+            vec![],
+        )
+        .await;
+    assert_eq!(made, json!([0, "socp"]));
+    send(&bob, "alice", "<script>alert(1)</script>").await;
+    expect_message(&alice, &["bob", "<script>alert(1)</script>"]).await;
+    assert_eq!(
+        alice
+            .execute(
+                "return document.querySelectorAll('#messages script').length",
+                vec![]
+            )
+            .await,
+        json!(0)
+    );
+    alice.screenshot(&screenshots().join("chat.png")).await;
+    alice.quit().await;
+    bob.quit().await;
 }

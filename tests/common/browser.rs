@@ -162,7 +162,7 @@ pub struct Browser {
 #[derive(Clone, Debug)]
 pub struct Element(String);
 
-const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f2300da16d6";
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl Browser {
     async fn try_cmd(&self, method: &str, path: &str, body: Value) -> Result<Value, String> {
@@ -210,19 +210,24 @@ impl Browser {
     pub async fn named(&self, css: &str, name: &str) -> Element {
         let deadline = Instant::now() + WAIT;
         loop {
+            let mut seen = Vec::new();
             for e in self.all(css).await {
                 let label = self
                     .try_cmd("GET", &format!("/element/{}/computedlabel", e.0), json!({}))
                     .await
-                    .unwrap_or_default();
+                    .unwrap_or_else(|e| Value::String(e));
                 if label.as_str().map(str::trim) == Some(name) && self.displayed(&e).await {
                     return e;
                 }
+                seen.push(label);
             }
-            assert!(
-                Instant::now() < deadline,
-                "no visible {css} named {name:?} on the page"
-            );
+            if Instant::now() >= deadline {
+                let url = self.try_cmd("GET", "/url", json!({})).await;
+                let src = self.try_cmd("GET", "/source", json!({})).await;
+                panic!(
+                    "no visible {css} named {name:?} on the page; there are {seen:?}; at {url:?}: {src:?}"
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

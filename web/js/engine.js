@@ -12,6 +12,7 @@ import { Session } from "./session.js";
 export const CHUNK = 61440;
 export const MAX_FILE = 5 * 1024 * 1024;
 const LOOKUP_MS = 10000;
+const LIST_MS = 2000;
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
 const ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
@@ -69,6 +70,11 @@ export class Engine {
     this.ui.status(`connected to ${s.serverId} as ${this.me}`);
     this.ui.connected(true);
     await this.send("USER_LIST_REQ", "server_*", {});
+    clearInterval(this.listTimer);
+    // The node does not push presence to users: ask again now and then.
+    this.listTimer = setInterval(() => {
+      if (this.session === s) this.send("USER_LIST_REQ", "server_*", {}).catch(() => {});
+    }, LIST_MS);
     this.flush();
   }
 
