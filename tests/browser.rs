@@ -170,3 +170,104 @@ async fn browsers_and_a_terminal_on_two_servers_exchange_dms_and_hostile_text_st
     alice.quit().await;
     bob.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_made_key_survives_reload_and_a_key_change_blocks_sending() {
+    let master = TestNode::master().await;
+    let addr = master.addr();
+    let root = tempfile::tempdir().unwrap();
+    let driver = Driver::start();
+    let dave = driver.browser(&profile(root.path(), "dave")).await;
+    // No key file: the page makes an RSA-4096 key itself (once in the suite).
+    dave.goto(&page(&master)).await;
+    let name = dave.named("input", "User name").await;
+    dave.type_into(&name, "dave").await;
+    dave.click(&dave.named("button", "Connect").await).await;
+    dave.wait_text("#status", "connected", |t| t.starts_with("connected to"))
+        .await;
+    let fp = dave
+        .wait_text("#me", "fingerprint", |t| t.contains("fingerprint"))
+        .await;
+    // Bob is in the directory; Dave pins his key and writes to him.
+    let mut bobc = ClientProc::start(&root.path().join("bob"), "bob", &master.url()).await;
+    send(&dave, "bob", "first, to the real bob").await;
+    assert_eq!(
+        bobc.expect("dm", is("dm")).await["text"],
+        "first, to the real bob"
+    );
+    expect_message(&dave, &["first, to the real bob", "delivered"]).await;
+    dave.screenshot(&screenshots().join("identity.png")).await;
+    drop(bobc);
+
+    // Reload: the identity, the history and the connection come back.
+    dave.refresh().await;
+    dave.wait_text("#status", "connected after reload", |t| {
+        t.starts_with("connected to")
+    })
+    .await;
+    assert_eq!(
+        dave.wait_text("#me", "fingerprint", |t| t.contains("fingerprint"))
+            .await,
+        fp
+    );
+    expect_message(&dave, &["first, to the real bob"]).await;
+
+    // Offline: what Dave writes waits in the outbox; the page reloaded as
+    // soon as the node is back still has it, and sends it.
+    let mut master = master;
+    master.stop().await;
+    dave.wait_text("#status", "disconnected", |t| {
+        t.contains("not connected") || t.contains("disconnected")
+    })
+    .await;
+    send(&dave, "bob", "written while offline").await;
+    expect_message(&dave, &["written while offline", "queued"]).await;
+    master.restart().await;
+    dave.refresh().await;
+    expect_message(&dave, &["written while offline"]).await;
+    let mut bobc = ClientProc::start(&root.path().join("bob"), "bob", &master.url()).await;
+    assert_eq!(
+        bobc.expect("dm", is("dm")).await["text"],
+        "written while offline"
+    );
+    expect_message(&dave, &["written while offline", "delivered"]).await;
+    drop(bobc);
+    master.stop().await;
+
+    // The same address now runs a mesh where "bob" has another key: the
+    // change is shown loudly, the queued message is not sealed to it, and
+    // nothing more can be sent to bob until the new key is accepted.
+    let second = TestNode::master_with(|c| c.listen = addr).await;
+    let mut impostor =
+        socp::client::Session::connect(&second.url(), "bob", common::cluster::user_key("carol"))
+            .await
+            .unwrap();
+    dave.wait_text("#status", "connected to the new node", |t| {
+        t.starts_with("connected to")
+    })
+    .await;
+    send(&dave, "bob", "must not go").await;
+    let warning = dave
+        .wait_text("#warnings", "the key-change warning", |t| {
+            t.contains("bob's key has changed")
+        })
+        .await;
+    assert!(warning.contains("blocked"), "{warning}");
+    expect_message(&dave, &["must not go", "failed"]).await;
+    send(&dave, "bob", "must not go either").await;
+    dave.wait_text("#errors", "refusal", |t| t.contains("key changed"))
+        .await;
+    dave.screenshot(&screenshots().join("key-change.png")).await;
+    dave.click(&dave.named("button", "Accept new key for bob").await)
+        .await;
+    send(&dave, "bob", "after accepting").await;
+    let (_, m) = common::cluster::expect(&mut impostor, "the DM after acceptance", |_, m| {
+        matches!(m, socp::wire::messages::Message::UserDeliver(_))
+    })
+    .await;
+    let socp::wire::messages::Message::UserDeliver(d) = m else {
+        unreachable!()
+    };
+    assert_eq!(d.sender, "dave");
+    dave.quit().await;
+}

@@ -24,7 +24,8 @@ export class Ui {
   }
 
   connected(yes) {
-    $("send").disabled = !yes;
+    // Sending stays possible offline: the outbox keeps it until reconnected.
+    $("status").dataset.connected = yes ? "yes" : "no";
   }
 
   online(users) {
