@@ -215,7 +215,7 @@ impl Browser {
                 let label = self
                     .try_cmd("GET", &format!("/element/{}/computedlabel", e.0), json!({}))
                     .await
-                    .unwrap_or_else(|e| Value::String(e));
+                    .unwrap_or_else(Value::String);
                 if label.as_str().map(str::trim) == Some(name) && self.displayed(&e).await {
                     return e;
                 }
