@@ -6,60 +6,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+#[path = "browser/files.rs"]
+mod files;
+#[path = "browser/groups.rs"]
+mod groups;
 
-use common::browser::{Browser, Driver};
-use common::clientproc::{ClientProc, fixture_pem};
+use common::browser::{Driver, expect_message, page, profile, screenshot, send, sign_in};
+use common::clientproc::ClientProc;
 use common::cluster::TestNode;
 use common::{vector_json, vectors_dir};
 use serde_json::{Value, json};
-
-/// The page's identity for `user`: the fixture key imported from its
-/// `socp client` key file, then Connect.
-async fn sign_in(b: &Browser, url: &str, user: &str) {
-    b.goto(url).await;
-    let name = b.named("input", "User name").await;
-    b.type_into(&name, user).await;
-    let file = b.named("input[type=file]", "Import key file").await;
-    let pem = std::fs::canonicalize(fixture_pem(user)).unwrap();
-    b.type_into(&file, &pem.display().to_string()).await;
-    let connect = b.named("button", "Connect").await;
-    b.click(&connect).await;
-    b.wait_text("#status", "connected", |t| t.starts_with("connected to"))
-        .await;
-}
-
-/// Sends `text` to `to` from the page.
-async fn send(b: &Browser, to: &str, text: &str) {
-    let field = b.named("input", "To").await;
-    b.clear(&field).await;
-    b.type_into(&field, to).await;
-    let msg = b.named("input", "Message").await;
-    b.type_into(&msg, text).await;
-    let send = b.named("button", "Send").await;
-    b.click(&send).await;
-}
-
-/// Waits for a line in the "Messages" region containing all of `parts`.
-async fn expect_message(b: &Browser, parts: &[&str]) -> String {
-    let what = parts.join(" + ");
-    b.wait_text("#log li", &what, |t| parts.iter().all(|p| t.contains(p)))
-        .await
-}
-
-fn screenshots() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots")
-}
-
-fn page(node: &TestNode) -> String {
-    format!("http://{}/", node.addr())
-}
-
-fn profile(root: &Path, name: &str) -> PathBuf {
-    let p = root.join(name);
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vectors_pass_in_the_browser() {
@@ -86,7 +42,7 @@ async fn the_vectors_pass_in_the_browser() {
 }
 
 /// A master and a local, linked.
-async fn two_servers() -> (TestNode, TestNode) {
+pub async fn two_servers() -> (TestNode, TestNode) {
     let master = TestNode::master().await;
     let local = TestNode::local(&master.url()).await;
     master.wait_linked(1).await;
@@ -94,7 +50,7 @@ async fn two_servers() -> (TestNode, TestNode) {
     (master, local)
 }
 
-fn is(kind: &'static str) -> impl Fn(&Value) -> bool {
+pub fn is(kind: &'static str) -> impl Fn(&Value) -> bool {
     move |e| e["event"] == kind
 }
 
@@ -120,7 +76,8 @@ async fn browsers_and_a_terminal_on_two_servers_exchange_dms_and_hostile_text_st
     expect_message(&bob, &["alice", "hello bob, from a browser"]).await;
     expect_message(&alice, &["hello bob, from a browser", "delivered"]).await;
     send(&bob, "alice", "hi alice é 😀").await;
-    expect_message(&alice, &["bob", "hi alice é 😀"]).await;
+    let line = expect_message(&alice, &["bob", "hi alice é 😀"]).await;
+    assert!(!line.contains("unverified"), "{line}");
 
     // Browser and terminal, both ways, from each server.
     send(&alice, "carol", "carol, it is alice").await;
@@ -166,7 +123,7 @@ async fn browsers_and_a_terminal_on_two_servers_exchange_dms_and_hostile_text_st
             .await,
         json!(0)
     );
-    alice.screenshot(&screenshots().join("chat.png")).await;
+    screenshot(&alice, "chat").await;
     alice.quit().await;
     bob.quit().await;
 }
@@ -196,7 +153,7 @@ async fn a_made_key_survives_reload_and_a_key_change_blocks_sending() {
         "first, to the real bob"
     );
     expect_message(&dave, &["first, to the real bob", "delivered"]).await;
-    dave.screenshot(&screenshots().join("identity.png")).await;
+    screenshot(&dave, "identity").await;
     drop(bobc);
 
     // Reload: the identity, the history and the connection come back.
@@ -257,7 +214,7 @@ async fn a_made_key_survives_reload_and_a_key_change_blocks_sending() {
     send(&dave, "bob", "must not go either").await;
     dave.wait_text("#errors", "refusal", |t| t.contains("key changed"))
         .await;
-    dave.screenshot(&screenshots().join("key-change.png")).await;
+    screenshot(&dave, "key-change").await;
     dave.click(&dave.named("button", "Accept new key for bob").await)
         .await;
     send(&dave, "bob", "after accepting").await;

@@ -84,6 +84,10 @@ impl Driver {
                          "--disable-dev-shm-usage", "--window-size=1200,900",
                          "--no-first-run", "--disable-extensions",
                          format!("--user-data-dir={}", profile.display())],
+                "prefs": {
+                    "download.default_directory": profile.join("downloads"),
+                    "download.prompt_for_download": false,
+                },
             },
         }}});
         let this = self.wd.clone();
@@ -239,6 +243,37 @@ impl Browser {
             .unwrap_or(false)
     }
 
+    /// Presses keys as a keyboard would, on whatever has the focus
+    /// (WebDriver actions): `\u{E004}` is Tab, `\u{E007}` Enter.
+    pub async fn keys(&self, text: &str) {
+        let mut actions = Vec::new();
+        for c in text.chars() {
+            actions.push(json!({"type": "keyDown", "value": c.to_string()}));
+            actions.push(json!({"type": "keyUp", "value": c.to_string()}));
+        }
+        self.cmd(
+            "POST",
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]}),
+        )
+        .await;
+    }
+
+    /// The accessible name of the element that has the focus ("" for none).
+    pub async fn focused(&self) -> String {
+        let Ok(v) = self.try_cmd("GET", "/element/active", json!({})).await else {
+            return String::new();
+        };
+        let Some(id) = v[ELEMENT_KEY].as_str() else {
+            return String::new();
+        };
+        self.try_cmd("GET", &format!("/element/{id}/computedlabel"), json!({}))
+            .await
+            .ok()
+            .and_then(|l| l.as_str().map(|s| s.trim().to_owned()))
+            .unwrap_or_default()
+    }
+
     pub async fn click(&self, e: &Element) {
         self.cmd("POST", &format!("/element/{}/click", e.0), json!({}))
             .await;
@@ -303,10 +338,16 @@ impl Browser {
                     }
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "waited for {what} in {css}; it shows: {last:?}"
-            );
+            if Instant::now() >= deadline {
+                let page = self
+                    .try_cmd(
+                        "POST",
+                        "/execute/sync",
+                        json!({"script": "return ['status', 'errors', 'log'].map((id) => document.getElementById(id).innerText).join(' | ')", "args": []}),
+                    )
+                    .await;
+                panic!("waited for {what} in {css}; it shows: {last:?}; the page: {page:?}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -332,4 +373,80 @@ fn base64_std(text: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .unwrap_or_default()
+}
+
+// ---- the page, driven by its accessible names ----
+
+/// The page's identity for `user`: the fixture key imported from its
+/// `socp client` key file, then Connect.
+pub async fn sign_in(b: &Browser, url: &str, user: &str) {
+    b.goto(url).await;
+    let name = b.named("input", "User name").await;
+    b.type_into(&name, user).await;
+    let file = b.named("input[type=file]", "Import key file").await;
+    let pem = std::fs::canonicalize(super::clientproc::fixture_pem(user)).unwrap();
+    b.type_into(&file, &pem.display().to_string()).await;
+    b.click(&b.named("button", "Connect").await).await;
+    b.wait_text("#status", "connected", |t| t.starts_with("connected to"))
+        .await;
+}
+
+/// Sends `text` to `to` (a user or a group) from the page.
+pub async fn send(b: &Browser, to: &str, text: &str) {
+    let field = b.named("input", "To").await;
+    b.clear(&field).await;
+    b.type_into(&field, to).await;
+    b.type_into(&b.named("input", "Message").await, text).await;
+    b.click(&b.named("button", "Send").await).await;
+}
+
+/// Waits for a line in the "Messages" region containing all of `parts`.
+pub async fn expect_message(b: &Browser, parts: &[&str]) -> String {
+    let what = parts.join(" + ");
+    b.wait_text("#log li", &what, |t| parts.iter().all(|p| t.contains(p)))
+        .await
+}
+
+/// Saves a screenshot named `name`.png: into `$SOCP_SCREENSHOTS` (relative
+/// to the repository; `SOCP_SCREENSHOTS=docs/screenshots` refreshes the
+/// README's) when set, else under target/ (a test run never changes
+/// tracked files).
+pub async fn screenshot(b: &Browser, name: &str) {
+    let dir = match std::env::var_os("SOCP_SCREENSHOTS") {
+        Some(d) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(d),
+        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots"),
+    };
+    b.screenshot(&dir.join(format!("{name}.png"))).await;
+}
+
+/// The page of a node.
+pub fn page(node: &super::cluster::TestNode) -> String {
+    format!("http://{}/", node.addr())
+}
+
+/// A fresh browser profile directory `root/name`.
+pub fn profile(root: &Path, name: &str) -> PathBuf {
+    let p = root.join(name);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// Waits for a finished download called `name` in the profile's downloads
+/// folder; its bytes.
+pub async fn downloaded(profile: &Path, name: &str) -> Vec<u8> {
+    let path = profile.join("downloads").join(name);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let partial = std::fs::read_dir(profile.join("downloads"))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".crdownload"))
+            })
+            .unwrap_or(false);
+        if !partial && let Ok(data) = std::fs::read(&path) {
+            return data;
+        }
+        assert!(Instant::now() < deadline, "no download {}", path.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

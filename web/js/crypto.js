@@ -139,6 +139,23 @@ export async function fingerprint(pubB64) {
   return h.match(/.{4}/g).join(" ");
 }
 
+/** The number two people compare (read aloud, side by side) to check that
+ *  each has the other's real key: SHA-256 over a label and both keys'
+ *  fingerprints (hex, sorted, so both sides compute the same), shown as
+ *  10 groups of 5 digits (each from 3 bytes of the digest, mod 100000). */
+export async function safetyNumber(pubA, pubB) {
+  const fps = [];
+  for (const p of [pubA, pubB]) fps.push(b64.hex(await sha256(b64.decode(p))));
+  fps.sort();
+  const h = new Uint8Array(await sha256(new TextEncoder().encode(`socp safety number v1\n${fps[0]}\n${fps[1]}\n`)));
+  const groups = [];
+  for (let i = 0; i < 10; i++) {
+    const v = ((h[3 * i] << 16) | (h[3 * i + 1] << 8) | h[3 * i + 2]) % 100000;
+    groups.push(String(v).padStart(5, "0"));
+  }
+  return groups.join(" ");
+}
+
 /** The mac-v1 key of one direction: HKDF-SHA256, no salt. */
 export async function macKey(secret, dialer, acceptor, dir) {
   const ikm = await subtle.importKey("raw", secret, "HKDF", false, ["deriveKey"]);

@@ -14,6 +14,7 @@ export const MAX_FILE = 5 * 1024 * 1024;
 const LOOKUP_MS = 10000;
 const LIST_MS = 2000;
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
+const CONTENT = new Set(["USER_DELIVER", "GROUP_KEY_SHARE", "MSG_GROUP", "FILE_START", "FILE_CHUNK", "FILE_END"]);
 const ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
 export function validUser(id) {
@@ -292,7 +293,11 @@ export class Engine {
 
   // ---- files ----
 
+  /** Sends a file now, in chunks. Files are not queued: offline (or if
+   *  the connection drops during the transfer) it is refused, said so,
+   *  and must be sent again; only text waits in the outbox. */
   async sendFile(to, file, progress) {
+    if (!this.session) throw new Error("not sent: files are not queued while disconnected (only messages are); send it again once connected");
     if (file.size > MAX_FILE) throw new Error(`${file.name} is over the ${MAX_FILE}-byte limit`);
     const group = validGroup(to);
     const data = new Uint8Array(await file.arrayBuffer());
@@ -315,23 +320,41 @@ export class Engine {
     if (group) start.group_id = to;
     const rec = { id: start.msg_id, dir: "out", peer: to, from: this.me, text: `file ${name} (${data.length} bytes, sha256 ${sha})`, ts: Date.now(), state: "queued", verified: true };
     await this.remember(rec);
-    await this.send("FILE_START", to, start);
-    for (let i = 0, index = 0; i < data.length || index === 0; i += CHUNK, index++) {
-      const sealed = await wc.seal(key, data.subarray(i, i + CHUNK));
-      const chunk = { file_id, index, ...sealed, msg_id: wc.uuid() };
-      if (wrapped) chunk.wrapped_key = wrapped;
-      while (this.session && this.session.buffered() > 1 << 20) await new Promise((r) => setTimeout(r, 20));
-      await this.send("FILE_CHUNK", to, chunk);
-      progress(Math.min(i + CHUNK, data.length), data.length);
-      if (data.length === 0) break;
+    progress(0, data.length);
+    try {
+      await this.send("FILE_START", to, start);
+      for (let i = 0, index = 0; i < data.length || index === 0; i += CHUNK, index++) {
+        const sealed = await wc.seal(key, data.subarray(i, i + CHUNK));
+        const chunk = { file_id, index, ...sealed, msg_id: wc.uuid() };
+        if (wrapped) chunk.wrapped_key = wrapped;
+        while (this.session && this.session.buffered() > 1 << 20) await new Promise((r) => setTimeout(r, 20));
+        await this.send("FILE_CHUNK", to, chunk);
+        progress(Math.min(i + CHUNK, data.length), data.length);
+        if (data.length === 0) break;
+      }
+      await this.send("FILE_END", to, { file_id, msg_id: wc.uuid() });
+    } catch (e) {
+      progress(data.length, data.length);
+      await this.setState(rec.id, "failed", "the connection was lost during the transfer: send the file again");
+      throw new Error("not sent: the connection was lost during the transfer (files are not queued); send it again");
     }
-    await this.send("FILE_END", to, { file_id, msg_id: wc.uuid() });
     await this.setState(rec.id, "sent");
   }
 
   // ---- frames from the node ----
 
-  async frame(env) {
+  /** A frame from the node. Content is handled in order on a chain of its
+   *  own, so that the answers it waits for (key lookups) are not stuck
+   *  behind it on the session's chain. */
+  frame(env) {
+    if (CONTENT.has(env.type)) {
+      this.contentChain = (this.contentChain || Promise.resolve()).then(() => this.handle(env)).catch((e) => this.ui.error(`${env.type}: ${e.message}`));
+      return undefined;
+    }
+    return this.handle(env);
+  }
+
+  async handle(env) {
     const p = env.payload || {};
     switch (env.type) {
       case "USER_LIST":
@@ -438,6 +461,7 @@ export class Engine {
     if (!mine) {
       this.ui.notice(`${p.group_id}: ${p.creator} shared a new key without you`);
       await store.del(this.k("g", p.group_id));
+      this.ui.group(p.group_id, null);
       return;
     }
     const raw = await wc.unwrap(this.ident.decKey, mine.wrapped_group_key);

@@ -55,9 +55,24 @@ export class Ui {
     }));
   }
 
+  /** A group we hold a key for (`members` null: we no longer do). */
   group(id, members) {
-    this.groups.set(id, members);
-    $("groups").replaceChildren(...[...this.groups].map(([g, m]) => el("li", `${g}: ${m.join(", ")}`)));
+    if (members) this.groups.set(id, members);
+    else this.groups.delete(id);
+    $("groups").replaceChildren(
+      ...[...this.groups].map(([g, m]) => {
+        const li = el("li");
+        const b = el("button", g);
+        b.type = "button";
+        b.title = `members: ${m.join(", ")}`;
+        b.addEventListener("click", () => {
+          $("to").value = g;
+          $("message").focus();
+        });
+        li.append(b, el("span", m.join(", "), "members"));
+        return li;
+      }),
+    );
     this.peers();
   }
 

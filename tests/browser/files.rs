@@ -1,0 +1,1 @@
+//! Files between a browser user and a terminal user.
