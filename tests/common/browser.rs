@@ -294,6 +294,16 @@ impl Browser {
         .await;
     }
 
+    /// A DOM property of an element (`download`, `value`, ...).
+    pub async fn property(&self, e: &Element, name: &str) -> Value {
+        self.cmd(
+            "GET",
+            &format!("/element/{}/property/{name}", e.0),
+            json!({}),
+        )
+        .await
+    }
+
     pub async fn text(&self, e: &Element) -> String {
         self.cmd("GET", &format!("/element/{}/text", e.0), json!({}))
             .await
@@ -431,22 +441,30 @@ pub fn profile(root: &Path, name: &str) -> PathBuf {
     p
 }
 
-/// Waits for a finished download called `name` in the profile's downloads
-/// folder; its bytes.
-pub async fn downloaded(profile: &Path, name: &str) -> Vec<u8> {
-    let path = profile.join("downloads").join(name);
+/// Waits for the first finished download in the profile's downloads
+/// folder: its name (as the browser saved it) and bytes.
+pub async fn downloaded(profile: &Path) -> (String, Vec<u8>) {
+    let dir = profile.join("downloads");
     let deadline = Instant::now() + WAIT;
     loop {
-        let partial = std::fs::read_dir(profile.join("downloads"))
+        let names: Vec<String> = std::fs::read_dir(&dir)
             .map(|d| {
                 d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".crdownload"))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
             })
-            .unwrap_or(false);
-        if !partial && let Ok(data) = std::fs::read(&path) {
-            return data;
+            .unwrap_or_default();
+        if let [name] = &names[..]
+            && !name.ends_with(".crdownload")
+            && let Ok(data) = std::fs::read(dir.join(name))
+        {
+            return (name.clone(), data);
         }
-        assert!(Instant::now() < deadline, "no download {}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "no download in {}: {names:?}",
+            dir.display()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
