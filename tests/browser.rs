@@ -228,3 +228,57 @@ async fn a_made_key_survives_reload_and_a_key_change_blocks_sending() {
     assert_eq!(d.sender, "dave");
     dave.quit().await;
 }
+
+/// What the page shows as the safety number with `other`.
+async fn safety_number(b: &common::browser::Browser, other: &str) -> String {
+    let field = b.named("input", "Fingerprint of").await;
+    b.clear(&field).await;
+    b.type_into(&field, other).await;
+    b.click(&b.named("button", "Show").await).await;
+    let out = b.named("output", "Safety number").await;
+    let deadline = std::time::Instant::now() + common::browser::WAIT;
+    loop {
+        let t = b.text(&out).await;
+        if !t.is_empty() {
+            return t;
+        }
+        assert!(std::time::Instant::now() < deadline, "no safety number");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browser_users_see_the_same_safety_number() {
+    let master = TestNode::master().await;
+    let root = tempfile::tempdir().unwrap();
+    let driver = Driver::start();
+    let alice = driver.browser(&profile(root.path(), "alice")).await;
+    let bob = driver.browser(&profile(root.path(), "bob")).await;
+    sign_in(&alice, &page(&master), "alice").await;
+    sign_in(&bob, &page(&master), "bob").await;
+    let a = safety_number(&alice, "bob").await;
+    let b = safety_number(&bob, "alice").await;
+    assert_eq!(a, b, "alice and bob see different safety numbers");
+    let groups: Vec<&str> = a.split(' ').collect();
+    assert!(
+        groups.len() == 10
+            && groups
+                .iter()
+                .all(|g| g.len() == 5 && g.bytes().all(|c| c.is_ascii_digit())),
+        "{a}"
+    );
+    // The fingerprint each shows for the other is the one the other shows
+    // for themself.
+    let alices_own = alice.text(&alice.all("#me").await[0]).await;
+    let bobs_view = bob.text(&bob.all("#fpout").await[0]).await;
+    let fp = bobs_view.trim_start_matches("alice: ");
+    assert!(alices_own.ends_with(fp), "{alices_own} / {bobs_view}");
+    // With someone else, another number.
+    let mut carol = ClientProc::start(&root.path().join("carol"), "carol", &master.url()).await;
+    carol.cmd("/list").await;
+    let c = safety_number(&alice, "carol").await;
+    assert_ne!(a, c);
+    screenshot(&alice, "safety-number").await;
+    alice.quit().await;
+    bob.quit().await;
+}

@@ -108,7 +108,7 @@ function wire() {
     const p = u === engine.me ? { pubkey: engine.ident.pubkey } : await engine.keyOf(u, false);
     $("fpout").textContent = p ? `${u}: ${await wc.fingerprint(p.pubkey)}${p.pending ? " (a new key waits for your acceptance)" : ""}` : `no key known for ${u}`;
     const show = p && !p.pending && u !== engine.me;
-    $("safety-h").hidden = !show;
+    $("safetybox").hidden = !show;
     $("safety").textContent = show ? await wc.safetyNumber(engine.ident.pubkey, p.pubkey) : "";
   });
   $("exportkey").addEventListener("click", async () => {
