@@ -128,26 +128,79 @@ async fn browsers_and_a_terminal_on_two_servers_exchange_dms_and_hostile_text_st
     bob.quit().await;
 }
 
+const TAB: &str = "\u{E004}";
+/// Shift held down around Tab.
+const SHIFT_TAB: &str = "\u{E008}\u{E004}\u{E008}";
+const ENTER: &str = "\u{E007}";
+
+/// Presses `keys` and says which control has the focus then.
+async fn press(b: &common::browser::Browser, keys: &str) -> String {
+    b.keys(keys).await;
+    b.focused().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_made_key_survives_reload_and_a_key_change_blocks_sending() {
+async fn a_key_made_by_keyboard_alone_survives_reload_and_a_key_change_blocks_sending() {
     let master = TestNode::master().await;
     let addr = master.addr();
     let root = tempfile::tempdir().unwrap();
     let driver = Driver::start();
+    let mut bobc = ClientProc::start(&root.path().join("bob"), "bob", &master.url()).await;
     let dave = driver.browser(&profile(root.path(), "dave")).await;
-    // No key file: the page makes an RSA-4096 key itself (once in the suite).
+    // Keyboard only, from the start: the focus is in "User name", Tab goes
+    // through the sign-in form in order, Enter connects. No key file: the
+    // page makes an RSA-4096 key itself (once in the suite).
     dave.goto(&page(&master)).await;
-    let name = dave.named("input", "User name").await;
-    dave.type_into(&name, "dave").await;
-    dave.click(&dave.named("button", "Connect").await).await;
+    dave.named("input", "User name").await;
+    assert_eq!(dave.focused().await, "User name");
+    dave.keys("dave").await;
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        order.push(press(&dave, TAB).await);
+    }
+    assert_eq!(order, ["Import key file", "Key file passphrase", "Connect"]);
+    dave.keys(ENTER).await;
     dave.wait_text("#status", "connected", |t| t.starts_with("connected to"))
         .await;
     let fp = dave
         .wait_text("#me", "fingerprint", |t| t.contains("fingerprint"))
         .await;
-    // Bob is in the directory; Dave pins his key and writes to him.
-    let mut bobc = ClientProc::start(&root.path().join("bob"), "bob", &master.url()).await;
-    send(&dave, "bob", "first, to the real bob").await;
+    // Signed in, the focus is on "To"; going back, the controls come in
+    // the order they are shown: the verify form, the group form, the
+    // online list, the export form.
+    dave.wait_text("#online", "bob online", |t| t.contains("bob"))
+        .await;
+    assert_eq!(dave.focused().await, "To");
+    let mut order = Vec::new();
+    for _ in 0..20 {
+        let now = press(&dave, SHIFT_TAB).await;
+        order.push(now.clone());
+        if now == "Export passphrase" {
+            break;
+        }
+    }
+    assert_eq!(
+        order,
+        [
+            "Show",
+            "Fingerprint of",
+            "Share group key",
+            "Members",
+            "Group",
+            "dave",
+            "bob",
+            "Export key file",
+            "Export passphrase"
+        ]
+    );
+    // Bob is picked from the online list (Tab to him, Enter), then the
+    // message is typed and sent with Enter.
+    for _ in 0..2 {
+        press(&dave, TAB).await;
+    }
+    assert_eq!(dave.focused().await, "bob");
+    assert_eq!(press(&dave, ENTER).await, "Message");
+    dave.keys(&format!("first, to the real bob{ENTER}")).await;
     assert_eq!(
         bobc.expect("dm", is("dm")).await["text"],
         "first, to the real bob"

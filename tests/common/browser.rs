@@ -244,12 +244,24 @@ impl Browser {
     }
 
     /// Presses keys as a keyboard would, on whatever has the focus
-    /// (WebDriver actions): `\u{E004}` is Tab, `\u{E007}` Enter.
+    /// (WebDriver actions): `\u{E004}` is Tab, `\u{E007}` Enter; Shift
+    /// (`\u{E008}`) is held down until it comes again (or the end).
     pub async fn keys(&self, text: &str) {
         let mut actions = Vec::new();
+        let mut shift = false;
         for c in text.chars() {
-            actions.push(json!({"type": "keyDown", "value": c.to_string()}));
-            actions.push(json!({"type": "keyUp", "value": c.to_string()}));
+            let key = c.to_string();
+            if c == '\u{E008}' {
+                let kind = if shift { "keyUp" } else { "keyDown" };
+                actions.push(json!({"type": kind, "value": key}));
+                shift = !shift;
+                continue;
+            }
+            actions.push(json!({"type": "keyDown", "value": key}));
+            actions.push(json!({"type": "keyUp", "value": key}));
+        }
+        if shift {
+            actions.push(json!({"type": "keyUp", "value": "\u{E008}"}));
         }
         self.cmd(
             "POST",

@@ -54,7 +54,10 @@ async function start(user) {
     const ident = await identity(user);
     await store.put("last", user);
     $("me").textContent = `you are ${user}; your key's fingerprint: ${await wc.fingerprint(ident.pubkey)}`;
+    // Signed in: the form is done with; the keyboard goes to "To".
+    $("login").hidden = true;
     $("chat").hidden = false;
+    $("to").focus();
     engine = new Engine(user, ident, nodeUrl(), ui);
     ui.onAccept = (u) => engine.acceptKey(u);
     await engine.start();

@@ -29,6 +29,9 @@ export class Ui {
   }
 
   online(users) {
+    // Redrawn only when it changed: a redraw would take the keyboard
+    // focus away from a name in the list.
+    if (this.users && users.join("\n") === this.users.join("\n")) return;
     const list = $("online");
     list.replaceChildren(
       ...users.map((u) => {
