@@ -232,6 +232,26 @@ async fn a_key_made_by_keyboard_alone_survives_reload_and_a_key_change_blocks_se
     .await;
     send(&dave, "bob", "written while offline").await;
     expect_message(&dave, &["written while offline", "queued"]).await;
+    // Files are not queued: offline, the page says so and lists nothing.
+    let offline = root.path().join("offline-notes.txt");
+    std::fs::write(&offline, "not for the outbox").unwrap();
+    let attach = dave.named("input[type=file]", "Attach file").await;
+    dave.type_into(&attach, &offline.display().to_string())
+        .await;
+    let said = dave
+        .wait_text("#errors", "the refusal", |t| {
+            t.contains("offline-notes.txt")
+        })
+        .await;
+    assert!(said.contains("not sent: files are not queued"), "{said}");
+    assert_eq!(
+        dave.execute(
+            "return [...document.querySelectorAll('#log li')].filter((l) => l.textContent.includes('offline-notes')).length",
+            vec![]
+        )
+        .await,
+        json!(0)
+    );
     master.restart().await;
     dave.refresh().await;
     expect_message(&dave, &["written while offline"]).await;
