@@ -102,3 +102,37 @@ async fn web_off_serves_no_page_but_websockets() {
     assert!(!page.contains("main.js"));
     let _alice = connect(&master.url(), "alice").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_request_over_the_address_cap_is_refused_and_pages_hold_no_slot() {
+    let master = TestNode::master_with(|c| c.limits.max_conns_per_ip = 2).await;
+    let addr = master.addr();
+    // Page loads one after another each take the address's slot only
+    // while being answered: many in a row all get the page, and the
+    // WebSocket connections after them are still let in.
+    for _ in 0..6 {
+        let page = get(addr, "/").await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    }
+    let alice = connect(&master.url(), "alice").await;
+    let bob = connect(&master.url(), "bob").await;
+    // The address holds its two: a page request is refused as a WebSocket
+    // would be, with the same security headers.
+    let busy = get(addr, "/").await;
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    assert!(!busy.contains("main.js"), "{busy}");
+    assert_eq!(header(&busy, "x-content-type-options"), Some("nosniff"));
+    assert!(header(&busy, "content-security-policy").is_some());
+    // A slot given back (bob leaves) is a page for the next request.
+    drop(bob);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let page = get(addr, "/").await;
+        if page.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(alice);
+}

@@ -3,7 +3,8 @@
 //! before any handshake; then the TLS (with `--tls-cert`) and WebSocket
 //! handshakes run under the hello timeout, and the connection is served,
 //! or told why it is refused and closed. A plain HTTP request in place of
-//! the WebSocket upgrade gets the browser client (`web`) unless `--web off`.
+//! the WebSocket upgrade gets the browser client (`web`) unless `--web off`
+//! (or a 503 when its address is over its cap, like a WebSocket from it).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -198,7 +199,12 @@ async fn upgrade<S>(
                 .await
                 .map_err(|e| e.to_string())?;
             if let Some(req) = web::parse(&head).filter(|r| !r.upgrade) {
-                let served = web::respond(&mut stream, &req, tls).await;
+                // Over the address's cap: refused like a WebSocket. Either
+                // way the slot is given back as soon as this returns.
+                let served = match slot {
+                    Ok(_) => web::respond(&mut stream, &req, tls).await,
+                    Err(_) => web::busy(&mut stream, &req, tls).await,
+                };
                 tracing::debug!(%peer, path = %req.path.escape_debug(), ok = served.is_ok(), "served the web client");
                 return Ok(None);
             }

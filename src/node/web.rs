@@ -160,8 +160,44 @@ pub(crate) async fn respond<S: AsyncWrite + Unpin>(
         ),
         None => ("404 Not Found", "text/plain; charset=utf-8", b"not found\n"),
     };
+    answer(stream, req, tls, status, ctype, body, "").await
+}
+
+/// Answers a request from an address that holds `--max-conns-per-ip`
+/// connections already, as a WebSocket from it would be: refused (503).
+pub(crate) async fn busy<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    req: &Request,
+    tls: bool,
+) -> std::io::Result<()> {
+    let body: &[u8] = b"too many connections from your address: close some and try again\n";
+    let status = "503 Service Unavailable";
+    let extra = "Retry-After: 5\r\n";
+    answer(
+        stream,
+        req,
+        tls,
+        status,
+        "text/plain; charset=utf-8",
+        body,
+        extra,
+    )
+    .await
+}
+
+/// Writes one answer with the security headers (and `extra` header lines)
+/// and shuts the stream's write side.
+async fn answer<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    req: &Request,
+    tls: bool,
+    status: &str,
+    ctype: &str,
+    body: &[u8],
+    extra: &str,
+) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\n\
+        "HTTP/1.1 {status}\r\n{extra}\
          Content-Type: {ctype}\r\n\
          Content-Length: {len}\r\n\
          Content-Security-Policy: {csp}\r\n\
