@@ -355,3 +355,57 @@ async fn two_browser_users_see_the_same_safety_number() {
     alice.quit().await;
     bob.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exported_key_imports_in_a_fresh_profile_with_the_same_fingerprint() {
+    let (first, second) = (TestNode::master().await, TestNode::master().await);
+    let root = tempfile::tempdir().unwrap();
+    let driver = Driver::start();
+    let old_profile = profile(root.path(), "old");
+    let old = driver.browser(&old_profile).await;
+    sign_in(&old, &page(&first), "alice").await;
+    let fp = old
+        .wait_text("#me", "fingerprint", |t| t.contains("fingerprint"))
+        .await;
+    let pass = old.named("input", "Export passphrase").await;
+    old.type_into(&pass, "correct horse battery").await;
+    old.click(&old.named("button", "Export key file").await)
+        .await;
+    let (name, exported) = common::browser::downloaded(&old_profile).await;
+    assert_eq!(name, "alice.enc.pem");
+    let text = String::from_utf8(exported).unwrap();
+    assert!(
+        text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+        "{text}"
+    );
+    let file = root.path().join("alice.enc.pem");
+    std::fs::write(&file, &text).unwrap();
+    old.quit().await;
+
+    // A fresh profile: the wrong passphrase is refused in words; the right
+    // one gives the same identity.
+    let new = driver.browser(&profile(root.path(), "new")).await;
+    new.goto(&page(&second)).await;
+    new.type_into(&new.named("input", "User name").await, "alice")
+        .await;
+    let pick = new.named("input[type=file]", "Import key file").await;
+    new.type_into(&pick, &file.display().to_string()).await;
+    let pass = new.named("input", "Key file passphrase").await;
+    new.type_into(&pass, "wrong horse").await;
+    new.click(&new.named("button", "Connect").await).await;
+    let refused = new
+        .wait_text("#status", "the refusal", |t| t.starts_with("cannot start"))
+        .await;
+    assert!(refused.contains("wrong passphrase"), "{refused}");
+    new.clear(&pass).await;
+    new.type_into(&pass, "correct horse battery").await;
+    new.click(&new.named("button", "Connect").await).await;
+    new.wait_text("#status", "connected", |t| t.starts_with("connected to"))
+        .await;
+    assert_eq!(
+        new.wait_text("#me", "fingerprint", |t| t.contains("fingerprint"))
+            .await,
+        fp
+    );
+    new.quit().await;
+}
