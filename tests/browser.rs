@@ -332,6 +332,13 @@ async fn two_browser_users_see_the_same_safety_number() {
     let a = safety_number(&alice, "bob").await;
     let b = safety_number(&bob, "alice").await;
     assert_eq!(a, b, "alice and bob see different safety numbers");
+    alice
+        .execute(
+            "document.getElementById('safetybox').scrollIntoView({block: 'center'})",
+            vec![],
+        )
+        .await;
+    screenshot(&alice, "safety-number").await;
     let groups: Vec<&str> = a.split(' ').collect();
     assert!(
         groups.len() == 10
@@ -351,7 +358,6 @@ async fn two_browser_users_see_the_same_safety_number() {
     carol.cmd("/list").await;
     let c = safety_number(&alice, "carol").await;
     assert_ne!(a, c);
-    screenshot(&alice, "safety-number").await;
     alice.quit().await;
     bob.quit().await;
 }

@@ -56,6 +56,7 @@ async function start(user) {
     $("me").textContent = `you are ${user}; your key's fingerprint: ${await wc.fingerprint(ident.pubkey)}`;
     // Signed in: the form is done with; the keyboard goes to "To".
     $("login").hidden = true;
+    $("keyhelp").hidden = true;
     $("chat").hidden = false;
     $("to").focus();
     engine = new Engine(user, ident, nodeUrl(), ui);
