@@ -1,7 +1,8 @@
 //! Files between a browser user and a terminal user on another server: a
 //! 5 MiB file each way with the right SHA-256 on both sides, a progress
 //! bar while sending, the download link only once all of it arrived and
-//! checked, a hostile file name reduced to a safe one.
+//! checked, a hostile file name reduced to a safe one; a file that does
+//! not match its signed manifest offers no download.
 
 use std::path::Path;
 
@@ -11,7 +12,12 @@ use crate::common::browser::{
     Driver, downloaded, expect_message, page, profile, screenshot, sign_in,
 };
 use crate::common::clientproc::ClientProc;
+use crate::common::cluster::{connect, user_key};
 use crate::two_servers;
+use socp::content::{manifest_signed_bytes, seal_chunk};
+use socp::wire::b64;
+use socp::wire::messages::Message;
+use socp::wire::messages::{FileEnd, FileMode, FileStart};
 
 const SIZE: usize = 5 * 1024 * 1024;
 
@@ -130,6 +136,65 @@ async fn a_5_mib_file_each_way_between_a_browser_and_a_terminal_arrives_checked(
     assert_eq!(
         alice
             .execute("return document.querySelectorAll('#log b').length", vec![])
+            .await,
+        json!(0)
+    );
+
+    // A sender whose file does not match its own signed manifest: the page
+    // says so and offers nothing to download.
+    let mut bob = connect(&local.url(), "bob").await;
+    master.wait_online(&["bob"]).await;
+    let announced = hex(b"what was announced");
+    let sent: &[u8] = b"what was sent instead";
+    let (file_id, name) = ("4f1c2a9e-tampered", "tampered.txt");
+    let bob_key = user_key("bob");
+    let signed = manifest_signed_bytes(
+        file_id,
+        name,
+        sent.len() as u64,
+        &announced,
+        FileMode::Dm,
+        "bob",
+        "alice",
+    )
+    .unwrap();
+    let start = FileStart {
+        file_id: file_id.into(),
+        name: name.into(),
+        size: sent.len() as u64,
+        sha256: announced,
+        mode: FileMode::Dm,
+        group_id: None,
+        user_id: None,
+        content_sig: Some(bob_key.sign_b64(&signed).unwrap()),
+        msg_id: Some("6b7f0e52-0d7c-4a63-9d6b-0e1f2a3b4c5d".into()),
+        extra: [("from".to_owned(), json!("bob"))].into_iter().collect(),
+    };
+    let key = [7u8; 32];
+    let wrapped = b64::encode(user_key("alice").public().wrap(&key).unwrap());
+    let mut chunk = seal_chunk(file_id, 0, &key, Some(&wrapped), sent).unwrap();
+    chunk.msg_id = Some("0c9d8e7f-1a2b-4c3d-8e4f-5a6b7c8d9e0f".into());
+    let end = FileEnd {
+        file_id: file_id.into(),
+        user_id: None,
+        msg_id: Some("1d2e3f4a-5b6c-4d7e-8f9a-0b1c2d3e4f5a".into()),
+        extra: Default::default(),
+    };
+    for m in [
+        Message::FileStart(start),
+        Message::FileChunk(chunk),
+        Message::FileEnd(end),
+    ] {
+        bob.send("alice", &m).await.unwrap();
+    }
+    expect_message(
+        &alice,
+        &["bob", "tampered.txt", "SHA-256 mismatch, discarded"],
+    )
+    .await;
+    assert_eq!(
+        alice
+            .execute("return [...document.querySelectorAll('#log a')].filter((a) => a.textContent.includes('tampered')).length", vec![])
             .await,
         json!(0)
     );
