@@ -124,6 +124,15 @@ async fn a_group_of_browser_and_terminal_users_is_made_used_rotated_and_kept_by_
                 .is_some_and(|t| t.contains("after carol left"))),
         "carol read a message sent after she was removed: {later:?}"
     );
+    // After a reload bob's page still lists the group and writes to it.
+    bob.refresh().await;
+    bob.wait_text("#status", "connected after reload", |t| {
+        t.starts_with("connected to")
+    })
+    .await;
+    bob.named("button", "group_team").await;
+    send(&bob, "group_team", "bob, after a reload").await;
+    expect_message(&alice, &["bob", "bob, after a reload"]).await;
     alice.quit().await;
     bob.quit().await;
 }

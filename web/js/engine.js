@@ -42,6 +42,8 @@ export class Engine {
 
   async start() {
     for (const [, rec] of await store.prefix(this.k("h", ""))) this.ui.message(rec);
+    const groups = this.k("g", "");
+    for (const [key, g] of await store.prefix(groups)) this.ui.group(key.slice(groups.length), g.members || []);
     for (const [, out] of await store.prefix(this.k("out", ""))) this.ui.message(await this.record(out.hist));
     this.connect();
   }
