@@ -1,4 +1,5 @@
-//! Rebuild when a migration changes (they are embedded with `include_dir!`),
+//! Rebuild when a migration or the browser client in `web/` changes (they
+//! are embedded with `include_dir!`),
 //! and name the commit the binary is built from in `SOCP_COMMIT` for
 //! `socp --version`: "commit 1a2b3c4d5e6f", or "unknown commit" when there is
 //! no git checkout (a source tarball, `cargo install` from a registry) or no
@@ -13,6 +14,7 @@ const COMMIT_DIGITS: usize = 12;
 
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=web");
     println!("cargo:rerun-if-env-changed=GIT_DIR");
     println!("cargo:rerun-if-env-changed=SOCP_COMMIT");
     let given = std::env::var("SOCP_COMMIT")

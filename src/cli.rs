@@ -334,6 +334,20 @@ pub struct NodeArgs {
     /// Master: new user ids one local server may register per hour (0: no bound).
     #[arg(long, default_value_t = crate::node::policy::DEFAULT_PER_SERVER_HOUR)]
     pub registrations_per_server: u32,
+    /// Serve the browser client at http(s)://LISTEN/ on the WebSocket port
+    /// (off: WebSocket only; serve a copy of web/ you trust yourself).
+    #[arg(long, value_enum, default_value = "on")]
+    pub web: WebArg,
+}
+
+/// `--web on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebArg {
+    /// Serve the browser client.
+    On,
+    /// Do not: plain HTTP requests fail the WebSocket handshake.
+    Off,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, NodeArgs, RoleArg};
+use crate::cli::{Cli, NodeArgs, RoleArg, WebArg};
 use crate::node::{Admission, Limits, MailboxLimits, NodeConfig};
 
 /// Flags that are about the file itself, not settings: not keys of it.
@@ -99,6 +99,7 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig, ConfigError> {
             per_address_hour: args.registrations_per_address,
             per_server_hour: args.registrations_per_server,
         },
+        web: args.web == WebArg::On,
     })
 }
 

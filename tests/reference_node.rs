@@ -89,6 +89,7 @@ async fn start_as(
         tls: None,
         ca: None,
         admission: Default::default(),
+        web: true,
     };
     let node = Node::start(config).await.unwrap();
     (dir, node)

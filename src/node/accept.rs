@@ -2,7 +2,9 @@
 //! connection caps (`--max-conns` in all, `--max-conns-per-ip`) are taken
 //! before any handshake; then the TLS (with `--tls-cert`) and WebSocket
 //! handshakes run under the hello timeout, and the connection is served,
-//! or told why it is refused and closed.
+//! or told why it is refused and closed. A plain HTTP request in place of
+//! the WebSocket upgrade gets the browser client (`web`) unless `--web off`
+//! (or a 503 when its address is over its cap, like a WebSocket from it).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +17,7 @@ use tokio::sync::watch;
 use super::Limits;
 use super::conn::{self, ConnCtx};
 use super::records::ConnId;
+use super::web;
 use crate::wire::{ErrorCode, ids};
 
 /// What the accept loop hands each connection.
@@ -25,6 +28,8 @@ pub(crate) struct Acceptor {
     pub next_conn: Arc<AtomicU64>,
     /// Serve `wss://` (`--tls-cert`).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Serve the browser client to plain HTTP requests (`--web`).
+    pub web: bool,
 }
 
 /// Connections open, in all and per IP address; a slot is given back when
@@ -129,7 +134,7 @@ pub(crate) async fn serve(
                     let conn = acceptor.next_conn.fetch_add(1, Ordering::Relaxed);
                     let mut ctx = acceptor.ctx.clone();
                     ctx.peer_ip = Some(peer.ip());
-                    conns.spawn(accept_one(stream, peer, slot, conn, ctx, acceptor.tls.clone()));
+                    conns.spawn(accept_one(stream, peer, slot, conn, ctx, acceptor.tls.clone(), acceptor.web));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -143,9 +148,11 @@ pub(crate) async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
-/// One accepted TCP connection: the TLS and WebSocket handshakes (within
-/// the hello timeout), then the connection itself, or a refusal.
-/// `slot` is Err when the address is over its cap: it is told so.
+/// One accepted TCP connection: the TLS handshake, then either a page of
+/// the browser client (a plain HTTP `GET`, unless `--web off`) or the
+/// WebSocket handshake, all within the hello timeout; then the connection
+/// itself, or a refusal. `slot` is Err when the address is over its cap:
+/// it is told so.
 async fn accept_one(
     stream: TcpStream,
     peer: SocketAddr,
@@ -153,35 +160,66 @@ async fn accept_one(
     conn: ConnId,
     ctx: ConnCtx,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    web: bool,
 ) {
     let _ = stream.set_nodelay(true);
-    let limit = ctx.limits.hello_timeout;
     match tls {
         Some(acceptor) => {
+            let limit = ctx.limits.hello_timeout;
             // Boxed: its state is large and gone once the handshake is done.
-            let handshake = Box::pin(async {
-                let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
-                tokio_tungstenite::accept_async_with_config(tls, Some(conn::ws_config()))
-                    .await
-                    .map_err(|e| e.to_string())
-            });
+            let handshake = Box::pin(acceptor.accept(stream));
             match tokio::time::timeout(limit, handshake).await {
-                Ok(Ok(mut ws)) => serve_or_refuse(&mut ws, peer, slot, conn, &ctx).await,
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "TLS or WebSocket handshake failed")
-                }
-                Err(_) => tracing::debug!(%peer, "handshake timed out"),
+                Ok(Ok(tls)) => upgrade(tls, (true, web), peer, slot, conn, &ctx).await,
+                Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
-        None => {
-            let handshake =
-                tokio_tungstenite::accept_async_with_config(stream, Some(conn::ws_config()));
-            match tokio::time::timeout(limit, handshake).await {
-                Ok(Ok(mut ws)) => serve_or_refuse(&mut ws, peer, slot, conn, &ctx).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
-                Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
+        None => upgrade(stream, (false, web), peer, slot, conn, &ctx).await,
+    }
+}
+
+/// After TLS (if any): a plain HTTP request is answered from the embedded
+/// browser client and the connection closed; a WebSocket upgrade is
+/// handshaken and served.
+async fn upgrade<S>(
+    mut stream: S,
+    (tls, web): (bool, bool),
+    peer: SocketAddr,
+    slot: Result<Slot, Slot>,
+    conn: ConnId,
+    ctx: &ConnCtx,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limit = ctx.limits.hello_timeout;
+    let handshake = async {
+        let mut head = Vec::new();
+        if web {
+            head = web::read_head(&mut stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(req) = web::parse(&head).filter(|r| !r.upgrade) {
+                // Over the address's cap: refused like a WebSocket. Either
+                // way the slot is given back as soon as this returns.
+                let served = match slot {
+                    Ok(_) => web::respond(&mut stream, &req, tls).await,
+                    Err(_) => web::busy(&mut stream, &req, tls).await,
+                };
+                tracing::debug!(%peer, path = %req.path.escape_debug(), ok = served.is_ok(), "served the web client");
+                return Ok(None);
             }
         }
+        let stream = web::Prefixed::new(head, stream);
+        tokio_tungstenite::accept_async_with_config(stream, Some(conn::ws_config()))
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(limit, Box::pin(handshake)).await {
+        Ok(Ok(Some(mut ws))) => serve_or_refuse(&mut ws, peer, slot, conn, ctx).await,
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
+        Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
     }
 }
 

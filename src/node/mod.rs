@@ -21,6 +21,7 @@ pub(crate) mod records;
 pub(crate) mod router;
 pub(crate) mod state;
 mod timers;
+mod web;
 
 pub use hub::Status;
 pub use lock::lock_path;
@@ -69,6 +70,8 @@ pub struct NodeConfig {
     pub ca: Option<PathBuf>,
     /// Which servers may link (`--admit`) and who may register.
     pub admission: Admission,
+    /// Serve the browser client on the listen address (`--web on`).
+    pub web: bool,
 }
 
 /// Abuse limits (PROTOCOL.md C8), each answered with a clear error.
@@ -263,6 +266,7 @@ impl Node {
                 ctx: ctx.clone(),
                 next_conn: next_conn.clone(),
                 tls: acceptor,
+                web: config.web,
             },
             door_rx.clone(),
         ));

@@ -109,6 +109,7 @@ impl TestNode {
             tls: None,
             ca: None,
             admission: Default::default(),
+            web: true,
         };
         let mut config = config;
         adjust(&mut config);

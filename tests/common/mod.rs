@@ -27,6 +27,7 @@ pub fn fixture_key(rel: &str) -> PrivateKey {
     PrivateKey::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+pub mod browser;
 pub mod clientproc;
 pub mod cluster;
 pub mod fakenode;
