@@ -161,9 +161,7 @@ async fn accept_one(
             // Boxed: its state is large and gone once the handshake is done.
             let handshake = Box::pin(async {
                 let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
-                tokio_tungstenite::accept_async_with_config(tls, Some(conn::ws_config()))
-                    .await
-                    .map_err(|e| e.to_string())
+                conn::accept_ws(tls).await.map_err(|e| e.to_string())
             });
             match tokio::time::timeout(limit, handshake).await {
                 Ok(Ok(mut ws)) => serve_or_refuse(&mut ws, peer, slot, conn, &ctx).await,
@@ -174,8 +172,7 @@ async fn accept_one(
             }
         }
         None => {
-            let handshake =
-                tokio_tungstenite::accept_async_with_config(stream, Some(conn::ws_config()));
+            let handshake = conn::accept_ws(stream);
             match tokio::time::timeout(limit, handshake).await {
                 Ok(Ok(mut ws)) => serve_or_refuse(&mut ws, peer, slot, conn, &ctx).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
@@ -188,7 +185,7 @@ async fn accept_one(
 /// After the handshakes: serves the connection, or tells it that its
 /// address holds too many and closes it.
 async fn serve_or_refuse<S>(
-    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    ws: &mut conn::WsConn<S>,
     peer: SocketAddr,
     slot: Result<Slot, Slot>,
     conn: ConnId,
