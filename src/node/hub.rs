@@ -42,7 +42,7 @@ pub(crate) enum HubEvent {
 pub(crate) enum ConnCmd {
     Frame(Box<Outgoing>),
     /// Answer the peer's ping with these bytes.
-    Pong(Box<[u8]>),
+    Pong(Box<Vec<u8>>),
     /// Close once the frames queued before it are sent.
     Close,
 }

@@ -120,7 +120,7 @@ impl Reader<'_> {
             Some(Ok(Incoming::Ping(payload))) => {
                 // Answered by the writer, behind what is queued before it.
                 if let Some(q) = self.replies.upgrade() {
-                    let _ = q.try_send(ConnCmd::Pong(payload.into_boxed_slice()));
+                    let _ = q.try_send(ConnCmd::Pong(Box::new(payload)));
                 }
                 Read::Skip
             }
