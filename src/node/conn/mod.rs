@@ -73,9 +73,11 @@ pub(crate) async fn accept_ws<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let ws =
-        tokio_tungstenite::accept_async_with_config(ws::Recorder::new(stream), Some(ws_config()))
-            .await?;
+    // Boxed: the handshake's state is gone once it is done, where inline it
+    // would size every connection's task for good.
+    let handshake =
+        tokio_tungstenite::accept_async_with_config(ws::Recorder::new(stream), Some(ws_config()));
+    let ws = Box::pin(handshake).await?;
     Ok(WsConn::accepted(ws, MAX_FRAME_BYTES))
 }
 
@@ -92,6 +94,32 @@ where
         ws::Role::Client,
         MAX_FRAME_BYTES,
     )
+}
+
+/// Raises this process's soft limit on open files to its hard limit: each
+/// connection is a file descriptor, and the common default (1,024) would
+/// refuse users long before memory runs out. Returns the limit now in force.
+pub(crate) fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
 }
 
 /// What every connection task shares.
@@ -321,4 +349,45 @@ async fn say_last_words<S>(
         }
     }
     close_quietly(ws).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle connection's task holds, printed so that it can be
+    /// watched (`cargo test --lib conn::tests -- --nocapture`); bounded so
+    /// that a change that inlines a large state again is noticed.
+    #[tokio::test]
+    async fn an_idle_connection_task_stays_small() {
+        let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/keys");
+        let key = Arc::new(PrivateKey::load(&keys.join("alice.pem")).unwrap());
+        let (hub, _hub_rx) = mpsc::channel(1);
+        let (hub_users, _users_rx) = mpsc::channel(1);
+        let (_stop, shutdown) = watch::channel(false);
+        let ctx = ConnCtx {
+            me: "server_x".into(),
+            key,
+            hub,
+            hub_users,
+            shutdown,
+            mac: true,
+            metrics: Arc::default(),
+            limits: Limits::default(),
+            peer_ip: None,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (_client, (stream, _)) = (client.unwrap(), accepted.unwrap());
+        let mut ws = WsConn::new(stream, Vec::new(), ws::Role::Server, MAX_FRAME_BYTES);
+        let serve = serve_accepted(&mut ws, 1, &ctx);
+        let task = std::mem::size_of_val(&serve);
+        drop(serve);
+        let conn = std::mem::size_of_val(&ws);
+        let accept = std::mem::size_of_val(&accept_ws(tokio::io::empty()));
+        println!("serve_accepted future {task} B, WsConn {conn} B, accept_ws future {accept} B");
+        // Unoptimized builds lay futures out loosely; release ones are smaller.
+        assert!(task < 8 * 1024, "the connection task is {task} bytes");
+    }
 }

@@ -81,7 +81,9 @@ pub(super) async fn read_frames<S>(
             Read::End => return,
         };
         let verdict = if r.peer.is_link() || r.bucket.take() {
-            r.handle(&text).await
+            // Boxed: parsing and handing on a frame is most of this
+            // future's state, and an idle connection is not doing it.
+            Box::pin(r.handle(&text)).await
         } else {
             r.over_rate(&text)
         };

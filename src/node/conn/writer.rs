@@ -131,7 +131,24 @@ pub(super) async fn write_frames<S>(
             cmd = rx.recv(), if !w.closing && w.signing.len() < SIGNING_AHEAD => Next::Cmd(cmd),
             _ = tick(&mut heartbeat) => Next::Heartbeat,
         };
-        let ok = match next {
+        // Boxed: sending (signing, the write under its timeout) is most of
+        // this future's state, and an idle connection is not sending.
+        let ok = Box::pin(w.act(next, rx)).await;
+        if !ok {
+            return;
+        }
+    }
+}
+
+impl<'a, 'w, S> Writer<'a, 'w, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Carries out what the writer does next; false if the connection
+    /// should close.
+    async fn act(&mut self, next: Next, rx: &mut mpsc::Receiver<ConnCmd>) -> bool {
+        let w = self;
+        match next {
             Next::Signed(Some(text)) => w.write(text).await,
             Next::Signed(None) => true,
             Next::Cmd(Some(ConnCmd::Frame(out))) => {
@@ -149,17 +166,9 @@ pub(super) async fn write_frames<S>(
                 let beat = Outgoing::new(ids::TO_SERVER, Message::Heartbeat(Empty::default()));
                 w.send(beat).await
             }
-        };
-        if !ok {
-            return;
         }
     }
-}
 
-impl<'a, 'w, S> Writer<'a, 'w, S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
     /// A command taken from the queue behind a merged frame.
     async fn handle(&mut self, cmd: Option<ConnCmd>) -> bool {
         match cmd {

@@ -193,12 +193,29 @@ async fn write_frame<W: AsyncWrite + Unpin>(
             n += 4;
             let mut frame = Vec::with_capacity(n + payload.len());
             frame.extend_from_slice(&head[..n]);
-            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            frame.extend_from_slice(payload);
+            apply_mask(&mut frame[n..], mask);
             io.write_all(&frame).await?;
         }
     }
     io.flush().await?;
     Ok(())
+}
+
+/// Masks or unmasks bytes that start at a frame's payload, eight at a time.
+fn apply_mask(bytes: &mut [u8], mask: [u8; 4]) {
+    let [a, b, c, d] = mask;
+    let wide = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
+    let mut chunks = bytes.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    // The remainder starts at a multiple of 8: the mask is in phase.
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i % 4];
+    }
 }
 
 /// Fills `head` with a final frame's header (without the mask key, which
@@ -390,10 +407,7 @@ impl FrameReader {
             self.start = 0;
         }
         if let Some(mask) = h.mask {
-            payload
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b ^= mask[i % 4]);
+            apply_mask(&mut payload, mask);
         }
         self.message(h.fin, h.opcode, payload)
     }
