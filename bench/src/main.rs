@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use socp::logging::LogFormat;
-use socp_bench::{AttackConfig, BenchConfig};
+use socp_bench::{AttackConfig, BenchConfig, IdleConfig};
 
 /// The same allocator as `socp`: the load generator's figures (CPU per DM)
 /// are compared between versions.
@@ -30,6 +30,19 @@ struct BenchArgs {
     /// Idle connections for the memory-per-connection figure.
     #[arg(long, default_value_t = 2000)]
     idle: usize,
+    /// Instead: RSS per idle authenticated user on one node at each of
+    /// these numbers of users (e.g. 1000,10000,50000), for `--socp` and
+    /// `--baseline` in the same run.
+    #[arg(long, value_delimiter = ',')]
+    idle_scale: Vec<usize>,
+    /// With --idle-scale: another `socp` binary measured in the same run
+    /// (today's main, say).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// With --idle-scale: each user also asks for `USER_LIST` right after
+    /// its hello, as the `socp` client's acceptance probe does.
+    #[arg(long)]
+    idle_probe: bool,
     /// Instead: a master and two locals with small bounds, a probe user's
     /// DMs alone and then under every attack of issue 11 at once (--seconds
     /// per phase): probe latency, node RSS, what the nodes answered.
@@ -75,6 +88,16 @@ fn run(args: BenchArgs) -> Result<()> {
             keys: None,
         };
         return runtime.block_on(socp_bench::run_attacks(cfg)).map(|_| ());
+    }
+    if !args.idle_scale.is_empty() {
+        let cfg = IdleConfig {
+            socp,
+            baseline: args.baseline,
+            levels: args.idle_scale,
+            probe: args.idle_probe,
+            out: args.out,
+        };
+        return runtime.block_on(socp_bench::run_idle(cfg)).map(|_| ());
     }
     let cfg = BenchConfig {
         socp,

@@ -210,7 +210,7 @@ async fn upgrade<S>(
             }
         }
         let stream = web::Prefixed::new(head, stream);
-        tokio_tungstenite::accept_async_with_config(stream, Some(conn::ws_config()))
+        conn::accept_ws(stream)
             .await
             .map(Some)
             .map_err(|e| e.to_string())
@@ -226,7 +226,7 @@ async fn upgrade<S>(
 /// After the handshakes: serves the connection, or tells it that its
 /// address holds too many and closes it.
 async fn serve_or_refuse<S>(
-    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    ws: &mut conn::WsConn<S>,
     peer: SocketAddr,
     slot: Result<Slot, Slot>,
     conn: ConnId,

@@ -6,10 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::SinkExt;
-
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-
 use super::conn::{self, ConnCtx, HELLO_TIMEOUT, Peer};
 
 use super::router::{Input, LinkHelloIn, Outgoing};
@@ -89,7 +85,7 @@ impl Dialer {
     }
 
     async fn link_once(&mut self) -> anyhow::Result<()> {
-        let (mut ws, _) = tokio::select! {
+        let (ws, _) = tokio::select! {
             r = tokio_tungstenite::connect_async_tls_with_config(
                 &self.url,
                 Some(conn::ws_config()),
@@ -98,11 +94,12 @@ impl Dialer {
             ) => r?,
             () = super::stop_requested(&mut self.ctx.shutdown) => return Ok(()),
         };
+        let mut ws = conn::dialed(ws);
         let out = Outgoing::new(ids::TO_SERVER, Message::PeerHelloLink(self.hello.clone()));
         let text = conn::sign(&self.ctx.key, &self.ctx.me, out)
             .await
             .ok_or_else(|| anyhow::anyhow!("cannot sign our hello"))?;
-        ws.send(WsMessage::text(text)).await?;
+        ws.send_text(&text).await?;
         let answer = match tokio::time::timeout(HELLO_TIMEOUT, conn::next_text(&mut ws)).await {
             Ok(Some(Ok(text))) => text,
             Ok(Some(Err(e))) => return Err(e.into()),

@@ -36,8 +36,15 @@ pub(crate) enum HubEvent {
 
 /// What the hub tells a connection.
 #[derive(Debug)]
+///
+/// Small (boxed variants): every connection's queue allocates a block of
+/// 32 of these up front, idle or not.
 pub(crate) enum ConnCmd {
-    Frame(Outgoing),
+    Frame(Box<Outgoing>),
+    /// Answer the peer's ping with these bytes (boxed: one word, where a
+    /// `Vec` would make every queued command three).
+    #[allow(clippy::box_collection)]
+    Pong(Box<Vec<u8>>),
     /// Close once the frames queued before it are sent.
     Close,
 }
@@ -281,7 +288,7 @@ impl Hub {
                         continue;
                     };
                     if let Err(mpsc::error::TrySendError::Full(_)) =
-                        queue.try_send(ConnCmd::Frame(frame))
+                        queue.try_send(ConnCmd::Frame(Box::new(frame)))
                     {
                         // Dropping the queue ends the connection task, which
                         // reports the close like any other. (At shutdown a
@@ -342,7 +349,7 @@ fn send_acks(conns: &HashMap<ConnId, mpsc::Sender<ConnCmd>>, acks: Vec<PendingAc
             extra: Default::default(),
         };
         let frame = Outgoing::new(to, Message::Ack(ack));
-        if queue.try_send(ConnCmd::Frame(frame)).is_err() {
+        if queue.try_send(ConnCmd::Frame(Box::new(frame))).is_err() {
             tracing::warn!(conn, "could not queue an ACK; the peer will resend");
         }
     }
@@ -418,6 +425,13 @@ mod tests {
         tokio::time::timeout(WAIT, closed).await.unwrap().unwrap();
         hub.send(HubEvent::Stop).await.unwrap();
         tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_queued_command_is_two_words() {
+        // tokio allocates a connection's queue 32 slots at a time, at once:
+        // 32 x 16 bytes per idle connection, not 32 x an `Outgoing`.
+        assert!(std::mem::size_of::<ConnCmd>() <= 16);
     }
 
     #[tokio::test]

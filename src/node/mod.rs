@@ -197,6 +197,8 @@ impl Node {
             .context("setting up TLS")?;
         let tls_client =
             crate::tls::client_config(config.ca.as_deref()).context("loading the CA to trust")?;
+        let open_files = conn::raise_open_files_limit();
+        tracing::debug!(open_files, "open files limit");
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;

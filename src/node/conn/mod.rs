@@ -11,16 +11,15 @@ mod hello;
 mod limits;
 mod reader;
 mod writer;
+mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use super::Limits;
 use super::hub::{ConnCmd, HubEvent};
@@ -33,6 +32,7 @@ use crate::wire::{ErrorCode, MAX_FRAME_BYTES, ids};
 pub(crate) use auth::Auth;
 pub(crate) use hello::check_link_hello;
 pub(crate) use writer::sign;
+pub(crate) use ws::{WsConn, WsError};
 
 /// A connection must say hello within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,20 +51,75 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 const LAST_WORDS: usize = 8;
 /// How long a closing connection waits to say its last words.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// Starting size of a connection's read and write buffers.
+/// Size of tungstenite's buffers during a handshake (freed once it is done).
 const WS_BUFFER: usize = 4096;
 
-/// WebSocket limits for every connection (PROTOCOL.md C8).
+/// WebSocket settings for the handshakes (PROTOCOL.md C8); the frames after
+/// them are `ws.rs`, held to [`MAX_FRAME_BYTES`].
 pub(crate) fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES))
-        // Small starting buffers (they grow for big frames): an idle
-        // connection should cost a few KiB, not 256.
         .read_buffer_size(WS_BUFFER)
         .write_buffer_size(WS_BUFFER)
-        // Bounded: a peer that does not read is disconnected, not buffered for.
         .max_write_buffer_size(4 * MAX_FRAME_BYTES)
+}
+
+/// The server's WebSocket handshake on an accepted stream (TLS already
+/// done), then the connection's frames.
+pub(crate) async fn accept_ws<S>(
+    stream: S,
+) -> Result<WsConn<S>, tokio_tungstenite::tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Boxed: the handshake's state is gone once it is done, where inline it
+    // would size every connection's task for good.
+    let handshake =
+        tokio_tungstenite::accept_async_with_config(ws::Recorder::new(stream), Some(ws_config()));
+    let ws = Box::pin(handshake).await?;
+    Ok(WsConn::accepted(ws, MAX_FRAME_BYTES))
+}
+
+/// A link we dialed, once tungstenite's client handshake is done. Nothing
+/// can be buffered past the handshake: a node speaks only after our hello,
+/// which is not sent yet.
+pub(crate) fn dialed<S>(ws: WebSocketStream<S>) -> WsConn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    WsConn::new(
+        ws.into_inner(),
+        Vec::new(),
+        ws::Role::Client,
+        MAX_FRAME_BYTES,
+    )
+}
+
+/// Raises this process's soft limit on open files to its hard limit: each
+/// connection is a file descriptor, and the common default (1,024) would
+/// refuse users long before memory runs out. Returns the limit now in force.
+pub(crate) fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
 }
 
 /// What every connection task shares.
@@ -118,20 +173,28 @@ impl Peer {
 }
 
 /// Reads the next text frame, answering pings; None at end of stream.
-pub(crate) async fn next_text<S>(ws: &mut WebSocketStream<S>) -> Option<Result<String, WsError>>
+pub(crate) async fn next_text<S>(ws: &mut WsConn<S>) -> Option<Result<String, WsError>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
         match ws.next().await? {
-            Ok(WsMessage::Text(t)) => return Some(Ok(t.as_str().to_owned())),
-            Ok(WsMessage::Close(_)) => return None,
-            Ok(WsMessage::Binary(_)) => {
+            Ok(ws::Incoming::Text(t)) => return Some(Ok(t)),
+            Ok(ws::Incoming::Close) => return None,
+            Ok(ws::Incoming::Binary) => {
                 return Some(Err(WsError::Protocol(
-                    tokio_tungstenite::tungstenite::error::ProtocolError::UnmaskedFrameFromClient,
+                    "binary frames are not SOCP; send JSON text frames",
                 )));
             }
-            Ok(_) => continue, // ping, pong: tungstenite answers pings itself
+            Ok(ws::Incoming::Ping(p)) => {
+                let pong = ws.pong(&p);
+                if let Err(e) = tokio::time::timeout(CLOSE_GRACE, pong)
+                    .await
+                    .unwrap_or(Ok(()))
+                {
+                    return Some(Err(e));
+                }
+            }
             Err(e) => return Some(Err(e)),
         }
     }
@@ -142,7 +205,7 @@ where
 /// private-key work for a peer that has proved nothing (PROTOCOL.md C14),
 /// so refusing garbage costs next to nothing. Under the write timeout.
 pub(crate) async fn send_error<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WsConn<S>,
     ctx: &ConnCtx,
     to: &str,
     code: ErrorCode,
@@ -154,15 +217,15 @@ pub(crate) async fn send_error<S>(
     let out = Outgoing::new(to, Message::Error(ErrorBody::new(code, detail)));
     ctx.metrics.frame_out(out.type_name());
     let text = out.into_envelope(&ctx.me).to_json();
-    let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(WsMessage::text(text))).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, ws.send_text(&text)).await;
 }
 
 /// Closes a connection, waiting at most a moment for the peer.
-pub(crate) async fn close_quietly<S>(ws: &mut WebSocketStream<S>)
+pub(crate) async fn close_quietly<S>(ws: &mut WsConn<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, ws.close()).await;
 }
 
 /// Runs an accepted connection until it closes: reads the hello, hands it
@@ -171,13 +234,13 @@ where
 /// once, where moving them in would store them twice in the task (async fn
 /// arguments are kept beside their moved copies); an idle connection is
 /// mostly this task.
-pub(crate) async fn serve_accepted<S>(ws: &mut WebSocketStream<S>, conn: ConnId, ctx: &ConnCtx)
+pub(crate) async fn serve_accepted<S>(ws: &mut WsConn<S>, conn: ConnId, ctx: &ConnCtx)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let first = match tokio::time::timeout(ctx.limits.hello_timeout, next_text(ws)).await {
         Ok(Some(Ok(text))) => text,
-        Ok(Some(Err(WsError::Capacity(e)))) => {
+        Ok(Some(Err(e @ WsError::TooLarge { .. }))) => {
             return refuse(ws, ctx, ids::TO_USER, ErrorCode::TooLarge, &e.to_string()).await;
         }
         Ok(_) => return,
@@ -193,13 +256,8 @@ where
 }
 
 /// Answers a refused hello with an error, and closes.
-async fn refuse<S>(
-    ws: &mut WebSocketStream<S>,
-    ctx: &ConnCtx,
-    to: &str,
-    code: ErrorCode,
-    detail: &str,
-) where
+async fn refuse<S>(ws: &mut WsConn<S>, ctx: &ConnCtx, to: &str, code: ErrorCode, detail: &str)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     send_error(ws, ctx, to, code, detail).await;
@@ -214,7 +272,7 @@ async fn refuse<S>(
 /// write runs under the write timeout: a peer that takes in nothing for that
 /// long is disconnected. Shutdown ends both at once.
 pub(crate) async fn run<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WsConn<S>,
     conn: ConnId,
     ctx: &ConnCtx,
     hello: Box<Input>,
@@ -246,7 +304,7 @@ pub(crate) async fn run<S>(
     let (mut sealer, checker) = auth.split();
     let mut shutdown = ctx.shutdown.clone();
     {
-        let (mut sink, mut stream) = StreamExt::split(&mut *ws);
+        let (mut stream, mut sink) = ws.split();
         let reader = reader::read_frames(&mut stream, conn, ctx, &peer, checker, replies);
         let writer =
             writer::write_frames(&mut sink, conn, ctx, &mut rx, &mut sealer, peer.is_link());
@@ -271,7 +329,7 @@ pub(crate) async fn run<S>(
 /// An error that ended the reading (an oversized frame, say) still goes
 /// out, with a few frames queued before it; then the close.
 async fn say_last_words<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WsConn<S>,
     ctx: &ConnCtx,
     rx: &mut mpsc::Receiver<ConnCmd>,
     sealer: &mut auth::Sealer,
@@ -282,13 +340,54 @@ async fn say_last_words<S>(
         let Ok(ConnCmd::Frame(out)) = rx.try_recv() else {
             break;
         };
-        if let Some(text) = writer::seal(ctx, sealer, out).await
-            && tokio::time::timeout(CLOSE_GRACE, ws.send(WsMessage::text(text)))
+        if let Some(text) = writer::seal(ctx, sealer, *out).await
+            && tokio::time::timeout(CLOSE_GRACE, ws.send_text(&text))
                 .await
                 .is_err()
         {
             break;
         }
     }
-    let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
+    close_quietly(ws).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle connection's task holds, printed so that it can be
+    /// watched (`cargo test --lib conn::tests -- --nocapture`); bounded so
+    /// that a change that inlines a large state again is noticed.
+    #[tokio::test]
+    async fn an_idle_connection_task_stays_small() {
+        let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/keys");
+        let key = Arc::new(PrivateKey::load(&keys.join("alice.pem")).unwrap());
+        let (hub, _hub_rx) = mpsc::channel(1);
+        let (hub_users, _users_rx) = mpsc::channel(1);
+        let (_stop, shutdown) = watch::channel(false);
+        let ctx = ConnCtx {
+            me: "server_x".into(),
+            key,
+            hub,
+            hub_users,
+            shutdown,
+            mac: true,
+            metrics: Arc::default(),
+            limits: Limits::default(),
+            peer_ip: None,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (_client, (stream, _)) = (client.unwrap(), accepted.unwrap());
+        let mut ws = WsConn::new(stream, Vec::new(), ws::Role::Server, MAX_FRAME_BYTES);
+        let serve = serve_accepted(&mut ws, 1, &ctx);
+        let task = std::mem::size_of_val(&serve);
+        drop(serve);
+        let conn = std::mem::size_of_val(&ws);
+        let accept = std::mem::size_of_val(&accept_ws(tokio::io::empty()));
+        println!("serve_accepted future {task} B, WsConn {conn} B, accept_ws future {accept} B");
+        // Unoptimized builds lay futures out loosely; release ones are smaller.
+        assert!(task < 8 * 1024, "the connection task is {task} bytes");
+    }
 }

@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use super::auth::Checker;
 use super::limits::{MAX_RELAYED_FRAME_BYTES, check_content};
+use super::ws::{Incoming, ReadHalf, WsError};
 use super::{ConnCmd, ConnCtx, LINK_SILENCE, Peer};
 use crate::node::router::{ConnId, Input, Outgoing};
 use crate::wire::messages::{ErrorBody, Message};
@@ -51,15 +51,15 @@ struct Reader<'a> {
 }
 
 /// Reads frames until the connection should close.
-pub(super) async fn read_frames<R>(
-    stream: &mut R,
+pub(super) async fn read_frames<S>(
+    stream: &mut ReadHalf<'_, S>,
     conn: ConnId,
     ctx: &ConnCtx,
     peer: &Peer,
     checker: Checker,
     replies: mpsc::WeakSender<ConnCmd>,
 ) where
-    R: Stream<Item = Result<WsMessage, WsError>> + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut r = Reader {
         conn,
@@ -81,7 +81,9 @@ pub(super) async fn read_frames<R>(
             Read::End => return,
         };
         let verdict = if r.peer.is_link() || r.bucket.take() {
-            r.handle(&text).await
+            // Boxed: parsing and handing on a frame is most of this
+            // future's state, and an idle connection is not doing it.
+            Box::pin(r.handle(&text)).await
         } else {
             r.over_rate(&text)
         };
@@ -93,9 +95,9 @@ pub(super) async fn read_frames<R>(
 
 impl Reader<'_> {
     /// The next message from the socket.
-    async fn next<R>(&mut self, stream: &mut R) -> Read
+    async fn next<S>(&mut self, stream: &mut ReadHalf<'_, S>) -> Read
     where
-        R: Stream<Item = Result<WsMessage, WsError>> + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         let conn = self.conn;
         // A link's peer sends a heartbeat every 15 s: silence means it is gone.
@@ -111,14 +113,20 @@ impl Reader<'_> {
             stream.next().await
         };
         match frame {
-            None | Some(Ok(WsMessage::Close(_))) => Read::End,
-            Some(Ok(WsMessage::Text(t))) => Read::Text(t.as_str().to_owned()),
-            Some(Ok(WsMessage::Binary(_))) => Read::Refused(
+            None | Some(Ok(Incoming::Close)) => Read::End,
+            Some(Ok(Incoming::Text(t))) => Read::Text(t),
+            Some(Ok(Incoming::Binary)) => Read::Refused(
                 ErrorCode::BadFrame,
                 "binary frames are not SOCP; send JSON text frames",
             ),
-            Some(Ok(_)) => Read::Skip,
-            Some(Err(WsError::Capacity(e))) => {
+            Some(Ok(Incoming::Ping(payload))) => {
+                // Answered by the writer, behind what is queued before it.
+                if let Some(q) = self.replies.upgrade() {
+                    let _ = q.try_send(ConnCmd::Pong(Box::new(payload)));
+                }
+                Read::Skip
+            }
+            Some(Err(e @ WsError::TooLarge { .. })) => {
                 tracing::warn!(conn, error = %e, "oversized frame; closing");
                 let detail = format!("{e}; frames are limited to 1 MiB");
                 self.reply(ErrorCode::TooLarge, &detail, None);
@@ -131,7 +139,10 @@ impl Reader<'_> {
     /// Answers the peer through the connection's queue.
     fn reply(&self, code: ErrorCode, detail: &str, msg_id: Option<&str>) {
         let error = ErrorBody::about(code, detail, msg_id);
-        let frame = ConnCmd::Frame(Outgoing::new(self.peer.id(), Message::Error(error)));
+        let frame = ConnCmd::Frame(Box::new(Outgoing::new(
+            self.peer.id(),
+            Message::Error(error),
+        )));
         if self
             .replies
             .upgrade()

@@ -6,13 +6,14 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::FuturesOrdered;
-use futures_util::{Sink, SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use super::auth::{Sealer, Stamp};
+use super::ws::WriteHalf;
 use super::{ConnCmd, ConnCtx, HEARTBEAT_EVERY};
 use crate::crypto::PrivateKey;
 use crate::node::router::{ConnId, Outgoing};
@@ -79,8 +80,8 @@ enum Next {
 }
 
 /// The writer's state.
-struct Writer<'a, W> {
-    sink: &'a mut W,
+struct Writer<'a, 'w, S> {
+    sink: &'a mut WriteHalf<'w, S>,
     conn: ConnId,
     ctx: &'a ConnCtx,
     sealer: &'a mut Sealer,
@@ -93,18 +94,23 @@ struct Writer<'a, W> {
 
 /// Writes the hub's frames until the connection should close. Every write
 /// runs under the write timeout.
-pub(super) async fn write_frames<W>(
-    sink: &mut W,
+pub(super) async fn write_frames<S>(
+    sink: &mut WriteHalf<'_, S>,
     conn: ConnId,
     ctx: &ConnCtx,
     rx: &mut mpsc::Receiver<ConnCmd>,
     sealer: &mut Sealer,
     is_link: bool,
 ) where
-    W: Sink<WsMessage, Error = WsError> + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
-    heartbeat.tick().await;
+    // Links only: a user's connection keeps no timer.
+    let mut heartbeat = None;
+    if is_link {
+        let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+        beat.tick().await;
+        heartbeat = Some(beat);
+    }
     // Without a session every frame is RSA-signed (~1.5 ms): several are
     // signed at once, on the blocking pool, and sent in order.
     let pipelined = sealer.signs_only();
@@ -123,16 +129,34 @@ pub(super) async fn write_frames<W>(
             biased;
             Some(signed) = w.signing.next(), if !w.signing.is_empty() => Next::Signed(signed),
             cmd = rx.recv(), if !w.closing && w.signing.len() < SIGNING_AHEAD => Next::Cmd(cmd),
-            _ = heartbeat.tick(), if is_link => Next::Heartbeat,
+            _ = tick(&mut heartbeat) => Next::Heartbeat,
         };
-        let ok = match next {
+        // Boxed: sending (signing, the write under its timeout) is most of
+        // this future's state, and an idle connection is not sending.
+        let ok = Box::pin(w.act(next, rx)).await;
+        if !ok {
+            return;
+        }
+    }
+}
+
+impl<'a, 'w, S> Writer<'a, 'w, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Carries out what the writer does next; false if the connection
+    /// should close.
+    async fn act(&mut self, next: Next, rx: &mut mpsc::Receiver<ConnCmd>) -> bool {
+        let w = self;
+        match next {
             Next::Signed(Some(text)) => w.write(text).await,
             Next::Signed(None) => true,
             Next::Cmd(Some(ConnCmd::Frame(out))) => {
                 // ACKs queued behind this one go out as one frame.
-                let (out, after) = merge_acks(out, rx);
+                let (out, after) = merge_acks(*out, rx);
                 w.send(out).await && w.handle(after).await
             }
+            Next::Cmd(Some(ConnCmd::Pong(payload))) => w.pong(&payload).await,
             // Close once what is queued before it is sent.
             Next::Cmd(Some(ConnCmd::Close) | None) => {
                 w.closing = true;
@@ -142,21 +166,14 @@ pub(super) async fn write_frames<W>(
                 let beat = Outgoing::new(ids::TO_SERVER, Message::Heartbeat(Empty::default()));
                 w.send(beat).await
             }
-        };
-        if !ok {
-            return;
         }
     }
-}
 
-impl<'a, W> Writer<'a, W>
-where
-    W: Sink<WsMessage, Error = WsError> + Unpin,
-{
     /// A command taken from the queue behind a merged frame.
     async fn handle(&mut self, cmd: Option<ConnCmd>) -> bool {
         match cmd {
-            Some(ConnCmd::Frame(out)) => self.send(out).await,
+            Some(ConnCmd::Frame(out)) => self.send(*out).await,
+            Some(ConnCmd::Pong(payload)) => self.pong(&payload).await,
             Some(ConnCmd::Close) => {
                 self.closing = true;
                 true
@@ -195,7 +212,7 @@ where
             return true;
         }
         let limit = self.ctx.limits.write_timeout;
-        match tokio::time::timeout(limit, self.sink.send(WsMessage::text(text))).await {
+        match tokio::time::timeout(limit, self.sink.send_text(&text)).await {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
             Err(_) => {
@@ -207,6 +224,31 @@ where
                 false
             }
         }
+    }
+}
+
+impl<S> Writer<'_, '_, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Answers a peer's ping under the write timeout; false if the
+    /// connection should close.
+    async fn pong(&mut self, payload: &[u8]) -> bool {
+        let limit = self.ctx.limits.write_timeout;
+        matches!(
+            tokio::time::timeout(limit, self.sink.pong(payload)).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+/// The next heartbeat; never without one.
+async fn tick(heartbeat: &mut Option<tokio::time::Interval>) {
+    match heartbeat {
+        Some(beat) => {
+            beat.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -263,7 +305,7 @@ mod tests {
             msg_ids: ids.iter().map(|s| s.to_string()).collect(),
             extra: Default::default(),
         };
-        ConnCmd::Frame(Outgoing::new("alice", Message::Ack(ack)))
+        ConnCmd::Frame(Box::new(Outgoing::new("alice", Message::Ack(ack))))
     }
 
     fn ids(cmd: Option<ConnCmd>) -> Vec<String> {
@@ -275,8 +317,8 @@ mod tests {
 
     fn frame(cmd: ConnCmd) -> Outgoing {
         match cmd {
-            ConnCmd::Frame(out) => out,
-            ConnCmd::Close => unreachable!(),
+            ConnCmd::Frame(out) => *out,
+            _ => unreachable!(),
         }
     }
 
@@ -287,7 +329,7 @@ mod tests {
             tx.try_send(cmd).unwrap();
         }
         let (merged, next) = merge_acks(frame(ack(&["a"])), &mut rx);
-        assert_eq!(ids(Some(ConnCmd::Frame(merged))), ["a", "b", "c"]);
+        assert_eq!(ids(Some(ConnCmd::Frame(Box::new(merged)))), ["a", "b", "c"]);
         assert!(matches!(next, Some(ConnCmd::Close)));
         // What came after the other frame waits for the next turn.
         assert_eq!(ids(rx.try_recv().ok()), ["d"]);
@@ -300,7 +342,7 @@ mod tests {
             status: status.into(),
             extra: Default::default(),
         };
-        ConnCmd::Frame(Outgoing::new("alice", Message::Receipt(receipt)))
+        ConnCmd::Frame(Box::new(Outgoing::new("alice", Message::Receipt(receipt))))
     }
 
     #[test]
@@ -314,7 +356,7 @@ mod tests {
         }
         let first = frame(receipt("alice", "delivered", &["a"]));
         let (merged, next) = merge_acks(first, &mut rx);
-        assert_eq!(ids(Some(ConnCmd::Frame(merged))), ["a", "b"]);
+        assert_eq!(ids(Some(ConnCmd::Frame(Box::new(merged)))), ["a", "b"]);
         let Some(ConnCmd::Frame(next)) = next else {
             panic!("the queued receipt comes next")
         };

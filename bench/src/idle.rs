@@ -1,0 +1,403 @@
+//! `socp-bench --idle-scale 1000,10000,50000`: what an idle authenticated
+//! user costs a node. For each `socp` binary (the one under test and, with
+//! `--baseline`, another in the same run) it starts one master, logs in
+//! users with signed hellos up to each level in turn (1,000, then 10,000,
+//! ...), lets them sit idle, and reports the node's RSS growth per user.
+//!
+//! The users are light raw WebSocket clients (not [`socp::client::Session`],
+//! whose buffers would make this process the bottleneck), bound to several
+//! `127.0.0.x` source addresses (one address gives ~28,000 ephemeral ports).
+//! A user id binds to a key, not the other way round: every user signs its
+//! own fresh hello with one shared key, so the node checks a real signature
+//! for each login (nothing is bypassed).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Map, Value, json};
+use socp::client::session::CLIENT_NAME;
+use socp::crypto::PrivateKey;
+use socp::crypto::session::CAP_MAC_V1;
+use socp::wire::messages::{Message, UserHello};
+use socp::wire::{Envelope, ids, now_ms};
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::node_proc::NodeProc;
+use crate::procfs::raise_fd_limit;
+use crate::throughput::bench_node_options;
+
+/// Logins in flight at once.
+const IN_FLIGHT: usize = 128;
+/// Connections per source address (below the ~28,000 ephemeral ports).
+const PER_SOURCE: usize = 20_000;
+/// How long the node is left alone before its RSS is read.
+const SETTLE: Duration = Duration::from_secs(3);
+/// How long one login may take, retries included.
+const LOGIN_PATIENCE: Duration = Duration::from_secs(120);
+/// File descriptors asked for (this process and the nodes it starts).
+const FD_WANTED: u64 = 400_000;
+
+/// Settings of the idle-memory benchmark.
+#[derive(Debug, Clone)]
+pub struct IdleConfig {
+    /// The `socp` binary under test.
+    pub socp: PathBuf,
+    /// Another `socp` binary measured in the same run (today's main).
+    pub baseline: Option<PathBuf>,
+    /// Users online at each measurement, ascending.
+    pub levels: Vec<usize>,
+    /// Each user also asks for `USER_LIST` right after its hello, as the
+    /// `socp` client's acceptance probe does.
+    pub probe: bool,
+    pub out: Option<PathBuf>,
+}
+
+/// One measurement: a binary with `users` idle users online.
+struct Level {
+    users: usize,
+    rss_kib: f64,
+    per_user_kib: f64,
+    logins_per_s: f64,
+    node_cpu_ms_per_login: f64,
+}
+
+/// Runs the benchmark and prints (and optionally writes) the figures.
+pub async fn run_idle(cfg: IdleConfig) -> Result<Value> {
+    let mut levels = cfg.levels.clone();
+    levels.sort_unstable();
+    levels.dedup();
+    let Some(&most) = levels.last() else {
+        bail!("--idle-scale needs at least one number of users");
+    };
+    let fds = raise_fd_limit_to(FD_WANTED);
+    if fds < most as u64 * 2 + 1000 {
+        eprintln!(
+            "socp-bench: warning: {fds} file descriptors allowed; {most} users need about {}",
+            most * 2 + 1000
+        );
+    }
+    let key = Arc::new(tokio::task::spawn_blocking(PrivateKey::generate).await??);
+    let mut binaries = vec![("new", cfg.socp.clone())];
+    if let Some(b) = &cfg.baseline {
+        binaries.push(("baseline", b.clone()));
+    }
+    let mut runs = Vec::new();
+    for (label, socp) in &binaries {
+        eprintln!("socp-bench: {label} ({})…", socp.display());
+        let measured = measure(socp, &key, &levels, cfg.probe).await?;
+        runs.push((*label, socp.clone(), measured));
+    }
+    let figures = figures(&cfg, &runs);
+    crate::publish(&table(&figures), &figures, cfg.out.as_deref())?;
+    Ok(figures)
+}
+
+/// Raises this process's open-file limit towards `want` (the hard limit
+/// too, where allowed); returns the soft limit it got.
+fn raise_fd_limit_to(want: u64) -> u64 {
+    raise_fd_limit();
+    // SAFETY: getrlimit and setrlimit read and write a struct we own.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < want {
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want.max(lim.rlim_max),
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return want;
+            }
+        }
+        lim.rlim_cur
+    }
+}
+
+/// Starts a master and measures it at each level.
+async fn measure(
+    socp: &std::path::Path,
+    key: &Arc<PrivateKey>,
+    levels: &[usize],
+    probe: bool,
+) -> Result<Vec<Level>> {
+    let dir = tempfile::tempdir()?;
+    let most = levels.last().copied().unwrap_or(0);
+    let flags: Vec<String> = [
+        "--max-conns".to_owned(),
+        (most + 1000).to_string(),
+        "--max-conns-per-ip".to_owned(),
+        (most + 1000).to_string(),
+        "--registrations-per-address".to_owned(),
+        "0".to_owned(),
+        "--registrations-per-server".to_owned(),
+        "0".to_owned(),
+    ]
+    .into();
+    let node = NodeProc::start(
+        bench_node_options(socp),
+        &dir.path().join("m"),
+        "master",
+        &flags,
+    )?;
+    tokio::time::sleep(SETTLE).await;
+    let rss0 = node.status_kib("VmRSS:");
+    let url = node.url();
+    let server: SocketAddr = format!("127.0.0.1:{}", node.port).parse()?;
+    let mut clients = JoinSet::new();
+    let mut measured = Vec::new();
+    let mut online = 0;
+    for &users in levels {
+        let started = Instant::now();
+        let cpu0 = node.cpu_ms();
+        login(&mut clients, server, &url, key, online..users, probe).await?;
+        let dt = started.elapsed().as_secs_f64();
+        let cpu = node.cpu_ms() - cpu0;
+        let new = (users - online).max(1) as f64;
+        online = users;
+        tokio::time::sleep(SETTLE).await;
+        if clients.len() != users {
+            bail!("{} of {users} users are still connected", clients.len());
+        }
+        let rss = node.status_kib("VmRSS:");
+        let level = Level {
+            users,
+            rss_kib: rss,
+            per_user_kib: (rss - rss0) / users as f64,
+            logins_per_s: new / dt,
+            node_cpu_ms_per_login: cpu / new,
+        };
+        eprintln!(
+            "  {users:>7} users: node RSS {:.0} MiB, {:.2} KiB per user ({:.0} logins/s)",
+            rss / 1024.0,
+            level.per_user_kib,
+            level.logins_per_s
+        );
+        measured.push(level);
+    }
+    clients.abort_all();
+    drop(node);
+    Ok(measured)
+}
+
+/// Logs in users `range` (each a task that stays connected, reading and
+/// dropping what the node sends, until aborted).
+async fn login(
+    clients: &mut JoinSet<()>,
+    server: SocketAddr,
+    url: &str,
+    key: &Arc<PrivateKey>,
+    range: std::ops::Range<usize>,
+    probe: bool,
+) -> Result<()> {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let count = range.len();
+    for i in range {
+        let permit = slots.clone().acquire_owned().await?;
+        let (url, key, done) = (url.to_owned(), key.clone(), done_tx.clone());
+        clients.spawn(async move {
+            let deadline = Instant::now() + LOGIN_PATIENCE;
+            let ws = loop {
+                match idle_user(server, &url, i, &key, probe).await {
+                    Ok(ws) => break ws,
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(e));
+                        return;
+                    }
+                }
+            };
+            drop(permit);
+            let _ = done.send(Ok(()));
+            stay_idle(ws).await;
+        });
+    }
+    for _ in 0..count {
+        match done_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e.context("an idle user could not log in")),
+            None => bail!("the login tasks ended early"),
+        }
+    }
+    Ok(())
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Connects user `i` from its source address, says a signed hello and
+/// waits for the welcome.
+async fn idle_user(
+    server: SocketAddr,
+    url: &str,
+    i: usize,
+    key: &Arc<PrivateKey>,
+    probe: bool,
+) -> Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    let source = Ipv4Addr::new(127, 0, 0, 1 + (i / PER_SOURCE) as u8);
+    socket.bind(SocketAddr::new(source.into(), 0))?;
+    let stream = socket.connect(server).await?;
+    // Small buffers: this process holds as many sockets as the node.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(socp::wire::MAX_FRAME_BYTES))
+        .max_frame_size(Some(socp::wire::MAX_FRAME_BYTES));
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .context("WebSocket handshake")?;
+    let user = format!("idle{i}");
+    let hello = signed(key, &user, hello(key, &user)).await?;
+    ws.send(WsMessage::text(hello)).await?;
+    if probe {
+        let list = Message::UserListReq(Default::default()).into_envelope(&user, ids::TO_SERVER);
+        ws.send(WsMessage::text(signed(key, &user, list).await?))
+            .await?;
+    }
+    let welcome = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(frame) = ws.next().await {
+            let WsMessage::Text(text) = frame? else {
+                continue;
+            };
+            let env = Envelope::parse(text.as_str())?;
+            match env.kind.as_str() {
+                "USER_WELCOME" => return Ok(()),
+                "ERROR" => bail!("refused: {}", text.as_str()),
+                _ => {}
+            }
+        }
+        bail!("closed before the welcome")
+    })
+    .await;
+    welcome.context("no welcome within 60 s")??;
+    Ok(ws)
+}
+
+/// A signed `USER_HELLO` for `user`, as a `socp` client says it.
+fn hello(key: &PrivateKey, user: &str) -> Envelope {
+    let pubkey = key.public().to_b64().to_owned();
+    let mut extra = Map::new();
+    extra.insert("user_id".into(), Value::String(user.to_owned()));
+    let hello = UserHello {
+        client: CLIENT_NAME.to_owned(),
+        pubkey: pubkey.clone(),
+        enc_pubkey: pubkey,
+        ts: Some(now_ms()),
+        caps: Some(vec![CAP_MAC_V1.to_owned()]),
+        extra,
+    };
+    Message::UserHello(hello).into_envelope(user, ids::TO_SERVER)
+}
+
+/// Signs an envelope (off the reactor) and serializes it.
+async fn signed(key: &Arc<PrivateKey>, user: &str, mut env: Envelope) -> Result<String> {
+    let bytes = env.signed_bytes()?;
+    let key = key.clone();
+    env.sig = tokio::task::spawn_blocking(move || key.sign_b64(&bytes))
+        .await?
+        .with_context(|| format!("signing for {user}"))?;
+    Ok(env.to_json())
+}
+
+/// Reads and drops whatever the node sends, until the connection ends.
+async fn stay_idle(mut ws: Ws) {
+    while let Some(Ok(_)) = ws.next().await {}
+}
+
+fn figures(cfg: &IdleConfig, runs: &[(&str, PathBuf, Vec<Level>)]) -> Value {
+    let runs: Vec<Value> = runs
+        .iter()
+        .map(|(label, socp, levels)| {
+            json!({
+                "binary": label,
+                "socp": socp.display().to_string(),
+                "levels": levels.iter().map(|l| json!({
+                    "users": l.users,
+                    "node_rss_kib": l.rss_kib,
+                    "rss_per_idle_user_kib": l.per_user_kib,
+                    "logins_per_s": l.logins_per_s,
+                    "node_cpu_ms_per_login": l.node_cpu_ms_per_login,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "idle_scale": { "probe": cfg.probe, "runs": runs } })
+}
+
+/// The figures as a table: one row per level, a column pair per binary.
+pub fn table(f: &Value) -> String {
+    use std::fmt::Write;
+    let runs = f["idle_scale"]["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut out = String::new();
+    let probe = if f["idle_scale"]["probe"].as_bool() == Some(true) {
+        " (each user asked for USER_LIST)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "socp-bench: RSS per idle authenticated user on one node{probe}"
+    );
+    let mut head = format!("{:>8}", "users");
+    for r in &runs {
+        let name = r["binary"].as_str().unwrap_or("?");
+        head += &format!(
+            " {:>16} {:>14}",
+            format!("{name} KiB/user"),
+            format!("{name} MiB")
+        );
+    }
+    let _ = writeln!(out, "{head}");
+    let rows = runs
+        .first()
+        .and_then(|r| r["levels"].as_array())
+        .map_or(0, Vec::len);
+    for i in 0..rows {
+        let users = &runs[0]["levels"][i]["users"];
+        let mut line = format!("{:>8}", users.as_u64().unwrap_or(0));
+        for r in &runs {
+            let l = &r["levels"][i];
+            let kib = l["rss_per_idle_user_kib"].as_f64().unwrap_or(0.0);
+            let mib = l["node_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0;
+            line += &format!(" {kib:>16.2} {mib:>14.0}");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    for r in &runs {
+        let name = r["binary"].as_str().unwrap_or("?");
+        let logins: Vec<String> = r["levels"]
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .map(|l| {
+                        format!(
+                            "{:.0}/s, {:.2} ms CPU",
+                            l["logins_per_s"].as_f64().unwrap_or(0.0),
+                            l["node_cpu_ms_per_login"].as_f64().unwrap_or(0.0)
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(out, "logins ({name}), per level: {}", logins.join("; "));
+    }
+    out
+}
