@@ -2,16 +2,19 @@
 //! loopback. [`throughput`] drives a master and a local with sender and
 //! receiver sessions (throughput, latency, CPU, memory, with and without
 //! link sessions); [`attacks`] runs a probe alone and then under every
-//! attack of issue 11. [`node_proc`] starts and stops the node processes;
-//! the integration tests of `socp` use it too.
+//! attack of issue 11; [`storm`] logs thousands of users in at once.
+//! [`node_proc`] starts and stops the node processes; the integration tests
+//! of `socp` use it too.
 
 pub mod attacks;
 pub mod node_proc;
 pub mod procfs;
+pub mod storm;
 pub mod throughput;
 
 pub use attacks::{AttackConfig, run_attacks};
 pub use node_proc::{NodeLog, NodeOptions, NodeProc};
+pub use storm::{StormConfig, run_storm};
 pub use throughput::{BenchConfig, run};
 
 /// Prints a run's table and, if asked, writes its figures as JSON.

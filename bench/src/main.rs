@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use socp::logging::LogFormat;
-use socp_bench::{AttackConfig, BenchConfig};
+use socp_bench::{AttackConfig, BenchConfig, StormConfig};
 
 /// The same allocator as `socp`: the load generator's figures (CPU per DM)
 /// are compared between versions.
@@ -39,6 +39,15 @@ struct BenchArgs {
     /// against, in MiB.
     #[arg(long, default_value_t = 256)]
     rss_bound_mib: u64,
+    /// Instead: a login storm of this many users on one local (new ids at
+    /// once, then all reconnecting at once after the local restarts):
+    /// seconds until all are welcomed, node CPU per login.
+    #[arg(long, value_name = "N")]
+    storm: Option<usize>,
+    /// With --storm: also run the storm against this `socp` binary (today's
+    /// main, say), in the same run, for comparison.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
     /// The `socp` binary the nodes run [default: `socp` beside this binary,
     /// as `cargo build --release --workspace` leaves it].
     #[arg(long)]
@@ -66,6 +75,18 @@ fn run(args: BenchArgs) -> Result<()> {
         None => beside_this_binary()?,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    if let Some(users) = args.storm {
+        let mut binaries = vec![("new".to_owned(), socp)];
+        if let Some(base) = args.baseline {
+            binaries.push(("baseline".to_owned(), base));
+        }
+        let cfg = StormConfig {
+            binaries,
+            users,
+            out: args.out,
+        };
+        return runtime.block_on(socp_bench::run_storm(cfg)).map(|_| ());
+    }
     if args.attacks {
         let cfg = AttackConfig {
             socp,

@@ -93,19 +93,13 @@ impl TerminalFrontend {
                     e(reason)
                 ),
             ),
-            Event::List { users, total } => {
-                let more = match total {
-                    Some(n) => format!(
-                        " (and {} more not listed)",
-                        (*n as usize).saturating_sub(users.len())
-                    ),
-                    None => String::new(),
-                };
-                format!(
-                    "online: {}{more}",
-                    users.iter().map(|u| e(u)).collect::<Vec<_>>().join(", ")
-                )
-            }
+            Event::List {
+                users,
+                prefix,
+                total,
+                at_least,
+                more,
+            } => list_line(users, prefix.as_deref(), *total, *at_least, *more),
             Event::Pubget {
                 pubkey,
                 fingerprint,
@@ -389,4 +383,31 @@ mod tests {
             "{unknown}"
         );
     }
+}
+
+/// One `/list` page: `online: a, b`, with how many there are and how to see
+/// the rest when the node listed only some.
+fn list_line(
+    users: &[String],
+    prefix: Option<&str>,
+    total: Option<u64>,
+    at_least: bool,
+    more: bool,
+) -> String {
+    let names = users.iter().map(|u| e(u)).collect::<Vec<_>>().join(", ");
+    let head = match prefix {
+        Some(p) if users.is_empty() => return format!("no one online matching {}", e(p)),
+        Some(p) => format!("online matching {}: {names}", e(p)),
+        None => format!("online: {names}"),
+    };
+    if !more {
+        return head;
+    }
+    let page = crate::client::engine::LIST_PAGE;
+    let count = match (total, prefix) {
+        (Some(n), Some(_)) => format!("{n}{} match; ", if at_least { "+" } else { "" }),
+        (Some(n), None) => format!("{n} online; "),
+        (None, _) => String::new(),
+    };
+    format!("{head} ({count}/more lists the next {page})")
 }

@@ -66,7 +66,7 @@ impl Rig {
 
 /// Starts a node that lets the load through: it comes from one address,
 /// faster than any one user would send.
-fn bench_node(
+pub(crate) fn bench_node(
     socp: &Path,
     dir: &Path,
     role: &str,

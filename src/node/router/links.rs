@@ -187,6 +187,7 @@ impl Router {
                     continue;
                 };
                 p.live = false;
+                self.online.set(&user, super::online::REMOTE, false);
                 if self.cfg.master {
                     let remove = Message::UserRemove(Presence {
                         user_id: user,

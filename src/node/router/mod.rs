@@ -13,8 +13,10 @@ mod directory;
 mod events;
 mod groups;
 mod links;
+mod online;
 mod persist;
 mod presence;
+mod proofs;
 mod replay;
 mod req_ids;
 #[cfg(test)]
@@ -25,7 +27,7 @@ mod sim;
 mod tests;
 mod users;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -166,6 +168,11 @@ pub(crate) struct Router {
     links: HashMap<String, Link>,
     conn_links: HashMap<ConnId, String>,
     presence: HashMap<String, PresenceRecord>,
+    /// Users online here or live elsewhere, sorted (`USER_LIST` pages):
+    /// whatever sets a session or a presence record's `live` updates it.
+    online: online::Online,
+    /// Presence proofs whose signature the master verified.
+    verified: proofs::VerifiedProofs,
     groups: HashMap<String, GroupRecord>,
     pending: HashMap<String, Pending>,
     /// Frames from connections whose hello waits for the master, replayed
@@ -224,6 +231,8 @@ impl Router {
             links: HashMap::new(),
             conn_links: HashMap::new(),
             presence,
+            online: Default::default(),
+            verified: Default::default(),
             groups: snapshot.groups,
             pending: HashMap::new(),
             early: HashMap::new(),
@@ -247,9 +256,7 @@ impl Router {
 
     /// Users online anywhere in the mesh, sorted.
     pub fn online(&self) -> Vec<String> {
-        let mut all: BTreeSet<&String> = self.sessions.keys().collect();
-        all.extend(self.presence.iter().filter(|(_, p)| p.live).map(|(u, _)| u));
-        all.into_iter().cloned().collect()
+        self.online.all()
     }
 
     /// Frames in custody (the mailbox included), and mailbox frames expired.
@@ -370,6 +377,8 @@ impl Router {
             Input::Stored(seqs) => self.stored(seqs),
             Input::BodiesRead { bodies, unread } => self.bodies_read(bodies, unread),
         }
+        #[cfg(test)]
+        self.assert_online_index();
         std::mem::take(&mut self.out)
     }
 
@@ -478,6 +487,7 @@ fn registration(user: &str, pubkey: &str, proof: Option<Proof>) -> Message {
         user_id: user.to_owned(),
         pubkey: pubkey.to_owned(),
         proof,
+        req_id: None,
         extra: Map::new(),
     })
 }

@@ -1,15 +1,15 @@
 //! Users: hellos, directory pinning, sessions, lookups.
 
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 use super::admission::RegSource;
 use super::{
     ConnId, LOOKUP_TIMEOUT, MAX_EARLY_FRAMES, Output, Pending, Router, Session, StoreOp,
-    UserHelloIn, lookup_answer, proof_digest, registration,
+    UserHelloIn, lookup_answer, online, proof_digest, registration,
 };
 use crate::node::custody::{Dest, Hop};
 use crate::node::records::UserRecord;
-use crate::wire::messages::{DirectoryLookup, Message, Presence, UserList, UserWelcome};
+use crate::wire::messages::{DirectoryLookup, Message, Presence, UserWelcome};
 use crate::wire::{Envelope, ErrorCode};
 
 impl Router {
@@ -53,11 +53,11 @@ impl Router {
                 ErrorCode::BadKey,
                 format!("{user} is registered with another key; pick another user id"),
             ),
-            Some(rec) if rec.pubkey == key => self.accept_user(hello),
+            Some(rec) if rec.pubkey == key => self.accept_user(hello, false),
             _ if self.cfg.master => {
                 let source = hello.addr.map(RegSource::Addr);
                 match self.register_new(&user, &key, hello.proof.as_ref(), source) {
-                    Ok(()) => self.accept_user(hello),
+                    Ok(()) => self.accept_user(hello, true),
                     Err((code, detail)) => {
                         tracing::info!(user = %user, addr = ?hello.addr, %detail, "registration refused");
                         self.refuse(hello.conn, &user, code, detail)
@@ -69,9 +69,11 @@ impl Router {
     }
 
     /// A local asks its master which key a user's id is pinned to before it
-    /// welcomes them: it registers the user, then looks the id up on the
-    /// same link (the answer comes after the master applied the
-    /// registration, so it says which key the id is pinned to now).
+    /// welcomes them. A `socp` master takes the registration with a
+    /// `req_id` and answers it (`DB_USER`, or an `ERROR` naming the user):
+    /// one frame each way. A reference master gets the part A pair, the
+    /// registration then a lookup on the same link (answered after the
+    /// registration was applied, so it says which key the id is pinned to).
     fn confirm_with_master(&mut self, hello: UserHelloIn, key: String) {
         let user = hello.user_id.clone();
         let Some(master) = self.master_link().map(str::to_owned) else {
@@ -88,15 +90,22 @@ impl Router {
             tracing::info!(user = %user, addr = ?hello.addr, %detail, "registration refused");
             return self.refuse(hello.conn, &user, code, detail);
         }
-        let reg = registration(&user, &key, hello.proof.clone());
-        self.send_link(&master, &master, reg);
         let req_id = self.new_req_id();
-        let ask = Message::DbGetUser(DirectoryLookup {
-            user_id: user,
-            req_id: req_id.clone(),
-            extra: Map::new(),
-        });
-        self.send_link(&master, &master, ask);
+        let mut reg = registration(&user, &key, hello.proof.clone());
+        if self.master_is_socp() {
+            if let Message::DbRegisterUser(r) = &mut reg {
+                r.req_id = Some(req_id.clone());
+            }
+            self.send_link(&master, &master, reg);
+        } else {
+            self.send_link(&master, &master, reg);
+            let ask = Message::DbGetUser(DirectoryLookup {
+                user_id: user,
+                req_id: req_id.clone(),
+                extra: Map::new(),
+            });
+            self.send_link(&master, &master, ask);
+        }
         self.early.insert(hello.conn, Vec::new());
         self.pending.insert(req_id.clone(), Pending::Hello(hello));
         self.out.push(Output::Timer {
@@ -105,7 +114,20 @@ impl Router {
         });
     }
 
-    pub(super) fn accept_user(&mut self, hello: UserHelloIn) {
+    /// True if our master is a `socp` node (its link hello listed our
+    /// capability): it answers registrations that carry a `req_id`.
+    fn master_is_socp(&self) -> bool {
+        self.master_link()
+            .and_then(|m| self.links.get(m))
+            .is_some_and(|l| l.socp)
+    }
+
+    /// Welcomes a user. `registered`: the master already has this login's
+    /// registration (we are the master, or it confirmed the key). A local
+    /// whose cache knew the id registers it only at a reference master,
+    /// which expects `DB_REGISTER_USER` at every hello (part A); a `socp`
+    /// master learns of the login from the user's advertisement alone.
+    pub(super) fn accept_user(&mut self, hello: UserHelloIn, registered: bool) {
         let user = hello.user_id.clone();
         let key = hello.key.to_b64().to_owned();
         let early = self.early.remove(&hello.conn).unwrap_or_default();
@@ -126,6 +148,7 @@ impl Router {
                 lists: (super::LIST_BURST, self.now),
             },
         );
+        self.online.set(&user, online::HERE, true);
         self.conn_users.insert(hello.conn, user.clone());
         tracing::info!(user = %user, conn = hello.conn, "user online");
         let welcome = Message::UserWelcome(UserWelcome {
@@ -141,7 +164,10 @@ impl Router {
                 self.users.insert(user.clone(), rec.clone());
                 self.persist(StoreOp::PinUser(user.clone(), rec));
             }
-            if let Some(master) = self.master_link().map(str::to_owned) {
+            if !registered
+                && !self.master_is_socp()
+                && let Some(master) = self.master_link().map(str::to_owned)
+            {
                 let reg = registration(&user, &key, hello.proof.clone());
                 self.send_link(&master, &master, reg);
             }
@@ -174,6 +200,7 @@ impl Router {
         if self.sessions.get(&user).is_some_and(|s| s.conn == conn) {
             tracing::info!(user = %user, conn, "user offline");
             self.sessions.remove(&user);
+            self.online.set(&user, online::HERE, false);
             let remove = Message::UserRemove(Presence {
                 user_id: user,
                 location: self.cfg.me.clone(),
@@ -198,7 +225,7 @@ impl Router {
             return;
         };
         match msg {
-            Message::UserListReq(_) => {
+            Message::UserListReq(req) => {
                 let now = self.now;
                 let allowed = self.sessions.get_mut(&user).is_some_and(|s| {
                     let refill = ((now - s.lists.1).max(0) / 1000) as u32;
@@ -219,7 +246,7 @@ impl Router {
                         "one user list a second; ask again in a moment",
                     );
                 }
-                let list = self.user_list();
+                let list = self.user_list(&req);
                 self.send(conn, &user, Message::UserList(list));
             }
             Message::UserDbGetUser(q) => self.user_lookup(conn, &user, q.user_id),
@@ -303,32 +330,4 @@ impl Router {
             None => {}
         }
     }
-
-    /// The `USER_LIST` answer: users online anywhere, sorted, cut to
-    /// [`USER_LIST_MAX_BYTES`] (PROTOCOL.md C13: every answer stays within
-    /// the frame limit, whatever the mesh holds). A cut list says so:
-    /// `truncated: true` and `total`, the number online.
-    pub(super) fn user_list(&self) -> UserList {
-        let online = self.online();
-        let total = online.len();
-        let mut bytes = 0;
-        let users: Vec<String> = online
-            .into_iter()
-            .take_while(|u| {
-                bytes += u.len() + 3;
-                bytes <= USER_LIST_MAX_BYTES
-            })
-            .collect();
-        let mut extra = Map::new();
-        if users.len() < total {
-            extra.insert("truncated".into(), Value::Bool(true));
-            extra.insert("total".into(), Value::from(total));
-        }
-        UserList { users, extra }
-    }
 }
-
-/// Most bytes of user ids one `USER_LIST` carries (about 2,000 ids of
-/// typical length; far below the 1 MiB frame limit, and small enough that a
-/// client's connect does not grow every connection's buffers).
-pub const USER_LIST_MAX_BYTES: usize = 64 << 10;

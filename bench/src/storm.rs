@@ -1,0 +1,297 @@
+//! `socp-bench --storm N`: a login storm. N users say signed hellos to a
+//! local at once (new ids: the local must ask its master), then the local
+//! restarts and all N reconnect at once (ids it knows). Prints the time
+//! until every user is welcomed and the CPU each node spent per login, for
+//! each `socp` binary given (the new one and a baseline) in the same run.
+//!
+//! The users share one RSA key (an id binds to a key, not a key to one
+//! id), and their hellos are signed before the clock starts: each is a real
+//! signed, fresh, never replayed hello; the node takes no shortcut.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Map, Value, json};
+use socp::client::Session;
+use socp::client::session::{CLIENT_NAME, Ws};
+use socp::crypto::PrivateKey;
+use socp::crypto::session::CAP_MAC_V1;
+use socp::wire::messages::{Kind, Message, UserHello};
+use socp::wire::{Envelope, ids, now_ms};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::node_proc::NodeProc;
+use crate::procfs::raise_fd_limit;
+use crate::throughput::bench_node;
+
+/// How long one user may take to be welcomed before the run fails.
+const LOGIN_PATIENCE: Duration = Duration::from_secs(600);
+/// How long one attempt waits for the node's answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// CPU is counted until this long after the last welcome (the master
+/// finishes the registrations and presence the logins caused).
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Settings of a storm run.
+#[derive(Debug, Clone)]
+pub struct StormConfig {
+    /// The binaries to measure, with their labels, in order.
+    pub binaries: Vec<(String, PathBuf)>,
+    pub users: usize,
+    pub out: Option<PathBuf>,
+}
+
+/// Figures of one storm.
+struct Phase {
+    secs: f64,
+    master_cpu_ms: f64,
+    local_cpu_ms: f64,
+    retries: u64,
+}
+
+impl Phase {
+    fn json(&self, n: usize) -> Value {
+        let n = n.max(1) as f64;
+        json!({
+            "seconds_to_all_welcomed": self.secs,
+            "logins_per_s": n / self.secs.max(1e-9),
+            "master_cpu_ms_per_login": self.master_cpu_ms / n,
+            "local_cpu_ms_per_login": self.local_cpu_ms / n,
+            "retries": self.retries,
+        })
+    }
+}
+
+/// Signs `n` fresh hellos for users `PREFIX0..`, on every core.
+fn sign_hellos(key: &Arc<PrivateKey>, prefix: &str, n: usize) -> Result<Vec<String>> {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let chunk = n.div_ceil(cores).max(1);
+    let parts: Vec<Result<Vec<String>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|start| {
+                let end = (start + chunk).min(n);
+                s.spawn(move || {
+                    (start..end)
+                        .map(|i| signed_hello(key, &format!("{prefix}{i}")))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("signing panicked"))?)
+            .collect()
+    });
+    let mut all = Vec::with_capacity(n);
+    for part in parts {
+        all.extend(part?);
+    }
+    Ok(all)
+}
+
+/// A hello as the `socp` client says it: signed, fresh, asking for `mac-v1`.
+fn signed_hello(key: &PrivateKey, user: &str) -> Result<String> {
+    let pubkey = key.public().to_b64().to_owned();
+    let mut extra = Map::new();
+    extra.insert("user_id".into(), Value::String(user.to_owned()));
+    let hello = Message::UserHello(UserHello {
+        client: CLIENT_NAME.to_owned(),
+        pubkey: pubkey.clone(),
+        enc_pubkey: pubkey,
+        ts: Some(now_ms()),
+        caps: Some(vec![CAP_MAC_V1.to_owned()]),
+        extra,
+    });
+    let mut env = hello.into_envelope(user, ids::TO_SERVER);
+    env.sig = key.sign_b64(&env.signed_bytes()?)?;
+    Ok(env.to_json())
+}
+
+/// What one attempt at logging in ended with.
+enum Attempt {
+    Welcomed(Ws),
+    /// Refused or dropped: try again with a fresh hello.
+    Again(String),
+}
+
+async fn attempt(url: &str, hello: String) -> Attempt {
+    let ws = match tokio_tungstenite::connect_async(url).await {
+        Ok((ws, _)) => ws,
+        Err(e) => return Attempt::Again(format!("connect: {e}")),
+    };
+    let mut ws = ws;
+    if let Err(e) = ws.send(WsMessage::text(hello)).await {
+        return Attempt::Again(format!("send: {e}"));
+    }
+    loop {
+        let text = match ws.next().await {
+            Some(Ok(WsMessage::Text(t))) => t,
+            Some(Ok(WsMessage::Close(_))) | None => return Attempt::Again("closed".into()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Attempt::Again(e.to_string()),
+        };
+        let Ok(env) = Envelope::parse(text.as_str()) else {
+            continue;
+        };
+        if env.kind == Kind::UserWelcome.name() {
+            return Attempt::Welcomed(ws);
+        }
+        if env.kind == Kind::Error.name() {
+            let detail = env.payload.get("detail").and_then(Value::as_str);
+            return Attempt::Again(detail.unwrap_or("error").to_owned());
+        }
+    }
+}
+
+/// Logs one user in, with a fresh hello on each retry.
+async fn login(
+    url: String,
+    user: String,
+    hello: String,
+    key: Arc<PrivateKey>,
+    retries: Arc<AtomicU64>,
+) -> Result<Ws> {
+    let deadline = Instant::now() + LOGIN_PATIENCE;
+    let mut hello = hello;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(&url, hello)).await;
+        let why = match outcome {
+            Ok(Attempt::Welcomed(ws)) => return Ok(ws),
+            Ok(Attempt::Again(why)) => why,
+            Err(_) => "no answer".to_owned(),
+        };
+        if Instant::now() > deadline {
+            bail!("{user} was not welcomed in {LOGIN_PATIENCE:?}: {why}");
+        }
+        retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+        let (k, u) = (key.clone(), user.clone());
+        hello = tokio::task::spawn_blocking(move || signed_hello(&k, &u)).await??;
+    }
+}
+
+/// All users say their hellos at once; returns when every one is welcomed.
+async fn storm(
+    master: &NodeProc,
+    local: &NodeProc,
+    key: &Arc<PrivateKey>,
+    prefix: &str,
+    hellos: Vec<String>,
+) -> Result<(Phase, Vec<Ws>)> {
+    let retries = Arc::new(AtomicU64::new(0));
+    let (m0, l0, t0) = (master.cpu_ms(), local.cpu_ms(), Instant::now());
+    let tasks: Vec<_> = hellos
+        .into_iter()
+        .enumerate()
+        .map(|(i, hello)| {
+            let (url, user) = (local.url(), format!("{prefix}{i}"));
+            tokio::spawn(login(url, user, hello, key.clone(), retries.clone()))
+        })
+        .collect();
+    let mut conns = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        conns.push(t.await??);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(SETTLE).await;
+    let phase = Phase {
+        secs,
+        master_cpu_ms: master.cpu_ms() - m0,
+        local_cpu_ms: local.cpu_ms() - l0,
+        retries: retries.load(Ordering::Relaxed),
+    };
+    Ok((phase, conns))
+}
+
+/// One binary: a master and a local; N new users at once, then the local
+/// restarts and they all come back at once.
+async fn run_binary(socp: &Path, key: &Arc<PrivateKey>, n: usize) -> Result<(Phase, Phase)> {
+    let dir = tempfile::tempdir()?;
+    let master = bench_node(socp, &dir.path().join("m"), "master", None, false)?;
+    let mut local = bench_node(
+        socp,
+        &dir.path().join("l"),
+        "local",
+        Some(&master.url()),
+        false,
+    )?;
+    // The local is linked to its master once a new user can be welcomed.
+    let warm = Session::connect_retrying(&local.url(), "warmup", key.clone(), LOGIN_PATIENCE)
+        .await
+        .context("a first user connecting to the local")?;
+    warm.close().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
+    let prefix = format!("st{tag}_");
+    let (k, p) = (key.clone(), prefix.clone());
+    let hellos = tokio::task::spawn_blocking(move || sign_hellos(&k, &p, n)).await??;
+    eprintln!("  {n} new users at once…");
+    let (first, conns) = storm(&master, &local, key, &prefix, hellos).await?;
+    eprintln!("  …{:.1} s; signing the reconnect hellos…", first.secs);
+    let (k, p) = (key.clone(), prefix.clone());
+    let hellos = tokio::task::spawn_blocking(move || sign_hellos(&k, &p, n)).await??;
+    local.restart()?;
+    drop(conns);
+    eprintln!("  local restarted; {n} users reconnect at once…");
+    let (again, conns) = storm(&master, &local, key, &prefix, hellos).await?;
+    eprintln!("  …{:.1} s", again.secs);
+    drop(conns);
+    Ok((first, again))
+}
+
+/// Runs the storm against each binary and prints (and optionally writes)
+/// the figures.
+pub async fn run_storm(cfg: StormConfig) -> Result<Value> {
+    if cfg.users == 0 {
+        bail!("--storm needs at least one user");
+    }
+    raise_fd_limit();
+    eprintln!("socp-bench --storm {}: generating a key…", cfg.users);
+    let key = Arc::new(tokio::task::spawn_blocking(PrivateKey::generate).await??);
+    let mut runs = Map::new();
+    let mut table = format!(
+        "login storm: {} users on one local (signed hellos, mac-v1)\n{:<10} {:<22} {:>9} {:>10} {:>14} {:>14} {:>8}\n",
+        cfg.users,
+        "binary",
+        "phase",
+        "seconds",
+        "logins/s",
+        "master ms/login",
+        "local ms/login",
+        "retries"
+    );
+    for (label, socp) in &cfg.binaries {
+        eprintln!("{label}: {}", socp.display());
+        let (first, again) = run_binary(socp, &key, cfg.users).await?;
+        let figures = json!({
+            "binary": socp.display().to_string(),
+            "new_users": first.json(cfg.users),
+            "reconnect_after_restart": again.json(cfg.users),
+        });
+        for (phase, f) in [
+            ("new users", &figures["new_users"]),
+            ("reconnect (restart)", &figures["reconnect_after_restart"]),
+        ] {
+            table.push_str(&format!(
+                "{:<10} {:<22} {:>9.2} {:>10.0} {:>14.2} {:>14.2} {:>8}\n",
+                label,
+                phase,
+                f["seconds_to_all_welcomed"].as_f64().unwrap_or(0.0),
+                f["logins_per_s"].as_f64().unwrap_or(0.0),
+                f["master_cpu_ms_per_login"].as_f64().unwrap_or(0.0),
+                f["local_cpu_ms_per_login"].as_f64().unwrap_or(0.0),
+                f["retries"].as_u64().unwrap_or(0),
+            ));
+        }
+        runs.insert(label.clone(), figures);
+    }
+    let figures = json!({ "users": cfg.users, "runs": runs });
+    crate::publish(&table, &figures, cfg.out.as_deref())?;
+    Ok(figures)
+}
