@@ -14,7 +14,7 @@ pub mod throughput;
 
 pub use attacks::{AttackConfig, run_attacks};
 pub use node_proc::{NodeLog, NodeOptions, NodeProc};
-pub use storm::{StormConfig, run_storm};
+pub use storm::{StormBinary, StormConfig, run_storm};
 pub use throughput::{BenchConfig, run};
 
 /// Prints a run's table and, if asked, writes its figures as JSON.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use socp::logging::LogFormat;
-use socp_bench::{AttackConfig, BenchConfig, StormConfig};
+use socp_bench::{AttackConfig, BenchConfig, StormBinary, StormConfig};
 
 /// The same allocator as `socp`: the load generator's figures (CPU per DM)
 /// are compared between versions.
@@ -48,6 +48,11 @@ struct BenchArgs {
     /// main, say), in the same run, for comparison.
     #[arg(long, value_name = "PATH")]
     baseline: Option<PathBuf>,
+    /// With --storm: the baseline's users log in as the new client does
+    /// (hello only) instead of as today's client (hello, then a
+    /// `USER_LIST_REQ` probe), to compare the nodes alone.
+    #[arg(long)]
+    storm_same_client: bool,
     /// The `socp` binary the nodes run [default: `socp` beside this binary,
     /// as `cargo build --release --workspace` leaves it].
     #[arg(long)]
@@ -76,9 +81,17 @@ fn run(args: BenchArgs) -> Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     if let Some(users) = args.storm {
-        let mut binaries = vec![("new".to_owned(), socp)];
+        let mut binaries = vec![StormBinary {
+            label: "new".into(),
+            socp,
+            probe: false,
+        }];
         if let Some(base) = args.baseline {
-            binaries.push(("baseline".to_owned(), base));
+            binaries.push(StormBinary {
+                label: "baseline".into(),
+                socp: base,
+                probe: !args.storm_same_client,
+            });
         }
         let cfg = StormConfig {
             binaries,

@@ -6,7 +6,11 @@
 //!
 //! The users share one RSA key (an id binds to a key, not a key to one
 //! id), and their hellos are signed before the clock starts: each is a real
-//! signed, fresh, never replayed hello; the node takes no shortcut.
+//! signed, fresh, never replayed hello; the node takes no shortcut. Each
+//! binary's users log in as that version's client does: today's main sends
+//! a `USER_LIST_REQ` probe right after its hello (its `{}` payload, and so
+//! its signature, is the same for every user of one key), the new client
+//! only its hello.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,9 +28,9 @@ use socp::wire::messages::{Kind, Message, UserHello};
 use socp::wire::{Envelope, ids, now_ms};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::node_proc::NodeProc;
+use crate::node_proc::{NodeLog, NodeOptions, NodeProc};
 use crate::procfs::raise_fd_limit;
-use crate::throughput::bench_node;
+use crate::throughput::{bench_node_options, bench_node_with};
 
 /// How long one user may take to be welcomed before the run fails.
 const LOGIN_PATIENCE: Duration = Duration::from_secs(600);
@@ -36,11 +40,21 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// finishes the registrations and presence the logins caused).
 const SETTLE: Duration = Duration::from_secs(1);
 
+/// One binary to measure.
+#[derive(Debug, Clone)]
+pub struct StormBinary {
+    pub label: String,
+    pub socp: PathBuf,
+    /// Its users send the acceptance probe (`USER_LIST_REQ {}`) after
+    /// their hello, as the client of today's main does.
+    pub probe: bool,
+}
+
 /// Settings of a storm run.
 #[derive(Debug, Clone)]
 pub struct StormConfig {
-    /// The binaries to measure, with their labels, in order.
-    pub binaries: Vec<(String, PathBuf)>,
+    /// The binaries to measure, in order.
+    pub binaries: Vec<StormBinary>,
     pub users: usize,
     pub out: Option<PathBuf>,
 }
@@ -51,6 +65,8 @@ struct Phase {
     master_cpu_ms: f64,
     local_cpu_ms: f64,
     retries: u64,
+    /// The nodes' warnings during the storm: (node, message, count).
+    warnings: Vec<(String, String, usize)>,
 }
 
 impl Phase {
@@ -62,6 +78,7 @@ impl Phase {
             "master_cpu_ms_per_login": self.master_cpu_ms / n,
             "local_cpu_ms_per_login": self.local_cpu_ms / n,
             "retries": self.retries,
+            "warnings": self.warnings.iter().map(|(node, what, n)| json!({"node": node, "warning": what, "count": n})).collect::<Vec<_>>(),
         })
     }
 }
@@ -119,14 +136,16 @@ enum Attempt {
     Again(String),
 }
 
-async fn attempt(url: &str, hello: String) -> Attempt {
+async fn attempt(url: &str, hello: String, probe: Option<String>) -> Attempt {
     let ws = match tokio_tungstenite::connect_async(url).await {
         Ok((ws, _)) => ws,
         Err(e) => return Attempt::Again(format!("connect: {e}")),
     };
     let mut ws = ws;
-    if let Err(e) = ws.send(WsMessage::text(hello)).await {
-        return Attempt::Again(format!("send: {e}"));
+    for text in std::iter::once(hello).chain(probe) {
+        if let Err(e) = ws.send(WsMessage::text(text)).await {
+            return Attempt::Again(format!("send: {e}"));
+        }
     }
     loop {
         let text = match ws.next().await {
@@ -148,19 +167,60 @@ async fn attempt(url: &str, hello: String) -> Attempt {
     }
 }
 
+/// The probe of today's client: `USER_LIST_REQ {}` signed with the users'
+/// key (the signature covers the payload alone, so one serves every user).
+fn probe_for(user: &str, sig: &str) -> String {
+    let mut env = Message::UserListReq(Default::default()).into_envelope(user, ids::TO_SERVER);
+    env.sig = sig.to_owned();
+    env.to_json()
+}
+
+/// Why logins were tried again, and how often.
+#[derive(Default)]
+struct Retries {
+    total: AtomicU64,
+    why: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Retries {
+    fn count(&self, why: &str) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let why: String = why.chars().take(80).collect();
+        if let Ok(mut m) = self.why.lock() {
+            *m.entry(why).or_default() += 1;
+        }
+    }
+
+    /// The most frequent reasons (at most 5).
+    fn top(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = self
+            .why
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(5);
+        v
+    }
+}
+
 /// Logs one user in, with a fresh hello on each retry.
 async fn login(
     url: String,
     user: String,
     hello: String,
     key: Arc<PrivateKey>,
-    retries: Arc<AtomicU64>,
+    probe_sig: Option<Arc<String>>,
+    retries: Arc<Retries>,
 ) -> Result<Ws> {
     let deadline = Instant::now() + LOGIN_PATIENCE;
     let mut hello = hello;
     let mut wait = Duration::from_millis(100);
     loop {
-        let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(&url, hello)).await;
+        let probe = probe_sig.as_ref().map(|sig| probe_for(&user, sig));
+        let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(&url, hello, probe)).await;
         let why = match outcome {
             Ok(Attempt::Welcomed(ws)) => return Ok(ws),
             Ok(Attempt::Again(why)) => why,
@@ -169,7 +229,7 @@ async fn login(
         if Instant::now() > deadline {
             bail!("{user} was not welcomed in {LOGIN_PATIENCE:?}: {why}");
         }
-        retries.fetch_add(1, Ordering::Relaxed);
+        retries.count(&why);
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(2));
         let (k, u) = (key.clone(), user.clone());
@@ -184,15 +244,25 @@ async fn storm(
     key: &Arc<PrivateKey>,
     prefix: &str,
     hellos: Vec<String>,
+    probe_sig: Option<Arc<String>>,
 ) -> Result<(Phase, Vec<Ws>)> {
-    let retries = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(Retries::default());
+    let logged = (master.log_lines().len(), local.log_lines().len());
     let (m0, l0, t0) = (master.cpu_ms(), local.cpu_ms(), Instant::now());
     let tasks: Vec<_> = hellos
         .into_iter()
         .enumerate()
         .map(|(i, hello)| {
             let (url, user) = (local.url(), format!("{prefix}{i}"));
-            tokio::spawn(login(url, user, hello, key.clone(), retries.clone()))
+            let probe_sig = probe_sig.clone();
+            tokio::spawn(login(
+                url,
+                user,
+                hello,
+                key.clone(),
+                probe_sig,
+                retries.clone(),
+            ))
         })
         .collect();
     let mut conns = Vec::with_capacity(tasks.len());
@@ -205,23 +275,64 @@ async fn storm(
         secs,
         master_cpu_ms: master.cpu_ms() - m0,
         local_cpu_ms: local.cpu_ms() - l0,
-        retries: retries.load(Ordering::Relaxed),
+        retries: retries.total.load(Ordering::Relaxed),
+        warnings: [("master", master, logged.0), ("local", local, logged.1)]
+            .into_iter()
+            .flat_map(|(name, node, from)| {
+                warnings(&node.log_lines()[from.min(node.log_lines().len())..])
+                    .into_iter()
+                    .map(move |(what, n)| (name.to_owned(), what, n))
+            })
+            .collect(),
     };
+    for (why, n) in retries.top() {
+        eprintln!("  retried {n} x: {why}");
+    }
+    for (node, what, n) in &phase.warnings {
+        eprintln!("  {node} warned {n} x: {what}");
+    }
     Ok((phase, conns))
+}
+
+/// The nodes' warnings, without their fields and times, most frequent
+/// first (at most 5).
+fn warnings(lines: &[String]) -> Vec<(String, usize)> {
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    for line in lines.iter().filter(|l| l.contains("WARN")) {
+        let text = line.split_once(": ").map_or(line.as_str(), |(_, t)| t);
+        let what: Vec<&str> = text
+            .split_whitespace()
+            .filter(|w| !w.contains('='))
+            .collect();
+        *counts.entry(what.join(" ")).or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    counts.truncate(5);
+    counts
+}
+
+/// A node of the storm: as the other benchmarks start theirs, keeping its
+/// warnings.
+fn storm_node(socp: &Path, dir: &Path, role: &str, master: Option<&str>) -> Result<NodeProc> {
+    let opts = NodeOptions {
+        log: NodeLog::Keep,
+        ..bench_node_options(socp)
+    };
+    bench_node_with(opts, dir, role, master, false)
 }
 
 /// One binary: a master and a local; N new users at once, then the local
 /// restarts and they all come back at once.
-async fn run_binary(socp: &Path, key: &Arc<PrivateKey>, n: usize) -> Result<(Phase, Phase)> {
+async fn run_binary(
+    socp: &Path,
+    key: &Arc<PrivateKey>,
+    n: usize,
+    probe: bool,
+) -> Result<(Phase, Phase)> {
     let dir = tempfile::tempdir()?;
-    let master = bench_node(socp, &dir.path().join("m"), "master", None, false)?;
-    let mut local = bench_node(
-        socp,
-        &dir.path().join("l"),
-        "local",
-        Some(&master.url()),
-        false,
-    )?;
+    let master = storm_node(socp, &dir.path().join("m"), "master", None)?;
+    let mut local = storm_node(socp, &dir.path().join("l"), "local", Some(&master.url()))?;
     // The local is linked to its master once a new user can be welcomed.
     let warm = Session::connect_retrying(&local.url(), "warmup", key.clone(), LOGIN_PATIENCE)
         .await
@@ -229,17 +340,33 @@ async fn run_binary(socp: &Path, key: &Arc<PrivateKey>, n: usize) -> Result<(Pha
     warm.close().await;
     let tag = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
     let prefix = format!("st{tag}_");
-    let (k, p) = (key.clone(), prefix.clone());
-    let hellos = tokio::task::spawn_blocking(move || sign_hellos(&k, &p, n)).await??;
+    let probe_sig = match probe {
+        true => {
+            let bytes = Message::UserListReq(Default::default())
+                .into_envelope("x", ids::TO_SERVER)
+                .signed_bytes()?;
+            Some(Arc::new(key.sign_b64(&bytes)?))
+        }
+        false => None,
+    };
+    let sign = |prefix: String| {
+        let k = key.clone();
+        let t = Instant::now();
+        async move {
+            let hellos = tokio::task::spawn_blocking(move || sign_hellos(&k, &prefix, n)).await??;
+            eprintln!("  signed {n} hellos in {:.1} s", t.elapsed().as_secs_f64());
+            anyhow::Ok(hellos)
+        }
+    };
+    let hellos = sign(prefix.clone()).await?;
     eprintln!("  {n} new users at once…");
-    let (first, conns) = storm(&master, &local, key, &prefix, hellos).await?;
-    eprintln!("  …{:.1} s; signing the reconnect hellos…", first.secs);
-    let (k, p) = (key.clone(), prefix.clone());
-    let hellos = tokio::task::spawn_blocking(move || sign_hellos(&k, &p, n)).await??;
+    let (first, conns) = storm(&master, &local, key, &prefix, hellos, probe_sig.clone()).await?;
+    eprintln!("  …{:.1} s", first.secs);
+    let hellos = sign(prefix.clone()).await?;
     local.restart()?;
     drop(conns);
     eprintln!("  local restarted; {n} users reconnect at once…");
-    let (again, conns) = storm(&master, &local, key, &prefix, hellos).await?;
+    let (again, conns) = storm(&master, &local, key, &prefix, hellos, probe_sig).await?;
     eprintln!("  …{:.1} s", again.secs);
     drop(conns);
     Ok((first, again))
@@ -256,9 +383,9 @@ pub async fn run_storm(cfg: StormConfig) -> Result<Value> {
     let key = Arc::new(tokio::task::spawn_blocking(PrivateKey::generate).await??);
     let mut runs = Map::new();
     let mut table = format!(
-        "login storm: {} users on one local (signed hellos, mac-v1)\n{:<10} {:<22} {:>9} {:>10} {:>14} {:>14} {:>8}\n",
+        "login storm: {} users on one local (signed hellos, mac-v1)\n{:<16} {:<22} {:>9} {:>10} {:>15} {:>14} {:>8}\n",
         cfg.users,
-        "binary",
+        "binary (client)",
         "phase",
         "seconds",
         "logins/s",
@@ -266,11 +393,13 @@ pub async fn run_storm(cfg: StormConfig) -> Result<Value> {
         "local ms/login",
         "retries"
     );
-    for (label, socp) in &cfg.binaries {
-        eprintln!("{label}: {}", socp.display());
-        let (first, again) = run_binary(socp, &key, cfg.users).await?;
+    for b in &cfg.binaries {
+        let label = format!("{}{}", b.label, if b.probe { " (+probe)" } else { "" });
+        eprintln!("{label}: {}", b.socp.display());
+        let (first, again) = run_binary(&b.socp, &key, cfg.users, b.probe).await?;
         let figures = json!({
-            "binary": socp.display().to_string(),
+            "binary": b.socp.display().to_string(),
+            "client_probe": b.probe,
             "new_users": first.json(cfg.users),
             "reconnect_after_restart": again.json(cfg.users),
         });
@@ -279,7 +408,7 @@ pub async fn run_storm(cfg: StormConfig) -> Result<Value> {
             ("reconnect (restart)", &figures["reconnect_after_restart"]),
         ] {
             table.push_str(&format!(
-                "{:<10} {:<22} {:>9.2} {:>10.0} {:>14.2} {:>14.2} {:>8}\n",
+                "{:<16} {:<22} {:>9.2} {:>10.0} {:>15.2} {:>14.2} {:>8}\n",
                 label,
                 phase,
                 f["seconds_to_all_welcomed"].as_f64().unwrap_or(0.0),
@@ -289,7 +418,7 @@ pub async fn run_storm(cfg: StormConfig) -> Result<Value> {
                 f["retries"].as_u64().unwrap_or(0),
             ));
         }
-        runs.insert(label.clone(), figures);
+        runs.insert(label, figures);
     }
     let figures = json!({ "users": cfg.users, "runs": runs });
     crate::publish(&table, &figures, cfg.out.as_deref())?;

@@ -73,6 +73,17 @@ pub(crate) fn bench_node(
     master_url: Option<&str>,
     no_mac: bool,
 ) -> Result<NodeProc> {
+    bench_node_with(bench_node_options(socp), dir, role, master_url, no_mac)
+}
+
+/// [`bench_node`] with these process options.
+pub(crate) fn bench_node_with(
+    opts: NodeOptions,
+    dir: &Path,
+    role: &str,
+    master_url: Option<&str>,
+    no_mac: bool,
+) -> Result<NodeProc> {
     let mut flags: Vec<String> = Vec::new();
     if let Some(url) = master_url {
         flags.extend(["--master-url".into(), url.to_owned()]);
@@ -96,7 +107,7 @@ pub(crate) fn bench_node(
         ]
         .map(String::from),
     );
-    NodeProc::start(bench_node_options(socp), dir, role, &flags)
+    NodeProc::start(opts, dir, role, &flags)
 }
 
 /// How the benchmarks start their nodes: they die with the benchmark,

@@ -28,6 +28,7 @@ impl Router {
     }
 
     pub(super) fn directory_answer(&mut self, a: DirectoryAnswer) {
+        self.master_answered_ms = self.now;
         if a.found && PublicKey::from_b64(&a.pubkey).is_ok() {
             match self.users.get_mut(&a.user_id) {
                 None => {

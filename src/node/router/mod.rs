@@ -173,6 +173,8 @@ pub(crate) struct Router {
     online: online::Online,
     /// Presence proofs whose signature the master verified.
     verified: proofs::VerifiedProofs,
+    /// When our master last answered a directory request (ms).
+    master_answered_ms: i64,
     groups: HashMap<String, GroupRecord>,
     pending: HashMap<String, Pending>,
     /// Frames from connections whose hello waits for the master, replayed
@@ -233,6 +235,7 @@ impl Router {
             presence,
             online: Default::default(),
             verified: Default::default(),
+            master_answered_ms: 0,
             groups: snapshot.groups,
             pending: HashMap::new(),
             early: HashMap::new(),

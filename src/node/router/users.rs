@@ -304,6 +304,23 @@ impl Router {
         });
     }
 
+    /// True if a hello still waiting for the master may wait longer: the
+    /// master answers in order, and answered lately (in a login storm the
+    /// answers come at the master's pace, so a hello waits its turn; only
+    /// a master gone silent refuses it), and the hello is recent.
+    fn master_answering(&self, hello: &UserHelloIn) -> bool {
+        let silent_for = self.now - self.master_answered_ms;
+        let age = hello
+            .proof
+            .as_ref()
+            .and_then(|p| p.payload.get("ts"))
+            .and_then(serde_json::Value::as_i64)
+            .map_or(i64::MAX, |ts| self.now - ts);
+        self.master_link().is_some()
+            && silent_for < LOOKUP_TIMEOUT.as_millis() as i64
+            && age < HELLO_CONFIRM_PATIENCE_MS
+    }
+
     pub(super) fn timeout(&mut self, req_id: &str) {
         match self.pending.remove(req_id) {
             Some(Pending::Lookup { conn, user_id }) => {
@@ -316,11 +333,19 @@ impl Router {
                     );
                 }
             }
+            Some(Pending::Hello(hello)) if self.master_answering(&hello) => {
+                self.pending
+                    .insert(req_id.to_owned(), Pending::Hello(hello));
+                self.out.push(Output::Timer {
+                    req_id: req_id.to_owned(),
+                    after: LOOKUP_TIMEOUT,
+                });
+            }
             Some(Pending::Hello(hello)) => self.refuse(
                 hello.conn,
                 &hello.user_id,
                 ErrorCode::Timeout,
-                "the master did not confirm your key in 5 s; try again",
+                "the master did not confirm your key in time; try again",
             ),
             Some(Pending::Retry(dests)) => {
                 for dest in dests {
@@ -331,3 +356,7 @@ impl Router {
         }
     }
 }
+
+/// How long after its `ts` a hello may wait for its master's confirmation
+/// while the master is answering others (a client gives up sooner).
+pub const HELLO_CONFIRM_PATIENCE_MS: i64 = 60_000;

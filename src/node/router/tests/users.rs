@@ -410,3 +410,35 @@ fn a_socp_master_answers_a_registration_and_checks_its_proof_once() {
     assert_eq!(error_code(&out), Some(ErrorCode::BadKey));
     assert!(!sends(&out).iter().any(|s| s.1 == Kind::DbUser));
 }
+
+#[test]
+fn a_hello_waits_its_turn_while_the_master_answers_others() {
+    let mut r = router(false);
+    r.step(0, master_link(9));
+    let out = r.step(1000, signed_hello(1, "alice", key("alice"), 1000));
+    let alice_req = first_of(&out, Kind::DbRegisterUser)["req_id"].clone();
+    let out = r.step(1000, signed_hello(2, "bob", key("bob"), 1000));
+    let bob_req = first_of(&out, Kind::DbRegisterUser)["req_id"].clone();
+    // A storm: the master is busy, but answering (bob's registration).
+    let Value::Object(answer) = json!({"user_id": "bob", "found": true,
+            "pubkey": key("bob").public().to_b64(), "req_id": bob_req})
+    else {
+        unreachable!()
+    };
+    let env = Envelope::new(Kind::DbUser.name(), "master_server_m", "server_l", answer);
+    let msg = Message::from_envelope(&env).unwrap();
+    let out = r.step(5900, Input::LinkFrame { conn: 9, env, msg });
+    assert!(sends(&out).contains(&(2, Kind::UserWelcome, "bob".into())));
+    // Alice's wait is over, but the master answered lately: she waits on.
+    let timeout = || Input::Timeout(alice_req.as_str().unwrap().to_owned());
+    let out = r.step(6000, timeout());
+    assert_eq!(error_code(&out), None);
+    assert!(out.iter().any(|o| matches!(o, Output::Timer { .. })));
+    // Then it goes silent: she is told.
+    let out = r.step(11_000, timeout());
+    assert_eq!(error_code(&out), Some(ErrorCode::Timeout));
+    assert!(out.contains(&Output::Close(1)));
+    // Had it answered her in time, she would have been welcomed.
+    let out = r.step(11_001, master_says_alice_is(&alice_req));
+    assert!(!sends(&out).iter().any(|s| s.1 == Kind::UserWelcome));
+}
