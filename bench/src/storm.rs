@@ -34,8 +34,9 @@ use crate::throughput::{bench_node_options, bench_node_with};
 
 /// How long one user may take to be welcomed before the run fails.
 const LOGIN_PATIENCE: Duration = Duration::from_secs(600);
-/// How long one attempt waits for the node's answer.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one attempt may take, connecting included, before it is made
+/// again (a little more than the client's `WELCOME_TIMEOUT`).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// CPU is counted until this long after the last welcome (the master
 /// finishes the registrations and presence the logins caused).
 const SETTLE: Duration = Duration::from_secs(1);

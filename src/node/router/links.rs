@@ -48,6 +48,7 @@ impl Router {
         let link = Link {
             conn: hello.conn,
             socp: hello.socp,
+            answers_registrations: hello.answers_registrations,
             dialed: hello.dialed,
         };
         self.links.insert(id.clone(), link);

@@ -71,7 +71,7 @@ fn session_offer(wrapped: &Option<String>) -> Option<crate::wire::messages::Sess
 
 /// The capabilities we list in a hello.
 pub(crate) fn our_caps(mac: bool) -> Vec<String> {
-    let mut caps = vec![CAP_SOCP.to_owned()];
+    let mut caps = vec![CAP_SOCP.to_owned(), CAP_REGISTER_ANSWER.to_owned()];
     if mac {
         caps.push(crate::crypto::session::CAP_MAC_V1.to_owned());
     }
@@ -80,6 +80,10 @@ pub(crate) fn our_caps(mac: bool) -> Vec<String> {
 
 /// The capability a `socp` peer lists in its hello.
 pub const CAP_SOCP: &str = "socp-v1";
+/// A master that lists it answers a `DB_REGISTER_USER` carrying a `req_id`
+/// (with `DB_USER`, or an `ERROR` naming the user): a local then confirms a
+/// new user's key in one round trip (older `socp` masters do not answer).
+pub const CAP_REGISTER_ANSWER: &str = "register-answer-v1";
 
 /// Fixed facts about this node.
 #[derive(Debug, Clone)]
@@ -144,6 +148,8 @@ pub const LIST_BURST: u32 = 5;
 struct Link {
     conn: ConnId,
     socp: bool,
+    /// It listed [`CAP_REGISTER_ANSWER`].
+    answers_registrations: bool,
     /// We dialed it (else it dialed us).
     dialed: bool,
 }

@@ -92,7 +92,7 @@ impl Router {
         }
         let req_id = self.new_req_id();
         let mut reg = registration(&user, &key, hello.proof.clone());
-        if self.master_is_socp() {
+        if self.master_answers_registrations() {
             if let Message::DbRegisterUser(r) = &mut reg {
                 r.req_id = Some(req_id.clone());
             }
@@ -114,12 +114,12 @@ impl Router {
         });
     }
 
-    /// True if our master is a `socp` node (its link hello listed our
-    /// capability): it answers registrations that carry a `req_id`.
-    fn master_is_socp(&self) -> bool {
+    /// True if our master answers registrations that carry a `req_id`
+    /// (its link hello listed [`super::CAP_REGISTER_ANSWER`]).
+    fn master_answers_registrations(&self) -> bool {
         self.master_link()
             .and_then(|m| self.links.get(m))
-            .is_some_and(|l| l.socp)
+            .is_some_and(|l| l.answers_registrations)
     }
 
     /// Welcomes a user. `registered`: the master already has this login's
@@ -165,7 +165,7 @@ impl Router {
                 self.persist(StoreOp::PinUser(user.clone(), rec));
             }
             if !registered
-                && !self.master_is_socp()
+                && !self.master_answers_registrations()
                 && let Some(master) = self.master_link().map(str::to_owned)
             {
                 let reg = registration(&user, &key, hello.proof.clone());

@@ -10,6 +10,7 @@ fn local_forwards_unknown_recipients_to_the_master() {
     // A reference master (a `socp` one answers the registration itself).
     let mut master = link(9, "master_server_m", key("carol"), Role::Master, true);
     master.socp = false;
+    master.answers_registrations = false;
     r.step(0, Input::LinkHello(master));
     let out = r.step(0, signed_hello(1, "alice", key("alice"), 0));
     // Unknown user: register, then confirm the pinned key, before welcoming.

@@ -338,6 +338,7 @@ fn a_login_at_a_local_registers_once_at_a_reference_master() {
     let mut r = router(false);
     let mut hello = link(9, "master_server_m", key("carol"), Role::Master, true);
     hello.socp = false;
+    hello.answers_registrations = false;
     r.step(0, Input::LinkHello(hello));
     // Part A: a registration, then a lookup of the key the id is pinned to.
     let out = r.step(1000, signed_hello(1, "alice", key("alice"), 1000));
@@ -441,4 +442,19 @@ fn a_hello_waits_its_turn_while_the_master_answers_others() {
     // Had it answered her in time, she would have been welcomed.
     let out = r.step(11_001, master_says_alice_is(&alice_req));
     assert!(!sends(&out).iter().any(|s| s.1 == Kind::UserWelcome));
+}
+
+#[test]
+fn an_older_socp_master_gets_the_registration_and_the_lookup() {
+    // It lists socp-v1 but does not answer registrations with a req_id.
+    let mut r = router(false);
+    let mut hello = link(9, "master_server_m", key("carol"), Role::Master, true);
+    hello.answers_registrations = false;
+    r.step(0, Input::LinkHello(hello));
+    let out = r.step(1000, signed_hello(1, "alice", key("alice"), 1000));
+    assert_eq!(to_master(&out), [Kind::DbRegisterUser, Kind::DbGetUser]);
+    let ask = first_of(&out, Kind::DbGetUser);
+    let out = r.step(1000, master_says_alice_is(&ask["req_id"]));
+    assert!(sends(&out).contains(&(1, Kind::UserWelcome, "alice".into())));
+    assert_eq!(to_master(&out), [Kind::UserAdvertise]);
 }
