@@ -200,7 +200,12 @@ impl LinkHelloIn {
         dialed_master: bool,
         session: Option<String>,
     ) -> Self {
-        let lists = |cap: &str| hello.caps.as_ref().is_some_and(|c| c.iter().any(|c| c == cap));
+        let lists = |cap: &str| {
+            hello
+                .caps
+                .as_ref()
+                .is_some_and(|c| c.iter().any(|c| c == cap))
+        };
         let (socp, answers_registrations) = (lists(CAP_SOCP), lists(CAP_REGISTER_ANSWER));
         LinkHelloIn {
             conn,

@@ -181,6 +181,9 @@ pub(crate) struct Router {
     verified: proofs::VerifiedProofs,
     /// When our master last answered a directory request (ms).
     master_answered_ms: i64,
+    /// Hellos (and their keys) waiting for room among those the master is
+    /// confirming (`users::MAX_CONFIRMING`).
+    waiting_hellos: std::collections::VecDeque<(UserHelloIn, String)>,
     groups: HashMap<String, GroupRecord>,
     pending: HashMap<String, Pending>,
     /// Frames from connections whose hello waits for the master, replayed
@@ -242,6 +245,7 @@ impl Router {
             online: Default::default(),
             verified: Default::default(),
             master_answered_ms: 0,
+            waiting_hellos: Default::default(),
             groups: snapshot.groups,
             pending: HashMap::new(),
             early: HashMap::new(),
@@ -385,6 +389,9 @@ impl Router {
             Input::StoreFailed(failure) => self.store_failed(failure),
             Input::Stored(seqs) => self.stored(seqs),
             Input::BodiesRead { bodies, unread } => self.bodies_read(bodies, unread),
+        }
+        if !self.waiting_hellos.is_empty() {
+            self.confirm_waiting();
         }
         #[cfg(test)]
         self.assert_online_index();

@@ -90,6 +90,13 @@ impl Router {
             tracing::info!(user = %user, addr = ?hello.addr, %detail, "registration refused");
             return self.refuse(hello.conn, &user, code, detail);
         }
+        if self.confirming() >= MAX_CONFIRMING {
+            // A storm: the hello waits its turn here, not in the link's
+            // send queue (which would overflow and drop the link).
+            self.early.insert(hello.conn, Vec::new());
+            self.waiting_hellos.push_back((hello, key));
+            return;
+        }
         let req_id = self.new_req_id();
         let mut reg = registration(&user, &key, hello.proof.clone());
         if self.master_answers_registrations() {
@@ -112,6 +119,29 @@ impl Router {
             req_id,
             after: LOOKUP_TIMEOUT,
         });
+    }
+
+    /// Hellos sent to the master for confirmation and not answered yet.
+    fn confirming(&self) -> usize {
+        self.pending
+            .values()
+            .filter(|p| matches!(p, Pending::Hello(_)))
+            .count()
+    }
+
+    /// Sends the hellos that waited for room among those being confirmed
+    /// (run after every step; nothing to do outside a storm). A hello
+    /// whose id the cache learnt meanwhile is welcomed at once.
+    pub(super) fn confirm_waiting(&mut self) {
+        while !self.waiting_hellos.is_empty() && self.confirming() < MAX_CONFIRMING {
+            let Some((hello, key)) = self.waiting_hellos.pop_front() else {
+                return;
+            };
+            match self.users.get(&hello.user_id) {
+                Some(rec) if rec.pubkey == key => self.accept_user(hello, false),
+                _ => self.confirm_with_master(hello, key),
+            }
+        }
     }
 
     /// True if our master answers registrations that carry a `req_id`
@@ -193,6 +223,7 @@ impl Router {
         if self.early.remove(&conn).is_some() {
             self.pending
                 .retain(|_, p| !matches!(p, Pending::Hello(h) if h.conn == conn));
+            self.waiting_hellos.retain(|(h, _)| h.conn != conn);
         }
         let Some(user) = self.conn_users.remove(&conn) else {
             return;
@@ -360,3 +391,8 @@ impl Router {
 /// How long after its `ts` a hello may wait for its master's confirmation
 /// while the master is answering others (a client gives up sooner).
 pub const HELLO_CONFIRM_PATIENCE_MS: i64 = 60_000;
+
+/// Hellos a local has at its master for confirmation at once; more wait
+/// their turn (each registration is a few KiB: the link's send queue of
+/// 8192 frames overflowed in a 10,000-user storm and dropped the link).
+pub const MAX_CONFIRMING: usize = 512;

@@ -458,3 +458,43 @@ fn an_older_socp_master_gets_the_registration_and_the_lookup() {
     assert!(sends(&out).contains(&(1, Kind::UserWelcome, "alice".into())));
     assert_eq!(to_master(&out), [Kind::UserAdvertise]);
 }
+
+#[test]
+fn in_a_storm_hellos_wait_their_turn_for_the_master() {
+    use crate::node::router::users::MAX_CONFIRMING;
+    let mut r = router(false);
+    r.step(0, master_link(9));
+    let mut registrations = Vec::new();
+    for i in 0..=MAX_CONFIRMING {
+        let conn = 100 + i as ConnId;
+        let out = r.step(
+            1000,
+            signed_hello(conn, &format!("u{i}"), key("alice"), 1000),
+        );
+        registrations.extend(
+            out.iter()
+                .filter_map(|o| match o {
+                    Output::Send(9, f) if kind_of(f) == Kind::DbRegisterUser => {
+                        Some(payload_of(f).clone())
+                    }
+                    _ => None,
+                })
+                .map(|p| (p["user_id"].clone(), p["req_id"].clone())),
+        );
+    }
+    // The last one waits: the link carries at most MAX_CONFIRMING.
+    assert_eq!(registrations.len(), MAX_CONFIRMING);
+    // One answer makes room for it.
+    let (user, req_id) = registrations[0].clone();
+    let Value::Object(answer) = json!({"user_id": user, "found": true,
+            "pubkey": key("alice").public().to_b64(), "req_id": req_id})
+    else {
+        unreachable!()
+    };
+    let env = Envelope::new(Kind::DbUser.name(), "master_server_m", "server_l", answer);
+    let msg = Message::from_envelope(&env).unwrap();
+    let out = r.step(1100, Input::LinkFrame { conn: 9, env, msg });
+    assert!(sends(&out).contains(&(100, Kind::UserWelcome, "u0".into())));
+    let reg = first_of(&out, Kind::DbRegisterUser);
+    assert_eq!(reg["user_id"], format!("u{MAX_CONFIRMING}"));
+}
