@@ -132,7 +132,7 @@ fn signed_hello(key: &PrivateKey, user: &str) -> Result<String> {
 
 /// What one attempt at logging in ended with.
 enum Attempt {
-    Welcomed(Ws),
+    Welcomed(Box<Ws>),
     /// Refused or dropped: try again with a fresh hello.
     Again(String),
 }
@@ -159,7 +159,7 @@ async fn attempt(url: &str, hello: String, probe: Option<String>) -> Attempt {
             continue;
         };
         if env.kind == Kind::UserWelcome.name() {
-            return Attempt::Welcomed(ws);
+            return Attempt::Welcomed(Box::new(ws));
         }
         if env.kind == Kind::Error.name() {
             let detail = env.payload.get("detail").and_then(Value::as_str);
@@ -223,7 +223,7 @@ async fn login(
         let probe = probe_sig.as_ref().map(|sig| probe_for(&user, sig));
         let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(&url, hello, probe)).await;
         let why = match outcome {
-            Ok(Attempt::Welcomed(ws)) => return Ok(ws),
+            Ok(Attempt::Welcomed(ws)) => return Ok(*ws),
             Ok(Attempt::Again(why)) => why,
             Err(_) => "no answer".to_owned(),
         };
