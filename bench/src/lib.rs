@@ -2,19 +2,21 @@
 //! loopback. [`throughput`] drives a master and a local with sender and
 //! receiver sessions (throughput, latency, CPU, memory, with and without
 //! link sessions); [`attacks`] runs a probe alone and then under every
-//! attack of issue 11; [`idle`] measures what idle users cost a node.
-//! [`node_proc`] starts and stops the node processes;
-//! the integration tests of `socp` use it too.
+//! attack of issue 11; [`idle`] measures what idle users cost a node;
+//! [`storm`] logs thousands of users in at once. [`node_proc`] starts and
+//! stops the node processes; the integration tests of `socp` use it too.
 
 pub mod attacks;
 pub mod idle;
 pub mod node_proc;
 pub mod procfs;
+pub mod storm;
 pub mod throughput;
 
 pub use attacks::{AttackConfig, run_attacks};
 pub use idle::{IdleConfig, run_idle};
 pub use node_proc::{NodeLog, NodeOptions, NodeProc};
+pub use storm::{StormBinary, StormConfig, run_storm};
 pub use throughput::{BenchConfig, run};
 
 /// Prints a run's table and, if asked, writes its figures as JSON.

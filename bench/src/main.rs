@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use socp::logging::LogFormat;
-use socp_bench::{AttackConfig, BenchConfig, IdleConfig};
+use socp_bench::{AttackConfig, BenchConfig, IdleConfig, StormBinary, StormConfig};
 
 /// The same allocator as `socp`: the load generator's figures (CPU per DM)
 /// are compared between versions.
@@ -35,9 +35,9 @@ struct BenchArgs {
     /// `--baseline` in the same run.
     #[arg(long, value_delimiter = ',')]
     idle_scale: Vec<usize>,
-    /// With --idle-scale: another `socp` binary measured in the same run
-    /// (today's main, say).
-    #[arg(long)]
+    /// With --idle-scale, --storm or --mesh: another `socp` binary
+    /// measured in the same run (today's main, say), for comparison.
+    #[arg(long, value_name = "PATH")]
     baseline: Option<PathBuf>,
     /// With --idle-scale: each user also asks for `USER_LIST` right after
     /// its hello, as the `socp` client's acceptance probe does.
@@ -52,6 +52,16 @@ struct BenchArgs {
     /// against, in MiB.
     #[arg(long, default_value_t = 256)]
     rss_bound_mib: u64,
+    /// Instead: a login storm of this many users on one local (new ids at
+    /// once, then all reconnecting at once after the local restarts):
+    /// seconds until all are welcomed, node CPU per login.
+    #[arg(long, value_name = "N")]
+    storm: Option<usize>,
+    /// With --storm: the baseline's users log in as the new client does
+    /// (hello only) instead of as today's client (hello, then a
+    /// `USER_LIST_REQ` probe), to compare the nodes alone.
+    #[arg(long)]
+    storm_same_client: bool,
     /// The `socp` binary the nodes run [default: `socp` beside this binary,
     /// as `cargo build --release --workspace` leaves it].
     #[arg(long)]
@@ -79,6 +89,26 @@ fn run(args: BenchArgs) -> Result<()> {
         None => beside_this_binary()?,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    if let Some(users) = args.storm {
+        let mut binaries = vec![StormBinary {
+            label: "new".into(),
+            socp,
+            probe: false,
+        }];
+        if let Some(base) = args.baseline {
+            binaries.push(StormBinary {
+                label: "baseline".into(),
+                socp: base,
+                probe: !args.storm_same_client,
+            });
+        }
+        let cfg = StormConfig {
+            binaries,
+            users,
+            out: args.out,
+        };
+        return runtime.block_on(socp_bench::run_storm(cfg)).map(|_| ());
+    }
     if args.attacks {
         let cfg = AttackConfig {
             socp,

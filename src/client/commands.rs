@@ -13,13 +13,29 @@ a group has a key only once its owner ran /gshare, and only members can write to
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Help,
-    List,
+    /// `/list [PREFIX]`: the first page of who is online (whose id starts
+    /// with PREFIX).
+    List(Option<String>),
+    /// `/more`: the next page of the last `/list`.
+    More,
     Pubget,
     Dbget(String),
-    Msg { to: String, text: String },
-    Gshare { group: String, members: Vec<String> },
-    Gmsg { group: String, text: String },
-    File { to: String, path: PathBuf },
+    Msg {
+        to: String,
+        text: String,
+    },
+    Gshare {
+        group: String,
+        members: Vec<String>,
+    },
+    Gmsg {
+        group: String,
+        text: String,
+    },
+    File {
+        to: String,
+        path: PathBuf,
+    },
     Fingerprint(Option<String>),
     Trust(String),
     Outbox(OutboxCmd),
@@ -40,7 +56,11 @@ pub enum OutboxCmd {
 /// Every command with its usage, for `/help` and usage errors.
 pub const USAGE: &[(&str, &str)] = &[
     ("/help", "show this help"),
-    ("/list", "who is online anywhere in the mesh"),
+    (
+        "/list [PREFIX]",
+        "who is online anywhere in the mesh (whose id starts with PREFIX), a page at a time",
+    ),
+    ("/more", "the next page of the last /list"),
     ("/pubget", "your own public key and fingerprint"),
     (
         "/dbget USER",
@@ -130,7 +150,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
     };
     match cmd.as_str() {
         "/help" => no_args(Command::Help),
-        "/list" => no_args(Command::List),
+        "/list" => list(&cmd, rest).map(Some),
+        "/more" => no_args(Command::More),
         "/pubget" => no_args(Command::Pubget),
         "/quit" | "/exit" => no_args(Command::Quit),
         "/dbget" => Ok(Some(Command::Dbget(one_user(&cmd, rest)?))),
@@ -181,6 +202,28 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
             usage: "/help lists the commands".into(),
         }),
     }
+}
+
+/// `/list [PREFIX]`: a prefix is the start of a user id (its characters).
+fn list(cmd: &str, rest: &str) -> Result<Command, UsageError> {
+    let (prefix, extra) = word(rest);
+    if !extra.is_empty() {
+        return Err(usage(cmd, "give at most one prefix"));
+    }
+    if prefix.is_empty() {
+        return Ok(Command::List(None));
+    }
+    let ok = prefix.len() <= 64
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        return Err(usage(
+            cmd,
+            "a prefix is the start of a user id: 1-64 of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    Ok(Command::List(Some(prefix.to_owned())))
 }
 
 /// The one user `/dbget` and `/trust` name.
@@ -259,7 +302,12 @@ mod tests {
     #[test]
     fn parses_commands() {
         assert_eq!(parse("  ").unwrap(), None);
-        assert_eq!(parse("/list").unwrap(), Some(Command::List));
+        assert_eq!(parse("/list").unwrap(), Some(Command::List(None)));
+        assert_eq!(
+            parse("/list al").unwrap(),
+            Some(Command::List(Some("al".into())))
+        );
+        assert_eq!(parse("/more").unwrap(), Some(Command::More));
         assert_eq!(
             parse("/msg Bob hello  there ").unwrap(),
             Some(Command::Msg {
@@ -318,6 +366,8 @@ mod tests {
                 .contains("unknown command")
         );
         assert!(parse("/dbget ../x").is_err());
-        assert!(parse("/list extra").is_err());
+        assert_eq!(parse("/list a b").unwrap_err().usage, "/list [PREFIX]");
+        assert!(parse("/list a/b").is_err());
+        assert!(parse("/more please").is_err());
     }
 }

@@ -7,7 +7,8 @@
 //! acknowledgements), `sending` (the outbox and the node's refusals),
 //! `keys` (pinned keys and directory lookups, kept in
 //! [`super::lookups::Lookups`]), `compose` (commands to frames),
-//! `send_file`, `incoming` (frames to events) and `receive_file`.
+//! `send_file`, `incoming` (frames to events), `receive_file` and
+//! `listing` (`/list` pages).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ mod compose;
 mod connection;
 mod incoming;
 mod keys;
+mod listing;
 mod receive_file;
 mod send_file;
 mod sending;
@@ -38,6 +40,7 @@ mod tags;
 
 pub use super::lookups::LOOKUP_PATIENCE;
 pub use connection::Stopped;
+pub use listing::LIST_PAGE;
 
 /// Shown ids gathered in the journal before they go into the keyring.
 pub const JOURNAL_BATCH: usize = 512;
@@ -112,6 +115,8 @@ pub struct Engine<F: Frontend> {
     /// Users whose pinned key the directory was asked about since we
     /// connected (see `Engine::confirmed`).
     rechecked: HashSet<String>,
+    /// The last `/list`, for `/more`.
+    listing: listing::Listing,
 }
 
 impl<F: Frontend> Engine<F> {
@@ -150,6 +155,7 @@ impl<F: Frontend> Engine<F> {
             sent: SentIds::default(),
             tags: tags::Tags::default(),
             rechecked: HashSet::new(),
+            listing: Default::default(),
         })
     }
 

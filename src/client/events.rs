@@ -26,12 +26,23 @@ pub enum Event {
         in_ms: u64,
         reason: String,
     },
+    /// One page of who is online (PROTOCOL.md C13: the node's answer is
+    /// bounded).
     List {
         users: Vec<String>,
-        /// Users online in all, when the node listed only some (its answer
-        /// stays within a bound: PROTOCOL.md C13).
+        /// The `/list PREFIX` searched for.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prefix: Option<String>,
+        /// Users online (matching the prefix), when the node says (a
+        /// reference node does not).
         #[serde(skip_serializing_if = "Option::is_none")]
         total: Option<u64>,
+        /// `total` is a lower bound (a search counts only so far).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        at_least: bool,
+        /// More users follow this page: `/more` lists them.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     Pubget {
         pubkey: String,

@@ -15,13 +15,16 @@ use super::display::escape;
 use crate::backoff::{Backoff, Retries};
 use crate::crypto::PrivateKey;
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
-use crate::wire::messages::{ErrorBody, Message, UserHello, UserWelcome};
+use crate::wire::messages::{ErrorBody, Message, UserHello, UserListReq, UserWelcome};
 use crate::wire::{Envelope, ErrorCode, MAX_FRAME_BYTES, ids, now_ms};
 
 /// What our client calls itself in `USER_HELLO`.
 pub const CLIENT_NAME: &str = concat!("socp-rs/", env!("CARGO_PKG_VERSION"));
 /// How long to wait for the node to accept a hello.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a hello waits for a welcome before it asks for the user list
+/// as a reference client would (a reference node welcomes no one).
+pub const PROBE_AFTER: Duration = Duration::from_millis(500);
 /// Waits between tries of [`Session::connect_retrying`].
 pub const CONNECT_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
@@ -99,7 +102,8 @@ pub struct Session {
     style: HelloStyle,
     /// The node's id, from its welcome (or its first answer).
     pub server_id: String,
-    /// A `USER_LIST` answer to our acceptance probe is still due.
+    /// A `USER_LIST` answer to our acceptance probe is still due (we asked
+    /// and were welcomed before it came).
     swallow_list: bool,
     /// The `mac-v1` session, once the node's welcome offered one.
     mac: Option<MacSession>,
@@ -254,30 +258,44 @@ impl Session {
         }
         self.send_message(ids::TO_SERVER, &Message::UserHello(hello))
             .await?;
-        // A reference node sends no welcome; its answer to a list request
-        // tells us we were accepted.
-        self.send(ids::TO_SERVER, &Message::UserListReq(Default::default()))
-            .await?;
-        let outcome = tokio::time::timeout(WELCOME_TIMEOUT, async {
-            loop {
-                let Some((env, msg)) = self.recv_raw().await? else {
-                    return Err(SessionError::Lost("closed during hello".into()));
-                };
-                match msg {
-                    Message::UserWelcome(w) => return self.welcome(w).await,
-                    Message::UserList(_) => {
-                        self.server_id = env.from;
-                        return Ok(());
-                    }
-                    Message::Error(ErrorBody { code, detail, .. }) => {
-                        return Err(SessionError::Refused { code, detail });
-                    }
-                    _ => continue,
+        // A `socp` node answers with a welcome (or an error). A reference
+        // node sends neither: if nothing came after PROBE_AFTER we ask for
+        // the user list, whose answer tells us we were accepted. We ask for
+        // the count alone (limit 0, which a reference node ignores), so a
+        // `socp` node that was merely slow answers in O(1).
+        let deadline = tokio::time::Instant::now() + WELCOME_TIMEOUT;
+        let mut probe_at = Some(tokio::time::Instant::now() + PROBE_AFTER);
+        loop {
+            let until = probe_at.map_or(deadline, |p| p.min(deadline));
+            let Ok(next) = tokio::time::timeout_at(until, self.recv_raw()).await else {
+                if probe_at.take().is_some() && tokio::time::Instant::now() < deadline {
+                    let probe = UserListReq {
+                        limit: Some(0),
+                        ..Default::default()
+                    };
+                    self.send(ids::TO_SERVER, &Message::UserListReq(probe))
+                        .await?;
+                    self.swallow_list = true;
+                    continue;
                 }
+                return Err(SessionError::NoWelcome(WELCOME_TIMEOUT));
+            };
+            let Some((env, msg)) = next? else {
+                return Err(SessionError::Lost("closed during hello".into()));
+            };
+            match msg {
+                Message::UserWelcome(w) => return self.welcome(w).await,
+                Message::UserList(_) => {
+                    self.swallow_list = false;
+                    self.server_id = env.from;
+                    return Ok(());
+                }
+                Message::Error(ErrorBody { code, detail, .. }) => {
+                    return Err(SessionError::Refused { code, detail });
+                }
+                _ => continue,
             }
-        })
-        .await;
-        outcome.unwrap_or(Err(SessionError::NoWelcome(WELCOME_TIMEOUT)))
+        }
     }
 
     /// The node accepted us with a welcome, and a `mac-v1` session if it
@@ -292,7 +310,6 @@ impl Session {
             self.mac = Some(MacSession::new(&secret, &self.user, &w.server_id, true));
         }
         self.server_id = w.server_id;
-        self.swallow_list = true;
         self.welcomed = true;
         Ok(())
     }

@@ -93,19 +93,13 @@ impl TerminalFrontend {
                     e(reason)
                 ),
             ),
-            Event::List { users, total } => {
-                let more = match total {
-                    Some(n) => format!(
-                        " (and {} more not listed)",
-                        (*n as usize).saturating_sub(users.len())
-                    ),
-                    None => String::new(),
-                };
-                format!(
-                    "online: {}{more}",
-                    users.iter().map(|u| e(u)).collect::<Vec<_>>().join(", ")
-                )
-            }
+            Event::List {
+                users,
+                prefix,
+                total,
+                at_least,
+                more,
+            } => list_line(users, prefix.as_deref(), *total, *at_least, *more),
             Event::Pubget {
                 pubkey,
                 fingerprint,
@@ -360,6 +354,33 @@ impl Frontend for TerminalFrontend {
     }
 }
 
+/// One `/list` page: `online: a, b`, with how many there are and how to see
+/// the rest when the node listed only some.
+fn list_line(
+    users: &[String],
+    prefix: Option<&str>,
+    total: Option<u64>,
+    at_least: bool,
+    more: bool,
+) -> String {
+    let names = users.iter().map(|u| e(u)).collect::<Vec<_>>().join(", ");
+    let head = match prefix {
+        Some(p) if users.is_empty() => return format!("no one online matching {}", e(p)),
+        Some(p) => format!("online matching {}: {names}", e(p)),
+        None => format!("online: {names}"),
+    };
+    if !more {
+        return head;
+    }
+    let page = crate::client::engine::LIST_PAGE;
+    let count = match (total, prefix) {
+        (Some(n), Some(_)) => format!("{n}{} match; ", if at_least { "+" } else { "" }),
+        (Some(n), None) => format!("{n} online; "),
+        (None, _) => String::new(),
+    };
+    format!("{head} ({count}/more lists the next {page})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +408,30 @@ mod tests {
         assert!(
             unknown.contains("lost-in-space") && !unknown.contains('✓'),
             "{unknown}"
+        );
+    }
+
+    #[test]
+    fn a_list_page_says_how_many_and_how_to_see_more() {
+        let users = |n: &[&str]| n.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            list_line(&users(&["alice", "bob"]), None, Some(2), false, false),
+            "online: alice, bob"
+        );
+        assert_eq!(
+            list_line(&users(&["alice", "bob"]), None, Some(120), false, true),
+            format!(
+                "online: alice, bob (120 online; /more lists the next {})",
+                crate::client::engine::LIST_PAGE
+            )
+        );
+        assert!(
+            list_line(&users(&["al1"]), Some("al"), Some(10000), true, true)
+                .starts_with("online matching al: al1 (10000+ match; /more")
+        );
+        assert_eq!(
+            list_line(&[], Some("zz"), Some(0), false, false),
+            "no one online matching zz"
         );
     }
 }

@@ -55,6 +55,7 @@ pub fn dispatch(data: &[u8]) {
             port: 1,
             ts: 1,
             socp: true,
+            answers_registrations: true,
             dialed: !master,
             dialed_master: !master,
             session: None,

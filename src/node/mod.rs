@@ -148,6 +148,23 @@ struct Tasks {
 
 /// Events queued for the hub before connections wait.
 const HUB_QUEUE: usize = 4096;
+/// Connections the kernel may hold for us before we accept them (it caps
+/// this at `net.core.somaxconn`). Tokio's default, 1024, overflowed in a
+/// login storm (10,000 users at once): dropped SYNs are retried by the
+/// clients only after 1, 3, 7... s, which stretched the storm by minutes.
+const ACCEPT_BACKLOG: u32 = 8192;
+
+/// The node's listener, with an accept queue of [`ACCEPT_BACKLOG`].
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
 /// How long [`Node::status`] waits for the hub.
 const STATUS_WAIT: Duration = Duration::from_secs(10);
 /// How long shutdown waits to hand the hub an event.
@@ -199,9 +216,8 @@ impl Node {
             crate::tls::client_config(config.ca.as_deref()).context("loading the CA to trust")?;
         let open_files = conn::raise_open_files_limit();
         tracing::debug!(open_files, "open files limit");
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
+        let listener =
+            listen(config.listen).with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let Opened {
             store,

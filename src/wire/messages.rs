@@ -92,7 +92,7 @@ catalogue!(
     PeerHelloLink(PeerHelloLink) = "PEER_HELLO_LINK",
     UserHello(UserHello) = "USER_HELLO",
     UserWelcome(UserWelcome) = "USER_WELCOME",
-    UserListReq(Empty) = "USER_LIST_REQ",
+    UserListReq(UserListReq) = "USER_LIST_REQ",
     UserList(UserList) = "USER_LIST",
     UserDbGetUser(UserLookup) = "USER_DB_GET_USER",
     UserDbUser(UserLookupAnswer) = "USER_DB_USER",

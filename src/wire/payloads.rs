@@ -100,14 +100,42 @@ payload!(
 );
 
 payload!(
-    /// A payload with no fields of its own (`USER_LIST_REQ`, `HEARTBEAT`).
+    /// A payload with no fields of its own (`HEARTBEAT`).
     #[derive(Default)]
     Empty {}
 );
 
 payload!(
-    /// `USER_LIST`: users online anywhere in the mesh, sorted.
-    UserList { users: Vec<String> }
+    /// `USER_LIST_REQ`: who is online. A reference client sends `{}`; a
+    /// `socp` client may search (`prefix`), page (`after`: the last id of
+    /// the previous page) and bound the answer (`limit`: ids at most; 0 asks
+    /// for the count alone). Part B fields, ignored by reference nodes.
+    #[derive(Default)]
+    UserListReq {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+    }
+);
+
+payload!(
+    /// `USER_LIST`: users online anywhere in the mesh, sorted. A `socp`
+    /// node answers one bounded page (PROTOCOL.md C13) and adds `total`
+    /// (users online matching the request; with `total_capped`, at least
+    /// that many: a search counts only so far) and `truncated` (more match
+    /// after this page); a reference client reads `users` alone.
+    UserList {
+        users: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        truncated: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total_capped: Option<bool>,
+    }
 );
 
 payload!(
@@ -258,6 +286,12 @@ payload!(
         pubkey: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         proof: Option<Proof>,
+        /// Part B, to a `socp` master only: answer this registration with
+        /// `DB_USER` carrying this `req_id` (or an `ERROR` naming the
+        /// user), so a login needs one round trip, not a register and a
+        /// lookup.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<String>,
     }
 );
 

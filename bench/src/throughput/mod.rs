@@ -66,8 +66,19 @@ impl Rig {
 
 /// Starts a node that lets the load through: it comes from one address,
 /// faster than any one user would send.
-fn bench_node(
+pub(crate) fn bench_node(
     socp: &Path,
+    dir: &Path,
+    role: &str,
+    master_url: Option<&str>,
+    no_mac: bool,
+) -> Result<NodeProc> {
+    bench_node_with(bench_node_options(socp), dir, role, master_url, no_mac)
+}
+
+/// [`bench_node`] with these process options.
+pub(crate) fn bench_node_with(
+    opts: NodeOptions,
     dir: &Path,
     role: &str,
     master_url: Option<&str>,
@@ -96,7 +107,7 @@ fn bench_node(
         ]
         .map(String::from),
     );
-    NodeProc::start(bench_node_options(socp), dir, role, &flags)
+    NodeProc::start(opts, dir, role, &flags)
 }
 
 /// How the benchmarks start their nodes: they die with the benchmark,

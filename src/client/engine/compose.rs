@@ -20,10 +20,8 @@ impl<F: Frontend> Engine<F> {
             Command::Help => self.emit(Event::Help {
                 text: commands::help(),
             }),
-            Command::List => {
-                self.send(ids::TO_SERVER, &Message::UserListReq(Default::default()))
-                    .await;
-            }
+            Command::List(prefix) => self.list_first(prefix).await,
+            Command::More => self.list_more().await,
             Command::Pubget => {
                 let public = self.key.public();
                 self.emit(Event::Pubget {

@@ -13,14 +13,14 @@ use crate::client::files;
 use crate::client::keyring::GroupKey;
 use crate::content;
 use crate::crypto::PublicKey;
-use crate::wire::messages::{Deliver, GroupKeyShare, Message, MsgGroup, Receipt, UserList};
+use crate::wire::messages::{Deliver, GroupKeyShare, Message, MsgGroup, Receipt};
 use crate::wire::{Envelope, ids};
 
 impl<F: Frontend> Engine<F> {
     /// One frame from the node.
     pub(super) async fn frame(&mut self, env: Envelope, msg: Message) {
         match msg {
-            Message::UserList(l) => self.list(l),
+            Message::UserList(l) => self.listed(l),
             Message::UserDbUser(a) => {
                 let key = (a.found && !a.pubkey.is_empty()).then_some(a.pubkey.as_str());
                 self.key_answer(&a.user_id, key);
@@ -37,19 +37,6 @@ impl<F: Frontend> Engine<F> {
             Message::UserWelcome(_) | Message::Heartbeat(_) => {}
             other => tracing::debug!(kind = other.type_name(), "ignored frame"),
         }
-    }
-
-    fn list(&mut self, l: UserList) {
-        let total = l
-            .extra
-            .get("truncated")
-            .and_then(Value::as_bool)
-            .filter(|t| *t)
-            .and_then(|_| l.extra.get("total").and_then(Value::as_u64));
-        self.emit(Event::List {
-            users: l.users,
-            total,
-        })
     }
 
     fn receipt(&mut self, r: Receipt) {

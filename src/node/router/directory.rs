@@ -6,9 +6,7 @@ use serde_json::Value;
 
 use super::admission::RegSource;
 use super::links::REFUSED_USER;
-use super::{
-    HELLO_FRESHNESS_MS, Pending, Router, StoreOp, lookup_answer, proof_signed_by, truncate,
-};
+use super::{HELLO_FRESHNESS_MS, Pending, Router, StoreOp, lookup_answer, truncate};
 use crate::crypto::PublicKey;
 use crate::node::policy::PolicyOp;
 use crate::node::records::UserRecord;
@@ -30,6 +28,7 @@ impl Router {
     }
 
     pub(super) fn directory_answer(&mut self, a: DirectoryAnswer) {
+        self.master_answered_ms = self.now;
         if a.found && PublicKey::from_b64(&a.pubkey).is_ok() {
             match self.users.get_mut(&a.user_id) {
                 None => {
@@ -74,7 +73,7 @@ impl Router {
                         format!("{user} is registered with another key; pick another user id"),
                     );
                 } else {
-                    self.accept_user(hello);
+                    self.accept_user(hello, true);
                 }
             }
             _ => {}
@@ -106,7 +105,7 @@ impl Router {
                     "a registration needs the user's signed hello as proof (this master admits no legacy clients)".into(),
                 );
             }
-            Some(proof) if !proof_signed_by(proof, &r.user_id, &r.pubkey) => {
+            Some(proof) if !self.verified.check(proof, &r.user_id, &r.pubkey) => {
                 return refuse(
                     self,
                     ErrorCode::InvalidSig,
@@ -118,14 +117,16 @@ impl Router {
         let known = self.users.get(&r.user_id).map(|rec| rec.pubkey == r.pubkey);
         match known {
             Some(true) => {}
-            Some(false) if !self.policy.resets.contains(&r.user_id) => refuse(
-                self,
-                ErrorCode::BadKey,
-                format!(
-                    "{} is registered with another key; pick another user id",
-                    r.user_id
-                ),
-            ),
+            Some(false) if !self.policy.resets.contains(&r.user_id) => {
+                return refuse(
+                    self,
+                    ErrorCode::BadKey,
+                    format!(
+                        "{} is registered with another key; pick another user id",
+                        r.user_id
+                    ),
+                );
+            }
             _ => {
                 // A new id: its proof must be fresh, not a hello kept from
                 // long ago, and the policy and the server's rate apply.
@@ -143,9 +144,20 @@ impl Router {
                 if let Err((code, detail)) =
                     self.register_new(&r.user_id, &r.pubkey, r.proof.as_ref(), source)
                 {
-                    refuse(self, code, detail);
+                    return refuse(self, code, detail);
                 }
             }
+        }
+        // A `socp` local waits for this answer to welcome the user.
+        if let Some(req_id) = r.req_id {
+            let answer = Message::DbUser(DirectoryAnswer {
+                found: true,
+                pubkey: r.pubkey,
+                user_id: r.user_id,
+                req_id,
+                extra: Default::default(),
+            });
+            self.send_link(server, server, answer);
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::{CAP_SOCP, ConnId};
+use super::{CAP_REGISTER_ANSWER, CAP_SOCP, ConnId};
 use crate::crypto::PublicKey;
 use crate::node::custody::Content;
 pub(crate) use crate::node::state::StoreOp;
@@ -179,6 +179,8 @@ pub(crate) struct LinkHelloIn {
     pub ts: i64,
     /// The peer listed our capability: it re-advertises after a reconnect.
     pub socp: bool,
+    /// The peer answers registrations that carry a `req_id`.
+    pub answers_registrations: bool,
     /// We dialed it (its hello is the answer to ours).
     pub dialed: bool,
     /// We dialed it as our master (`--master-url`).
@@ -198,10 +200,13 @@ impl LinkHelloIn {
         dialed_master: bool,
         session: Option<String>,
     ) -> Self {
-        let socp = hello
-            .caps
-            .as_ref()
-            .is_some_and(|c| c.iter().any(|c| c == CAP_SOCP));
+        let lists = |cap: &str| {
+            hello
+                .caps
+                .as_ref()
+                .is_some_and(|c| c.iter().any(|c| c == cap))
+        };
+        let (socp, answers_registrations) = (lists(CAP_SOCP), lists(CAP_REGISTER_ANSWER));
         LinkHelloIn {
             conn,
             server_id: env.from.clone(),
@@ -211,6 +216,7 @@ impl LinkHelloIn {
             port: hello.port,
             ts: env.ts,
             socp,
+            answers_registrations,
             dialed,
             dialed_master,
             session,

@@ -48,6 +48,7 @@ impl Router {
         let link = Link {
             conn: hello.conn,
             socp: hello.socp,
+            answers_registrations: hello.answers_registrations,
             dialed: hello.dialed,
         };
         self.links.insert(id.clone(), link);
@@ -187,6 +188,7 @@ impl Router {
                     continue;
                 };
                 p.live = false;
+                self.online.set(&user, super::online::REMOTE, false);
                 if self.cfg.master {
                     let remove = Message::UserRemove(Presence {
                         user_id: user,

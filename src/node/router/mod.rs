@@ -13,8 +13,10 @@ mod directory;
 mod events;
 mod groups;
 mod links;
+mod online;
 mod persist;
 mod presence;
+mod proofs;
 mod replay;
 mod req_ids;
 #[cfg(test)]
@@ -25,7 +27,7 @@ mod sim;
 mod tests;
 mod users;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -69,7 +71,7 @@ fn session_offer(wrapped: &Option<String>) -> Option<crate::wire::messages::Sess
 
 /// The capabilities we list in a hello.
 pub(crate) fn our_caps(mac: bool) -> Vec<String> {
-    let mut caps = vec![CAP_SOCP.to_owned()];
+    let mut caps = vec![CAP_SOCP.to_owned(), CAP_REGISTER_ANSWER.to_owned()];
     if mac {
         caps.push(crate::crypto::session::CAP_MAC_V1.to_owned());
     }
@@ -78,6 +80,10 @@ pub(crate) fn our_caps(mac: bool) -> Vec<String> {
 
 /// The capability a `socp` peer lists in its hello.
 pub const CAP_SOCP: &str = "socp-v1";
+/// A master that lists it answers a `DB_REGISTER_USER` carrying a `req_id`
+/// (with `DB_USER`, or an `ERROR` naming the user): a local then confirms a
+/// new user's key in one round trip (older `socp` masters do not answer).
+pub const CAP_REGISTER_ANSWER: &str = "register-answer-v1";
 
 /// Fixed facts about this node.
 #[derive(Debug, Clone)]
@@ -142,6 +148,8 @@ pub const LIST_BURST: u32 = 5;
 struct Link {
     conn: ConnId,
     socp: bool,
+    /// It listed [`CAP_REGISTER_ANSWER`].
+    answers_registrations: bool,
     /// We dialed it (else it dialed us).
     dialed: bool,
 }
@@ -166,6 +174,16 @@ pub(crate) struct Router {
     links: HashMap<String, Link>,
     conn_links: HashMap<ConnId, String>,
     presence: HashMap<String, PresenceRecord>,
+    /// Users online here or live elsewhere, sorted (`USER_LIST` pages):
+    /// whatever sets a session or a presence record's `live` updates it.
+    online: online::Online,
+    /// Presence proofs whose signature the master verified.
+    verified: proofs::VerifiedProofs,
+    /// When our master last answered a directory request (ms).
+    master_answered_ms: i64,
+    /// Hellos (and their keys) waiting for room among those the master is
+    /// confirming (`users::MAX_CONFIRMING`).
+    waiting_hellos: std::collections::VecDeque<(UserHelloIn, String)>,
     groups: HashMap<String, GroupRecord>,
     pending: HashMap<String, Pending>,
     /// Frames from connections whose hello waits for the master, replayed
@@ -224,6 +242,10 @@ impl Router {
             links: HashMap::new(),
             conn_links: HashMap::new(),
             presence,
+            online: Default::default(),
+            verified: Default::default(),
+            master_answered_ms: 0,
+            waiting_hellos: Default::default(),
             groups: snapshot.groups,
             pending: HashMap::new(),
             early: HashMap::new(),
@@ -247,9 +269,7 @@ impl Router {
 
     /// Users online anywhere in the mesh, sorted.
     pub fn online(&self) -> Vec<String> {
-        let mut all: BTreeSet<&String> = self.sessions.keys().collect();
-        all.extend(self.presence.iter().filter(|(_, p)| p.live).map(|(u, _)| u));
-        all.into_iter().cloned().collect()
+        self.online.all()
     }
 
     /// Frames in custody (the mailbox included), and mailbox frames expired.
@@ -370,6 +390,11 @@ impl Router {
             Input::Stored(seqs) => self.stored(seqs),
             Input::BodiesRead { bodies, unread } => self.bodies_read(bodies, unread),
         }
+        if !self.waiting_hellos.is_empty() {
+            self.confirm_waiting();
+        }
+        #[cfg(test)]
+        self.assert_online_index();
         std::mem::take(&mut self.out)
     }
 
@@ -478,6 +503,7 @@ fn registration(user: &str, pubkey: &str, proof: Option<Proof>) -> Message {
         user_id: user.to_owned(),
         pubkey: pubkey.to_owned(),
         proof,
+        req_id: None,
         extra: Map::new(),
     })
 }

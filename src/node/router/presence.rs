@@ -6,9 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{
-    HELLO_FRESHNESS_MS, Router, StoreOp, proof_digest, proof_signed_by, registration, truncate,
-};
+use super::{HELLO_FRESHNESS_MS, Router, StoreOp, online, proof_digest, registration, truncate};
 use crate::node::custody::Dest;
 use crate::node::records::PresenceRecord;
 use crate::wire::ids;
@@ -31,6 +29,7 @@ impl Router {
                 self.persist(StoreOp::RemovePresence(user));
             } else if let Some(p) = self.presence.get_mut(&user) {
                 p.live = true;
+                self.online.set(&user, online::REMOTE, true);
                 let adv = Message::UserAdvertise(Presence {
                     user_id: user,
                     location: p.location.clone(),
@@ -105,6 +104,7 @@ impl Router {
             updated_ms: self.now,
         };
         self.presence.insert(p.user_id.clone(), rec.clone());
+        self.online.set(&p.user_id, online::REMOTE, true);
         self.persist(StoreOp::SetPresence(p.user_id.clone(), rec));
         let user = Dest::User(p.user_id.clone());
         if self.cfg.master {
@@ -127,7 +127,8 @@ impl Router {
                 Err("no proof for a signed user")
             };
         };
-        if !proof_signed_by(proof, &p.user_id, &rec.pubkey) {
+        let pubkey = rec.pubkey.clone();
+        if !self.verified.check(proof, &p.user_id, &pubkey) {
             return Err("proof is not signed with the directory key");
         }
         let digest = proof_digest(proof);
@@ -156,6 +157,7 @@ impl Router {
             .is_some_and(|rec| rec.location == p.location)
         {
             self.presence.remove(&p.user_id);
+            self.online.set(&p.user_id, online::REMOTE, false);
             self.persist(StoreOp::RemovePresence(p.user_id.clone()));
             if self.cfg.master {
                 let relay = Message::UserRemove(Presence { proof: None, ..p });

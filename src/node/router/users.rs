@@ -1,15 +1,15 @@
 //! Users: hellos, directory pinning, sessions, lookups.
 
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 use super::admission::RegSource;
 use super::{
     ConnId, LOOKUP_TIMEOUT, MAX_EARLY_FRAMES, Output, Pending, Router, Session, StoreOp,
-    UserHelloIn, lookup_answer, proof_digest, registration,
+    UserHelloIn, lookup_answer, online, proof_digest, registration,
 };
 use crate::node::custody::{Dest, Hop};
 use crate::node::records::UserRecord;
-use crate::wire::messages::{DirectoryLookup, Message, Presence, UserList, UserWelcome};
+use crate::wire::messages::{DirectoryLookup, Message, Presence, UserWelcome};
 use crate::wire::{Envelope, ErrorCode};
 
 impl Router {
@@ -53,11 +53,11 @@ impl Router {
                 ErrorCode::BadKey,
                 format!("{user} is registered with another key; pick another user id"),
             ),
-            Some(rec) if rec.pubkey == key => self.accept_user(hello),
+            Some(rec) if rec.pubkey == key => self.accept_user(hello, false),
             _ if self.cfg.master => {
                 let source = hello.addr.map(RegSource::Addr);
                 match self.register_new(&user, &key, hello.proof.as_ref(), source) {
-                    Ok(()) => self.accept_user(hello),
+                    Ok(()) => self.accept_user(hello, true),
                     Err((code, detail)) => {
                         tracing::info!(user = %user, addr = ?hello.addr, %detail, "registration refused");
                         self.refuse(hello.conn, &user, code, detail)
@@ -69,9 +69,11 @@ impl Router {
     }
 
     /// A local asks its master which key a user's id is pinned to before it
-    /// welcomes them: it registers the user, then looks the id up on the
-    /// same link (the answer comes after the master applied the
-    /// registration, so it says which key the id is pinned to now).
+    /// welcomes them. A `socp` master takes the registration with a
+    /// `req_id` and answers it (`DB_USER`, or an `ERROR` naming the user):
+    /// one frame each way. A reference master gets the part A pair, the
+    /// registration then a lookup on the same link (answered after the
+    /// registration was applied, so it says which key the id is pinned to).
     fn confirm_with_master(&mut self, hello: UserHelloIn, key: String) {
         let user = hello.user_id.clone();
         let Some(master) = self.master_link().map(str::to_owned) else {
@@ -88,15 +90,29 @@ impl Router {
             tracing::info!(user = %user, addr = ?hello.addr, %detail, "registration refused");
             return self.refuse(hello.conn, &user, code, detail);
         }
-        let reg = registration(&user, &key, hello.proof.clone());
-        self.send_link(&master, &master, reg);
+        if self.confirming() >= MAX_CONFIRMING {
+            // A storm: the hello waits its turn here, not in the link's
+            // send queue (which would overflow and drop the link).
+            self.early.insert(hello.conn, Vec::new());
+            self.waiting_hellos.push_back((hello, key));
+            return;
+        }
         let req_id = self.new_req_id();
-        let ask = Message::DbGetUser(DirectoryLookup {
-            user_id: user,
-            req_id: req_id.clone(),
-            extra: Map::new(),
-        });
-        self.send_link(&master, &master, ask);
+        let mut reg = registration(&user, &key, hello.proof.clone());
+        if self.master_answers_registrations() {
+            if let Message::DbRegisterUser(r) = &mut reg {
+                r.req_id = Some(req_id.clone());
+            }
+            self.send_link(&master, &master, reg);
+        } else {
+            self.send_link(&master, &master, reg);
+            let ask = Message::DbGetUser(DirectoryLookup {
+                user_id: user,
+                req_id: req_id.clone(),
+                extra: Map::new(),
+            });
+            self.send_link(&master, &master, ask);
+        }
         self.early.insert(hello.conn, Vec::new());
         self.pending.insert(req_id.clone(), Pending::Hello(hello));
         self.out.push(Output::Timer {
@@ -105,7 +121,43 @@ impl Router {
         });
     }
 
-    pub(super) fn accept_user(&mut self, hello: UserHelloIn) {
+    /// Hellos sent to the master for confirmation and not answered yet.
+    fn confirming(&self) -> usize {
+        self.pending
+            .values()
+            .filter(|p| matches!(p, Pending::Hello(_)))
+            .count()
+    }
+
+    /// Sends the hellos that waited for room among those being confirmed
+    /// (run after every step; nothing to do outside a storm). A hello
+    /// whose id the cache learnt meanwhile is welcomed at once.
+    pub(super) fn confirm_waiting(&mut self) {
+        while !self.waiting_hellos.is_empty() && self.confirming() < MAX_CONFIRMING {
+            let Some((hello, key)) = self.waiting_hellos.pop_front() else {
+                return;
+            };
+            match self.users.get(&hello.user_id) {
+                Some(rec) if rec.pubkey == key => self.accept_user(hello, false),
+                _ => self.confirm_with_master(hello, key),
+            }
+        }
+    }
+
+    /// True if our master answers registrations that carry a `req_id`
+    /// (its link hello listed [`super::CAP_REGISTER_ANSWER`]).
+    fn master_answers_registrations(&self) -> bool {
+        self.master_link()
+            .and_then(|m| self.links.get(m))
+            .is_some_and(|l| l.answers_registrations)
+    }
+
+    /// Welcomes a user. `registered`: the master already has this login's
+    /// registration (we are the master, or it confirmed the key). A local
+    /// whose cache knew the id registers it only at a reference master,
+    /// which expects `DB_REGISTER_USER` at every hello (part A); a `socp`
+    /// master learns of the login from the user's advertisement alone.
+    pub(super) fn accept_user(&mut self, hello: UserHelloIn, registered: bool) {
         let user = hello.user_id.clone();
         let key = hello.key.to_b64().to_owned();
         let early = self.early.remove(&hello.conn).unwrap_or_default();
@@ -126,6 +178,7 @@ impl Router {
                 lists: (super::LIST_BURST, self.now),
             },
         );
+        self.online.set(&user, online::HERE, true);
         self.conn_users.insert(hello.conn, user.clone());
         tracing::info!(user = %user, conn = hello.conn, "user online");
         let welcome = Message::UserWelcome(UserWelcome {
@@ -141,7 +194,10 @@ impl Router {
                 self.users.insert(user.clone(), rec.clone());
                 self.persist(StoreOp::PinUser(user.clone(), rec));
             }
-            if let Some(master) = self.master_link().map(str::to_owned) {
+            if !registered
+                && !self.master_answers_registrations()
+                && let Some(master) = self.master_link().map(str::to_owned)
+            {
                 let reg = registration(&user, &key, hello.proof.clone());
                 self.send_link(&master, &master, reg);
             }
@@ -167,6 +223,7 @@ impl Router {
         if self.early.remove(&conn).is_some() {
             self.pending
                 .retain(|_, p| !matches!(p, Pending::Hello(h) if h.conn == conn));
+            self.waiting_hellos.retain(|(h, _)| h.conn != conn);
         }
         let Some(user) = self.conn_users.remove(&conn) else {
             return;
@@ -174,6 +231,7 @@ impl Router {
         if self.sessions.get(&user).is_some_and(|s| s.conn == conn) {
             tracing::info!(user = %user, conn, "user offline");
             self.sessions.remove(&user);
+            self.online.set(&user, online::HERE, false);
             let remove = Message::UserRemove(Presence {
                 user_id: user,
                 location: self.cfg.me.clone(),
@@ -198,7 +256,7 @@ impl Router {
             return;
         };
         match msg {
-            Message::UserListReq(_) => {
+            Message::UserListReq(req) => {
                 let now = self.now;
                 let allowed = self.sessions.get_mut(&user).is_some_and(|s| {
                     let refill = ((now - s.lists.1).max(0) / 1000) as u32;
@@ -219,7 +277,7 @@ impl Router {
                         "one user list a second; ask again in a moment",
                     );
                 }
-                let list = self.user_list();
+                let list = self.user_list(&req);
                 self.send(conn, &user, Message::UserList(list));
             }
             Message::UserDbGetUser(q) => self.user_lookup(conn, &user, q.user_id),
@@ -277,6 +335,23 @@ impl Router {
         });
     }
 
+    /// True if a hello still waiting for the master may wait longer: the
+    /// master answers in order, and answered lately (in a login storm the
+    /// answers come at the master's pace, so a hello waits its turn; only
+    /// a master gone silent refuses it), and the hello is recent.
+    fn master_answering(&self, hello: &UserHelloIn) -> bool {
+        let silent_for = self.now - self.master_answered_ms;
+        let age = hello
+            .proof
+            .as_ref()
+            .and_then(|p| p.payload.get("ts"))
+            .and_then(serde_json::Value::as_i64)
+            .map_or(i64::MAX, |ts| self.now - ts);
+        self.master_link().is_some()
+            && silent_for < LOOKUP_TIMEOUT.as_millis() as i64
+            && age < HELLO_CONFIRM_PATIENCE_MS
+    }
+
     pub(super) fn timeout(&mut self, req_id: &str) {
         match self.pending.remove(req_id) {
             Some(Pending::Lookup { conn, user_id }) => {
@@ -289,11 +364,19 @@ impl Router {
                     );
                 }
             }
+            Some(Pending::Hello(hello)) if self.master_answering(&hello) => {
+                self.pending
+                    .insert(req_id.to_owned(), Pending::Hello(hello));
+                self.out.push(Output::Timer {
+                    req_id: req_id.to_owned(),
+                    after: LOOKUP_TIMEOUT,
+                });
+            }
             Some(Pending::Hello(hello)) => self.refuse(
                 hello.conn,
                 &hello.user_id,
                 ErrorCode::Timeout,
-                "the master did not confirm your key in 5 s; try again",
+                "the master did not confirm your key in time; try again",
             ),
             Some(Pending::Retry(dests)) => {
                 for dest in dests {
@@ -303,32 +386,13 @@ impl Router {
             None => {}
         }
     }
-
-    /// The `USER_LIST` answer: users online anywhere, sorted, cut to
-    /// [`USER_LIST_MAX_BYTES`] (PROTOCOL.md C13: every answer stays within
-    /// the frame limit, whatever the mesh holds). A cut list says so:
-    /// `truncated: true` and `total`, the number online.
-    pub(super) fn user_list(&self) -> UserList {
-        let online = self.online();
-        let total = online.len();
-        let mut bytes = 0;
-        let users: Vec<String> = online
-            .into_iter()
-            .take_while(|u| {
-                bytes += u.len() + 3;
-                bytes <= USER_LIST_MAX_BYTES
-            })
-            .collect();
-        let mut extra = Map::new();
-        if users.len() < total {
-            extra.insert("truncated".into(), Value::Bool(true));
-            extra.insert("total".into(), Value::from(total));
-        }
-        UserList { users, extra }
-    }
 }
 
-/// Most bytes of user ids one `USER_LIST` carries (about 2,000 ids of
-/// typical length; far below the 1 MiB frame limit, and small enough that a
-/// client's connect does not grow every connection's buffers).
-pub const USER_LIST_MAX_BYTES: usize = 64 << 10;
+/// How long after its `ts` a hello may wait for its master's confirmation
+/// while the master is answering others (a client gives up sooner).
+pub const HELLO_CONFIRM_PATIENCE_MS: i64 = 60_000;
+
+/// Hellos a local has at its master for confirmation at once; more wait
+/// their turn (each registration is a few KiB: the link's send queue of
+/// 8192 frames overflowed in a 10,000-user storm and dropped the link).
+pub const MAX_CONFIRMING: usize = 512;

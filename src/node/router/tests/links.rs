@@ -7,7 +7,11 @@ use super::*;
 #[test]
 fn local_forwards_unknown_recipients_to_the_master() {
     let mut r = router(false);
-    r.step(0, master_link(9));
+    // A reference master (a `socp` one answers the registration itself).
+    let mut master = link(9, "master_server_m", key("carol"), Role::Master, true);
+    master.socp = false;
+    master.answers_registrations = false;
+    r.step(0, Input::LinkHello(master));
     let out = r.step(0, signed_hello(1, "alice", key("alice"), 0));
     // Unknown user: register, then confirm the pinned key, before welcoming.
     assert_eq!(

@@ -73,6 +73,7 @@ fn link(conn: ConnId, id: &str, k: &PrivateKey, role: Role, dialed_master: bool)
         port: 1,
         ts: 5,
         socp: true,
+        answers_registrations: true,
         dialed: dialed_master,
         dialed_master,
         session: None,
