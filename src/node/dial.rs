@@ -1,18 +1,21 @@
-//! Dialing other servers: the master (`--master-url`) and `--peers`. Each URL
-//! has a loop that connects, says `PEER_HELLO_LINK`, checks the answer, serves
-//! the link until it drops, and tries again with capped exponential backoff.
+//! Dialing other servers: the master (`--master-url`), `--peers`, and the
+//! locals the master announces (`PEER_ANNOUNCE`, [`dial_announced`]). Each
+//! URL has a loop that connects, says `PEER_HELLO_LINK`, checks the answer,
+//! serves the link until it drops, and tries again with capped exponential
+//! backoff.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
+use tokio::sync::mpsc;
 
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::conn::{self, ConnCtx, HELLO_TIMEOUT, Peer};
 
-use super::router::{Input, LinkHelloIn, Outgoing};
+use super::router::{Input, LinkHelloIn, Outgoing, PeerDial};
 
 use crate::backoff::{Backoff, Retries};
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
@@ -28,10 +31,17 @@ const REDIAL: Backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
 /// A link that lived this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(30);
 
+/// Most announced servers a local dials (a master cannot make it start
+/// dialers without end).
+pub const MAX_ANNOUNCED: usize = 1024;
+
 /// What a dialer needs.
 pub(crate) struct Dialer {
     pub url: String,
     pub is_master: bool,
+    /// The server id and key (base64url) the answer must come from: set
+    /// for announced servers, whose address came from the master.
+    pub expect: Option<(String, String)>,
     pub hello: PeerHelloLink,
     /// What the link's connection task gets.
     pub ctx: ConnCtx,
@@ -42,13 +52,14 @@ pub(crate) struct Dialer {
     pub health: Arc<super::health::Health>,
 }
 
-/// Our `PEER_HELLO_LINK` payload.
+/// Our `PEER_HELLO_LINK` payload, with the `url` we are dialed at.
 pub(crate) fn our_hello(
     host: &str,
     port: u16,
     pubkey: &str,
     master: bool,
     mac: bool,
+    url: &str,
 ) -> PeerHelloLink {
     PeerHelloLink {
         host: host.to_owned(),
@@ -57,8 +68,42 @@ pub(crate) fn our_hello(
         role: if master { Role::Master } else { Role::Local },
         caps: Some(super::router::our_caps(mac)),
         session: None,
-        extra: Default::default(),
+        extra: super::router::url_field(url),
     }
+}
+
+/// Starts a dialer for each server the router asks to dial (announced by
+/// the master and checked), once per server id, until shutdown; `template`
+/// gives what they share.
+pub(crate) async fn dial_announced(
+    mut asks: mpsc::UnboundedReceiver<PeerDial>,
+    mut template: Dialer,
+) {
+    let mut dialing: std::collections::HashMap<String, tokio::task::JoinHandle<()>> =
+        std::collections::HashMap::new();
+    loop {
+        let ask = tokio::select! {
+            ask = asks.recv() => ask,
+            () = super::stop_requested(&mut template.ctx.shutdown) => None,
+        };
+        let Some(ask) = ask else { break };
+        if dialing.contains_key(&ask.server_id) || dialing.len() >= MAX_ANNOUNCED {
+            continue;
+        }
+        let dialer = Dialer {
+            url: ask.url,
+            is_master: false,
+            expect: Some((ask.server_id.clone(), ask.pubkey)),
+            hello: template.hello.clone(),
+            ctx: template.ctx.clone(),
+            next_conn: template.next_conn.clone(),
+            tls: template.tls.clone(),
+            health: template.health.clone(),
+        };
+        dialing.insert(ask.server_id, tokio::spawn(dialer.run()));
+    }
+    // Each dialer ends on the stop by itself.
+    futures_util::future::join_all(dialing.into_values()).await;
 }
 
 impl Dialer {
@@ -120,6 +165,11 @@ impl Dialer {
         }
         let (hello, key) = conn::check_link_hello(&env)
             .map_err(|r| anyhow::anyhow!("{}: {}", r.code, r.detail))?;
+        if let Some((id, pubkey)) = &self.expect
+            && (env.from != *id || key.to_b64() != pubkey)
+        {
+            anyhow::bail!("answered as {} instead of the announced {id}", env.from);
+        }
         // The acceptor's mac-v1 offer, if we asked and it agreed.
         let offer = hello
             .session

@@ -174,19 +174,19 @@ impl Router {
             self.persist(StoreOp::Release(released.iter().map(|e| e.seq).collect()));
         }
         if matches!(hop, Hop::Conn(_)) {
-            let mut by_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut by_sender: BTreeMap<(String, Option<String>), Vec<String>> = BTreeMap::new();
             for e in released.iter().filter(|e| e.kind == ContentKind::Dm) {
                 by_sender
-                    .entry(e.sender.clone())
+                    .entry((e.sender.clone(), e.via.clone()))
                     .or_default()
                     .push(e.msg_id.clone());
             }
-            for (sender, ids) in by_sender {
-                let held = self.receipts.entry(sender.clone()).or_default();
+            for (key, ids) in by_sender {
+                let held = self.receipts.entry(key.clone()).or_default();
                 held.extend(ids);
                 if held.len() >= RECEIPT_BATCH {
-                    let ids = self.receipts.remove(&sender).unwrap_or_default();
-                    self.send_receipt(None, &sender, ids, DELIVERED);
+                    let ids = self.receipts.remove(&key).unwrap_or_default();
+                    self.receipt_back(key.1.as_deref(), &key.0, ids);
                 }
             }
         }
@@ -197,9 +197,35 @@ impl Router {
 
     /// Sends the `delivered` receipts held back for batching.
     pub(super) fn flush_receipts(&mut self) {
-        for (sender, ids) in std::mem::take(&mut self.receipts) {
-            self.send_receipt(None, &sender, ids, DELIVERED);
+        for ((sender, via), ids) in std::mem::take(&mut self.receipts) {
+            self.receipt_back(via.as_deref(), &sender, ids);
         }
+    }
+
+    /// Sends `delivered` receipts back over the link the DMs came in on,
+    /// if it is up: only the server that handed them to us may confirm them
+    /// to the sender's server (the master, for its mailbox, even when the
+    /// two locals are linked directly). Otherwise as [`Self::send_receipt`].
+    fn receipt_back(&mut self, via: Option<&str>, user: &str, msg_ids: Vec<String>) {
+        let back = via
+            .filter(|v| self.links.get(*v).is_some_and(|l| l.socp))
+            .filter(|_| !self.sessions.contains_key(user));
+        let Some(via) = back else {
+            return self.send_receipt(None, user, msg_ids, DELIVERED);
+        };
+        let to = self
+            .presence
+            .get(user)
+            .filter(|p| p.live)
+            .map_or_else(|| via.to_owned(), |p| p.location.clone());
+        let receipt = Message::Receipt(Receipt {
+            user_id: user.to_owned(),
+            msg_ids,
+            status: DELIVERED.to_owned(),
+            extra: Default::default(),
+        });
+        let via = via.to_owned();
+        self.send_link(&via, &to, receipt);
     }
 
     /// The ids of a receipt from `server` about `user`'s DMs that `server`

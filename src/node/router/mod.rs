@@ -13,6 +13,7 @@ mod directory;
 mod events;
 mod groups;
 mod links;
+mod peers;
 mod persist;
 mod presence;
 mod replay;
@@ -35,6 +36,8 @@ use events::RECIPIENTS;
 pub(crate) use events::{
     Frame, Input, LinkHelloIn, Names, Outgoing, Output, Relay, StoreOp, UserHelloIn,
 };
+pub(crate) use links::url_field;
+pub(crate) use peers::PeerDial;
 
 use super::custody::{self, Custody};
 use super::records::{GroupRecord, PresenceRecord, ProofOwner, ServerRecord, UserRecord};
@@ -88,6 +91,8 @@ pub(crate) struct RouterConfig {
     pub pubkey: String,
     pub host: String,
     pub port: u16,
+    /// The URL other servers dial us at (in our link hello, `url`).
+    pub url: String,
     pub limits: MailboxLimits,
     /// Most members one group key share may name.
     pub max_group_members: usize,
@@ -182,8 +187,9 @@ pub(crate) struct Router {
     reg_counts: HashMap<admission::RegSource, (i64, u32)>,
     /// Destinations whose next bodies are being read back from disk.
     paging: std::collections::HashSet<custody::Dest>,
-    /// `delivered` receipts held back for batching, by sender.
-    receipts: std::collections::BTreeMap<String, Vec<String>>,
+    /// `delivered` receipts held back for batching, by sender and the
+    /// link the DMs came over (receipts go back the way they came).
+    receipts: std::collections::BTreeMap<(String, Option<String>), Vec<String>>,
     /// Which server each DM we handed on went to (whose receipts count).
     carried: carried::Carried,
     /// Mailbox frames dropped for age since start.
@@ -193,6 +199,8 @@ pub(crate) struct Router {
     dead_letters: u64,
     /// Request ids: random in a node, seeded in the simulator.
     req_ids: req_ids::ReqIds,
+    /// At the master: the locals to announce to each other (`peers.rs`).
+    announced: peers::Announced,
     out: Vec<Output>,
     now: i64,
 }
@@ -239,6 +247,7 @@ impl Router {
             expired: 0,
             dead_letters: 0,
             req_ids: req_ids::ReqIds::random(),
+            announced: Default::default(),
             out: Vec::new(),
             now: 0,
             cfg,
