@@ -6,11 +6,13 @@
 //! the integration tests of `socp` use it too.
 
 pub mod attacks;
+pub mod mesh;
 pub mod node_proc;
 pub mod procfs;
 pub mod throughput;
 
 pub use attacks::{AttackConfig, run_attacks};
+pub use mesh::{MeshConfig, run_mesh};
 pub use node_proc::{NodeLog, NodeOptions, NodeProc};
 pub use throughput::{BenchConfig, run};
 

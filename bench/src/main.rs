@@ -39,6 +39,15 @@ struct BenchArgs {
     /// against, in MiB.
     #[arg(long, default_value_t = 256)]
     rss_bound_mib: u64,
+    /// Instead: a master and N locals (given only the master's URL), users
+    /// spread over the locals, saturated cross-local DMs: DMs/s and each
+    /// process's CPU per DM (--pairs pairs, --seconds per run).
+    #[arg(long, value_name = "N")]
+    mesh: Option<usize>,
+    /// With --mesh: measure this `socp` binary too, in the same run, and
+    /// report the ratio (e.g. a build of today's main).
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
     /// The `socp` binary the nodes run [default: `socp` beside this binary,
     /// as `cargo build --release --workspace` leaves it].
     #[arg(long)]
@@ -75,6 +84,17 @@ fn run(args: BenchArgs) -> Result<()> {
             keys: None,
         };
         return runtime.block_on(socp_bench::run_attacks(cfg)).map(|_| ());
+    }
+    if let Some(locals) = args.mesh {
+        let cfg = socp_bench::MeshConfig {
+            socp,
+            baseline: args.baseline,
+            locals,
+            pairs: args.pairs,
+            seconds: args.seconds,
+            out: args.out,
+        };
+        return runtime.block_on(socp_bench::run_mesh(cfg)).map(|_| ());
     }
     let cfg = BenchConfig {
         socp,
