@@ -221,7 +221,7 @@ pub fn table(f: &Value) -> String {
         out += &format!(
             "{:<10} {:>10} {:>12.4} {:>14.4} {:>11.1}%  {}\n",
             r["label"].as_str().unwrap_or("?"),
-            r["cross_local_dms_per_s"],
+            format!("{:.0}", r["cross_local_dms_per_s"].as_f64().unwrap_or(0.0)),
             cpu["master"].as_f64().unwrap_or(0.0),
             cpu["local_mean"].as_f64().unwrap_or(0.0),
             r["master_cpu_vs_local"].as_f64().unwrap_or(0.0) * 100.0,
