@@ -11,6 +11,7 @@ mod content;
 mod delivery;
 mod directory;
 mod events;
+mod fanout;
 mod groups;
 mod links;
 mod peers;

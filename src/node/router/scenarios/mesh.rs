@@ -154,3 +154,39 @@ fn a_peer_cannot_replay_an_old_proof_to_draw_a_users_dms() {
     assert_eq!(mesh.carried("A", "B", Kind::PeerDeliver), 0);
     assert_eq!(mesh.custody("A"), 1, "waits for the master");
 }
+
+#[test]
+fn group_messages_fan_out_from_the_senders_local() {
+    let mut mesh = three_locals(76);
+    mesh.user("alice", "A");
+    mesh.user("bob", "B");
+    mesh.user("carol", "C");
+    mesh.user("dave", "M");
+    mesh.user("erin", "C");
+    mesh.share_group(
+        "alice",
+        "group_g",
+        &["alice", "bob", "carol", "dave", "erin"],
+    );
+    mesh.run();
+    mesh.disconnect("erin");
+    mesh.run();
+    mesh.group_msg("alice", "group_g", "hi");
+    mesh.run();
+    for member in ["bob", "carol", "dave"] {
+        assert_eq!(mesh.delivered(member), ["alice in group_g: hi"], "{member}");
+    }
+    // One frame to each local hosting members, straight from A; the master
+    // gets one, for its own member and the offline one.
+    assert_eq!(mesh.carried("A", "B", Kind::MsgGroup), 1);
+    assert_eq!(mesh.carried("A", "C", Kind::MsgGroup), 1);
+    let to_master = mesh.carried_frames("A", "M", Kind::MsgGroup);
+    assert_eq!(to_master.len(), 1);
+    assert_eq!(to_master[0].payload["recipients"], json!(["dave", "erin"]));
+    assert_eq!(mesh.carried("M", "B", Kind::MsgGroup), 0);
+    assert_eq!(mesh.carried("M", "C", Kind::MsgGroup), 0);
+    mesh.connect("erin", "C");
+    mesh.run();
+    assert_eq!(mesh.delivered("erin"), ["alice in group_g: hi"]);
+    assert!(all_handed_on(&mesh, &["A", "B", "C", "M"]));
+}
