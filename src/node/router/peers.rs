@@ -147,7 +147,157 @@ pub(crate) fn dialable_url(extra: &Map<String, Value>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sim::{key, kind_of, payload_of};
+    use super::super::{Input, RouterConfig};
     use super::*;
+    use crate::crypto::PrivateKey;
+    use crate::node::state::Snapshot;
+    use crate::wire::Envelope;
+    use crate::wire::messages::Kind;
+
+    /// The smallest local server id: it dials every server announced to it.
+    const FIRST: &str = "server_00000000-0000-4000-8000-000000000000";
+
+    fn router(me: &str, master: bool) -> Router {
+        let cfg = RouterConfig {
+            me: me.into(),
+            master,
+            allow_legacy: false,
+            pubkey: key("carol").public().to_b64().to_owned(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            url: String::new(),
+            limits: Default::default(),
+            max_group_members: 16,
+            max_file_size: 1 << 20,
+            admission: Default::default(),
+        };
+        Router::new(cfg, Snapshot::default())
+    }
+
+    /// A signed link hello from `id`, as a connection hands it on.
+    fn hello(conn: u64, id: &str, k: &PrivateKey, role: Role, socp: bool, dialed: bool) -> Input {
+        let payload = PeerHelloLink {
+            host: "127.0.0.1".into(),
+            port: 9,
+            pubkey: k.public().to_b64().to_owned(),
+            role,
+            caps: socp.then(|| super::super::our_caps(false)),
+            session: None,
+            extra: super::super::url_field(&format!("ws://127.0.0.1:{conn}")),
+        };
+        let mut env = Message::PeerHelloLink(payload.clone()).into_envelope(id, ids::TO_SERVER);
+        env.ts = 1;
+        env.sig = k
+            .sign_b64(canonical::map_to_string(&env.payload).unwrap().as_bytes())
+            .unwrap();
+        Input::LinkHello(LinkHelloIn::new(
+            conn,
+            &env,
+            payload,
+            k.public().clone(),
+            dialed,
+            dialed && role == Role::Master,
+            None,
+        ))
+    }
+
+    fn announces(out: &[Output]) -> Vec<(u64, Map<String, Value>)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send(c, f) if kind_of(f) == Kind::PeerAnnounce => Some((*c, payload_of(f))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_master_announces_socp_locals_to_each_other_only() {
+        let mut m = router(&ids::new_master_id(), true);
+        let (l1, l2, r) = (
+            ids::new_local_server_id(),
+            ids::new_local_server_id(),
+            ids::new_local_server_id(),
+        );
+        assert!(
+            announces(&m.step(1, hello(1, &l1, key("alice"), Role::Local, true, false))).is_empty()
+        );
+        let out = m.step(2, hello(2, &l2, key("bob"), Role::Local, true, false));
+        let mut sent: Vec<(u64, String)> = announces(&out)
+            .into_iter()
+            .map(|(c, p)| (c, p["server_id"].as_str().unwrap().to_owned()))
+            .collect();
+        sent.sort();
+        assert_eq!(sent, [(1, l2.clone()), (2, l1.clone())]);
+        // A reference local (no socp-v1) is neither announced nor told.
+        let out = m.step(3, hello(3, &r, key("dave"), Role::Local, false, false));
+        assert!(announces(&out).is_empty());
+    }
+
+    /// A local linked to its master, and the announce the master would send
+    /// for `id` (key erin).
+    fn local_with_master() -> (Router, String) {
+        let mut l = router(FIRST, false);
+        let master = ids::new_master_id();
+        l.step(1, hello(1, &master, key("dave"), Role::Master, true, true));
+        (l, master)
+    }
+
+    fn announce_of(id: &str, k: &PrivateKey) -> PeerAnnounce {
+        let Input::LinkHello(h) = hello(7, id, k, Role::Local, true, false) else {
+            unreachable!()
+        };
+        PeerAnnounce {
+            server_id: id.to_owned(),
+            hello: h.signed.unwrap(),
+            extra: Map::new(),
+        }
+    }
+
+    fn dials(l: &mut Router, master: &str, a: PeerAnnounce) -> Vec<PeerDial> {
+        let env = Envelope::new(Kind::PeerAnnounce.name(), master, FIRST, Map::new());
+        let msg = Message::PeerAnnounce(a);
+        l.step(2, Input::LinkFrame { conn: 1, env, msg })
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Dial(d) => Some(d),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_local_dials_a_checked_announce_and_nothing_else() {
+        let (mut l, master) = local_with_master();
+        let id = ids::new_local_server_id();
+        let good = announce_of(&id, key("erin"));
+        let d = dials(&mut l, &master, good.clone());
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].server_id, id);
+        assert_eq!(d[0].url, "ws://127.0.0.1:7");
+        // Another address than the one the server signed.
+        let mut moved = good.clone();
+        moved
+            .hello
+            .payload
+            .insert(HELLO_URL.into(), Value::String("ws://evil:1".into()));
+        assert!(dials(&mut l, &master, moved).is_empty());
+        // Signed by another key than the one it names.
+        let mut forged = good.clone();
+        forged.hello.sig = announce_of(&id, key("alice")).hello.sig;
+        assert!(dials(&mut l, &master, forged).is_empty());
+        // Not from our master.
+        let env = Envelope::new(Kind::PeerAnnounce.name(), &id, FIRST, Map::new());
+        let out = l.step(
+            3,
+            Input::LinkFrame {
+                conn: 9,
+                env,
+                msg: Message::PeerAnnounce(good),
+            },
+        );
+        assert!(!out.iter().any(|o| matches!(o, Output::Dial(_))));
+    }
 
     fn extra(url: &str) -> Map<String, Value> {
         let mut m = Map::new();
