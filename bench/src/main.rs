@@ -48,6 +48,10 @@ struct BenchArgs {
     /// report the ratio (e.g. a build of today's main).
     #[arg(long, value_name = "PATH")]
     baseline: Option<PathBuf>,
+    /// With --mesh: measure each binary this many times, alternating, and
+    /// report the median run.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// The `socp` binary the nodes run [default: `socp` beside this binary,
     /// as `cargo build --release --workspace` leaves it].
     #[arg(long)]
@@ -92,6 +96,7 @@ fn run(args: BenchArgs) -> Result<()> {
             locals,
             pairs: args.pairs,
             seconds: args.seconds,
+            rounds: args.rounds,
             out: args.out,
         };
         return runtime.block_on(socp_bench::run_mesh(cfg)).map(|_| ());

@@ -14,7 +14,7 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use crate::node_proc::NodeProc;
-use crate::procfs::raise_fd_limit;
+use crate::procfs::{cpu_ms_of, raise_fd_limit};
 use crate::throughput::load::{Conn, Observed, SenderPlan, receiver, sender};
 use crate::throughput::{Material, bench_node, material};
 
@@ -32,6 +32,9 @@ pub struct MeshConfig {
     /// Sender/receiver pairs, spread over the locals.
     pub pairs: usize,
     pub seconds: u64,
+    /// Each binary is measured this many times, alternating (a busy
+    /// machine's load shifts between runs); the median run is reported.
+    pub rounds: usize,
     pub out: Option<PathBuf>,
 }
 
@@ -71,6 +74,8 @@ struct MeshRun {
     rate: f64,
     master_cpu_ms_per_dm: f64,
     local_cpu_ms_per_dm: Vec<f64>,
+    /// This process: the senders and receivers.
+    load_cpu_ms_per_dm: f64,
 }
 
 impl MeshRun {
@@ -81,6 +86,7 @@ impl MeshRun {
 
     fn figures(&self, label: &str, socp: &Path) -> Value {
         let mean = self.local_mean();
+        let nodes = self.master_cpu_ms_per_dm + self.local_cpu_ms_per_dm.iter().sum::<f64>();
         json!({
             "label": label,
             "socp": socp.display().to_string(),
@@ -89,6 +95,8 @@ impl MeshRun {
                 "master": self.master_cpu_ms_per_dm,
                 "locals": self.local_cpu_ms_per_dm,
                 "local_mean": mean,
+                "all_nodes": nodes,
+                "load_generator": self.load_cpu_ms_per_dm,
             },
             "master_cpu_vs_local": self.master_cpu_ms_per_dm / mean.max(1e-9),
         })
@@ -125,15 +133,17 @@ async fn measure(rig: &MeshRig, m: &Material, pairs: usize, seconds: u64) -> Res
         tasks.push(tokio::spawn(sender(c, plan, stop.clone(), seen.clone())));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (c0, (m0, l0), t0) = (
+    let (c0, (m0, l0), b0, t0) = (
         seen.delivered.load(Ordering::Relaxed),
         rig.cpu_ms(),
+        cpu_ms_of("self"),
         Instant::now(),
     );
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let (c1, (m1, l1), dt) = (
+    let (c1, (m1, l1), b1, dt) = (
         seen.delivered.load(Ordering::Relaxed),
         rig.cpu_ms(),
+        cpu_ms_of("self"),
         t0.elapsed().as_secs_f64(),
     );
     stop.store(true, Ordering::Relaxed);
@@ -144,6 +154,7 @@ async fn measure(rig: &MeshRig, m: &Material, pairs: usize, seconds: u64) -> Res
         rate: (c1 - c0) as f64 / dt,
         master_cpu_ms_per_dm: (m1 - m0) / dms,
         local_cpu_ms_per_dm: l0.iter().zip(&l1).map(|(a, b)| (b - a) / dms).collect(),
+        load_cpu_ms_per_dm: (b1 - b0) / dms,
     })
 }
 
@@ -168,16 +179,27 @@ pub async fn run_mesh(cfg: MeshConfig) -> Result<Value> {
     if let Some(b) = &cfg.baseline {
         binaries.push(("baseline", b.clone()));
     }
+    let mut measured: Vec<Vec<MeshRun>> = binaries.iter().map(|_| Vec::new()).collect();
+    for round in 0..cfg.rounds.max(1) {
+        for (i, (label, socp)) in binaries.iter().enumerate() {
+            eprintln!(
+                "{:>5.1} s  {label} (round {}): master + {} locals, {} pairs, cross-local…",
+                started.elapsed().as_secs_f64(),
+                round + 1,
+                cfg.locals,
+                cfg.pairs
+            );
+            measured[i].push(run_one(socp, &cfg, &m).await?);
+        }
+    }
     let mut runs = Vec::new();
-    for (label, socp) in &binaries {
-        eprintln!(
-            "{:>5.1} s  {label}: master + {} locals, {} pairs, cross-local…",
-            started.elapsed().as_secs_f64(),
-            cfg.locals,
-            cfg.pairs
-        );
-        let run = run_one(socp, &cfg, &m).await?;
-        runs.push(run.figures(label, socp));
+    for ((label, socp), mut all) in binaries.iter().zip(measured) {
+        all.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        let rates: Vec<f64> = all.iter().map(|r| r.rate.round()).collect();
+        let median = all.swap_remove(all.len() / 2);
+        let mut figures = median.figures(label, socp);
+        figures["rounds_dms_per_s"] = json!(rates);
+        runs.push(figures);
     }
     let speedup = match runs.as_slice() {
         [new, base] => Some(
@@ -189,12 +211,24 @@ pub async fn run_mesh(cfg: MeshConfig) -> Result<Value> {
         ),
         _ => None,
     };
+    let cpu_ratio = match runs.as_slice() {
+        [new, base] => Some(
+            base["cpu_ms_per_dm"]["all_nodes"].as_f64().unwrap_or(0.0)
+                / new["cpu_ms_per_dm"]["all_nodes"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    .max(1e-9),
+        ),
+        _ => None,
+    };
     let figures = json!({
         "locals": cfg.locals,
         "pairs": cfg.pairs,
         "seconds_per_run": cfg.seconds,
+        "rounds": cfg.rounds.max(1),
         "runs": runs,
         "speedup_vs_baseline": speedup,
+        "node_cpu_per_dm_baseline_over_socp": cpu_ratio,
     });
     crate::publish(&table(&figures), &figures, cfg.out.as_deref())?;
     Ok(figures)
@@ -203,12 +237,19 @@ pub async fn run_mesh(cfg: MeshConfig) -> Result<Value> {
 /// The figures as a text table.
 pub fn table(f: &Value) -> String {
     let mut out = format!(
-        "mesh: 1 master + {} locals, {} cross-local pairs, {} s per run\n",
-        f["locals"], f["pairs"], f["seconds_per_run"]
+        "mesh: 1 master + {} locals, {} cross-local pairs, {} s per run, median of {} rounds\n",
+        f["locals"], f["pairs"], f["seconds_per_run"], f["rounds"]
     );
     out += &format!(
-        "{:<10} {:>10} {:>12} {:>14} {:>12}  {}\n",
-        "binary", "DMs/s", "master ms/DM", "local ms/DM", "master/local", "locals ms/DM"
+        "{:<10} {:>8} {:>12} {:>11} {:>12} {:>11} {:>9}  {}\n",
+        "binary",
+        "DMs/s",
+        "master ms/DM",
+        "local ms/DM",
+        "master/local",
+        "nodes ms/DM",
+        "load ms/DM",
+        "each local ms/DM"
     );
     for r in f["runs"].as_array().into_iter().flatten() {
         let cpu = &r["cpu_ms_per_dm"];
@@ -218,18 +259,31 @@ pub fn table(f: &Value) -> String {
             .flatten()
             .map(|v| format!("{:.4}", v.as_f64().unwrap_or(0.0)))
             .collect();
+        let ms = |k: &str| cpu[k].as_f64().unwrap_or(0.0);
         out += &format!(
-            "{:<10} {:>10} {:>12.4} {:>14.4} {:>11.1}%  {}\n",
+            "{:<10} {:>8.0} {:>12.4} {:>11.4} {:>11.1}% {:>11.4} {:>9.4}  {}\n",
             r["label"].as_str().unwrap_or("?"),
-            format!("{:.0}", r["cross_local_dms_per_s"].as_f64().unwrap_or(0.0)),
-            cpu["master"].as_f64().unwrap_or(0.0),
-            cpu["local_mean"].as_f64().unwrap_or(0.0),
+            r["cross_local_dms_per_s"].as_f64().unwrap_or(0.0),
+            ms("master"),
+            ms("local_mean"),
             r["master_cpu_vs_local"].as_f64().unwrap_or(0.0) * 100.0,
+            ms("all_nodes"),
+            ms("load_generator"),
             locals.join(" ")
+        );
+    }
+    for r in f["runs"].as_array().into_iter().flatten() {
+        out += &format!(
+            "{:<10} DMs/s of each round: {}\n",
+            r["label"].as_str().unwrap_or("?"),
+            r["rounds_dms_per_s"]
         );
     }
     if let Some(s) = f["speedup_vs_baseline"].as_f64() {
         out += &format!("cross-local throughput vs baseline: {s:.2}x\n");
+    }
+    if let Some(s) = f["node_cpu_per_dm_baseline_over_socp"].as_f64() {
+        out += &format!("node CPU per DM, baseline / socp: {s:.2}x\n");
     }
     out
 }
