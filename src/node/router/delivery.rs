@@ -55,6 +55,12 @@ impl Router {
                     .get(u)
                     .filter(|p| p.live && p.location != self.cfg.me)
                 {
+                    // Earlier DMs still on the master's path: the rest follow.
+                    if self.via_master.holds(u)
+                        && let Some(r) = master.and_then(|m| link_route(m, &p.location))
+                    {
+                        return Some(r);
+                    }
                     return link_route(&p.location, &p.location)
                         .or_else(|| master.and_then(|m| link_route(m, &p.location)));
                 }
@@ -132,6 +138,12 @@ impl Router {
             && let Hop::Link(server) = &route.hop
         {
             self.carried.record(&e.sender, &e.msg_id, server);
+            if !self.cfg.master
+                && self.master_id.as_deref() == Some(server.as_str())
+                && let Dest::User(u) = &e.dest
+            {
+                self.via_master.record(&e.sender, &e.msg_id, u, self.now);
+            }
         }
         let names = match (recipients, &e.dest) {
             (Some(members), _) => Names::Members(members),
@@ -252,6 +264,7 @@ impl Router {
             // master once it relays it.
             for id in &ok {
                 self.carried.forget(user, id);
+                self.via_master.confirm(user, id);
             }
         }
         ok
@@ -344,6 +357,7 @@ impl Router {
     /// Housekeeping: the master drops mailbox frames older than the limit.
     pub(super) fn tick(&mut self) {
         if !self.cfg.master {
+            self.via_master.expire(self.now);
             return;
         }
         let cutoff = self.now - self.cfg.limits.max_age_ms;

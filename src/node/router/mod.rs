@@ -23,6 +23,7 @@ mod req_ids;
 mod scenarios;
 #[cfg(test)]
 mod sim;
+mod sticky;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -202,6 +203,8 @@ pub(crate) struct Router {
     req_ids: req_ids::ReqIds,
     /// At the master: the locals to announce to each other (`peers.rs`).
     announced: peers::Announced,
+    /// DMs handed to the master, holding their recipients to that path.
+    via_master: sticky::ViaMaster,
     out: Vec<Output>,
     now: i64,
 }
@@ -249,6 +252,7 @@ impl Router {
             dead_letters: 0,
             req_ids: req_ids::ReqIds::random(),
             announced: Default::default(),
+            via_master: Default::default(),
             out: Vec::new(),
             now: 0,
             cfg,

@@ -190,3 +190,33 @@ fn group_messages_fan_out_from_the_senders_local() {
     assert_eq!(mesh.delivered("erin"), ["alice in group_g: hi"]);
     assert!(all_handed_on(&mesh, &["A", "B", "C", "M"]));
 }
+
+#[test]
+fn a_direct_link_does_not_overtake_the_masters_mailbox() {
+    let mut mesh = three_locals(77);
+    mesh.user("alice", "A");
+    mesh.user("bob", "B");
+    mesh.disconnect("bob");
+    mesh.run();
+    mesh.dm("alice", "bob", "first");
+    mesh.run();
+    assert_eq!(mesh.mailbox("M"), 1);
+    // bob is back; the master's mailbox is slow to reach B.
+    mesh.hold("M", "B");
+    mesh.connect("bob", "B");
+    mesh.run();
+    mesh.dm("alice", "bob", "second");
+    mesh.run();
+    mesh.release("M", "B");
+    mesh.run();
+    assert_eq!(mesh.delivered("bob"), ["alice: first", "alice: second"]);
+    // Once the master path has delivered, DMs go direct again.
+    mesh.dm("alice", "bob", "third");
+    mesh.run();
+    assert_eq!(mesh.carried("A", "B", Kind::PeerDeliver), 1);
+    assert_eq!(
+        mesh.delivered("bob"),
+        ["alice: first", "alice: second", "alice: third"]
+    );
+    assert!(all_handed_on(&mesh, &["A", "B", "C", "M"]));
+}
