@@ -86,6 +86,12 @@ async fn dms_between_linked_locals_flow_with_the_master_down_and_queued_ones_arr
         collect_dms(&mut bob, 1).await,
         [("alice".to_owned(), "before".to_owned())]
     );
+    // Its path (through the master, just after the start) is drained.
+    alice
+        .expect("delivered", |e| {
+            e["event"] == "delivery" && e["status"] == "delivered"
+        })
+        .await;
 
     tokio::task::block_in_place(|| master.kill9());
     for i in 0..5 {

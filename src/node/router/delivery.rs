@@ -55,8 +55,15 @@ impl Router {
                     .get(u)
                     .filter(|p| p.live && p.location != self.cfg.me)
                 {
-                    // Earlier DMs still on the master's path: the rest follow.
-                    if self.via_master.holds(u)
+                    // Earlier DMs still on the master's path: the rest follow
+                    // (and wait for it if it is down); just after a start,
+                    // the master's path while it is up (`sticky.rs`).
+                    let dm = e.kind == ContentKind::Dm;
+                    if dm && self.via_master.holds(u) {
+                        return master.and_then(|m| link_route(m, &p.location));
+                    }
+                    if dm
+                        && self.via_master.unsure(u)
                         && let Some(r) = master.and_then(|m| link_route(m, &p.location))
                     {
                         return Some(r);

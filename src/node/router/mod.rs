@@ -217,6 +217,7 @@ pub(crate) fn proof_digest(proof: &Proof) -> [u8; 32] {
 impl Router {
     /// A router resuming from what the store kept.
     pub fn new(cfg: RouterConfig, snapshot: Snapshot) -> Self {
+        let resumed = !snapshot.servers.is_empty();
         let master_id = snapshot
             .servers
             .iter()
@@ -252,7 +253,7 @@ impl Router {
             dead_letters: 0,
             req_ids: req_ids::ReqIds::random(),
             announced: Default::default(),
-            via_master: Default::default(),
+            via_master: sticky::ViaMaster::new(resumed),
             out: Vec::new(),
             now: 0,
             cfg,
@@ -365,6 +366,7 @@ impl Router {
     /// Processes one event at time `now` (Unix ms).
     pub fn step(&mut self, now: i64, input: Input) -> Vec<Output> {
         self.now = now;
+        self.via_master.start(now);
         match input {
             Input::UserHello(hello) => self.user_hello(hello),
             Input::UserFrame { conn, env, msg } => self.user_frame(conn, env, msg),
