@@ -28,6 +28,8 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long to wait between dials.
 const REDIAL: Backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+/// How long a dialer waits for the hub to say which servers are linked.
+const STATUS_WAIT: Duration = Duration::from_secs(2);
 /// A link that lived this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(30);
 
@@ -114,6 +116,14 @@ impl Dialer {
             if *self.ctx.shutdown.borrow() {
                 return;
             }
+            // An announced server we are linked to already (it dialed us,
+            // or `--peers` did): a second link would replace the first.
+            if self.linked_already().await {
+                tokio::select! {
+                    _ = tokio::time::sleep(BACKOFF_MAX) => continue,
+                    () = super::stop_requested(&mut self.ctx.shutdown) => return,
+                }
+            }
             let started = Instant::now();
             let outcome = self.link_once().await;
             if started.elapsed() > STABLE {
@@ -131,6 +141,16 @@ impl Dialer {
                 () = super::stop_requested(&mut self.ctx.shutdown) => return,
             }
         }
+    }
+
+    /// True if this dialer is for an announced server that has a live link.
+    async fn linked_already(&self) -> bool {
+        let Some((id, _)) = &self.expect else {
+            return false;
+        };
+        super::hub::ask_status(&self.ctx.hub, STATUS_WAIT)
+            .await
+            .is_some_and(|s| s.linked.contains(id))
     }
 
     async fn link_once(&mut self) -> anyhow::Result<()> {
