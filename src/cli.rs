@@ -249,6 +249,11 @@ pub struct NodeArgs {
     /// WebSocket URLs of other servers to link to directly.
     #[arg(long, num_args = 1..)]
     pub peers: Vec<String>,
+    /// The URL other servers dial this one at, announced by the master to
+    /// the other locals (default: ws:// or wss:// and the --listen address;
+    /// needed when listening on 0.0.0.0 or behind a proxy).
+    #[arg(long)]
+    pub advertise_url: Option<String>,
     /// Admit reference (unsigned) clients: their hello carries no signature,
     /// so anyone can claim their name before they do.
     #[arg(long)]

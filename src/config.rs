@@ -70,6 +70,7 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig, ConfigError> {
         keys: args.keys.clone(),
         master_url: args.master_url.clone(),
         peers: args.peers.clone(),
+        advertise_url: args.advertise_url.clone(),
         allow_legacy_clients: args.allow_legacy_clients,
         mailbox: MailboxLimits {
             max_age_ms: (args.mailbox_max_age_secs as i64).saturating_mul(1000),

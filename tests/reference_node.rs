@@ -81,6 +81,7 @@ async fn start_as(
         keys,
         master_url,
         peers: Vec::new(),
+        advertise_url: None,
         allow_legacy_clients: true,
         mailbox: Default::default(),
         mac: true,

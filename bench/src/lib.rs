@@ -8,6 +8,7 @@
 
 pub mod attacks;
 pub mod idle;
+pub mod mesh;
 pub mod node_proc;
 pub mod procfs;
 pub mod storm;
@@ -15,6 +16,7 @@ pub mod throughput;
 
 pub use attacks::{AttackConfig, run_attacks};
 pub use idle::{IdleConfig, run_idle};
+pub use mesh::{MeshConfig, run_mesh};
 pub use node_proc::{NodeLog, NodeOptions, NodeProc};
 pub use storm::{StormBinary, StormConfig, run_storm};
 pub use throughput::{BenchConfig, run};

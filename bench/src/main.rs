@@ -62,6 +62,15 @@ struct BenchArgs {
     /// `USER_LIST_REQ` probe), to compare the nodes alone.
     #[arg(long)]
     storm_same_client: bool,
+    /// Instead: a master and N locals (given only the master's URL), users
+    /// spread over the locals, saturated cross-local DMs: DMs/s and each
+    /// process's CPU per DM (--pairs pairs, --seconds per run).
+    #[arg(long, value_name = "N")]
+    mesh: Option<usize>,
+    /// With --mesh: measure each binary this many times, alternating, and
+    /// report the median run.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// The `socp` binary the nodes run [default: `socp` beside this binary,
     /// as `cargo build --release --workspace` leaves it].
     #[arg(long)]
@@ -128,6 +137,18 @@ fn run(args: BenchArgs) -> Result<()> {
             out: args.out,
         };
         return runtime.block_on(socp_bench::run_idle(cfg)).map(|_| ());
+    }
+    if let Some(locals) = args.mesh {
+        let cfg = socp_bench::MeshConfig {
+            socp,
+            baseline: args.baseline,
+            locals,
+            pairs: args.pairs,
+            seconds: args.seconds,
+            rounds: args.rounds,
+            out: args.out,
+        };
+        return runtime.block_on(socp_bench::run_mesh(cfg)).map(|_| ());
     }
     let cfg = BenchConfig {
         socp,

@@ -1,14 +1,18 @@
-//! Dialing other servers: the master (`--master-url`) and `--peers`. Each URL
-//! has a loop that connects, says `PEER_HELLO_LINK`, checks the answer, serves
-//! the link until it drops, and tries again with capped exponential backoff.
+//! Dialing other servers: the master (`--master-url`), `--peers`, and the
+//! locals the master announces (`PEER_ANNOUNCE`, [`dial_announced`]). Each
+//! URL has a loop that connects, says `PEER_HELLO_LINK`, checks the answer,
+//! serves the link until it drops, and tries again with capped exponential
+//! backoff.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
+
 use super::conn::{self, ConnCtx, HELLO_TIMEOUT, Peer};
 
-use super::router::{Input, LinkHelloIn, Outgoing};
+use super::router::{Input, LinkHelloIn, Outgoing, PeerDial};
 
 use crate::backoff::{Backoff, Retries};
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
@@ -21,13 +25,22 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long to wait between dials.
 const REDIAL: Backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+/// How long a dialer waits for the hub to say which servers are linked.
+const STATUS_WAIT: Duration = Duration::from_secs(2);
 /// A link that lived this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(30);
+
+/// Most announced servers a local dials (a master cannot make it start
+/// dialers without end).
+pub const MAX_ANNOUNCED: usize = 1024;
 
 /// What a dialer needs.
 pub(crate) struct Dialer {
     pub url: String,
     pub is_master: bool,
+    /// The server id and key (base64url) the answer must come from: set
+    /// for announced servers, whose address came from the master.
+    pub expect: Option<(String, String)>,
     pub hello: PeerHelloLink,
     /// What the link's connection task gets.
     pub ctx: ConnCtx,
@@ -38,13 +51,14 @@ pub(crate) struct Dialer {
     pub health: Arc<super::health::Health>,
 }
 
-/// Our `PEER_HELLO_LINK` payload.
+/// Our `PEER_HELLO_LINK` payload, with the `url` we are dialed at.
 pub(crate) fn our_hello(
     host: &str,
     port: u16,
     pubkey: &str,
     master: bool,
     mac: bool,
+    url: &str,
 ) -> PeerHelloLink {
     PeerHelloLink {
         host: host.to_owned(),
@@ -53,8 +67,42 @@ pub(crate) fn our_hello(
         role: if master { Role::Master } else { Role::Local },
         caps: Some(super::router::our_caps(mac)),
         session: None,
-        extra: Default::default(),
+        extra: super::router::url_field(url),
     }
+}
+
+/// Starts a dialer for each server the router asks to dial (announced by
+/// the master and checked), once per server id, until shutdown; `template`
+/// gives what they share.
+pub(crate) async fn dial_announced(
+    mut asks: mpsc::UnboundedReceiver<PeerDial>,
+    mut template: Dialer,
+) {
+    let mut dialing: std::collections::HashMap<String, tokio::task::JoinHandle<()>> =
+        std::collections::HashMap::new();
+    loop {
+        let ask = tokio::select! {
+            ask = asks.recv() => ask,
+            () = super::stop_requested(&mut template.ctx.shutdown) => None,
+        };
+        let Some(ask) = ask else { break };
+        if dialing.contains_key(&ask.server_id) || dialing.len() >= MAX_ANNOUNCED {
+            continue;
+        }
+        let dialer = Dialer {
+            url: ask.url,
+            is_master: false,
+            expect: Some((ask.server_id.clone(), ask.pubkey)),
+            hello: template.hello.clone(),
+            ctx: template.ctx.clone(),
+            next_conn: template.next_conn.clone(),
+            tls: template.tls.clone(),
+            health: template.health.clone(),
+        };
+        dialing.insert(ask.server_id, tokio::spawn(dialer.run()));
+    }
+    // Each dialer ends on the stop by itself.
+    futures_util::future::join_all(dialing.into_values()).await;
 }
 
 impl Dialer {
@@ -64,6 +112,14 @@ impl Dialer {
         loop {
             if *self.ctx.shutdown.borrow() {
                 return;
+            }
+            // An announced server we are linked to already (it dialed us,
+            // or `--peers` did): a second link would replace the first.
+            if self.linked_already().await {
+                tokio::select! {
+                    _ = tokio::time::sleep(BACKOFF_MAX) => continue,
+                    () = super::stop_requested(&mut self.ctx.shutdown) => return,
+                }
             }
             let started = Instant::now();
             let outcome = self.link_once().await;
@@ -82,6 +138,16 @@ impl Dialer {
                 () = super::stop_requested(&mut self.ctx.shutdown) => return,
             }
         }
+    }
+
+    /// True if this dialer is for an announced server that has a live link.
+    async fn linked_already(&self) -> bool {
+        let Some((id, _)) = &self.expect else {
+            return false;
+        };
+        super::hub::ask_status(&self.ctx.hub, STATUS_WAIT)
+            .await
+            .is_some_and(|s| s.linked.contains(id))
     }
 
     async fn link_once(&mut self) -> anyhow::Result<()> {
@@ -117,6 +183,11 @@ impl Dialer {
         }
         let (hello, key) = conn::check_link_hello(&env)
             .map_err(|r| anyhow::anyhow!("{}: {}", r.code, r.detail))?;
+        if let Some((id, pubkey)) = &self.expect
+            && (env.from != *id || key.to_b64() != pubkey)
+        {
+            anyhow::bail!("answered as {} instead of the announced {id}", env.from);
+        }
         // The acceptor's mac-v1 offer, if we asked and it agreed.
         let offer = hello
             .session

@@ -39,6 +39,7 @@ pub fn dispatch(data: &[u8]) {
             pubkey: KEY.to_owned(),
             host: "127.0.0.1".into(),
             port: 1,
+            url: String::new(),
             limits: MailboxLimits::default(),
             max_group_members: 16,
             max_file_size: 1 << 20,
@@ -59,6 +60,7 @@ pub fn dispatch(data: &[u8]) {
             dialed: !master,
             dialed_master: !master,
             session: None,
+            signed: None,
         };
         router.step(0, Input::LinkHello(link));
         let hello = UserHelloIn {

@@ -119,8 +119,10 @@ pub(crate) async fn run(
     writer: Writer,
     mut rx: mpsc::Receiver<HubEvent>,
     mut users: mpsc::Receiver<HubEvent>,
+    dials: mpsc::UnboundedSender<super::router::PeerDial>,
 ) {
     let mut hub = Hub {
+        dials,
         router,
         writer,
         conns: HashMap::new(),
@@ -173,6 +175,8 @@ struct Hub {
     timers: Timers,
     /// Set at shutdown: answered once no connection is left.
     closing: Option<oneshot::Sender<()>>,
+    /// Servers to dial, to the announced-peer dialer (`dial.rs`).
+    dials: mpsc::UnboundedSender<super::router::PeerDial>,
 }
 
 impl Hub {
@@ -311,6 +315,9 @@ impl Hub {
                 Output::LoadBodies(seqs) => self.writer.load(seqs),
                 Output::AckAfterPersist { conn, to, msg_id } => self.writer.ack(conn, to, msg_id),
                 Output::Timer { req_id, after } => self.timers.arm(req_id, after),
+                Output::Dial(peer) => {
+                    let _ = self.dials.send(peer);
+                }
             }
         }
         self.answer_when_closed();
@@ -379,6 +386,7 @@ mod tests {
             pubkey: "k".into(),
             host: "127.0.0.1".into(),
             port: 1,
+            url: String::new(),
             limits: Default::default(),
             max_group_members: 16,
             max_file_size: 1 << 20,
@@ -397,7 +405,8 @@ mod tests {
             health,
         )
         .unwrap();
-        let task = tokio::spawn(run(router, writer, rx, users_rx));
+        let (dials, _) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(router, writer, rx, users_rx, dials));
         (dir, tx, task)
     }
 

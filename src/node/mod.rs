@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub keys: PathBuf,
     pub master_url: Option<String>,
     pub peers: Vec<String>,
+    /// The URL other servers dial us at (None: from the listening address).
+    pub advertise_url: Option<String>,
     pub allow_legacy_clients: bool,
     /// Bounds of the master's offline mailbox.
     pub mailbox: MailboxLimits,
@@ -228,7 +230,12 @@ impl Node {
         } = opened;
         let key = Arc::new(key);
         let pubkey = key.public().to_b64().to_owned();
-        let mut router = Router::new(router_config(&config, &id, &pubkey, addr), snapshot);
+        let scheme = if acceptor.is_some() { "wss" } else { "ws" };
+        let url = config
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{addr}"));
+        let mut router = Router::new(router_config(&config, &id, &pubkey, addr, &url), snapshot);
         router.set_policy(policy);
         if let Some(list) = admitted {
             router.set_admitted(list);
@@ -261,9 +268,10 @@ impl Node {
         };
         // Nothing fails from here on: the tasks start.
         let (hub_ended_tx, hub_ended) = watch::channel(false);
+        let (dial_tx, dial_rx) = mpsc::unbounded_channel();
         let hub_task = tokio::spawn(async move {
             let _ended = Ended(hub_ended_tx);
-            hub::run(router, writer, hub_rx, users_rx).await;
+            hub::run(router, writer, hub_rx, users_rx, dial_tx).await;
         });
         let next_conn = Arc::new(AtomicU64::new(1));
         let ctx = ConnCtx {
@@ -277,7 +285,6 @@ impl Node {
             limits: config.limits,
             peer_ip: None,
         };
-        let scheme = if acceptor.is_some() { "wss" } else { "ws" };
         let listener = tokio::spawn(accept::serve(
             listener,
             accept::Acceptor {
@@ -295,8 +302,27 @@ impl Node {
             &pubkey,
             config.master,
             config.mac,
+            &url,
         );
-        let dialers = dialers(&config, hello, &ctx, &next_conn, &tls_client, &health);
+        let mut dialers = dialers(
+            &config,
+            hello.clone(),
+            &ctx,
+            &next_conn,
+            &tls_client,
+            &health,
+        );
+        let template = dial::Dialer {
+            url: String::new(),
+            is_master: false,
+            expect: None,
+            hello,
+            ctx: ctx.clone(),
+            next_conn: next_conn.clone(),
+            tls: tls_client.clone(),
+            health: health.clone(),
+        };
+        dialers.push(tokio::spawn(dial::dial_announced(dial_rx, template)));
         if scheme == "ws" && !addr.ip().is_loopback() {
             tracing::warn!(
                 "listening on {addr} without TLS: frames are authenticated but readable on the network; use --tls-cert and --tls-key"
@@ -407,7 +433,13 @@ fn open(config: &NodeConfig) -> Result<Opened> {
 }
 
 /// The router's fixed facts: who we are and the limits we keep.
-fn router_config(config: &NodeConfig, id: &str, pubkey: &str, addr: SocketAddr) -> RouterConfig {
+fn router_config(
+    config: &NodeConfig,
+    id: &str,
+    pubkey: &str,
+    addr: SocketAddr,
+    url: &str,
+) -> RouterConfig {
     RouterConfig {
         me: id.to_owned(),
         master: config.master,
@@ -415,6 +447,7 @@ fn router_config(config: &NodeConfig, id: &str, pubkey: &str, addr: SocketAddr) 
         pubkey: pubkey.to_owned(),
         host: addr.ip().to_string(),
         port: addr.port(),
+        url: url.to_owned(),
         limits: config.mailbox,
         max_group_members: config.limits.max_group_members,
         max_file_size: config.limits.max_file_size,
@@ -440,6 +473,7 @@ fn dialers(
         let dialer = dial::Dialer {
             url,
             is_master,
+            expect: None,
             hello: hello.clone(),
             ctx: ctx.clone(),
             next_conn: next_conn.clone(),

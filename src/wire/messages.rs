@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+pub use super::announce::PeerAnnounce;
 use super::envelope::{Envelope, WireError};
 pub use super::payloads::*;
 
@@ -113,6 +114,7 @@ catalogue!(
     Ack(Ack) = "ACK",
     Receipt(Receipt) = "RECEIPT",
     Error(ErrorBody) = "ERROR",
+    PeerAnnounce(PeerAnnounce) = "PEER_ANNOUNCE",
 );
 
 impl Kind {

@@ -1,6 +1,7 @@
 //! The wire format: envelope, canonical JSON, ids, base64url and the typed
 //! message catalogue (PROTOCOL.md A and B).
 
+pub mod announce;
 pub mod b64;
 pub mod canonical;
 pub mod envelope;

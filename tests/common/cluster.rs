@@ -101,6 +101,7 @@ impl TestNode {
             keys,
             master_url,
             peers: Vec::new(),
+            advertise_url: None,
             allow_legacy_clients: false,
             mailbox: Default::default(),
             mac: true,

@@ -20,14 +20,14 @@ use crate::node_proc::{NodeLog, NodeOptions, NodeProc};
 use crate::percentile;
 use crate::procfs::{cpu_ms_of, raise_fd_limit};
 
-mod load;
+pub(crate) mod load;
 mod report;
 
 use load::{Conn, Observed, SenderPlan, receiver, sender};
 pub use report::table;
 
 /// Messages a sender may have unacknowledged by its node.
-const WINDOW: usize = 256;
+pub(crate) const WINDOW: usize = 256;
 /// Signatures per cross-server DM without link sessions: the client's frame,
 /// the local's `PEER_DELIVER`, the master's `USER_DELIVER`.
 const SIGS_PER_DM: f64 = 3.0;
@@ -134,13 +134,13 @@ struct Run {
 
 /// Keys for the run: one for all senders, one for all receivers (a user id
 /// binds to a key, not the other way round), and the content they send.
-struct Material {
-    sender_key: Arc<PrivateKey>,
-    receiver_key: Arc<PrivateKey>,
-    dm: Map<String, Value>,
+pub(crate) struct Material {
+    pub(crate) sender_key: Arc<PrivateKey>,
+    pub(crate) receiver_key: Arc<PrivateKey>,
+    pub(crate) dm: Map<String, Value>,
 }
 
-fn material() -> Result<Material> {
+pub(crate) fn material() -> Result<Material> {
     let pair = std::thread::scope(|s| {
         let a = s.spawn(PrivateKey::generate);
         let b = s.spawn(PrivateKey::generate);

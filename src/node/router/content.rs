@@ -113,7 +113,10 @@ impl Router {
                         format!("unknown group {}", m.group_id),
                     ));
                 }
-                let dests = self.group_dests(user, members.unwrap_or_default(), None);
+                let dests = match self.local_group_fanout(user, members.as_deref()) {
+                    Some(dests) => dests,
+                    None => self.group_dests(user, members.unwrap_or_default(), None),
+                };
                 Ok((Content::Group(m), dests))
             }
             msg @ (Message::FileStart(_) | Message::FileChunk(_) | Message::FileEnd(_)) => {
@@ -313,14 +316,17 @@ impl Router {
             }
             Content::Group(m) => {
                 let recipients = take_recipients(&mut m.extra);
-                // The master fans out to the members it recorded, never to a
-                // list another server names.
-                let recipients = recipients.filter(|_| !self.cfg.master);
                 let members = self
                     .groups
                     .get(&m.group_id)
                     .map(|g| g.members.clone())
                     .unwrap_or_default();
+                // The master fans out to the members it recorded, never to
+                // others a server names (`fanout.rs`).
+                let recipients = match self.cfg.master {
+                    true => Self::master_recipients(recipients, &members),
+                    false => recipients,
+                };
                 if recipients.is_none() && members.is_empty() {
                     self.report(
                         Some(server),

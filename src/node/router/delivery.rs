@@ -55,6 +55,19 @@ impl Router {
                     .get(u)
                     .filter(|p| p.live && p.location != self.cfg.me)
                 {
+                    // Earlier DMs still on the master's path: the rest follow
+                    // (and wait for it if it is down); just after a start,
+                    // the master's path while it is up (`sticky.rs`).
+                    let dm = e.kind == ContentKind::Dm;
+                    if dm && self.via_master.holds(u) {
+                        return master.and_then(|m| link_route(m, &p.location));
+                    }
+                    if dm
+                        && self.via_master.unsure(u)
+                        && let Some(r) = master.and_then(|m| link_route(m, &p.location))
+                    {
+                        return Some(r);
+                    }
                     return link_route(&p.location, &p.location)
                         .or_else(|| master.and_then(|m| link_route(m, &p.location)));
                 }
@@ -132,6 +145,12 @@ impl Router {
             && let Hop::Link(server) = &route.hop
         {
             self.carried.record(&e.sender, &e.msg_id, server);
+            if !self.cfg.master
+                && self.master_id.as_deref() == Some(server.as_str())
+                && let Dest::User(u) = &e.dest
+            {
+                self.via_master.record(&e.sender, &e.msg_id, u, self.now);
+            }
         }
         let names = match (recipients, &e.dest) {
             (Some(members), _) => Names::Members(members),
@@ -174,19 +193,19 @@ impl Router {
             self.persist(StoreOp::Release(released.iter().map(|e| e.seq).collect()));
         }
         if matches!(hop, Hop::Conn(_)) {
-            let mut by_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut by_sender: BTreeMap<(String, Option<String>), Vec<String>> = BTreeMap::new();
             for e in released.iter().filter(|e| e.kind == ContentKind::Dm) {
                 by_sender
-                    .entry(e.sender.clone())
+                    .entry((e.sender.clone(), e.via.clone()))
                     .or_default()
                     .push(e.msg_id.clone());
             }
-            for (sender, ids) in by_sender {
-                let held = self.receipts.entry(sender.clone()).or_default();
+            for (key, ids) in by_sender {
+                let held = self.receipts.entry(key.clone()).or_default();
                 held.extend(ids);
                 if held.len() >= RECEIPT_BATCH {
-                    let ids = self.receipts.remove(&sender).unwrap_or_default();
-                    self.send_receipt(None, &sender, ids, DELIVERED);
+                    let ids = self.receipts.remove(&key).unwrap_or_default();
+                    self.receipt_back(key.1.as_deref(), &key.0, ids);
                 }
             }
         }
@@ -197,9 +216,35 @@ impl Router {
 
     /// Sends the `delivered` receipts held back for batching.
     pub(super) fn flush_receipts(&mut self) {
-        for (sender, ids) in std::mem::take(&mut self.receipts) {
-            self.send_receipt(None, &sender, ids, DELIVERED);
+        for ((sender, via), ids) in std::mem::take(&mut self.receipts) {
+            self.receipt_back(via.as_deref(), &sender, ids);
         }
+    }
+
+    /// Sends `delivered` receipts back over the link the DMs came in on,
+    /// if it is up: only the server that handed them to us may confirm them
+    /// to the sender's server (the master, for its mailbox, even when the
+    /// two locals are linked directly). Otherwise as [`Self::send_receipt`].
+    fn receipt_back(&mut self, via: Option<&str>, user: &str, msg_ids: Vec<String>) {
+        let back = via
+            .filter(|v| self.links.get(*v).is_some_and(|l| l.socp))
+            .filter(|_| !self.sessions.contains_key(user));
+        let Some(via) = back else {
+            return self.send_receipt(None, user, msg_ids, DELIVERED);
+        };
+        let to = self
+            .presence
+            .get(user)
+            .filter(|p| p.live)
+            .map_or_else(|| via.to_owned(), |p| p.location.clone());
+        let receipt = Message::Receipt(Receipt {
+            user_id: user.to_owned(),
+            msg_ids,
+            status: DELIVERED.to_owned(),
+            extra: Default::default(),
+        });
+        let via = via.to_owned();
+        self.send_link(&via, &to, receipt);
     }
 
     /// The ids of a receipt from `server` about `user`'s DMs that `server`
@@ -226,6 +271,7 @@ impl Router {
             // master once it relays it.
             for id in &ok {
                 self.carried.forget(user, id);
+                self.via_master.confirm(user, id);
             }
         }
         ok
@@ -318,6 +364,7 @@ impl Router {
     /// Housekeeping: the master drops mailbox frames older than the limit.
     pub(super) fn tick(&mut self) {
         if !self.cfg.master {
+            self.via_master.expire(self.now);
             return;
         }
         let cutoff = self.now - self.cfg.limits.max_age_ms;

@@ -150,6 +150,8 @@ pub(crate) enum Output {
     },
     /// Read these custody bodies back from disk (answered by `BodiesRead`).
     LoadBodies(Vec<u64>),
+    /// Dial a server the master announced (`peers.rs`).
+    Dial(super::peers::PeerDial),
 }
 
 /// A user hello whose key, signature and freshness the connection checked.
@@ -187,6 +189,9 @@ pub(crate) struct LinkHelloIn {
     pub dialed_master: bool,
     /// A `mac-v1` secret wrapped for the dialer, for our answer.
     pub session: Option<String>,
+    /// The hello's payload and signature, as the master announces it to
+    /// the other locals (None if it was not signed).
+    pub signed: Option<Proof>,
 }
 
 impl LinkHelloIn {
@@ -220,6 +225,11 @@ impl LinkHelloIn {
             dialed,
             dialed_master,
             session,
+            signed: (!env.sig.is_empty()).then(|| Proof {
+                payload: env.payload.clone(),
+                sig: env.sig.clone(),
+                extra: Map::new(),
+            }),
         }
     }
 }

@@ -196,11 +196,13 @@ impl Router {
         self.record_group(&share.group_id, members.clone(), &share.creator);
         let recipients = take_recipients(&mut share.extra);
         if self.cfg.master {
-            return members
-                .into_iter()
-                .filter(|m| m != &share.creator)
-                .map(|m| (Dest::User(m), None))
+            let mut dests: Dests = members
+                .iter()
+                .filter(|m| **m != share.creator)
+                .map(|m| (Dest::User(m.clone()), None))
                 .collect();
+            dests.extend(self.share_back_to(server, share, &members));
+            return dests;
         }
         self.relayed_group_dests(
             server,

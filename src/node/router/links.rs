@@ -56,6 +56,7 @@ impl Router {
         tracing::info!(server = %id, role = ?hello.role, "link up");
         self.restore_presence(&id, hello.socp);
         self.send_snapshot(&id);
+        self.announce_local(&hello);
         self.pump_all();
     }
 
@@ -161,7 +162,7 @@ impl Router {
             role,
             caps: Some(our_caps(hello.session.is_some())),
             session: session_offer(&hello.session),
-            extra: Map::new(),
+            extra: url_field(&self.cfg.url),
         });
         self.send(hello.conn, &hello.server_id, reply);
     }
@@ -176,6 +177,7 @@ impl Router {
         };
         if self.links.get(&server).is_some_and(|l| l.conn == conn) {
             self.links.remove(&server);
+            self.forget_announced(&server);
             tracing::info!(server = %server, "link down");
             let carried: Vec<String> = self
                 .presence
@@ -184,6 +186,12 @@ impl Router {
                 .map(|(u, _)| u.clone())
                 .collect();
             for user in carried {
+                // A local whose master link dropped keeps the users a live
+                // direct link vouches for: their own server (it tells us
+                // when they leave, `USER_REMOVE`).
+                if self.vouched_by_peer(&user) {
+                    continue;
+                }
                 let Some(p) = self.presence.get_mut(&user) else {
                     continue;
                 };
@@ -239,6 +247,7 @@ impl Router {
                 }
             }
             Message::Error(e) => self.peer_error(&server, &env, e),
+            Message::PeerAnnounce(a) => self.peer_announce(&server, a),
             Message::Heartbeat(_) | Message::PeerHelloLink(_) => {}
             other => {
                 tracing::debug!(server = %server, kind = other.type_name(), "ignored link frame")
@@ -357,3 +366,15 @@ pub const STORAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(2)
 /// The field of an `ERROR` from the master that names the user whose
 /// registration it refused (a `socp` extension).
 pub(super) const REFUSED_USER: &str = "refused_user";
+
+/// The `url` field of our link hello (a `socp` addition; see `peers.rs`).
+pub(crate) fn url_field(url: &str) -> Map<String, Value> {
+    let mut extra = Map::new();
+    if !url.is_empty() {
+        extra.insert(
+            crate::wire::announce::HELLO_URL.into(),
+            Value::String(url.to_owned()),
+        );
+    }
+    extra
+}

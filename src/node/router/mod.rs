@@ -11,9 +11,11 @@ mod content;
 mod delivery;
 mod directory;
 mod events;
+mod fanout;
 mod groups;
 mod links;
 mod online;
+mod peers;
 mod persist;
 mod presence;
 mod proofs;
@@ -23,6 +25,7 @@ mod req_ids;
 mod scenarios;
 #[cfg(test)]
 mod sim;
+mod sticky;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -37,6 +40,8 @@ use events::RECIPIENTS;
 pub(crate) use events::{
     Frame, Input, LinkHelloIn, Names, Outgoing, Output, Relay, StoreOp, UserHelloIn,
 };
+pub(crate) use links::url_field;
+pub(crate) use peers::PeerDial;
 
 use super::custody::{self, Custody};
 use super::records::{GroupRecord, PresenceRecord, ProofOwner, ServerRecord, UserRecord};
@@ -94,6 +99,8 @@ pub(crate) struct RouterConfig {
     pub pubkey: String,
     pub host: String,
     pub port: u16,
+    /// The URL other servers dial us at (in our link hello, `url`).
+    pub url: String,
     pub limits: MailboxLimits,
     /// Most members one group key share may name.
     pub max_group_members: usize,
@@ -200,8 +207,9 @@ pub(crate) struct Router {
     reg_counts: HashMap<admission::RegSource, (i64, u32)>,
     /// Destinations whose next bodies are being read back from disk.
     paging: std::collections::HashSet<custody::Dest>,
-    /// `delivered` receipts held back for batching, by sender.
-    receipts: std::collections::BTreeMap<String, Vec<String>>,
+    /// `delivered` receipts held back for batching, by sender and the
+    /// link the DMs came over (receipts go back the way they came).
+    receipts: std::collections::BTreeMap<(String, Option<String>), Vec<String>>,
     /// Which server each DM we handed on went to (whose receipts count).
     carried: carried::Carried,
     /// Mailbox frames dropped for age since start.
@@ -211,6 +219,10 @@ pub(crate) struct Router {
     dead_letters: u64,
     /// Request ids: random in a node, seeded in the simulator.
     req_ids: req_ids::ReqIds,
+    /// At the master: the locals to announce to each other (`peers.rs`).
+    announced: peers::Announced,
+    /// DMs handed to the master, holding their recipients to that path.
+    via_master: sticky::ViaMaster,
     out: Vec<Output>,
     now: i64,
 }
@@ -223,6 +235,7 @@ pub(crate) fn proof_digest(proof: &Proof) -> [u8; 32] {
 impl Router {
     /// A router resuming from what the store kept.
     pub fn new(cfg: RouterConfig, snapshot: Snapshot) -> Self {
+        let resumed = !snapshot.servers.is_empty();
         let master_id = snapshot
             .servers
             .iter()
@@ -261,6 +274,8 @@ impl Router {
             expired: 0,
             dead_letters: 0,
             req_ids: req_ids::ReqIds::random(),
+            announced: Default::default(),
+            via_master: sticky::ViaMaster::new(resumed),
             out: Vec::new(),
             now: 0,
             cfg,
@@ -371,6 +386,7 @@ impl Router {
     /// Processes one event at time `now` (Unix ms).
     pub fn step(&mut self, now: i64, input: Input) -> Vec<Output> {
         self.now = now;
+        self.via_master.start(now);
         match input {
             Input::UserHello(hello) => self.user_hello(hello),
             Input::UserFrame { conn, env, msg } => self.user_frame(conn, env, msg),

@@ -1,12 +1,18 @@
 //! Presence (PROTOCOL.md C5): where remote users are, as links tell us.
 //! The master checks every claim (a proof signed with the user's directory
 //! key, first presented by the server that hosts them) and relays it; a
-//! local takes presence from its master only. A new link learns who is
-//! online; a reformed link's cache is dropped or restored.
+//! local takes presence from its master, and from a directly linked `socp`
+//! peer for that peer's own users (checked against the directory key it
+//! has cached). A new link learns who is online; a reformed link's cache is
+//! dropped or restored; when the master link drops, the users a live direct
+//! link vouches for stay.
 
 use serde_json::{Map, Value};
 
-use super::{HELLO_FRESHNESS_MS, Router, StoreOp, online, proof_digest, registration, truncate};
+use super::{
+    HELLO_FRESHNESS_MS, Router, StoreOp, online, proof_digest, proof_signed_by, registration,
+    truncate,
+};
 use crate::node::custody::Dest;
 use crate::node::records::PresenceRecord;
 use crate::wire::ids;
@@ -90,7 +96,10 @@ impl Router {
                 return;
             }
         } else if !from_master {
-            tracing::debug!(server, user = %p.user_id, "presence from a peer ignored: the master relays it");
+            if p.location == server && self.links.get(server).is_some_and(|l| l.socp) {
+                return self.direct_claim(server, p);
+            }
+            tracing::debug!(server, user = %p.user_id, "presence from a peer for another server ignored");
             return;
         }
         if self.sessions.contains_key(&p.user_id) {
@@ -164,5 +173,79 @@ impl Router {
                 self.broadcast(Some(server), &relay);
             }
         }
+    }
+}
+
+impl Router {
+    /// A directly linked `socp` peer says one of its users is online. Taken
+    /// if the proof is signed with the user's directory key (as this local
+    /// cached it from the master) and is fresh, or is the proof we already
+    /// hold for that user there; otherwise the master's relay tells us.
+    fn direct_claim(&mut self, server: &str, p: Presence) {
+        if self.sessions.contains_key(&p.user_id) {
+            return;
+        }
+        if let Err(why) = self.check_direct_claim(&p) {
+            tracing::debug!(server, user = %truncate(&p.user_id), why, "direct presence claim not taken");
+            return;
+        }
+        if self
+            .presence
+            .get(&p.user_id)
+            .is_some_and(|r| r.live && r.location == p.location)
+        {
+            return; // known already (relayed by the master)
+        }
+        let rec = PresenceRecord {
+            location: p.location.clone(),
+            via: server.to_owned(),
+            proof: p.proof.clone(),
+            live: true,
+            updated_ms: self.now,
+        };
+        self.presence.insert(p.user_id.clone(), rec.clone());
+        self.persist(StoreOp::SetPresence(p.user_id.clone(), rec));
+        self.pump(&Dest::User(p.user_id));
+    }
+
+    fn check_direct_claim(&self, p: &Presence) -> Result<(), &'static str> {
+        let Some(rec) = self.users.get(&p.user_id) else {
+            return Err("directory key not cached here");
+        };
+        let Some(proof) = &p.proof else {
+            return Err("no proof");
+        };
+        if !proof_signed_by(proof, &p.user_id, &rec.pubkey) {
+            return Err("proof is not signed with the directory key");
+        }
+        let ts = proof.payload.get("ts").and_then(Value::as_i64).unwrap_or(0);
+        let fresh = (self.now - ts).abs() <= HELLO_FRESHNESS_MS;
+        let digest = proof_digest(proof);
+        let held = self.presence.get(&p.user_id).is_some_and(|r| {
+            r.location == p.location && r.proof.as_ref().map(proof_digest) == Some(digest)
+        });
+        if fresh || held {
+            Ok(())
+        } else {
+            Err("stale proof the master did not relay")
+        }
+    }
+
+    /// At a local whose master link dropped: true (and the entry now rides
+    /// on that link) if `user`'s own server is linked to us directly.
+    pub(super) fn vouched_by_peer(&mut self, user: &str) -> bool {
+        if self.cfg.master {
+            return false;
+        }
+        let Some(p) = self.presence.get_mut(user) else {
+            return false;
+        };
+        if !self.links.get(&p.location).is_some_and(|l| l.socp) {
+            return false;
+        }
+        p.via = p.location.clone();
+        let rec = p.clone();
+        self.persist(StoreOp::SetPresence(user.to_owned(), rec));
+        true
     }
 }

@@ -7,6 +7,7 @@ mod abuse;
 mod custody;
 mod directory;
 mod groups;
+mod mesh;
 mod presence;
 mod restart;
 mod routing;

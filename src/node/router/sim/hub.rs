@@ -69,6 +69,7 @@ impl Mesh {
                 }
                 Output::AckAfterPersist { conn, to, msg_id } => acks.push((conn, to, msg_id)),
                 Output::LoadBodies(seqs) => loads.extend(seqs),
+                Output::Dial(peer) => self.dial_announced(name, &peer.server_id),
             }
         }
         self.commit(name, ops, acks, loads);

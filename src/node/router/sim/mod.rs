@@ -91,6 +91,15 @@ pub(crate) fn key(name: &str) -> &'static PrivateKey {
         .unwrap_or_else(|| panic!("no fixture key for {name}: use alice, bob, carol, dave or erin"))
 }
 
+/// The fixture key a simulated server runs with, by its public key.
+fn server_key(pubkey: &str) -> &'static PrivateKey {
+    ["carol", "dave", "erin", "alice", "bob"]
+        .into_iter()
+        .map(key)
+        .find(|k| k.public().to_b64() == pubkey)
+        .unwrap_or_else(|| panic!("no fixture key for a simulated server"))
+}
+
 /// A user's signed hello on `conn` at `now`, as a connection hands it on
 /// once checked (the signature is real: the master checks it as proof).
 pub(crate) fn signed_hello(conn: ConnId, user: &str, k: &PrivateKey, now: i64) -> Input {
@@ -215,6 +224,9 @@ pub(crate) struct Mesh {
     carried: Vec<(String, String, Envelope)>,
     /// Print every frame as it arrives (`SOCP_SIM_TRACE=1`).
     trace: bool,
+    /// Locals dial the servers their master announces (off: only the
+    /// links the test declares).
+    discover: bool,
 }
 
 impl Mesh {
@@ -233,7 +245,14 @@ impl Mesh {
             seq: 0,
             carried: Vec::new(),
             trace: std::env::var_os("SOCP_SIM_TRACE").is_some(),
+            discover: false,
         }
+    }
+
+    /// Locals dial the servers their master announces, as nodes do.
+    pub fn discover(mut self) -> Self {
+        self.discover = true;
+        self
     }
 
     /// Each link frame takes up to `ms` more, at random (links stay in order).
@@ -264,6 +283,7 @@ impl Mesh {
             pubkey: k.public().to_b64().to_owned(),
             host: "sim".into(),
             port: 7000 + self.nodes.len() as u16,
+            url: format!("ws://sim:{}", 7000 + self.nodes.len()),
             limits: MailboxLimits::default(),
             max_group_members: 1000,
             max_file_size: 1 << 30,

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::super::{ConnId, Input, LinkHelloIn, our_caps};
 use super::{LINK_LATENCY_MS, Mesh, Peer, code_of};
 use crate::crypto::PublicKey;
+use crate::wire::canonical;
 use crate::wire::messages::{Kind, Message, PeerHelloLink, Role};
 use crate::wire::{Envelope, ErrorCode, ids};
 
@@ -298,10 +299,14 @@ impl Mesh {
             },
             caps: Some(our_caps(false)),
             session: None,
-            extra: Default::default(),
+            extra: super::super::url_field(&node.cfg.url),
         });
         let mut env = hello.into_envelope(&node.id, ids::TO_SERVER);
         env.ts = self.now;
+        // Signed for real: the master announces it, and locals check it.
+        env.sig = super::server_key(&node.cfg.pubkey)
+            .sign_b64(canonical::map_to_string(&env.payload).unwrap().as_bytes())
+            .unwrap();
         let chan = Chan::Link {
             wire,
             from_dialer: true,
@@ -341,6 +346,29 @@ impl Mesh {
         }
         if !blocked {
             self.schedule(self.now + backoff, super::Timer::Redial(wire));
+        }
+    }
+
+    /// A router asked to dial the server `id` (announced by its master):
+    /// the link is declared and dialed, unless the two have one already.
+    pub(super) fn dial_announced(&mut self, node: &str, id: &str) {
+        if !self.discover {
+            return;
+        }
+        let Some(target) = self
+            .nodes
+            .iter()
+            .find(|(_, n)| n.id == id)
+            .map(|(name, _)| name.clone())
+        else {
+            return;
+        };
+        let known = self.wires.iter().any(|w| {
+            (w.dialer == node && w.acceptor == target) || (w.dialer == target && w.acceptor == node)
+        });
+        if !known {
+            self.note(|| format!("{node} dials the announced {target}"));
+            self.add_link(node, &target);
         }
     }
 

@@ -26,6 +26,7 @@ fn router(master: bool) -> Router {
         pubkey: String::new(),
         host: "127.0.0.1".into(),
         port: 1,
+        url: String::new(),
         limits: MailboxLimits::default(),
         max_group_members: 1000,
         max_file_size: 1 << 30,
@@ -77,6 +78,7 @@ fn link(conn: ConnId, id: &str, k: &PrivateKey, role: Role, dialed_master: bool)
         dialed: dialed_master,
         dialed_master,
         session: None,
+        signed: None,
     }
 }
 
