@@ -231,6 +231,9 @@ impl Hub {
         if !outcome.written.is_empty() {
             self.step(Input::Stored(outcome.written));
         }
+        for rows in outcome.rows {
+            self.step(Input::RowsRead(rows));
+        }
         if !outcome.bodies.is_empty() || !outcome.unread.is_empty() {
             self.step(Input::BodiesRead {
                 bodies: outcome.bodies,
@@ -302,6 +305,7 @@ impl Hub {
                 }
                 Output::Persist(op) => self.writer.write(op),
                 Output::LoadBodies(seqs) => self.writer.load(seqs),
+                Output::LoadRows(ask) => self.writer.rows(ask),
                 Output::AckAfterPersist { conn, to, msg_id } => self.writer.ack(conn, to, msg_id),
                 Output::Timer { req_id, after } => self.timers.arm(req_id, after),
             }

@@ -33,6 +33,7 @@ fn entry(msg: &str, user: &str) -> Entry {
         sender: "a".into(),
         bytes: 10,
         created_ms: 0,
+        mailbox: false,
     }
 }
 
@@ -136,14 +137,18 @@ fn a_dm_stored_under_its_old_kind_loads_after_the_migration() {
     .unwrap();
     crate::store::migrate(&mut conn, Schema::Node).unwrap();
     let snap = crate::node::state::load(&conn, 0).unwrap();
-    assert_eq!(snap.custody.len(), 1);
-    assert_eq!(snap.custody[0].kind, ContentKind::Dm);
-    let mut c = Custody::load(snap.custody);
-    let Ok(Value::Object(read)) = serde_json::from_str(&row) else {
-        unreachable!()
-    };
-    c.restore(1, read).unwrap();
     let bob = Dest::User("bob".into());
+    assert_eq!(snap.custody.dests.len(), 1);
+    assert_eq!(snap.custody.dests[0].0, bob);
+    assert_eq!(snap.custody.dests[0].1.frames, 1);
+    let mut c = Custody::load(snap.custody);
+    assert!(c.on_disk(&bob) && c.next_pending(&bob).is_none());
+    let (after, upto) = c.rows_first(&bob).unwrap();
+    let (rows, done) =
+        crate::node::state::custody_rows::read_rows(&conn, &bob, after, upto, 10).unwrap();
+    assert_eq!(rows[0].kind, ContentKind::Dm);
+    assert!(c.rows_read(&bob, after, rows, done));
+    assert!(!c.on_disk(&bob));
     let restored = c.next_pending(&bob).unwrap().body.clone().unwrap();
     assert_eq!(*restored, Content::Dm(body));
     // Written back as it leaves on a link.

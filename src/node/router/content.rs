@@ -404,10 +404,12 @@ impl Router {
             "content taken into custody"
         );
         for (dest, to) in dests {
-            if self.custody.holds(&sender, &msg_id, &dest) {
+            if self.custody.holds(&sender, &msg_id, &dest)
+                || self.held_on_disk(&sender, &msg_id, &dest)
+            {
                 continue;
             }
-            let entry = Entry {
+            let mut entry = Entry {
                 seq: 0,
                 msg_id: msg_id.clone(),
                 dest: dest.clone(),
@@ -418,7 +420,11 @@ impl Router {
                 sender: sender.clone(),
                 bytes,
                 created_ms: self.now,
+                mailbox: false,
             };
+            // Nowhere to go: nothing downstream will acknowledge it soon,
+            // so its row is written (and its sender acknowledged) at once.
+            entry.mailbox = self.route(&entry).is_none() || self.custody.on_disk(&dest);
             let offline = self.cfg.master && self.route(&entry).is_none();
             if let Some(detail) = self.over_quota(&dest, &sender, bytes, offline) {
                 refused.push(detail);

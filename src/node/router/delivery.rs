@@ -71,6 +71,9 @@ impl Router {
     /// Sends what `dest` has pending, in order, while its hop has room.
     pub(super) fn pump(&mut self, dest: &Dest) {
         loop {
+            if self.rows_needed(dest) {
+                return; // rows on disk only come first: read back, then sent
+            }
             let Some(head) = self.custody.next_pending(dest).cloned() else {
                 return;
             };
@@ -317,6 +320,7 @@ impl Router {
 
     /// Housekeeping: the master drops mailbox frames older than the limit.
     pub(super) fn tick(&mut self) {
+        self.sweep_custody();
         if !self.cfg.master {
             return;
         }
