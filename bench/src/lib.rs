@@ -2,15 +2,18 @@
 //! loopback. [`throughput`] drives a master and a local with sender and
 //! receiver sessions (throughput, latency, CPU, memory, with and without
 //! link sessions); [`attacks`] runs a probe alone and then under every
-//! attack of issue 11. [`node_proc`] starts and stops the node processes;
+//! attack of issue 11; [`bigstate`] a master with a large directory and
+//! mailbox (issue 13). [`node_proc`] starts and stops the node processes;
 //! the integration tests of `socp` use it too.
 
 pub mod attacks;
+pub mod bigstate;
 pub mod node_proc;
 pub mod procfs;
 pub mod throughput;
 
 pub use attacks::{AttackConfig, run_attacks};
+pub use bigstate::{BigStateConfig, run_big_state};
 pub use node_proc::{NodeLog, NodeOptions, NodeProc};
 pub use throughput::{BenchConfig, run};
 

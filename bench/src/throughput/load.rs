@@ -22,22 +22,22 @@ use super::WINDOW;
 
 /// What the receivers observed.
 #[derive(Default)]
-pub(super) struct Observed {
-    pub(super) delivered: AtomicU64,
-    pub(super) latencies_us: Mutex<Vec<u64>>,
+pub(crate) struct Observed {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) latencies_us: Mutex<Vec<u64>>,
     sent_at: Mutex<HashMap<u64, Instant>>,
 }
 
 /// One side of a benchmark connection.
-pub(super) struct Conn {
-    ws: Ws,
-    pub(super) mac: Option<MacSession>,
-    user: String,
+pub(crate) struct Conn {
+    pub(crate) ws: Ws,
+    pub(crate) mac: Option<MacSession>,
+    pub(crate) user: String,
     key: Arc<PrivateKey>,
 }
 
 impl Conn {
-    pub(super) async fn open(url: &str, user: &str, key: Arc<PrivateKey>) -> Result<Conn> {
+    pub(crate) async fn open(url: &str, user: &str, key: Arc<PrivateKey>) -> Result<Conn> {
         let session = Session::connect_retrying(url, user, key.clone(), Duration::from_secs(30))
             .await
             .with_context(|| format!("{user} connecting to {url}"))?;
@@ -51,7 +51,7 @@ impl Conn {
     }
 
     /// Authenticates a frame: MAC on a session, else an RSA signature.
-    async fn seal(&mut self, mut env: Envelope) -> Result<String> {
+    pub(crate) async fn seal(&mut self, mut env: Envelope) -> Result<String> {
         match self.mac.as_mut() {
             Some(mac) => return Ok(mac.seal_to_json(&mut env)?),
             None => {
@@ -64,7 +64,7 @@ impl Conn {
     }
 
     /// Reads and authenticates the next frame.
-    async fn next(&mut self) -> Option<Envelope> {
+    pub(crate) async fn next(&mut self) -> Option<Envelope> {
         loop {
             match self.ws.next().await? {
                 Ok(WsMessage::Text(t)) => {
@@ -82,19 +82,19 @@ impl Conn {
 }
 
 /// What one sender sends.
-pub(super) struct SenderPlan {
-    pub(super) to: String,
-    pub(super) dm: Map<String, Value>,
+pub(crate) struct SenderPlan {
+    pub(crate) to: String,
+    pub(crate) dm: Map<String, Value>,
     /// Frames signed before the clock started (runs without link sessions).
-    pub(super) presigned: Vec<String>,
+    pub(crate) presigned: Vec<String>,
     /// The first message number (numbers are unique across senders).
-    pub(super) base: u64,
+    pub(crate) base: u64,
     /// Messages per second, or as fast as the window allows.
-    pub(super) rate: Option<f64>,
+    pub(crate) rate: Option<f64>,
 }
 
 /// A sender: sends DMs to `to` as fast as its window allows, or at `rate`.
-pub(super) async fn sender(
+pub(crate) async fn sender(
     mut c: Conn,
     plan: SenderPlan,
     stop: Arc<AtomicBool>,
@@ -170,7 +170,7 @@ pub(super) async fn sender(
 }
 
 /// A receiver: counts deliveries, records latencies, acknowledges in batches.
-pub(super) async fn receiver(mut c: Conn, seen: Arc<Observed>) {
+pub(crate) async fn receiver(mut c: Conn, seen: Arc<Observed>) {
     let mut to_ack: Vec<String> = Vec::new();
     let mut flush = tokio::time::interval(Duration::from_millis(5));
     loop {

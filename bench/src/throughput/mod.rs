@@ -20,7 +20,7 @@ use crate::node_proc::{NodeLog, NodeOptions, NodeProc};
 use crate::percentile;
 use crate::procfs::{cpu_ms_of, raise_fd_limit};
 
-mod load;
+pub(crate) mod load;
 mod report;
 
 use load::{Conn, Observed, SenderPlan, receiver, sender};

@@ -193,6 +193,7 @@ impl Custody {
     }
 
     /// Entries in memory (the rest are on disk only).
+    #[cfg(test)]
     pub fn in_memory(&self) -> usize {
         self.entries.len()
     }

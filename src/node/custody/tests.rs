@@ -172,3 +172,69 @@ fn expires_only_stuck_entries() {
     assert_eq!(gone[0].msg_id, "old");
     assert_eq!(c.len(), 2);
 }
+
+#[test]
+fn a_parked_destination_keeps_its_counts_and_reads_back_in_order() {
+    let mut c = Custody::default();
+    let bob = Dest::User("bob".into());
+    let taken: Vec<Entry> = (0..3)
+        .map(|i| c.admit(entry(&format!("m{i}"), "bob")))
+        .collect();
+    assert!(!c.can_park(&bob), "not written yet");
+    for e in &taken {
+        c.evict(e.seq);
+    }
+    assert!(c.can_park(&bob));
+    c.park(&bob);
+    assert_eq!(c.in_memory(), 0);
+    assert_eq!(
+        (c.len(), c.load_of(&bob), c.load_from("a")),
+        (3, (3, 30), (3, 30))
+    );
+    assert_eq!(c.bytes(), (30, 0));
+    // Taken meanwhile: waits behind what is on disk.
+    let late = c.admit(entry("late", "bob"));
+    assert!(c.next_pending(&bob).is_some_and(|e| e.seq == late.seq));
+    assert_eq!(c.rows_first(&bob), Some((0, taken[2].seq)));
+    // A page of two, then the last one.
+    let rows = |r: &[Entry]| r.iter().cloned().collect::<Vec<_>>();
+    assert!(c.rows_read(&bob, 0, rows(&taken[..2]), false));
+    assert_eq!(c.next_pending(&bob).unwrap().msg_id, "m0");
+    assert!(!c.rows_read(&bob, 0, rows(&taken[2..]), true), "stale page");
+    let hop = Hop::Conn(1);
+    for e in &taken[..2] {
+        assert_eq!(c.next_pending(&bob).unwrap().seq, e.seq);
+        c.send(&hop, &e.msg_id, &[e.seq]);
+    }
+    assert_eq!(c.rows_first(&bob), Some((taken[1].seq, taken[2].seq)));
+    assert!(c.rows_read(&bob, taken[1].seq, rows(&taken[2..]), true));
+    assert!(!c.on_disk(&bob));
+    assert_eq!(c.next_pending(&bob).unwrap().msg_id, "m2");
+    assert_eq!(c.len(), 4);
+}
+
+#[test]
+fn counts_at_start_come_from_the_summary() {
+    let bob = Dest::User("bob".into());
+    let c = Custody::load(Summary {
+        dests: vec![(
+            bob.clone(),
+            OnDisk {
+                frames: 2,
+                bytes: 20,
+                oldest_ms: 5,
+                after: 0,
+                upto: 9,
+            },
+        )],
+        senders: vec![("a".into(), 2, 20)],
+        max_seq: 9,
+    });
+    assert_eq!(
+        (c.len(), c.load_of(&bob), c.load_from("a")),
+        (2, (2, 20), (2, 20))
+    );
+    assert_eq!(c.stale_on_disk(6, |_| true), [bob.clone()]);
+    assert!(c.stale_on_disk(5, |_| true).is_empty());
+    assert_eq!(c.pending_dests(), [bob]);
+}

@@ -247,6 +247,7 @@ impl Router {
     }
 
     /// Custody entries in memory (the others are on disk only).
+    #[cfg(test)]
     pub fn custody_in_memory(&self) -> usize {
         self.custody.in_memory()
     }

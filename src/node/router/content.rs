@@ -242,9 +242,18 @@ impl Router {
         }
     }
 
+    /// True if `user` is in the directory. A user online anywhere is (a
+    /// session or a presence is only admitted for one): no directory read
+    /// on the way to an online recipient.
+    fn is_registered(&self, user: &str) -> bool {
+        self.sessions.contains_key(user)
+            || self.presence.get(user).is_some_and(|p| p.live)
+            || self.users.contains_key(user)
+    }
+
     /// The master knows every registered user; content for anyone else is refused.
     fn check_registered(&self, user: &str) -> Result<(), Refused> {
-        if self.cfg.master && !self.users.contains_key(user) {
+        if self.cfg.master && !self.is_registered(user) {
             return Err((
                 ErrorCode::UserNotFound,
                 format!("{user} is not a registered user"),
@@ -293,7 +302,7 @@ impl Router {
     ) -> (String, Dests) {
         match content {
             Content::Dm(d) => {
-                let dests = if self.cfg.master && !self.users.contains_key(&d.user_id) {
+                let dests = if self.cfg.master && !self.is_registered(&d.user_id) {
                     self.report(
                         Some(server),
                         &d.sender,
