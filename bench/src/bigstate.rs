@@ -285,22 +285,29 @@ async fn mailbox(cfg: &BigStateConfig, key: &Arc<PrivateKey>) -> Result<Value> {
     };
     let t1 = Instant::now();
     let gate = Arc::new(tokio::sync::Semaphore::new(LOGINS_AT_ONCE));
+    let logged_in = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for user in recipients {
         let (url, key, seen, gate) = (url.clone(), key.clone(), seen.clone(), gate.clone());
+        let logged_in = logged_in.clone();
         tasks.push(tokio::spawn(async move {
             let c = {
                 let _slot = gate.acquire().await;
                 Conn::open(&url, &user, key).await
             };
             if let Ok(c) = c {
+                logged_in.fetch_add(1, Ordering::Relaxed);
                 receiver(c, seen).await;
             }
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(1_800);
     let mut last = (0, Instant::now());
+    let mut logins_s = None;
     while seen.delivered.load(Ordering::Relaxed) < cfg.frames as u64 {
+        if logins_s.is_none() && logged_in.load(Ordering::Relaxed) >= cfg.recipients as u64 {
+            logins_s = Some(t1.elapsed().as_secs_f64());
+        }
         let n = seen.delivered.load(Ordering::Relaxed);
         if n != last.0 {
             last = (n, Instant::now());
@@ -331,6 +338,7 @@ async fn mailbox(cfg: &BigStateConfig, key: &Arc<PrivateKey>) -> Result<Value> {
         "rss_mib_peak_draining": peak.load(Ordering::Relaxed),
         "rss_mib_drained": rss_end,
         "drain_s": drain_s,
+        "all_logged_in_s": logins_s.unwrap_or(drain_s),
         "drain_frames_per_s": cfg.frames as f64 / drain_s,
     }))
 }
@@ -408,7 +416,7 @@ fn table(f: &Value) -> String {
     }
     if let Some(m) = f.get("mailbox") {
         t += &format!(
-            "  mailbox   {:>9} frames ({} recipients): start {:.2} s, RSS {:.0} MiB, peak while draining {:.0} MiB, drained in {:.1} s = {:.0} frames/s\n",
+            "  mailbox   {:>9} frames ({} recipients): start {:.2} s, RSS {:.0} MiB, peak while draining {:.0} MiB, drained in {:.1} s = {:.0} frames/s (all recipients logged in after {:.1} s)\n",
             m["frames"],
             m["recipients"],
             num(&m["start_s"]),
@@ -416,6 +424,7 @@ fn table(f: &Value) -> String {
             num(&m["rss_mib_peak_draining"]),
             num(&m["drain_s"]),
             num(&m["drain_frames_per_s"]),
+            num(&m["all_logged_in_s"]),
         );
     }
     if let Some(x) = f.get("fill") {

@@ -52,7 +52,7 @@ struct BenchArgs {
     #[arg(long)]
     big_frames: Option<usize>,
     /// With --big-state: recipients the mailbox is spread over.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 100)]
     big_recipients: usize,
     /// With --big-state: seconds one sender fills an offline mailbox (0 skips it).
     #[arg(long, default_value_t = 5)]

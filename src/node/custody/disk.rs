@@ -173,6 +173,24 @@ impl Custody {
         true
     }
 
+    /// Entries just sent whose rows are written drop their bodies (the
+    /// frame on its way holds its own reference): a backlog in flight
+    /// costs its metadata, and a lost hop puts them back to be read again.
+    pub fn sent(&mut self, seqs: &[u64]) {
+        for seq in seqs {
+            if self.unwritten.contains(seq) {
+                continue;
+            }
+            if let Some(e) = self.entries.get_mut(seq)
+                && e.body.is_some()
+                && self.evicted.insert(*seq)
+            {
+                e.body = None;
+                self.evicted_bytes += e.bytes;
+            }
+        }
+    }
+
     /// Destinations on disk only whose oldest row may be older than
     /// `cutoff`, among those `stuck` says have nowhere to go.
     pub fn stale_on_disk(&self, cutoff: i64, stuck: impl Fn(&Dest) -> bool) -> Vec<Dest> {

@@ -18,7 +18,13 @@ use crate::node::state::{RowsAsk, RowsRead, Written};
 pub const BODY_PAGE: usize = 256;
 /// Rows of a destination on disk only read back at a time; the next page
 /// is asked for while fewer than half a page wait in memory.
-pub const ROW_PAGE: usize = 512;
+pub const ROW_PAGE: usize = 256;
+/// Payload bytes of custody in memory (bodies read back and waiting,
+/// rows held before writing) beyond which pages shrink to
+/// [`ROW_PAGE_MIN`] and none is read ahead: a thousand recipients coming
+/// online at once must not bring a page each into memory.
+pub const ROWS_BUDGET: usize = 32 << 20;
+pub const ROW_PAGE_MIN: usize = 32;
 
 impl Router {
     /// These custody rows and directory records are on disk: the waiting
@@ -77,19 +83,25 @@ impl Router {
             return true;
         }
         let first = self.custody.rows_first(dest);
-        if let Some((after, upto)) = first.or_else(|| self.custody.rows_ahead(dest, ROW_PAGE / 2)) {
-            self.ask_rows(dest, after, upto);
+        if self.custody.bytes().1 > ROWS_BUDGET {
+            if let Some((after, upto)) = first {
+                self.ask_rows(dest, after, upto, ROW_PAGE_MIN);
+            }
+        } else if let Some((after, upto)) =
+            first.or_else(|| self.custody.rows_ahead(dest, ROW_PAGE / 2))
+        {
+            self.ask_rows(dest, after, upto, ROW_PAGE);
         }
         first.is_some()
     }
 
-    fn ask_rows(&mut self, dest: &Dest, after: u64, upto: u64) {
+    fn ask_rows(&mut self, dest: &Dest, after: u64, upto: u64, limit: usize) {
         if self.paging.insert(dest.clone()) {
             self.out.push(Output::LoadRows(RowsAsk {
                 dest: dest.clone(),
                 after,
                 upto,
-                limit: ROW_PAGE,
+                limit,
             }));
         }
     }
@@ -130,7 +142,7 @@ impl Router {
                 .is_empty()
                 && let Some((after, upto)) = self.custody.rows_first(&dest)
             {
-                return self.ask_rows(&dest, after, upto);
+                return self.ask_rows(&dest, after, upto, ROW_PAGE);
             }
         }
         self.park_if_stuck(&dest);
@@ -183,7 +195,7 @@ impl Router {
             let stuck = |d: &Dest| !self.may_route(d);
             for dest in self.custody.stale_on_disk(cutoff, stuck) {
                 if let Some((after, upto)) = self.custody.rows_first(&dest) {
-                    self.ask_rows(&dest, after, upto);
+                    self.ask_rows(&dest, after, upto, ROW_PAGE);
                 }
             }
         }

@@ -124,6 +124,7 @@ impl Router {
             }
             self.custody.send(&route.hop, &head.msg_id, &seqs);
             self.emit_entry(&route, &head, recipients);
+            self.custody.sent(&seqs);
         }
     }
 
