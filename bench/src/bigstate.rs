@@ -195,7 +195,7 @@ async fn directory(cfg: &BigStateConfig, key: &Arc<PrivateKey>) -> Result<Value>
     let dir = tempfile::tempdir()?;
     let db = fresh_master(&cfg.socp, dir.path())?;
     let t0 = Instant::now();
-    fill_users(&db, cfg.users, &key.public().to_b64(), &[])?;
+    fill_users(&db, cfg.users, key.public().to_b64(), &[])?;
     let built = t0.elapsed().as_secs_f64();
     let (mut node, start_s) = start_measured(&cfg.socp, dir.path())?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -263,7 +263,7 @@ async fn mailbox(cfg: &BigStateConfig, key: &Arc<PrivateKey>) -> Result<Value> {
     let db = fresh_master(&cfg.socp, dir.path())?;
     let t0 = Instant::now();
     let recipients: Vec<String> = (0..cfg.recipients).map(|i| format!("r{i}")).collect();
-    fill_users(&db, 0, &key.public().to_b64(), &recipients)?;
+    fill_users(&db, 0, key.public().to_b64(), &recipients)?;
     fill_mailbox(&db, cfg.frames, cfg.recipients)?;
     let built = t0.elapsed().as_secs_f64();
     let (mut node, start_s) = start_measured(&cfg.socp, dir.path())?;
@@ -348,7 +348,7 @@ async fn mailbox(cfg: &BigStateConfig, key: &Arc<PrivateKey>) -> Result<Value> {
 async fn fill(cfg: &BigStateConfig, key: &Arc<PrivateKey>) -> Result<Value> {
     let dir = tempfile::tempdir()?;
     let db = fresh_master(&cfg.socp, dir.path())?;
-    fill_users(&db, 0, &key.public().to_b64(), &["offline_user".into()])?;
+    fill_users(&db, 0, key.public().to_b64(), &["offline_user".into()])?;
     let (mut node, _) = start_measured(&cfg.socp, dir.path())?;
     let mut c = Conn::open(&node.url(), "filler", key.clone()).await?;
     let sealed = socp::content::seal_dm(

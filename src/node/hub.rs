@@ -25,7 +25,7 @@ pub(crate) enum HubEvent {
     Input(Box<Input>),
     Status(oneshot::Sender<Status>),
     /// What the store committed (acks to send) or could not write.
-    Persisted(Outcome),
+    Persisted(Box<Outcome>),
     /// The node is stopping: tell the peers our users are gone, then close
     /// every connection once what is queued for it is sent (and any that
     /// registers from now on). Answered when no connection is left.
@@ -191,7 +191,7 @@ impl Hub {
                 }
                 self.step(*input);
             }
-            HubEvent::Persisted(outcome) => self.persisted(outcome),
+            HubEvent::Persisted(outcome) => self.persisted(*outcome),
             HubEvent::Shutdown(done) => {
                 self.step(Input::Shutdown);
                 // Each connection ends once its goodbyes are sent; one
@@ -389,7 +389,7 @@ mod tests {
         let writer = Writer::start(
             pool,
             Box::new(move |o| {
-                let _ = acks.blocking_send(HubEvent::Persisted(o));
+                let _ = acks.blocking_send(HubEvent::Persisted(Box::new(o)));
             }),
             health,
         )

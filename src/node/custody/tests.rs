@@ -197,7 +197,7 @@ fn a_parked_destination_keeps_its_counts_and_reads_back_in_order() {
     assert!(c.next_pending(&bob).is_some_and(|e| e.seq == late.seq));
     assert_eq!(c.rows_first(&bob), Some((0, taken[2].seq)));
     // A page of two, then the last one.
-    let rows = |r: &[Entry]| r.iter().cloned().collect::<Vec<_>>();
+    let rows = |r: &[Entry]| r.to_vec();
     assert!(c.rows_read(&bob, 0, rows(&taken[..2]), false));
     assert_eq!(c.next_pending(&bob).unwrap().msg_id, "m0");
     assert!(!c.rows_read(&bob, 0, rows(&taken[2..]), true), "stale page");
@@ -234,7 +234,7 @@ fn counts_at_start_come_from_the_summary() {
         (c.len(), c.load_of(&bob), c.load_from("a")),
         (2, (2, 20), (2, 20))
     );
-    assert_eq!(c.stale_on_disk(6, |_| true), [bob.clone()]);
+    assert_eq!(c.stale_on_disk(6, |_| true), std::slice::from_ref(&bob));
     assert!(c.stale_on_disk(5, |_| true).is_empty());
     assert_eq!(c.pending_dests(), [bob]);
 }
