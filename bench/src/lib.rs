@@ -3,10 +3,13 @@
 //! receiver sessions (throughput, latency, CPU, memory, with and without
 //! link sessions); [`attacks`] runs a probe alone and then under every
 //! attack of issue 11; [`idle`] measures what idle users cost a node;
-//! [`storm`] logs thousands of users in at once. [`node_proc`] starts and
-//! stops the node processes; the integration tests of `socp` use it too.
+//! [`storm`] logs thousands of users in at once; [`mesh`] runs a master
+//! and N locals; [`bigstate`] a master with a large directory and
+//! mailbox. [`node_proc`] starts and stops the node processes; the
+//! integration tests of `socp` use it too.
 
 pub mod attacks;
+pub mod bigstate;
 pub mod idle;
 pub mod mesh;
 pub mod node_proc;
@@ -15,6 +18,7 @@ pub mod storm;
 pub mod throughput;
 
 pub use attacks::{AttackConfig, run_attacks};
+pub use bigstate::{BigStateConfig, run_big_state};
 pub use idle::{IdleConfig, run_idle};
 pub use mesh::{MeshConfig, run_mesh};
 pub use node_proc::{NodeLog, NodeOptions, NodeProc};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use socp::logging::LogFormat;
-use socp_bench::{AttackConfig, BenchConfig, IdleConfig, StormBinary, StormConfig};
+use socp_bench::{AttackConfig, BenchConfig, BigStateConfig, IdleConfig, StormBinary, StormConfig};
 
 /// The same allocator as `socp`: the load generator's figures (CPU per DM)
 /// are compared between versions.
@@ -71,6 +71,24 @@ struct BenchArgs {
     /// report the median run.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Instead: a master with a directory of N users and a mailbox of N
+    /// frames written straight into its database: start time, RSS,
+    /// lookup latency, drain rate, and one sender filling an offline
+    /// mailbox (issue 13).
+    #[arg(long, value_name = "N")]
+    big_state: Option<usize>,
+    /// With --big-state: users in the directory [default: N; 0 skips it].
+    #[arg(long)]
+    big_users: Option<usize>,
+    /// With --big-state: frames in the mailbox [default: N; 0 skips it].
+    #[arg(long)]
+    big_frames: Option<usize>,
+    /// With --big-state: recipients the mailbox is spread over.
+    #[arg(long, default_value_t = 100)]
+    big_recipients: usize,
+    /// With --big-state: seconds one sender fills an offline mailbox (0 skips it).
+    #[arg(long, default_value_t = 5)]
+    fill_seconds: u64,
     /// The `socp` binary the nodes run [default: `socp` beside this binary,
     /// as `cargo build --release --workspace` leaves it].
     #[arg(long)]
@@ -149,6 +167,18 @@ fn run(args: BenchArgs) -> Result<()> {
             out: args.out,
         };
         return runtime.block_on(socp_bench::run_mesh(cfg)).map(|_| ());
+    }
+    if let Some(n) = args.big_state {
+        let cfg = BigStateConfig {
+            socp,
+            users: args.big_users.unwrap_or(n),
+            frames: args.big_frames.unwrap_or(n),
+            recipients: args.big_recipients.max(1),
+            fill_seconds: args.fill_seconds,
+            lookups: 2_000,
+            out: args.out,
+        };
+        return runtime.block_on(socp_bench::run_big_state(cfg)).map(|_| ());
     }
     let cfg = BenchConfig {
         socp,

@@ -25,7 +25,7 @@ pub(crate) enum HubEvent {
     Input(Box<Input>),
     Status(oneshot::Sender<Status>),
     /// What the store committed (acks to send) or could not write.
-    Persisted(Outcome),
+    Persisted(Box<Outcome>),
     /// The node is stopping: tell the peers our users are gone, then close
     /// every connection once what is queued for it is sent (and any that
     /// registers from now on). Answered when no connection is left.
@@ -202,7 +202,7 @@ impl Hub {
                 }
                 self.step(*input);
             }
-            HubEvent::Persisted(outcome) => self.persisted(outcome),
+            HubEvent::Persisted(outcome) => self.persisted(*outcome),
             HubEvent::Shutdown(done) => {
                 self.step(Input::Shutdown);
                 // Each connection ends once its goodbyes are sent; one
@@ -241,6 +241,9 @@ impl Hub {
         }
         if !outcome.written.is_empty() {
             self.step(Input::Stored(outcome.written));
+        }
+        for rows in outcome.rows {
+            self.step(Input::RowsRead(rows));
         }
         if !outcome.bodies.is_empty() || !outcome.unread.is_empty() {
             self.step(Input::BodiesRead {
@@ -313,6 +316,7 @@ impl Hub {
                 }
                 Output::Persist(op) => self.writer.write(op),
                 Output::LoadBodies(seqs) => self.writer.load(seqs),
+                Output::LoadRows(ask) => self.writer.rows(ask),
                 Output::AckAfterPersist { conn, to, msg_id } => self.writer.ack(conn, to, msg_id),
                 Output::Timer { req_id, after } => self.timers.arm(req_id, after),
                 Output::Dial(peer) => {
@@ -400,7 +404,7 @@ mod tests {
         let writer = Writer::start(
             pool,
             Box::new(move |o| {
-                let _ = acks.blocking_send(HubEvent::Persisted(o));
+                let _ = acks.blocking_send(HubEvent::Persisted(Box::new(o)));
             }),
             health,
         )

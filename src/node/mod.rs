@@ -246,7 +246,7 @@ impl Node {
         let (users_tx, users_rx) = mpsc::channel(HUB_QUEUE);
         let acks = hub_tx.clone();
         let committed: state::Committed = Box::new(move |outcome| {
-            let _ = acks.blocking_send(HubEvent::Persisted(outcome));
+            let _ = acks.blocking_send(HubEvent::Persisted(Box::new(outcome)));
         });
         let health = Arc::new(health::Health::new(&config.db, config.master));
         let metrics = Arc::new(Metrics::default());

@@ -30,9 +30,9 @@ pub(crate) struct Observed {
 
 /// One side of a benchmark connection.
 pub(crate) struct Conn {
-    ws: Ws,
+    pub(crate) ws: Ws,
     pub(crate) mac: Option<MacSession>,
-    user: String,
+    pub(crate) user: String,
     key: Arc<PrivateKey>,
 }
 
@@ -51,7 +51,7 @@ impl Conn {
     }
 
     /// Authenticates a frame: MAC on a session, else an RSA signature.
-    async fn seal(&mut self, mut env: Envelope) -> Result<String> {
+    pub(crate) async fn seal(&mut self, mut env: Envelope) -> Result<String> {
         match self.mac.as_mut() {
             Some(mac) => return Ok(mac.seal_to_json(&mut env)?),
             None => {
@@ -64,7 +64,7 @@ impl Conn {
     }
 
     /// Reads and authenticates the next frame.
-    async fn next(&mut self) -> Option<Envelope> {
+    pub(crate) async fn next(&mut self) -> Option<Envelope> {
         loop {
             match self.ws.next().await? {
                 Ok(WsMessage::Text(t)) => {

@@ -14,10 +14,12 @@ use super::records::ConnId;
 use crate::wire::WireError;
 
 mod content;
+mod disk;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use content::{Content, ContentKind};
+pub(crate) use disk::{OnDisk, Summary};
 
 /// Where an entry is going.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,6 +64,10 @@ pub(crate) struct Entry {
     pub sender: String,
     pub bytes: usize,
     pub created_ms: i64,
+    /// Taken with nowhere to go (the offline mailbox): nothing downstream
+    /// will acknowledge it soon, so its row is written at once rather
+    /// than held (`state::HOLD`), and the sender's ack leaves then.
+    pub mailbox: bool,
 }
 
 /// Pending and in-flight entries.
@@ -84,25 +90,21 @@ pub(crate) struct Custody {
     /// Payload bytes of all entries, and of the evicted ones.
     total_bytes: usize,
     evicted_bytes: usize,
+    /// Entries held in all, on disk only ones included.
+    frames: usize,
+    /// Entries taken and not yet reported written (`written`).
+    unwritten: HashSet<u64>,
+    /// Destinations with rows on disk only (not in `entries`), see `disk.rs`.
+    disk: HashMap<Dest, OnDisk>,
+    /// Payload bytes of the rows on disk only.
+    disk_bytes: usize,
 }
 
 impl Custody {
-    /// Resumes from stored entries (all pending again), loaded without
-    /// their bodies: those stay on disk until they are sent.
-    pub fn load(entries: Vec<Entry>) -> Self {
-        let mut c = Custody::default();
-        for e in entries {
-            c.next_seq = c.next_seq.max(e.seq);
-            c.evicted.insert(e.seq);
-            c.evicted_bytes += e.bytes;
-            c.insert(e);
-        }
-        c
-    }
-
     /// A written entry that waits (pending, not in flight) drops its body
-    /// from memory; true if it did.
+    /// from memory; true if it did. Its row is on disk from now on.
     pub fn evict(&mut self, seq: u64) -> bool {
+        self.unwritten.remove(&seq);
         let Some(e) = self.entries.get_mut(&seq) else {
             return false;
         };
@@ -154,10 +156,14 @@ impl Custody {
 
     /// Payload bytes held in all, and of those in memory.
     pub fn bytes(&self) -> (usize, usize) {
-        (self.total_bytes, self.total_bytes - self.evicted_bytes)
+        (
+            self.total_bytes,
+            self.total_bytes - self.evicted_bytes - self.disk_bytes,
+        )
     }
 
-    fn insert(&mut self, e: Entry) {
+    /// Puts an entry in memory, pending (its counts are kept apart).
+    fn resident(&mut self, e: Entry) {
         self.pending
             .entry(e.dest.clone())
             .or_default()
@@ -166,21 +172,31 @@ impl Custody {
             .entry(e.msg_id.clone())
             .or_default()
             .insert(e.seq);
-        let n = self.per_dest.entry(e.dest.clone()).or_default();
+        self.entries.insert(e.seq, e);
+    }
+
+    fn insert(&mut self, e: Entry) {
+        self.count(&e.dest, &e.sender, e.bytes);
+        self.resident(e);
+    }
+
+    /// Counts one more entry for `dest` from `sender`.
+    fn count(&mut self, dest: &Dest, sender: &str, bytes: usize) {
+        let n = self.per_dest.entry(dest.clone()).or_default();
         n.0 += 1;
-        n.1 += e.bytes;
+        n.1 += bytes;
         // Looked up before inserting: no allocation for a sender already held.
-        match self.per_sender.get_mut(&e.sender) {
+        match self.per_sender.get_mut(sender) {
             Some(n) => {
                 n.0 += 1;
-                n.1 += e.bytes;
+                n.1 += bytes;
             }
             None => {
-                self.per_sender.insert(e.sender.clone(), (1, e.bytes));
+                self.per_sender.insert(sender.to_owned(), (1, bytes));
             }
         }
-        self.total_bytes += e.bytes;
-        self.entries.insert(e.seq, e);
+        self.total_bytes += bytes;
+        self.frames += 1;
     }
 
     /// True if an entry for this sender's message and this destination is
@@ -235,17 +251,21 @@ impl Custody {
     pub fn admit(&mut self, mut e: Entry) -> Entry {
         self.next_seq += 1;
         e.seq = self.next_seq;
+        self.unwritten.insert(e.seq);
         self.insert(e.clone());
         e
     }
 
-    /// Destinations with pending entries.
+    /// Destinations with pending entries, in memory or on disk only.
     pub fn pending_dests(&self) -> Vec<Dest> {
-        self.pending
+        let mut dests: HashSet<&Dest> = self
+            .pending
             .iter()
             .filter(|(_, s)| !s.is_empty())
-            .map(|(d, _)| d.clone())
-            .collect()
+            .map(|(d, _)| d)
+            .collect();
+        dests.extend(self.disk.keys());
+        dests.into_iter().cloned().collect()
     }
 
     /// Window slots taken on every hop.
@@ -353,8 +373,15 @@ impl Custody {
     }
 
     fn remove(&mut self, seq: u64) -> Option<Entry> {
+        let e = self.unresident(seq)?;
+        self.uncount(&e.dest, &e.sender, e.bytes, 1);
+        Some(e)
+    }
+
+    /// Takes an entry out of memory (its counts stay).
+    fn unresident(&mut self, seq: u64) -> Option<Entry> {
         let e = self.entries.remove(&seq)?;
-        self.total_bytes -= e.bytes;
+        self.unwritten.remove(&seq);
         if self.evicted.remove(&seq) {
             self.evicted_bytes -= e.bytes;
         }
@@ -370,21 +397,27 @@ impl Custody {
                 self.by_msg.remove(&e.msg_id);
             }
         }
-        if let Some(n) = self.per_dest.get_mut(&e.dest) {
-            n.0 = n.0.saturating_sub(1);
-            n.1 = n.1.saturating_sub(e.bytes);
-            if n.0 == 0 {
-                self.per_dest.remove(&e.dest);
-            }
-        }
-        if let Some(n) = self.per_sender.get_mut(&e.sender) {
-            n.0 = n.0.saturating_sub(1);
-            n.1 = n.1.saturating_sub(e.bytes);
-            if n.0 == 0 {
-                self.per_sender.remove(&e.sender);
-            }
-        }
         Some(e)
+    }
+
+    /// Counts `frames` entries of `bytes` fewer for `dest` from `sender`.
+    fn uncount(&mut self, dest: &Dest, sender: &str, bytes: usize, frames: usize) {
+        self.total_bytes = self.total_bytes.saturating_sub(bytes);
+        self.frames = self.frames.saturating_sub(frames);
+        if let Some(n) = self.per_dest.get_mut(dest) {
+            n.0 = n.0.saturating_sub(frames);
+            n.1 = n.1.saturating_sub(bytes);
+            if n.0 == 0 {
+                self.per_dest.remove(dest);
+            }
+        }
+        if let Some(n) = self.per_sender.get_mut(sender) {
+            n.0 = n.0.saturating_sub(frames);
+            n.1 = n.1.saturating_sub(bytes);
+            if n.0 == 0 {
+                self.per_sender.remove(sender);
+            }
+        }
     }
 
     /// `hop` could not store the frame under `msg_id` (it said `STORAGE`):
@@ -436,8 +469,8 @@ impl Custody {
         old.into_iter().filter_map(|s| self.remove(s)).collect()
     }
 
-    /// Entries held in all.
+    /// Entries held in all (on disk only ones included).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.frames
     }
 }

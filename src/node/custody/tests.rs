@@ -33,6 +33,7 @@ fn entry(msg: &str, user: &str) -> Entry {
         sender: "a".into(),
         bytes: 10,
         created_ms: 0,
+        mailbox: false,
     }
 }
 
@@ -136,14 +137,18 @@ fn a_dm_stored_under_its_old_kind_loads_after_the_migration() {
     .unwrap();
     crate::store::migrate(&mut conn, Schema::Node).unwrap();
     let snap = crate::node::state::load(&conn, 0).unwrap();
-    assert_eq!(snap.custody.len(), 1);
-    assert_eq!(snap.custody[0].kind, ContentKind::Dm);
-    let mut c = Custody::load(snap.custody);
-    let Ok(Value::Object(read)) = serde_json::from_str(&row) else {
-        unreachable!()
-    };
-    c.restore(1, read).unwrap();
     let bob = Dest::User("bob".into());
+    assert_eq!(snap.custody.dests.len(), 1);
+    assert_eq!(snap.custody.dests[0].0, bob);
+    assert_eq!(snap.custody.dests[0].1.frames, 1);
+    let mut c = Custody::load(snap.custody);
+    assert!(c.on_disk(&bob) && c.next_pending(&bob).is_none());
+    let (after, upto) = c.rows_first(&bob).unwrap();
+    let (rows, done) =
+        crate::node::state::custody_rows::read_rows(&conn, &bob, after, upto, 10).unwrap();
+    assert_eq!(rows[0].kind, ContentKind::Dm);
+    assert!(c.rows_read(&bob, after, rows, done));
+    assert!(!c.on_disk(&bob));
     let restored = c.next_pending(&bob).unwrap().body.clone().unwrap();
     assert_eq!(*restored, Content::Dm(body));
     // Written back as it leaves on a link.
@@ -166,4 +171,70 @@ fn expires_only_stuck_entries() {
     assert_eq!(gone.len(), 1);
     assert_eq!(gone[0].msg_id, "old");
     assert_eq!(c.len(), 2);
+}
+
+#[test]
+fn a_parked_destination_keeps_its_counts_and_reads_back_in_order() {
+    let mut c = Custody::default();
+    let bob = Dest::User("bob".into());
+    let taken: Vec<Entry> = (0..3)
+        .map(|i| c.admit(entry(&format!("m{i}"), "bob")))
+        .collect();
+    assert!(!c.can_park(&bob), "not written yet");
+    for e in &taken {
+        c.evict(e.seq);
+    }
+    assert!(c.can_park(&bob));
+    c.park(&bob);
+    assert_eq!(c.in_memory(), 0);
+    assert_eq!(
+        (c.len(), c.load_of(&bob), c.load_from("a")),
+        (3, (3, 30), (3, 30))
+    );
+    assert_eq!(c.bytes(), (30, 0));
+    // Taken meanwhile: waits behind what is on disk.
+    let late = c.admit(entry("late", "bob"));
+    assert!(c.next_pending(&bob).is_some_and(|e| e.seq == late.seq));
+    assert_eq!(c.rows_first(&bob), Some((0, taken[2].seq)));
+    // A page of two, then the last one.
+    let rows = |r: &[Entry]| r.to_vec();
+    assert!(c.rows_read(&bob, 0, rows(&taken[..2]), false));
+    assert_eq!(c.next_pending(&bob).unwrap().msg_id, "m0");
+    assert!(!c.rows_read(&bob, 0, rows(&taken[2..]), true), "stale page");
+    let hop = Hop::Conn(1);
+    for e in &taken[..2] {
+        assert_eq!(c.next_pending(&bob).unwrap().seq, e.seq);
+        c.send(&hop, &e.msg_id, &[e.seq]);
+    }
+    assert_eq!(c.rows_first(&bob), Some((taken[1].seq, taken[2].seq)));
+    assert!(c.rows_read(&bob, taken[1].seq, rows(&taken[2..]), true));
+    assert!(!c.on_disk(&bob));
+    assert_eq!(c.next_pending(&bob).unwrap().msg_id, "m2");
+    assert_eq!(c.len(), 4);
+}
+
+#[test]
+fn counts_at_start_come_from_the_summary() {
+    let bob = Dest::User("bob".into());
+    let c = Custody::load(Summary {
+        dests: vec![(
+            bob.clone(),
+            OnDisk {
+                frames: 2,
+                bytes: 20,
+                oldest_ms: 5,
+                after: 0,
+                upto: 9,
+            },
+        )],
+        senders: vec![("a".into(), 2, 20)],
+        max_seq: 9,
+    });
+    assert_eq!(
+        (c.len(), c.load_of(&bob), c.load_from("a")),
+        (2, (2, 20), (2, 20))
+    );
+    assert_eq!(c.stale_on_disk(6, |_| true), std::slice::from_ref(&bob));
+    assert!(c.stale_on_disk(5, |_| true).is_empty());
+    assert_eq!(c.pending_dests(), [bob]);
 }

@@ -245,9 +245,18 @@ impl Router {
         }
     }
 
+    /// True if `user` is in the directory. A user online anywhere is (a
+    /// session or a presence is only admitted for one): no directory read
+    /// on the way to an online recipient.
+    fn is_registered(&self, user: &str) -> bool {
+        self.sessions.contains_key(user)
+            || self.presence.get(user).is_some_and(|p| p.live)
+            || self.users.contains_key(user)
+    }
+
     /// The master knows every registered user; content for anyone else is refused.
     fn check_registered(&self, user: &str) -> Result<(), Refused> {
-        if self.cfg.master && !self.users.contains_key(user) {
+        if self.cfg.master && !self.is_registered(user) {
             return Err((
                 ErrorCode::UserNotFound,
                 format!("{user} is not a registered user"),
@@ -296,7 +305,7 @@ impl Router {
     ) -> (String, Dests) {
         match content {
             Content::Dm(d) => {
-                let dests = if self.cfg.master && !self.users.contains_key(&d.user_id) {
+                let dests = if self.cfg.master && !self.is_registered(&d.user_id) {
                     self.report(
                         Some(server),
                         &d.sender,
@@ -410,10 +419,12 @@ impl Router {
             "content taken into custody"
         );
         for (dest, to) in dests {
-            if self.custody.holds(&sender, &msg_id, &dest) {
+            if self.custody.holds(&sender, &msg_id, &dest)
+                || self.held_on_disk(&sender, &msg_id, &dest)
+            {
                 continue;
             }
-            let entry = Entry {
+            let mut entry = Entry {
                 seq: 0,
                 msg_id: msg_id.clone(),
                 dest: dest.clone(),
@@ -424,7 +435,11 @@ impl Router {
                 sender: sender.clone(),
                 bytes,
                 created_ms: self.now,
+                mailbox: false,
             };
+            // Nowhere to go: nothing downstream will acknowledge it soon,
+            // so its row is written (and its sender acknowledged) at once.
+            entry.mailbox = self.route(&entry).is_none() || self.custody.on_disk(&dest);
             let offline = self.cfg.master && self.route(&entry).is_none();
             if let Some(detail) = self.over_quota(&dest, &sender, bytes, offline) {
                 refused.push(detail);

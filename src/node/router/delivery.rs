@@ -84,6 +84,9 @@ impl Router {
     /// Sends what `dest` has pending, in order, while its hop has room.
     pub(super) fn pump(&mut self, dest: &Dest) {
         loop {
+            if self.rows_needed(dest) {
+                return; // rows on disk only come first: read back, then sent
+            }
             let Some(head) = self.custody.next_pending(dest).cloned() else {
                 return;
             };
@@ -134,6 +137,7 @@ impl Router {
             }
             self.custody.send(&route.hop, &head.msg_id, &seqs);
             self.emit_entry(&route, &head, recipients);
+            self.custody.sent(&seqs);
         }
     }
 
@@ -363,6 +367,7 @@ impl Router {
 
     /// Housekeeping: the master drops mailbox frames older than the limit.
     pub(super) fn tick(&mut self) {
+        self.sweep_custody();
         if !self.cfg.master {
             self.via_master.expire(self.now);
             return;

@@ -1,7 +1,15 @@
 //! The directory across links (PROTOCOL.md C5, C13): a local registers its
 //! users at the master (`DB_REGISTER_USER`) and takes the master's answers
-//! to lookups (`DB_USER`) as the keys ids are pinned to.
+//! to lookups (`DB_USER`) as the keys ids are pinned to. The directory
+//! itself stays in SQLite: the router reads records through a bounded
+//! cache ([`Directory`]), so a node with a million users starts without
+//! loading them.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
 use serde_json::Value;
 
 use super::admission::RegSource;
@@ -10,8 +18,91 @@ use super::{HELLO_FRESHNESS_MS, Pending, Router, StoreOp, lookup_answer, truncat
 use crate::crypto::PublicKey;
 use crate::node::policy::PolicyOp;
 use crate::node::records::UserRecord;
+use crate::node::state::StoreRead;
 use crate::wire::messages::{DirectoryAnswer, DirectoryLookup, ErrorBody, Message, RegisterUser};
 use crate::wire::{ErrorCode, ids};
+
+/// Directory records (and ids known not to be in it) kept in memory at
+/// most, beside the ones written and not yet committed. About 1 KiB each
+/// (an RSA-4096 key in base64): 20 MiB.
+pub const DIRECTORY_CACHE: usize = 20_000;
+
+/// The directory as the router sees it: records read from the store on
+/// demand and kept in a least-recently-used cache; the router's own
+/// writes stay in memory until the store reports them committed (the
+/// store's reads see committed rows only), so the router never reads back
+/// less than it wrote.
+pub(crate) struct Directory {
+    store: Box<dyn StoreRead>,
+    /// `None`: the id is not in the directory (so a DM to an unknown id
+    /// does not read the disk each time).
+    cache: RefCell<LruCache<String, Option<UserRecord>>>,
+    unwritten: HashMap<String, UserRecord>,
+}
+
+impl Directory {
+    pub fn new(store: Box<dyn StoreRead>, capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        Directory {
+            store,
+            cache: RefCell::new(LruCache::new(capacity)),
+            unwritten: HashMap::new(),
+        }
+    }
+
+    /// `id`'s record, if it is in the directory. A store that cannot be
+    /// read answers "not found" (logged, not cached).
+    pub fn get(&self, id: &str) -> Option<UserRecord> {
+        if let Some(rec) = self.unwritten.get(id) {
+            return Some(rec.clone());
+        }
+        let mut cache = self.cache.borrow_mut();
+        if let Some(rec) = cache.get(id) {
+            return rec.clone();
+        }
+        match self.store.user(id) {
+            Ok(rec) => {
+                cache.put(id.to_owned(), rec.clone());
+                rec
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the directory");
+                None
+            }
+        }
+    }
+
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Pins (or replaces) `id`'s record; the router persists it.
+    pub fn insert(&mut self, id: String, rec: UserRecord) {
+        self.cache.get_mut().pop(&id);
+        self.unwritten.insert(id, rec);
+    }
+
+    /// Forgets `id`'s record in memory (a pin the store could not write):
+    /// the next read asks the store.
+    pub fn remove(&mut self, id: &str) {
+        self.unwritten.remove(id);
+        self.cache.get_mut().pop(id);
+    }
+
+    /// These records are committed: they may leave memory.
+    pub fn written(&mut self, ids: Vec<String>) {
+        for id in ids {
+            if let Some(rec) = self.unwritten.remove(&id) {
+                self.cache.get_mut().put(id, Some(rec));
+            }
+        }
+    }
+
+    /// The store, for reads beside the directory (custody on disk).
+    pub fn store(&self) -> &dyn StoreRead {
+        self.store.as_ref()
+    }
+}
 
 impl Router {
     /// The master answers a local's `DB_GET_USER`.
@@ -30,7 +121,7 @@ impl Router {
     pub(super) fn directory_answer(&mut self, a: DirectoryAnswer) {
         self.master_answered_ms = self.now;
         if a.found && PublicKey::from_b64(&a.pubkey).is_ok() {
-            match self.users.get_mut(&a.user_id) {
+            match self.users.get(&a.user_id) {
                 None => {
                     let rec = UserRecord::new(a.pubkey.clone(), false, self.now);
                     self.users.insert(a.user_id.clone(), rec.clone());
@@ -38,9 +129,10 @@ impl Router {
                 }
                 // The master is the directory: a key its operator reset
                 // replaces what this local cached.
-                Some(rec) if rec.pubkey != a.pubkey && self.master_id.is_some() => {
+                Some(mut rec) if rec.pubkey != a.pubkey && self.master_id.is_some() => {
                     tracing::warn!(user = %a.user_id, "the master has a new key for this user (reset by its operator)");
                     rec.pubkey = a.pubkey.clone();
+                    self.users.insert(a.user_id.clone(), rec);
                     self.persist(StoreOp::Policy(PolicyOp::ReplaceKey {
                         user: a.user_id.clone(),
                         pubkey: a.pubkey.clone(),

@@ -11,7 +11,7 @@ use super::{CAP_REGISTER_ANSWER, CAP_SOCP, ConnId};
 use crate::crypto::PublicKey;
 use crate::node::custody::Content;
 pub(crate) use crate::node::state::StoreOp;
-use crate::node::state::{Bodies, StoreFailure};
+use crate::node::state::{Bodies, RowsAsk, RowsRead, StoreFailure, Written};
 use crate::wire::Envelope;
 use crate::wire::messages::{Kind, Message, PeerHelloLink, Proof, Role};
 
@@ -152,6 +152,9 @@ pub(crate) enum Output {
     LoadBodies(Vec<u64>),
     /// Dial a server the master announced (`peers.rs`).
     Dial(super::peers::PeerDial),
+    /// Read a page of a destination's custody rows back from disk
+    /// (answered by `RowsRead`).
+    LoadRows(RowsAsk),
 }
 
 /// A user hello whose key, signature and freshness the connection checked.
@@ -262,8 +265,10 @@ pub(crate) enum Input {
     Idle,
     /// The store could not write these (PROTOCOL.md C14).
     StoreFailed(StoreFailure),
-    /// These custody rows are on disk.
-    Stored(Vec<u64>),
+    /// These custody rows and directory records are on disk.
+    Stored(Written),
+    /// A page of custody rows read back from disk.
+    RowsRead(RowsRead),
     /// Custody bodies read back from disk, and those that could not be.
     BodiesRead {
         bodies: Bodies,

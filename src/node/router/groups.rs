@@ -124,7 +124,7 @@ impl Router {
             .shares
             .iter()
             .map(|s| s.member.as_str())
-            .filter(|m| !self.users.contains_key(*m))
+            .filter(|m| !self.users.contains_key(m))
             .take(5)
             .map(truncate)
             .collect();

@@ -44,7 +44,9 @@ pub(crate) use links::url_field;
 pub(crate) use peers::PeerDial;
 
 use super::custody::{self, Custody};
-use super::records::{GroupRecord, PresenceRecord, ProofOwner, ServerRecord, UserRecord};
+#[cfg(test)]
+use super::records::UserRecord;
+use super::records::{GroupRecord, PresenceRecord, ProofOwner, ServerRecord};
 use super::state::{Snapshot, StoreFailure};
 use crate::crypto::{self, PublicKey};
 use crate::wire::messages::{
@@ -174,7 +176,7 @@ enum Pending {
 pub(crate) struct Router {
     cfg: RouterConfig,
     master_id: Option<String>,
-    users: HashMap<String, UserRecord>,
+    users: directory::Directory,
     servers: HashMap<String, ServerRecord>,
     sessions: HashMap<String, Session>,
     conn_users: HashMap<ConnId, String>,
@@ -248,7 +250,7 @@ impl Router {
         }
         Router {
             master_id,
-            users: snapshot.users,
+            users: directory::Directory::new(snapshot.store, directory::DIRECTORY_CACHE),
             servers: snapshot.servers,
             sessions: HashMap::new(),
             conn_users: HashMap::new(),
@@ -403,7 +405,8 @@ impl Router {
             Input::Shutdown => self.shutting_down(),
             Input::Idle => self.flush_receipts(),
             Input::StoreFailed(failure) => self.store_failed(failure),
-            Input::Stored(seqs) => self.stored(seqs),
+            Input::Stored(written) => self.stored(written),
+            Input::RowsRead(read) => self.rows_read(read),
             Input::BodiesRead { bodies, unread } => self.bodies_read(bodies, unread),
         }
         if !self.waiting_hellos.is_empty() {

@@ -5,6 +5,8 @@
 //! - `records`: the router's records of users, servers, presence, groups;
 //! - `sql`: the tables: loading the router's state, applying its writes;
 //! - `custody_rows`: how custody entries and their bodies are stored;
+//! - `read`: the router's synchronous reads (directory records, custody
+//!   rows already on disk);
 //! - `pipeline`: when each write and acknowledgement leaves (held custody
 //!   rows, acks after what was queued before them, retries), without I/O;
 //! - `outcome`: what each pass hands back to the hub;
@@ -14,12 +16,16 @@ pub(crate) mod custody_rows;
 mod ops;
 pub(crate) mod outcome;
 mod pipeline;
+pub(crate) mod read;
 pub(crate) mod sql;
 pub(crate) mod writer;
 
 pub(crate) use custody_rows::Bodies;
 pub(crate) use ops::StoreOp;
-pub(crate) use outcome::{Outcome, PendingAck, StoreFailure};
+pub(crate) use outcome::{Outcome, PendingAck, RowsAsk, RowsRead, StoreFailure, Written};
+#[cfg(test)]
+pub(crate) use read::MemRead;
+pub(crate) use read::StoreRead;
 pub(crate) use sql::{Snapshot, load};
 pub(crate) use writer::{Committed, Writer};
 

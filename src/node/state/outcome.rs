@@ -3,7 +3,50 @@
 //! now on disk and the bodies read back.
 
 use super::custody_rows::Bodies;
+use crate::node::custody::{Dest, Entry};
 use crate::node::records::ConnId;
+
+/// What a commit put on disk: custody rows (by `seq`; their bodies may
+/// leave memory) and directory records (the router's copies may leave its
+/// cache).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Written {
+    pub custody: Vec<u64>,
+    pub users: Vec<String>,
+}
+
+impl Written {
+    pub fn is_empty(&self) -> bool {
+        self.custody.is_empty() && self.users.is_empty()
+    }
+}
+
+impl From<Vec<u64>> for Written {
+    fn from(custody: Vec<u64>) -> Self {
+        Written {
+            custody,
+            users: Vec::new(),
+        }
+    }
+}
+
+/// A page of a destination's custody rows to read back: `seq` in
+/// `(after, upto]`, in order, at most `limit`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RowsAsk {
+    pub dest: Dest,
+    pub after: u64,
+    pub upto: u64,
+    pub limit: usize,
+}
+
+/// The answer to a [`RowsAsk`]: the rows and whether they were the last
+/// (None: they could not be read; asked again later).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RowsRead {
+    pub ask: RowsAsk,
+    pub rows: Option<(Vec<Entry>, bool)>,
+}
 
 /// An acknowledgement that waits for the writes queued before it: the
 /// `msg_id` to acknowledge, on which connection, to which peer.
@@ -39,12 +82,14 @@ pub(crate) struct Outcome {
     pub acks: Vec<PendingAck>,
     /// What failed, if anything did.
     pub failure: Option<StoreFailure>,
-    /// Custody rows now on disk: their bodies may leave memory.
-    pub written: Vec<u64>,
+    /// Custody rows and directory records now on disk.
+    pub written: Written,
     /// Custody bodies read back, as asked.
     pub bodies: Bodies,
     /// Custody bodies asked for that could not be read (asked again later).
     pub unread: Vec<u64>,
+    /// Pages of custody rows read back, as asked.
+    pub rows: Vec<RowsRead>,
 }
 
 impl Outcome {
@@ -54,5 +99,6 @@ impl Outcome {
             && self.written.is_empty()
             && self.bodies.is_empty()
             && self.unread.is_empty()
+            && self.rows.is_empty()
     }
 }

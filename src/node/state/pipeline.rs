@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::StoreOp;
-use super::outcome::{Outcome, PendingAck, StoreFailure};
+use super::outcome::{Outcome, PendingAck, RowsAsk, StoreFailure, Written};
+use crate::node::policy::PolicyOp;
 
 /// What the store thread is asked to do, in order.
 pub(super) enum Job {
     /// Read these custody bodies back (after what is queued is committed).
     Load(Vec<u64>),
+    /// Read a page of a destination's rows back (the same way).
+    Rows(RowsAsk),
     Op(StoreOp),
     /// Acknowledge this to the connection once the batch is committed.
     Ack(PendingAck),
@@ -65,6 +68,8 @@ pub(super) struct Pipeline {
     retry: Vec<StoreOp>,
     /// Custody bodies to read back after this pass's commit.
     loads: Vec<u64>,
+    /// Pages of rows to read back after this pass's commit.
+    row_loads: Vec<RowsAsk>,
 }
 
 impl Pipeline {
@@ -73,8 +78,10 @@ impl Pipeline {
             Job::Op(StoreOp::Custody(e)) => {
                 self.held.insert(e.seq);
                 self.held_bytes += e.bytes;
-                self.queue
-                    .push_back((now + HOLD, Job::Op(StoreOp::Custody(e))));
+                // Nothing downstream will acknowledge a mailbox row soon:
+                // holding it would only hold its sender's ack.
+                let due = if e.mailbox { now } else { now + HOLD };
+                self.queue.push_back((due, Job::Op(StoreOp::Custody(e))));
             }
             Job::Op(StoreOp::Release(seqs)) => {
                 // A row that failed to write has nothing to delete.
@@ -91,6 +98,7 @@ impl Pipeline {
             Job::Op(op) => self.batch.push(op),
             Job::Ack(_) => self.queue.push_back((now, job)),
             Job::Load(seqs) => self.loads.extend(seqs),
+            Job::Rows(ask) => self.row_loads.push(ask),
             Job::Flush(done) => {
                 // Everything queued before it goes to disk now.
                 for (at, _) in self.queue.iter_mut() {
@@ -145,13 +153,17 @@ impl Pipeline {
                     error: "an earlier write of this content failed".into(),
                     ..Default::default()
                 });
-                let written = batch
-                    .iter()
-                    .filter_map(|op| match op {
-                        StoreOp::Custody(e) => Some(e.seq),
-                        _ => None,
-                    })
-                    .collect();
+                let mut written = Written::default();
+                for op in &batch {
+                    match op {
+                        StoreOp::Custody(e) => written.custody.push(e.seq),
+                        StoreOp::PinUser(id, _) => written.users.push(id.clone()),
+                        StoreOp::Policy(PolicyOp::ReplaceKey { user, .. }) => {
+                            written.users.push(user.clone())
+                        }
+                        _ => {}
+                    }
+                }
                 return Outcome {
                     acks,
                     failure,
@@ -223,6 +235,7 @@ impl Pipeline {
                 Job::Op(op) => self.batch.push(op),
                 Job::Flush(done) => self.flushes.push(done),
                 Job::Load(seqs) => self.loads.extend(seqs),
+                Job::Rows(ask) => self.row_loads.push(ask),
             }
         }
         None
@@ -258,6 +271,11 @@ impl Pipeline {
     /// Custody bodies to read back now.
     pub(super) fn take_loads(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.loads)
+    }
+
+    /// Pages of rows to read back after this pass's commit.
+    pub(super) fn take_row_loads(&mut self) -> Vec<RowsAsk> {
+        std::mem::take(&mut self.row_loads)
     }
 
     /// Flushes whose writes are committed.
@@ -312,6 +330,7 @@ mod tests {
             sender: "alice".into(),
             bytes: 1,
             created_ms: 0,
+            mailbox: false,
         }
     }
 
@@ -401,6 +420,21 @@ mod tests {
         assert_eq!(written(&mut p), ["row 1"]);
         assert_eq!(acked(&mut p), ["m1"]);
         assert_eq!(p.take_flushes().len(), 1);
+    }
+
+    #[test]
+    fn a_mailbox_row_is_written_and_acknowledged_at_once() {
+        // Issue 13: a sender to an offline user waited out the hold for
+        // every ack (with a window of 256, about 1,000 frames/s).
+        let t0 = Instant::now();
+        let mut p = Pipeline::default();
+        let mut e = entry(1);
+        e.mailbox = true;
+        p.take(Job::Op(StoreOp::Custody(e)), t0);
+        p.take(ack(1), t0);
+        assert_eq!(p.advance(t0), None);
+        assert_eq!(written(&mut p), ["row 1"]);
+        assert_eq!(acked(&mut p), ["m1"]);
     }
 
     #[test]

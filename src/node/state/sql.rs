@@ -11,34 +11,65 @@ use serde_json::Value;
 use super::StateError;
 use super::StoreOp;
 use super::custody_rows;
-use crate::node::custody::Entry;
+use super::read::{MemRead, SqliteRead, StoreRead};
+use crate::node::custody::Summary;
 use crate::node::records::{GroupRecord, PresenceRecord, ProofOwner, ServerRecord, UserRecord};
 use crate::wire::HELLO_FRESHNESS_MS;
 use crate::wire::messages::{Proof, Role};
 
-/// Everything the router resumes from.
-#[derive(Debug, Default)]
+/// Everything the router resumes from. The directory and custody rows
+/// stay on disk: the router reads them through `store` (records) and in
+/// pages (custody), starting from per-destination counts.
 pub(crate) struct Snapshot {
-    pub users: HashMap<String, UserRecord>,
+    pub store: Box<dyn StoreRead>,
     pub servers: HashMap<String, ServerRecord>,
     pub presence: HashMap<String, PresenceRecord>,
     pub groups: HashMap<String, GroupRecord>,
     pub seen_hellos: HashMap<[u8; 32], i64>,
     pub proof_owners: HashMap<[u8; 32], ProofOwner>,
-    pub custody: Vec<Entry>,
+    pub custody: Summary,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("servers", &self.servers.len())
+            .field("custody", &self.custody.dests.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            store: Box::new(MemRead::default()),
+            servers: HashMap::new(),
+            presence: HashMap::new(),
+            groups: HashMap::new(),
+            seen_hellos: HashMap::new(),
+            proof_owners: HashMap::new(),
+            custody: Summary::default(),
+        }
+    }
 }
 
 /// Loads the router's state. Hellos older than the freshness window are
 /// left out: their `ts` check refuses them anyway.
 pub(crate) fn load(conn: &Connection, now: i64) -> Result<Snapshot, StateError> {
+    // A database in a file is read through a connection of its own; one
+    // in memory (tests) has no other connection: its users are copied.
+    let store: Box<dyn StoreRead> = match conn.path().filter(|p| !p.is_empty()) {
+        Some(path) => Box::new(SqliteRead::open(std::path::Path::new(path))?),
+        None => Box::new(MemRead::with_users(load_users(conn)?)),
+    };
     Ok(Snapshot {
-        users: load_users(conn)?,
+        store,
         servers: load_servers(conn)?,
         presence: load_presence(conn)?,
         groups: load_groups(conn)?,
         seen_hellos: load_seen_hellos(conn, now - 2 * HELLO_FRESHNESS_MS)?,
         proof_owners: load_proof_owners(conn)?,
-        custody: custody_rows::load(conn)?,
+        custody: custody_rows::summary(conn)?,
     })
 }
 

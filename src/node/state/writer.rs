@@ -15,7 +15,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use super::StateError;
 use super::StoreOp;
 use super::custody_rows;
-use super::outcome::{Outcome, PendingAck};
+use super::outcome::{Outcome, PendingAck, RowsAsk, RowsRead};
 use super::pipeline::{Job, Pipeline, RETRY_EVERY};
 use super::sql;
 use crate::node::health::Health;
@@ -111,6 +111,12 @@ impl Writer {
     /// Reads these custody bodies back; they come in an `Outcome`.
     pub fn load(&self, seqs: Vec<u64>) {
         let _ = self.tx.send(Job::Load(seqs));
+    }
+
+    /// Reads a page of a destination's custody rows back; it comes in an
+    /// `Outcome`.
+    pub fn rows(&self, ask: RowsAsk) {
+        let _ = self.tx.send(Job::Rows(ask));
     }
 
     /// Resolves once everything queued before it is committed.
@@ -271,6 +277,13 @@ impl StoreThread {
     /// Reads back the custody bodies asked for; those that cannot be read
     /// are asked again at the router's next pump.
     fn read_back(&mut self, outcome: &mut Outcome) {
+        for ask in self.pipeline.take_row_loads() {
+            let rows =
+                custody_rows::read_rows(&self.conn, &ask.dest, ask.after, ask.upto, ask.limit)
+                    .inspect_err(|e| tracing::error!(error = %e, "cannot read custody rows back"))
+                    .ok();
+            outcome.rows.push(RowsRead { ask, rows });
+        }
         let loads = self.pipeline.take_loads();
         if loads.is_empty() {
             return;

@@ -6,6 +6,7 @@
 mod abuse;
 mod custody;
 mod directory;
+mod disk_state;
 mod groups;
 mod mesh;
 mod presence;

@@ -1,6 +1,6 @@
 //! The one place the simulator (and the router's unit tests) touch the
 //! router's frame and custody types: `Outgoing`, custody `Entry`, the
-//! store's bodies and failures. When those change, only this file follows;
+//! store's bodies, pages of rows, counts and failures. When those change, only this file follows;
 //! everything else works on envelopes, as they travel on the wire.
 
 use std::collections::BTreeMap;
@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::super::{ConnId, Input, Outgoing, StoreFailure};
-use crate::node::custody::Entry;
+use super::super::{ConnId, Input, Outgoing, StoreFailure, StoreOp};
+use crate::node::custody::{Dest, Entry, OnDisk, Summary};
+use crate::node::policy::PolicyOp;
+use crate::node::state::{MemRead, RowsAsk, RowsRead};
 use crate::wire::Envelope;
 use crate::wire::messages::Kind;
 
@@ -41,10 +43,68 @@ pub(crate) fn seq_of(e: &Entry) -> u64 {
     e.seq
 }
 
-/// The entry as the store loads it at start: without its body.
-pub(crate) fn without_body(mut e: Entry) -> Entry {
-    e.body = None;
-    e
+/// What the store counts at start: every destination's rows on disk only.
+pub(crate) fn summary(rows: &BTreeMap<u64, Entry>) -> Summary {
+    let mut dests: BTreeMap<Dest, OnDisk> = BTreeMap::new();
+    let mut senders: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for e in rows.values() {
+        let d = dests.entry(e.dest.clone()).or_insert(OnDisk {
+            oldest_ms: i64::MAX,
+            ..Default::default()
+        });
+        d.frames += 1;
+        d.bytes += e.bytes;
+        d.oldest_ms = d.oldest_ms.min(e.created_ms);
+        d.upto = d.upto.max(e.seq);
+        let s = senders.entry(e.sender.clone()).or_default();
+        s.0 += 1;
+        s.1 += e.bytes;
+    }
+    Summary {
+        max_seq: rows.keys().next_back().copied().unwrap_or(0),
+        dests: dests.into_iter().collect(),
+        senders: senders.into_iter().map(|(s, (f, b))| (s, f, b)).collect(),
+    }
+}
+
+/// The store's answer to `LoadRows`: a page of a destination's rows.
+pub(crate) fn rows_read(rows: &BTreeMap<u64, Entry>, ask: RowsAsk) -> Input {
+    let page: Vec<Entry> = rows
+        .range(ask.after + 1..=ask.upto.max(ask.after))
+        .map(|(_, e)| e)
+        .filter(|e| e.dest == ask.dest)
+        .take(ask.limit)
+        .cloned()
+        .collect();
+    let done = page.len() < ask.limit;
+    Input::RowsRead(RowsRead {
+        ask,
+        rows: Some((page, done)),
+    })
+}
+
+/// Keeps the rows the router reads (users, custody) in step with `op`.
+pub(crate) fn mirror(read: &MemRead, op: &StoreOp) {
+    let mut rows = read.0.lock().unwrap_or_else(|e| e.into_inner());
+    match op {
+        StoreOp::PinUser(id, rec) => {
+            rows.users.entry(id.clone()).or_insert_with(|| rec.clone());
+        }
+        StoreOp::Policy(PolicyOp::ReplaceKey { user, pubkey }) => {
+            if let Some(rec) = rows.users.get_mut(user) {
+                rec.pubkey = pubkey.clone();
+            }
+        }
+        StoreOp::Custody(e) => {
+            rows.custody.insert(e.seq, e.clone());
+        }
+        StoreOp::Release(seqs) => {
+            for seq in seqs {
+                rows.custody.remove(seq);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The store's answer to `LoadBodies`: the bodies of these rows, read

@@ -12,6 +12,7 @@ use super::super::{
 use super::adapt;
 use crate::node::custody::Entry;
 use crate::node::policy::PolicyOp;
+use crate::node::state::MemRead;
 
 /// The rows of one node.
 #[derive(Default)]
@@ -24,12 +25,15 @@ pub(crate) struct Disk {
     proof_owners: BTreeMap<[u8; 32], ProofOwner>,
     /// Custody rows by `seq`, with their bodies.
     pub custody: BTreeMap<u64, Entry>,
+    /// The users and custody rows again, as the router reads them.
+    mirror: MemRead,
 }
 
 impl Disk {
     /// Applies one write at time `now`, with the same conflict rules as
     /// the SQL (a user's first key stays; a server keeps its first key).
     pub fn apply(&mut self, op: StoreOp, now: i64) {
+        adapt::mirror(&self.mirror, &op);
         match op {
             StoreOp::PinUser(id, rec) => {
                 self.users.entry(id).or_insert(rec);
@@ -93,7 +97,7 @@ impl Disk {
     pub fn snapshot(&self, now: i64) -> Snapshot {
         let cutoff = now - 2 * HELLO_FRESHNESS_MS;
         Snapshot {
-            users: self.users.clone().into_iter().collect(),
+            store: Box::new(self.mirror.clone()),
             servers: self.servers.clone().into_iter().collect(),
             presence: self
                 .presence
@@ -112,12 +116,7 @@ impl Disk {
                 .map(|(d, at)| (*d, *at))
                 .collect(),
             proof_owners: self.proof_owners.clone().into_iter().collect(),
-            custody: self
-                .custody
-                .values()
-                .cloned()
-                .map(adapt::without_body)
-                .collect(),
+            custody: adapt::summary(&self.custody),
         }
     }
 }

@@ -47,6 +47,7 @@ impl Mesh {
         let mut ops = Vec::new();
         let mut acks = Vec::new();
         let mut loads = Vec::new();
+        let mut rows = Vec::new();
         for output in outputs {
             match output {
                 Output::Send(conn, out) => {
@@ -70,9 +71,14 @@ impl Mesh {
                 Output::AckAfterPersist { conn, to, msg_id } => acks.push((conn, to, msg_id)),
                 Output::LoadBodies(seqs) => loads.extend(seqs),
                 Output::Dial(peer) => self.dial_announced(name, &peer.server_id),
+                Output::LoadRows(ask) => rows.push(ask),
             }
         }
         self.commit(name, ops, acks, loads);
+        for ask in rows {
+            let input = adapt::rows_read(&self.node_ref(name).disk.custody, ask);
+            self.step(name, input);
+        }
     }
 
     /// The store writer's job: apply the rows, then send the acks that
@@ -126,7 +132,7 @@ impl Mesh {
                 self.send(name, conn, net::Item::Frame(env));
             }
             if !written.is_empty() {
-                self.step(name, Input::Stored(written));
+                self.step(name, Input::Stored(written.into()));
             }
         }
         if !loads.is_empty() {
