@@ -112,6 +112,7 @@ fn template(kind: &str) -> Vec<(&'static str, F)> {
         "ACK" => vec![("msg_ids", Strings)],
         "RECEIPT" => vec![("user_id", S), ("msg_ids", Strings), ("status", S)],
         "ERROR" => vec![("code", S), ("detail", S)],
+        "PEER_ANNOUNCE" => vec![("server_id", S)],
         other => panic!("no template for {other}; add one"),
     }
 }
@@ -124,6 +125,7 @@ fn fixed(kind: &str) -> Map<String, Value> {
             json!({"shares": [{"member": "bob", "wrapped_group_key": "k", "zz": 1}]})
         }
         "FILE_START" => json!({"mode": "group", "group_id": "group_x"}),
+        "PEER_ANNOUNCE" => json!({"hello": {"payload": {"host": "h", "port": 1}, "sig": "s"}}),
         _ => json!({}),
     };
     match v {

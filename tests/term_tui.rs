@@ -151,7 +151,7 @@ async fn the_terminal_ui_edits_keeps_history_and_is_not_split_by_incoming_lines(
     alice.keys(ENTER);
     alice
         .wait_for("two helps", |r| {
-            r.iter().filter(|l| l.contains("/outbox")).count() >= 2
+            r.iter().filter(|l| l.contains("/quit ")).count() >= 2
         })
         .await;
     alice.keys(common::pty::PAGE_UP);

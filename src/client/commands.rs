@@ -58,7 +58,7 @@ pub const USAGE: &[(&str, &str)] = &[
     ("/help", "show this help"),
     (
         "/list [PREFIX]",
-        "who is online anywhere in the mesh (whose id starts with PREFIX), a page at a time",
+        "who is online, a page at a time (ids starting with PREFIX)",
     ),
     ("/more", "the next page of the last /list"),
     ("/pubget", "your own public key and fingerprint"),

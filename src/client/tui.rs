@@ -188,7 +188,15 @@ impl Screen {
             KeyCode::Up => e.up(),
             KeyCode::Down => e.down(),
             KeyCode::PageUp => self.scroll_by(self.pane_rows.max(2) as isize - 1),
-            KeyCode::PageDown => self.scroll_by(-(self.pane_rows.max(2) as isize - 1)),
+            KeyCode::PageDown => {
+                self.scroll_by(-(self.pane_rows.max(2) as isize - 1));
+                // Lines that came in while scrolled back pushed the view up:
+                // a page down that ends less than half a page from the
+                // bottom follows new lines again, so it shows them.
+                if self.scroll < self.pane_rows / 2 {
+                    self.scroll_by(-(self.scroll as isize));
+                }
+            }
             _ => {}
         }
         None
