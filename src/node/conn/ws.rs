@@ -307,8 +307,12 @@ impl FrameReader {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            let want = self.frame_needs().unwrap_or(READ_CHUNK).max(READ_CHUNK);
-            self.buf.reserve_exact(want.min(self.max + 14));
+            // Room grows with the bytes that arrived (at most doubling),
+            // not with the length a header claims: a 14-byte header must
+            // not make a connection hold 1 MiB.
+            let needs = self.frame_needs().unwrap_or(READ_CHUNK);
+            self.buf
+                .reserve_exact(needs.min(self.buf.len()).max(READ_CHUNK));
             return tokio::io::AsyncReadExt::read_buf(io, &mut self.buf).await;
         }
         self.buf = Vec::new();
@@ -603,6 +607,19 @@ mod tests {
         assert_eq!(ws.reader.held(), 0);
         drop(writer.await.unwrap());
         assert!(next(&mut ws).await.is_none(), "end of stream");
+    }
+
+    #[tokio::test]
+    async fn a_frame_header_alone_does_not_reserve_the_frame() {
+        let (mut peer, io) = duplex(4096);
+        let mut ws = server(io);
+        // The start of a 1 MiB frame (header and 100 bytes), then nothing.
+        let frame = client_frame(true, TEXT, &vec![b'a'; 1 << 20]);
+        peer.write_all(&frame[..114]).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(200), ws.next()).await;
+        assert!(waited.is_err(), "no message from a part of a frame");
+        let held = ws.reader.held();
+        assert!(held <= 2 * READ_CHUNK, "{held} bytes held for 114 received");
     }
 
     #[tokio::test]
