@@ -161,7 +161,13 @@ impl Dialer {
             () = super::stop_requested(&mut self.ctx.shutdown) => return Ok(()),
         };
         let mut ws = conn::dialed(ws);
-        let out = Outgoing::new(ids::TO_SERVER, Message::PeerHelloLink(self.hello.clone()));
+        // An announced server's hello names it: a server that is not it
+        // (a wrong or planted address) does not take it for a new link.
+        let to = self
+            .expect
+            .as_ref()
+            .map_or(ids::TO_SERVER, |(id, _)| id.as_str());
+        let out = Outgoing::new(to, Message::PeerHelloLink(self.hello.clone()));
         let text = conn::sign(&self.ctx.key, &self.ctx.me, out)
             .await
             .ok_or_else(|| anyhow::anyhow!("cannot sign our hello"))?;

@@ -55,6 +55,7 @@ pub fn dispatch(data: &[u8]) {
             host: "h".into(),
             port: 1,
             ts: 1,
+            to: ids::TO_SERVER.into(),
             socp: true,
             answers_registrations: true,
             dialed: !master,

@@ -182,6 +182,8 @@ pub(crate) struct LinkHelloIn {
     pub port: u16,
     /// The hello's envelope `ts`: must grow from one link to the next.
     pub ts: i64,
+    /// The hello's envelope `to`: `server_*`, or the server it is meant for.
+    pub to: String,
     /// The peer listed our capability: it re-advertises after a reconnect.
     pub socp: bool,
     /// The peer answers registrations that carry a `req_id`.
@@ -223,6 +225,7 @@ impl LinkHelloIn {
             host: hello.host,
             port: hello.port,
             ts: env.ts,
+            to: env.to.clone(),
             socp,
             answers_registrations,
             dialed,

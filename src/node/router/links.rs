@@ -68,6 +68,12 @@ impl Router {
         if *id == self.cfg.me {
             return Some(NoLink::Close);
         }
+        // Meant for another server (an announced address that leads here):
+        // taking it would replace the link this server already has.
+        if hello.to != self.cfg.me && ids::check_server(&hello.to).is_ok() {
+            tracing::warn!(server = %id, "refused link: its hello names another server");
+            return Some(NoLink::Close);
+        }
         // The master a local dialed is its trust anchor, pinned on its own;
         // every other link needs an --admit entry when there is a list.
         if !hello.dialed_master && !self.admits(id, &hello.key) {
@@ -75,6 +81,18 @@ impl Router {
             return Some(NoLink::Refuse(
                 ErrorCode::NotAllowed,
                 "this server is not admitted to the mesh: its operator must list its id or key fingerprint (--admit)",
+            ));
+        }
+        // The envelope `ts` is not signed (the payload is), and anyone
+        // holding a server's hello (every local it is announced to) may
+        // send it: one dated in the future would be pinned below and
+        // refuse the server's own hellos until then. (A hello that
+        // answers ours came from the address we chose: its clock is its own.)
+        if !hello.dialed && hello.ts > self.now.saturating_add(super::HELLO_FRESHNESS_MS) {
+            tracing::warn!(server = %id, "refused link: its hello is dated in the future");
+            return Some(NoLink::Refuse(
+                ErrorCode::NotAllowed,
+                "link hello is dated more than 120 s ahead of this server's clock",
             ));
         }
         if let Some(rec) = self.servers.get(id) {

@@ -234,6 +234,43 @@ mod tests {
         assert!(announces(&out).is_empty());
     }
 
+    #[test]
+    fn an_announced_hello_replayed_from_the_future_does_not_lock_its_server_out() {
+        // Every socp local holds l1's signed hello (PEER_ANNOUNCE); the
+        // envelope `ts` beside it is not signed.
+        let mut m = router(&ids::new_master_id(), true);
+        let l1 = ids::new_local_server_id();
+        let linked = |conn: u64, ts: i64| {
+            let Input::LinkHello(mut h) = hello(conn, &l1, key("alice"), Role::Local, true, false)
+            else {
+                unreachable!()
+            };
+            h.ts = ts;
+            Input::LinkHello(h)
+        };
+        m.step(1_000, linked(1, 1_000));
+        m.step(2_000, linked(2, i64::MAX / 2));
+        // l1 itself links again, its clock right.
+        m.step(10_000, linked(3, 10_000));
+        assert_eq!(m.links.get(&l1).map(|l| l.conn), Some(3));
+    }
+
+    #[test]
+    fn a_hello_meant_for_another_server_does_not_replace_a_link() {
+        // l1 dials an announced server whose url leads to the master:
+        // its hello names that server, and the master keeps l1's link.
+        let mut m = router(&ids::new_master_id(), true);
+        let l1 = ids::new_local_server_id();
+        m.step(1, hello(1, &l1, key("alice"), Role::Local, true, false));
+        let Input::LinkHello(mut h) = hello(2, &l1, key("alice"), Role::Local, true, false) else {
+            unreachable!()
+        };
+        h.ts = 2;
+        h.to = ids::new_local_server_id();
+        m.step(2, Input::LinkHello(h));
+        assert_eq!(m.links.get(&l1).map(|l| l.conn), Some(1));
+    }
+
     /// A local linked to its master, and the announce the master would send
     /// for `id` (key erin).
     fn local_with_master() -> (Router, String) {

@@ -73,6 +73,7 @@ fn link(conn: ConnId, id: &str, k: &PrivateKey, role: Role, dialed_master: bool)
         host: "h".into(),
         port: 1,
         ts: 5,
+        to: crate::wire::ids::TO_SERVER.into(),
         socp: true,
         answers_registrations: true,
         dialed: dialed_master,
