@@ -32,6 +32,10 @@ pub(crate) struct Acceptor {
     pub web: bool,
 }
 
+/// Connections from one address that is over `--max-conns-per-ip` told
+/// so at once; more are dropped without a word.
+const REFUSING_PER_IP: usize = 16;
+
 /// Connections open, in all and per IP address; a slot is given back when
 /// dropped.
 #[derive(Clone, Default)]
@@ -41,6 +45,11 @@ struct Slots(Arc<std::sync::Mutex<SlotCounts>>);
 struct SlotCounts {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
+    /// Connections being told their address is over its cap, per address
+    /// (at most [`REFUSING_PER_IP`]: more are dropped, so that one address
+    /// that never finishes a handshake cannot hold every place in the
+    /// total).
+    refusing: HashMap<IpAddr, usize>,
 }
 
 /// A connection's place in the counts: in all, and for its address unless
@@ -69,12 +78,18 @@ impl Slots {
         if m.total >= limits.max_conns {
             return Err(NoSlot::Full);
         }
-        m.total += 1;
         let n = m.per_ip.entry(ip).or_default();
         let per_ip = *n < limits.max_conns_per_ip;
         if per_ip {
             *n += 1;
+        } else {
+            let told = m.refusing.entry(ip).or_default();
+            if *told >= REFUSING_PER_IP {
+                return Err(NoSlot::Full);
+            }
+            *told += 1;
         }
+        m.total += 1;
         let slot = Slot {
             slots: self.clone(),
             ip,
@@ -92,12 +107,15 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if let Ok(mut m) = self.slots.0.lock() {
             m.total = m.total.saturating_sub(1);
-            if self.per_ip
-                && let Some(n) = m.per_ip.get_mut(&self.ip)
-            {
+            let counts = if self.per_ip {
+                &mut m.per_ip
+            } else {
+                &mut m.refusing
+            };
+            if let Some(n) = counts.get_mut(&self.ip) {
                 *n -= 1;
                 if *n == 0 {
-                    m.per_ip.remove(&self.ip);
+                    counts.remove(&self.ip);
                 }
             }
         }
@@ -279,5 +297,32 @@ mod tests {
         let second = slots.take(other, &limits);
         assert!(second.is_ok(), "a slot was not given back");
         drop(first);
+    }
+
+    #[test]
+    fn one_address_cannot_hold_the_total_with_refusals() {
+        let limits = Limits {
+            max_conns: 100,
+            max_conns_per_ip: 2,
+            ..Default::default()
+        };
+        let slots = Slots::default();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            match slots.take(ip, &limits) {
+                Ok(slot) | Err(NoSlot::Address(slot)) => held.push(slot),
+                Err(NoSlot::Full) => {}
+            }
+        }
+        // Its cap served, a few told so; the rest dropped at once.
+        assert_eq!(held.len(), 2 + REFUSING_PER_IP);
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(slots.take(other, &limits).is_ok());
+        drop(held);
+        assert!(
+            slots.take(ip, &limits).is_ok(),
+            "a refusal was not given back"
+        );
     }
 }
