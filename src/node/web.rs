@@ -49,8 +49,11 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Ve
         if n == 0 {
             return Err(HeadError::Closed);
         }
+        // Only the new bytes (and the three before them) can complete the
+        // blank line: a head trickled in a byte at a time costs linear time.
+        let from = buf.len().saturating_sub(3);
         buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
             return Ok(buf);
         }
         if buf.len() > MAX_HEAD {
@@ -314,5 +317,32 @@ mod tests {
         assert!(asset("/js/../index.html").is_none());
         assert!(asset("//etc/passwd").is_none());
         assert!(asset("/nope.js").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_head_trickled_a_byte_at_a_time_is_found_whole() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut mock = tokio_test_reader(head);
+        let got = read_head(&mut mock).await.unwrap();
+        assert_eq!(got, head);
+    }
+
+    /// A reader that hands out one byte per read.
+    fn tokio_test_reader(bytes: &'static [u8]) -> impl AsyncRead + Unpin {
+        struct OneByte(&'static [u8]);
+        impl AsyncRead for OneByte {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                if let Some((first, rest)) = self.0.split_first() {
+                    buf.put_slice(&[*first]);
+                    self.0 = rest;
+                }
+                Poll::Ready(Ok(()))
+            }
+        }
+        OneByte(bytes)
     }
 }
