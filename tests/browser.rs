@@ -210,11 +210,18 @@ async fn a_key_made_by_keyboard_alone_survives_reload_and_a_key_change_blocks_se
     drop(bobc);
 
     // Reload: the identity, the history and the connection come back.
+    // How long until the page is usable again is printed (a figure, not a
+    // timed assertion: issue 15 asks for about 1 s once a key exists).
+    let reload = std::time::Instant::now();
     dave.refresh().await;
     dave.wait_text("#status", "connected after reload", |t| {
         t.starts_with("connected to")
     })
     .await;
+    eprintln!(
+        "figure: the page was usable (signed in, connected) {} ms after a reload",
+        reload.elapsed().as_millis()
+    );
     assert_eq!(
         dave.wait_text("#me", "fingerprint", |t| t.contains("fingerprint"))
             .await,
