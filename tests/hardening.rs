@@ -198,3 +198,28 @@ async fn sigterm_stops_within_five_seconds_and_loses_nothing() {
     let mut bob = connect(&master.url(), "bob").await;
     assert_eq!(expect_dm(&mut bob, &user_key("bob")).await, b"kept");
 }
+
+/// A master that takes the TCP connection and never answers the WebSocket
+/// upgrade does not stall the local's dialer: the connect is timed like the
+/// hello answer, and the local dials again (review finding: it waited for
+/// good on the first connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_never_answers_the_upgrade_is_dialed_again() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", silent.local_addr().unwrap());
+    let _local = TestNode::local(&url).await;
+    let mut held = Vec::new();
+    let deadline = Duration::from_secs(30);
+    let accepts = tokio::time::timeout(deadline, async {
+        while held.len() < 2 {
+            let (sock, _) = silent.accept().await.unwrap();
+            held.push(sock); // kept open, never answered
+        }
+    })
+    .await;
+    assert!(
+        accepts.is_ok(),
+        "the local dialed {} time(s) in {deadline:?}: its dialer is stuck on a connection that never answers",
+        held.len()
+    );
+}

@@ -151,13 +151,20 @@ impl Dialer {
     }
 
     async fn link_once(&mut self) -> anyhow::Result<()> {
+        // The connect (TCP, TLS, upgrade) is timed like the hello answer: a
+        // server that takes the connection and never answers would stall
+        // this dialer for good.
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            &self.url,
+            Some(conn::ws_config()),
+            true,
+            Some(tokio_tungstenite::Connector::Rustls(self.tls.clone())),
+        );
         let (ws, _) = tokio::select! {
-            r = tokio_tungstenite::connect_async_tls_with_config(
-                &self.url,
-                Some(conn::ws_config()),
-                true,
-                Some(tokio_tungstenite::Connector::Rustls(self.tls.clone())),
-            ) => r?,
+            r = tokio::time::timeout(HELLO_TIMEOUT, connect) => match r {
+                Ok(r) => r?,
+                Err(_) => anyhow::bail!("no WebSocket answer within {HELLO_TIMEOUT:?}"),
+            },
             () = super::stop_requested(&mut self.ctx.shutdown) => return Ok(()),
         };
         let mut ws = conn::dialed(ws);
