@@ -78,10 +78,12 @@ impl Pipeline {
             Job::Op(StoreOp::Custody(e)) => {
                 self.held.insert(e.seq);
                 self.held_bytes += e.bytes;
-                // Nothing downstream will acknowledge a mailbox row soon:
-                // holding it would only hold its sender's ack.
-                let due = if e.mailbox { now } else { now + HOLD };
-                self.queue.push_back((due, Job::Op(StoreOp::Custody(e))));
+                // Mailbox rows are held too: writing them at once lost a DM
+                // when the master's disk was full (tests/storage.rs
+                // content_a_full_master_refuses_is_sent_again_by_the_local,
+                // about one run in three); issue 13 keeps the fill rate open.
+                self.queue
+                    .push_back((now + HOLD, Job::Op(StoreOp::Custody(e))));
             }
             Job::Op(StoreOp::Release(seqs)) => {
                 // A row that failed to write has nothing to delete.
@@ -420,21 +422,6 @@ mod tests {
         assert_eq!(written(&mut p), ["row 1"]);
         assert_eq!(acked(&mut p), ["m1"]);
         assert_eq!(p.take_flushes().len(), 1);
-    }
-
-    #[test]
-    fn a_mailbox_row_is_written_and_acknowledged_at_once() {
-        // Issue 13: a sender to an offline user waited out the hold for
-        // every ack (with a window of 256, about 1,000 frames/s).
-        let t0 = Instant::now();
-        let mut p = Pipeline::default();
-        let mut e = entry(1);
-        e.mailbox = true;
-        p.take(Job::Op(StoreOp::Custody(e)), t0);
-        p.take(ack(1), t0);
-        assert_eq!(p.advance(t0), None);
-        assert_eq!(written(&mut p), ["row 1"]);
-        assert_eq!(acked(&mut p), ["m1"]);
     }
 
     #[test]
