@@ -2,9 +2,10 @@
 //! custody rows and acks queue in order; a row is written when its hold
 //! expires (a mailbox row, which nothing downstream will acknowledge soon,
 //! is not held: it goes in the next transaction), or dropped when a
-//! release for it arrives first (the next hop has it); an ack leaves when
-//! everything queued before it is written or dropped, and only after the
-//! transaction that wrote it commits. Other writes (directory, presence,
+//! release for it arrives first (the next hop has it); an ack for content
+//! with a held row leaves when everything queued before it is written or
+//! dropped, any other ack with this pass's transaction (its rows are in
+//! it, or already on disk), and only once that transaction commits. Other writes (directory, presence,
 //! releases of written rows) go straight to the next transaction. A failed
 //! transaction is sorted out here too: what must be refused, forgotten or
 //! retried. An ack for content whose row failed is never sent: refused if
@@ -12,6 +13,7 @@
 //! forgot the row (it was sent for that row, not for a resend).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -52,6 +54,12 @@ pub(super) struct Pipeline {
     queue: VecDeque<(Instant, Job)>,
     /// Custody rows in `queue`.
     held: HashSet<u64>,
+    /// Custody rows in `queue` by a hash of their `msg_id`: an ack with
+    /// none waits for nothing queued (its rows are in the batch, on disk,
+    /// or there are none) and leaves with this pass's commit. A collision
+    /// only makes an ack wait its turn.
+    held_msgs: HashMap<u64, usize>,
+    ids: std::hash::RandomState,
     /// Rows released while held: dropped when they reach the front.
     handed_on: HashSet<u64>,
     /// Writes for the next transaction, acks and flushes after its commit.
@@ -85,14 +93,20 @@ pub(super) struct Pipeline {
 impl Pipeline {
     pub(super) fn take(&mut self, job: Job, now: Instant) {
         match job {
+            // Nothing downstream will acknowledge a mailbox row soon:
+            // holding it would only hold its sender's ack. It goes in this
+            // pass's transaction, ahead of held rows; its ack leaves when
+            // that commits.
+            Job::Op(StoreOp::Custody(e)) if e.mailbox => self.batch.push(StoreOp::Custody(e)),
             Job::Op(StoreOp::Custody(e)) => {
                 self.held.insert(e.seq);
                 self.held_bytes += e.bytes;
-                // Nothing downstream will acknowledge a mailbox row soon:
-                // holding it would only hold its sender's ack. It goes in
-                // the next transaction; its ack leaves when that commits.
-                let due = if e.mailbox { now } else { now + HOLD };
-                self.queue.push_back((due, Job::Op(StoreOp::Custody(e))));
+                *self
+                    .held_msgs
+                    .entry(self.ids.hash_one(&e.msg_id))
+                    .or_default() += 1;
+                self.queue
+                    .push_back((now + HOLD, Job::Op(StoreOp::Custody(e))));
             }
             Job::Op(StoreOp::Release(seqs)) => {
                 // A row that failed to write has nothing to delete.
@@ -110,6 +124,9 @@ impl Pipeline {
             // The router acknowledged content it held in a row whose write
             // failed (it has not forgotten the row yet): not on disk.
             Job::Ack(ack) if self.failed_ids.contains_key(&ack.msg_id) => self.refused.push(ack),
+            Job::Ack(ack) if !self.held_msgs.contains_key(&self.ids.hash_one(&ack.msg_id)) => {
+                self.acks.push(ack)
+            }
             Job::Ack(_) => self.queue.push_back((now, job)),
             Job::Load(seqs) => self.loads.extend(seqs),
             Job::Rows(ask) => self.row_loads.push(ask),
@@ -119,6 +136,17 @@ impl Pipeline {
                     *at = now.min(*at);
                 }
                 self.flushes.push(done);
+            }
+        }
+    }
+
+    /// A held row of `msg_id` left the queue.
+    fn unhold(&mut self, msg_id: &str) {
+        let h = self.ids.hash_one(msg_id);
+        if let Some(n) = self.held_msgs.get_mut(&h) {
+            *n -= 1;
+            if *n == 0 {
+                self.held_msgs.remove(&h);
             }
         }
     }
@@ -241,6 +269,7 @@ impl Pipeline {
         while let Some((due, job)) = self.queue.pop_front() {
             match job {
                 Job::Op(StoreOp::Custody(e)) if self.handed_on.remove(&e.seq) => {
+                    self.unhold(&e.msg_id);
                     self.held_bytes -= e.bytes;
                     self.resolved += 1;
                     self.skipped += 1;
@@ -250,6 +279,7 @@ impl Pipeline {
                     return Some(due);
                 }
                 Job::Op(StoreOp::Custody(e)) => {
+                    self.unhold(&e.msg_id);
                     self.held_bytes -= e.bytes;
                     self.held.remove(&e.seq);
                     self.batch.push(StoreOp::Custody(e));

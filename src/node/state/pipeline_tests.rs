@@ -182,6 +182,33 @@ fn a_mailbox_row_is_written_and_acknowledged_at_once() {
     assert_eq!(acked(&mut p), ["m1"]);
 }
 
+#[test]
+fn a_mailbox_row_and_its_ack_do_not_wait_behind_held_rows() {
+    // A master carrying traffic to online users as well: the offline
+    // mailbox's sender is not held behind their rows' hold.
+    let t0 = Instant::now();
+    let mut p = Pipeline::default();
+    p.take(Job::Op(StoreOp::Custody(entry(1))), t0);
+    p.take(ack(1), t0);
+    p.take(mailbox(2), t0);
+    p.take(ack(2), t0);
+    assert_eq!(p.advance(t0), Some(t0 + HOLD));
+    assert_eq!(written(&mut p), ["row 2"]);
+    assert_eq!(acked(&mut p), ["m2"]);
+    // Content with a row still held waits its turn, mailbox row or not.
+    let mut e = entry(3);
+    (e.msg_id, e.mailbox) = ("m1".into(), true);
+    p.take(Job::Op(StoreOp::Custody(e)), t0);
+    p.take(ack(1), t0);
+    assert_eq!(p.advance(t0), Some(t0 + HOLD));
+    assert_eq!(written(&mut p), ["row 3"]);
+    assert!(acked(&mut p).is_empty());
+    assert_eq!(p.advance(t0 + HOLD), None);
+    assert_eq!(written(&mut p), ["row 1"]);
+    assert_eq!(acked(&mut p), ["m1", "m1"]);
+    assert!(p.held_msgs.is_empty());
+}
+
 fn mailbox(seq: u64) -> Job {
     let mut e = entry(seq);
     e.mailbox = true;
