@@ -1,12 +1,19 @@
 //! When each write and each acknowledgement leaves, decided without I/O:
 //! custody rows and acks queue in order; a row is written when its hold
-//! expires, or dropped when a release for it arrives first (the next hop
-//! has it); an ack leaves when everything queued before it is written or
-//! dropped. Other writes (directory, presence, releases of written rows) go
-//! straight to the next transaction. A failed transaction is sorted out
-//! here too: what must be refused, forgotten or retried.
+//! expires (a mailbox row, which nothing downstream will acknowledge soon,
+//! is not held: it goes in the next transaction), or dropped when a
+//! release for it arrives first (the next hop has it); an ack for content
+//! with a held row leaves when everything queued before it is written or
+//! dropped, any other ack with this pass's transaction (its rows are in
+//! it, or already on disk), and only once that transaction commits. Other writes (directory, presence,
+//! releases of written rows) go straight to the next transaction. A failed
+//! transaction is sorted out here too: what must be refused, forgotten or
+//! retried. An ack for content whose row failed is never sent: refused if
+//! it was queued when the write failed, or taken before the router
+//! forgot the row (it was sent for that row, not for a resend).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -34,7 +41,8 @@ pub(super) enum Job {
 /// so "ack after persist" still holds (persisted here or further on). Long
 /// enough to cover the queueing of a saturated mesh (windows of thousands
 /// of frames at over 10,000 frames/s): writing rows only because the node
-/// is busy would make it slower exactly when it is busiest.
+/// is busy would make it slower exactly when it is busiest. Mailbox rows
+/// (`Entry::mailbox`) are not held.
 const HOLD: Duration = Duration::from_millis(250);
 /// Payload bytes held at most; beyond it the oldest rows are written early.
 const HOLD_BYTES: usize = 32 << 20;
@@ -46,6 +54,12 @@ pub(super) struct Pipeline {
     queue: VecDeque<(Instant, Job)>,
     /// Custody rows in `queue`.
     held: HashSet<u64>,
+    /// Custody rows in `queue` by a hash of their `msg_id`: an ack with
+    /// none waits for nothing queued (its rows are in the batch, on disk,
+    /// or there are none) and leaves with this pass's commit. A collision
+    /// only makes an ack wait its turn.
+    held_msgs: HashMap<u64, usize>,
+    ids: std::hash::RandomState,
     /// Rows released while held: dropped when they reach the front.
     handed_on: HashSet<u64>,
     /// Writes for the next transaction, acks and flushes after its commit.
@@ -59,10 +73,14 @@ pub(super) struct Pipeline {
     /// Payload bytes of the rows in `queue`.
     held_bytes: usize,
     /// Custody rows whose write failed, until the router forgets them (its
-    /// release of them): an ack for their `msg_id` is refused meanwhile,
-    /// even when it comes in a later batch that commits.
+    /// release of them). An ack for their `msg_id` queued before the
+    /// failure, or taken before that release, is refused (`refused`): the
+    /// router sent it for a row it still held, which is not on disk, even
+    /// when the release comes in the same pass and the next batch commits.
     failed: HashMap<u64, String>,
     failed_ids: HashMap<String, usize>,
+    /// Acks refused since the last commit: answered `STORAGE` with it.
+    refused: Vec<PendingAck>,
     /// Writes of failed batches that are neither custody nor pins, retried
     /// (in order, before anything newer) until they commit.
     retry: Vec<StoreOp>,
@@ -75,13 +93,18 @@ pub(super) struct Pipeline {
 impl Pipeline {
     pub(super) fn take(&mut self, job: Job, now: Instant) {
         match job {
+            // Nothing downstream will acknowledge a mailbox row soon:
+            // holding it would only hold its sender's ack. It goes in this
+            // pass's transaction, ahead of held rows; its ack leaves when
+            // that commits.
+            Job::Op(StoreOp::Custody(e)) if e.mailbox => self.batch.push(StoreOp::Custody(e)),
             Job::Op(StoreOp::Custody(e)) => {
                 self.held.insert(e.seq);
                 self.held_bytes += e.bytes;
-                // Mailbox rows are held too: writing them at once lost a DM
-                // when the master's disk was full (tests/storage.rs
-                // content_a_full_master_refuses_is_sent_again_by_the_local,
-                // about one run in three); issue 13 keeps the fill rate open.
+                *self
+                    .held_msgs
+                    .entry(self.ids.hash_one(&e.msg_id))
+                    .or_default() += 1;
                 self.queue
                     .push_back((now + HOLD, Job::Op(StoreOp::Custody(e))));
             }
@@ -98,6 +121,12 @@ impl Pipeline {
                 }
             }
             Job::Op(op) => self.batch.push(op),
+            // The router acknowledged content it held in a row whose write
+            // failed (it has not forgotten the row yet): not on disk.
+            Job::Ack(ack) if self.failed_ids.contains_key(&ack.msg_id) => self.refused.push(ack),
+            Job::Ack(ack) if !self.held_msgs.contains_key(&self.ids.hash_one(&ack.msg_id)) => {
+                self.acks.push(ack)
+            }
             Job::Ack(_) => self.queue.push_back((now, job)),
             Job::Load(seqs) => self.loads.extend(seqs),
             Job::Rows(ask) => self.row_loads.push(ask),
@@ -107,6 +136,17 @@ impl Pipeline {
                     *at = now.min(*at);
                 }
                 self.flushes.push(done);
+            }
+        }
+    }
+
+    /// A held row of `msg_id` left the queue.
+    fn unhold(&mut self, msg_id: &str) {
+        let h = self.ids.hash_one(msg_id);
+        if let Some(n) = self.held_msgs.get_mut(&h) {
+            *n -= 1;
+            if *n == 0 {
+                self.held_msgs.remove(&h);
             }
         }
     }
@@ -145,11 +185,9 @@ impl Pipeline {
         batch: Vec<StoreOp>,
         acks: Vec<PendingAck>,
     ) -> Outcome {
+        let refused = std::mem::take(&mut self.refused);
         let error = match result {
             Ok(()) => {
-                let (refused, acks): (Vec<_>, Vec<_>) = acks
-                    .into_iter()
-                    .partition(|ack| self.failed_ids.contains_key(&ack.msg_id));
                 let failure = (!refused.is_empty()).then(|| StoreFailure {
                     acks: refused,
                     error: "an earlier write of this content failed".into(),
@@ -194,6 +232,17 @@ impl Pipeline {
                 _ => dropped += 1,
             }
         }
+        // Acks still queued for content that just failed wait for nothing
+        // that will be written: refused now, with the others.
+        let failed_ids = &self.failed_ids;
+        self.queue.retain_mut(|(_, job)| match job {
+            Job::Ack(ack) if failed_ids.contains_key(&ack.msg_id) => {
+                f.acks.push(ack.clone());
+                false
+            }
+            _ => true,
+        });
+        f.acks.extend(refused);
         if self.retry.len() > MAX_RETRY {
             let over = self.retry.len() - MAX_RETRY;
             self.retry.drain(..over);
@@ -220,6 +269,7 @@ impl Pipeline {
         while let Some((due, job)) = self.queue.pop_front() {
             match job {
                 Job::Op(StoreOp::Custody(e)) if self.handed_on.remove(&e.seq) => {
+                    self.unhold(&e.msg_id);
                     self.held_bytes -= e.bytes;
                     self.resolved += 1;
                     self.skipped += 1;
@@ -229,6 +279,7 @@ impl Pipeline {
                     return Some(due);
                 }
                 Job::Op(StoreOp::Custody(e)) => {
+                    self.unhold(&e.msg_id);
                     self.held_bytes -= e.bytes;
                     self.held.remove(&e.seq);
                     self.batch.push(StoreOp::Custody(e));
@@ -315,180 +366,5 @@ fn is_transient(e: &rusqlite::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::node::custody::{Dest, Entry};
-    use crate::node::records::UserRecord;
-
-    fn entry(seq: u64) -> Entry {
-        Entry {
-            seq,
-            msg_id: format!("m{seq}"),
-            dest: Dest::User("bob".into()),
-            kind: crate::node::custody::ContentKind::Dm,
-            body: None,
-            to: None,
-            via: None,
-            sender: "alice".into(),
-            bytes: 1,
-            created_ms: 0,
-            mailbox: false,
-        }
-    }
-
-    fn pending(msg_id: &str) -> PendingAck {
-        PendingAck {
-            conn: 0,
-            to: "alice".into(),
-            msg_id: msg_id.into(),
-        }
-    }
-
-    fn ack(n: u64) -> Job {
-        Job::Ack(pending(&format!("m{n}")))
-    }
-
-    fn written(p: &mut Pipeline) -> Vec<String> {
-        std::mem::take(&mut p.batch)
-            .into_iter()
-            .map(|op| match op {
-                StoreOp::Custody(e) => format!("row {}", e.seq),
-                StoreOp::Release(s) => format!("delete {s:?}"),
-                _ => "other".into(),
-            })
-            .collect()
-    }
-
-    fn acked(p: &mut Pipeline) -> Vec<String> {
-        p.take_acks().into_iter().map(|a| a.msg_id).collect()
-    }
-
-    #[test]
-    fn a_frame_handed_on_within_its_hold_never_reaches_the_disk() {
-        let t0 = Instant::now();
-        let mut p = Pipeline::default();
-        p.take(Job::Op(StoreOp::Custody(entry(1))), t0);
-        p.take(ack(1), t0);
-        p.take(Job::Op(StoreOp::Custody(entry(2))), t0);
-        p.take(ack(2), t0);
-        // Held: nothing written, nobody acknowledged yet.
-        assert_eq!(p.advance(t0), Some(t0 + HOLD));
-        assert!(written(&mut p).is_empty() && acked(&mut p).is_empty());
-        // The next hop acknowledges 2 (and 3, written long ago).
-        p.take(Job::Op(StoreOp::Release(vec![2, 3])), t0);
-        assert_eq!(written(&mut p), ["delete [3]"]);
-        // 1 falls due: written, then both acks leave (2's row never does).
-        let due = t0 + HOLD;
-        assert_eq!(p.advance(due), None);
-        assert_eq!(written(&mut p), ["row 1"]);
-        assert_eq!(acked(&mut p), ["m1", "m2"]);
-        assert_eq!(p.skipped, 1);
-        // A later release of 1 is a delete.
-        p.take(Job::Op(StoreOp::Release(vec![1])), due);
-        assert_eq!(written(&mut p), ["delete [1]"]);
-    }
-
-    #[test]
-    fn an_ack_waits_for_everything_queued_before_it() {
-        let t0 = Instant::now();
-        let mut p = Pipeline::default();
-        p.take(Job::Op(StoreOp::Custody(entry(1))), t0);
-        p.take(Job::Op(StoreOp::Custody(entry(2))), t0);
-        p.take(ack(2), t0);
-        p.take(Job::Op(StoreOp::Release(vec![2])), t0);
-        p.advance(t0);
-        assert!(
-            acked(&mut p).is_empty(),
-            "1 is neither written nor handed on"
-        );
-        p.take(Job::Op(StoreOp::Release(vec![1])), t0);
-        assert_eq!(p.advance(t0), None);
-        assert!(written(&mut p).is_empty());
-        assert_eq!(acked(&mut p), ["m2"]);
-        assert_eq!((p.skipped, p.resolved), (2, 4));
-    }
-
-    #[test]
-    fn a_flush_writes_what_is_held() {
-        let t0 = Instant::now();
-        let mut p = Pipeline::default();
-        let mut s = entry(1);
-        s.dest = Dest::Server("master".into());
-        p.take(Job::Op(StoreOp::Custody(s)), t0);
-        p.take(ack(1), t0);
-        let (done, _wait) = oneshot::channel();
-        p.take(Job::Flush(done), t0);
-        assert_eq!(p.advance(t0), None);
-        assert_eq!(written(&mut p), ["row 1"]);
-        assert_eq!(acked(&mut p), ["m1"]);
-        assert_eq!(p.take_flushes().len(), 1);
-    }
-
-    #[test]
-    fn stopping_writes_what_is_held() {
-        let t0 = Instant::now();
-        let mut p = Pipeline::default();
-        p.take(Job::Op(StoreOp::Custody(entry(1))), t0);
-        p.take(ack(1), t0);
-        p.release_all(t0);
-        assert_eq!(p.advance(t0), None);
-        assert_eq!(written(&mut p), ["row 1"]);
-        assert_eq!(acked(&mut p), ["m1"]);
-    }
-
-    fn disk_full() -> rusqlite::Error {
-        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(13), None)
-    }
-
-    #[test]
-    fn a_failed_write_is_never_acknowledged_and_the_rest_is_retried() {
-        let t0 = Instant::now();
-        let mut p = Pipeline::default();
-        let seen = StoreOp::SeenHello([7; 32], 1);
-        p.take(Job::Op(seen.clone()), t0);
-        p.take(Job::Op(StoreOp::Custody(entry(1))), t0);
-        p.take(
-            Job::Op(StoreOp::PinUser(
-                "dave".into(),
-                UserRecord::new("k".into(), false, 1),
-            )),
-            t0,
-        );
-        p.advance(t0 + HOLD);
-        let batch = p.next_batch(false);
-        let out = p.settle(Err(disk_full()), batch, vec![pending("m1")]);
-        let f = out.failure.expect("a failure");
-        assert!(out.acks.is_empty());
-        assert_eq!(
-            (f.custody, f.users, f.acks.len()),
-            (vec![1], vec!["dave".into()], 1)
-        );
-        // The resend's ack comes before the router forgot row 1: refused,
-        // though its own (empty) batch commits.
-        let out = p.settle(Ok(()), Vec::new(), vec![pending("m1")]);
-        assert!(out.acks.is_empty() && out.failure.is_some_and(|f| f.acks.len() == 1));
-        // The router forgets row 1: nothing to delete, and m1 is clean again.
-        p.take(Job::Op(StoreOp::Release(vec![1])), t0);
-        assert_eq!(p.resolved, 1);
-        let out = p.settle(Ok(()), Vec::new(), vec![pending("m1")]);
-        assert_eq!(out.acks.len(), 1);
-        // The replay cache row is retried first, before anything newer.
-        p.take(Job::Op(StoreOp::Release(vec![9])), t0);
-        assert_eq!(p.next_batch(false), vec![seen, StoreOp::Release(vec![9])]);
-    }
-
-    #[test]
-    fn rows_past_the_byte_budget_are_written_early() {
-        let t0 = Instant::now();
-        let mut p = Pipeline::default();
-        for seq in 1..=3 {
-            let mut e = entry(seq);
-            e.bytes = HOLD_BYTES / 2;
-            p.take(Job::Op(StoreOp::Custody(e)), t0);
-        }
-        // 1.5 budgets held: the oldest goes to disk, the others wait.
-        assert_eq!(p.advance(t0), Some(t0 + HOLD));
-        assert_eq!(written(&mut p), ["row 1"]);
-        assert_eq!(p.held_bytes, HOLD_BYTES);
-    }
-}
+#[path = "pipeline_tests.rs"]
+mod tests;
