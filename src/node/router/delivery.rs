@@ -203,8 +203,10 @@ impl Router {
             for e in released.iter().filter(|e| e.kind == ContentKind::Dm) {
                 // Reported undecryptable by its recipient (`unreadable.rs`):
                 // said so, at once, never `delivered`.
-                let reported = dest_user(&e.dest)
-                    .is_some_and(|u| self.unreadable.take(&u, &e.sender, &e.msg_id));
+                let reported = match &e.dest {
+                    Dest::User(u) => self.unreadable.take(u, &e.sender, &e.msg_id),
+                    Dest::Server(_) => false,
+                };
                 if reported {
                     &mut unreadable
                 } else {

@@ -51,6 +51,9 @@ impl Unreadable {
 
     /// True (once) if the DM was marked.
     pub fn take(&mut self, recipient: &str, sender: &str, msg_id: &str) -> bool {
+        if self.marked.is_empty() {
+            return false; // the usual case: no hashing per acknowledged DM
+        }
         // The FIFO keeps the key until it reaches the front: bounded by the
         // same cap.
         let key = self.key(recipient, sender, msg_id);
