@@ -207,14 +207,15 @@ impl Router {
                     Dest::User(u) => self.unreadable.take(u, &e.sender, &e.msg_id),
                     Dest::Server(_) => false,
                 };
-                if reported {
+                let batch = if reported {
                     &mut unreadable
                 } else {
                     &mut by_sender
-                }
-                .entry((e.sender.clone(), e.via.clone()))
-                .or_default()
-                .push(e.msg_id.clone());
+                };
+                batch
+                    .entry((e.sender.clone(), e.via.clone()))
+                    .or_default()
+                    .push(e.msg_id.clone());
             }
             for ((sender, via), ids) in unreadable {
                 self.receipt_back(via.as_deref(), &sender, ids, UNDECRYPTABLE);
