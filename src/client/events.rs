@@ -83,7 +83,8 @@ pub enum Event {
         entries: Vec<OutboxEntry>,
     },
     /// What became of a sent DM: `queued` (recipient offline, in the
-    /// mailbox) or `delivered` (their client has it).
+    /// mailbox), `delivered` (their client has it) or `undecryptable`
+    /// (their client has it and could not decrypt it: failed).
     Delivery {
         msg_id: String,
         status: String,
@@ -167,7 +168,7 @@ pub enum Event {
 
 /// The `RECEIPT` status for content its recipient's client could not
 /// decrypt.
-pub const UNDECRYPTABLE: &str = "undecryptable";
+pub use crate::wire::messages::UNDECRYPTABLE;
 
 /// One entry of `/outbox`.
 #[derive(Debug, Clone, PartialEq, Serialize)]

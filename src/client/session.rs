@@ -15,7 +15,9 @@ use super::display::escape;
 use crate::backoff::{Backoff, Retries};
 use crate::crypto::PrivateKey;
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
-use crate::wire::messages::{ErrorBody, Message, UserHello, UserListReq, UserWelcome};
+use crate::wire::messages::{
+    CAP_UNDECRYPTABLE, ErrorBody, Message, UserHello, UserListReq, UserWelcome,
+};
 use crate::wire::{Envelope, ErrorCode, MAX_FRAME_BYTES, ids, now_ms};
 
 /// What our client calls itself in `USER_HELLO`.
@@ -110,6 +112,9 @@ pub struct Session {
     /// The node sent `USER_WELCOME` (a `socp` node: it acknowledges content);
     /// false when a reference node accepted us by answering the list.
     welcomed: bool,
+    /// The welcome listed [`CAP_UNDECRYPTABLE`]: the node takes our reports
+    /// of content we could not decrypt.
+    takes_reports: bool,
 }
 
 impl Session {
@@ -185,6 +190,7 @@ impl Session {
             swallow_list: false,
             mac: None,
             welcomed: false,
+            takes_reports: false,
         };
         session.hello(invite).await?;
         Ok(session)
@@ -225,6 +231,12 @@ impl Session {
         self.welcomed
     }
 
+    /// True if the node takes `undecryptable` reports from us (its welcome
+    /// said so): a node that does not would refuse them.
+    pub fn takes_reports(&self) -> bool {
+        self.takes_reports
+    }
+
     /// True if every frame from the node is authenticated (a `mac-v1`
     /// session: a frame that does not verify closes the connection).
     pub fn authenticated(&self) -> bool {
@@ -248,7 +260,9 @@ impl Session {
         };
         if self.style == HelloStyle::Signed {
             hello.ts = Some(now_ms());
-            hello.caps = Some(vec![CAP_MAC_V1.to_owned()]);
+            // `undecryptable` receipts: this client shows them as failed
+            // (DESIGN.md "Undecryptable content").
+            hello.caps = Some(vec![CAP_MAC_V1.to_owned(), CAP_UNDECRYPTABLE.to_owned()]);
             hello
                 .extra
                 .insert("user_id".into(), Value::String(self.user.clone()));
@@ -309,6 +323,9 @@ impl Session {
                 .map_err(|e| SessionError::Lost(format!("the session offer does not open: {e}")))?;
             self.mac = Some(MacSession::new(&secret, &self.user, &w.server_id, true));
         }
+        self.takes_reports = w
+            .caps
+            .is_some_and(|c| c.iter().any(|c| c == CAP_UNDECRYPTABLE));
         self.server_id = w.server_id;
         self.welcomed = true;
         Ok(())

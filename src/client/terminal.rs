@@ -174,6 +174,7 @@ impl TerminalFrontend {
                 out
             }
             Event::Delivery { msg_id, status, to } => {
+                let named = to.is_some();
                 let to = to.as_deref().map(e).unwrap_or("the recipient".into());
                 match status.as_str() {
                     "queued" => self.paint(
@@ -187,16 +188,19 @@ impl TerminalFrontend {
                         "2",
                         &format!("delivered ({}) to {to} ✓✓", e(short(msg_id))),
                     ),
-                    // A status for a recipient whose client could not open
-                    // the content (see DESIGN: it needs the node's help to
-                    // reach us): never shown as delivered.
-                    UNDECRYPTABLE => self.paint(
-                        "1;31",
-                        &format!(
-                            "NOT READABLE ({}): {to}'s client could not decrypt it (did a key change? /dbget and /fingerprint); send it again once your keys agree",
-                            e(short(msg_id))
-                        ),
-                    ),
+                    // Its recipient's client has it and could not decrypt
+                    // it (DESIGN.md "Undecryptable content"): failed,
+                    // never shown as delivered.
+                    UNDECRYPTABLE => {
+                        let who = if named { to.as_ref() } else { "USER" };
+                        self.paint(
+                            "1;31",
+                            &format!(
+                                "failed ({}): {to} could not decrypt it: their key may have changed; /dbget {who}, compare /fingerprint {who} with them, /trust {who}, then send it again",
+                                e(short(msg_id))
+                            ),
+                        )
+                    }
                     // A status this client does not know: shown as it is,
                     // never as delivered.
                     other => self.paint(
@@ -401,7 +405,9 @@ mod tests {
         assert!(delivery("queued").starts_with("stored (01234567): bob is offline"));
         let bad = delivery(UNDECRYPTABLE);
         assert!(
-            bad.starts_with("NOT READABLE (01234567)") && !bad.contains('✓'),
+            bad.starts_with("failed (01234567): bob could not decrypt it")
+                && bad.contains("/dbget bob")
+                && !bad.contains('✓'),
             "{bad}"
         );
         let unknown = delivery("lost-in-space");

@@ -96,6 +96,11 @@ payload!(
         server_id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         session: Option<SessionOffer>,
+        /// What the node takes from its users beyond part A (a `socp`
+        /// extension): [`CAP_UNDECRYPTABLE`] if it relays their
+        /// `undecryptable` reports.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caps: Option<Vec<String>>,
     }
 );
 
@@ -315,10 +320,24 @@ payload!(
     Ack { msg_ids: Vec<String> }
 );
 
+/// The `RECEIPT` status for a DM its recipient's client could not decrypt
+/// (a `socp` extension, DESIGN.md "Undecryptable content"): sent by that
+/// client to its node, in place of `delivered` to the sender.
+pub const UNDECRYPTABLE: &str = "undecryptable";
+
+/// The capability that goes with [`UNDECRYPTABLE`]: a client lists it in its
+/// `USER_HELLO` `caps` to be sent such receipts (an older client would show
+/// a status it does not know as delivered), a node in its `USER_WELCOME`
+/// `caps` to say it takes such reports from its users.
+pub const CAP_UNDECRYPTABLE: &str = "receipt-undecryptable-v1";
+
 payload!(
     /// `RECEIPT` (a `socp` extension): what became of content `user_id` sent:
-    /// `queued` (in the master's mailbox) or `delivered` (the recipient's
-    /// client acknowledged it). Routed back to the sender, best effort.
+    /// `queued` (in the master's mailbox), `delivered` (the recipient's
+    /// client acknowledged it) or [`UNDECRYPTABLE`]. Routed back to the
+    /// sender, best effort. From a user (to its node) only as an
+    /// `undecryptable` report about content it was handed, `user_id`
+    /// naming that content's sender.
     Receipt {
         user_id: String,
         msg_ids: Vec<String>,

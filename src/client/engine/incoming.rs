@@ -13,7 +13,7 @@ use crate::client::files;
 use crate::client::keyring::GroupKey;
 use crate::content;
 use crate::crypto::PublicKey;
-use crate::wire::messages::{Deliver, GroupKeyShare, Message, MsgGroup, Receipt};
+use crate::wire::messages::{Deliver, GroupKeyShare, Message, MsgGroup, Receipt, UNDECRYPTABLE};
 use crate::wire::{Envelope, ids};
 
 impl<F: Frontend> Engine<F> {
@@ -27,7 +27,7 @@ impl<F: Frontend> Engine<F> {
             }
             Message::Error(e) => self.refused(e),
             Message::Ack(a) => self.acked(a.msg_ids),
-            Message::Receipt(r) => self.receipt(r),
+            Message::Receipt(r) => self.receipt(r).await,
             Message::UserDeliver(_)
             | Message::GroupKeyShare(_)
             | Message::MsgGroup(_)
@@ -39,7 +39,7 @@ impl<F: Frontend> Engine<F> {
         }
     }
 
-    fn receipt(&mut self, r: Receipt) {
+    async fn receipt(&mut self, r: Receipt) {
         // A receipt can overtake the node's ACK: content its recipient has
         // (or that waits in a mailbox) the node took, so it is "sent" first.
         let unacked: Vec<String> = r
@@ -64,8 +64,17 @@ impl<F: Frontend> Engine<F> {
             self.emit(Event::Delivery {
                 msg_id,
                 status: r.status.clone(),
-                to,
+                to: to.clone(),
             });
+            // They could not open it: their key may have changed. Asked
+            // at once, a changed key is announced (`key_changed`) and holds
+            // what we send them until `/trust`.
+            if r.status == UNDECRYPTABLE
+                && let Some(user) = to.filter(|u| ids::check_user(u).is_ok())
+                && !matches!(self.keyring.get(&user), Ok(Some(p)) if p.pending.is_some())
+            {
+                self.request_key(&user).await;
+            }
         }
     }
 
@@ -208,13 +217,43 @@ impl<F: Frontend> Engine<F> {
                     msg_id: msg_id.clone(),
                 });
             }
-            _ => self.emit(Event::error(
-                ClientCode::Decrypt,
-                format!("a DM from {} could not be decrypted", d.sender),
-            )),
+            _ => {
+                let told = self
+                    .report_undecryptable(&d.sender, d.msg_id.as_deref())
+                    .await;
+                self.emit(Event::error(
+                    ClientCode::Decrypt,
+                    format!(
+                        "a DM from {} could not be decrypted (sealed to another key of yours?){}",
+                        d.sender,
+                        if told { "; their client was told" } else { "" }
+                    ),
+                ));
+            }
         }
         self.shown(&seen);
         true
+    }
+
+    /// Tells `sender`'s client, through our node, that its DM `msg_id` did
+    /// not decrypt, so it is shown there as failed, not delivered
+    /// (DESIGN.md "Undecryptable content"). Sent before the DM's `ACK`
+    /// (the node takes a report only for content not yet acknowledged),
+    /// and only to a node whose welcome said it takes reports. True if sent.
+    async fn report_undecryptable(&mut self, sender: &str, msg_id: Option<&str>) -> bool {
+        let Some(msg_id) = msg_id else {
+            return false;
+        };
+        let Some(session) = self.session.as_mut().filter(|s| s.takes_reports()) else {
+            return false;
+        };
+        let report = Message::Receipt(Receipt {
+            user_id: sender.to_owned(),
+            msg_ids: vec![msg_id.to_owned()],
+            status: UNDECRYPTABLE.to_owned(),
+            extra: Map::new(),
+        });
+        session.send(ids::TO_SERVER, &report).await.is_ok()
     }
 
     async fn incoming_share(&mut self, env: Envelope, s: GroupKeyShare) -> bool {

@@ -1,14 +1,15 @@
 //! Content on its way out: where a custody entry can go now, pumping each
 //! destination's entries towards their next hop in order within the hop's
 //! window, acknowledgements releasing them, and what the senders are told
-//! (receipts and errors). Expiry of the master's mailbox too.
+//! (receipts, `undecryptable` ones as `unreadable.rs` marks them, and
+//! errors). Expiry of the master's mailbox too.
 
 use std::collections::BTreeMap;
 
 use super::{ConnId, Frame, Names, Outgoing, Output, Relay, Router, StoreOp, truncate};
 use crate::node::custody::{ContentKind, Dest, Entry, Hop};
 use crate::wire::ErrorCode;
-use crate::wire::messages::{ErrorBody, Message, Receipt};
+use crate::wire::messages::{ErrorBody, Message, Receipt, UNDECRYPTABLE};
 
 /// Receipt statuses (see `RECEIPT`).
 pub const QUEUED: &str = "queued";
@@ -198,18 +199,33 @@ impl Router {
         }
         if matches!(hop, Hop::Conn(_)) {
             let mut by_sender: BTreeMap<(String, Option<String>), Vec<String>> = BTreeMap::new();
+            let mut unreadable: BTreeMap<(String, Option<String>), Vec<String>> = BTreeMap::new();
             for e in released.iter().filter(|e| e.kind == ContentKind::Dm) {
-                by_sender
+                // Reported undecryptable by its recipient (`unreadable.rs`):
+                // said so, at once, never `delivered`.
+                let reported = match &e.dest {
+                    Dest::User(u) => self.unreadable.take(u, &e.sender, &e.msg_id),
+                    Dest::Server(_) => false,
+                };
+                let batch = if reported {
+                    &mut unreadable
+                } else {
+                    &mut by_sender
+                };
+                batch
                     .entry((e.sender.clone(), e.via.clone()))
                     .or_default()
                     .push(e.msg_id.clone());
+            }
+            for ((sender, via), ids) in unreadable {
+                self.receipt_back(via.as_deref(), &sender, ids, UNDECRYPTABLE);
             }
             for (key, ids) in by_sender {
                 let held = self.receipts.entry(key.clone()).or_default();
                 held.extend(ids);
                 if held.len() >= RECEIPT_BATCH {
                     let ids = self.receipts.remove(&key).unwrap_or_default();
-                    self.receipt_back(key.1.as_deref(), &key.0, ids);
+                    self.receipt_back(key.1.as_deref(), &key.0, ids, DELIVERED);
                 }
             }
         }
@@ -221,20 +237,21 @@ impl Router {
     /// Sends the `delivered` receipts held back for batching.
     pub(super) fn flush_receipts(&mut self) {
         for ((sender, via), ids) in std::mem::take(&mut self.receipts) {
-            self.receipt_back(via.as_deref(), &sender, ids);
+            self.receipt_back(via.as_deref(), &sender, ids, DELIVERED);
         }
     }
 
-    /// Sends `delivered` receipts back over the link the DMs came in on,
-    /// if it is up: only the server that handed them to us may confirm them
-    /// to the sender's server (the master, for its mailbox, even when the
-    /// two locals are linked directly). Otherwise as [`Self::send_receipt`].
-    fn receipt_back(&mut self, via: Option<&str>, user: &str, msg_ids: Vec<String>) {
+    /// Sends `delivered` (or `undecryptable`) receipts back over the link
+    /// the DMs came in on, if it is up: only the server that handed them to
+    /// us may confirm them to the sender's server (the master, for its
+    /// mailbox, even when the two locals are linked directly). Otherwise as
+    /// [`Self::send_receipt`].
+    fn receipt_back(&mut self, via: Option<&str>, user: &str, msg_ids: Vec<String>, status: &str) {
         let back = via
             .filter(|v| self.links.get(*v).is_some_and(|l| l.socp))
             .filter(|_| !self.sessions.contains_key(user));
         let Some(via) = back else {
-            return self.send_receipt(None, user, msg_ids, DELIVERED);
+            return self.send_receipt(None, user, msg_ids, status);
         };
         let to = self
             .presence
@@ -244,7 +261,7 @@ impl Router {
         let receipt = Message::Receipt(Receipt {
             user_id: user.to_owned(),
             msg_ids,
-            status: DELIVERED.to_owned(),
+            status: status.to_owned(),
             extra: Default::default(),
         });
         let via = via.to_owned();
@@ -270,9 +287,10 @@ impl Router {
         if !forged.is_empty() {
             tracing::warn!(server, user = %truncate(user), ids = forged.len(), "dropped receipts for content that server did not carry");
         }
-        if status == DELIVERED && (self.sessions.contains_key(user) || self.cfg.master) {
-            // Delivered is final: on the sender's own server, and at the
-            // master once it relays it.
+        let last_word = status == DELIVERED || status == UNDECRYPTABLE;
+        if last_word && (self.sessions.contains_key(user) || self.cfg.master) {
+            // Delivered (readable or not) is final: on the sender's own
+            // server, and at the master once it relays it.
             for id in &ok {
                 self.carried.forget(user, id);
                 self.via_master.confirm(user, id);
@@ -296,7 +314,10 @@ impl Router {
             extra: Default::default(),
         });
         if let Some(s) = self.sessions.get(user) {
-            if s.proof.is_some() {
+            // A client that did not ask for `undecryptable` could show it
+            // as delivered: it gets nothing.
+            let understood = status != UNDECRYPTABLE || self.takes_undecryptable(user);
+            if s.proof.is_some() && understood {
                 let conn = s.conn;
                 self.send(conn, user, receipt);
             }

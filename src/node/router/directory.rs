@@ -19,7 +19,9 @@ use crate::crypto::PublicKey;
 use crate::node::policy::PolicyOp;
 use crate::node::records::UserRecord;
 use crate::node::state::StoreRead;
-use crate::wire::messages::{DirectoryAnswer, DirectoryLookup, ErrorBody, Message, RegisterUser};
+use crate::wire::messages::{
+    DirectoryAnswer, DirectoryLookup, ErrorBody, Message, Presence, RegisterUser,
+};
 use crate::wire::{ErrorCode, ids};
 
 /// Directory records (and ids known not to be in it) kept in memory at
@@ -129,14 +131,8 @@ impl Router {
                 }
                 // The master is the directory: a key its operator reset
                 // replaces what this local cached.
-                Some(mut rec) if rec.pubkey != a.pubkey && self.master_id.is_some() => {
-                    tracing::warn!(user = %a.user_id, "the master has a new key for this user (reset by its operator)");
-                    rec.pubkey = a.pubkey.clone();
-                    self.users.insert(a.user_id.clone(), rec);
-                    self.persist(StoreOp::Policy(PolicyOp::ReplaceKey {
-                        user: a.user_id.clone(),
-                        pubkey: a.pubkey.clone(),
-                    }));
+                Some(rec) if rec.pubkey != a.pubkey && self.master_id.is_some() => {
+                    self.replace_cached_key(&a.user_id, rec, &a.pubkey);
                 }
                 Some(_) => {}
             }
@@ -167,6 +163,41 @@ impl Router {
                 } else {
                     self.accept_user(hello, true);
                 }
+            }
+            _ => {}
+        }
+    }
+
+    /// A local takes the key the master now has for `user` in place of the
+    /// one it cached (the master's operator reset it).
+    fn replace_cached_key(&mut self, user: &str, mut rec: UserRecord, pubkey: &str) {
+        tracing::warn!(user = %user, "the master has a new key for this user (reset by its operator)");
+        rec.pubkey = pubkey.to_owned();
+        self.users.insert(user.to_owned(), rec);
+        self.persist(StoreOp::Policy(PolicyOp::ReplaceKey {
+            user: user.to_owned(),
+            pubkey: pubkey.to_owned(),
+        }));
+    }
+
+    /// At a local: a presence the master relays carries the user's signed
+    /// hello, which the master checked against its directory key (C5). If
+    /// that key is not the one cached here, the master's operator reset it:
+    /// the cache takes it, as from a `DB_USER` answer, so this local's
+    /// lookups stop answering with the old key (its users would seal DMs
+    /// that its owner can no longer open).
+    pub(super) fn key_vouched_by_master(&mut self, p: &Presence) {
+        let pubkey = p
+            .proof
+            .as_ref()
+            .and_then(|proof| proof.payload.get("pubkey"))
+            .and_then(Value::as_str);
+        let Some(pubkey) = pubkey.filter(|k| PublicKey::from_b64(k).is_ok()) else {
+            return;
+        };
+        match self.users.get(&p.user_id) {
+            Some(rec) if rec.pubkey != pubkey && !self.cfg.master => {
+                self.replace_cached_key(&p.user_id, rec, pubkey);
             }
             _ => {}
         }

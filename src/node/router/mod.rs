@@ -28,6 +28,7 @@ mod sim;
 mod sticky;
 #[cfg(test)]
 mod tests;
+mod unreadable;
 mod users;
 
 use std::collections::HashMap;
@@ -214,6 +215,8 @@ pub(crate) struct Router {
     receipts: std::collections::BTreeMap<(String, Option<String>), Vec<String>>,
     /// Which server each DM we handed on went to (whose receipts count).
     carried: carried::Carried,
+    /// DMs their recipient reported undecryptable, until acknowledged.
+    unreadable: unreadable::Unreadable,
     /// Mailbox frames dropped for age since start.
     expired: u64,
     /// Content refused by this node after a previous hop handed it on:
@@ -273,6 +276,7 @@ impl Router {
             paging: Default::default(),
             receipts: Default::default(),
             carried: Default::default(),
+            unreadable: Default::default(),
             expired: 0,
             dead_letters: 0,
             req_ids: req_ids::ReqIds::random(),

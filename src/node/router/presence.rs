@@ -102,6 +102,9 @@ impl Router {
             tracing::debug!(server, user = %p.user_id, "presence from a peer for another server ignored");
             return;
         }
+        if from_master && !self.cfg.master {
+            self.key_vouched_by_master(&p);
+        }
         if self.sessions.contains_key(&p.user_id) {
             return;
         }

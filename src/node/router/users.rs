@@ -9,7 +9,7 @@ use super::{
 };
 use crate::node::custody::{Dest, Hop};
 use crate::node::records::UserRecord;
-use crate::wire::messages::{DirectoryLookup, Message, Presence, UserWelcome};
+use crate::wire::messages::{CAP_UNDECRYPTABLE, DirectoryLookup, Message, Presence, UserWelcome};
 use crate::wire::{Envelope, ErrorCode};
 
 impl Router {
@@ -185,6 +185,7 @@ impl Router {
             user_id: user.clone(),
             server_id: self.cfg.me.clone(),
             session: super::session_offer(&hello.session),
+            caps: Some(vec![CAP_UNDECRYPTABLE.to_owned()]),
             extra: Map::new(),
         });
         self.send(hello.conn, &user, welcome);
@@ -288,6 +289,7 @@ impl Router {
             | Message::FileChunk(_)
             | Message::FileEnd(_) => self.user_content(conn, &user, env, msg),
             Message::Ack(a) => self.acked(Hop::Conn(conn), a.msg_ids),
+            Message::Receipt(r) => self.user_report(conn, &user, r),
             Message::Heartbeat(_) => {}
             Message::Error(_) => {}
             other => self.error(

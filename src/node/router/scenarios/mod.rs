@@ -12,6 +12,7 @@ mod mesh;
 mod presence;
 mod restart;
 mod routing;
+mod undecryptable;
 
 use super::sim::Mesh;
 

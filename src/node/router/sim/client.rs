@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value, json};
 
 use super::super::ConnId;
-use super::{Mesh, Peer, code_of, error_body, key, kind_named, signed_hello};
+use super::{Mesh, Peer, code_of, error_body, key, kind_named, signed_hello_with};
 use crate::crypto::PrivateKey;
-use crate::wire::messages::{Ack, ErrorBody, Kind, Message};
+use crate::wire::messages::{Ack, ErrorBody, Kind, Message, Receipt};
 use crate::wire::{Envelope, ErrorCode, b64, ids};
 
 /// One user (or an impostor using a user's id and key).
@@ -30,6 +30,8 @@ pub(super) struct SimUser {
     /// What it sent, by `msg_id` (for resends).
     sent: BTreeMap<String, Envelope>,
     next_msg: u64,
+    /// An older client: its hello lists no capabilities.
+    old_client: bool,
 }
 
 /// Frame types that carry content a client acknowledges.
@@ -89,8 +91,28 @@ impl Mesh {
             unacked: Vec::new(),
             sent: BTreeMap::new(),
             next_msg: 0,
+            old_client: false,
         };
         self.users.insert(handle.to_owned(), user);
+    }
+
+    /// `handle` will connect as an older client (no capabilities listed).
+    pub fn old_client(&mut self, handle: &str) {
+        self.add_user(handle, handle);
+        self.user_mut(handle).old_client = true;
+    }
+
+    /// `handle` reports that it could not decrypt `from`'s content `msg_ids`
+    /// (a `RECEIPT` with status `undecryptable`, as a `socp` client sends
+    /// before it acknowledges the content).
+    pub fn report_undecryptable(&mut self, handle: &str, from: &str, msg_ids: &[&str]) {
+        let receipt = Message::Receipt(Receipt {
+            user_id: from.to_owned(),
+            msg_ids: msg_ids.iter().map(|s| (*s).to_owned()).collect(),
+            status: crate::wire::messages::UNDECRYPTABLE.to_owned(),
+            extra: Map::new(),
+        });
+        self.send_frame(handle, receipt.kind(), from, receipt.to_payload());
     }
 
     /// `handle` connects to `node` and is welcomed (it panics if not).
@@ -117,7 +139,12 @@ impl Mesh {
         let user = self.user_mut(handle);
         user.at = Some((node.to_owned(), conn));
         user.welcomed = false;
-        let hello = signed_hello(conn, &user.id, user.key, now);
+        let caps: &[&str] = if user.old_client {
+            &[]
+        } else {
+            &[crate::wire::messages::CAP_UNDECRYPTABLE]
+        };
+        let hello = signed_hello_with(conn, &user.id, user.key, now, caps);
         self.step(node, hello);
     }
 

@@ -101,10 +101,23 @@ fn server_key(pubkey: &str) -> &'static PrivateKey {
 }
 
 /// A user's signed hello on `conn` at `now`, as a connection hands it on
-/// once checked (the signature is real: the master checks it as proof).
+/// once checked (the signature is real: the master checks it as proof). It
+/// lists the capabilities a `socp` client lists.
 pub(crate) fn signed_hello(conn: ConnId, user: &str, k: &PrivateKey, now: i64) -> Input {
+    let caps = [crate::wire::messages::CAP_UNDECRYPTABLE];
+    signed_hello_with(conn, user, k, now, &caps)
+}
+
+/// A signed hello listing `caps` (none: an older client).
+pub(crate) fn signed_hello_with(
+    conn: ConnId,
+    user: &str,
+    k: &PrivateKey,
+    now: i64,
+    caps: &[&str],
+) -> Input {
     let Value::Object(payload) = json!({"client": "sim", "pubkey": k.public().to_b64(),
-            "enc_pubkey": k.public().to_b64(), "ts": now, "user_id": user})
+            "enc_pubkey": k.public().to_b64(), "ts": now, "user_id": user, "caps": caps})
     else {
         unreachable!()
     };

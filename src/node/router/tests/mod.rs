@@ -6,6 +6,7 @@
 mod links;
 mod reference;
 mod users;
+mod vouched;
 
 use super::sim::{code_of, error_body, key, kind_of, payload_of, signed_hello, to_of};
 use super::*;

@@ -1,0 +1,66 @@
+//! A local's directory cache and a key the master's operator reset: the
+//! master relays the user's presence with their signed hello, checked
+//! against its directory key, and the local takes that key in place of the
+//! one it cached (DESIGN.md "Undecryptable content").
+
+use super::*;
+
+/// The master answers a lookup for `user` with `k` (cached by the local).
+fn master_answers(r: &mut Router, user: &str, k: &PrivateKey) {
+    let Value::Object(a) = json!({"user_id": user, "found": true,
+            "pubkey": k.public().to_b64(), "req_id": "r1"})
+    else {
+        unreachable!()
+    };
+    let env = Envelope::new(Kind::DbUser.name(), "master_server_m", "server_l", a);
+    let msg = Message::from_envelope(&env).unwrap();
+    r.step(0, Input::LinkFrame { conn: 9, env, msg });
+}
+
+/// `from` (on `conn`) says `user` is online at `location`, with `user`'s
+/// hello signed by `k` as proof.
+fn advertise(r: &mut Router, conn: ConnId, from: &str, user: &str, k: &PrivateKey) {
+    let location = "server_22222222-2222-4222-8222-222222222222";
+    let Input::UserHello(h) = signed_hello(0, user, k, 10) else {
+        unreachable!()
+    };
+    let proof = serde_json::to_value(h.proof.unwrap()).unwrap();
+    let Value::Object(p) = json!({"user_id": user, "location": location, "proof": proof}) else {
+        unreachable!()
+    };
+    let env = Envelope::new(Kind::UserAdvertise.name(), from, "*", p);
+    let msg = Message::from_envelope(&env).unwrap();
+    r.step(0, Input::LinkFrame { conn, env, msg });
+}
+
+fn cached(r: &Router, user: &str) -> Option<String> {
+    r.users.get(user).map(|rec| rec.pubkey)
+}
+
+#[test]
+fn a_local_takes_the_key_its_master_vouches_for_in_a_relayed_presence() {
+    let mut r = router(false);
+    r.step(0, master_link(9));
+    master_answers(&mut r, "bob", key("bob"));
+    let old = key("bob").public().to_b64().to_owned();
+    assert_eq!(cached(&r, "bob").as_deref(), Some(old.as_str()));
+    // Bob's key was reset at the master; he said hello there with a new one.
+    advertise(&mut r, 9, "master_server_m", "bob", key("carol"));
+    let new = key("carol").public().to_b64().to_owned();
+    assert_eq!(cached(&r, "bob").as_deref(), Some(new.as_str()));
+}
+
+#[test]
+fn only_the_master_vouches_for_a_key() {
+    let mut r = router(false);
+    r.step(0, master_link(9));
+    let peer = "server_33333333-3333-4333-8333-333333333333";
+    r.step(0, local_link(7, peer));
+    master_answers(&mut r, "bob", key("bob"));
+    let old = key("bob").public().to_b64().to_owned();
+    advertise(&mut r, 7, peer, "bob", key("carol"));
+    assert_eq!(cached(&r, "bob").as_deref(), Some(old.as_str()));
+    // A user not cached here gets no record from a presence.
+    advertise(&mut r, 9, "master_server_m", "dave", key("carol"));
+    assert_eq!(cached(&r, "dave"), None);
+}
