@@ -16,6 +16,7 @@ use super::router::{Input, LinkHelloIn, Outgoing, PeerDial};
 
 use crate::backoff::{Backoff, Retries};
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
+use crate::wire::announce::{HELLO_TO, HELLO_TS};
 use crate::wire::messages::{Kind, Message, PeerHelloLink, Role};
 use crate::wire::{Envelope, ids};
 
@@ -71,6 +72,22 @@ pub(crate) fn our_hello(
     }
 }
 
+/// Our hello for one dial: `template` with the signed `ts` and, if we know
+/// which server the URL leads to, its id (`to`), so the hello cannot be
+/// taken again later, nor by another server (DESIGN.md "Links").
+pub(crate) fn signed_hello(
+    template: &PeerHelloLink,
+    acceptor: Option<&str>,
+    now: i64,
+) -> PeerHelloLink {
+    let mut hello = template.clone();
+    hello.extra.insert(HELLO_TS.into(), now.into());
+    if let Some(id) = acceptor {
+        hello.extra.insert(HELLO_TO.into(), id.into());
+    }
+    hello
+}
+
 /// Starts a dialer for each server the router asks to dial (announced by
 /// the master and checked), once per server id, until shutdown; `template`
 /// gives what they share.
@@ -109,6 +126,9 @@ impl Dialer {
     /// Dials until shutdown.
     pub async fn run(mut self) {
         let mut retries = Retries::new(REDIAL);
+        // The server at this URL, once an answer named it: our hello signs
+        // it (`to`), so no other server takes the hello.
+        let mut acceptor = self.expect.as_ref().map(|(id, _)| id.clone());
         loop {
             if *self.ctx.shutdown.borrow() {
                 return;
@@ -122,7 +142,7 @@ impl Dialer {
                 }
             }
             let started = Instant::now();
-            let outcome = self.link_once().await;
+            let outcome = self.link_once(&mut acceptor).await;
             if started.elapsed() > STABLE {
                 retries.reset();
             }
@@ -130,6 +150,11 @@ impl Dialer {
             match outcome {
                 Ok(()) => tracing::info!(url = %self.url, "link closed; redialling"),
                 Err(e) => {
+                    // The URL may lead to another server now (a master
+                    // reset, say): the next hello names none.
+                    if self.expect.is_none() {
+                        acceptor = None;
+                    }
                     tracing::warn!(url = %self.url, error = %e, "cannot link; retrying in {backoff:?}")
                 }
             }
@@ -150,7 +175,7 @@ impl Dialer {
             .is_some_and(|s| s.linked.contains(id))
     }
 
-    async fn link_once(&mut self) -> anyhow::Result<()> {
+    async fn link_once(&mut self, acceptor: &mut Option<String>) -> anyhow::Result<()> {
         // The connect (TCP, TLS, upgrade) is timed like the hello answer: a
         // server that takes the connection and never answers would stall
         // this dialer for good.
@@ -174,7 +199,8 @@ impl Dialer {
             .expect
             .as_ref()
             .map_or(ids::TO_SERVER, |(id, _)| id.as_str());
-        let out = Outgoing::new(to, Message::PeerHelloLink(self.hello.clone()));
+        let hello = signed_hello(&self.hello, acceptor.as_deref(), crate::wire::now_ms());
+        let out = Outgoing::new(to, Message::PeerHelloLink(hello));
         let text = conn::sign(&self.ctx.key, &self.ctx.me, out)
             .await
             .ok_or_else(|| anyhow::anyhow!("cannot sign our hello"))?;
@@ -201,6 +227,13 @@ impl Dialer {
         {
             anyhow::bail!("answered as {} instead of the announced {id}", env.from);
         }
+        // A `socp` answer signs whom it answers: not us, not for us.
+        if let Some(to) = hello.extra.get(HELLO_TO)
+            && to.as_str() != Some(self.ctx.me.as_str())
+        {
+            anyhow::bail!("its answer names another server than us");
+        }
+        *acceptor = Some(env.from.clone());
         // The acceptor's mac-v1 offer, if we asked and it agreed.
         let offer = hello
             .session
