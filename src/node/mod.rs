@@ -17,6 +17,7 @@ pub mod identity;
 mod lock;
 pub mod metrics;
 pub mod policy;
+pub(crate) mod reach;
 pub(crate) mod records;
 pub(crate) mod router;
 pub(crate) mod state;
@@ -322,7 +323,9 @@ impl Node {
             tls: tls_client.clone(),
             health: health.clone(),
         };
-        dialers.push(tokio::spawn(dial::dial_announced(dial_rx, template)));
+        let mesh_urls = std::iter::once(url.clone()).chain(config.master_url.clone());
+        let announced = dial::dial_announced(dial_rx, template, mesh_urls.collect());
+        dialers.push(tokio::spawn(announced));
         if scheme == "ws" && !addr.ip().is_loopback() {
             tracing::warn!(
                 "listening on {addr} without TLS: frames are authenticated but readable on the network; use --tls-cert and --tls-key"

@@ -22,3 +22,13 @@ pub struct PeerAnnounce {
 /// The field of a `socp` link hello that names the URL other servers dial
 /// it at (`--advertise-url`, else the listening address).
 pub const HELLO_URL: &str = "url";
+
+/// The field of a `socp` link hello that signs when it was made (Unix ms):
+/// the envelope `ts` is outside the signature, so a captured hello could be
+/// sent again under a new one. An acceptor takes it within the freshness
+/// window, once (DESIGN.md "Links").
+pub const HELLO_TS: &str = "ts";
+
+/// The field of a `socp` link hello that signs which server it is meant for
+/// (the envelope `to`, when the dialer knows the id): another server refuses it.
+pub const HELLO_TO: &str = "to";

@@ -284,7 +284,8 @@ impl Reader<'_> {
                 return Err(Verdict::Reply(ErrorCode::BadFrame, detail));
             }
             (Peer::User(_), msg) => Input::UserFrame { conn, env, msg },
-            (Peer::Link { .. }, Message::Heartbeat(_)) => return Ok(None),
+            // A link's heartbeats reach the router too: the first frame of
+            // a held second link proves its key (`router/link_hold.rs`).
             (Peer::Link { .. }, msg) => Input::LinkFrame { conn, env, msg },
         }))
     }

@@ -15,7 +15,11 @@ use crate::wire::messages::{ErrorBody, Message, PeerHelloLink, Presence, Receipt
 use crate::wire::{Envelope, ErrorCode};
 
 impl Router {
-    pub(super) fn link_hello(&mut self, hello: LinkHelloIn) {
+    pub(super) fn link_hello(&mut self, mut hello: LinkHelloIn) {
+        // A `socp` hello signs its `ts`: that one counts, not the envelope's.
+        if let Some(ts) = signed_ts(&hello) {
+            hello.ts = ts;
+        }
         match self.link_refusal(&hello) {
             Some(NoLink::Close) => return self.out.push(Output::Close(hello.conn)),
             Some(NoLink::Refuse(code, detail)) => {
@@ -23,6 +27,16 @@ impl Router {
             }
             None => {}
         }
+        self.remember_link_hello(&hello);
+        if self.hold_link(&hello) {
+            return self.answer_link_hello(&hello);
+        }
+        self.take_link(hello, false);
+    }
+
+    /// Makes `hello`'s connection the link to its server (`answered`: our
+    /// answer went out when it was held).
+    pub(super) fn take_link(&mut self, hello: LinkHelloIn, answered: bool) {
         if !self.keep_one_link(&hello) {
             return self.out.push(Output::Close(hello.conn));
         }
@@ -42,8 +56,14 @@ impl Router {
         if hello.dialed_master {
             self.master_id = Some(id.clone());
         }
-        if !hello.dialed {
+        if !hello.dialed && !answered {
             self.answer_link_hello(&hello);
+        }
+        // A `socp` acceptor holds a second link from us until its first
+        // MAC'd frame (`link_hold.rs`): this is ours, at once.
+        if hello.dialed && hello.socp {
+            let beat = Message::Heartbeat(Default::default());
+            self.send(hello.conn, &hello.server_id, beat);
         }
         let link = Link {
             conn: hello.conn,
@@ -74,6 +94,11 @@ impl Router {
             tracing::warn!(server = %id, "refused link: its hello names another server");
             return Some(NoLink::Close);
         }
+        if !hello.dialed
+            && let Some(refusal) = self.link_hello_replayed(hello)
+        {
+            return Some(refusal);
+        }
         // The master a local dialed is its trust anchor, pinned on its own;
         // every other link needs an --admit entry when there is a list.
         if !hello.dialed_master && !self.admits(id, &hello.key) {
@@ -83,11 +108,11 @@ impl Router {
                 "this server is not admitted to the mesh: its operator must list its id or key fingerprint (--admit)",
             ));
         }
-        // The envelope `ts` is not signed (the payload is), and anyone
-        // holding a server's hello (every local it is announced to) may
-        // send it: one dated in the future would be pinned below and
-        // refuse the server's own hellos until then. (A hello that
-        // answers ours came from the address we chose: its clock is its own.)
+        // A reference hello's `ts` is the envelope's, outside the signature,
+        // and anyone holding the hello may send it: one dated in the future
+        // would be pinned below and refuse the server's own hellos until
+        // then. (A hello that answers ours came from the address we chose:
+        // its clock is its own.)
         if !hello.dialed && hello.ts > self.now.saturating_add(super::HELLO_FRESHNESS_MS) {
             tracing::warn!(server = %id, "refused link: its hello is dated in the future");
             return Some(NoLink::Refuse(
@@ -167,7 +192,7 @@ impl Router {
 
     /// The acceptor's answer to a link hello: our own hello, with the
     /// `mac-v1` offer if the connection made one.
-    fn answer_link_hello(&mut self, hello: &LinkHelloIn) {
+    pub(super) fn answer_link_hello(&mut self, hello: &LinkHelloIn) {
         let role = if self.cfg.master {
             Role::Master
         } else {
@@ -180,12 +205,13 @@ impl Router {
             role,
             caps: Some(our_caps(hello.session.is_some())),
             session: session_offer(&hello.session),
-            extra: url_field(&self.cfg.url),
+            extra: answer_fields(&self.cfg.url, &hello.server_id, self.now),
         });
         self.send(hello.conn, &hello.server_id, reply);
     }
 
     pub(super) fn link_closed(&mut self, conn: ConnId) {
+        self.held.remove(&conn);
         self.drop_link(conn);
     }
 
@@ -230,6 +256,9 @@ impl Router {
     }
 
     pub(super) fn link_frame(&mut self, conn: ConnId, env: Envelope, msg: Message) {
+        if !self.proved(conn, &env) {
+            return;
+        }
         let Some(server) = self.sender(conn, &env, true) else {
             return;
         };
@@ -370,7 +399,7 @@ impl Router {
 }
 
 /// Why a link hello is not taken.
-enum NoLink {
+pub(super) enum NoLink {
     /// Closed without a word (a link to ourselves, a master that changed).
     Close,
     /// Answered with an error, then closed.
@@ -384,6 +413,21 @@ pub const STORAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(2)
 /// The field of an `ERROR` from the master that names the user whose
 /// registration it refused (a `socp` extension).
 pub(super) const REFUSED_USER: &str = "refused_user";
+
+/// The signed `ts` of a `socp` link hello (a reference one has none).
+fn signed_ts(hello: &LinkHelloIn) -> Option<i64> {
+    let payload = &hello.signed.as_ref()?.payload;
+    payload.get(crate::wire::announce::HELLO_TS)?.as_i64()
+}
+
+/// What our answer to a link hello adds (`socp`): our `url`, and, signed,
+/// when we made it and whom it answers.
+fn answer_fields(url: &str, dialer: &str, now: i64) -> Map<String, Value> {
+    let mut extra = url_field(url);
+    extra.insert(crate::wire::announce::HELLO_TS.into(), now.into());
+    extra.insert(crate::wire::announce::HELLO_TO.into(), dialer.into());
+    extra
+}
 
 /// The `url` field of our link hello (a `socp` addition; see `peers.rs`).
 pub(crate) fn url_field(url: &str) -> Map<String, Value> {

@@ -13,6 +13,7 @@ mod directory;
 mod events;
 mod fanout;
 mod groups;
+mod link_hold;
 mod links;
 mod online;
 mod peers;
@@ -183,6 +184,8 @@ pub(crate) struct Router {
     conn_users: HashMap<ConnId, String>,
     links: HashMap<String, Link>,
     conn_links: HashMap<ConnId, String>,
+    /// Second links waiting to prove their key (`link_hold.rs`).
+    held: link_hold::HeldLinks,
     presence: HashMap<String, PresenceRecord>,
     /// Users online here or live elsewhere, sorted (`USER_LIST` pages):
     /// whatever sets a session or a presence record's `live` updates it.
@@ -259,6 +262,7 @@ impl Router {
             conn_users: HashMap::new(),
             links: HashMap::new(),
             conn_links: HashMap::new(),
+            held: HashMap::new(),
             presence,
             online: Default::default(),
             verified: Default::default(),
@@ -400,6 +404,7 @@ impl Router {
             Input::LinkHello(hello) => self.link_hello(hello),
             Input::LinkFrame { conn, env, msg } => self.link_frame(conn, env, msg),
             Input::LinkClosed(conn) => self.link_closed(conn),
+            Input::Timeout(req_id) if self.hold_expired(&req_id) => {}
             Input::Timeout(req_id) => self.timeout(&req_id),
             Input::Tick => {
                 self.prune_rates();

@@ -3,6 +3,13 @@
 //! (`proof_owners`, PROTOCOL.md C5) would otherwise grow by one entry per
 //! login forever, and are loaded at every start.
 //!
+//! `seen_hellos` holds the signatures of `socp` link hellos too: such a
+//! hello signs its `ts` and, when the dialer knows it, the server it is meant
+//! for (`to`), so one captured (every `socp` local is handed the others'
+//! hellos by `PEER_ANNOUNCE`) cannot be sent again, to us or elsewhere. A
+//! reference link hello signs neither: `links.rs` and `link_hold.rs` do what
+//! can be done for it.
+//!
 //! What is safe to forget:
 //! - a hello seen more than twice the freshness window ago: its `ts` check
 //!   refuses it anyway (a `ts` accepted at time s is at most s + window, so
@@ -19,7 +26,10 @@
 
 use std::collections::HashMap;
 
-use super::{HELLO_FRESHNESS_MS, ProofOwner, Router, StoreOp};
+use super::links::NoLink;
+use super::{HELLO_FRESHNESS_MS, LinkHelloIn, ProofOwner, Router, StoreOp, proof_digest};
+use crate::wire::ErrorCode;
+use crate::wire::announce::{HELLO_TO, HELLO_TS};
 
 /// How long a seen hello or a superseded proof is kept.
 const REPLAY_KEEP_MS: i64 = 2 * HELLO_FRESHNESS_MS;
@@ -40,6 +50,57 @@ impl Router {
             server.to_owned(),
             user.to_owned(),
         ));
+    }
+
+    /// Why a link hello we did not ask for is refused as not fresh, not
+    /// ours, or seen before, if its payload signs `ts` (a `socp` one; a
+    /// reference hello has none and is not refused here).
+    pub(super) fn link_hello_replayed(&self, hello: &LinkHelloIn) -> Option<NoLink> {
+        let proof = hello.signed.as_ref()?;
+        if let Some(to) = proof.payload.get(HELLO_TO)
+            && to.as_str() != Some(self.cfg.me.as_str())
+        {
+            tracing::warn!(server = %hello.server_id, "refused link: its hello is signed for another server");
+            return Some(NoLink::Refuse(
+                ErrorCode::NotAllowed,
+                "link hello is meant for another server (replayed?)",
+            ));
+        }
+        let ts = proof.payload.get(HELLO_TS)?;
+        let Some(ts) = ts.as_i64() else {
+            return Some(NoLink::Refuse(
+                ErrorCode::BadFrame,
+                "link hello ts must be Unix ms",
+            ));
+        };
+        if (self.now - ts).abs() > HELLO_FRESHNESS_MS {
+            tracing::warn!(server = %hello.server_id, skew_ms = self.now - ts, "refused link: its hello is not fresh");
+            return Some(NoLink::Refuse(
+                ErrorCode::InvalidSig,
+                "link hello ts is more than 120 s away from this server's clock (replayed, or check the clocks)",
+            ));
+        }
+        if self.seen_hellos.contains_key(&proof_digest(proof)) {
+            tracing::warn!(server = %hello.server_id, "refused link: replayed hello");
+            return Some(NoLink::Refuse(
+                ErrorCode::InvalidSig,
+                "replayed link hello: sign a fresh one",
+            ));
+        }
+        None
+    }
+
+    /// A `socp` link hello we took (or hold): it is not taken again.
+    pub(super) fn remember_link_hello(&mut self, hello: &LinkHelloIn) {
+        let Some(proof) = hello.signed.as_ref() else {
+            return;
+        };
+        if hello.dialed || !proof.payload.contains_key(HELLO_TS) {
+            return;
+        }
+        let digest = proof_digest(proof);
+        self.seen_hellos.insert(digest, self.now);
+        self.persist(StoreOp::SeenHello(digest, self.now));
     }
 
     /// Forgets the hellos and proofs that can never be accepted again (run

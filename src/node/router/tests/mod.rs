@@ -3,6 +3,7 @@
 //! every frame of the reference run (`reference.rs`). Meshes of several
 //! routers are the scenarios' job (`scenarios/`).
 
+mod hold;
 mod links;
 mod reference;
 mod users;
