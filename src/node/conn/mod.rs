@@ -249,7 +249,10 @@ where
             return refuse(ws, ctx, ids::TO_USER, ErrorCode::Timeout, detail).await;
         }
     };
-    match hello::accept_first(ctx, conn, &first) {
+    let accepted = hello::accept_first(ctx, conn, &first);
+    // The hello's text (a few KiB) must not live as long as the connection.
+    drop(first);
+    match accepted {
         Ok(a) => run(ws, conn, ctx, Box::new(a.input), a.peer, a.auth).await,
         Err((to, r)) => refuse(ws, ctx, to, r.code, &r.detail).await,
     }

@@ -110,7 +110,7 @@ impl Router {
         let pubkey = self.users.get(&q.user_id).map(|u| u.pubkey.clone());
         let answer = Message::DbUser(DirectoryAnswer {
             found: pubkey.is_some(),
-            pubkey: pubkey.unwrap_or_default(),
+            pubkey: pubkey.as_deref().unwrap_or_default().to_owned(),
             user_id: q.user_id,
             req_id: q.req_id,
             extra: Default::default(),
@@ -123,15 +123,15 @@ impl Router {
         if a.found && PublicKey::from_b64(&a.pubkey).is_ok() {
             match self.users.get(&a.user_id) {
                 None => {
-                    let rec = UserRecord::new(a.pubkey.clone(), false, self.now);
+                    let rec = UserRecord::new(a.pubkey.as_str().into(), false, self.now);
                     self.users.insert(a.user_id.clone(), rec.clone());
                     self.persist(StoreOp::PinUser(a.user_id.clone(), rec));
                 }
                 // The master is the directory: a key its operator reset
                 // replaces what this local cached.
-                Some(mut rec) if rec.pubkey != a.pubkey && self.master_id.is_some() => {
+                Some(mut rec) if *rec.pubkey != *a.pubkey && self.master_id.is_some() => {
                     tracing::warn!(user = %a.user_id, "the master has a new key for this user (reset by its operator)");
-                    rec.pubkey = a.pubkey.clone();
+                    rec.pubkey = a.pubkey.as_str().into();
                     self.users.insert(a.user_id.clone(), rec);
                     self.persist(StoreOp::Policy(PolicyOp::ReplaceKey {
                         user: a.user_id.clone(),
@@ -206,7 +206,10 @@ impl Router {
             }
             _ => {}
         }
-        let known = self.users.get(&r.user_id).map(|rec| rec.pubkey == r.pubkey);
+        let known = self
+            .users
+            .get(&r.user_id)
+            .map(|rec| *rec.pubkey == *r.pubkey);
         match known {
             Some(true) => {}
             Some(false) if !self.policy.resets.contains(&r.user_id) => {
@@ -233,9 +236,12 @@ impl Router {
                     }
                 }
                 let source = Some(RegSource::Server(server.to_owned()));
-                if let Err((code, detail)) =
-                    self.register_new(&r.user_id, &r.pubkey, r.proof.as_ref(), source)
-                {
+                if let Err((code, detail)) = self.register_new(
+                    &r.user_id,
+                    &r.pubkey.as_str().into(),
+                    r.proof.as_ref(),
+                    source,
+                ) {
                     return refuse(self, code, detail);
                 }
             }
