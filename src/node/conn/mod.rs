@@ -242,20 +242,20 @@ where
     // accepted, where inline they would size the connection's task for its
     // whole life (about 1 KiB of an idle connection; see DESIGN.md, "Memory
     // per idle connection").
-    let Some(a) = Box::pin(first_frame(ws, conn, ctx)).await else {
+    let Some((input, peer, auth)) = Box::pin(first_frame(ws, conn, ctx)).await else {
         return;
     };
-    let hello::Accepted { input, peer, auth } = *a;
-    run(ws, conn, ctx, Box::new(input), peer, auth).await;
+    run(ws, conn, ctx, input, peer, auth).await;
 }
 
 /// Reads and checks the hello; None if the connection was refused (and
-/// told why) or ended.
+/// told why) or ended. (Not a boxed `Accepted`: a box moved out of keeps
+/// its allocation until it goes out of scope, here the connection's life.)
 async fn first_frame<S>(
     ws: &mut WsConn<S>,
     conn: ConnId,
     ctx: &ConnCtx,
-) -> Option<Box<hello::Accepted>>
+) -> Option<(Box<Input>, Peer, Auth)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -276,7 +276,7 @@ where
     // The hello's text (a few KiB) must not outlive the hello.
     drop(first);
     match accepted {
-        Ok(a) => Some(Box::new(a)),
+        Ok(a) => Some((Box::new(a.input), a.peer, a.auth)),
         Err((to, r)) => {
             refuse(ws, ctx, to, r.code, &r.detail).await;
             None
