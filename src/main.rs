@@ -6,6 +6,9 @@ use socp::cli::Cli;
 /// mimalloc: per-thread heaps instead of glibc's locked arenas. The node's
 /// frames are allocated on one thread and freed on another, where glibc
 /// spent ~15% of a node's CPU and let its RSS balloon under load.
+/// The `system-alloc` feature keeps the system allocator instead, so that a
+/// heap profiler hooking `malloc` (heaptrack) sees every allocation.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -45,7 +45,9 @@ pub struct PublicKey(Arc<PublicInner>);
 
 struct PublicInner {
     spki: Vec<u8>,
-    b64: String,
+    /// Shared: a user's session, its directory record and its connection
+    /// keep this one copy (see DESIGN.md, "Memory per idle connection").
+    b64: Arc<str>,
     verify: ParsedPublicKey,
     verify_max_salt: rsa::pss::VerifyingKey<sha2::Sha256>,
     oaep: OaepPublicEncryptingKey,
@@ -84,7 +86,7 @@ impl PublicKey {
             })?;
         Ok(PublicKey(Arc::new(PublicInner {
             spki: der.to_vec(),
-            b64: b64::encode(der),
+            b64: b64::encode(der).into(),
             verify,
             verify_max_salt: rsa::pss::VerifyingKey::new_with_salt_len(parsed, PSS_MAX_SALT_LEN),
             oaep,
@@ -94,6 +96,12 @@ impl PublicKey {
     /// The key as it travels on the wire: base64url of the SPKI DER.
     pub fn to_b64(&self) -> &str {
         &self.0.b64
+    }
+
+    /// The same text, shared rather than copied: whatever keeps a peer's
+    /// key for long (a session, a directory record) holds one allocation.
+    pub fn b64_shared(&self) -> Arc<str> {
+        self.0.b64.clone()
     }
 
     /// DER SubjectPublicKeyInfo.

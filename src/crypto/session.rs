@@ -51,16 +51,27 @@ impl hkdf::KeyType for HmacLen {
     }
 }
 
-fn direction_key(secret: &[u8], dialer: &str, acceptor: &str, dir: &str) -> hmac::Key {
+/// A direction's HMAC key, kept as its 32 bytes: aws-lc's prepared key is
+/// about 1.2 KiB and every connection on a session holds two, where
+/// preparing it again for each frame costs two SHA-256 blocks.
+struct DirectionKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl DirectionKey {
+    fn hmac(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &self.0[..])
+    }
+}
+
+fn direction_key(secret: &[u8], dialer: &str, acceptor: &str, dir: &str) -> DirectionKey {
     let info = format!("socp mac-v1 {dialer} {acceptor} {dir}");
     let prk = hkdf::Salt::none(hkdf::HKDF_SHA256).extract(secret);
-    let mut out = [0u8; 32];
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
     let info_parts = [info.as_bytes()];
     // Expanding 32 bytes from SHA-256 cannot fail.
     if let Ok(okm) = prk.expand(&info_parts, HmacLen) {
-        let _ = okm.fill(&mut out);
+        let _ = okm.fill(&mut out[..]);
     }
-    hmac::Key::new(hmac::HMAC_SHA256, &out)
+    DirectionKey(out)
 }
 
 /// One side of a link session: the half that seals what we send and the
@@ -73,13 +84,13 @@ pub struct MacSession {
 
 /// The sending half of a session: our direction's key and sequence.
 pub struct MacSeal {
-    key: hmac::Key,
+    key: DirectionKey,
     seq: u64,
 }
 
 /// The receiving half of a session: the peer's direction's key and sequence.
 pub struct MacOpen {
-    key: hmac::Key,
+    key: DirectionKey,
     seq: u64,
 }
 
@@ -127,7 +138,7 @@ impl MacSeal {
         let bytes = env
             .mac_bytes()
             .map_err(|e| CryptoError::BadKey(e.to_string()))?;
-        env.mac = Some(b64::encode(hmac::sign(&self.key, &bytes)));
+        env.mac = Some(b64::encode(hmac::sign(&self.key.hmac(), &bytes)));
         Ok(())
     }
 
@@ -137,8 +148,8 @@ impl MacSeal {
     pub fn seal_to_json(&mut self, env: &mut Envelope) -> Result<String, CryptoError> {
         self.seq += 1;
         env.seq = Some(self.seq);
-        let key = &self.key;
-        env.to_json_with_mac(|bytes| b64::encode(hmac::sign(key, bytes)))
+        let key = self.key.hmac();
+        env.to_json_with_mac(|bytes| b64::encode(hmac::sign(&key, bytes)))
             .map_err(|e| CryptoError::BadKey(e.to_string()))
     }
 }
@@ -153,7 +164,7 @@ impl MacOpen {
         let mac = env.mac.as_deref().ok_or(MacError::Missing)?;
         let tag = b64::decode(mac).map_err(|_| MacError::Invalid)?;
         let bytes = env.mac_bytes().map_err(|_| MacError::Invalid)?;
-        hmac::verify(&self.key, &bytes, &tag).map_err(|_| MacError::Invalid)?;
+        hmac::verify(&self.key.hmac(), &bytes, &tag).map_err(|_| MacError::Invalid)?;
         self.seq = want;
         Ok(())
     }

@@ -187,12 +187,14 @@ async fn accept_one(
             // Boxed: its state is large and gone once the handshake is done.
             let handshake = Box::pin(acceptor.accept(stream));
             match tokio::time::timeout(limit, handshake).await {
-                Ok(Ok(tls)) => upgrade(tls, (true, web), peer, slot, conn, &ctx).await,
+                // Boxed, both ways: a plain connection's task must not be
+                // sized for a TLS stream, held for the connection's life.
+                Ok(Ok(tls)) => Box::pin(upgrade(tls, (true, web), peer, slot, conn, &ctx)).await,
                 Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
-        None => upgrade(stream, (false, web), peer, slot, conn, &ctx).await,
+        None => Box::pin(upgrade(stream, (false, web), peer, slot, conn, &ctx)).await,
     }
 }
 

@@ -11,14 +11,15 @@ pub(crate) type ConnId = u64;
 /// A directory entry: the key a user id is pinned to.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct UserRecord {
-    pub pubkey: String,
+    /// Shared with the user's session and connection (one copy per user).
+    pub pubkey: std::sync::Arc<str>,
     /// Registered through an unsigned (reference) hello.
     pub legacy: bool,
     pub first_seen_ms: i64,
 }
 
 impl UserRecord {
-    pub fn new(pubkey: String, legacy: bool, now: i64) -> Self {
+    pub fn new(pubkey: std::sync::Arc<str>, legacy: bool, now: i64) -> Self {
         UserRecord {
             pubkey,
             legacy,

@@ -241,16 +241,17 @@ impl Checker {
 
 /// A peer's key as the connection keeps it: encoded until a frame needs an
 /// RSA check (parsed, with its Montgomery tables, it is several KiB, and a
-/// peer on a `mac-v1` session never needs it).
+/// peer on a `mac-v1` session never needs it). The encoded text is the one
+/// the router's session and directory record hold (shared, not copied).
 pub(crate) struct PeerKey {
-    b64: String,
+    b64: std::sync::Arc<str>,
     parsed: Option<PublicKey>,
 }
 
 impl PeerKey {
     pub fn new(key: &PublicKey) -> Self {
         PeerKey {
-            b64: key.to_b64().to_owned(),
+            b64: key.b64_shared(),
             parsed: None,
         }
     }

@@ -238,20 +238,49 @@ pub(crate) async fn serve_accepted<S>(ws: &mut WsConn<S>, conn: ConnId, ctx: &Co
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Boxed: the hello's wait, its text and its check are gone once it is
+    // accepted, where inline they would size the connection's task for its
+    // whole life (about 1 KiB of an idle connection; see DESIGN.md, "Memory
+    // per idle connection").
+    let Some((input, peer, auth)) = Box::pin(first_frame(ws, conn, ctx)).await else {
+        return;
+    };
+    run(ws, conn, ctx, input, peer, auth).await;
+}
+
+/// Reads and checks the hello; None if the connection was refused (and
+/// told why) or ended. (Not a boxed `Accepted`: a box moved out of keeps
+/// its allocation until it goes out of scope, here the connection's life.)
+async fn first_frame<S>(
+    ws: &mut WsConn<S>,
+    conn: ConnId,
+    ctx: &ConnCtx,
+) -> Option<(Box<Input>, Peer, Auth)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let first = match tokio::time::timeout(ctx.limits.hello_timeout, next_text(ws)).await {
         Ok(Some(Ok(text))) => text,
         Ok(Some(Err(e @ WsError::TooLarge { .. }))) => {
-            return refuse(ws, ctx, ids::TO_USER, ErrorCode::TooLarge, &e.to_string()).await;
+            refuse(ws, ctx, ids::TO_USER, ErrorCode::TooLarge, &e.to_string()).await;
+            return None;
         }
-        Ok(_) => return,
+        Ok(_) => return None,
         Err(_) => {
             let detail = "no hello within 10 s";
-            return refuse(ws, ctx, ids::TO_USER, ErrorCode::Timeout, detail).await;
+            refuse(ws, ctx, ids::TO_USER, ErrorCode::Timeout, detail).await;
+            return None;
         }
     };
-    match hello::accept_first(ctx, conn, &first) {
-        Ok(a) => run(ws, conn, ctx, Box::new(a.input), a.peer, a.auth).await,
-        Err((to, r)) => refuse(ws, ctx, to, r.code, &r.detail).await,
+    let accepted = hello::accept_first(ctx, conn, &first);
+    // The hello's text (a few KiB) must not outlive the hello.
+    drop(first);
+    match accepted {
+        Ok(a) => Some((Box::new(a.input), a.peer, a.auth)),
+        Err((to, r)) => {
+            refuse(ws, ctx, to, r.code, &r.detail).await;
+            None
+        }
     }
 }
 

@@ -60,7 +60,7 @@ impl Router {
     pub(super) fn register_new(
         &mut self,
         user: &str,
-        key: &str,
+        key: &std::sync::Arc<str>,
         proof: Option<&Proof>,
         source: Option<RegSource>,
     ) -> Result<(), Refused> {
@@ -102,7 +102,7 @@ impl Router {
             self.policy.used_invites.insert(code.clone());
         }
         self.policy.resets.remove(user);
-        let rec = UserRecord::new(key.to_owned(), proof.is_none(), self.now);
+        let rec = UserRecord::new(key.clone(), proof.is_none(), self.now);
         self.users.insert(user.to_owned(), rec.clone());
         self.persist(StoreOp::PinUser(user.to_owned(), rec));
         self.persist(StoreOp::Policy(PolicyOp::Registered {

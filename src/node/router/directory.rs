@@ -112,7 +112,7 @@ impl Router {
         let pubkey = self.users.get(&q.user_id).map(|u| u.pubkey.clone());
         let answer = Message::DbUser(DirectoryAnswer {
             found: pubkey.is_some(),
-            pubkey: pubkey.unwrap_or_default(),
+            pubkey: pubkey.as_deref().unwrap_or_default().to_owned(),
             user_id: q.user_id,
             req_id: q.req_id,
             extra: Default::default(),
@@ -125,13 +125,13 @@ impl Router {
         if a.found && PublicKey::from_b64(&a.pubkey).is_ok() {
             match self.users.get(&a.user_id) {
                 None => {
-                    let rec = UserRecord::new(a.pubkey.clone(), false, self.now);
+                    let rec = UserRecord::new(a.pubkey.as_str().into(), false, self.now);
                     self.users.insert(a.user_id.clone(), rec.clone());
                     self.persist(StoreOp::PinUser(a.user_id.clone(), rec));
                 }
                 // The master is the directory: a key its operator reset
                 // replaces what this local cached.
-                Some(rec) if rec.pubkey != a.pubkey && self.master_id.is_some() => {
+                Some(rec) if *rec.pubkey != *a.pubkey && self.master_id.is_some() => {
                     self.replace_cached_key(&a.user_id, rec, &a.pubkey);
                 }
                 Some(_) => {}
@@ -172,7 +172,7 @@ impl Router {
     /// one it cached (the master's operator reset it).
     fn replace_cached_key(&mut self, user: &str, mut rec: UserRecord, pubkey: &str) {
         tracing::warn!(user = %user, "the master has a new key for this user (reset by its operator)");
-        rec.pubkey = pubkey.to_owned();
+        rec.pubkey = pubkey.into();
         self.users.insert(user.to_owned(), rec);
         self.persist(StoreOp::Policy(PolicyOp::ReplaceKey {
             user: user.to_owned(),
@@ -196,7 +196,7 @@ impl Router {
             return;
         };
         match self.users.get(&p.user_id) {
-            Some(rec) if rec.pubkey != pubkey && !self.cfg.master => {
+            Some(rec) if *rec.pubkey != *pubkey && !self.cfg.master => {
                 self.replace_cached_key(&p.user_id, rec, pubkey);
             }
             _ => {}
@@ -237,7 +237,10 @@ impl Router {
             }
             _ => {}
         }
-        let known = self.users.get(&r.user_id).map(|rec| rec.pubkey == r.pubkey);
+        let known = self
+            .users
+            .get(&r.user_id)
+            .map(|rec| *rec.pubkey == *r.pubkey);
         match known {
             Some(true) => {}
             Some(false) if !self.policy.resets.contains(&r.user_id) => {
@@ -264,9 +267,12 @@ impl Router {
                     }
                 }
                 let source = Some(RegSource::Server(server.to_owned()));
-                if let Err((code, detail)) =
-                    self.register_new(&r.user_id, &r.pubkey, r.proof.as_ref(), source)
-                {
+                if let Err((code, detail)) = self.register_new(
+                    &r.user_id,
+                    &r.pubkey.as_str().into(),
+                    r.proof.as_ref(),
+                    source,
+                ) {
                     return refuse(self, code, detail);
                 }
             }

@@ -142,13 +142,20 @@ impl Default for MailboxLimits {
     }
 }
 
+/// A user online here. Every idle user holds one, so it is kept small:
+/// the key is the one copy its directory record and connection share, and
+/// the hello's proof is kept compact (see DESIGN.md, "Memory per idle
+/// connection").
 struct Session {
     conn: ConnId,
-    proof: Option<Proof>,
-    key: String,
+    proof: Option<proofs::KeptProof>,
+    key: std::sync::Arc<str>,
     /// `USER_LIST` answers left (a bucket of [`LIST_BURST`], one more a
     /// second), and when it was last filled (ms).
     lists: (u32, i64),
+    /// Its signed hello listed `receipt-undecryptable-v1` (read once here,
+    /// not from the compact proof per receipt).
+    undecryptable: bool,
 }
 
 /// `USER_LIST` answers a user may ask for at once; then one a second. A
@@ -196,7 +203,7 @@ pub(crate) struct Router {
     master_answered_ms: i64,
     /// Hellos (and their keys) waiting for room among those the master is
     /// confirming (`users::MAX_CONFIRMING`).
-    waiting_hellos: std::collections::VecDeque<(UserHelloIn, String)>,
+    waiting_hellos: std::collections::VecDeque<(UserHelloIn, std::sync::Arc<str>)>,
     groups: HashMap<String, GroupRecord>,
     pending: HashMap<String, Pending>,
     /// Frames from connections whose hello waits for the master, replayed

@@ -56,7 +56,7 @@ impl Router {
         let is_master_link = self.master_id.as_deref() == Some(server);
         for user in &own {
             if is_master_link && let Some(session) = self.sessions.get(user) {
-                let reg = registration(user, &session.key, session.proof.clone());
+                let reg = registration(user, &session.key, session.proof());
                 self.send_link(server, server, reg);
             }
             let adv = self.own_advert(user);

@@ -13,7 +13,7 @@ use std::hash::{BuildHasher, RandomState};
 use super::{ConnId, Router, truncate};
 use crate::node::custody::{Dest, Hop};
 use crate::wire::ErrorCode;
-use crate::wire::messages::{CAP_UNDECRYPTABLE, Proof, Receipt, UNDECRYPTABLE};
+use crate::wire::messages::{Proof, Receipt, UNDECRYPTABLE};
 
 /// Marks remembered at once (a mark is taken by the DM's `ACK`; one left
 /// by a connection that dropped first waits for the DM's next delivery).
@@ -108,9 +108,7 @@ impl Router {
 
     /// True if `user`'s session asked for `undecryptable` receipts.
     pub(super) fn takes_undecryptable(&self, user: &str) -> bool {
-        self.sessions
-            .get(user)
-            .is_some_and(|s| lists_cap(s.proof.as_ref(), CAP_UNDECRYPTABLE))
+        self.sessions.get(user).is_some_and(|s| s.undecryptable)
     }
 }
 

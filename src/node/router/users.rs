@@ -1,8 +1,11 @@
 //! Users: hellos, directory pinning, sessions, lookups.
 
+use std::sync::Arc;
+
 use serde_json::Map;
 
 use super::admission::RegSource;
+use super::proofs::KeptProof;
 use super::{
     ConnId, LOOKUP_TIMEOUT, MAX_EARLY_FRAMES, Output, Pending, Router, Session, StoreOp,
     UserHelloIn, lookup_answer, online, proof_digest, registration,
@@ -43,7 +46,7 @@ impl Router {
                 format!("{user} is already connected"),
             );
         }
-        let key = hello.key.to_b64().to_owned();
+        let key = hello.key.b64_shared();
         match self.users.get(&user) {
             // A local's cache may hold a key the master's operator reset:
             // only the master's answer refuses.
@@ -74,7 +77,7 @@ impl Router {
     /// one frame each way. A reference master gets the part A pair, the
     /// registration then a lookup on the same link (answered after the
     /// registration was applied, so it says which key the id is pinned to).
-    fn confirm_with_master(&mut self, hello: UserHelloIn, key: String) {
+    fn confirm_with_master(&mut self, hello: UserHelloIn, key: Arc<str>) {
         let user = hello.user_id.clone();
         let Some(master) = self.master_link().map(str::to_owned) else {
             return self.refuse(
@@ -159,7 +162,7 @@ impl Router {
     /// master learns of the login from the user's advertisement alone.
     pub(super) fn accept_user(&mut self, hello: UserHelloIn, registered: bool) {
         let user = hello.user_id.clone();
-        let key = hello.key.to_b64().to_owned();
+        let key = hello.key.b64_shared();
         let early = self.early.remove(&hello.conn).unwrap_or_default();
         if self.sessions.contains_key(&user) {
             return self.refuse(
@@ -173,7 +176,11 @@ impl Router {
             user.clone(),
             Session {
                 conn: hello.conn,
-                proof: hello.proof.clone(),
+                undecryptable: super::unreadable::lists_cap(
+                    hello.proof.as_ref(),
+                    crate::wire::messages::CAP_UNDECRYPTABLE,
+                ),
+                proof: hello.proof.clone().map(|p| KeptProof::keep(p, &key)),
                 key: key.clone(),
                 lists: (super::LIST_BURST, self.now),
             },
@@ -215,7 +222,7 @@ impl Router {
         Message::UserAdvertise(Presence {
             user_id: user.to_owned(),
             location: self.cfg.me.clone(),
-            proof: self.sessions.get(user).and_then(|s| s.proof.clone()),
+            proof: self.sessions.get(user).and_then(Session::proof),
             extra: Map::new(),
         })
     }

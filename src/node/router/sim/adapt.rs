@@ -92,7 +92,7 @@ pub(crate) fn mirror(read: &MemRead, op: &StoreOp) {
         }
         StoreOp::Policy(PolicyOp::ReplaceKey { user, pubkey }) => {
             if let Some(rec) = rows.users.get_mut(user) {
-                rec.pubkey = pubkey.clone();
+                rec.pubkey = pubkey.as_str().into();
             }
         }
         StoreOp::Custody(e) => {

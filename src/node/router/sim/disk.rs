@@ -83,7 +83,7 @@ impl Disk {
             }
             StoreOp::Policy(PolicyOp::ReplaceKey { user, pubkey }) => {
                 if let Some(rec) = self.users.get_mut(&user) {
-                    rec.pubkey = pubkey;
+                    rec.pubkey = pubkey.into();
                 }
             }
             // Invites and key resets: the simulated meshes use neither.

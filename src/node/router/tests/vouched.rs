@@ -34,7 +34,7 @@ fn advertise(r: &mut Router, conn: ConnId, from: &str, user: &str, k: &PrivateKe
 }
 
 fn cached(r: &Router, user: &str) -> Option<String> {
-    r.users.get(user).map(|rec| rec.pubkey)
+    r.users.get(user).map(|rec| rec.pubkey.to_string())
 }
 
 #[test]
