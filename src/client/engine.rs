@@ -105,6 +105,9 @@ pub struct Engine<F: Frontend> {
     ack_at: Option<tokio::time::Instant>,
     /// Outbox entries refused for a transient reason, and when to try again.
     retry_at: HashMap<String, tokio::time::Instant>,
+    /// The `FILE_END` `msg_id`s acknowledged only once their file is saved
+    /// (chunks were missing at the end), by `file_id`.
+    held_ends: HashMap<String, String>,
     /// Files being sent, until the node acknowledges or refuses them.
     flights: sending::Flights,
     /// Content the node took from us lately: receipts are shown only for
@@ -151,6 +154,7 @@ impl<F: Frontend> Engine<F> {
             to_ack: Vec::new(),
             ack_at: None,
             retry_at: HashMap::new(),
+            held_ends: HashMap::new(),
             flights: sending::Flights::default(),
             sent: SentIds::default(),
             tags: tags::Tags::default(),

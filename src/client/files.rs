@@ -1,16 +1,20 @@
 //! Receiving files safely (PROTOCOL.md C7): a received name is reduced to a
 //! safe base name inside the downloads folder, data goes to a temporary file,
 //! and the file is linked into place under a name that clobbers nothing only
-//! after its size and SHA-256 match the manifest. A failed or incomplete
-//! transfer leaves nothing behind.
+//! after its size and SHA-256 match the manifest. A failed transfer leaves
+//! nothing behind. A transfer cut by a lost connection is kept (its verified
+//! prefix in the temporary file) and continues when the node hands on the
+//! rest after the reconnect: frames it had already handed us come again and
+//! are recognised as repeats.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 
+use crate::content::CHUNK_SIZE;
 use crate::crypto::hex;
 use crate::wire::messages::{FileChunk, FileMode, FileStart};
 
@@ -44,8 +48,13 @@ pub enum FileError {
     Duplicate,
     #[error("no transfer {0} in progress")]
     Unknown(String),
-    #[error("{name}: chunk {got} arrived, expected chunk {want}")]
-    OutOfOrder { name: String, got: u64, want: u64 },
+    #[error("{name}: chunk {index} of {len} bytes does not fit the {size} bytes announced")]
+    BadChunk {
+        name: String,
+        index: u64,
+        len: usize,
+        size: u64,
+    },
     #[error("{name}: more data than the {size} bytes announced")]
     Overrun { name: String, size: u64 },
     #[error("{name}: chunk {index} does not decrypt (altered, or the wrong key)")]
@@ -135,9 +144,12 @@ pub struct Incoming {
     pub name: String,
     temp: PathBuf,
     file: std::fs::File,
-    hasher: digest::Context,
     received: u64,
-    next_index: u64,
+    /// Which chunks are written (each at its place: chunks handed on again
+    /// after a reconnect may come after later ones, or twice).
+    have: Vec<bool>,
+    /// `FILE_END` arrived: the file is complete once every chunk is here.
+    ended: bool,
     /// When the manifest or the last chunk arrived.
     last_seen: Instant,
     /// The unwrapped DM file key, with the wrapped text it came from.
@@ -187,8 +199,16 @@ impl Receiver {
         })
     }
 
-    /// Begins a transfer announced by `FILE_START`.
+    /// Begins a transfer announced by `FILE_START`; the same manifest again
+    /// (handed on again after a reconnect, or sent again by a sender that
+    /// resumes) leaves the transfer in progress as it is.
     pub fn start(&mut self, start: FileStart, from: Option<String>) -> Result<(), FileError> {
+        if let Some(t) = self.transfers.get(&start.file_id)
+            && t.from == from
+            && same_manifest(&t.start, &start)
+        {
+            return Ok(());
+        }
         let name = safe_name(&start.name);
         if start.size > self.max_size {
             return Err(FileError::TooLarge {
@@ -215,6 +235,7 @@ impl Receiver {
             uuid::Uuid::new_v4()
         ));
         let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&temp)
@@ -224,9 +245,9 @@ impl Receiver {
             name,
             temp,
             file,
-            hasher: digest::Context::new(&digest::SHA256),
             received: 0,
-            next_index: 0,
+            have: vec![false; chunk_count(start.size)],
+            ended: false,
             last_seen: Instant::now(),
             dm_key: None,
             start,
@@ -234,6 +255,34 @@ impl Receiver {
         self.transfers
             .insert(incoming.start.file_id.clone(), incoming);
         Ok(())
+    }
+
+    /// True if chunk `index` of `file_id` was already written: a frame
+    /// handed on again after a reconnect (acknowledged too late to be
+    /// forgotten at the node), to be skipped.
+    pub fn is_repeat(&self, file_id: &str, index: u64) -> bool {
+        self.transfers.get(file_id).is_some_and(|t| {
+            usize::try_from(index)
+                .ok()
+                .and_then(|i| t.have.get(i))
+                .is_some_and(|h| *h)
+        })
+    }
+
+    /// True if `file_id` has its `FILE_END` and every chunk: ready for
+    /// [`Receiver::finish`].
+    pub fn is_complete(&self, file_id: &str) -> bool {
+        self.transfers
+            .get(file_id)
+            .is_some_and(|t| t.ended && t.have.iter().all(|h| *h))
+    }
+
+    /// Restarts every transfer's idle clock: the time without a connection
+    /// does not count against [`TRANSFER_IDLE`].
+    pub fn touch_all(&mut self, now: Instant) {
+        for t in self.transfers.values_mut() {
+            t.last_seen = now;
+        }
     }
 
     /// The transfer a chunk belongs to.
@@ -248,25 +297,29 @@ impl Receiver {
             .get_mut(&chunk.file_id)
             .ok_or_else(|| FileError::Unknown(chunk.file_id.clone()))?;
         let result = (|| {
-            if chunk.index != t.next_index {
-                return Err(FileError::OutOfOrder {
-                    name: t.name.clone(),
-                    got: chunk.index,
-                    want: t.next_index,
-                });
+            let bad = || FileError::BadChunk {
+                name: t.name.clone(),
+                index: chunk.index,
+                len: plaintext.len(),
+                size: t.start.size,
+            };
+            let slot = usize::try_from(chunk.index)
+                .ok()
+                .filter(|i| *i < t.have.len())
+                .ok_or_else(bad)?;
+            let offset = chunk.index * CHUNK_SIZE as u64;
+            let want = (t.start.size - offset).min(CHUNK_SIZE as u64);
+            if plaintext.len() as u64 != want {
+                return Err(bad());
             }
-            if t.received + plaintext.len() as u64 > t.start.size {
-                return Err(FileError::Overrun {
-                    name: t.name.clone(),
-                    size: t.start.size,
-                });
+            if t.have[slot] {
+                return Ok((t.received, t.start.size));
             }
-            t.file
-                .write_all(plaintext)
-                .map_err(|e| FileError::Io(t.temp.display().to_string(), e))?;
-            t.hasher.update(plaintext);
+            let io = |e| FileError::Io(t.temp.display().to_string(), e);
+            t.file.seek(SeekFrom::Start(offset)).map_err(io)?;
+            t.file.write_all(plaintext).map_err(io)?;
+            t.have[slot] = true;
             t.received += plaintext.len() as u64;
-            t.next_index += 1;
             t.last_seen = Instant::now();
             Ok((t.received, t.start.size))
         })();
@@ -276,7 +329,20 @@ impl Receiver {
         result
     }
 
-    /// Finishes a transfer at `FILE_END`: size and SHA-256 must match.
+    /// `FILE_END` arrived: true if the transfer is complete (then
+    /// [`Receiver::finish`] it), false if chunks are still missing (handed
+    /// on again after a reconnect, they may come after the end).
+    pub fn end(&mut self, file_id: &str) -> Result<bool, FileError> {
+        let t = self
+            .transfers
+            .get_mut(file_id)
+            .ok_or_else(|| FileError::Unknown(file_id.to_owned()))?;
+        t.ended = true;
+        t.last_seen = Instant::now();
+        Ok(self.is_complete(file_id))
+    }
+
+    /// Finishes a complete transfer: size and SHA-256 must match.
     pub fn finish(&mut self, file_id: &str) -> Result<Finished, FileError> {
         let t = self
             .transfers
@@ -287,8 +353,7 @@ impl Receiver {
             from,
             name,
             temp,
-            file,
-            hasher,
+            mut file,
             received,
             ..
         } = t;
@@ -303,7 +368,8 @@ impl Receiver {
                 want: start.size,
             }));
         }
-        let got = hex(hasher.finish().as_ref());
+        let got = hash_file(&mut file)
+            .map_err(|e| cleanup(FileError::Io(temp.display().to_string(), e)))?;
         if !got.eq_ignore_ascii_case(&start.sha256) {
             return Err(cleanup(FileError::Hash {
                 name,
@@ -361,6 +427,45 @@ impl Receiver {
         let ids: Vec<String> = self.transfers.keys().cloned().collect();
         ids.iter().filter_map(|id| self.abort(id)).collect()
     }
+}
+
+/// Chunks in a file of `size` bytes.
+fn chunk_count(size: u64) -> usize {
+    usize::try_from(size.div_ceil(CHUNK_SIZE as u64)).unwrap_or(usize::MAX)
+}
+
+/// The SHA-256 of what `file` holds, in hex.
+fn hash_file(file: &mut std::fs::File) -> std::io::Result<String> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(hex(ctx.finish().as_ref()))
+}
+
+/// True if two manifests announce the same file under the same id.
+fn same_manifest(a: &FileStart, b: &FileStart) -> bool {
+    (
+        &a.name,
+        a.size,
+        &a.sha256,
+        a.mode,
+        &a.group_id,
+        &a.content_sig,
+    ) == (
+        &b.name,
+        b.size,
+        &b.sha256,
+        b.mode,
+        &b.group_id,
+        &b.content_sig,
+    )
 }
 
 /// The manifest field naming its sender (a `socp` extension the node checks
@@ -466,6 +571,64 @@ mod tests {
             [("stale.bin".to_owned(), Some("mallory".to_owned()))]
         );
         assert_eq!((r.len(), parts()), (0, 0));
+    }
+
+    fn chunk(index: u64) -> FileChunk {
+        FileChunk {
+            file_id: "f".into(),
+            index,
+            ciphertext: String::new(),
+            iv: String::new(),
+            tag: String::new(),
+            wrapped_key: None,
+            user_id: None,
+            msg_id: None,
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn chunks_again_or_out_of_order_still_make_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Receiver::new(dir.path(), 1 << 20).unwrap();
+        let data: Vec<u8> = (0..CHUNK_SIZE + 5).map(|i| i as u8).collect();
+        let mut start = manifest("f");
+        start.size = data.len() as u64;
+        start.sha256 = hex(digest::digest(&digest::SHA256, &data).as_ref());
+        let bob = Some("bob".to_owned());
+        r.start(start.clone(), bob.clone()).unwrap();
+        let (first, last) = data.split_at(CHUNK_SIZE);
+        // The last chunk first (handed on again after a reconnect, the
+        // order can change), then the first one twice.
+        assert_eq!(r.append(&chunk(1), last).unwrap(), (5, data.len() as u64));
+        assert!(!r.is_repeat("f", 0) && r.is_repeat("f", 1));
+        // The manifest again (after a reconnect): what was written stays.
+        r.start(start.clone(), bob.clone()).unwrap();
+        assert_eq!(r.get_mut("f").unwrap().received(), 5);
+        // Another manifest under the same id is refused.
+        let mut other = start.clone();
+        other.size += 1;
+        assert!(matches!(r.start(other, bob), Err(FileError::Duplicate)));
+        // The end before the first chunk: not complete yet.
+        assert!(!r.end("f").unwrap());
+        r.append(&chunk(0), first).unwrap();
+        r.append(&chunk(0), first).unwrap();
+        assert!(r.is_complete("f"));
+        let done = r.finish("f").unwrap();
+        assert_eq!(std::fs::read(done.path).unwrap(), data);
+    }
+
+    #[test]
+    fn a_chunk_that_does_not_fit_the_manifest_ends_the_transfer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Receiver::new(dir.path(), 1 << 20).unwrap();
+        r.start(manifest("f"), None).unwrap();
+        let e = r.append(&chunk(0), b"12345").unwrap_err();
+        assert!(matches!(e, FileError::BadChunk { .. }), "{e}");
+        r.start(manifest("f"), None).unwrap();
+        let e = r.append(&chunk(1), &[0; 10]).unwrap_err();
+        assert!(matches!(e, FileError::BadChunk { .. }), "{e}");
+        assert!(r.is_empty());
     }
 
     #[test]

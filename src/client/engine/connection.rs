@@ -74,6 +74,7 @@ impl<F: Frontend> Engine<F> {
                 _ = tick.tick() => {
                     self.expire_lookups();
                     self.expire_transfers();
+                    self.release_ends();
                     self.retry_due().await;
                     Next::Go
                 }
@@ -211,12 +212,8 @@ impl<F: Frontend> Engine<F> {
                 kept: false,
             });
         }
-        for name in self.receiver.abort_all() {
-            self.emit(Event::error(
-                ClientCode::File,
-                format!("{name}: transfer cut off by the disconnect; nothing was saved"),
-            ));
-        }
+        // Files being received are kept: the node hands on the rest after
+        // the reconnect (see `receive_file`).
         self.emit(Event::Disconnected {
             reason: reason.clone(),
         });
@@ -278,6 +275,7 @@ impl<F: Frontend> Engine<F> {
     /// then the key lookups that were waiting.
     async fn on_connect(&mut self) {
         self.rechecked.clear();
+        self.receiver.touch_all(std::time::Instant::now());
         self.resend_outbox().await;
         for user in self.lookups.reconnected() {
             self.request_key(&user).await;

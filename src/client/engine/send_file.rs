@@ -216,11 +216,18 @@ impl<F: Frontend> Engine<F> {
     async fn send_end(&mut self, up: Upload<'_>) {
         let end_id = new_msg_id();
         self.flights.end(&up.file_id, &end_id);
+        let mut extra = Map::new();
+        if up.wrapped.is_some() {
+            // A DM file: its recipient's node sends receipts for it, to the
+            // sender named (as in the manifest; the node checks it).
+            extra.insert(content::FILE_END_MODE.into(), Value::String("dm".into()));
+            extra.insert(MANIFEST_FROM.into(), Value::String(self.cfg.user.clone()));
+        }
         let end = FileEnd {
             file_id: up.file_id,
             user_id: None,
             msg_id: Some(end_id),
-            extra: Map::new(),
+            extra,
         };
         if self.send(up.to, &Message::FileEnd(end)).await
             && !self.session.as_ref().is_some_and(|s| s.welcomed())

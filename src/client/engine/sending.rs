@@ -12,7 +12,7 @@ use crate::client::codes::ClientCode;
 use crate::client::commands::OutboxCmd;
 use crate::client::events::{Event, Frontend};
 use crate::client::keyring::{Outgoing, Waiting};
-use crate::client::outbox::{self, HOLD_AFTER, Refusal};
+use crate::client::outbox::{self, HOLD_AFTER, Refusal, SentIds};
 use crate::wire::messages::{ErrorBody, Message};
 
 /// A file being sent: "sent" once the node acknowledges its `FILE_END`,
@@ -24,11 +24,14 @@ pub(super) struct FileFlight {
     pub end_msg_id: Option<String>,
 }
 
-/// Files in flight by `file_id`, and the `msg_id`s of their frames.
+/// Files in flight by `file_id`, and the `msg_id`s of their frames; and
+/// for files sent lately, the `FILE_END` `msg_id` their receipts name, with
+/// the `msg_id` the file is shown under (its manifest's).
 #[derive(Default)]
 pub(super) struct Flights {
     files: HashMap<String, FileFlight>,
     frames: HashMap<String, String>,
+    ended: SentIds,
 }
 
 impl Flights {
@@ -48,8 +51,13 @@ impl Flights {
         }
     }
 
+    /// The `msg_id` a sent file is shown under, if `end_id` is its end.
+    pub fn shown_id(&self, end_id: &str) -> Option<String> {
+        self.ended.recipient(end_id).map(str::to_owned)
+    }
+
     /// The file this `msg_id` belongs to, if it is still in flight.
-    fn file_of(&self, msg_id: &str) -> Option<&str> {
+    pub fn file_of(&self, msg_id: &str) -> Option<&str> {
         self.frames
             .get(msg_id)
             .map(String::as_str)
@@ -200,6 +208,10 @@ impl<F: Frontend> Engine<F> {
                     == Some(id)
                 && let Some(f) = self.flights.files.remove(&file_id)
             {
+                // Its receipts name the end; the file is shown under its
+                // manifest's id.
+                self.sent.insert(&f.start_msg_id, &f.to);
+                self.flights.ended.insert(id, &f.start_msg_id);
                 self.emit(Event::Sent {
                     kind: "file",
                     to: f.to,
