@@ -30,6 +30,7 @@ use crate::wire::{Envelope, ids};
 
 mod compose;
 mod connection;
+mod flights;
 mod incoming;
 mod keys;
 mod listing;
@@ -109,7 +110,7 @@ pub struct Engine<F: Frontend> {
     /// (chunks were missing at the end), by `file_id`.
     held_ends: HashMap<String, String>,
     /// Files being sent, until the node acknowledges or refuses them.
-    flights: sending::Flights,
+    flights: flights::Flights,
     /// Content the node took from us lately: receipts are shown only for
     /// these (and for what is still in the outbox).
     sent: SentIds,
@@ -155,7 +156,7 @@ impl<F: Frontend> Engine<F> {
             ack_at: None,
             retry_at: HashMap::new(),
             held_ends: HashMap::new(),
-            flights: sending::Flights::default(),
+            flights: flights::Flights::default(),
             sent: SentIds::default(),
             tags: tags::Tags::default(),
             rechecked: HashSet::new(),
