@@ -77,14 +77,14 @@ fn partial_bytes(downloads: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until bob's client has received `KILL_AT` bytes of the file (and
+/// Waits until bob's client has received `at` bytes of the file (and
 /// not all of it), then kills node `which` and starts it again.
-async fn kill_mid_transfer(m: &mut Mesh, which: usize) {
+async fn kill_mid_transfer(m: &mut Mesh, which: usize, at: u64) {
     let downloads = m.bob.downloads();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let got = partial_bytes(&downloads);
-        if got >= KILL_AT {
+        if got >= at {
             assert!(got < FILE_BYTES as u64, "the whole file arrived first");
             break;
         }
@@ -156,7 +156,7 @@ async fn a_file_cut_by_a_crash_of_the_recipients_node_arrives_after_the_restart(
     let src = m.dir.join("big.bin");
     let data = write_file(&src, FILE_BYTES, 3);
     m.alice.cmd(&format!("/file bob {}", src.display())).await;
-    kill_mid_transfer(&mut m, 2).await;
+    kill_mid_transfer(&mut m, 2, KILL_AT).await;
     expect_file(&mut m.bob, "big.bin", &data).await;
     let sent = m
         .alice
@@ -221,7 +221,9 @@ async fn a_file_cut_by_a_crash_of_the_senders_node_goes_on_after_the_restart() {
     let src = m.dir.join("big.bin");
     let data = write_file(&src, FILE_BYTES, 4);
     m.alice.cmd(&format!("/file bob {}", src.display())).await;
-    kill_mid_transfer(&mut m, 1).await;
+    // As soon as the first chunk is through: alice's client is still
+    // streaming the rest to its node.
+    kill_mid_transfer(&mut m, 1, 1).await;
     expect_file(&mut m.bob, "big.bin", &data).await;
     let sent = m
         .alice
@@ -236,6 +238,13 @@ async fn a_file_cut_by_a_crash_of_the_senders_node_goes_on_after_the_restart() {
     let alice_rest = m.alice.drain(Duration::from_millis(500)).await;
     assert!(
         alice_rest.iter().all(|e| e["event"] != "not_sent"),
+        "alice: {alice_rest:?}"
+    );
+    // The cut was said, as waiting for the reconnect.
+    assert!(
+        alice_rest
+            .iter()
+            .any(|e| e["event"] == "pending" && e["msg_id"] == id),
         "alice: {alice_rest:?}"
     );
     // Once: no second copy turns up.

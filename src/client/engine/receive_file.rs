@@ -145,9 +145,34 @@ impl<F: Frontend> Engine<F> {
                     return false;
                 }
             }
-            Err(_) => {}
+            Err(_) => self.end_without_transfer(&e),
         }
         true
+    }
+
+    /// The end of a file we hold no transfer for: fine if we saved it
+    /// already (handed on again); otherwise its beginning was lost (this
+    /// client restarted mid-transfer, or the transfer failed and was
+    /// reported then). The first case is said, so the user can ask again.
+    fn end_without_transfer(&mut self, e: &FileEnd) {
+        let Some(from) = e
+            .extra
+            .get(files::MANIFEST_FROM)
+            .and_then(|v| v.as_str())
+            .filter(|f| crate::wire::ids::check_user(f).is_ok())
+        else {
+            return;
+        };
+        if self.file_saved(Some(from), &e.file_id) || self.receiver.failed_lately(&e.file_id) {
+            return;
+        }
+        self.emit(Event::error(
+            ClientCode::File,
+            format!(
+                "the end of a file from {} arrived, but not its beginning (this client restarted while it came?); nothing was saved: ask {} to send it again",
+                from, from
+            ),
+        ));
     }
 
     /// Acknowledges the ends held for transfers that are over (dropped).
