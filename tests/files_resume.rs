@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::clientproc::ClientProc;
+use common::clientproc::{ClientProc, TermProc};
 use common::procs::{NodeProc, start_node};
 use serde_json::Value;
 
@@ -255,4 +255,106 @@ async fn a_file_cut_by_a_crash_of_the_senders_node_goes_on_after_the_restart() {
             .all(|e| e["event"] != "file" && e["event"] != "error"),
         "bob: {bob_rest:?}"
     );
+}
+
+/// The same states as plain terminal lines, under one short id: queued
+/// while a cut transfer waits for the reconnect, sent ✓, delivered ✓✓.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_terminal_shows_a_cut_file_queued_then_sent_then_delivered() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let master = start_node(dir.join("m"), "master", "server-0", &[]);
+    let master_arg = vec!["--master-url".to_owned(), master.url()];
+    let mut l1 = start_node(dir.join("l1"), "local", "server-1", &master_arg);
+    let l2 = start_node(dir.join("l2"), "local", "server-2", &master_arg);
+    let mut bob = ClientProc::start(&dir.join("bob"), "bob", &l2.url()).await;
+    let mut alice = TermProc::start(&dir.join("alice"), "alice", &l1.url()).await;
+    bob.cmd("/dbget alice").await;
+    bob.expect("pubkey", is("pubkey")).await;
+    alice.cmd("/dbget bob").await;
+    alice
+        .expect_line("bob's key", |l| l.contains("bob's key"))
+        .await;
+    let src = dir.join("big.bin");
+    let data = write_file(&src, FILE_BYTES, 6);
+    alice.cmd(&format!("/file bob {}", src.display())).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while partial_bytes(&bob.downloads()) == 0 {
+        assert!(Instant::now() < deadline, "the transfer never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::task::block_in_place(|| {
+        l1.kill9();
+        std::thread::sleep(Duration::from_millis(300));
+        l1.restart().unwrap();
+    });
+    expect_file(&mut bob, "big.bin", &data).await;
+    let queued = alice
+        .expect_line("queued", |l| {
+            l.contains("queued (") && l.contains("for bob: big.bin: the connection dropped")
+        })
+        .await;
+    let id = queued
+        .split_once("queued (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(id, _)| id.to_owned())
+        .unwrap();
+    alice
+        .expect_line("sent", |l| {
+            l.contains(&format!("sent ({id}) file to bob")) && l.contains('✓')
+        })
+        .await;
+    alice
+        .expect_line("delivered", |l| {
+            l.contains(&format!("delivered ({id}) to bob ✓✓"))
+        })
+        .await;
+    let lines = alice.drain(Duration::from_millis(300)).await;
+    assert!(lines.iter().all(|l| !l.contains("NOT SENT")), "{lines:#?}");
+    alice.quit().await;
+}
+
+/// A file for a user who is offline is stored (`delivery` `queued`, as for a
+/// DM), then delivered ✓✓ once they connect and have it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_for_an_offline_user_is_stored_then_delivered() {
+    let Mesh {
+        _root,
+        dir,
+        nodes,
+        mut alice,
+        bob,
+    } = mesh().await;
+    bob.quit().await;
+    // Until alice's server no longer sees bob online.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        alice.cmd("/list").await;
+        let list = alice.expect("list", is("list")).await;
+        let users = list["users"].as_array().cloned().unwrap_or_default();
+        if !users.iter().any(|u| u == "bob") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob still listed: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let src = dir.join("later.bin");
+    let data = write_file(&src, 200_000, 8);
+    alice.cmd(&format!("/file bob {}", src.display())).await;
+    let sent = alice
+        .expect("sent", |e| e["event"] == "sent" && e["kind"] == "file")
+        .await;
+    let id = sent["msg_id"].clone();
+    alice
+        .expect("stored", |e| {
+            e["event"] == "delivery" && e["msg_id"] == id && e["status"] == "queued"
+        })
+        .await;
+    let mut bob = ClientProc::start(&dir.join("bob"), "bob", &nodes[2].url()).await;
+    expect_file(&mut bob, "later.bin", &data).await;
+    alice
+        .expect("delivered", |e| {
+            e["event"] == "delivery" && e["msg_id"] == id && e["status"] == "delivered"
+        })
+        .await;
 }
