@@ -358,3 +358,37 @@ async fn a_file_for_an_offline_user_is_stored_then_delivered() {
         })
         .await;
 }
+
+/// `/file` while not connected: queued (pending, "not connected"), sent
+/// once the connection is back, then delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_while_disconnected_is_queued_then_goes_out() {
+    let mut m = mesh().await;
+    tokio::task::block_in_place(|| m.nodes[1].kill9());
+    m.alice.expect("disconnected", is("disconnected")).await;
+    let src = m.dir.join("queued.bin");
+    let data = write_file(&src, 200_000, 9);
+    m.alice.cmd(&format!("/file bob {}", src.display())).await;
+    let pending = m
+        .alice
+        .expect("pending", |e| {
+            e["event"] == "pending" && e["reason"] == "queued.bin: not connected"
+        })
+        .await;
+    assert!(
+        m.alice.seen.iter().all(|e| e["event"] != "sent"),
+        "{:?}",
+        m.alice.seen
+    );
+    tokio::task::block_in_place(|| m.nodes[1].restart().unwrap());
+    expect_file(&mut m.bob, "queued.bin", &data).await;
+    let id = pending["msg_id"].clone();
+    m.alice
+        .expect("sent", |e| e["event"] == "sent" && e["msg_id"] == id)
+        .await;
+    m.alice
+        .expect("delivered", |e| {
+            e["event"] == "delivery" && e["msg_id"] == id && e["status"] == "delivered"
+        })
+        .await;
+}

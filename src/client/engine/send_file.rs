@@ -146,10 +146,14 @@ impl<F: Frontend> Engine<F> {
                 };
                 f.told_cut = true;
                 let (msg_id, to) = (f.start_msg_id.clone(), f.to.clone());
-                let reason = format!(
-                    "{}: the connection dropped after {done} of {} bytes; the rest follows the reconnect",
-                    f.name, f.start.size
-                );
+                let reason = if done == 0 && self.session.is_none() {
+                    format!("{}: not connected", f.name)
+                } else {
+                    format!(
+                        "{}: the connection dropped after {done} of {} bytes; the rest follows the reconnect",
+                        f.name, f.start.size
+                    )
+                };
                 self.emit(Event::Pending {
                     msg_id: Some(msg_id),
                     to,
