@@ -151,6 +151,10 @@ pub struct Incoming {
     /// Which chunks are written (each at its place: chunks handed on again
     /// after a reconnect may come after later ones, or twice).
     have: Vec<bool>,
+    /// The SHA-256 of the chunks before `hashed` (all written): hashed as
+    /// they come in order, so only chunks that came early are read back.
+    hasher: digest::Context,
+    hashed: usize,
     /// `FILE_END` arrived: the file is complete once every chunk is here.
     ended: bool,
     /// When the manifest or the last chunk arrived.
@@ -160,6 +164,22 @@ pub struct Incoming {
 }
 
 impl Incoming {
+    /// Hashes the chunks that came early and now follow the hashed prefix
+    /// (read back from the temporary file).
+    fn catch_up(&mut self) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        while self.have.get(self.hashed).is_some_and(|h| *h) {
+            let offset = self.hashed as u64 * CHUNK_SIZE as u64;
+            let len = (self.start.size - offset).min(CHUNK_SIZE as u64) as usize;
+            buf.resize(len, 0);
+            self.file.seek(SeekFrom::Start(offset))?;
+            self.file.read_exact(&mut buf)?;
+            self.hasher.update(&buf);
+            self.hashed += 1;
+        }
+        Ok(())
+    }
+
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
         self.received
@@ -274,6 +294,8 @@ impl Receiver {
             file,
             received: 0,
             have: vec![false; chunk_count(start.size)],
+            hasher: digest::Context::new(&digest::SHA256),
+            hashed: 0,
             ended: false,
             last_seen: Instant::now(),
             dm_key: None,
@@ -342,10 +364,16 @@ impl Receiver {
             if t.have[slot] {
                 return Ok((t.received, t.start.size));
             }
-            let io = |e| FileError::Io(t.temp.display().to_string(), e);
+            let temp = t.temp.display().to_string();
+            let io = |e| FileError::Io(temp.clone(), e);
             t.file.seek(SeekFrom::Start(offset)).map_err(io)?;
             t.file.write_all(plaintext).map_err(io)?;
             t.have[slot] = true;
+            if slot == t.hashed {
+                t.hasher.update(plaintext);
+                t.hashed += 1;
+                t.catch_up().map_err(io)?;
+            }
             t.received += plaintext.len() as u64;
             t.last_seen = Instant::now();
             Ok((t.received, t.start.size))
@@ -388,8 +416,9 @@ impl Receiver {
             from,
             name,
             temp,
-            mut file,
+            file,
             received,
+            hasher,
             ..
         } = t;
         let cleanup = |e: FileError| {
@@ -403,8 +432,7 @@ impl Receiver {
                 want: start.size,
             }));
         }
-        let got = hash_file(&mut file)
-            .map_err(|e| cleanup(FileError::Io(temp.display().to_string(), e)))?;
+        let got = hex(hasher.finish().as_ref());
         if !got.eq_ignore_ascii_case(&start.sha256) {
             return Err(cleanup(FileError::Hash {
                 name,
@@ -468,21 +496,6 @@ impl Receiver {
 /// Chunks in a file of `size` bytes.
 fn chunk_count(size: u64) -> usize {
     usize::try_from(size.div_ceil(CHUNK_SIZE as u64)).unwrap_or(usize::MAX)
-}
-
-/// The SHA-256 of what `file` holds, in hex.
-fn hash_file(file: &mut std::fs::File) -> std::io::Result<String> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-    }
-    Ok(hex(ctx.finish().as_ref()))
 }
 
 /// True if two manifests announce the same file under the same id.
