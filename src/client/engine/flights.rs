@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use crate::client::outbox::SentIds;
 use crate::wire::messages::FileStart;
 
-/// Times a file is sent on after a lost connection before it is given up
-/// (reported not sent, to `/file` again).
+/// Times in a row a file is sent on after a lost connection, with nothing
+/// of it acknowledged in between, before it is given up (reported not sent,
+/// to `/file` again).
 pub const MAX_FILE_RESUMES: u32 = 5;
 
 /// A file being sent: "sent" once the node acknowledges its `FILE_END`,
@@ -28,7 +29,8 @@ pub(super) struct FileFlight {
     pub wrapped: Option<String>,
     /// The `msg_id` of each chunk sent so far, by index.
     pub chunk_ids: Vec<String>,
-    /// Times it was sent on after a lost connection.
+    /// Times it was sent on after a lost connection since the node last
+    /// acknowledged a frame of it.
     pub resumes: u32,
     /// The user was told the connection cut it (not again in `lost`).
     pub told_cut: bool,
@@ -130,6 +132,10 @@ impl Flights {
     /// manifest's id).
     pub fn acked(&mut self, msg_id: &str) -> Option<FileFlight> {
         let file_id = self.frames.remove(msg_id)?;
+        if let Some(f) = self.files.get_mut(&file_id) {
+            // It makes progress: cuts count again from here.
+            f.resumes = 0;
+        }
         let is_end = self
             .files
             .get(&file_id)

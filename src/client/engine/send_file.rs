@@ -117,8 +117,9 @@ impl<F: Frontend> Engine<F> {
             };
             f.resumes += 1;
             if f.resumes > MAX_FILE_RESUMES {
-                let why =
-                    format!("the connection dropped {MAX_FILE_RESUMES} times while it was sent");
+                let why = format!(
+                    "the connection dropped {MAX_FILE_RESUMES} times in a row while it was sent"
+                );
                 self.file_failed(&file_id, why);
                 continue;
             }
