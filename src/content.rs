@@ -11,6 +11,15 @@ use crate::wire::messages::{FileChunk, FileMode, GroupKeyShare, MsgGroup, MsgPri
 
 /// Plaintext bytes per file chunk.
 pub const CHUNK_SIZE: usize = 61440;
+/// Part B: the `FILE_END` of a file sent to one user carries `"mode": "dm"`,
+/// asking its recipient's node for `RECEIPT`s (queued, delivered) about it,
+/// as for a DM. A reference peer ignores the field.
+pub const FILE_END_MODE: &str = "mode";
+
+/// True if a `FILE_END`'s fields ask for receipts (see [`FILE_END_MODE`]).
+pub fn file_end_wants_receipts(extra: &Map<String, Value>) -> bool {
+    extra.get(FILE_END_MODE).and_then(Value::as_str) == Some("dm")
+}
 
 /// Why content could not be opened or verified.
 #[derive(Debug, thiserror::Error)]

@@ -30,6 +30,7 @@ use crate::wire::{Envelope, ids};
 
 mod compose;
 mod connection;
+mod flights;
 mod incoming;
 mod keys;
 mod listing;
@@ -105,8 +106,11 @@ pub struct Engine<F: Frontend> {
     ack_at: Option<tokio::time::Instant>,
     /// Outbox entries refused for a transient reason, and when to try again.
     retry_at: HashMap<String, tokio::time::Instant>,
+    /// The `FILE_END` `msg_id`s acknowledged only once their file is saved
+    /// (chunks were missing at the end), by `file_id`.
+    held_ends: HashMap<String, String>,
     /// Files being sent, until the node acknowledges or refuses them.
-    flights: sending::Flights,
+    flights: flights::Flights,
     /// Content the node took from us lately: receipts are shown only for
     /// these (and for what is still in the outbox).
     sent: SentIds,
@@ -151,7 +155,8 @@ impl<F: Frontend> Engine<F> {
             to_ack: Vec::new(),
             ack_at: None,
             retry_at: HashMap::new(),
-            flights: sending::Flights::default(),
+            held_ends: HashMap::new(),
+            flights: flights::Flights::default(),
             sent: SentIds::default(),
             tags: tags::Tags::default(),
             rechecked: HashSet::new(),

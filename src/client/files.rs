@@ -1,16 +1,20 @@
 //! Receiving files safely (PROTOCOL.md C7): a received name is reduced to a
 //! safe base name inside the downloads folder, data goes to a temporary file,
 //! and the file is linked into place under a name that clobbers nothing only
-//! after its size and SHA-256 match the manifest. A failed or incomplete
-//! transfer leaves nothing behind.
+//! after its size and SHA-256 match the manifest. A failed transfer leaves
+//! nothing behind. A transfer cut by a lost connection is kept (its verified
+//! prefix in the temporary file) and continues when the node hands on the
+//! rest after the reconnect: frames it had already handed us come again and
+//! are recognised as repeats.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 
+use crate::content::CHUNK_SIZE;
 use crate::crypto::hex;
 use crate::wire::messages::{FileChunk, FileMode, FileStart};
 
@@ -26,6 +30,9 @@ pub const MAX_TRANSFERS_PER_SENDER: usize = 4;
 /// A transfer with no chunk for this long is dropped with its temporary
 /// file, freeing its slot.
 pub const TRANSFER_IDLE: Duration = Duration::from_secs(60);
+/// Failed transfers remembered (by `file_id`), so their frames that still
+/// come are not reported again.
+const FAILED_REMEMBERED: usize = 1024;
 const PART_PREFIX: &str = ".socp-";
 const PART_SUFFIX: &str = ".part";
 
@@ -44,8 +51,13 @@ pub enum FileError {
     Duplicate,
     #[error("no transfer {0} in progress")]
     Unknown(String),
-    #[error("{name}: chunk {got} arrived, expected chunk {want}")]
-    OutOfOrder { name: String, got: u64, want: u64 },
+    #[error("{name}: chunk {index} of {len} bytes does not fit the {size} bytes announced")]
+    BadChunk {
+        name: String,
+        index: u64,
+        len: usize,
+        size: u64,
+    },
     #[error("{name}: more data than the {size} bytes announced")]
     Overrun { name: String, size: u64 },
     #[error("{name}: chunk {index} does not decrypt (altered, or the wrong key)")]
@@ -135,9 +147,16 @@ pub struct Incoming {
     pub name: String,
     temp: PathBuf,
     file: std::fs::File,
-    hasher: digest::Context,
     received: u64,
-    next_index: u64,
+    /// Which chunks are written (each at its place: chunks handed on again
+    /// after a reconnect may come after later ones, or twice).
+    have: Vec<bool>,
+    /// The SHA-256 of the chunks before `hashed` (all written): hashed as
+    /// they come in order, so only chunks that came early are read back.
+    hasher: digest::Context,
+    hashed: usize,
+    /// `FILE_END` arrived: the file is complete once every chunk is here.
+    ended: bool,
     /// When the manifest or the last chunk arrived.
     last_seen: Instant,
     /// The unwrapped DM file key, with the wrapped text it came from.
@@ -145,6 +164,22 @@ pub struct Incoming {
 }
 
 impl Incoming {
+    /// Hashes the chunks that came early and now follow the hashed prefix
+    /// (read back from the temporary file).
+    fn catch_up(&mut self) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        while self.have.get(self.hashed).is_some_and(|h| *h) {
+            let offset = self.hashed as u64 * CHUNK_SIZE as u64;
+            let len = (self.start.size - offset).min(CHUNK_SIZE as u64) as usize;
+            buf.resize(len, 0);
+            self.file.seek(SeekFrom::Start(offset))?;
+            self.file.read_exact(&mut buf)?;
+            self.hasher.update(&buf);
+            self.hashed += 1;
+        }
+        Ok(())
+    }
+
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
         self.received
@@ -165,6 +200,8 @@ pub struct Receiver {
     dir: PathBuf,
     max_size: u64,
     transfers: HashMap<String, Incoming>,
+    /// Transfers that failed (refused, dropped) lately, oldest first.
+    failed: std::collections::VecDeque<String>,
 }
 
 impl Receiver {
@@ -184,11 +221,41 @@ impl Receiver {
             dir: dir.to_owned(),
             max_size,
             transfers: HashMap::new(),
+            failed: Default::default(),
         })
     }
 
-    /// Begins a transfer announced by `FILE_START`.
+    /// Begins a transfer announced by `FILE_START`; the same manifest again
+    /// (handed on again after a reconnect, or sent again by a sender that
+    /// resumes) leaves the transfer in progress as it is.
     pub fn start(&mut self, start: FileStart, from: Option<String>) -> Result<(), FileError> {
+        if let Some(t) = self.transfers.get(&start.file_id)
+            && t.from == from
+            && same_manifest(&t.start, &start)
+        {
+            return Ok(());
+        }
+        let file_id = start.file_id.clone();
+        let result = self.open(start, from);
+        if result.is_err() {
+            self.note_failed(&file_id);
+        }
+        result
+    }
+
+    /// True if the transfer `file_id` failed lately (and was reported).
+    pub fn failed_lately(&self, file_id: &str) -> bool {
+        self.failed.iter().any(|f| f == file_id)
+    }
+
+    fn note_failed(&mut self, file_id: &str) {
+        self.failed.push_back(file_id.to_owned());
+        while self.failed.len() > FAILED_REMEMBERED {
+            self.failed.pop_front();
+        }
+    }
+
+    fn open(&mut self, start: FileStart, from: Option<String>) -> Result<(), FileError> {
         let name = safe_name(&start.name);
         if start.size > self.max_size {
             return Err(FileError::TooLarge {
@@ -215,6 +282,7 @@ impl Receiver {
             uuid::Uuid::new_v4()
         ));
         let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&temp)
@@ -224,9 +292,11 @@ impl Receiver {
             name,
             temp,
             file,
-            hasher: digest::Context::new(&digest::SHA256),
             received: 0,
-            next_index: 0,
+            have: vec![false; chunk_count(start.size)],
+            hasher: digest::Context::new(&digest::SHA256),
+            hashed: 0,
+            ended: false,
             last_seen: Instant::now(),
             dm_key: None,
             start,
@@ -234,6 +304,34 @@ impl Receiver {
         self.transfers
             .insert(incoming.start.file_id.clone(), incoming);
         Ok(())
+    }
+
+    /// True if chunk `index` of `file_id` was already written: a frame
+    /// handed on again after a reconnect (acknowledged too late to be
+    /// forgotten at the node), to be skipped.
+    pub fn is_repeat(&self, file_id: &str, index: u64) -> bool {
+        self.transfers.get(file_id).is_some_and(|t| {
+            usize::try_from(index)
+                .ok()
+                .and_then(|i| t.have.get(i))
+                .is_some_and(|h| *h)
+        })
+    }
+
+    /// True if `file_id` has its `FILE_END` and every chunk: ready for
+    /// [`Receiver::finish`].
+    pub fn is_complete(&self, file_id: &str) -> bool {
+        self.transfers
+            .get(file_id)
+            .is_some_and(|t| t.ended && t.have.iter().all(|h| *h))
+    }
+
+    /// Restarts every transfer's idle clock: the time without a connection
+    /// does not count against [`TRANSFER_IDLE`].
+    pub fn touch_all(&mut self, now: Instant) {
+        for t in self.transfers.values_mut() {
+            t.last_seen = now;
+        }
     }
 
     /// The transfer a chunk belongs to.
@@ -248,25 +346,35 @@ impl Receiver {
             .get_mut(&chunk.file_id)
             .ok_or_else(|| FileError::Unknown(chunk.file_id.clone()))?;
         let result = (|| {
-            if chunk.index != t.next_index {
-                return Err(FileError::OutOfOrder {
-                    name: t.name.clone(),
-                    got: chunk.index,
-                    want: t.next_index,
-                });
+            let bad = || FileError::BadChunk {
+                name: t.name.clone(),
+                index: chunk.index,
+                len: plaintext.len(),
+                size: t.start.size,
+            };
+            let slot = usize::try_from(chunk.index)
+                .ok()
+                .filter(|i| *i < t.have.len())
+                .ok_or_else(bad)?;
+            let offset = chunk.index * CHUNK_SIZE as u64;
+            let want = (t.start.size - offset).min(CHUNK_SIZE as u64);
+            if plaintext.len() as u64 != want {
+                return Err(bad());
             }
-            if t.received + plaintext.len() as u64 > t.start.size {
-                return Err(FileError::Overrun {
-                    name: t.name.clone(),
-                    size: t.start.size,
-                });
+            if t.have[slot] {
+                return Ok((t.received, t.start.size));
             }
-            t.file
-                .write_all(plaintext)
-                .map_err(|e| FileError::Io(t.temp.display().to_string(), e))?;
-            t.hasher.update(plaintext);
+            let temp = t.temp.display().to_string();
+            let io = |e| FileError::Io(temp.clone(), e);
+            t.file.seek(SeekFrom::Start(offset)).map_err(io)?;
+            t.file.write_all(plaintext).map_err(io)?;
+            t.have[slot] = true;
+            if slot == t.hashed {
+                t.hasher.update(plaintext);
+                t.hashed += 1;
+                t.catch_up().map_err(io)?;
+            }
             t.received += plaintext.len() as u64;
-            t.next_index += 1;
             t.last_seen = Instant::now();
             Ok((t.received, t.start.size))
         })();
@@ -276,8 +384,29 @@ impl Receiver {
         result
     }
 
-    /// Finishes a transfer at `FILE_END`: size and SHA-256 must match.
+    /// `FILE_END` arrived: true if the transfer is complete (then
+    /// [`Receiver::finish`] it), false if chunks are still missing (handed
+    /// on again after a reconnect, they may come after the end).
+    pub fn end(&mut self, file_id: &str) -> Result<bool, FileError> {
+        let t = self
+            .transfers
+            .get_mut(file_id)
+            .ok_or_else(|| FileError::Unknown(file_id.to_owned()))?;
+        t.ended = true;
+        t.last_seen = Instant::now();
+        Ok(self.is_complete(file_id))
+    }
+
+    /// Finishes a complete transfer: size and SHA-256 must match.
     pub fn finish(&mut self, file_id: &str) -> Result<Finished, FileError> {
+        let result = self.finish_transfer(file_id);
+        if matches!(&result, Err(e) if !matches!(e, FileError::Unknown(_))) {
+            self.note_failed(file_id);
+        }
+        result
+    }
+
+    fn finish_transfer(&mut self, file_id: &str) -> Result<Finished, FileError> {
         let t = self
             .transfers
             .remove(file_id)
@@ -288,8 +417,8 @@ impl Receiver {
             name,
             temp,
             file,
-            hasher,
             received,
+            hasher,
             ..
         } = t;
         let cleanup = |e: FileError| {
@@ -327,6 +456,7 @@ impl Receiver {
     /// Drops a transfer and its temporary file; returns its name.
     pub fn abort(&mut self, file_id: &str) -> Option<String> {
         let t = self.transfers.remove(file_id)?;
+        self.note_failed(file_id);
         drop(t.file);
         let _ = std::fs::remove_file(&t.temp);
         Some(t.name)
@@ -363,6 +493,30 @@ impl Receiver {
     }
 }
 
+/// Chunks in a file of `size` bytes.
+fn chunk_count(size: u64) -> usize {
+    usize::try_from(size.div_ceil(CHUNK_SIZE as u64)).unwrap_or(usize::MAX)
+}
+
+/// True if two manifests announce the same file under the same id.
+fn same_manifest(a: &FileStart, b: &FileStart) -> bool {
+    (
+        &a.name,
+        a.size,
+        &a.sha256,
+        a.mode,
+        &a.group_id,
+        &a.content_sig,
+    ) == (
+        &b.name,
+        b.size,
+        &b.sha256,
+        b.mode,
+        &b.group_id,
+        &b.content_sig,
+    )
+}
+
 /// The manifest field naming its sender (a `socp` extension the node checks
 /// against the authenticated user).
 pub const MANIFEST_FROM: &str = "from";
@@ -381,107 +535,5 @@ pub fn mode_name(mode: FileMode) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hostile_names_become_safe_base_names() {
-        assert_eq!(safe_name("../../x"), "x");
-        assert_eq!(safe_name("/etc/passwd"), "passwd");
-        assert_eq!(safe_name("a/../../b"), "b");
-        assert_eq!(safe_name("..\\..\\win.ini"), "win.ini");
-        assert_eq!(safe_name(".."), "file");
-        assert_eq!(safe_name(""), "file");
-        assert_eq!(safe_name(".bashrc"), "bashrc");
-        assert_eq!(safe_name("bad\nname\u{7}\u{0}.txt"), "badname.txt");
-        assert_eq!(safe_name("evil\u{202e}txt.exe"), "eviltxt.exe");
-        let long = format!("{}.pdf", "a".repeat(10_000));
-        let safe = safe_name(&long);
-        assert!(
-            safe.len() <= MAX_NAME_BYTES && safe.ends_with(".pdf"),
-            "{safe}"
-        );
-        let multibyte = "é".repeat(200);
-        assert!(safe_name(&multibyte).len() <= MAX_NAME_BYTES);
-    }
-
-    #[test]
-    fn fuzz_regression_dots_and_spaces_interleaved() {
-        // Found by the file_name fuzz target: once trimmed of one leading
-        // dot, this still started with one.
-        let input = b"\x7f\x01\x00\x00..\x00\x00 .\x00\x00 \x00\x7f\x00\xda\x7f\x7f\x7f\x7f";
-        let safe = safe_name(&String::from_utf8_lossy(input));
-        assert!(!safe.starts_with('.') && !safe.is_empty(), "{safe:?}");
-        assert_eq!(safe_name(". .. .x"), "x");
-    }
-
-    fn manifest(file_id: &str) -> FileStart {
-        FileStart {
-            file_id: file_id.into(),
-            name: format!("{file_id}.bin"),
-            size: 10,
-            sha256: String::new(),
-            mode: FileMode::Dm,
-            group_id: None,
-            user_id: None,
-            content_sig: None,
-            msg_id: None,
-            extra: Default::default(),
-        }
-    }
-
-    #[test]
-    fn one_sender_cannot_take_every_slot() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = Receiver::new(dir.path(), 1 << 20).unwrap();
-        let mallory = Some("mallory".to_owned());
-        for i in 0..MAX_TRANSFERS_PER_SENDER {
-            r.start(manifest(&format!("m{i}")), mallory.clone())
-                .unwrap();
-        }
-        let e = r.start(manifest("m-more"), mallory.clone()).unwrap_err();
-        assert!(matches!(e, FileError::TooManyFrom { .. }), "{e}");
-        // Unnamed senders share one bucket too.
-        for i in 0..MAX_TRANSFERS_PER_SENDER {
-            r.start(manifest(&format!("u{i}")), None).unwrap();
-        }
-        assert!(r.start(manifest("u-more"), None).is_err());
-        // Bob still gets his file through.
-        r.start(manifest("b0"), Some("bob".into())).unwrap();
-        assert_eq!(r.len(), 2 * MAX_TRANSFERS_PER_SENDER + 1);
-    }
-
-    #[test]
-    fn idle_transfers_are_dropped_with_their_temp_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = Receiver::new(dir.path(), 1 << 20).unwrap();
-        r.start(manifest("stale"), Some("mallory".into())).unwrap();
-        let parts = || std::fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(parts(), 1);
-        let now = Instant::now();
-        assert!(r.expire(now, TRANSFER_IDLE).is_empty());
-        let dropped = r.expire(now + TRANSFER_IDLE, TRANSFER_IDLE);
-        assert_eq!(
-            dropped,
-            [("stale.bin".to_owned(), Some("mallory".to_owned()))]
-        );
-        assert_eq!((r.len(), parts()), (0, 0));
-    }
-
-    #[test]
-    fn placing_never_clobbers() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.txt"), "old").unwrap();
-        for expect in ["a (1).txt", "a (2).txt"] {
-            let temp = dir.path().join("t");
-            std::fs::write(&temp, "new").unwrap();
-            let placed = place(&temp, dir.path(), "a.txt").unwrap();
-            assert_eq!(placed.file_name().unwrap(), expect);
-            assert!(!temp.exists());
-        }
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("a.txt")).unwrap(),
-            "old"
-        );
-    }
-}
+#[path = "files_tests.rs"]
+mod tests;

@@ -74,6 +74,7 @@ impl<F: Frontend> Engine<F> {
                 _ = tick.tick() => {
                     self.expire_lookups();
                     self.expire_transfers();
+                    self.release_ends();
                     self.retry_due().await;
                     Next::Go
                 }
@@ -199,24 +200,22 @@ impl<F: Frontend> Engine<F> {
         // reconnect; it is marked as seen, so it is not shown twice.
         self.to_ack.clear();
         self.ack_at = None;
-        for f in self.flights.drain() {
-            self.emit(Event::NotSent {
-                msg_id: f.start_msg_id,
-                to: f.to,
-                code: ClientCode::File.to_string(),
-                detail: format!(
-                    "{}: the connection dropped before the server took the whole file; /file it again",
-                    f.name
-                ),
-                kept: false,
-            });
+        // Files the node had not acknowledged whole go on after the
+        // reconnect (`send_file`); those the cut did not already announce
+        // are said to wait now.
+        for file_id in self.flights.ids() {
+            let Some(f) = self.flights.get(&file_id).filter(|f| !f.told_cut) else {
+                continue;
+            };
+            let (msg_id, to) = (Some(f.start_msg_id.clone()), f.to.clone());
+            let reason = format!(
+                "{}: the connection dropped before the server acknowledged the whole file; what it lacks follows the reconnect",
+                f.name
+            );
+            self.emit(Event::Pending { msg_id, to, reason });
         }
-        for name in self.receiver.abort_all() {
-            self.emit(Event::error(
-                ClientCode::File,
-                format!("{name}: transfer cut off by the disconnect; nothing was saved"),
-            ));
-        }
+        // Files being received are kept: the node hands on the rest after
+        // the reconnect (see `receive_file`).
         self.emit(Event::Disconnected {
             reason: reason.clone(),
         });
@@ -248,6 +247,10 @@ impl<F: Frontend> Engine<F> {
                 format!("{name}: transfer incomplete at /quit; nothing was saved"),
             ));
         }
+        for file_id in self.flights.ids() {
+            let why = "the client quit before the server acknowledged the whole file".to_owned();
+            self.file_failed(&file_id, why);
+        }
         self.emit(Event::Disconnected {
             reason: "quit".into(),
         });
@@ -278,7 +281,9 @@ impl<F: Frontend> Engine<F> {
     /// then the key lookups that were waiting.
     async fn on_connect(&mut self) {
         self.rechecked.clear();
+        self.receiver.touch_all(std::time::Instant::now());
         self.resend_outbox().await;
+        self.resume_files().await;
         for user in self.lookups.reconnected() {
             self.request_key(&user).await;
         }

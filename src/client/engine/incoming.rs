@@ -42,17 +42,25 @@ impl<F: Frontend> Engine<F> {
     async fn receipt(&mut self, r: Receipt) {
         // A receipt can overtake the node's ACK: content its recipient has
         // (or that waits in a mailbox) the node took, so it is "sent" first.
+        // (The same for a file's end, still in flight.)
         let unacked: Vec<String> = r
             .msg_ids
             .iter()
-            .filter(|id| self.keyring.outbox_get(id).ok().flatten().is_some())
+            .filter(|id| {
+                self.keyring.outbox_get(id).ok().flatten().is_some()
+                    || self.flights.file_of(id).is_some()
+            })
             .cloned()
             .collect();
-        let ours_unacked: std::collections::HashSet<String> = unacked.iter().cloned().collect();
         if !unacked.is_empty() {
-            self.acked(unacked);
+            self.acked(unacked.clone());
         }
+        // A file's receipts name its FILE_END: shown under the file's id.
+        let shown = |this: &Self, id: String| this.flights.shown_id(&id).unwrap_or(id);
+        let ours_unacked: std::collections::HashSet<String> =
+            unacked.into_iter().map(|id| shown(self, id)).collect();
         for msg_id in r.msg_ids {
+            let msg_id = shown(self, msg_id);
             // Only for content of ours: a receipt for anything else (made
             // up by a server) must not show as "delivered".
             let ours = self.sent.contains(&msg_id) || ours_unacked.contains(&msg_id);
@@ -116,10 +124,7 @@ impl<F: Frontend> Engine<F> {
                 self.file_chunk(c).await;
                 true
             }
-            Message::FileEnd(e) => {
-                self.file_end(e);
-                true
-            }
+            Message::FileEnd(e) => self.file_end(e),
             _ => true,
         }
     }
@@ -144,7 +149,7 @@ impl<F: Frontend> Engine<F> {
 
     /// Marks content as shown, right after it was shown, in the journal (one
     /// append); the keyring takes the ids in batches.
-    fn shown(&mut self, msg_id: &str) {
+    pub(super) fn shown(&mut self, msg_id: &str) {
         if let Err(e) = self.journal.record(msg_id) {
             self.emit(Event::error(
                 ClientCode::Keyring,

@@ -2,7 +2,11 @@
 //! — a manifest opens a transfer, each chunk is opened with the group key or
 //! the DM file key and written, and at `FILE_END` the file is saved and its
 //! signed manifest checked against the sender's pinned key. Stalled
-//! transfers are dropped by the 1 s tick.
+//! transfers are dropped by the 1 s tick (only while connected: a transfer
+//! cut by a lost connection waits for the rest, which the node hands on
+//! after the reconnect). A file saved once is remembered as shown, so the
+//! same file handed on again (its frames acknowledged too late) is not
+//! saved twice.
 
 use super::{Engine, blocking};
 use crate::client::codes::ClientCode;
@@ -16,6 +20,9 @@ impl<F: Frontend> Engine<F> {
     /// check the manifest at the end).
     pub(super) async fn file_start(&mut self, s: FileStart) {
         let from = files::manifest_sender(&s).map(str::to_owned);
+        if self.file_saved(from.as_deref(), &s.file_id) {
+            return;
+        }
         if let Some(sender) = &from
             && self.pinned(sender).is_none()
         {
@@ -26,8 +33,18 @@ impl<F: Frontend> Engine<F> {
         }
     }
 
-    /// Drops transfers that stalled, freeing their slots.
+    /// True if the file `file_id` from `from` was saved already.
+    fn file_saved(&self, from: Option<&str>, file_id: &str) -> bool {
+        let key = saved_key(from, file_id);
+        self.journal.contains(&key) || self.keyring.seen(&key).unwrap_or(false)
+    }
+
+    /// Drops transfers that stalled, freeing their slots (not while we are
+    /// disconnected: then nothing can arrive).
     pub(super) fn expire_transfers(&mut self) {
+        if self.session.is_none() {
+            return;
+        }
         let dropped = self
             .receiver
             .expire(std::time::Instant::now(), files::TRANSFER_IDLE);
@@ -46,6 +63,9 @@ impl<F: Frontend> Engine<F> {
     /// `FILE_CHUNK`: opened and appended; a chunk that does not open ends
     /// the transfer.
     pub(super) async fn file_chunk(&mut self, c: FileChunk) {
+        if self.receiver.is_repeat(&c.file_id, c.index) {
+            return;
+        }
         let Some(t) = self.receiver.get_mut(&c.file_id) else {
             return;
         };
@@ -72,11 +92,19 @@ impl<F: Frontend> Engine<F> {
                 done,
                 total,
             }),
-            Err(e) => self.emit(Event::error(
-                ClientCode::File,
-                format!("{e}; nothing was saved"),
-            )),
+            Err(e) => {
+                return self.emit(Event::error(
+                    ClientCode::File,
+                    format!("{e}; nothing was saved"),
+                ));
+            }
         }
+        // The last missing chunk after the end (handed on again after a
+        // reconnect): the file is complete now.
+        if self.receiver.is_complete(&c.file_id) {
+            self.save_file(&c.file_id);
+        }
+        self.release_ends();
     }
 
     /// The key a chunk opens with: the group's, or the DM file key unwrapped
@@ -104,10 +132,68 @@ impl<F: Frontend> Engine<F> {
         }
     }
 
-    /// `FILE_END`: the file is complete and saved; say so, and whether its
-    /// manifest verifies.
-    pub(super) fn file_end(&mut self, e: FileEnd) {
-        let done = match self.receiver.finish(&e.file_id) {
+    /// `FILE_END`: the file is complete (or waits for chunks handed on
+    /// again after a reconnect).
+    /// False if it is acknowledged later: only once the file is saved (or
+    /// the transfer failed) is it "delivered" for its sender.
+    pub(super) fn file_end(&mut self, e: FileEnd) -> bool {
+        match self.receiver.end(&e.file_id) {
+            Ok(true) => self.save_file(&e.file_id),
+            Ok(false) => {
+                if let Some(id) = e.msg_id {
+                    self.held_ends.insert(e.file_id, id);
+                    return false;
+                }
+            }
+            Err(_) => self.end_without_transfer(&e),
+        }
+        true
+    }
+
+    /// The end of a file we hold no transfer for: fine if we saved it
+    /// already (handed on again); otherwise its beginning was lost (this
+    /// client restarted mid-transfer, or the transfer failed and was
+    /// reported then). The first case is said, so the user can ask again.
+    fn end_without_transfer(&mut self, e: &FileEnd) {
+        let Some(from) = e
+            .extra
+            .get(files::MANIFEST_FROM)
+            .and_then(|v| v.as_str())
+            .filter(|f| crate::wire::ids::check_user(f).is_ok())
+        else {
+            return;
+        };
+        if self.file_saved(Some(from), &e.file_id) || self.receiver.failed_lately(&e.file_id) {
+            return;
+        }
+        self.emit(Event::error(
+            ClientCode::File,
+            format!(
+                "the end of a file from {} arrived, but not its beginning (this client restarted while it came?); nothing was saved: ask {} to send it again",
+                from, from
+            ),
+        ));
+    }
+
+    /// Acknowledges the ends held for transfers that are over (dropped).
+    pub(super) fn release_ends(&mut self) {
+        let over: Vec<String> = self
+            .held_ends
+            .keys()
+            .filter(|f| self.receiver.get_mut(f).is_none())
+            .cloned()
+            .collect();
+        for file_id in over {
+            let id = self.held_ends.remove(&file_id);
+            self.ack_later(id.as_deref());
+        }
+    }
+
+    /// A complete file is saved; say so, and whether its manifest verifies.
+    fn save_file(&mut self, file_id: &str) {
+        let result = self.receiver.finish(file_id);
+        self.release_ends();
+        let done = match result {
             Ok(done) => done,
             Err(FileError::Unknown(_)) => return,
             Err(err) => {
@@ -131,6 +217,7 @@ impl<F: Frontend> Engine<F> {
             }),
             _ => false,
         };
+        let saved = saved_key(done.from.as_deref(), &s.file_id);
         self.emit(Event::File {
             from: done.from.clone(),
             mode: files::mode_name(s.mode),
@@ -145,5 +232,11 @@ impl<F: Frontend> Engine<F> {
             sha256_ok: true,
             verified,
         });
+        self.shown(&saved);
     }
+}
+
+/// How a saved file is remembered as shown: by sender and `file_id`.
+fn saved_key(from: Option<&str>, file_id: &str) -> String {
+    format!("{} file {file_id}", from.unwrap_or("-"))
 }

@@ -1,13 +1,16 @@
 //! Sending a file (`/file`): a signed manifest (`FILE_START`), the file
 //! read and sealed in 61440-byte chunks, then `FILE_END`. The file is "sent"
-//! once the node acknowledges its end (see [`super::sending::Flights`]).
+//! once the node acknowledges its end (see [`super::flights::Flights`]). A
+//! transfer cut by a lost connection goes on after the reconnect from the
+//! first frame the node had not acknowledged, under the same ids (the node
+//! and the recipient skip what they already have).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::sending::FileFlight;
+use super::flights::{FileFlight, MAX_FILE_RESUMES};
 use super::{Engine, blocking, new_msg_id};
 use crate::client::codes::ClientCode;
 use crate::client::commands::Command;
@@ -15,19 +18,16 @@ use crate::client::events::{Event, Frontend};
 use crate::client::files::MANIFEST_FROM;
 use crate::content;
 use crate::crypto::{self, aead};
-use crate::wire::messages::{FileChunk, FileEnd, FileMode, FileStart, Message};
+use crate::wire::messages::{FileEnd, FileMode, FileStart, Message};
 use crate::wire::{b64, ids};
 
-/// A file on its way out, once its manifest is sent.
-struct Upload<'a> {
-    to: &'a str,
-    file_id: String,
-    name: String,
-    size: u64,
-    /// The file key, and for a DM the key wrapped for the recipient.
-    key: &'a [u8],
-    wrapped: Option<String>,
-    start_msg_id: String,
+/// How far sending a file got.
+enum Streamed {
+    /// Every frame went to the node.
+    All,
+    /// The connection dropped after this many bytes: the rest goes out
+    /// after the reconnect.
+    Cut(u64),
 }
 
 impl<F: Frontend> Engine<F> {
@@ -80,35 +80,171 @@ impl<F: Frontend> Engine<F> {
     ) -> anyhow::Result<()> {
         let size = self.file_size(path).await?;
         let start = self.manifest(to, path, group, size).await?;
-        let upload = Upload {
-            to,
-            file_id: start.file_id.clone(),
-            name: start.name.clone(),
-            size,
-            key,
-            wrapped,
-            start_msg_id: start.msg_id.clone().unwrap_or_default(),
-        };
-        self.tags.content(&upload.start_msg_id);
-        let start = Message::FileStart(start);
-        if !self.fits(to, &start) {
+        let start_msg_id = start.msg_id.clone().unwrap_or_default();
+        self.tags.content(&start_msg_id);
+        if !self.fits(to, &Message::FileStart(start.clone())) {
             return Ok(());
         }
-        if !self.send(to, &start).await {
-            anyhow::bail!("not sent");
-        }
+        let file_id = start.file_id.clone();
         self.flights.start(
-            &upload.file_id,
+            &file_id,
             FileFlight {
-                name: upload.name.clone(),
+                name: start.name.clone(),
                 to: to.to_owned(),
-                start_msg_id: upload.start_msg_id.clone(),
+                start_msg_id,
                 end_msg_id: None,
+                path: path.to_owned(),
+                start,
+                key: key.to_vec(),
+                wrapped,
+                chunk_ids: Vec::new(),
+                resumes: 0,
+                told_cut: false,
             },
         );
-        self.send_chunks(&upload, path).await?;
-        self.send_end(upload).await;
+        self.pump_file(&file_id).await;
         Ok(())
+    }
+
+    /// After a reconnect: the files cut by the lost connection go on.
+    pub(super) async fn resume_files(&mut self) {
+        for file_id in self.flights.ids() {
+            if self.session.is_none() {
+                return;
+            }
+            let Some(f) = self.flights.get_mut(&file_id) else {
+                continue;
+            };
+            f.resumes += 1;
+            if f.resumes > MAX_FILE_RESUMES {
+                let why = format!(
+                    "the connection dropped {MAX_FILE_RESUMES} times in a row while it was sent"
+                );
+                self.file_failed(&file_id, why);
+                continue;
+            }
+            self.pump_file(&file_id).await;
+        }
+    }
+
+    /// Sends what the node has not acknowledged of a file in flight.
+    async fn pump_file(&mut self, file_id: &str) {
+        match self.stream_frames(file_id).await {
+            Ok(Streamed::All) => {
+                // A node that acknowledges nothing (a reference node): sent now.
+                let acks = self.session.as_ref().is_some_and(|s| s.welcomed());
+                if !acks && let Some(f) = self.flights.remove(file_id) {
+                    self.emit(Event::Sent {
+                        kind: "file",
+                        to: f.to,
+                        msg_id: f.start_msg_id,
+                    });
+                }
+            }
+            Ok(Streamed::Cut(done)) => {
+                let Some(f) = self.flights.get_mut(file_id) else {
+                    return;
+                };
+                f.told_cut = true;
+                let (msg_id, to) = (f.start_msg_id.clone(), f.to.clone());
+                let reason = if done == 0 && self.session.is_none() {
+                    format!("{}: not connected", f.name)
+                } else {
+                    format!(
+                        "{}: the connection dropped after {done} of {} bytes; the rest follows the reconnect",
+                        f.name, f.start.size
+                    )
+                };
+                self.emit(Event::Pending {
+                    msg_id: Some(msg_id),
+                    to,
+                    reason,
+                });
+            }
+            Err(e) => self.file_failed(file_id, e.to_string()),
+        }
+    }
+
+    /// A file that cannot be sent on: not sent, say so.
+    pub(super) fn file_failed(&mut self, file_id: &str, why: String) {
+        if let Some(f) = self.flights.remove(file_id) {
+            self.emit(Event::NotSent {
+                msg_id: f.start_msg_id,
+                to: f.to,
+                code: ClientCode::File.to_string(),
+                detail: format!("{}: {why}; /file it again", f.name),
+                kept: false,
+            });
+        }
+    }
+
+    /// The manifest (unless the node has it), the chunks from the first one
+    /// the node has not acknowledged, and the end.
+    async fn stream_frames(&mut self, file_id: &str) -> anyhow::Result<Streamed> {
+        let Some(from) = self.flights.resume(file_id) else {
+            return Ok(Streamed::All);
+        };
+        let Some(f) = self.flights.get_mut(file_id) else {
+            return Ok(Streamed::All);
+        };
+        f.told_cut = false;
+        let (to, start) = (f.to.clone(), f.start.clone());
+        let (path, key, wrapped) = (f.path.clone(), f.key.clone(), f.wrapped.clone());
+        if from.send_start
+            && !self
+                .quiet_send(&to, &Message::FileStart(start.clone()))
+                .await
+        {
+            return Ok(Streamed::Cut(0));
+        }
+        let mut file = tokio::fs::File::open(&path).await?;
+        if file.metadata().await?.len() != start.size {
+            anyhow::bail!("the file changed while it was sent");
+        }
+        let mut done = from.index * content::CHUNK_SIZE as u64;
+        file.seek(std::io::SeekFrom::Start(done)).await?;
+        let mut buf = vec![0u8; content::CHUNK_SIZE];
+        let mut index = from.index;
+        loop {
+            let n = read_full(&mut file, &mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            let mut chunk =
+                content::seal_chunk(file_id, index, &key, wrapped.as_deref(), &buf[..n])?;
+            chunk.msg_id = Some(self.flights.chunk_id(file_id, index, new_msg_id));
+            if !self.quiet_send(&to, &Message::FileChunk(chunk)).await {
+                return Ok(Streamed::Cut(done));
+            }
+            index += 1;
+            done += n as u64;
+            self.emit(Event::Progress {
+                direction: "sending",
+                name: start.name.clone(),
+                done,
+                total: start.size,
+            });
+        }
+        if done != start.size {
+            anyhow::bail!(
+                "the file changed while it was sent ({done} of {} bytes)",
+                start.size
+            );
+        }
+        let end = self.file_end_frame(file_id, wrapped.is_some());
+        if !self.quiet_send(&to, &Message::FileEnd(end)).await {
+            return Ok(Streamed::Cut(done));
+        }
+        Ok(Streamed::All)
+    }
+
+    /// Sends a file frame if connected; false if not (nothing said: the
+    /// file in flight reports it).
+    async fn quiet_send(&mut self, to: &str, msg: &Message) -> bool {
+        match self.session.as_mut() {
+            Some(session) => session.send(to, msg).await.is_ok(),
+            None => false,
+        }
     }
 
     /// The size of the file at `path`, if it is one we may send.
@@ -164,72 +300,19 @@ impl<F: Frontend> Engine<F> {
         })
     }
 
-    /// Reads, seals and sends the file chunk by chunk, with progress.
-    async fn send_chunks(&mut self, up: &Upload<'_>, path: &Path) -> anyhow::Result<()> {
-        let mut file = tokio::fs::File::open(path).await?;
-        let mut buf = vec![0u8; content::CHUNK_SIZE];
-        let (mut index, mut done) = (0u64, 0u64);
-        loop {
-            let n = read_full(&mut file, &mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            let chunk = self.seal_chunk(up, index, &buf[..n])?;
-            if !self.send(up.to, &Message::FileChunk(chunk)).await {
-                anyhow::bail!("the connection dropped after {done} of {} bytes", up.size);
-            }
-            index += 1;
-            done += n as u64;
-            self.emit(Event::Progress {
-                direction: "sending",
-                name: up.name.clone(),
-                done,
-                total: up.size,
-            });
+    /// `FILE_END` (the same `msg_id` when sent again). A DM file's asks for
+    /// receipts, naming its sender as the manifest does (the node checks it).
+    fn file_end_frame(&mut self, file_id: &str, dm: bool) -> FileEnd {
+        let mut extra = Map::new();
+        if dm {
+            extra.insert(content::FILE_END_MODE.into(), Value::String("dm".into()));
+            extra.insert(MANIFEST_FROM.into(), Value::String(self.cfg.user.clone()));
         }
-        if done != up.size {
-            anyhow::bail!(
-                "the file changed while it was sent ({done} of {} bytes)",
-                up.size
-            );
-        }
-        Ok(())
-    }
-
-    /// Chunk `index`, sealed, with a `msg_id` of its own in the flight.
-    fn seal_chunk(
-        &mut self,
-        up: &Upload<'_>,
-        index: u64,
-        data: &[u8],
-    ) -> anyhow::Result<FileChunk> {
-        let wrapped = up.wrapped.as_deref();
-        let mut chunk = content::seal_chunk(&up.file_id, index, up.key, wrapped, data)?;
-        let chunk_id = new_msg_id();
-        chunk.msg_id = Some(chunk_id.clone());
-        self.flights.add_frame(&up.file_id, &chunk_id);
-        Ok(chunk)
-    }
-
-    /// `FILE_END`: "sent" once the node acknowledges it (a node that
-    /// acknowledges nothing: now).
-    async fn send_end(&mut self, up: Upload<'_>) {
-        let end_id = new_msg_id();
-        self.flights.end(&up.file_id, &end_id);
-        let end = FileEnd {
-            file_id: up.file_id,
+        FileEnd {
+            file_id: file_id.to_owned(),
             user_id: None,
-            msg_id: Some(end_id),
-            extra: Map::new(),
-        };
-        if self.send(up.to, &Message::FileEnd(end)).await
-            && !self.session.as_ref().is_some_and(|s| s.welcomed())
-        {
-            self.emit(Event::Sent {
-                kind: "file",
-                to: up.to.to_owned(),
-                msg_id: up.start_msg_id,
-            });
+            msg_id: Some(self.flights.end_id(file_id, new_msg_id)),
+            extra,
         }
     }
 }

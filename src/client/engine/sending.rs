@@ -1,9 +1,8 @@
 //! The engine's side of sending content: the size check at compose time,
 //! the outbox (kept until the node's `ACK`, "sent" only then), the node's
 //! refusals (dropped or kept and retried later, set aside after repeated
-//! refusals), `/outbox`, and the files in flight.
-
-use std::collections::HashMap;
+//! refusals), `/outbox`, and the node's answers about files in flight
+//! (kept in [`super::flights::Flights`]).
 
 use serde_json::Value;
 
@@ -14,55 +13,6 @@ use crate::client::events::{Event, Frontend};
 use crate::client::keyring::{Outgoing, Waiting};
 use crate::client::outbox::{self, HOLD_AFTER, Refusal};
 use crate::wire::messages::{ErrorBody, Message};
-
-/// A file being sent: "sent" once the node acknowledges its `FILE_END`,
-/// "not sent" if the node refuses any of its frames.
-pub(super) struct FileFlight {
-    pub name: String,
-    pub to: String,
-    pub start_msg_id: String,
-    pub end_msg_id: Option<String>,
-}
-
-/// Files in flight by `file_id`, and the `msg_id`s of their frames.
-#[derive(Default)]
-pub(super) struct Flights {
-    files: HashMap<String, FileFlight>,
-    frames: HashMap<String, String>,
-}
-
-impl Flights {
-    pub fn add_frame(&mut self, file_id: &str, msg_id: &str) {
-        self.frames.insert(msg_id.to_owned(), file_id.to_owned());
-    }
-
-    pub fn start(&mut self, file_id: &str, flight: FileFlight) {
-        self.add_frame(file_id, &flight.start_msg_id.clone());
-        self.files.insert(file_id.to_owned(), flight);
-    }
-
-    pub fn end(&mut self, file_id: &str, msg_id: &str) {
-        self.add_frame(file_id, msg_id);
-        if let Some(f) = self.files.get_mut(file_id) {
-            f.end_msg_id = Some(msg_id.to_owned());
-        }
-    }
-
-    /// The file this `msg_id` belongs to, if it is still in flight.
-    fn file_of(&self, msg_id: &str) -> Option<&str> {
-        self.frames
-            .get(msg_id)
-            .map(String::as_str)
-            .filter(|f| self.files.contains_key(*f))
-    }
-
-    /// Forgets every file in flight (the connection was lost) and returns
-    /// them: the node may not have taken them whole, so they were not sent.
-    pub fn drain(&mut self) -> Vec<FileFlight> {
-        self.frames.clear();
-        self.files.drain().map(|(_, f)| f).collect()
-    }
-}
 
 /// The `msg_id` an `ERROR` is about, if it names one.
 pub(crate) fn error_msg_id(e: &ErrorBody) -> Option<&str> {
@@ -191,15 +141,10 @@ impl<F: Frontend> Engine<F> {
                 self.retry_at.remove(id);
                 self.emit_sent(&w.out, outbox::entry_kind(&w.out));
             }
-            if let Some(file_id) = self.flights.frames.remove(id)
-                && self
-                    .flights
-                    .files
-                    .get(&file_id)
-                    .and_then(|f| f.end_msg_id.as_deref())
-                    == Some(id)
-                && let Some(f) = self.flights.files.remove(&file_id)
-            {
+            if let Some(f) = self.flights.acked(id) {
+                // Its receipts name the end; the file is shown under its
+                // manifest's id.
+                self.sent.insert(&f.start_msg_id, &f.to);
                 self.emit(Event::Sent {
                     kind: "file",
                     to: f.to,
@@ -226,7 +171,7 @@ impl<F: Frontend> Engine<F> {
             return self.refused_entry(w, e.code, e.detail);
         }
         if let Some(file_id) = self.flights.file_of(&id).map(str::to_owned)
-            && let Some(f) = self.flights.files.remove(&file_id)
+            && let Some(f) = self.flights.remove(&file_id)
         {
             return self.emit(Event::NotSent {
                 msg_id: f.start_msg_id,

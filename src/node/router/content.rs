@@ -445,7 +445,8 @@ impl Router {
                 refused.push(detail);
                 continue;
             }
-            queued |= offline && kind == ContentKind::Dm;
+            queued |=
+                offline && (kind == ContentKind::Dm || super::delivery::receipted_file(&entry));
             let entry = self.custody.admit(entry);
             self.persist(StoreOp::Custody(entry));
             touched.push(dest);

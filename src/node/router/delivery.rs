@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::{ConnId, Frame, Names, Outgoing, Output, Relay, Router, StoreOp, truncate};
-use crate::node::custody::{ContentKind, Dest, Entry, Hop};
+use crate::node::custody::{Content, ContentKind, Dest, Entry, Hop};
 use crate::wire::ErrorCode;
 use crate::wire::messages::{ErrorBody, Message, Receipt, UNDECRYPTABLE};
 
@@ -146,6 +146,11 @@ impl Router {
         let Some(content) = e.body.clone() else {
             return; // on disk only: `pump` reads it back first
         };
+        if receipted_file(e)
+            && let Hop::Link(server) = &route.hop
+        {
+            self.carried.record(&e.sender, &e.msg_id, server);
+        }
         if e.kind == ContentKind::Dm
             && let Hop::Link(server) = &route.hop
         {
@@ -191,7 +196,8 @@ impl Router {
     }
 
     /// `hop` acknowledged `msg_ids`: release them, tell senders their DMs
-    /// were delivered (when the hop is the recipient's client), send more.
+    /// (and DM files' ends) were delivered (when the hop is the recipient's
+    /// client), send more.
     pub(super) fn acked(&mut self, hop: Hop, msg_ids: Vec<String>) {
         let released = self.custody.ack(&hop, &msg_ids);
         if !released.is_empty() {
@@ -200,7 +206,8 @@ impl Router {
         if matches!(hop, Hop::Conn(_)) {
             let mut by_sender: BTreeMap<(String, Option<String>), Vec<String>> = BTreeMap::new();
             let mut unreadable: BTreeMap<(String, Option<String>), Vec<String>> = BTreeMap::new();
-            for e in released.iter().filter(|e| e.kind == ContentKind::Dm) {
+            let receipted = |e: &&Entry| e.kind == ContentKind::Dm || receipted_file(e);
+            for e in released.iter().filter(receipted) {
                 // Reported undecryptable by its recipient (`unreadable.rs`):
                 // said so, at once, never `delivered`.
                 let reported = match &e.dest {
@@ -410,6 +417,14 @@ impl Router {
             self.persist(StoreOp::Release(gone.iter().map(|e| e.seq).collect()));
         }
     }
+}
+
+/// A DM file's `FILE_END` (its sender asked for receipts): its sender is
+/// told when it is delivered, as for a DM, so a file shows ✓✓ only once its
+/// recipient's client has all of it.
+pub(super) fn receipted_file(e: &Entry) -> bool {
+    e.kind == ContentKind::FileEnd
+        && matches!(e.body.as_deref(), Some(Content::FileEnd(end)) if crate::content::file_end_wants_receipts(&end.extra))
 }
 
 fn dest_user(d: &Dest) -> Option<String> {
