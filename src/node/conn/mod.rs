@@ -47,6 +47,10 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 pub const LINK_SILENCE: Duration = Duration::from_secs(45);
 /// Default write timeout (`--write-timeout-secs`).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default `--frame-timeout-secs` (not enforced yet).
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `--user-queue-bytes` (not enforced yet).
+pub const USER_QUEUE_BYTES: usize = 1 << 20;
 /// Frames a closing connection still sends (the error that ended it among them).
 const LAST_WORDS: usize = 8;
 /// How long a closing connection waits to say its last words.
