@@ -35,8 +35,8 @@ pub(crate) use auth::Auth;
 pub(crate) use hello::check_link_hello;
 pub use queue::USER_QUEUE_BYTES;
 pub(crate) use queue::{QueueRx, SendQueue};
-pub use ws::FRAME_TIMEOUT;
 pub(crate) use writer::sign;
+pub use ws::FRAME_TIMEOUT;
 pub(crate) use ws::{WsConn, WsError};
 
 /// A connection must say hello within this time.
@@ -52,10 +52,6 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 pub const LINK_SILENCE: Duration = Duration::from_secs(45);
 /// Default write timeout (`--write-timeout-secs`).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Default `--frame-timeout-secs` (not enforced yet).
-pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default `--user-queue-bytes` (not enforced yet).
-pub const USER_QUEUE_BYTES: usize = 1 << 20;
 /// Frames a closing connection still sends (the error that ended it among them).
 const LAST_WORDS: usize = 8;
 /// How long a closing connection waits to say its last words.

@@ -7,12 +7,22 @@
 //! A connection that carried one 900 KiB frame therefore does not keep
 //! 900 KiB (tungstenite keeps the capacity of the largest frame seen, in
 //! both directions).
+//!
+//! What a peer controls is bounded here: a frame or a fragmented message
+//! is refused as soon as its header says it would pass the frame limit,
+//! and once its first bytes arrive it must be complete within the frame
+//! timeout (a peer trickling bytes cannot hold its buffer for good).
+//! Control frames are at most 125 bytes and never fragmented, a client's
+//! frames must be masked, close codes and reasons are checked (RFC 6455
+//! 7.4), and our close says why we closed (1002, 1007, 1008, 1009).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 
 /// Bytes one read takes at most (on the stack while a connection is idle).
@@ -28,8 +38,15 @@ const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
 /// Longest payload of a control frame.
 const MAX_CONTROL: usize = 125;
-/// Close status "normal closure".
-const NORMAL_CLOSURE: [u8; 2] = 1000u16.to_be_bytes();
+/// Close statuses (RFC 6455 7.4.1).
+const NORMAL_CLOSURE: u16 = 1000;
+const PROTOCOL_ERROR: u16 = 1002;
+const INVALID_DATA: u16 = 1007;
+const POLICY_VIOLATION: u16 = 1008;
+const MESSAGE_TOO_BIG: u16 = 1009;
+/// Default time a started frame or message has to arrive in full
+/// (`--frame-timeout-secs`).
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which end of the connection we are: a server reads masked frames and
 /// writes plain ones, a client the other way round.
@@ -46,19 +63,36 @@ pub(crate) enum WsError {
     TooLarge { size: u64, max: usize },
     #[error("WebSocket protocol error: {0}")]
     Protocol(&'static str),
-    #[error("text frame is not UTF-8")]
+    #[error("text frame or close reason is not UTF-8")]
     NotUtf8,
+    #[error("a frame took more than {0:?} to arrive")]
+    FrameTimeout(Duration),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
 
-/// A message from the peer (pongs are dropped here).
+impl WsError {
+    /// The close status that tells the peer why we close over this.
+    fn close_code(&self) -> u16 {
+        match self {
+            WsError::TooLarge { .. } => MESSAGE_TOO_BIG,
+            WsError::Protocol(_) => PROTOCOL_ERROR,
+            WsError::NotUtf8 => INVALID_DATA,
+            WsError::FrameTimeout(_) => POLICY_VIOLATION,
+            WsError::Io(_) => NORMAL_CLOSURE,
+        }
+    }
+}
+
+/// A message from the peer.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Incoming {
     Text(String),
     Binary,
     /// To be answered with a pong carrying the same bytes.
     Ping(Vec<u8>),
+    /// Nothing to answer, but it counts in a user's frame rate.
+    Pong,
     Close,
 }
 
@@ -103,9 +137,17 @@ where
         write_frame(&mut self.io, self.role, PONG, payload).await
     }
 
-    /// Sends a close frame and ends our side of the stream.
+    /// A frame (or fragmented message) whose first bytes arrived must be
+    /// complete within `limit`.
+    pub(crate) fn set_frame_timeout(&mut self, limit: Duration) {
+        self.reader.frame_timeout = limit;
+    }
+
+    /// Sends a close frame and ends our side of the stream. Its status says
+    /// why, if the peer broke the protocol (RFC 6455 7.4.1).
     pub(crate) async fn close(&mut self) -> Result<(), WsError> {
-        write_frame(&mut self.io, self.role, CLOSE, &NORMAL_CLOSURE).await?;
+        let code = self.reader.close_code.to_be_bytes();
+        write_frame(&mut self.io, self.role, CLOSE, &code).await?;
         self.io.shutdown().await?;
         Ok(())
     }
@@ -258,6 +300,12 @@ pub(crate) struct FrameReader {
     start: usize,
     /// A fragmented message being put together: its opcode and bytes.
     partial: Option<(u8, Vec<u8>)>,
+    /// When the frame or message being read must be complete (None while
+    /// nothing is held: an idle connection keeps no timer).
+    deadline: Option<Instant>,
+    frame_timeout: Duration,
+    /// The status our close frame carries.
+    close_code: u16,
 }
 
 impl FrameReader {
@@ -268,6 +316,9 @@ impl FrameReader {
             buf: Vec::new(),
             start: 0,
             partial: None,
+            deadline: None,
+            frame_timeout: FRAME_TIMEOUT,
+            close_code: NORMAL_CLOSURE,
         }
     }
 
@@ -277,8 +328,20 @@ impl FrameReader {
         self.buf.capacity() + self.partial.as_ref().map_or(0, |(_, b)| b.capacity())
     }
 
-    /// The next message; None at the end of the stream.
+    /// The next message; None at the end of the stream. After an error
+    /// the connection is to be closed (with the status it calls for).
     pub(crate) async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+    ) -> Option<Result<Incoming, WsError>> {
+        let next = self.read_message(io).await;
+        if let Some(Err(e)) = &next {
+            self.close_code = e.close_code();
+        }
+        next
+    }
+
+    async fn read_message<R: AsyncRead + Unpin>(
         &mut self,
         io: &mut R,
     ) -> Option<Result<Incoming, WsError>> {
@@ -289,7 +352,20 @@ impl FrameReader {
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
             }
-            match self.fill(io).await {
+            let filled = if self.buf.len() > self.start || self.partial.is_some() {
+                // Inside a frame or message: it must complete in time.
+                let limit = self.frame_timeout;
+                let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + limit);
+                // Boxed: the timer is part of this future only while a
+                // frame is arriving, not while the connection is idle.
+                match Box::pin(tokio::time::timeout_at(deadline, self.fill(io))).await {
+                    Ok(filled) => filled,
+                    Err(_) => return Some(Err(WsError::FrameTimeout(limit))),
+                }
+            } else {
+                self.fill(io).await
+            };
+            match filled {
                 Ok(0) if self.buf.is_empty() && self.partial.is_none() => return None,
                 Ok(0) => return Some(Err(WsError::Protocol("stream ended inside a frame"))),
                 Ok(_) => {}
@@ -360,9 +436,20 @@ impl FrameReader {
         if control && (!fin || len > MAX_CONTROL as u64) {
             return Err(WsError::Protocol("fragmented or oversized control frame"));
         }
-        if len > self.max as u64 {
+        // Refused from its header, before its payload is held.
+        let so_far = match (opcode, &self.partial) {
+            (CLOSE | PING | PONG, _) => 0,
+            (TEXT | BINARY, None) => 0,
+            (CONTINUATION, Some((_, bytes))) => bytes.len() as u64,
+            (TEXT | BINARY, Some(_)) => {
+                return Err(WsError::Protocol("a new message inside a fragmented one"));
+            }
+            (CONTINUATION, None) => return Err(WsError::Protocol("continuation of nothing")),
+            _ => return Err(WsError::Protocol("unknown opcode")),
+        };
+        if so_far + len > self.max as u64 {
             return Err(WsError::TooLarge {
-                size: len,
+                size: so_far + len,
                 max: self.max,
             });
         }
@@ -413,7 +500,13 @@ impl FrameReader {
         if let Some(mask) = h.mask {
             apply_mask(&mut payload, mask);
         }
-        self.message(h.fin, h.opcode, payload)
+        let message = self.message(h.fin, h.opcode, payload);
+        if self.partial.is_none() {
+            // A whole message (or a control frame between two): the next
+            // one has its own time.
+            self.deadline = None;
+        }
+        message
     }
 
     /// Puts frames together into messages.
@@ -430,9 +523,12 @@ impl FrameReader {
             }
             (PONG, partial) => {
                 self.partial = partial;
-                return Ok(Some(None));
+                return Ok(Some(Some(Incoming::Pong)));
             }
-            (CLOSE, _) => return Ok(Some(Some(Incoming::Close))),
+            (CLOSE, _) => {
+                check_close(&payload)?;
+                return Ok(Some(Some(Incoming::Close)));
+            }
             (TEXT | BINARY, None) => (opcode, payload),
             (CONTINUATION, Some((first, mut bytes))) => {
                 if bytes.len() + payload.len() > self.max {
@@ -459,6 +555,24 @@ impl FrameReader {
             _ => Incoming::Binary,
         })))
     }
+}
+
+/// Checks a close frame's payload (RFC 6455 5.5.1, 7.4): empty, or a
+/// status a peer may send followed by a UTF-8 reason.
+fn check_close(payload: &[u8]) -> Result<(), WsError> {
+    let (code, reason) = match payload {
+        [] => return Ok(()),
+        [_] => return Err(WsError::Protocol("a close frame of one byte")),
+        [a, b, reason @ ..] => (u16::from_be_bytes([*a, *b]), reason),
+    };
+    // 1004-1006 and 1015 are reserved, never sent; 1016-2999 are for
+    // the protocol's future; 3000-4999 are for applications.
+    let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    if !sendable {
+        return Err(WsError::Protocol("a close status a peer may not send"));
+    }
+    std::str::from_utf8(reason).map_err(|_| WsError::NotUtf8)?;
+    Ok(())
 }
 
 /// One read onto a stack buffer, keeping only what arrived: a connection
@@ -629,7 +743,7 @@ mod tests {
         let mut bytes = client_frame(false, TEXT, b"hel");
         bytes.extend(client_frame(true, PING, b"p"));
         bytes.extend(client_frame(true, CONTINUATION, "lo é".as_bytes()));
-        bytes.extend(client_frame(true, CLOSE, &NORMAL_CLOSURE));
+        bytes.extend(client_frame(true, CLOSE, &NORMAL_CLOSURE.to_be_bytes()));
         peer.write_all(&bytes).await.unwrap();
         assert_eq!(
             next(&mut ws).await.unwrap().unwrap(),
@@ -699,6 +813,190 @@ mod tests {
         .unwrap();
         sent.unwrap();
         assert_eq!(got.unwrap().unwrap(), Incoming::Text(big));
+    }
+
+    /// Reads the close frame the server wrote and returns its status.
+    async fn close_status(peer: &mut DuplexStream) -> u16 {
+        let mut out = [0u8; 4];
+        let read = tokio::time::timeout(WAIT, peer.read_exact(&mut out)).await;
+        read.unwrap().unwrap();
+        assert_eq!(out[..2], [0x88, 2], "a close frame with a status");
+        u16::from_be_bytes([out[2], out[3]])
+    }
+
+    #[tokio::test]
+    async fn a_trickled_frame_is_cut_off_at_the_frame_timeout() {
+        let (mut peer, io) = duplex(4096);
+        let mut ws = server(io);
+        ws.set_frame_timeout(Duration::from_millis(300));
+        let frame = client_frame(true, TEXT, &[b'a'; 1000]);
+        let trickle = tokio::spawn(async move {
+            peer.write_all(&frame[..20]).await.unwrap();
+            for b in &frame[20..200] {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if peer.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+            }
+            peer
+        });
+        let got = next(&mut ws).await;
+        assert!(
+            matches!(got, Some(Err(WsError::FrameTimeout(_)))),
+            "{got:?}"
+        );
+        let mut peer = trickle.await.unwrap();
+        tokio::time::timeout(WAIT, ws.close())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_millis(100), peer.read_to_end(&mut rest)).await;
+        let status = rest
+            .windows(2)
+            .position(|w| w == [0x88, 2])
+            .map(|i| u16::from_be_bytes([rest[i + 2], rest[i + 3]]));
+        assert_eq!(status, Some(POLICY_VIOLATION));
+    }
+
+    #[tokio::test]
+    async fn a_fragmented_message_must_complete_in_time() {
+        let (mut peer, io) = duplex(4096);
+        let mut ws = server(io);
+        ws.set_frame_timeout(Duration::from_millis(300));
+        // Each fragment whole, the message never finished.
+        let feeder = tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let opcode = if first { TEXT } else { CONTINUATION };
+                first = false;
+                if peer
+                    .write_all(&client_frame(false, opcode, b"x"))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let got = next(&mut ws).await;
+        assert!(
+            matches!(got, Some(Err(WsError::FrameTimeout(_)))),
+            "{got:?}"
+        );
+        drop(ws);
+        feeder.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_between_messages_has_no_deadline() {
+        let (mut peer, io) = duplex(4096);
+        let mut ws = server(io);
+        ws.set_frame_timeout(Duration::from_millis(100));
+        peer.write_all(&client_frame(true, TEXT, b"one"))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut ws).await.unwrap().unwrap(),
+            Incoming::Text("one".into())
+        );
+        let idle = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+        assert!(idle.is_err(), "nothing came, nothing ends");
+        peer.write_all(&client_frame(true, TEXT, b"two"))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut ws).await.unwrap().unwrap(),
+            Incoming::Text("two".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn close_statuses_and_reasons_are_checked() {
+        let mut with_reason = 1001u16.to_be_bytes().to_vec();
+        with_reason.extend_from_slice("bye é".as_bytes());
+        for ok in [
+            vec![],
+            with_reason,
+            3000u16.to_be_bytes().to_vec(),
+            4999u16.to_be_bytes().to_vec(),
+        ] {
+            let (mut peer, io) = duplex(4096);
+            let mut ws = server(io);
+            peer.write_all(&client_frame(true, CLOSE, &ok))
+                .await
+                .unwrap();
+            assert_eq!(
+                next(&mut ws).await.unwrap().unwrap(),
+                Incoming::Close,
+                "{ok:?}"
+            );
+            tokio::time::timeout(WAIT, ws.close())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(close_status(&mut peer).await, NORMAL_CLOSURE);
+        }
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend_from_slice(&[0xff, 0xfe]);
+        let cases = [
+            (vec![3], PROTOCOL_ERROR),
+            (999u16.to_be_bytes().to_vec(), PROTOCOL_ERROR),
+            (1005u16.to_be_bytes().to_vec(), PROTOCOL_ERROR),
+            (1006u16.to_be_bytes().to_vec(), PROTOCOL_ERROR),
+            (1015u16.to_be_bytes().to_vec(), PROTOCOL_ERROR),
+            (2000u16.to_be_bytes().to_vec(), PROTOCOL_ERROR),
+            (5000u16.to_be_bytes().to_vec(), PROTOCOL_ERROR),
+            (bad_reason, INVALID_DATA),
+        ];
+        for (payload, status) in cases {
+            let (mut peer, io) = duplex(4096);
+            let mut ws = server(io);
+            peer.write_all(&client_frame(true, CLOSE, &payload))
+                .await
+                .unwrap();
+            assert!(matches!(next(&mut ws).await, Some(Err(_))), "{payload:?}");
+            tokio::time::timeout(WAIT, ws.close())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(close_status(&mut peer).await, status, "{payload:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn what_would_pass_the_limit_is_refused_from_its_header() {
+        // A continuation that would take the message past the limit, and
+        // a frame of an unknown opcode: refused before their payloads
+        // (which never come) are waited for.
+        let mut past = client_frame(false, TEXT, &[b'a'; 60]);
+        past.extend_from_slice(&client_frame(true, CONTINUATION, &[b'b'; 60])[..8]);
+        let unknown = client_frame(true, 0x3, &[0; 50])[..8].to_vec();
+        for (bytes, too_large) in [(past, true), (unknown, false)] {
+            let (mut peer, io) = duplex(4096);
+            let mut ws = WsConn::new(io, Vec::new(), Role::Server, 100);
+            peer.write_all(&bytes).await.unwrap();
+            let got = next(&mut ws).await;
+            match got {
+                Some(Err(WsError::TooLarge {
+                    size: 120,
+                    max: 100,
+                })) => assert!(too_large),
+                Some(Err(WsError::Protocol(_))) => assert!(!too_large),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn pongs_are_reported() {
+        let (mut peer, io) = duplex(4096);
+        let mut ws = server(io);
+        peer.write_all(&client_frame(true, PONG, b"p"))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut ws).await.unwrap().unwrap(), Incoming::Pong);
     }
 
     #[test]
