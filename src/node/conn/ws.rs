@@ -101,6 +101,10 @@ pub(crate) struct WsConn<S> {
     io: S,
     reader: FrameReader,
     role: Role,
+    /// A write was cut off inside a frame (its future dropped, say by a
+    /// timeout): anything written after it would be read as the rest of
+    /// that frame, so nothing more is.
+    torn: bool,
 }
 
 impl<S> WsConn<S>
@@ -112,7 +116,12 @@ where
     pub(crate) fn new(io: S, read: Vec<u8>, role: Role, max: usize) -> Self {
         let mut reader = FrameReader::new(role, max);
         reader.buf = read;
-        WsConn { io, reader, role }
+        WsConn {
+            io,
+            reader,
+            role,
+            torn: false,
+        }
     }
 
     /// Takes over a connection we accepted through a [`Recorder`].
@@ -128,13 +137,14 @@ where
 
     /// Sends one text frame.
     pub(crate) async fn send_text(&mut self, text: &str) -> Result<(), WsError> {
-        write_frame(&mut self.io, self.role, TEXT, text.as_bytes()).await
+        let bytes = text.as_bytes();
+        write_whole(&mut self.torn, &mut self.io, self.role, TEXT, bytes).await
     }
 
     /// Answers a ping (at most 125 bytes are echoed).
     pub(crate) async fn pong(&mut self, payload: &[u8]) -> Result<(), WsError> {
         let payload = &payload[..payload.len().min(MAX_CONTROL)];
-        write_frame(&mut self.io, self.role, PONG, payload).await
+        write_whole(&mut self.torn, &mut self.io, self.role, PONG, payload).await
     }
 
     /// A frame (or fragmented message) whose first bytes arrived must be
@@ -147,7 +157,9 @@ where
     /// why, if the peer broke the protocol (RFC 6455 7.4.1).
     pub(crate) async fn close(&mut self) -> Result<(), WsError> {
         let code = self.reader.close_code.to_be_bytes();
-        write_frame(&mut self.io, self.role, CLOSE, &code).await?;
+        if !self.torn {
+            write_whole(&mut self.torn, &mut self.io, self.role, CLOSE, &code).await?;
+        }
         self.io.shutdown().await?;
         Ok(())
     }
@@ -164,6 +176,7 @@ where
             WriteHalf {
                 io: w,
                 role: self.role,
+                torn: &mut self.torn,
             },
         )
     }
@@ -185,18 +198,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ReadHalf<'_, S> {
 pub(crate) struct WriteHalf<'a, S> {
     io: tokio::io::WriteHalf<&'a mut S>,
     role: Role,
+    torn: &'a mut bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WriteHalf<'_, S> {
     pub(crate) async fn send_text(&mut self, text: &str) -> Result<(), WsError> {
-        write_frame(&mut self.io, self.role, TEXT, text.as_bytes()).await
+        let bytes = text.as_bytes();
+        write_whole(self.torn, &mut self.io, self.role, TEXT, bytes).await
     }
 
     /// Answers a ping (at most 125 bytes are echoed).
     pub(crate) async fn pong(&mut self, payload: &[u8]) -> Result<(), WsError> {
         let payload = &payload[..payload.len().min(MAX_CONTROL)];
-        write_frame(&mut self.io, self.role, PONG, payload).await
+        write_whole(self.torn, &mut self.io, self.role, PONG, payload).await
     }
+}
+
+/// Writes one frame unless an earlier one was cut off; `torn` stays set
+/// if this one is (its future dropped before the end).
+async fn write_whole<W: AsyncWrite + Unpin>(
+    torn: &mut bool,
+    io: &mut W,
+    role: Role,
+    opcode: u8,
+    payload: &[u8],
+) -> Result<(), WsError> {
+    if *torn {
+        return Err(WsError::Protocol("an earlier frame was cut off mid-write"));
+    }
+    *torn = true;
+    write_frame(io, role, opcode, payload).await?;
+    *torn = false;
+    Ok(())
 }
 
 /// Writes one unfragmented frame and flushes it.
@@ -987,6 +1020,26 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn nothing_follows_a_frame_cut_off_mid_write() {
+        let (mut peer, io) = duplex(1024);
+        let mut ws = server(io);
+        let big = "z".repeat(10_000);
+        let cut = tokio::time::timeout(Duration::from_millis(100), ws.send_text(&big)).await;
+        assert!(cut.is_err(), "the pipe holds 1 KiB: the write waits");
+        assert!(ws.send_text("after").await.is_err());
+        tokio::time::timeout(WAIT, ws.close())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(WAIT, peer.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), 1024, "the cut frame's start, and no close frame");
     }
 
     #[tokio::test]
