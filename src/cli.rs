@@ -306,6 +306,14 @@ pub struct NodeArgs {
     /// (a peer that stops reading is disconnected).
     #[arg(long, default_value_t = 20)]
     pub write_timeout_secs: u64,
+    /// Seconds a frame may take to arrive once its first bytes have (a peer
+    /// trickling a frame cannot hold its buffer for good).
+    #[arg(long, default_value_t = 30)]
+    pub frame_timeout_secs: u64,
+    /// Bytes of answers a user connection may leave unread in its queue;
+    /// more closes it with QUOTA_EXCEEDED (content is sent again after).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub user_queue_bytes: usize,
     /// Connections the node holds at once from all addresses; more are
     /// refused (RATE_LIMITED).
     #[arg(long, default_value_t = crate::node::MAX_CONNS)]

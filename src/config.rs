@@ -90,6 +90,8 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig, ConfigError> {
             hello_timeout: Duration::from_secs(args.hello_timeout_secs.max(1)),
             write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
             max_conns: args.max_conns.max(1),
+            frame_timeout: Duration::from_secs(args.frame_timeout_secs.max(1)),
+            user_queue_bytes: args.user_queue_bytes,
         },
         metrics: args.metrics,
         tls,

@@ -5,9 +5,12 @@
 //! or told why it is refused and closed. A plain HTTP request in place of
 //! the WebSocket upgrade gets the browser client (`web`) unless `--web off`
 //! (or a 503 when its address is over its cap, like a WebSocket from it).
+//! An "address" is what one party can cheaply hold many of: an IPv4
+//! address, or an IPv6 /64 (a single host is commonly given a whole /64);
+//! an IPv4-mapped IPv6 address counts as its IPv4 address.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +38,22 @@ pub(crate) struct Acceptor {
 /// Connections from one address that is over `--max-conns-per-ip` told
 /// so at once; more are dropped without a word.
 const REFUSING_PER_IP: usize = 16;
+
+/// The address a connection counts against in the per-address caps (and
+/// the registration rate): IPv4 as is, IPv6 by its /64, IPv4-mapped IPv6
+/// as the IPv4 address.
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
 
 /// Connections open, in all and per IP address; a slot is given back when
 /// dropped.
@@ -137,7 +156,7 @@ pub(crate) async fn serve(
             () = super::stop_requested(&mut door) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let slot = match slots.take(peer.ip(), &acceptor.ctx.limits) {
+                    let slot = match slots.take(address_key(peer.ip()), &acceptor.ctx.limits) {
                         Ok(slot) => Ok(slot),
                         Err(NoSlot::Full) => {
                             // Not even a handshake: at the cap, each refusal
@@ -151,7 +170,7 @@ pub(crate) async fn serve(
                     };
                     let conn = acceptor.next_conn.fetch_add(1, Ordering::Relaxed);
                     let mut ctx = acceptor.ctx.clone();
-                    ctx.peer_ip = Some(peer.ip());
+                    ctx.peer_ip = Some(address_key(peer.ip()));
                     conns.spawn(accept_one(stream, peer, slot, conn, ctx, acceptor.tls.clone(), acceptor.web));
                 }
                 Err(e) => {
@@ -299,6 +318,34 @@ mod tests {
         let second = slots.take(other, &limits);
         assert!(second.is_ok(), "a slot was not given back");
         drop(first);
+    }
+
+    #[test]
+    fn ipv6_counts_by_its_slash_64_and_mapped_ipv4_as_ipv4() {
+        let key = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:eeee:dddd:cccc")
+        );
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        // One /64 is one address for the cap.
+        let limits = Limits {
+            max_conns_per_ip: 2,
+            ..Default::default()
+        };
+        let slots = Slots::default();
+        let held: Vec<Slot> = ["2001:db8::1", "2001:db8::2"]
+            .iter()
+            .map(|a| slots.take(key(a), &limits).ok().unwrap())
+            .collect();
+        assert!(matches!(
+            slots.take(key("2001:db8::3"), &limits),
+            Err(NoSlot::Address(_))
+        ));
+        assert!(slots.take(key("2001:db8:0:1::3"), &limits).is_ok());
+        drop(held);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::wire::now_ms;
 /// Events the hub consumes.
 pub(crate) enum HubEvent {
     /// A connection's queue, before its hello is delivered.
-    Register(ConnId, mpsc::Sender<ConnCmd>),
+    Register(ConnId, super::conn::SendQueue),
     Unregister(ConnId),
     Input(Box<Input>),
     Status(oneshot::Sender<Status>),
@@ -170,7 +170,7 @@ struct Hub {
     router: Router,
     writer: Writer,
     /// The connections' queues, by connection.
-    conns: HashMap<ConnId, mpsc::Sender<ConnCmd>>,
+    conns: HashMap<ConnId, super::conn::SendQueue>,
     slow_disconnects: u64,
     timers: Timers,
     /// Set at shutdown: answered once no connection is left.
@@ -342,7 +342,7 @@ fn reread_admitted(router: &mut Router) {
 }
 
 /// Sends one batched `ACK` per connection.
-fn send_acks(conns: &HashMap<ConnId, mpsc::Sender<ConnCmd>>, acks: Vec<PendingAck>) {
+fn send_acks(conns: &HashMap<ConnId, super::conn::SendQueue>, acks: Vec<PendingAck>) {
     let mut by_conn: HashMap<ConnId, (String, Vec<String>)> = HashMap::new();
     for PendingAck { conn, to, msg_id } in acks {
         by_conn
@@ -422,13 +422,13 @@ mod tests {
     async fn shutdown_closes_every_connection_and_answers_when_none_is_left() {
         let (_dir, hub, task) = start();
         let (q1, mut r1) = mpsc::channel(8);
-        hub.send(HubEvent::Register(1, q1)).await.unwrap();
+        hub.send(HubEvent::Register(1, q1.into())).await.unwrap();
         let (done, mut closed) = oneshot::channel();
         hub.send(HubEvent::Shutdown(done)).await.unwrap();
         assert!(matches!(next(&mut r1).await, Some(ConnCmd::Close)));
         // A connection that registers meanwhile (a redial) is closed at once.
         let (q2, mut r2) = mpsc::channel(8);
-        hub.send(HubEvent::Register(2, q2)).await.unwrap();
+        hub.send(HubEvent::Register(2, q2.into())).await.unwrap();
         assert!(matches!(next(&mut r2).await, Some(ConnCmd::Close)));
         hub.send(HubEvent::Unregister(1)).await.unwrap();
         // Not answered while connection 2 is open.

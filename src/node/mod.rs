@@ -99,6 +99,12 @@ pub struct Limits {
     /// Connections the node holds at once, all addresses together
     /// (handshakes included).
     pub max_conns: usize,
+    /// A frame (or a fragmented message) whose first bytes arrived must be
+    /// complete within this time, or the connection is closed.
+    pub frame_timeout: std::time::Duration,
+    /// Bytes of answers one user connection may have waiting to be written;
+    /// more closes it (`conn::SendQueue`).
+    pub user_queue_bytes: usize,
 }
 
 /// Default for `--max-conns`.
@@ -110,6 +116,8 @@ impl Default for Limits {
             hello_timeout: conn::HELLO_TIMEOUT,
             write_timeout: conn::WRITE_TIMEOUT,
             max_conns: MAX_CONNS,
+            frame_timeout: conn::FRAME_TIMEOUT,
+            user_queue_bytes: conn::USER_QUEUE_BYTES,
             user_rate: 1000.0,
             user_burst: 2000.0,
             max_conns_per_ip: 256,

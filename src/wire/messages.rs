@@ -79,6 +79,14 @@ macro_rules! catalogue {
                 }
             }
 
+            /// Bytes of the payload as JSON, counted without building it
+            /// (what a queued frame will cost to send).
+            pub fn json_len(&self) -> usize {
+                match self {
+                    $(Message::$variant(p) => super::size::json_len(p),)*
+                }
+            }
+
             /// The fields of the payload this version does not know.
             pub fn extra_mut(&mut self) -> &mut Extra {
                 match self {

@@ -2,13 +2,15 @@
 //! the hello (`hello.rs`), registers its bounded queue with the hub, then
 //! runs a reader (`reader.rs`: authentication, content limits, typing) and
 //! a writer (`writer.rs`: signing or MACs, heartbeats, the write timeout)
-//! side by side until either ends or the node shuts down. How frames are
+//! side by side until either ends or the node shuts down. Its queue is
+//! `queue.rs` (bounded in frames, and a user's in bytes). How frames are
 //! authenticated each way is `auth.rs`; RSA work runs on the blocking pool,
 //! never on the reactor.
 
 mod auth;
 mod hello;
 mod limits;
+mod queue;
 mod reader;
 mod writer;
 mod ws;
@@ -31,7 +33,10 @@ use crate::wire::{ErrorCode, MAX_FRAME_BYTES, ids};
 
 pub(crate) use auth::Auth;
 pub(crate) use hello::check_link_hello;
+pub use queue::USER_QUEUE_BYTES;
+pub(crate) use queue::{QueueRx, SendQueue};
 pub(crate) use writer::sign;
+pub use ws::FRAME_TIMEOUT;
 pub(crate) use ws::{WsConn, WsError};
 
 /// A connection must say hello within this time.
@@ -53,6 +58,9 @@ const LAST_WORDS: usize = 8;
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Size of tungstenite's buffers during a handshake (freed once it is done).
 const WS_BUFFER: usize = 4096;
+/// Pings a peer may send before its hello (each answered at once, outside
+/// any rate); more closes the connection.
+const PINGS_BEFORE_HELLO: usize = 16;
 
 /// WebSocket settings for the handshakes (PROTOCOL.md C8); the frames after
 /// them are `ws.rs`, held to [`MAX_FRAME_BYTES`].
@@ -137,7 +145,8 @@ pub(crate) struct ConnCtx {
     pub mac: bool,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
-    /// The peer's IP address, on an accepted connection.
+    /// The peer's address as the per-address limits count it (an IPv6
+    /// address by its /64: `accept::address_key`), on an accepted connection.
     pub peer_ip: Option<std::net::IpAddr>,
 }
 
@@ -177,22 +186,29 @@ pub(crate) async fn next_text<S>(ws: &mut WsConn<S>) -> Option<Result<String, Ws
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut pings = 0;
     loop {
         match ws.next().await? {
             Ok(ws::Incoming::Text(t)) => return Some(Ok(t)),
             Ok(ws::Incoming::Close) => return None,
+            Ok(ws::Incoming::Pong) => {}
             Ok(ws::Incoming::Binary) => {
                 return Some(Err(WsError::Protocol(
                     "binary frames are not SOCP; send JSON text frames",
                 )));
             }
             Ok(ws::Incoming::Ping(p)) => {
-                let pong = ws.pong(&p);
-                if let Err(e) = tokio::time::timeout(CLOSE_GRACE, pong)
-                    .await
-                    .unwrap_or(Ok(()))
-                {
-                    return Some(Err(e));
+                pings += 1;
+                if pings > PINGS_BEFORE_HELLO {
+                    return Some(Err(WsError::Protocol("too many pings before the hello")));
+                }
+                // A pong cut off by the timeout would leave half a frame on
+                // the wire: the connection ends there.
+                let pong = tokio::time::timeout(CLOSE_GRACE, ws.pong(&p)).await;
+                match pong {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Some(Err(e)),
+                    Err(_) => return Some(Err(WsError::Io(std::io::ErrorKind::TimedOut.into()))),
                 }
             }
             Err(e) => return Some(Err(e)),
@@ -242,6 +258,7 @@ where
     // accepted, where inline they would size the connection's task for its
     // whole life (about 1 KiB of an idle connection; see DESIGN.md, "Memory
     // per idle connection").
+    ws.set_frame_timeout(ctx.limits.frame_timeout);
     let Some((input, peer, auth)) = Box::pin(first_frame(ws, conn, ctx)).await else {
         return;
     };
@@ -265,7 +282,12 @@ where
             refuse(ws, ctx, ids::TO_USER, ErrorCode::TooLarge, &e.to_string()).await;
             return None;
         }
-        Ok(_) => return None,
+        // The close says what was wrong (RFC 6455 7.4.1).
+        Ok(Some(Err(WsError::Io(_)))) | Ok(None) => return None,
+        Ok(Some(Err(_))) => {
+            close_quietly(ws).await;
+            return None;
+        }
         Err(_) => {
             let detail = "no hello within 10 s";
             refuse(ws, ctx, ids::TO_USER, ErrorCode::Timeout, detail).await;
@@ -310,12 +332,12 @@ pub(crate) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let capacity = if peer.is_link() {
-        LINK_SEND_QUEUE
+    ws.set_frame_timeout(ctx.limits.frame_timeout);
+    let (tx, mut rx) = if peer.is_link() {
+        queue::queue(LINK_SEND_QUEUE, None)
     } else {
-        SEND_QUEUE
+        queue::queue(SEND_QUEUE, Some(ctx.limits.user_queue_bytes))
     };
-    let (tx, mut rx) = mpsc::channel(capacity);
     // The reader's answers to the peer's own frames (errors) go out through
     // the same queue as the hub's; it holds it weakly, so that when the hub
     // drops the queue (a slow peer) the connection still ends.
@@ -356,15 +378,29 @@ pub(crate) async fn run<S>(
 }
 
 /// An error that ended the reading (an oversized frame, say) still goes
-/// out, with a few frames queued before it; then the close.
+/// out, with a few frames queued before it; then the close. A user whose
+/// answers piled up past its byte budget is told so, and what is queued
+/// is dropped (custody sends its content again).
 async fn say_last_words<S>(
     ws: &mut WsConn<S>,
     ctx: &ConnCtx,
-    rx: &mut mpsc::Receiver<ConnCmd>,
+    rx: &mut QueueRx,
     sealer: &mut auth::Sealer,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if let (true, Some(max)) = (rx.overflowed(), rx.max_bytes()) {
+        ctx.metrics.refused(ErrorCode::QuotaExceeded.as_str());
+        let detail = format!(
+            "closing: more than {max} bytes of answers were waiting for this connection to read them; read faster or ask for less (messages for you are sent again when you reconnect)"
+        );
+        let error = ErrorBody::new(ErrorCode::QuotaExceeded, &detail);
+        let out = Outgoing::new(ids::TO_USER, Message::Error(error));
+        if let Some(text) = writer::seal(ctx, sealer, out).await {
+            let _ = tokio::time::timeout(CLOSE_GRACE, ws.send_text(&text)).await;
+        }
+        return close_quietly(ws).await;
+    }
     for _ in 0..LAST_WORDS {
         let Ok(ConnCmd::Frame(out)) = rx.try_recv() else {
             break;

@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 
 use super::auth::Checker;
 use super::limits::{MAX_RELAYED_FRAME_BYTES, check_content};
+use super::queue::WeakQueue;
 use super::ws::{Incoming, ReadHalf, WsError};
 use super::{ConnCmd, ConnCtx, LINK_SILENCE, Peer};
 use crate::node::router::{ConnId, Input, Outgoing};
@@ -45,7 +45,7 @@ struct Reader<'a> {
     checker: Checker,
     /// The connection's queue, held weakly, so that when the hub drops it
     /// (a slow peer) the connection still ends.
-    replies: mpsc::WeakSender<ConnCmd>,
+    replies: WeakQueue,
     bucket: Bucket,
     last_rate_reply: Option<Instant>,
 }
@@ -57,7 +57,7 @@ pub(super) async fn read_frames<S>(
     ctx: &ConnCtx,
     peer: &Peer,
     checker: Checker,
-    replies: mpsc::WeakSender<ConnCmd>,
+    replies: WeakQueue,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -75,7 +75,15 @@ pub(super) async fn read_frames<S>(
             Read::Text(text) => text,
             Read::Skip => continue,
             Read::Refused(code, detail) => {
-                r.reply(code, detail, None);
+                // Counted like any frame: each answer may cost a signature.
+                let verdict = if r.peer.is_link() || r.bucket.take() {
+                    Verdict::Reply(code, detail.to_owned())
+                } else {
+                    r.over_rate_unparsed()
+                };
+                if !r.carry_out(verdict) {
+                    return;
+                }
                 continue;
             }
             Read::End => return,
@@ -120,11 +128,27 @@ impl Reader<'_> {
                 "binary frames are not SOCP; send JSON text frames",
             ),
             Some(Ok(Incoming::Ping(payload))) => {
-                // Answered by the writer, behind what is queued before it.
-                if let Some(q) = self.replies.upgrade() {
-                    let _ = q.try_send(ConnCmd::Pong(Box::new(payload)));
+                // A user's pings count in its frame rate (each costs a
+                // pong); over it, they go unanswered.
+                if self.peer.is_link() || self.bucket.take() {
+                    // Answered by the writer, behind what is queued before it.
+                    self.replies.try_send(ConnCmd::Pong(Box::new(payload)));
+                } else {
+                    self.ctx.metrics.refused("ping");
                 }
                 Read::Skip
+            }
+            Some(Ok(Incoming::Pong)) => {
+                if !self.peer.is_link() {
+                    let _ = self.bucket.take();
+                }
+                Read::Skip
+            }
+            Some(Err(e @ WsError::FrameTimeout(_))) => {
+                tracing::info!(conn, error = %e, "a frame arrived too slowly; closing");
+                let detail = format!("{e}; a frame must arrive in full within that time");
+                self.reply(ErrorCode::Timeout, &detail, None);
+                Read::End
             }
             Some(Err(e @ WsError::TooLarge { .. })) => {
                 tracing::warn!(conn, error = %e, "oversized frame; closing");
@@ -143,11 +167,7 @@ impl Reader<'_> {
             self.peer.id(),
             Message::Error(error),
         )));
-        if self
-            .replies
-            .upgrade()
-            .is_none_or(|q| q.try_send(frame).is_err())
-        {
+        if !self.replies.try_send(frame) {
             tracing::debug!(
                 conn = self.conn,
                 "send queue full or closed; an error reply was dropped"
@@ -200,6 +220,17 @@ impl Reader<'_> {
         if !in_step {
             return Verdict::Stop;
         }
+        Verdict::Reply(
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} frames per second; this one was dropped, slow down",
+                self.ctx.limits.user_rate
+            ),
+        )
+    }
+
+    /// A frame refused before parsing (binary), over the user's rate.
+    fn over_rate_unparsed(&self) -> Verdict {
         Verdict::Reply(
             ErrorCode::RateLimited,
             format!(

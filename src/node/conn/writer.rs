@@ -10,9 +10,9 @@ use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 
 use super::auth::{Sealer, Stamp};
+use super::queue::QueueRx;
 use super::ws::WriteHalf;
 use super::{ConnCmd, ConnCtx, HEARTBEAT_EVERY};
 use crate::crypto::PrivateKey;
@@ -98,7 +98,7 @@ pub(super) async fn write_frames<S>(
     sink: &mut WriteHalf<'_, S>,
     conn: ConnId,
     ctx: &ConnCtx,
-    rx: &mut mpsc::Receiver<ConnCmd>,
+    rx: &mut QueueRx,
     sealer: &mut Sealer,
     is_link: bool,
 ) where
@@ -131,6 +131,15 @@ pub(super) async fn write_frames<S>(
             cmd = rx.recv(), if !w.closing && w.signing.len() < SIGNING_AHEAD => Next::Cmd(cmd),
             _ = tick(&mut heartbeat) => Next::Heartbeat,
         };
+        if rx.overflowed() {
+            // A user over its byte budget: what is queued is dropped and
+            // the connection told why (`say_last_words`).
+            tracing::warn!(
+                conn,
+                "answers waiting over the byte budget: closing the slow user"
+            );
+            return;
+        }
         // Boxed: sending (signing, the write under its timeout) is most of
         // this future's state, and an idle connection is not sending.
         let ok = Box::pin(w.act(next, rx)).await;
@@ -146,7 +155,7 @@ where
 {
     /// Carries out what the writer does next; false if the connection
     /// should close.
-    async fn act(&mut self, next: Next, rx: &mut mpsc::Receiver<ConnCmd>) -> bool {
+    async fn act(&mut self, next: Next, rx: &mut QueueRx) -> bool {
         let w = self;
         match next {
             Next::Signed(Some(text)) => w.write(text).await,
@@ -278,7 +287,7 @@ fn mergeable(out: &Outgoing, next: &Outgoing) -> bool {
 /// frame, one signature where frames are RSA-signed. Returns the first
 /// command that cannot be folded, to be handled next: only later ids move
 /// ahead of other frames, and those frames keep their order.
-fn merge_acks(mut out: Outgoing, rx: &mut mpsc::Receiver<ConnCmd>) -> (Outgoing, Option<ConnCmd>) {
+fn merge_acks(mut out: Outgoing, rx: &mut QueueRx) -> (Outgoing, Option<ConnCmd>) {
     loop {
         if ids_of(&mut out).is_none_or(|ids| ids.len() >= MERGED_IDS) {
             return (out, None);
@@ -324,7 +333,7 @@ mod tests {
 
     #[test]
     fn queued_acks_merge_and_other_frames_keep_their_order() {
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = super::super::queue::queue(8, None);
         for cmd in [ack(&["b"]), ack(&["c"]), ConnCmd::Close, ack(&["d"])] {
             tx.try_send(cmd).unwrap();
         }
@@ -347,7 +356,7 @@ mod tests {
 
     #[test]
     fn receipts_merge_only_for_the_same_user_and_status() {
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = super::super::queue::queue(8, None);
         for cmd in [
             receipt("alice", "delivered", &["b"]),
             receipt("alice", "queued", &["c"]),
@@ -365,7 +374,7 @@ mod tests {
 
     #[test]
     fn other_frames_are_not_merged() {
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = super::super::queue::queue(8, None);
         tx.try_send(ack(&["b"])).unwrap();
         let out = Outgoing::new("alice", Message::Heartbeat(Empty::default()));
         let (same, next) = merge_acks(out, &mut rx);
