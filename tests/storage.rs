@@ -3,7 +3,7 @@
 //! sender is told `STORAGE`, a resend once there is room is written and
 //! acknowledged, and after kill -9 every acknowledged DM is delivered; a
 //! registration made while the disk is full does not leave a session on an
-//! unpinned id.
+//! unpinned id (and one that the write-ahead log had room for is pinned).
 //!
 //! The filesystem is a small tmpfs (tests run as root here and in CI); where
 //! mounting is impossible the tests say so and return.
@@ -190,6 +190,37 @@ async fn a_registration_on_a_full_disk_is_refused_and_pinned_once_there_is_room(
     master.kill9();
     master.restart().unwrap();
     // Pinned: another key for the same id is refused after a kill -9.
+    match Session::connect(&master.url(), "dave", user_key("erin")).await {
+        Err(SessionError::Refused { code, .. }) => assert_eq!(code, "BAD_KEY"),
+        Err(e) => panic!("unexpected failure {e}"),
+        Ok(_) => panic!("dave's id took another key after a restart: the pin was lost"),
+    }
+}
+
+/// The other side of the test above: SQLite writes a log that a checkpoint
+/// has folded back again from its start, over pages the file holds, so a
+/// pin that fits there is written on a full disk. Then the session stands,
+/// and it must be because the pin is on disk: it survives kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_written_into_the_logs_room_on_a_full_disk_stands_and_survives_kill_9() {
+    let Some(fs) = Tmpfs::mount("4m") else {
+        return;
+    };
+    let mut master = start_node(fs.path().join("m"), "master", "server-0", &[]);
+    connect(&master.url(), "alice").await.close().await;
+    let db = master.dir.join("node.sqlite");
+    let filler = fs.fill_with_wal_room(&db);
+
+    let dave = connect(&master.url(), "dave").await;
+    let pinned = wait_until(|| async { pinned_key(&db, "dave").is_some() }).await;
+    assert!(
+        pinned,
+        "dave was welcomed on a full disk and his key never written"
+    );
+    dave.close().await;
+    master.kill9();
+    std::fs::remove_file(&filler).unwrap();
+    master.restart().unwrap();
     match Session::connect(&master.url(), "dave", user_key("erin")).await {
         Err(SessionError::Refused { code, .. }) => assert_eq!(code, "BAD_KEY"),
         Err(e) => panic!("unexpected failure {e}"),

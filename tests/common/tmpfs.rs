@@ -59,9 +59,18 @@ impl Tmpfs {
 /// moves pages, never changes what the database holds). Whether it worked
 /// is read off the log's size.
 fn truncate_wal(db: &Path) {
+    checkpoint(db, "TRUNCATE");
+}
+
+/// Runs `PRAGMA wal_checkpoint(MODE)` on `db`; returns whether it folded
+/// the whole log back.
+fn checkpoint(db: &Path, mode: &str) -> bool {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .is_ok_and(|busy| busy == 0)
 }
 
 impl Tmpfs {
@@ -91,6 +100,14 @@ impl Tmpfs {
             "the write-ahead log of {} never stayed empty while the disk filled",
             db.display()
         );
+    }
+
+    /// Fills the filesystem after folding the whole write-ahead log of `db`
+    /// back (`wal_checkpoint(RESTART)`): the log keeps its pages, and the
+    /// node's next commit is written over them from the log's start.
+    pub fn fill_with_wal_room(&self, db: &Path) -> PathBuf {
+        assert!(checkpoint(db, "RESTART"), "the log was not folded back");
+        self.fill()
     }
 }
 
