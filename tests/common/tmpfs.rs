@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A tmpfs of a few MiB, unmounted on drop.
 pub struct Tmpfs {
@@ -37,14 +38,76 @@ impl Tmpfs {
         self.dir.path()
     }
 
-    /// Writes a filler file until the filesystem is full.
+    /// Writes to the filler file (appending, so a second call tops it up)
+    /// until the filesystem is full.
     pub fn fill(&self) -> PathBuf {
         let path = self.path().join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
         let chunk = vec![0u8; 4096];
         while f.write_all(&chunk).is_ok() {}
         let _ = f.sync_all();
         path
+    }
+}
+
+/// Folds the write-ahead log of `db` (open in a running node) into the
+/// database and truncates it to nothing (`wal_checkpoint(TRUNCATE)`, which
+/// moves pages, never changes what the database holds). Whether it worked
+/// is read off the log's size.
+fn truncate_wal(db: &Path) {
+    checkpoint(db, "TRUNCATE");
+}
+
+/// Runs `PRAGMA wal_checkpoint(MODE)` on `db`; returns whether it folded
+/// the whole log back.
+fn checkpoint(db: &Path, mode: &str) -> bool {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .is_ok_and(|busy| busy == 0)
+}
+
+impl Tmpfs {
+    /// Fills the filesystem with the write-ahead log of the node database
+    /// `db` empty, so that the node's next commit needs new space and fails.
+    ///
+    /// `fill` alone is not enough for that: once a checkpoint has folded the
+    /// whole log back, SQLite writes the log again from its start, over
+    /// pages the file already holds, and a commit that fits in them is
+    /// written (and durable) on a full disk. A commit needs a header and a
+    /// 4 KiB page frame, more than the one page an empty log can have
+    /// gained from a write that failed.
+    pub fn fill_with_empty_wal(&self, db: &Path) -> PathBuf {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        for _ in 0..20 {
+            truncate_wal(db);
+            let filler = self.fill();
+            if std::fs::metadata(&wal).map_or(0, |m| m.len()) == 0 {
+                return filler;
+            }
+            // The node wrote (or checkpointed) in between: room, and again.
+            std::fs::remove_file(&filler).unwrap();
+        }
+        panic!(
+            "the write-ahead log of {} never stayed empty while the disk filled",
+            db.display()
+        );
+    }
+
+    /// Fills the filesystem after folding the whole write-ahead log of `db`
+    /// back (`wal_checkpoint(RESTART)`): the log keeps its pages, and the
+    /// node's next commit is written over them from the log's start.
+    pub fn fill_with_wal_room(&self, db: &Path) -> PathBuf {
+        assert!(checkpoint(db, "RESTART"), "the log was not folded back");
+        self.fill()
     }
 }
 
