@@ -82,5 +82,7 @@ async fn an_announced_server_that_never_answers_is_given_up_until_announced_agai
     // Announced again (it linked to the master again): dialed again.
     let mut again = link_announcing(&master.url(), &url, &key).await;
     let resumed = wait_dials(&mut again, &key, &dials, max + 1, Duration::from_secs(15)).await;
-    assert_eq!(resumed, max + 1, "a new announce starts a new dialer");
+    // (It may dial more than once before the next look: its first
+    // retries come sooner than the 1 s between looks.)
+    assert!(resumed > max, "a new announce starts a new dialer");
 }

@@ -152,8 +152,8 @@ fn check_signed_hello(
             "a signed hello needs ts (Unix ms)",
         ));
     };
-    let skew = (now - ts).abs();
-    if skew > HELLO_FRESHNESS_MS {
+    let skew = now.abs_diff(ts);
+    if skew > HELLO_FRESHNESS_MS as u64 {
         return Err(Refusal::new(
             ErrorCode::InvalidSig,
             format!(

@@ -258,7 +258,7 @@ impl Router {
                 // long ago, and the policy and the server's rate apply.
                 if let Some(proof) = &r.proof {
                     let ts = proof.payload.get("ts").and_then(Value::as_i64).unwrap_or(0);
-                    if (self.now - ts).abs() > HELLO_FRESHNESS_MS {
+                    if self.now.abs_diff(ts) > HELLO_FRESHNESS_MS as u64 {
                         return refuse(
                             self,
                             ErrorCode::InvalidSig,

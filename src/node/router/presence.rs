@@ -149,7 +149,7 @@ impl Router {
             Some(_) => Err("proof belongs to another server"),
             None => {
                 let ts = proof.payload.get("ts").and_then(Value::as_i64).unwrap_or(0);
-                if (self.now - ts).abs() > HELLO_FRESHNESS_MS {
+                if self.now.abs_diff(ts) > HELLO_FRESHNESS_MS as u64 {
                     return Err("stale proof");
                 }
                 self.own_proof(digest, server, &p.user_id);
@@ -222,7 +222,7 @@ impl Router {
             return Err("proof is not signed with the directory key");
         }
         let ts = proof.payload.get("ts").and_then(Value::as_i64).unwrap_or(0);
-        let fresh = (self.now - ts).abs() <= HELLO_FRESHNESS_MS;
+        let fresh = self.now.abs_diff(ts) <= HELLO_FRESHNESS_MS as u64;
         let digest = proof_digest(proof);
         let held = self.presence.get(&p.user_id).is_some_and(|r| {
             r.location == p.location && r.proof.as_ref().map(proof_digest) == Some(digest)

@@ -73,7 +73,7 @@ impl Router {
                 "link hello ts must be Unix ms",
             ));
         };
-        if (self.now - ts).abs() > HELLO_FRESHNESS_MS {
+        if self.now.abs_diff(ts) > HELLO_FRESHNESS_MS as u64 {
             tracing::warn!(server = %hello.server_id, skew_ms = self.now - ts, "refused link: its hello is not fresh");
             return Some(NoLink::Refuse(
                 ErrorCode::InvalidSig,

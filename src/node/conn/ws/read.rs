@@ -180,11 +180,21 @@ impl FrameReader {
             (CONTINUATION, None) => return Err(WsError::Protocol("continuation of nothing")),
             _ => return Err(WsError::Protocol("unknown opcode")),
         };
-        if so_far + len > self.max as u64 {
-            return Err(WsError::TooLarge {
-                size: so_far + len,
-                max: self.max,
-            });
+        // RFC 6455 5.2: a 64-bit length has its top bit clear. Checked
+        // sums: a length near u64::MAX must not wrap past the limit.
+        if len >> 63 != 0 {
+            return Err(WsError::Protocol(
+                "64-bit frame length with the top bit set",
+            ));
+        }
+        match so_far.checked_add(len) {
+            Some(total) if total <= self.max as u64 => {}
+            total => {
+                return Err(WsError::TooLarge {
+                    size: total.unwrap_or(u64::MAX),
+                    max: self.max,
+                });
+            }
         }
         let mask = if masked {
             if b.len() < size + 4 {

@@ -362,3 +362,30 @@ fn the_recorder_keeps_what_follows_the_http_head() {
     assert!(r.tail.is_empty());
     assert_eq!(r.matched, 4);
 }
+
+/// A client's continuation header claiming a length (masked, 64-bit).
+fn continuation_header(len: u64) -> Vec<u8> {
+    let mut out = vec![CONTINUATION, 0x80 | 127];
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[1, 2, 3, 4]);
+    out
+}
+
+#[tokio::test]
+async fn a_length_that_would_wrap_the_sum_is_refused() {
+    // A started message, then a continuation whose 64-bit length is near
+    // u64::MAX: the sum with what was held must not wrap under the limit
+    // (it did: the frame was then held as it arrived, or the read panicked).
+    for (len, protocol) in [(u64::MAX - 50, true), ((1u64 << 63) - 10, false)] {
+        let mut bytes = client_frame(false, TEXT, &[b'a'; 100]);
+        bytes.extend_from_slice(&continuation_header(len));
+        let (mut peer, io) = duplex(4096);
+        let mut ws = server(io);
+        peer.write_all(&bytes).await.unwrap();
+        match next(&mut ws).await {
+            Some(Err(WsError::Protocol(_))) => assert!(protocol, "len {len}"),
+            Some(Err(WsError::TooLarge { .. })) => assert!(!protocol, "len {len}"),
+            other => panic!("len {len}: {other:?}"),
+        }
+    }
+}
