@@ -37,18 +37,22 @@ pub(super) struct Held {
 pub(super) type HeldLinks = HashMap<ConnId, Held>;
 
 impl Router {
-    /// True if `hello` is held rather than taken now: we accepted it, it
-    /// has a session, and it would replace a live link.
+    /// True if `hello` is held rather than taken now: we accepted it and it
+    /// has a session. Also when no link is live: a `socp` hello the dialer
+    /// sent before it knew our id names no `to`, and the master hands it to
+    /// every local (`PEER_ANNOUNCE`), so within its freshness anyone holding
+    /// it could otherwise take the server's place here before the real one
+    /// dials (review finding).
     pub(super) fn hold_link(&mut self, hello: &LinkHelloIn) -> bool {
         if hello.dialed || hello.session.is_none() {
             return false;
         }
-        let Some(old) = self.links.get(&hello.server_id) else {
-            return false;
-        };
         // A crossed duplicate the tie-break closes is not held.
         let me = self.cfg.me.as_str();
-        if old.dialed && hello.server_id.as_str() > me {
+        if let Some(old) = self.links.get(&hello.server_id)
+            && old.dialed
+            && hello.server_id.as_str() > me
+        {
             return false;
         }
         let mut mine: Vec<(i64, ConnId)> = self
@@ -68,7 +72,7 @@ impl Router {
             req_id: timer.clone(),
             after: LINK_HOLD,
         });
-        tracing::info!(server = %hello.server_id, conn = hello.conn, "second link held until it proves its key");
+        tracing::info!(server = %hello.server_id, conn = hello.conn, "link held until it proves its key");
         self.held.insert(
             hello.conn,
             Held {

@@ -81,11 +81,35 @@ fn a_socp_link_hello_is_taken_once_fresh_and_only_by_the_server_it_names() {
     assert_eq!(link_conn(&r), Some(5));
 }
 
+/// L1 linked on `conn` with a session: its hello, then its first frame.
+fn linked_with_session(r: &mut Router, conn: ConnId, now: i64) {
+    r.step(now, socp_hello(conn, now, None, &format!("s{conn}"), true));
+    r.step(now, heartbeat(conn));
+    assert_eq!(link_conn(r), Some(conn));
+}
+
+#[test]
+fn a_first_link_with_a_session_is_held_until_its_first_frame() {
+    // A hello without `to` (the dialer did not know our id yet) that the
+    // master announced: replayed here within its freshness, it must not
+    // take the server's place before the real one links (review finding).
+    let mut r = router(true);
+    let out = r.step(1_000, socp_hello(1, 1_000, None, "s1", true));
+    assert!(
+        sends(&out)
+            .iter()
+            .any(|s| s.0 == 1 && s.1 == Kind::PeerHelloLink)
+    );
+    assert_eq!(link_conn(&r), None, "not a link before it proves its key");
+    let out = r.step(1_100, heartbeat(1));
+    assert!(closes(&out).is_empty());
+    assert_eq!(link_conn(&r), Some(1));
+}
+
 #[test]
 fn a_second_link_with_a_session_is_held_until_its_first_frame() {
     let mut r = router(true);
-    r.step(1_000, socp_hello(1, 1_000, None, "s1", true));
-    assert_eq!(link_conn(&r), Some(1));
+    linked_with_session(&mut r, 1, 1_000);
     let out = r.step(2_000, socp_hello(2, 2_000, None, "s2", true));
     // Answered (so the real dialer gets its session), the old link kept.
     assert!(
@@ -104,7 +128,7 @@ fn a_second_link_with_a_session_is_held_until_its_first_frame() {
 #[test]
 fn a_held_link_that_proves_nothing_is_closed_and_the_live_one_kept() {
     let mut r = router(true);
-    r.step(1_000, socp_hello(1, 1_000, None, "s1", true));
+    linked_with_session(&mut r, 1, 1_000);
     let out = r.step(2_000, socp_hello(2, 2_000, None, "s2", true));
     let timer = out
         .iter()
@@ -127,7 +151,7 @@ fn a_held_link_that_proves_nothing_is_closed_and_the_live_one_kept() {
 #[test]
 fn held_links_per_server_are_bounded_and_close_with_their_connection() {
     let mut r = router(true);
-    r.step(1_000, socp_hello(1, 1_000, None, "s1", true));
+    linked_with_session(&mut r, 1, 1_000);
     r.step(1_001, socp_hello(2, 1_001, None, "s2", true));
     r.step(1_002, socp_hello(3, 1_002, None, "s3", true));
     let out = r.step(1_003, socp_hello(4, 1_003, None, "s4", true));
