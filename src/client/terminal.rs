@@ -196,7 +196,7 @@ impl TerminalFrontend {
                         self.paint(
                             "1;31",
                             &format!(
-                                "failed ({}): {to} could not decrypt it: their key may have changed; /dbget {who}, compare /fingerprint {who} with them, /trust {who}, then send it again",
+                                "failed ({}): {to} could not decrypt it (a file: it did not decrypt or did not match its signed manifest): their key may have changed; /dbget {who}, compare /fingerprint {who} with them, /trust {who}, then send it (or /file it) again",
                                 e(short(msg_id))
                             ),
                         )

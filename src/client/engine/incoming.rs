@@ -104,7 +104,11 @@ impl<F: Frontend> Engine<F> {
             });
             return self.ack_later(msg_id.as_deref());
         }
-        if self.content(env, msg).await {
+        let acked = self.content(env, msg).await;
+        // A failed file's report goes out now, well before its end's
+        // (delayed) `ACK`, as a DM's does.
+        self.send_file_reports().await;
+        if acked {
             self.ack_later(msg_id.as_deref());
         }
     }
