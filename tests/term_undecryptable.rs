@@ -137,6 +137,7 @@ async fn a_file_its_recipient_cannot_decrypt_is_shown_as_failed_in_json() {
     }
     assert_eq!(failed["status"], "undecryptable", "{failed}");
     assert_eq!(failed["to"], "bob", "{failed}");
+    assert_eq!(failed["file"], "report.bin", "{failed}");
     let e = bob.expect_json("bob's error", is("error")).await;
     assert_eq!(e["code"], "FILE", "{e}");
     alice.collect_for(Duration::from_millis(500)).await;

@@ -69,10 +69,12 @@ impl<F: Frontend> Engine<F> {
                 continue;
             }
             let to = self.sent.recipient(&msg_id).map(str::to_owned);
+            let file = self.flights.name_of(&msg_id);
             self.emit(Event::Delivery {
                 msg_id,
                 status: r.status.clone(),
                 to: to.clone(),
+                file,
             });
             // They could not open it: their key may have changed. Asked
             // at once, a changed key is announced (`key_changed`) and holds
