@@ -119,6 +119,36 @@ async fn a_dm_its_recipient_cannot_decrypt_is_shown_as_failed_in_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_its_recipient_cannot_decrypt_is_shown_as_failed_in_json() {
+    let mut mesh = bob_changes_key_while_alice_stays(&["--json"]).await;
+    let src = mesh._dir.path().join("report.bin");
+    std::fs::write(&src, vec![7u8; 200_000]).unwrap();
+    let (alice, bob) = (&mut mesh.alice, &mut mesh.bob);
+    alice.line(&format!("/file bob {}", src.display())).await;
+    let sent = alice.expect_json("file sent", is("sent")).await;
+    let id = sent["msg_id"].as_str().unwrap().to_owned();
+    let about = |id: String| move |e: &Value| e["event"] == "delivery" && e["msg_id"] == *id;
+    let failed = alice
+        .expect_json("the file's fate", about(id.clone()))
+        .await;
+    if failed["status"] != "undecryptable" {
+        bob.collect_for(Duration::from_millis(300)).await;
+        panic!("{failed}; bob saw {:#?}", bob.seen);
+    }
+    assert_eq!(failed["status"], "undecryptable", "{failed}");
+    assert_eq!(failed["to"], "bob", "{failed}");
+    assert_eq!(failed["file"], "report.bin", "{failed}");
+    let e = bob.expect_json("bob's error", is("error")).await;
+    assert_eq!(e["code"], "FILE", "{e}");
+    alice.collect_for(Duration::from_millis(500)).await;
+    let delivered = alice.seen.iter().any(|(_, l)| {
+        serde_json::from_str::<Value>(l)
+            .is_ok_and(|v| v["msg_id"] == *id && v["status"] == "delivered")
+    });
+    assert!(!delivered, "{:#?}", alice.seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dm_its_recipient_cannot_decrypt_never_shows_two_ticks_in_the_terminal() {
     let mut mesh = bob_changes_key_while_alice_stays(&[]).await;
     let alice = &mut mesh.alice;

@@ -107,8 +107,12 @@ pub struct Engine<F: Frontend> {
     /// Outbox entries refused for a transient reason, and when to try again.
     retry_at: HashMap<String, tokio::time::Instant>,
     /// The `FILE_END` `msg_id`s acknowledged only once their file is saved
-    /// (chunks were missing at the end), by `file_id`.
-    held_ends: HashMap<String, String>,
+    /// (chunks were missing at the end), by `file_id`, each with the
+    /// sender to tell if the file fails (a DM file's end asks for receipts).
+    held_ends: HashMap<String, (String, Option<String>)>,
+    /// `undecryptable` reports (sender, `FILE_END` msg_id) for DM files that
+    /// failed here, sent before the next `ACK` (`receive_file.rs`).
+    to_report: Vec<(String, String)>,
     /// Files being sent, until the node acknowledges or refuses them.
     flights: flights::Flights,
     /// Content the node took from us lately: receipts are shown only for
@@ -156,6 +160,7 @@ impl<F: Frontend> Engine<F> {
             ack_at: None,
             retry_at: HashMap::new(),
             held_ends: HashMap::new(),
+            to_report: Vec::new(),
             flights: flights::Flights::default(),
             sent: SentIds::default(),
             tags: tags::Tags::default(),

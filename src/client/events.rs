@@ -91,6 +91,9 @@ pub enum Event {
         /// Whom it was for, as we sent it (when we still know).
         #[serde(skip_serializing_if = "Option::is_none")]
         to: Option<String>,
+        /// The file's name, when it is a file we sent (and still know).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
     },
     Dm {
         from: String,

@@ -173,7 +173,12 @@ impl TerminalFrontend {
                 }
                 out
             }
-            Event::Delivery { msg_id, status, to } => {
+            Event::Delivery {
+                msg_id,
+                status,
+                to,
+                file,
+            } => {
                 let named = to.is_some();
                 let to = to.as_deref().map(e).unwrap_or("the recipient".into());
                 match status.as_str() {
@@ -193,10 +198,18 @@ impl TerminalFrontend {
                     // never shown as delivered.
                     UNDECRYPTABLE => {
                         let who = if named { to.as_ref() } else { "USER" };
+                        let what = match file {
+                            Some(name) => format!(
+                                "{to} could not read file {} (it did not decrypt or did not match its signed manifest)",
+                                e(name)
+                            ),
+                            None => format!("{to} could not decrypt it"),
+                        };
+                        let again = if file.is_some() { "/file it" } else { "send it" };
                         self.paint(
                             "1;31",
                             &format!(
-                                "failed ({}): {to} could not decrypt it: their key may have changed; /dbget {who}, compare /fingerprint {who} with them, /trust {who}, then send it again",
+                                "failed ({}): {what}: their key may have changed; /dbget {who}, compare /fingerprint {who} with them, /trust {who}, then {again} again",
                                 e(short(msg_id))
                             ),
                         )
@@ -395,8 +408,28 @@ mod tests {
                 msg_id: "0123456789".into(),
                 status: status.into(),
                 to: Some("bob".into()),
+                file: None,
             })
             .unwrap()
+    }
+
+    #[test]
+    fn a_file_that_failed_says_so_by_name() {
+        let bad = TerminalFrontend::plain()
+            .render(&Event::Delivery {
+                msg_id: "0123456789".into(),
+                status: UNDECRYPTABLE.into(),
+                to: Some("bob".into()),
+                file: Some("notes.txt".into()),
+            })
+            .unwrap();
+        assert!(
+            bad.starts_with("failed (01234567): bob could not read file notes.txt (")
+                && bad.contains("/dbget bob")
+                && bad.contains("/file it again")
+                && !bad.contains('✓'),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -199,6 +199,7 @@ impl<F: Frontend> Engine<F> {
         // What was shown but not yet acknowledged comes again after the
         // reconnect; it is marked as seen, so it is not shown twice.
         self.to_ack.clear();
+        self.to_report.clear();
         self.ack_at = None;
         // Files the node had not acknowledged whole go on after the
         // reconnect (`send_file`); those the cut did not already announce
@@ -292,6 +293,9 @@ impl<F: Frontend> Engine<F> {
     /// Acknowledges handled content to the node, one frame for many ids.
     async fn flush_acks(&mut self) {
         self.ack_at = None;
+        // Reports first: the node takes one only for content not yet
+        // acknowledged.
+        self.send_file_reports().await;
         if self.to_ack.is_empty() {
             return;
         }

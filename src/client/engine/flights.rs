@@ -53,6 +53,8 @@ pub(super) struct Flights {
     order: Vec<String>,
     frames: HashMap<String, String>,
     ended: SentIds,
+    /// The names of files sent lately, by the `msg_id` they are shown under.
+    names: SentIds,
 }
 
 impl Flights {
@@ -146,12 +148,18 @@ impl Flights {
         }
         let f = self.remove(&file_id)?;
         self.ended.insert(msg_id, &f.start_msg_id);
+        self.names.insert(&f.start_msg_id, &f.name);
         Some(f)
     }
 
     /// The `msg_id` a sent file is shown under, if `end_id` is its end.
     pub fn shown_id(&self, end_id: &str) -> Option<String> {
         self.ended.recipient(end_id).map(str::to_owned)
+    }
+
+    /// The name of the file shown under `shown_id`, if it was sent lately.
+    pub fn name_of(&self, shown_id: &str) -> Option<String> {
+        self.names.recipient(shown_id).map(str::to_owned)
     }
 
     /// The file this `msg_id` belongs to, if it is still in flight.

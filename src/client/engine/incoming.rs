@@ -69,10 +69,12 @@ impl<F: Frontend> Engine<F> {
                 continue;
             }
             let to = self.sent.recipient(&msg_id).map(str::to_owned);
+            let file = self.flights.name_of(&msg_id);
             self.emit(Event::Delivery {
                 msg_id,
                 status: r.status.clone(),
                 to: to.clone(),
+                file,
             });
             // They could not open it: their key may have changed. Asked
             // at once, a changed key is announced (`key_changed`) and holds
@@ -104,7 +106,11 @@ impl<F: Frontend> Engine<F> {
             });
             return self.ack_later(msg_id.as_deref());
         }
-        if self.content(env, msg).await {
+        let acked = self.content(env, msg).await;
+        // A failed file's report goes out now, well before its end's
+        // (delayed) `ACK`, as a DM's does.
+        self.send_file_reports().await;
+        if acked {
             self.ack_later(msg_id.as_deref());
         }
     }

@@ -7,13 +7,22 @@
 //! after the reconnect). A file saved once is remembered as shown, so the
 //! same file handed on again (its frames acknowledged too late) is not
 //! saved twice.
+//!
+//! A DM file whose transfer fails here for good (a refused start, a chunk
+//! that does not decrypt, a size or hash that does not match the signed
+//! manifest) is reported `undecryptable` to its sender before its
+//! `FILE_END` is acknowledged, so the sender's client shows it failed,
+//! never ✓✓ (DESIGN.md "Undecryptable content").
 
 use super::{Engine, blocking};
 use crate::client::codes::ClientCode;
 use crate::client::events::{Event, Frontend};
 use crate::client::files::{self, FileError};
 use crate::content;
-use crate::wire::messages::{FileChunk, FileEnd, FileMode, FileStart};
+use crate::wire::ids;
+use crate::wire::messages::{
+    FileChunk, FileEnd, FileMode, FileStart, Message, Receipt, UNDECRYPTABLE,
+};
 
 impl<F: Frontend> Engine<F> {
     /// `FILE_START`: a transfer begins (and the sender's key is fetched, to
@@ -76,6 +85,7 @@ impl<F: Frontend> Engine<F> {
             .and_then(|k| content::open_chunk(&k, &c).ok());
         let Some(plain) = plain else {
             self.receiver.abort(&c.file_id);
+            self.report_failed(&c.file_id);
             let e = FileError::Decrypt {
                 name,
                 index: c.index,
@@ -93,6 +103,7 @@ impl<F: Frontend> Engine<F> {
                 total,
             }),
             Err(e) => {
+                self.report_failed(&c.file_id);
                 return self.emit(Event::error(
                     ClientCode::File,
                     format!("{e}; nothing was saved"),
@@ -137,34 +148,76 @@ impl<F: Frontend> Engine<F> {
     /// False if it is acknowledged later: only once the file is saved (or
     /// the transfer failed) is it "delivered" for its sender.
     pub(super) fn file_end(&mut self, e: FileEnd) -> bool {
+        let report_to = report_target(&e);
         match self.receiver.end(&e.file_id) {
-            Ok(true) => self.save_file(&e.file_id),
-            Ok(false) => {
+            Ok(complete) => {
+                // Held even when complete: saving may fail, and the
+                // failure is reported before the end is acknowledged.
+                let held = e.msg_id.is_some();
                 if let Some(id) = e.msg_id {
-                    self.held_ends.insert(e.file_id, id);
-                    return false;
+                    self.held_ends.insert(e.file_id.clone(), (id, report_to));
                 }
+                if complete {
+                    self.save_file(&e.file_id);
+                }
+                !held
             }
-            Err(_) => self.end_without_transfer(&e),
+            Err(_) => {
+                if self.end_without_transfer(&e)
+                    && let (Some(to), Some(id)) = (report_to, e.msg_id)
+                {
+                    self.to_report.push((to, id));
+                }
+                true
+            }
         }
-        true
+    }
+
+    /// A transfer failed for good: if its end is held, its sender is told
+    /// (the report goes before the end's `ACK`).
+    fn report_failed(&mut self, file_id: &str) {
+        if let Some((id, Some(to))) = self.held_ends.get(file_id) {
+            self.to_report.push((to.clone(), id.clone()));
+        }
+    }
+
+    /// Sends the `undecryptable` reports for failed DM files (before the
+    /// `ACK` of their ends), to a node whose welcome said it takes them.
+    pub(super) async fn send_file_reports(&mut self) {
+        let reports = std::mem::take(&mut self.to_report);
+        let Some(session) = self.session.as_mut().filter(|s| s.takes_reports()) else {
+            return;
+        };
+        for (sender, msg_id) in reports {
+            let report = Message::Receipt(Receipt {
+                user_id: sender,
+                msg_ids: vec![msg_id],
+                status: UNDECRYPTABLE.to_owned(),
+                extra: Default::default(),
+            });
+            let _ = session.send(ids::TO_SERVER, &report).await;
+        }
     }
 
     /// The end of a file we hold no transfer for: fine if we saved it
     /// already (handed on again); otherwise its beginning was lost (this
     /// client restarted mid-transfer, or the transfer failed and was
     /// reported then). The first case is said, so the user can ask again.
-    fn end_without_transfer(&mut self, e: &FileEnd) {
+    /// True if the transfer failed here (its sender may be told).
+    fn end_without_transfer(&mut self, e: &FileEnd) -> bool {
         let Some(from) = e
             .extra
             .get(files::MANIFEST_FROM)
             .and_then(|v| v.as_str())
-            .filter(|f| crate::wire::ids::check_user(f).is_ok())
+            .filter(|f| ids::check_user(f).is_ok())
         else {
-            return;
+            return false;
         };
-        if self.file_saved(Some(from), &e.file_id) || self.receiver.failed_lately(&e.file_id) {
-            return;
+        if self.file_saved(Some(from), &e.file_id) {
+            return false;
+        }
+        if self.receiver.failed_lately(&e.file_id) {
+            return true;
         }
         self.emit(Event::error(
             ClientCode::File,
@@ -173,6 +226,7 @@ impl<F: Frontend> Engine<F> {
                 from, from
             ),
         ));
+        false
     }
 
     /// Acknowledges the ends held for transfers that are over (dropped).
@@ -184,7 +238,7 @@ impl<F: Frontend> Engine<F> {
             .cloned()
             .collect();
         for file_id in over {
-            let id = self.held_ends.remove(&file_id);
+            let id = self.held_ends.remove(&file_id).map(|(id, _)| id);
             self.ack_later(id.as_deref());
         }
     }
@@ -192,6 +246,9 @@ impl<F: Frontend> Engine<F> {
     /// A complete file is saved; say so, and whether its manifest verifies.
     fn save_file(&mut self, file_id: &str) {
         let result = self.receiver.finish(file_id);
+        if matches!(&result, Err(e) if !matches!(e, FileError::Unknown(_))) {
+            self.report_failed(file_id);
+        }
         self.release_ends();
         let done = match result {
             Ok(done) => done,
@@ -234,6 +291,16 @@ impl<F: Frontend> Engine<F> {
         });
         self.shown(&saved);
     }
+}
+
+/// Whom to tell if this file fails here: its sender, for a DM file whose
+/// end asks for receipts (the node checks the name and drops the rest).
+fn report_target(e: &FileEnd) -> Option<String> {
+    content::file_end_wants_receipts(&e.extra)
+        .then(|| e.extra.get(files::MANIFEST_FROM).and_then(|v| v.as_str()))
+        .flatten()
+        .filter(|f| ids::check_user(f).is_ok())
+        .map(str::to_owned)
 }
 
 /// How a saved file is remembered as shown: by sender and `file_id`.

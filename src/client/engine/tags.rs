@@ -152,6 +152,7 @@ mod tests {
             msg_id: "m1".into(),
             status: "delivered".into(),
             to: None,
+            file: None,
         };
         assert_eq!(t.id_for(&delivered).as_deref(), Some("c1"));
         assert_eq!(t.id_for(&sent).as_deref(), Some("c1"), "in any order");

@@ -284,10 +284,14 @@ impl Input {
     /// the store's answers, and a user's `ACK` (it releases what the node
     /// holds). The hub serves these before the rest of what users bring in,
     /// so a flood of user content cannot starve the acks that keep links
-    /// flowing. A user's close goes after that user's frames.
+    /// flowing. A user's `RECEIPT` (an `undecryptable` report) goes the same
+    /// way, so the `ACK` the client sends after it cannot overtake it. A
+    /// user's close goes after that user's frames.
     pub fn is_urgent(&self) -> bool {
         match self {
-            Input::UserFrame { msg, .. } => matches!(msg, Message::Ack(_)),
+            Input::UserFrame { msg, .. } => {
+                matches!(msg, Message::Ack(_) | Message::Receipt(_))
+            }
             Input::UserClosed(_) => false,
             _ => true,
         }
