@@ -186,17 +186,30 @@ impl Router {
     /// the cache takes it, as from a `DB_USER` answer, so this local's
     /// lookups stop answering with the old key (its users would seal DMs
     /// that its owner can no longer open).
+    ///
+    /// Only from a `socp` master (a reference master relays a local's
+    /// advert as it came), and only a proof that verifies with the key it
+    /// names for that user: checked here, once the key differs from the
+    /// cached one (rare), not per relayed presence.
     pub(super) fn key_vouched_by_master(&mut self, p: &Presence) {
-        let pubkey = p
-            .proof
-            .as_ref()
-            .and_then(|proof| proof.payload.get("pubkey"))
-            .and_then(Value::as_str);
-        let Some(pubkey) = pubkey.filter(|k| PublicKey::from_b64(k).is_ok()) else {
+        let socp_master = self
+            .master_id
+            .as_deref()
+            .and_then(|m| self.links.get(m))
+            .is_some_and(|l| l.socp);
+        if self.cfg.master || !socp_master {
+            return;
+        }
+        let Some(proof) = p.proof.as_ref() else {
+            return;
+        };
+        let Some(pubkey) = proof.payload.get("pubkey").and_then(Value::as_str) else {
             return;
         };
         match self.users.get(&p.user_id) {
-            Some(rec) if *rec.pubkey != *pubkey && !self.cfg.master => {
+            Some(rec)
+                if *rec.pubkey != *pubkey && super::proof_signed_by(proof, &p.user_id, pubkey) =>
+            {
                 self.replace_cached_key(&p.user_id, rec, pubkey);
             }
             _ => {}

@@ -64,3 +64,31 @@ fn only_the_master_vouches_for_a_key() {
     advertise(&mut r, 9, "master_server_m", "dave", key("carol"));
     assert_eq!(cached(&r, "dave"), None);
 }
+
+#[test]
+fn a_relayed_proof_that_does_not_verify_changes_no_key() {
+    // A presence naming a new key whose hello was signed by another key
+    // (a reference master relays what a local sent as it came): the cache
+    // keeps the key it had (review finding).
+    let mut r = router(false);
+    r.step(0, master_link(9));
+    master_answers(&mut r, "bob", key("bob"));
+    let old = key("bob").public().to_b64().to_owned();
+    let location = "server_22222222-2222-4222-8222-222222222222";
+    let Input::UserHello(h) = signed_hello(0, "bob", key("carol"), 10) else {
+        unreachable!()
+    };
+    let mut proof = h.proof.unwrap();
+    proof.payload.insert(
+        "pubkey".into(),
+        Value::String(key("dave").public().to_b64().to_owned()),
+    );
+    let proof = serde_json::to_value(proof).unwrap();
+    let Value::Object(p) = json!({"user_id": "bob", "location": location, "proof": proof}) else {
+        unreachable!()
+    };
+    let env = Envelope::new(Kind::UserAdvertise.name(), "master_server_m", "*", p);
+    let msg = Message::from_envelope(&env).unwrap();
+    r.step(0, Input::LinkFrame { conn: 9, env, msg });
+    assert_eq!(cached(&r, "bob").as_deref(), Some(old.as_str()));
+}
