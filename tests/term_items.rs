@@ -319,9 +319,10 @@ async fn json_commands_have_their_id_on_every_event_they_cause() {
     );
 }
 
-/// Item 2 (the part the client can do alone): a file the node had not
-/// acknowledged whole when the connection dropped is reported not sent,
-/// with a word to send it again — never left as if it went.
+/// Item 2: a file the node had not acknowledged whole when the connection
+/// dropped goes on after a reconnect (tests/files_resume.rs); one that
+/// cannot go on (here the node never comes back) is reported not sent, with
+/// a word to send it again — never left as if it went.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_cut_by_a_lost_connection_is_reported_not_sent() {
     let mut node = common::fakenode::FakeNode::start(true).await;
