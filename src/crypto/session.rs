@@ -53,12 +53,30 @@ impl hkdf::KeyType for HmacLen {
 
 /// A direction's HMAC key, kept as its 32 bytes: aws-lc's prepared key is
 /// about 1.2 KiB and every connection on a session holds two, where
-/// preparing it again for each frame costs two SHA-256 blocks.
-struct DirectionKey(zeroize::Zeroizing<[u8; 32]>);
+/// preparing it again for each frame costs two SHA-256 blocks. Links (few,
+/// and carrying most frames) keep it prepared ([`MacSession::prepared`]).
+enum DirectionKey {
+    Raw(zeroize::Zeroizing<[u8; 32]>),
+    Prepared(hmac::Key),
+}
 
 impl DirectionKey {
-    fn hmac(&self) -> hmac::Key {
-        hmac::Key::new(hmac::HMAC_SHA256, &self.0[..])
+    fn hmac(&self) -> std::borrow::Cow<'_, hmac::Key> {
+        match self {
+            DirectionKey::Raw(raw) => {
+                std::borrow::Cow::Owned(hmac::Key::new(hmac::HMAC_SHA256, &raw[..]))
+            }
+            DirectionKey::Prepared(key) => std::borrow::Cow::Borrowed(key),
+        }
+    }
+
+    fn prepared(self) -> Self {
+        match self {
+            DirectionKey::Raw(raw) => {
+                DirectionKey::Prepared(hmac::Key::new(hmac::HMAC_SHA256, &raw[..]))
+            }
+            prepared => prepared,
+        }
     }
 }
 
@@ -71,7 +89,7 @@ fn direction_key(secret: &[u8], dialer: &str, acceptor: &str, dir: &str) -> Dire
     if let Ok(okm) = prk.expand(&info_parts, HmacLen) {
         let _ = okm.fill(&mut out[..]);
     }
-    DirectionKey(out)
+    DirectionKey::Raw(out)
 }
 
 /// One side of a link session: the half that seals what we send and the
@@ -104,6 +122,22 @@ impl MacSession {
         MacSession {
             seal: MacSeal { key: send, seq: 0 },
             open: MacOpen { key: recv, seq: 0 },
+        }
+    }
+
+    /// The same session with both keys prepared once, for a link: a link
+    /// carries frames all the time, where preparing per frame costs CPU;
+    /// users (many, mostly idle) keep the 32 raw bytes.
+    pub fn prepared(self) -> Self {
+        MacSession {
+            seal: MacSeal {
+                key: self.seal.key.prepared(),
+                seq: self.seal.seq,
+            },
+            open: MacOpen {
+                key: self.open.key.prepared(),
+                seq: self.open.seq,
+            },
         }
     }
 

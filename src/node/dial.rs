@@ -346,7 +346,7 @@ impl Dialer {
                 let secret = tokio::task::spawn_blocking(move || session::accept(&k, &wrapped))
                     .await?
                     .map_err(|e| anyhow::anyhow!("the link session offer does not open: {e}"))?;
-                Some(MacSession::new(&secret, &self.ctx.me, &env.from, true))
+                Some(MacSession::new(&secret, &self.ctx.me, &env.from, true).prepared())
             }
             None => None,
         };

@@ -4,6 +4,7 @@
 //! admission are the router's call.
 
 use crate::crypto::PublicKey;
+use crate::crypto::session::MacSession;
 use crate::node::router::{ConnId, HELLO_FRESHNESS_MS, Input, LinkHelloIn, UserHelloIn};
 use crate::wire::messages::{Kind, Message, PeerHelloLink, Proof, UserHello};
 use crate::wire::{Envelope, ErrorCode, WireError, ids, now_ms};
@@ -94,7 +95,7 @@ fn accept_user(ctx: &ConnCtx, conn: ConnId, env: &Envelope) -> Result<Accepted, 
 fn accept_link(ctx: &ConnCtx, conn: ConnId, env: &Envelope) -> Result<Accepted, Refusal> {
     let (hello, key) = check_link_hello(env)?;
     let (session, offer) = offer_session(ctx, env, &key, true, &env.from);
-    let auth = Auth::link_acceptor(&key, session);
+    let auth = Auth::link_acceptor(&key, session.map(MacSession::prepared));
     let input = Input::LinkHello(LinkHelloIn::new(conn, env, hello, key, false, false, offer));
     Ok(Accepted {
         input,
