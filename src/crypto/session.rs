@@ -57,7 +57,7 @@ impl hkdf::KeyType for HmacLen {
 /// and carrying most frames) keep it prepared ([`MacSession::prepared`]).
 enum DirectionKey {
     Raw(zeroize::Zeroizing<[u8; 32]>),
-    Prepared(hmac::Key),
+    Prepared(Box<hmac::Key>),
 }
 
 impl DirectionKey {
@@ -73,7 +73,7 @@ impl DirectionKey {
     fn prepared(self) -> Self {
         match self {
             DirectionKey::Raw(raw) => {
-                DirectionKey::Prepared(hmac::Key::new(hmac::HMAC_SHA256, &raw[..]))
+                DirectionKey::Prepared(Box::new(hmac::Key::new(hmac::HMAC_SHA256, &raw[..])))
             }
             prepared => prepared,
         }
