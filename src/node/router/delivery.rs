@@ -203,17 +203,18 @@ impl Router {
         if !released.is_empty() {
             self.persist(StoreOp::Release(released.iter().map(|e| e.seq).collect()));
         }
-        if matches!(hop, Hop::Conn(_)) {
+        if let Hop::Conn(conn) = hop {
             let mut by_sender: BTreeMap<(String, Option<String>), Vec<String>> = BTreeMap::new();
             let mut unreadable: BTreeMap<(String, Option<String>), Vec<String>> = BTreeMap::new();
-            let receipted = |e: &&Entry| e.kind == ContentKind::Dm || receipted_file(e);
-            for e in released.iter().filter(receipted) {
+            for e in &released {
                 // Reported undecryptable by its recipient (`unreadable.rs`):
-                // said so, at once, never `delivered`.
-                let reported = match &e.dest {
-                    Dest::User(u) => self.unreadable.take(u, &e.sender, &e.msg_id),
-                    Dest::Server(_) => false,
-                };
+                // said so, at once, never `delivered`. Any content's mark
+                // is taken with its delivery, receipted or not.
+                let reported = matches!(e.dest, Dest::User(_))
+                    && self.unreadable.take(conn, &e.sender, &e.msg_id);
+                if e.kind != ContentKind::Dm && !receipted_file(e) {
+                    continue;
+                }
                 let batch = if reported {
                     &mut unreadable
                 } else {

@@ -228,6 +228,9 @@ impl Router {
     }
 
     pub(super) fn user_closed(&mut self, conn: ConnId) {
+        // Its undecryptable reports were about deliveries on it; what goes
+        // out again is reported again by a client that still cannot open it.
+        self.unreadable.forget(conn);
         if self.early.remove(&conn).is_some() {
             self.pending
                 .retain(|_, p| !matches!(p, Pending::Hello(h) if h.conn == conn));

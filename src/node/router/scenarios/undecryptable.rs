@@ -6,7 +6,7 @@
 
 use super::{Mesh, all_handed_on, two_locals};
 use crate::wire::ErrorCode;
-use crate::wire::messages::UNDECRYPTABLE;
+use crate::wire::messages::{Kind, UNDECRYPTABLE};
 
 /// `alice` (on `at_a`) sends `bob` (on `at_b`) a DM he cannot decrypt: he
 /// reports it, then acknowledges it. Returns the mesh and the DM's id.
@@ -156,4 +156,58 @@ fn a_sender_whose_client_did_not_ask_gets_no_undecryptable_receipt() {
     assert!(mesh.receipts("alice", UNDECRYPTABLE).is_empty());
     assert!(mesh.receipts("alice", "delivered").is_empty());
     assert!(all_handed_on(&mesh, &["A", "M", "B"]));
+}
+
+#[test]
+fn a_report_ends_with_the_connection_it_was_made_on() {
+    // Review finding: a mark outlived the connection that made it, so the
+    // DM handed on again was `undecryptable` even when the client (with
+    // its key back) opened it and said nothing.
+    let mut mesh = two_locals(308);
+    mesh.user("alice", "A");
+    mesh.user("bob", "B");
+    mesh.hold_acks("bob");
+    let id = mesh.dm("alice", "bob", "sealed to a key bob found again");
+    mesh.run();
+    mesh.report_undecryptable("bob", "alice", &[&id]);
+    mesh.run();
+    mesh.disconnect("bob");
+    mesh.run();
+    assert_eq!(mesh.router("B").unreadable.len(), 0);
+    mesh.user("bob", "B");
+    mesh.run();
+    assert_eq!(
+        mesh.received("bob", Kind::UserDeliver),
+        2,
+        "handed on again"
+    );
+    mesh.ack_now("bob");
+    mesh.run();
+    assert_eq!(mesh.receipts("alice", "delivered"), [id]);
+    assert!(mesh.receipts("alice", UNDECRYPTABLE).is_empty());
+}
+
+#[test]
+fn a_report_about_content_without_receipts_leaves_no_mark_once_acknowledged() {
+    // Review finding: a reported group message kept its mark after its
+    // `ACK` (only DMs took theirs), so a member could pile marks up.
+    let mut mesh = two_locals(309);
+    mesh.user("alice", "A");
+    mesh.user("bob", "B");
+    mesh.share_group("alice", "group_team", &["alice", "bob"]);
+    mesh.run();
+    mesh.hold_acks("bob");
+    let ids: Vec<String> = (0..3)
+        .map(|i| mesh.group_msg("alice", "group_team", &format!("m{i}")))
+        .collect();
+    mesh.run();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    mesh.report_undecryptable("bob", "alice", &ids);
+    mesh.run();
+    assert_eq!(mesh.router("B").unreadable.len(), 3);
+    mesh.ack_now("bob");
+    mesh.run();
+    assert_eq!(mesh.router("B").unreadable.len(), 0);
+    assert!(mesh.receipts("alice", UNDECRYPTABLE).is_empty());
+    assert!(mesh.errors("bob").is_empty(), "{:?}", mesh.errors("bob"));
 }
