@@ -105,6 +105,9 @@ impl Router {
         let rec = UserRecord::new(key.clone(), proof.is_none(), self.now);
         self.users.insert(user.to_owned(), rec.clone());
         self.persist(StoreOp::PinUser(user.to_owned(), rec));
+        if reset {
+            self.drop_presence_of_old_key(user, key);
+        }
         self.persist(StoreOp::Policy(PolicyOp::Registered {
             user: user.to_owned(),
             invite,

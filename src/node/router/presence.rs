@@ -81,6 +81,34 @@ impl Router {
         }
     }
 
+    /// At the master, once `user` registered `key` after a key reset: a
+    /// presence whose proof names another key is no longer vouched for.
+    /// Kept, it would go to every local that links (`send_snapshot`), which
+    /// takes the key a relayed proof names (`key_vouched_by_master`): the
+    /// old key back until the user's next presence. So it is dropped and
+    /// its removal relayed. (`socp admin reset-key` deletes the user's
+    /// presence on the stopped master already; the rule is kept where the
+    /// key changes, whatever the path, rather than checked per record sent.)
+    pub(super) fn drop_presence_of_old_key(&mut self, user: &str, key: &str) {
+        let stale = self.presence.get(user).is_some_and(|p| {
+            let named = p.proof.as_ref().and_then(|pr| pr.payload.get("pubkey"));
+            named.and_then(Value::as_str) != Some(key)
+        });
+        let Some(rec) = stale.then(|| self.presence.remove(user)).flatten() else {
+            return;
+        };
+        tracing::warn!(user = %truncate(user), location = %truncate(&rec.location), "dropped a presence made with the key reset");
+        self.online.set(user, online::REMOTE, false);
+        self.persist(StoreOp::RemovePresence(user.to_owned()));
+        let remove = Message::UserRemove(Presence {
+            user_id: user.to_owned(),
+            location: rec.location,
+            proof: None,
+            extra: Map::new(),
+        });
+        self.broadcast(None, &remove);
+    }
+
     pub(super) fn peer_advertise(&mut self, server: &str, p: Presence) {
         let from_master = self.master_id.as_deref() == Some(server);
         if p.location == self.cfg.me || ids::check_user(&p.user_id).is_err() {
