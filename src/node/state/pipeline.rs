@@ -77,6 +77,17 @@ pub(super) struct Pipeline {
     /// failure, or taken before that release, is refused (`refused`): the
     /// router sent it for a row it still held, which is not on disk, even
     /// when the release comes in the same pass and the next batch commits.
+    ///
+    /// Kept by `msg_id` alone, on purpose (not by destination): content
+    /// fanned out to several destinations (a group message, a group file)
+    /// has one row per destination under one `msg_id`, and the previous
+    /// hop's ack names only that `msg_id` (one frame came in for them
+    /// all). So the ack is refused while any of its rows failed, and a
+    /// row forgotten lowers only its own count (`failed_ids`): one
+    /// destination's release never clears another's failure. Another
+    /// sender's content under the same `msg_id` (identity is (sender,
+    /// `msg_id`), PROTOCOL.md C11) is refused too until then: a `STORAGE`
+    /// error too many, answered by a resend, never an ack too many.
     failed: HashMap<u64, String>,
     failed_ids: HashMap<String, usize>,
     /// Acks refused since the last commit: answered `STORAGE` with it.

@@ -287,3 +287,44 @@ fn rows_past_the_byte_budget_are_written_early() {
     assert_eq!(written(&mut p), ["row 1"]);
     assert_eq!(p.held_bytes, HOLD_BYTES);
 }
+
+#[test]
+fn rows_of_one_content_for_several_destinations_neither_release_nor_refuse_each_other_wrongly() {
+    // Review question: failed rows are kept by `msg_id` alone, and a group
+    // message fans out to several destinations under one `msg_id`. The
+    // previous hop's ack names that `msg_id` only (one frame came in, for
+    // every destination): it must be refused while any of its rows failed,
+    // and forgetting one failed row must not clear the others.
+    let t0 = Instant::now();
+    let mut p = Pipeline::default();
+    let row = |seq: u64, dest: &str| {
+        let mut e = entry(seq);
+        (e.msg_id, e.dest, e.mailbox) = ("m1".into(), Dest::User(dest.into()), true);
+        Job::Op(StoreOp::Custody(e))
+    };
+    // Bob's row is written; Carol's and Dave's fail in the next batch.
+    p.take(row(1, "bob"), t0);
+    assert_eq!(commit(&mut p, t0, true).written.custody, vec![1]);
+    p.take(row(2, "carol"), t0);
+    p.take(row(3, "dave"), t0);
+    let out = commit(&mut p, t0, false);
+    assert_eq!(out.failure.map(|f| f.custody), Some(vec![2, 3]));
+    // The router forgets Carol's row: Dave's still failed, the ack is
+    // refused (the content is not on disk for him).
+    p.take(Job::Op(StoreOp::Release(vec![2])), t0);
+    p.take(ack(1), t0);
+    let out = commit(&mut p, t0, true);
+    assert!(out.acks.is_empty(), "acknowledged with Dave's row missing");
+    assert_eq!(out.failure.map(|f| f.acks.len()), Some(1));
+    // Bob's row released (delivered) changes nothing for Dave's.
+    p.take(Job::Op(StoreOp::Release(vec![1])), t0);
+    p.take(ack(1), t0);
+    assert!(commit(&mut p, t0, true).acks.is_empty());
+    // Dave's forgotten too: the resend's rows are taken afresh.
+    p.take(Job::Op(StoreOp::Release(vec![3])), t0);
+    p.take(row(4, "dave"), t0);
+    p.take(ack(1), t0);
+    let out = commit(&mut p, t0, true);
+    assert_eq!(out.written.custody, vec![4]);
+    assert_eq!(out.acks.len(), 1);
+}
