@@ -446,3 +446,67 @@ async fn dms_waiting_for_a_key_check_keep_their_order_across_a_dropped_connectio
         "DMs to one user leave in the order they were written"
     );
 }
+
+/// Sends a whole one-chunk DM file `file_id` from `from` to alice.
+fn send_small_file(node: &FakeNode, file_id: &str, from: &str, data: &[u8]) {
+    node.send(
+        "FILE_START",
+        payload(&Message::FileStart(file_start(file_id, from, data))),
+    );
+    let key = socp::crypto::aead::new_key().unwrap();
+    let wrapped = socp::wire::b64::encode(user_key("alice").public().wrap(key.as_ref()).unwrap());
+    let mut chunk = content::seal_chunk(file_id, 0, key.as_ref(), Some(&wrapped), data).unwrap();
+    chunk.msg_id = Some(format!("chunk-{file_id}"));
+    node.send("FILE_CHUNK", payload(&Message::FileChunk(chunk)));
+    let end = FileEnd {
+        file_id: file_id.into(),
+        user_id: Some("alice".into()),
+        msg_id: Some(format!("end-{file_id}")),
+        extra: Default::default(),
+    };
+    node.send("FILE_END", payload(&Message::FileEnd(end)));
+}
+
+/// Bytes of the largest partial file in `downloads`.
+fn partial_bytes(downloads: &std::path::Path) -> u64 {
+    std::fs::read_dir(downloads)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_far_ahead_of_the_rest_is_not_written() {
+    // Review finding: a chunk far past those received was written at its
+    // offset, so a sender made the receiver's temporary file as long as
+    // the manifest said at once (the whole size on a filesystem without
+    // sparse files).
+    let node = FakeNode::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = ClientProc::start(dir.path(), "alice", &node.url).await;
+    let chunk = content::CHUNK_SIZE as u64;
+    let ahead = socp::client::files::CHUNKS_AHEAD_MAX;
+    let mut start = file_start("big", "bob", b"");
+    start.size = (ahead + 2) * chunk;
+    start.sha256 = "00".repeat(32);
+    node.send("FILE_START", payload(&Message::FileStart(start)));
+    let key = socp::crypto::aead::new_key().unwrap();
+    let wrapped = socp::wire::b64::encode(user_key("alice").public().wrap(key.as_ref()).unwrap());
+    let data = vec![7u8; content::CHUNK_SIZE];
+    // The last chunk first, then the first one, then one just inside the
+    // window past it.
+    for (i, index) in [ahead + 1, 0, ahead].into_iter().enumerate() {
+        let mut c = content::seal_chunk("big", index, key.as_ref(), Some(&wrapped), &data).unwrap();
+        c.msg_id = Some(format!("big-{i}"));
+        node.send("FILE_CHUNK", payload(&Message::FileChunk(c)));
+    }
+    // Frames are handled in order: once this file is saved, so were they.
+    send_small_file(&node, "small", "bob", b"after");
+    alice.expect("file", is("file")).await;
+    let len = partial_bytes(&alice.downloads());
+    assert_eq!(len, (ahead + 1) * chunk, "the last chunk was written");
+}

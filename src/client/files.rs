@@ -30,6 +30,17 @@ pub const MAX_TRANSFERS_PER_SENDER: usize = 4;
 /// A transfer with no chunk for this long is dropped with its temporary
 /// file, freeing its slot.
 pub const TRANSFER_IDLE: Duration = Duration::from_secs(60);
+/// How far past the chunks received in order (the hashed prefix) a chunk
+/// may land. A chunk is written at its place, so one far ahead would make
+/// the temporary file as long as its offset at once (a whole file's size
+/// on a filesystem without sparse files): chunks further ahead are dropped
+/// unwritten. Chunks come out of order only when frames are handed on
+/// again after a reconnect or a node's restart, behind at most a link's
+/// window of frames ([`crate::node::custody::LINK_WINDOW`], 4,096: about
+/// 240 MiB of chunks), so no honest transfer meets the bound. A dropped
+/// chunk is acknowledged like any frame (nothing sends it again): its
+/// transfer stalls and is dropped after [`TRANSFER_IDLE`].
+pub const CHUNKS_AHEAD_MAX: u64 = 4096;
 /// Failed transfers remembered (by `file_id`), so their frames that still
 /// come are not reported again.
 const FAILED_REMEMBERED: usize = 1024;
@@ -318,6 +329,15 @@ impl Receiver {
         })
     }
 
+    /// True if chunk `index` of `file_id` lands more than
+    /// [`CHUNKS_AHEAD_MAX`] chunks past those received in order: dropped
+    /// unwritten (and not even opened).
+    pub fn too_far_ahead(&self, file_id: &str, index: u64) -> bool {
+        self.transfers
+            .get(file_id)
+            .is_some_and(|t| index >= t.hashed as u64 + CHUNKS_AHEAD_MAX)
+    }
+
     /// True if `file_id` has its `FILE_END` and every chunk: ready for
     /// [`Receiver::finish`].
     pub fn is_complete(&self, file_id: &str) -> bool {
@@ -361,7 +381,7 @@ impl Receiver {
             if plaintext.len() as u64 != want {
                 return Err(bad());
             }
-            if t.have[slot] {
+            if t.have[slot] || chunk.index >= t.hashed as u64 + CHUNKS_AHEAD_MAX {
                 return Ok((t.received, t.start.size));
             }
             let temp = t.temp.display().to_string();

@@ -160,3 +160,23 @@ fn placing_never_clobbers() {
         "old"
     );
 }
+
+#[test]
+fn a_chunk_lands_at_most_a_window_past_those_received_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Receiver::new(dir.path(), 1 << 40).unwrap();
+    let mut m = manifest("f");
+    m.size = (CHUNKS_AHEAD_MAX + 2) * CHUNK_SIZE as u64;
+    r.start(m, None).unwrap();
+    assert!(!r.too_far_ahead("f", CHUNKS_AHEAD_MAX - 1));
+    assert!(r.too_far_ahead("f", CHUNKS_AHEAD_MAX));
+    assert!(!r.too_far_ahead("unknown", CHUNKS_AHEAD_MAX));
+    let data = vec![1u8; CHUNK_SIZE];
+    // Not written, not counted; the first chunk moves the window on.
+    assert_eq!(r.append(&chunk(CHUNKS_AHEAD_MAX), &data).unwrap().0, 0);
+    assert!(!r.is_repeat("f", CHUNKS_AHEAD_MAX));
+    r.append(&chunk(0), &data).unwrap();
+    assert!(!r.too_far_ahead("f", CHUNKS_AHEAD_MAX));
+    r.append(&chunk(CHUNKS_AHEAD_MAX), &data).unwrap();
+    assert!(r.is_repeat("f", CHUNKS_AHEAD_MAX));
+}

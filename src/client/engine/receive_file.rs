@@ -16,6 +16,7 @@
 
 use super::{Engine, blocking};
 use crate::client::codes::ClientCode;
+use crate::client::display::escape;
 use crate::client::events::{Event, Frontend};
 use crate::client::files::{self, FileError};
 use crate::content;
@@ -72,6 +73,10 @@ impl<F: Frontend> Engine<F> {
     /// `FILE_CHUNK`: opened and appended; a chunk that does not open ends
     /// the transfer.
     pub(super) async fn file_chunk(&mut self, c: FileChunk) {
+        if self.receiver.too_far_ahead(&c.file_id, c.index) {
+            tracing::warn!(file_id = %escape(&c.file_id), index = c.index, "dropped a file chunk too far ahead of those received in order");
+            return;
+        }
         if self.receiver.is_repeat(&c.file_id, c.index) {
             return;
         }
