@@ -510,3 +510,60 @@ async fn a_chunk_far_ahead_of_the_rest_is_not_written() {
     let len = partial_bytes(&alice.downloads());
     assert_eq!(len, (ahead + 1) * chunk, "the last chunk was written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_mix_chunks_into_another_members_group_file() {
+    // Review finding: chunks carry only the `file_id`, which every member
+    // of the group sees, so Mallory's chunk under Bob's `file_id` was
+    // written in place of his and the file failed its hash.
+    let node = FakeNode::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = ClientProc::start(dir.path(), "alice", &node.url).await;
+    let members = [("alice".to_owned(), user_key("alice").public().clone())];
+    let (team_key, mut share) =
+        content::new_group_share(&user_key("bob"), "bob", "group_team", &members).unwrap();
+    share.msg_id = Some("share-1".into());
+    node.send("GROUP_KEY_SHARE", payload(&Message::GroupKeyShare(share)));
+    alice.expect("group_key", is("group_key")).await;
+    let data: Vec<u8> = (0..content::CHUNK_SIZE + 10).map(|i| i as u8).collect();
+    let mut start = file_start("teamfile", "bob", &data);
+    (start.mode, start.group_id, start.user_id) =
+        (FileMode::Group, Some("group_team".into()), None);
+    start
+        .extra
+        .insert(socp::client::files::CHUNKS_NAME_SENDER.into(), json!(true));
+    node.send("FILE_START", payload(&Message::FileStart(start)));
+    let chunk = |index: u64, bytes: &[u8], from: Option<&str>, id: &str| {
+        let mut c = content::seal_chunk("teamfile", index, &team_key, None, bytes).unwrap();
+        c.msg_id = Some(id.into());
+        if let Some(from) = from {
+            c.extra.insert("from".into(), json!(from));
+        }
+        payload(&Message::FileChunk(c))
+    };
+    let (first, second) = data.split_at(content::CHUNK_SIZE);
+    let junk = vec![0u8; content::CHUNK_SIZE];
+    // Mallory's, first: one naming her, one naming no one.
+    node.send("FILE_CHUNK", chunk(0, &junk, None, "m-0"));
+    node.send("FILE_CHUNK", chunk(1, &[0u8; 10], Some("mallory"), "m-1"));
+    node.send("FILE_CHUNK", chunk(0, first, Some("bob"), "b-0"));
+    // Her end too: it does not finish Bob's file.
+    let mut end = FileEnd {
+        file_id: "teamfile".into(),
+        user_id: None,
+        msg_id: Some("m-end".into()),
+        extra: Default::default(),
+    };
+    end.extra.insert("from".into(), json!("mallory"));
+    node.send("FILE_END", payload(&Message::FileEnd(end.clone())));
+    node.send("FILE_CHUNK", chunk(1, second, Some("bob"), "b-1"));
+    end.msg_id = Some("b-end".into());
+    end.extra.insert("from".into(), json!("bob"));
+    node.send("FILE_END", payload(&Message::FileEnd(end)));
+    let f = alice.expect("file", is("file")).await;
+    assert_eq!(
+        (f["from"].as_str(), f["group"].as_str()),
+        (Some("bob"), Some("group_team"))
+    );
+    assert_eq!(std::fs::read(f["path"].as_str().unwrap()).unwrap(), data);
+}

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
+use serde_json::{Map, Value};
 
 use crate::content::CHUNK_SIZE;
 use crate::crypto::hex;
@@ -338,6 +339,28 @@ impl Receiver {
             .is_some_and(|t| index >= t.hashed as u64 + CHUNKS_AHEAD_MAX)
     }
 
+    /// False if `file_id`'s manifest says its sender names itself in every
+    /// chunk and end ([`CHUNKS_NAME_SENDER`]) and this frame (its `extra`)
+    /// names someone else, or no one: another user's frame under that
+    /// `file_id` (a group's members all see it), ignored rather than mixed
+    /// in. True for a transfer we do not hold, or whose manifest does not
+    /// say so (a reference or older sender: its frames cannot be told apart).
+    pub fn from_its_sender(&self, file_id: &str, extra: &Map<String, Value>) -> bool {
+        let Some(t) = self.transfers.get(file_id) else {
+            return true;
+        };
+        let named = t
+            .start
+            .extra
+            .get(CHUNKS_NAME_SENDER)
+            .and_then(Value::as_bool);
+        if named != Some(true) {
+            return true;
+        }
+        let from = extra.get(MANIFEST_FROM).and_then(Value::as_str);
+        t.from.is_some() && from == t.from.as_deref()
+    }
+
     /// True if `file_id` has its `FILE_END` and every chunk: ready for
     /// [`Receiver::finish`].
     pub fn is_complete(&self, file_id: &str) -> bool {
@@ -540,6 +563,12 @@ fn same_manifest(a: &FileStart, b: &FileStart) -> bool {
 /// The manifest field naming its sender (a `socp` extension the node checks
 /// against the authenticated user).
 pub const MANIFEST_FROM: &str = "from";
+
+/// A manifest field (part B, `true`): its sender names itself (`from`) in
+/// every chunk and end of the file too, so a receiver ignores the frames
+/// another user sends under the same `file_id` (the node checks that a
+/// file frame's `from` is its authenticated sender).
+pub const CHUNKS_NAME_SENDER: &str = "frames_from";
 
 /// The sender a manifest names, if it names one.
 pub fn manifest_sender(start: &FileStart) -> Option<&str> {

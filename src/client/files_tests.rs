@@ -180,3 +180,32 @@ fn a_chunk_lands_at_most_a_window_past_those_received_in_order() {
     r.append(&chunk(CHUNKS_AHEAD_MAX), &data).unwrap();
     assert!(r.is_repeat("f", CHUNKS_AHEAD_MAX));
 }
+
+#[test]
+fn frames_must_name_the_manifests_sender_only_when_it_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Receiver::new(dir.path(), 1 << 20).unwrap();
+    let named = |from: Option<&str>| {
+        let mut extra = Map::new();
+        if let Some(f) = from {
+            extra.insert(MANIFEST_FROM.into(), Value::from(f));
+        }
+        extra
+    };
+    // An older or reference sender's manifest: frames cannot be told apart.
+    r.start(manifest("old"), Some("bob".into())).unwrap();
+    assert!(r.from_its_sender("old", &named(None)));
+    assert!(r.from_its_sender("old", &named(Some("mallory"))));
+    let mut m = manifest("new");
+    m.extra.insert(CHUNKS_NAME_SENDER.into(), Value::Bool(true));
+    r.start(m, Some("bob".into())).unwrap();
+    assert!(r.from_its_sender("new", &named(Some("bob"))));
+    assert!(!r.from_its_sender("new", &named(Some("mallory"))));
+    assert!(!r.from_its_sender("new", &named(None)));
+    // A manifest that names no sender cannot ask for it.
+    let mut m = manifest("anon");
+    m.extra.insert(CHUNKS_NAME_SENDER.into(), Value::Bool(true));
+    r.start(m, None).unwrap();
+    assert!(!r.from_its_sender("anon", &named(None)));
+    assert!(r.from_its_sender("unknown", &named(None)));
+}

@@ -73,6 +73,10 @@ impl<F: Frontend> Engine<F> {
     /// `FILE_CHUNK`: opened and appended; a chunk that does not open ends
     /// the transfer.
     pub(super) async fn file_chunk(&mut self, c: FileChunk) {
+        if !self.receiver.from_its_sender(&c.file_id, &c.extra) {
+            tracing::warn!(file_id = %escape(&c.file_id), index = c.index, "ignored a file chunk that does not name the manifest's sender");
+            return;
+        }
         if self.receiver.too_far_ahead(&c.file_id, c.index) {
             tracing::warn!(file_id = %escape(&c.file_id), index = c.index, "dropped a file chunk too far ahead of those received in order");
             return;
@@ -153,6 +157,10 @@ impl<F: Frontend> Engine<F> {
     /// False if it is acknowledged later: only once the file is saved (or
     /// the transfer failed) is it "delivered" for its sender.
     pub(super) fn file_end(&mut self, e: FileEnd) -> bool {
+        if !self.receiver.from_its_sender(&e.file_id, &e.extra) {
+            tracing::warn!(file_id = %escape(&e.file_id), "ignored a file end that does not name the manifest's sender");
+            return true;
+        }
         let report_to = report_target(&e);
         match self.receiver.end(&e.file_id) {
             Ok(complete) => {

@@ -15,7 +15,7 @@ use super::{Engine, blocking, new_msg_id};
 use crate::client::codes::ClientCode;
 use crate::client::commands::Command;
 use crate::client::events::{Event, Frontend};
-use crate::client::files::MANIFEST_FROM;
+use crate::client::files::{CHUNKS_NAME_SENDER, MANIFEST_FROM};
 use crate::content;
 use crate::crypto::{self, aead};
 use crate::wire::messages::{FileEnd, FileMode, FileStart, Message};
@@ -213,6 +213,11 @@ impl<F: Frontend> Engine<F> {
             let mut chunk =
                 content::seal_chunk(file_id, index, &key, wrapped.as_deref(), &buf[..n])?;
             chunk.msg_id = Some(self.flights.chunk_id(file_id, index, new_msg_id));
+            // Named, as the manifest says (`CHUNKS_NAME_SENDER`): another
+            // member's chunk under this `file_id` is ignored, not mixed in.
+            chunk
+                .extra
+                .insert(MANIFEST_FROM.into(), Value::String(self.cfg.user.clone()));
             if !self.quiet_send(&to, &Message::FileChunk(chunk)).await {
                 return Ok(Streamed::Cut(done));
             }
@@ -286,6 +291,7 @@ impl<F: Frontend> Engine<F> {
             .ok_or_else(|| anyhow::anyhow!("signing task"))??;
         let mut extra = Map::new();
         extra.insert(MANIFEST_FROM.into(), Value::String(self.cfg.user.clone()));
+        extra.insert(CHUNKS_NAME_SENDER.into(), Value::Bool(true));
         Ok(FileStart {
             file_id,
             name,
@@ -300,14 +306,14 @@ impl<F: Frontend> Engine<F> {
         })
     }
 
-    /// `FILE_END` (the same `msg_id` when sent again). A DM file's asks for
-    /// receipts, naming its sender as the manifest does (the node checks it).
+    /// `FILE_END` (the same `msg_id` when sent again), naming its sender as
+    /// the manifest does (the node checks it); a DM file's asks for receipts.
     fn file_end_frame(&mut self, file_id: &str, dm: bool) -> FileEnd {
         let mut extra = Map::new();
         if dm {
             extra.insert(content::FILE_END_MODE.into(), Value::String("dm".into()));
-            extra.insert(MANIFEST_FROM.into(), Value::String(self.cfg.user.clone()));
         }
+        extra.insert(MANIFEST_FROM.into(), Value::String(self.cfg.user.clone()));
         FileEnd {
             file_id: file_id.to_owned(),
             user_id: None,
