@@ -34,6 +34,8 @@ use crate::wire::{ErrorCode, MAX_FRAME_BYTES, ids};
 pub(crate) use auth::Auth;
 pub(crate) use hello::check_link_hello;
 pub use queue::USER_QUEUE_BYTES;
+#[cfg(test)]
+pub(crate) use queue::queue as send_queue;
 pub(crate) use queue::{QueueRx, SendQueue};
 pub(crate) use writer::sign;
 pub use ws::FRAME_TIMEOUT;
