@@ -229,12 +229,16 @@ async fn accept_tls(
     let limit = ctx.limits.hello_timeout;
     // Boxed: its state is large and gone once the handshake is done.
     let handshake = Box::pin(acceptor.accept(stream));
-    let tls = match tokio::time::timeout(limit, handshake).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    // In a block: the TLS stream's slot (moved out) is not kept beside the
+    // connection while it is served.
+    let upgrading = {
+        let tls = match tokio::time::timeout(limit, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        };
+        Box::pin(upgrade(tls, (true, web), peer, slot.is_ok(), ctx))
     };
-    let upgrading = Box::pin(upgrade(tls, (true, web), peer, slot.is_ok(), ctx));
     let Some(mut ws) = upgrading.await else {
         return;
     };
