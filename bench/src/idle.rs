@@ -36,8 +36,10 @@ use crate::throughput::bench_node_options;
 
 /// Logins in flight at once.
 const IN_FLIGHT: usize = 128;
-/// Connections per source address (below the ~28,000 ephemeral ports).
-const PER_SOURCE: usize = 20_000;
+/// Connections per source address: each source address has its own
+/// ~28,000 ephemeral ports (`IP_BIND_ADDRESS_NO_PORT`), and a port stays in
+/// TIME_WAIT for a minute after its run, so runs back to back need several.
+const PER_SOURCE: usize = 2_000;
 /// How long the node is left alone before its RSS is read.
 const SETTLE: Duration = Duration::from_secs(3);
 /// How long one login may take, retries included.
@@ -249,6 +251,7 @@ async fn idle_user(
     probe: bool,
 ) -> Result<Ws> {
     let socket = TcpSocket::new_v4()?;
+    no_port_at_bind(&socket);
     let source = Ipv4Addr::new(127, 0, 0, 1 + (i / PER_SOURCE) as u8);
     socket.bind(SocketAddr::new(source.into(), 0))?;
     let stream = socket.connect(server).await?;
@@ -286,6 +289,25 @@ async fn idle_user(
     .await;
     welcome.context("no welcome within 60 s")??;
     Ok(ws)
+}
+
+/// Lets the kernel pick the source port at `connect`, for the pair of
+/// addresses, rather than at `bind` among the ports free on every address:
+/// otherwise all source addresses together share one range of ports.
+fn no_port_at_bind(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int we own, on a socket we own; failing
+    // only leaves the kernel's default.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// A signed `USER_HELLO` for `user`, as a `socp` client says it.

@@ -190,6 +190,12 @@ pub(crate) async fn serve(
 /// WebSocket handshake, all within the hello timeout; then the connection
 /// itself, or a refusal. `slot` is Err when the address is over its cap:
 /// it is told so.
+///
+/// This future is the connection's task for its whole life, so it is laid
+/// out for serving an idle connection: the handshakes are boxed and gone
+/// once done, a plain connection is served inline (no second allocation),
+/// and a TLS one is boxed apart, so that a plain connection's task is not
+/// sized for a TLS stream (see DESIGN.md, "Memory per idle connection").
 async fn accept_one(
     stream: TcpStream,
     peer: SocketAddr,
@@ -200,34 +206,57 @@ async fn accept_one(
     web: bool,
 ) {
     let _ = stream.set_nodelay(true);
-    match tls {
-        Some(acceptor) => {
-            let limit = ctx.limits.hello_timeout;
-            // Boxed: its state is large and gone once the handshake is done.
-            let handshake = Box::pin(acceptor.accept(stream));
-            match tokio::time::timeout(limit, handshake).await {
-                // Boxed, both ways: a plain connection's task must not be
-                // sized for a TLS stream, held for the connection's life.
-                Ok(Ok(tls)) => Box::pin(upgrade(tls, (true, web), peer, slot, conn, &ctx)).await,
-                Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        }
-        None => Box::pin(upgrade(stream, (false, web), peer, slot, conn, &ctx)).await,
+    if let Some(acceptor) = tls {
+        return Box::pin(accept_tls(stream, acceptor, peer, slot, conn, &ctx, web)).await;
     }
+    let upgrading = Box::pin(upgrade(stream, (false, web), peer, slot.is_ok(), &ctx));
+    let Some(mut ws) = upgrading.await else {
+        return;
+    };
+    serve_or_refuse(&mut ws, peer, slot.is_ok(), conn, &ctx).await;
 }
 
-/// After TLS (if any): a plain HTTP request is answered from the embedded
-/// browser client and the connection closed; a WebSocket upgrade is
-/// handshaken and served.
-async fn upgrade<S>(
-    mut stream: S,
-    (tls, web): (bool, bool),
+/// [`accept_one`] over TLS.
+async fn accept_tls(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
     peer: SocketAddr,
     slot: Result<Slot, Slot>,
     conn: ConnId,
     ctx: &ConnCtx,
-) where
+    web: bool,
+) {
+    let limit = ctx.limits.hello_timeout;
+    // Boxed: its state is large and gone once the handshake is done.
+    let handshake = Box::pin(acceptor.accept(stream));
+    // In a block: the TLS stream's slot (moved out) is not kept beside the
+    // connection while it is served.
+    let upgrading = {
+        let tls = match tokio::time::timeout(limit, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        };
+        Box::pin(upgrade(tls, (true, web), peer, slot.is_ok(), ctx))
+    };
+    let Some(mut ws) = upgrading.await else {
+        return;
+    };
+    serve_or_refuse(&mut ws, peer, slot.is_ok(), conn, ctx).await;
+}
+
+/// After TLS (if any): a plain HTTP request is answered from the embedded
+/// browser client (or told the node is busy, when its address is over its
+/// cap: `admitted` false) and the connection closed; a WebSocket upgrade
+/// is handshaken and returned, to be served.
+async fn upgrade<S>(
+    mut stream: S,
+    (tls, web): (bool, bool),
+    peer: SocketAddr,
+    admitted: bool,
+    ctx: &ConnCtx,
+) -> Option<conn::WsConn<web::Prefixed<S>>>
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limit = ctx.limits.hello_timeout;
@@ -239,10 +268,11 @@ async fn upgrade<S>(
                 .map_err(|e| e.to_string())?;
             if let Some(req) = web::parse(&head).filter(|r| !r.upgrade) {
                 // Over the address's cap: refused like a WebSocket. Either
-                // way the slot is given back as soon as this returns.
-                let served = match slot {
-                    Ok(_) => web::respond(&mut stream, &req, tls).await,
-                    Err(_) => web::busy(&mut stream, &req, tls).await,
+                // way the slot is given back as soon as the task ends.
+                let served = if admitted {
+                    web::respond(&mut stream, &req, tls).await
+                } else {
+                    web::busy(&mut stream, &req, tls).await
                 };
                 tracing::debug!(%peer, path = %req.path.escape_debug(), ok = served.is_ok(), "served the web client");
                 return Ok(None);
@@ -255,39 +285,44 @@ async fn upgrade<S>(
             .map_err(|e| e.to_string())
     };
     match tokio::time::timeout(limit, Box::pin(handshake)).await {
-        Ok(Ok(Some(mut ws))) => serve_or_refuse(&mut ws, peer, slot, conn, ctx).await,
-        Ok(Ok(None)) => {}
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
-        Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "WebSocket handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "WebSocket handshake timed out");
+            None
+        }
     }
 }
 
 /// After the handshakes: serves the connection, or tells it that its
-/// address holds too many and closes it.
+/// address holds too many (`admitted` false) and closes it. The caller
+/// holds the connection's slot until this returns.
 async fn serve_or_refuse<S>(
     ws: &mut conn::WsConn<S>,
     peer: SocketAddr,
-    slot: Result<Slot, Slot>,
+    admitted: bool,
     conn: ConnId,
     ctx: &ConnCtx,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    match slot {
-        Ok(slot) => {
-            conn::serve_accepted(ws, conn, ctx).await;
-            drop(slot);
-        }
-        Err(_refusing) => {
-            tracing::warn!(%peer, "refused a connection: too many from this address");
-            let detail = format!(
-                "more than {} connections from your address",
-                ctx.limits.max_conns_per_ip
-            );
-            conn::send_error(ws, ctx, ids::TO_USER, ErrorCode::RateLimited, &detail).await;
-            conn::close_quietly(ws).await;
-        }
+    if admitted {
+        return conn::serve_accepted(ws, conn, ctx).await;
     }
+    tracing::warn!(%peer, "refused a connection: too many from this address");
+    let detail = format!(
+        "more than {} connections from your address",
+        ctx.limits.max_conns_per_ip
+    );
+    // Boxed, like every state the served connection does not need.
+    Box::pin(async {
+        conn::send_error(ws, ctx, ids::TO_USER, ErrorCode::RateLimited, &detail).await;
+        conn::close_quietly(ws).await;
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -373,5 +408,36 @@ mod tests {
             slots.take(ip, &limits).is_ok(),
             "a refusal was not given back"
         );
+    }
+
+    /// An accepted connection's task is laid out for serving a plain
+    /// connection: printed so that it can be watched (`cargo test --lib
+    /// accept::tests -- --nocapture`), and bounded so that a change that
+    /// sizes it for a handshake or a TLS stream again is noticed.
+    #[tokio::test]
+    async fn an_accepted_connection_s_task_is_sized_for_serving() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = Vec::new();
+        for _ in 0..2 {
+            let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            accepted.push((client.unwrap(), server.unwrap()));
+        }
+        let (_c1, (stream, peer)) = accepted.remove(0);
+        let (_c2, (other, _)) = accepted.remove(0);
+        let ctx = ConnCtx::for_tests();
+        let slot = Slots::default().take(peer.ip(), &ctx.limits);
+        let slot = slot.map_err(|_| ()).unwrap();
+        let task = accept_one(stream, peer, Ok(slot), 1, ctx.clone(), None, true);
+        let size = std::mem::size_of_val(&task);
+        drop(task);
+        let other = web::Prefixed::new(Vec::new(), other);
+        let max = crate::wire::MAX_FRAME_BYTES;
+        let mut ws = conn::WsConn::new(other, Vec::new(), conn::Role::Server, max);
+        let serving = std::mem::size_of_val(&conn::serve_accepted(&mut ws, 1, &ctx));
+        println!("accept_one future {size} B, of which serving {serving} B");
+        // The serving state and what the task owns (its context, slot and
+        // stream), not a handshake's state beside them.
+        assert!(size < serving + 1024, "the task is {size} bytes");
     }
 }

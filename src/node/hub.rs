@@ -369,6 +369,7 @@ fn send_acks(conns: &HashMap<ConnId, super::conn::SendQueue>, acks: Vec<PendingA
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::conn::{QueueRx, send_queue};
     use crate::node::router::RouterConfig;
     use crate::node::state::Snapshot;
 
@@ -414,21 +415,21 @@ mod tests {
         (dir, tx, task)
     }
 
-    async fn next(queue: &mut mpsc::Receiver<ConnCmd>) -> Option<ConnCmd> {
+    async fn next(queue: &mut QueueRx) -> Option<ConnCmd> {
         tokio::time::timeout(WAIT, queue.recv()).await.unwrap()
     }
 
     #[tokio::test]
     async fn shutdown_closes_every_connection_and_answers_when_none_is_left() {
         let (_dir, hub, task) = start();
-        let (q1, mut r1) = mpsc::channel(8);
-        hub.send(HubEvent::Register(1, q1.into())).await.unwrap();
+        let (q1, mut r1) = send_queue(8, None);
+        hub.send(HubEvent::Register(1, q1)).await.unwrap();
         let (done, mut closed) = oneshot::channel();
         hub.send(HubEvent::Shutdown(done)).await.unwrap();
         assert!(matches!(next(&mut r1).await, Some(ConnCmd::Close)));
         // A connection that registers meanwhile (a redial) is closed at once.
-        let (q2, mut r2) = mpsc::channel(8);
-        hub.send(HubEvent::Register(2, q2.into())).await.unwrap();
+        let (q2, mut r2) = send_queue(8, None);
+        hub.send(HubEvent::Register(2, q2)).await.unwrap();
         assert!(matches!(next(&mut r2).await, Some(ConnCmd::Close)));
         hub.send(HubEvent::Unregister(1)).await.unwrap();
         // Not answered while connection 2 is open.
@@ -442,8 +443,8 @@ mod tests {
 
     #[test]
     fn a_queued_command_is_two_words() {
-        // tokio allocates a connection's queue 32 slots at a time, at once:
-        // 32 x 16 bytes per idle connection, not 32 x an `Outgoing`.
+        // A connection's queue holds its commands in one buffer: a burst of
+        // 1,024 frames takes 16 KiB while it waits, not 1,024 x an `Outgoing`.
         assert!(std::mem::size_of::<ConnCmd>() <= 16);
     }
 

@@ -34,9 +34,13 @@ use crate::wire::{ErrorCode, MAX_FRAME_BYTES, ids};
 pub(crate) use auth::Auth;
 pub(crate) use hello::check_link_hello;
 pub use queue::USER_QUEUE_BYTES;
+#[cfg(test)]
+pub(crate) use queue::queue as send_queue;
 pub(crate) use queue::{QueueRx, SendQueue};
 pub(crate) use writer::sign;
 pub use ws::FRAME_TIMEOUT;
+#[cfg(test)]
+pub(crate) use ws::Role;
 pub(crate) use ws::{WsConn, WsError};
 
 /// A connection must say hello within this time.
@@ -151,6 +155,27 @@ pub(crate) struct ConnCtx {
 }
 
 impl ConnCtx {
+    /// A context whose hub takes nothing, for tests of a connection's state.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> ConnCtx {
+        let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/keys");
+        let key = Arc::new(PrivateKey::load(&keys.join("alice.pem")).unwrap());
+        let (hub, _) = mpsc::channel(1);
+        let (hub_users, _) = mpsc::channel(1);
+        let (_, shutdown) = watch::channel(false);
+        ConnCtx {
+            me: "server_x".into(),
+            key,
+            hub,
+            hub_users,
+            shutdown,
+            mac: true,
+            metrics: Arc::default(),
+            limits: Limits::default(),
+            peer_ip: None,
+        }
+    }
+
     /// Hands the router an input, on the hub queue its urgency says.
     async fn to_hub(&self, input: Input) -> bool {
         let queue = if input.is_urgent() {
@@ -425,22 +450,7 @@ mod tests {
     /// that a change that inlines a large state again is noticed.
     #[tokio::test]
     async fn an_idle_connection_task_stays_small() {
-        let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/keys");
-        let key = Arc::new(PrivateKey::load(&keys.join("alice.pem")).unwrap());
-        let (hub, _hub_rx) = mpsc::channel(1);
-        let (hub_users, _users_rx) = mpsc::channel(1);
-        let (_stop, shutdown) = watch::channel(false);
-        let ctx = ConnCtx {
-            me: "server_x".into(),
-            key,
-            hub,
-            hub_users,
-            shutdown,
-            mac: true,
-            metrics: Arc::default(),
-            limits: Limits::default(),
-            peer_ip: None,
-        };
+        let ctx = ConnCtx::for_tests();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());

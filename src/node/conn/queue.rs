@@ -12,11 +12,18 @@
 //! the frame bound alone (`LINK_SEND_QUEUE`): its other frames are small
 //! (acks, receipts, presence, directory answers) and its peer is an
 //! admitted server whose content custody bounds the same way.
+//!
+//! The queue is one small allocation shared by its ends (a lock around a
+//! `VecDeque`, the writer's waker and the counts), not tokio's `mpsc`: a
+//! channel there costs ~1 KiB from the start (the channel, cache-padded,
+//! and a first block of 32 slots), which was an eighth of an idle user
+//! (DESIGN.md, "Memory per idle connection"). An empty queue holds no
+//! buffer: the deque is freed whenever the writer empties it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 
 use super::ConnCmd;
@@ -29,79 +36,116 @@ pub const USER_QUEUE_BYTES: usize = 1 << 20;
 /// header fields and a MAC; a signature is counted by its payload alone).
 const ENVELOPE_BYTES: usize = 128;
 
-/// Bytes queued for one connection, shared by its senders and its writer.
+/// What the ends of one queue share.
 #[derive(Debug)]
-pub(crate) struct Budget {
-    held: AtomicUsize,
-    max: usize,
-    /// Set once a frame did not fit: the connection is to be closed.
-    over: AtomicBool,
+struct Shared {
+    state: Mutex<State>,
+    /// Most commands queued at once.
+    frames: usize,
+    /// Most bytes queued at once (a user's queue).
+    max_bytes: Option<usize>,
 }
 
-impl Budget {
-    /// Takes room for `n` bytes; false (and the budget is spent for good)
-    /// if they do not fit. A queue with nothing in it takes any frame.
-    fn admit(&self, n: usize) -> bool {
-        if self.over.load(Ordering::Relaxed) {
-            return false;
-        }
-        let before = self.held.fetch_add(n, Ordering::Relaxed);
-        if before > 0 && before + n > self.max {
-            self.held.fetch_sub(n, Ordering::Relaxed);
-            self.over.store(true, Ordering::Relaxed);
-            return false;
-        }
-        true
+#[derive(Debug)]
+struct State {
+    queue: VecDeque<ConnCmd>,
+    /// Bytes counted as queued (against `max_bytes`).
+    held: usize,
+    /// Set once a frame did not fit the byte budget: the connection is to
+    /// be closed, and the queue takes nothing more.
+    over: bool,
+    /// [`SendQueue`]s alive: at none, the writer sees the end once the
+    /// queue is empty, and [`WeakQueue`]s can send no more.
+    senders: usize,
+    /// The [`QueueRx`] is alive.
+    receiving: bool,
+    /// The writer waiting for a command.
+    waker: Option<Waker>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state consistent (each
+        // change is one step): go on with it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn release(&self, n: usize) {
-        self.held.fetch_sub(n, Ordering::Relaxed);
+    /// Queues `cmd` within the frame and byte bounds; over either, the
+    /// command comes back as if the queue were full (the hub then drops
+    /// the connection). A queue with nothing in it takes a frame of any
+    /// size.
+    fn push(&self, cmd: ConnCmd) -> Result<(), TrySendError<ConnCmd>> {
+        let mut s = self.lock();
+        if !s.receiving {
+            return Err(TrySendError::Closed(cmd));
+        }
+        if s.over {
+            return Err(TrySendError::Full(cmd));
+        }
+        let n = match self.max_bytes {
+            Some(max) => {
+                let n = bytes_of(&cmd);
+                if s.held > 0 && s.held + n > max {
+                    // The budget is spent for good.
+                    s.over = true;
+                    return Err(TrySendError::Full(cmd));
+                }
+                n
+            }
+            None => 0,
+        };
+        if s.queue.len() >= self.frames {
+            return Err(TrySendError::Full(cmd));
+        }
+        s.held += n;
+        s.queue.push_back(cmd);
+        let waker = s.waker.take();
+        drop(s);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
     }
 }
 
 /// The sending side of a connection's queue (the hub's, and the reader's
 /// through [`WeakQueue`]).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct SendQueue {
-    tx: mpsc::Sender<ConnCmd>,
-    budget: Option<Arc<Budget>>,
+    shared: Arc<Shared>,
 }
 
 /// A [`SendQueue`] held weakly: when the hub drops the queue (a slow peer),
 /// the connection still ends.
 pub(crate) struct WeakQueue {
-    tx: mpsc::WeakSender<ConnCmd>,
-    budget: Option<Arc<Budget>>,
+    shared: Arc<Shared>,
 }
 
 /// The receiving side, for the connection's writer.
 pub(crate) struct QueueRx {
-    rx: mpsc::Receiver<ConnCmd>,
-    budget: Option<Arc<Budget>>,
+    shared: Arc<Shared>,
 }
 
 /// A queue of `frames` commands, and of `bytes` bytes if given.
 pub(crate) fn queue(frames: usize, bytes: Option<usize>) -> (SendQueue, QueueRx) {
-    let (tx, rx) = mpsc::channel(frames);
-    let budget = bytes.map(|max| {
-        Arc::new(Budget {
-            held: AtomicUsize::new(0),
-            max,
-            over: AtomicBool::new(false),
-        })
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            held: 0,
+            over: false,
+            senders: 1,
+            receiving: true,
+            waker: None,
+        }),
+        frames,
+        max_bytes: bytes,
     });
     let send = SendQueue {
-        tx,
-        budget: budget.clone(),
+        shared: shared.clone(),
     };
-    (send, QueueRx { rx, budget })
-}
-
-impl From<mpsc::Sender<ConnCmd>> for SendQueue {
-    /// A queue bounded in frames only.
-    fn from(tx: mpsc::Sender<ConnCmd>) -> Self {
-        SendQueue { tx, budget: None }
-    }
+    (send, QueueRx { shared })
 }
 
 /// Bytes a command holds while queued, as counted against the budget (the
@@ -117,32 +161,36 @@ fn bytes_of(cmd: &ConnCmd) -> usize {
     }
 }
 
-/// Queues `cmd` on `tx` within `budget`; over it, the command comes back as
-/// if the queue were full (the hub then drops the connection).
-fn try_send(
-    tx: &mpsc::Sender<ConnCmd>,
-    budget: Option<&Arc<Budget>>,
-    cmd: ConnCmd,
-) -> Result<(), TrySendError<ConnCmd>> {
-    let Some(budget) = budget else {
-        return tx.try_send(cmd);
-    };
-    let n = bytes_of(&cmd);
-    if !budget.admit(n) {
-        return Err(TrySendError::Full(cmd));
-    }
-    tx.try_send(cmd).inspect_err(|_| budget.release(n))
-}
-
 impl SendQueue {
     pub(crate) fn try_send(&self, cmd: ConnCmd) -> Result<(), TrySendError<ConnCmd>> {
-        try_send(&self.tx, self.budget.as_ref(), cmd)
+        self.shared.push(cmd)
     }
 
     pub(crate) fn downgrade(&self) -> WeakQueue {
         WeakQueue {
-            tx: self.tx.downgrade(),
-            budget: self.budget.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Clone for SendQueue {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        SendQueue {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for SendQueue {
+    fn drop(&mut self) {
+        let mut s = self.shared.lock();
+        s.senders -= 1;
+        let waker = if s.senders == 0 { s.waker.take() } else { None };
+        drop(s);
+        // The writer sees the end once what is queued is taken.
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }
@@ -150,50 +198,92 @@ impl SendQueue {
 impl WeakQueue {
     /// Queues `cmd` if the queue is still there; false if it could not.
     pub(crate) fn try_send(&self, cmd: ConnCmd) -> bool {
-        self.tx
-            .upgrade()
-            .is_some_and(|tx| try_send(&tx, self.budget.as_ref(), cmd).is_ok())
+        if self.shared.lock().senders == 0 {
+            return false;
+        }
+        // A sender that goes in between only lets one more command in,
+        // which the writer still takes before it sees the end.
+        self.shared.push(cmd).is_ok()
     }
 }
 
 impl QueueRx {
+    /// The next command; None once every [`SendQueue`] is gone and the
+    /// queue is empty.
     pub(crate) async fn recv(&mut self) -> Option<ConnCmd> {
-        let cmd = self.rx.recv().await?;
-        self.taken(&cmd);
-        Some(cmd)
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<ConnCmd>> {
+        let mut s = self.shared.lock();
+        if let Some(cmd) = self.take(&mut s) {
+            return Poll::Ready(Some(cmd));
+        }
+        if s.senders == 0 {
+            return Poll::Ready(None);
+        }
+        match &mut s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            waker => *waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     pub(crate) fn try_recv(&mut self) -> Result<ConnCmd, TryRecvError> {
-        let cmd = self.rx.try_recv()?;
-        self.taken(&cmd);
-        Ok(cmd)
+        let mut s = self.shared.lock();
+        match self.take(&mut s) {
+            Some(cmd) => Ok(cmd),
+            None if s.senders == 0 => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
     }
 
-    fn taken(&self, cmd: &ConnCmd) {
-        if let Some(budget) = &self.budget {
-            budget.release(bytes_of(cmd));
+    /// The command at the front, its bytes given back; an emptied queue
+    /// gives back its buffer too (an idle connection holds none).
+    fn take(&self, s: &mut State) -> Option<ConnCmd> {
+        let cmd = s.queue.pop_front()?;
+        if self.shared.max_bytes.is_some() {
+            s.held = s.held.saturating_sub(bytes_of(&cmd));
         }
+        if s.queue.is_empty() {
+            s.queue = VecDeque::new();
+        }
+        Some(cmd)
     }
 
     /// True once a frame did not fit the byte budget: the connection is to
     /// be closed, and what is queued dropped.
     pub(crate) fn overflowed(&self) -> bool {
-        self.budget
-            .as_ref()
-            .is_some_and(|b| b.over.load(Ordering::Relaxed))
+        self.shared.lock().over
     }
 
     /// The byte budget, if there is one.
     pub(crate) fn max_bytes(&self) -> Option<usize> {
-        self.budget.as_ref().map(|b| b.max)
+        self.shared.max_bytes
     }
 
     /// Bytes counted as queued.
     #[cfg(test)]
     pub(crate) fn held(&self) -> usize {
-        self.budget
-            .as_ref()
-            .map_or(0, |b| b.held.load(Ordering::Relaxed))
+        self.shared.lock().held
+    }
+
+    /// Commands the queue's buffer has room for.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.shared.lock().queue.capacity()
+    }
+}
+
+impl Drop for QueueRx {
+    fn drop(&mut self) {
+        let mut s = self.shared.lock();
+        s.receiving = false;
+        s.waker = None;
+        let queued = std::mem::take(&mut s.queue);
+        drop(s);
+        // What was queued is freed now, not when the last sender goes.
+        drop(queued);
     }
 }
 
@@ -279,5 +369,63 @@ mod tests {
         assert!(rx.overflowed());
         drop(tx);
         assert!(!weak.try_send(ConnCmd::Close), "no queue, no send");
+    }
+    #[tokio::test]
+    async fn the_writer_sees_the_end_after_what_is_queued() {
+        let (tx, mut rx) = queue(8, None);
+        let weak = tx.downgrade();
+        tx.try_send(ConnCmd::Close).unwrap();
+        assert!(weak.try_send(ConnCmd::Close));
+        drop(tx);
+        assert!(!weak.try_send(ConnCmd::Close), "no queue, no send");
+        assert!(matches!(rx.try_recv(), Ok(ConnCmd::Close)));
+        assert!(rx.recv().await.is_some());
+        assert!(rx.recv().await.is_none());
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Disconnected)));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_is_woken_by_a_frame_and_by_the_end() {
+        let (tx, mut rx) = queue(8, None);
+        let waiting = tokio::spawn(async move {
+            let first = rx.recv().await.is_some();
+            (first, rx.recv().await.is_none())
+        });
+        tokio::task::yield_now().await;
+        tx.try_send(ConnCmd::Close).unwrap();
+        tokio::task::yield_now().await;
+        drop(tx);
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), waiting);
+        assert_eq!(woken.await.unwrap().unwrap(), (true, true));
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_frames_and_refuses_once_its_writer_is_gone() {
+        let (tx, mut rx) = queue(2, None);
+        tx.try_send(ConnCmd::Close).unwrap();
+        tx.try_send(ConnCmd::Close).unwrap();
+        assert!(matches!(
+            tx.try_send(ConnCmd::Close),
+            Err(TrySendError::Full(_))
+        ));
+        assert!(rx.try_recv().is_ok());
+        tx.try_send(ConnCmd::Close).unwrap();
+        drop(rx);
+        assert!(matches!(
+            tx.try_send(ConnCmd::Close),
+            Err(TrySendError::Closed(_))
+        ));
+    }
+
+    #[test]
+    fn an_emptied_queue_holds_no_buffer() {
+        let (tx, mut rx) = queue(1024, None);
+        assert_eq!(rx.capacity(), 0);
+        for _ in 0..100 {
+            tx.try_send(ConnCmd::Close).unwrap();
+        }
+        assert!(rx.capacity() >= 100);
+        while rx.try_recv().is_ok() {}
+        assert_eq!(rx.capacity(), 0, "an idle connection keeps a buffer");
     }
 }

@@ -85,9 +85,9 @@ struct Writer<'a, 'w, S> {
     conn: ConnId,
     ctx: &'a ConnCtx,
     sealer: &'a mut Sealer,
-    /// Frames being signed ahead, in order (only where nothing is MAC'd).
-    signing: FuturesOrdered<BoxFuture<'a, Option<String>>>,
-    pipelined: bool,
+    /// Frames being signed ahead, in order: only where every frame is
+    /// RSA-signed (a connection with a session allocates none).
+    signing: Option<FuturesOrdered<BoxFuture<'a, Option<String>>>>,
     /// The hub said close: finish what is queued before it, then stop.
     closing: bool,
 }
@@ -113,22 +113,22 @@ pub(super) async fn write_frames<S>(
     }
     // Without a session every frame is RSA-signed (~1.5 ms): several are
     // signed at once, on the blocking pool, and sent in order.
-    let pipelined = sealer.signs_only();
+    let signing = sealer.signs_only().then(FuturesOrdered::new);
     let mut w = Writer {
         sink,
         conn,
         ctx,
         sealer,
-        signing: FuturesOrdered::new(),
-        pipelined,
+        signing,
         closing: false,
     };
-    while !(w.closing && w.signing.is_empty()) {
+    while !(w.closing && w.signing_len() == 0) {
+        let signing = w.signing_len();
         let next = tokio::select! {
             // What is signed goes first (in order), then the queue.
             biased;
-            Some(signed) = w.signing.next(), if !w.signing.is_empty() => Next::Signed(signed),
-            cmd = rx.recv(), if !w.closing && w.signing.len() < SIGNING_AHEAD => Next::Cmd(cmd),
+            Some(signed) = next_signed(&mut w.signing), if signing > 0 => Next::Signed(signed),
+            cmd = rx.recv(), if !w.closing && signing < SIGNING_AHEAD => Next::Cmd(cmd),
             _ = tick(&mut heartbeat) => Next::Heartbeat,
         };
         if rx.overflowed() {
@@ -195,8 +195,8 @@ where
     /// should close.
     async fn send(&mut self, out: Outgoing) -> bool {
         let stamp = self.sealer.stamp(&out);
-        if self.pipelined && stamp == Stamp::Signed {
-            self.signing.push_back(sign_counted(self.ctx, out).boxed());
+        if let (Some(signing), Stamp::Signed) = (&mut self.signing, stamp) {
+            signing.push_back(sign_counted(self.ctx, out).boxed());
             return true;
         }
         match finish(self.ctx, self.sealer, out, stamp).await {
@@ -249,6 +249,20 @@ where
             Ok(Ok(()))
         )
     }
+}
+
+impl<S> Writer<'_, '_, S> {
+    /// Frames being signed ahead.
+    fn signing_len(&self) -> usize {
+        self.signing.as_ref().map_or(0, FuturesOrdered::len)
+    }
+}
+
+/// The next frame signed ahead, in order; None if none is being signed.
+async fn next_signed<F: std::future::Future>(
+    signing: &mut Option<FuturesOrdered<F>>,
+) -> Option<F::Output> {
+    signing.as_mut()?.next().await
 }
 
 /// The next heartbeat; never without one.
