@@ -75,6 +75,11 @@ impl Router {
                 return self.send(conn, user, Message::Error(error));
             }
         };
+        for (dest, _) in &intake.dests {
+            if let Dest::User(u) = dest {
+                self.addressed(u);
+            }
+        }
         // Refused content (a full quota) is never also acknowledged: the
         // sender keeps it and learns why from the error (PROTOCOL.md C12).
         if self.take(intake, None) == Taken::Refused {

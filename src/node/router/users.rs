@@ -211,7 +211,7 @@ impl Router {
             }
         }
         let adv = self.own_advert(&user);
-        self.broadcast(None, &adv);
+        self.broadcast_presence(None, &user, &adv);
         for (env, msg) in early {
             self.user_frame(hello.conn, env, msg);
         }
@@ -241,12 +241,12 @@ impl Router {
             self.sessions.remove(&user);
             self.online.set(&user, online::HERE, false);
             let remove = Message::UserRemove(Presence {
-                user_id: user,
+                user_id: user.clone(),
                 location: self.cfg.me.clone(),
                 proof: None,
                 extra: Map::new(),
             });
-            self.broadcast(None, &remove);
+            self.broadcast_presence(None, &user, &remove);
         }
         self.hop_down(&Hop::Conn(conn));
     }
@@ -285,8 +285,10 @@ impl Router {
                         "one user list a second; ask again in a moment",
                     );
                 }
-                let list = self.user_list(&req);
-                self.send(conn, &user, Message::UserList(list));
+                if !self.forward_list(&user, &req) {
+                    let list = self.local_list(&req);
+                    self.send(conn, &user, Message::UserList(list));
+                }
             }
             Message::UserDbGetUser(q) => self.user_lookup(conn, &user, q.user_id),
             Message::MsgPrivate(_)
