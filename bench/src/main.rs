@@ -175,6 +175,7 @@ fn run(args: BenchArgs) -> Result<()> {
             pairs: args.pairs,
             seconds: args.seconds,
             rounds: args.rounds,
+            new_flags: args.new_flag,
             out: args.out,
         };
         return runtime.block_on(socp_bench::run_mesh(cfg)).map(|_| ());
