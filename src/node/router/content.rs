@@ -279,6 +279,11 @@ impl Router {
             return;
         };
         let (sender, dests) = self.relayed_dests(server, &env, &mut content, &msg_id);
+        // A DM for one of our users: its sender is likely to be answered.
+        let here = |d: &(Dest, Option<String>)| matches!(&d.0, Dest::User(u) if self.sessions.contains_key(u));
+        if matches!(content, Content::Dm(_)) && dests.iter().any(here) {
+            self.addressed(&sender);
+        }
         let intake = Intake {
             msg_id: msg_id.clone(),
             content,

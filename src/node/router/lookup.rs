@@ -217,11 +217,13 @@ impl Router {
         }
     }
 
-    /// Our own user addresses `user` (not online here): in lookup mode,
-    /// their presence is wanted. A user new to the cache is subscribed to
-    /// (now, or when the master link is back); the oldest goes if full.
+    /// Our own user addresses `user` (not online here), looks up their
+    /// key, or gets a DM from them: in lookup mode, their presence is
+    /// wanted. A user new to the cache is subscribed to (now, or when the
+    /// master link is back); the oldest goes if full.
     pub(super) fn addressed(&mut self, user: &str) {
-        if !self.lookup_mode() || self.sessions.contains_key(user) {
+        if !self.lookup_mode() || self.sessions.contains_key(user) || ids::check_user(user).is_err()
+        {
             return;
         }
         if !self.cache.touch(user) {

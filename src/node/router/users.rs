@@ -311,6 +311,7 @@ impl Router {
     }
 
     pub(super) fn user_lookup(&mut self, conn: ConnId, user: &str, target: String) {
+        self.addressed(&target); // a key is looked up to write to its owner
         if let Some(rec) = self.users.get(&target) {
             let answer = lookup_answer(&target, Some(&rec.pubkey));
             return self.send(conn, user, answer);

@@ -58,8 +58,13 @@ fn a_local_holds_presence_only_for_users_its_users_addressed() {
     assert_eq!(mesh.delivered("bob"), ["alice: hi"]);
     assert_eq!(mesh.online("A"), ["alice", "bob"]);
     assert_eq!(mesh.online("C"), ["carol"], "C heard of nobody");
+    assert_eq!(mesh.online("B"), ["alice", "bob"], "B: who wrote to bob");
     assert_eq!(advertised(&mesh, "M", "A"), ["bob"]);
     assert!(mesh.router("A").presence.len() == 1);
+    // Looking up a key is addressing its owner too.
+    mesh.lookup("alice", "carol");
+    mesh.run();
+    assert_eq!(mesh.online("A"), ["alice", "bob", "carol"]);
     // A local in full mode beside them still learns everyone.
     let mut mixed = Mesh::new(91)
         .discover()
@@ -95,6 +100,12 @@ fn the_first_dm_to_an_unknown_user_goes_via_the_master_the_next_ones_direct() {
     assert_eq!(mesh.delivered("dave"), ["alice: to the master's own user"]);
     assert_eq!(mesh.carried("A", "B", Kind::PeerDeliver), 1, "direct");
     assert_eq!(mesh.receipts("alice", "delivered").len(), 3);
+    // B learnt where alice is from her DM: the reply goes direct.
+    mesh.dm("bob", "alice", "reply");
+    mesh.run();
+    assert_eq!(mesh.delivered("alice"), ["bob: reply"]);
+    assert_eq!(mesh.carried("B", "A", Kind::PeerDeliver), 1);
+    assert_eq!(mesh.carried("B", "M", Kind::PeerDeliver), 0);
     assert!(mesh.receipts("alice", "delivered").contains(&first));
     assert!(mesh.receipts("alice", "delivered").contains(&second));
     assert!(all_handed_on(&mesh, &["A", "B", "C", "M"]));
