@@ -291,10 +291,10 @@ payload!(
     /// from now on; `unsubscribe` ends that. At most
     /// `SUBSCRIBE_BATCH` ids each.
     PresenceSubscribe {
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        subscribe: Vec<String>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        unsubscribe: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subscribe: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unsubscribe: Option<Vec<String>>,
     }
 );
 

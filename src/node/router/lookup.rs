@@ -254,8 +254,8 @@ impl Router {
             return; // sent with the whole cache when the link is back
         };
         let frame = Message::PresenceSubscribe(PresenceSubscribe {
-            subscribe,
-            unsubscribe,
+            subscribe: (!subscribe.is_empty()).then_some(subscribe),
+            unsubscribe: (!unsubscribe.is_empty()).then_some(unsubscribe),
             extra: Map::new(),
         });
         self.send_link(&master, &master, frame);
@@ -326,10 +326,20 @@ impl Router {
             );
             return;
         }
-        for user in s.unsubscribe.iter().take(SUBSCRIBE_BATCH) {
+        for user in s
+            .unsubscribe
+            .unwrap_or_default()
+            .iter()
+            .take(SUBSCRIBE_BATCH)
+        {
             self.subs.remove(server, user);
         }
-        for user in s.subscribe.into_iter().take(SUBSCRIBE_BATCH) {
+        for user in s
+            .subscribe
+            .unwrap_or_default()
+            .into_iter()
+            .take(SUBSCRIBE_BATCH)
+        {
             if ids::check_user(&user).is_err() {
                 continue;
             }

@@ -273,3 +273,20 @@ fn a_second_session_at_a_lookup_local_is_refused_by_the_master() {
     assert!(mesh.delivered("alice-again").is_empty());
     assert_eq!(mesh.online("M"), ["alice", "bob"]);
 }
+
+#[test]
+fn a_restarted_local_subscribes_again_to_what_it_held() {
+    let mut mesh = lookup_locals(99, 100);
+    everyone(&mut mesh);
+    mesh.dm("alice", "bob", "hi");
+    mesh.run();
+    mesh.crash("A");
+    mesh.run();
+    mesh.advance(5_000);
+    // bob's entry came back from A's disk as its cache, and the master
+    // was asked again.
+    assert_eq!(mesh.router("A").cache.users(), ["bob"]);
+    assert!(mesh.router("M").subs.has(&mesh.id("A"), "bob"));
+    assert!(mesh.router("A").presence.get("bob").is_some_and(|p| p.live));
+    assert_eq!(mesh.router("A").presence.len(), 1);
+}
