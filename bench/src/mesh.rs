@@ -11,7 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
+use socp::wire::ids;
+use socp::wire::messages::{Message, UserLookup};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::node_proc::NodeProc;
 use crate::procfs::{cpu_ms_of, raise_fd_limit};
@@ -120,6 +124,17 @@ async fn measure(rig: &MeshRig, m: &Material, pairs: usize, seconds: u64) -> Res
     for i in 0..pairs {
         let url = rig.locals[i % n].url();
         conns.push(Conn::open(&url, &format!("s{i}"), m.sender_key.clone()).await?);
+    }
+    // As a client does before its first DM to someone: it looks up their
+    // key (a local holding presence on demand learns where they are).
+    for (i, c) in conns.iter_mut().enumerate() {
+        let ask = Message::UserDbGetUser(UserLookup {
+            user_id: format!("r{i}"),
+            extra: Default::default(),
+        })
+        .into_envelope(&c.user, ids::TO_SERVER);
+        let text = c.seal(ask).await?;
+        c.ws.send(WsMessage::text(text)).await?;
     }
     // Every receiver known at every local before the clock starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
