@@ -92,6 +92,7 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig, ConfigError> {
             max_conns: args.max_conns.max(1),
             frame_timeout: Duration::from_secs(args.frame_timeout_secs.max(1)),
             user_queue_bytes: args.user_queue_bytes,
+            presence_cache: args.presence_cache,
         },
         metrics: args.metrics,
         tls,

@@ -58,9 +58,21 @@ async fn collect_dms(c: &mut ClientProc, n: usize) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dms_between_linked_locals_flow_with_the_master_down_and_queued_ones_arrive_once() {
+    master_down(&[]).await;
+}
+
+/// The same with locals that hold presence on demand (`--presence-cache`):
+/// what they looked up before the master died keeps them talking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_presence_on_demand_dms_flow_with_the_master_down_too() {
+    master_down(&["--presence-cache", "100"]).await;
+}
+
+async fn master_down(local_flags: &[&str]) {
     let root = tempfile::tempdir().unwrap();
     let mut master = start_node(root.path().join("m"), "master", "server-0", &[]);
-    let to_master = vec!["--master-url".to_owned(), master.url()];
+    let mut to_master = vec!["--master-url".to_owned(), master.url()];
+    to_master.extend(local_flags.iter().map(|f| (*f).to_owned()));
     let l1 = start_node(root.path().join("l1"), "local", "server-1", &to_master);
     let l2 = start_node(root.path().join("l2"), "local", "server-2", &to_master);
     let linked = tokio::task::block_in_place(|| wait_link_up(&l1, &l2.id, 1));

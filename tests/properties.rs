@@ -113,6 +113,7 @@ fn template(kind: &str) -> Vec<(&'static str, F)> {
         "RECEIPT" => vec![("user_id", S), ("msg_ids", Strings), ("status", S)],
         "ERROR" => vec![("code", S), ("detail", S)],
         "PEER_ANNOUNCE" => vec![("server_id", S)],
+        "PRESENCE_SUBSCRIBE" => vec![("subscribe", Strings), ("unsubscribe", Strings)],
         other => panic!("no template for {other}; add one"),
     }
 }

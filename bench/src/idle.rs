@@ -59,6 +59,12 @@ pub struct IdleConfig {
     /// Each user also asks for `USER_LIST` right after its hello, as the
     /// `socp` client's acceptance probe does.
     pub probe: bool,
+    /// The users log in at a local of a master with a second local: the
+    /// figures add what each user costs the master and the other local
+    /// (the presence they hold).
+    pub remote: bool,
+    /// Flags for the nodes of the binary under test only (not the baseline).
+    pub new_flags: Vec<String>,
     pub out: Option<PathBuf>,
 }
 
@@ -69,6 +75,10 @@ struct Level {
     per_user_kib: f64,
     logins_per_s: f64,
     node_cpu_ms_per_login: f64,
+    /// With `remote`: RSS growth per user at the master and at the other
+    /// local (KiB).
+    master_per_user_kib: Option<f64>,
+    other_local_per_user_kib: Option<f64>,
 }
 
 /// Runs the benchmark and prints (and optionally writes) the figures.
@@ -87,14 +97,14 @@ pub async fn run_idle(cfg: IdleConfig) -> Result<Value> {
         );
     }
     let key = Arc::new(tokio::task::spawn_blocking(PrivateKey::generate).await??);
-    let mut binaries = vec![("new", cfg.socp.clone())];
+    let mut binaries = vec![("new", cfg.socp.clone(), cfg.new_flags.clone())];
     if let Some(b) = &cfg.baseline {
-        binaries.push(("baseline", b.clone()));
+        binaries.push(("baseline", b.clone(), Vec::new()));
     }
     let mut runs = Vec::new();
-    for (label, socp) in &binaries {
+    for (label, socp, extra) in &binaries {
         eprintln!("socp-bench: {label} ({})…", socp.display());
-        let measured = measure(socp, &key, &levels, cfg.probe).await?;
+        let measured = measure(socp, &key, &levels, cfg.probe, cfg.remote, extra).await?;
         runs.push((*label, socp.clone(), measured));
     }
     let figures = figures(&cfg, &runs);
@@ -128,12 +138,15 @@ fn raise_fd_limit_to(want: u64) -> u64 {
     }
 }
 
-/// Starts a master and measures it at each level.
+/// Starts a master (with `remote`, and two locals) and measures the node
+/// the users log in at, at each level.
 async fn measure(
     socp: &std::path::Path,
     key: &Arc<PrivateKey>,
     levels: &[usize],
     probe: bool,
+    remote: bool,
+    extra: &[String],
 ) -> Result<Vec<Level>> {
     let dir = tempfile::tempdir()?;
     let most = levels.last().copied().unwrap_or(0);
@@ -148,14 +161,30 @@ async fn measure(
         "0".to_owned(),
     ]
     .into();
-    let node = NodeProc::start(
+    let mut flags = flags;
+    flags.extend(extra.iter().cloned());
+    let master = NodeProc::start(
         bench_node_options(socp),
         &dir.path().join("m"),
         "master",
         &flags,
     )?;
+    let mut others = Vec::new();
+    let node = if remote {
+        let mut local_flags = flags.clone();
+        local_flags.extend(["--master-url".to_owned(), master.url()]);
+        let opts = || bench_node_options(socp);
+        let here = NodeProc::start(opts(), &dir.path().join("l1"), "local", &local_flags)?;
+        let other = NodeProc::start(opts(), &dir.path().join("l2"), "local", &local_flags)?;
+        others.push(master);
+        others.push(other);
+        here
+    } else {
+        master
+    };
     tokio::time::sleep(SETTLE).await;
     let rss0 = node.status_kib("VmRSS:");
+    let others0: Vec<f64> = others.iter().map(|n| n.status_kib("VmRSS:")).collect();
     let url = node.url();
     let server: SocketAddr = format!("127.0.0.1:{}", node.port).parse()?;
     let mut clients = JoinSet::new();
@@ -169,18 +198,32 @@ async fn measure(
         let cpu = node.cpu_ms() - cpu0;
         let new = (users - online).max(1) as f64;
         online = users;
-        tokio::time::sleep(SETTLE).await;
+        // Presence takes a little longer to reach the other nodes.
+        let settle = if remote { SETTLE * 2 } else { SETTLE };
+        tokio::time::sleep(settle).await;
         if clients.len() != users {
             bail!("{} of {users} users are still connected", clients.len());
         }
         let rss = node.status_kib("VmRSS:");
+        let grown: Vec<f64> = others
+            .iter()
+            .zip(&others0)
+            .map(|(n, r0)| (n.status_kib("VmRSS:") - r0) / users as f64)
+            .collect();
         let level = Level {
             users,
             rss_kib: rss,
             per_user_kib: (rss - rss0) / users as f64,
             logins_per_s: new / dt,
             node_cpu_ms_per_login: cpu / new,
+            master_per_user_kib: grown.first().copied(),
+            other_local_per_user_kib: grown.get(1).copied(),
         };
+        if let (Some(m), Some(o)) = (level.master_per_user_kib, level.other_local_per_user_kib) {
+            eprintln!(
+                "           the master: {m:.2} KiB per user; the other local: {o:.2} KiB per user"
+            );
+        }
         eprintln!(
             "  {users:>7} users: node RSS {:.0} MiB, {:.2} KiB per user ({:.0} logins/s)",
             rss / 1024.0,
@@ -191,6 +234,7 @@ async fn measure(
     }
     clients.abort_all();
     drop(node);
+    drop(others);
     Ok(measured)
 }
 
@@ -354,11 +398,13 @@ fn figures(cfg: &IdleConfig, runs: &[(&str, PathBuf, Vec<Level>)]) -> Value {
                     "rss_per_idle_user_kib": l.per_user_kib,
                     "logins_per_s": l.logins_per_s,
                     "node_cpu_ms_per_login": l.node_cpu_ms_per_login,
+                    "master_rss_per_user_kib": l.master_per_user_kib,
+                    "other_local_rss_per_user_kib": l.other_local_per_user_kib,
                 })).collect::<Vec<_>>(),
             })
         })
         .collect();
-    json!({ "idle_scale": { "probe": cfg.probe, "runs": runs } })
+    json!({ "idle_scale": { "probe": cfg.probe, "remote": cfg.remote, "runs": runs } })
 }
 
 /// The figures as a table: one row per level, a column pair per binary.
@@ -420,6 +466,27 @@ pub fn table(f: &Value) -> String {
             })
             .unwrap_or_default();
         let _ = writeln!(out, "logins ({name}), per level: {}", logins.join("; "));
+        if f["idle_scale"]["remote"].as_bool() == Some(true) {
+            let costs: Vec<String> = r["levels"]
+                .as_array()
+                .map(|ls| {
+                    ls.iter()
+                        .map(|l| {
+                            format!(
+                                "master {:.2}, other local {:.2}",
+                                l["master_rss_per_user_kib"].as_f64().unwrap_or(0.0),
+                                l["other_local_rss_per_user_kib"].as_f64().unwrap_or(0.0)
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "KiB per user elsewhere ({name}), per level: {}",
+                costs.join("; ")
+            );
+        }
     }
     out
 }

@@ -43,6 +43,15 @@ struct BenchArgs {
     /// its hello, as the `socp` client's acceptance probe does.
     #[arg(long)]
     idle_probe: bool,
+    /// With --idle-scale: the users log in at a local of a master that has
+    /// a second local; also reports what each user costs the master and
+    /// the other local (the presence they hold).
+    #[arg(long)]
+    idle_remote: bool,
+    /// A flag for the nodes of the binary under test only, not the
+    /// baseline's (repeat it; e.g. `--new-flag=--presence-cache=65536`).
+    #[arg(long, allow_hyphen_values = true)]
+    new_flag: Vec<String>,
     /// Instead: a master and two locals with small bounds, a probe user's
     /// DMs alone and then under every attack of issue 11 at once (--seconds
     /// per phase): probe latency, node RSS, what the nodes answered.
@@ -152,6 +161,8 @@ fn run(args: BenchArgs) -> Result<()> {
             baseline: args.baseline,
             levels: args.idle_scale,
             probe: args.idle_probe,
+            remote: args.idle_remote,
+            new_flags: args.new_flag,
             out: args.out,
         };
         return runtime.block_on(socp_bench::run_idle(cfg)).map(|_| ());
@@ -164,6 +175,7 @@ fn run(args: BenchArgs) -> Result<()> {
             pairs: args.pairs,
             seconds: args.seconds,
             rounds: args.rounds,
+            new_flags: args.new_flag,
             out: args.out,
         };
         return runtime.block_on(socp_bench::run_mesh(cfg)).map(|_| ());

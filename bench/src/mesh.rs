@@ -11,12 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
+use socp::wire::ids;
+use socp::wire::messages::{Message, UserLookup};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::node_proc::NodeProc;
 use crate::procfs::{cpu_ms_of, raise_fd_limit};
 use crate::throughput::load::{Conn, Observed, SenderPlan, receiver, sender};
-use crate::throughput::{Material, bench_node, material};
+use crate::throughput::{Material, bench_node_extra, material};
 
 /// How long the locals get to learn each other from the master and link.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -35,6 +39,8 @@ pub struct MeshConfig {
     /// Each binary is measured this many times, alternating (a busy
     /// machine's load shifts between runs); the median run is reported.
     pub rounds: usize,
+    /// Flags for the nodes of the binary under test only (`--new-flag`).
+    pub new_flags: Vec<String>,
     pub out: Option<PathBuf>,
 }
 
@@ -46,14 +52,14 @@ struct MeshRig {
 }
 
 impl MeshRig {
-    fn start(socp: &Path, n: usize) -> Result<MeshRig> {
+    fn start(socp: &Path, n: usize, extra: &[String]) -> Result<MeshRig> {
         let dir = tempfile::tempdir()?;
-        let master = bench_node(socp, &dir.path().join("m"), "master", None, false)?;
+        let master = bench_node_extra(socp, &dir.path().join("m"), "master", None, extra)?;
         let url = master.url();
         let locals = (0..n)
             .map(|i| {
                 let at = dir.path().join(format!("l{i}"));
-                bench_node(socp, &at, "local", Some(&url), false)
+                bench_node_extra(socp, &at, "local", Some(&url), extra)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(MeshRig {
@@ -119,6 +125,17 @@ async fn measure(rig: &MeshRig, m: &Material, pairs: usize, seconds: u64) -> Res
         let url = rig.locals[i % n].url();
         conns.push(Conn::open(&url, &format!("s{i}"), m.sender_key.clone()).await?);
     }
+    // As a client does before its first DM to someone: it looks up their
+    // key (a local holding presence on demand learns where they are).
+    for (i, c) in conns.iter_mut().enumerate() {
+        let ask = Message::UserDbGetUser(UserLookup {
+            user_id: format!("r{i}"),
+            extra: Default::default(),
+        })
+        .into_envelope(&c.user, ids::TO_SERVER);
+        let text = c.seal(ask).await?;
+        c.ws.send(WsMessage::text(text)).await?;
+    }
     // Every receiver known at every local before the clock starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut tasks = Vec::new();
@@ -159,8 +176,8 @@ async fn measure(rig: &MeshRig, m: &Material, pairs: usize, seconds: u64) -> Res
 }
 
 /// One binary: start its mesh, let it settle, measure, stop it.
-async fn run_one(socp: &Path, cfg: &MeshConfig, m: &Material) -> Result<MeshRun> {
-    let rig = MeshRig::start(socp, cfg.locals)?;
+async fn run_one(socp: &Path, extra: &[String], cfg: &MeshConfig, m: &Material) -> Result<MeshRun> {
+    let rig = MeshRig::start(socp, cfg.locals, extra)?;
     tokio::time::sleep(SETTLE).await;
     let run = measure(&rig, m, cfg.pairs, cfg.seconds).await;
     drop(rig);
@@ -189,7 +206,8 @@ pub async fn run_mesh(cfg: MeshConfig) -> Result<Value> {
                 cfg.locals,
                 cfg.pairs
             );
-            measured[i].push(run_one(socp, &cfg, &m).await?);
+            let extra = if i == 0 { &cfg.new_flags[..] } else { &[] };
+            measured[i].push(run_one(socp, extra, &cfg, &m).await?);
         }
     }
     let mut runs = Vec::new();

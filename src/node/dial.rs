@@ -63,6 +63,7 @@ pub(crate) fn our_hello(
     pubkey: &str,
     master: bool,
     mac: bool,
+    lookup: bool,
     url: &str,
 ) -> PeerHelloLink {
     PeerHelloLink {
@@ -70,7 +71,7 @@ pub(crate) fn our_hello(
         port,
         pubkey: pubkey.to_owned(),
         role: if master { Role::Master } else { Role::Local },
-        caps: Some(super::router::our_caps(mac)),
+        caps: Some(super::router::our_caps(mac, lookup)),
         session: None,
         extra: super::router::url_field(url),
     }
@@ -438,7 +439,7 @@ mod tests {
 
     #[test]
     fn each_hello_signs_when_and_for_whom() {
-        let base = our_hello("h", 1, "k", false, true, "ws://h:1");
+        let base = our_hello("h", 1, "k", false, true, false, "ws://h:1");
         let h = signed_hello(&base, Some("server_x"), 42);
         assert_eq!(h.extra[HELLO_TS], 42);
         assert_eq!(h.extra[HELLO_TO], "server_x");

@@ -44,6 +44,7 @@ pub fn dispatch(data: &[u8]) {
             max_group_members: 16,
             max_file_size: 1 << 20,
             admission: Default::default(),
+            presence_cache: 0,
         };
         let mut router = Router::new(cfg, Snapshot::default());
         let peer = ids::new_local_server_id();
@@ -58,6 +59,7 @@ pub fn dispatch(data: &[u8]) {
             to: ids::TO_SERVER.into(),
             socp: true,
             answers_registrations: true,
+            lookup: false,
             dialed: !master,
             dialed_master: !master,
             session: None,

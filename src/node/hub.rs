@@ -396,6 +396,7 @@ mod tests {
             max_group_members: 16,
             max_file_size: 1 << 20,
             admission: Default::default(),
+            presence_cache: 0,
         };
         let router = Router::new(cfg, Snapshot::default());
         let (tx, rx) = mpsc::channel(16);

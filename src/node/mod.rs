@@ -105,6 +105,10 @@ pub struct Limits {
     /// Bytes of answers one user connection may have waiting to be written;
     /// more closes it (`conn::SendQueue`).
     pub user_queue_bytes: usize,
+    /// At a local: remote users whose presence it holds, those its users
+    /// addressed most recently, when the master serves presence on demand
+    /// (`--presence-cache`; 0: everyone's, as before).
+    pub presence_cache: usize,
 }
 
 /// Default for `--max-conns`.
@@ -123,6 +127,7 @@ impl Default for Limits {
             max_conns_per_ip: 256,
             max_group_members: 1000,
             max_file_size: 1 << 30,
+            presence_cache: 0,
         }
     }
 }
@@ -311,6 +316,7 @@ impl Node {
             &pubkey,
             config.master,
             config.mac,
+            config.master || config.limits.presence_cache > 0,
             &url,
         );
         let mut dialers = dialers(
@@ -463,6 +469,7 @@ fn router_config(
         max_group_members: config.limits.max_group_members,
         max_file_size: config.limits.max_file_size,
         admission: config.admission.clone(),
+        presence_cache: config.limits.presence_cache,
     }
 }
 

@@ -123,6 +123,7 @@ catalogue!(
     Receipt(Receipt) = "RECEIPT",
     Error(ErrorBody) = "ERROR",
     PeerAnnounce(PeerAnnounce) = "PEER_ANNOUNCE",
+    PresenceSubscribe(PresenceSubscribe) = "PRESENCE_SUBSCRIBE",
 );
 
 impl Kind {

@@ -285,6 +285,20 @@ payload!(
 );
 
 payload!(
+    /// `PRESENCE_SUBSCRIBE` (a `socp` addition, `presence-lookup-v1`): a
+    /// local asks its master to tell it where these users are (answered
+    /// with `USER_ADVERTISE` for those online) and to relay their presence
+    /// from now on; `unsubscribe` ends that. At most
+    /// `SUBSCRIBE_BATCH` ids each.
+    PresenceSubscribe {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subscribe: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unsubscribe: Option<Vec<String>>,
+    }
+);
+
+payload!(
     /// `DB_REGISTER_USER`: a local tells the master a user said hello there.
     RegisterUser {
         user_id: String,

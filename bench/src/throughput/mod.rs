@@ -76,6 +76,39 @@ pub(crate) fn bench_node(
     bench_node_with(bench_node_options(socp), dir, role, master_url, no_mac)
 }
 
+/// [`bench_node`] with more flags (`--new-flag`).
+pub(crate) fn bench_node_extra(
+    socp: &Path,
+    dir: &Path,
+    role: &str,
+    master_url: Option<&str>,
+    extra: &[String],
+) -> Result<NodeProc> {
+    let mut flags: Vec<String> = Vec::new();
+    if let Some(url) = master_url {
+        flags.extend(["--master-url".into(), url.to_owned()]);
+    }
+    flags.extend(LOAD_FLAGS.map(String::from));
+    flags.extend(extra.iter().cloned());
+    NodeProc::start(bench_node_options(socp), dir, role, &flags)
+}
+
+/// What lets a benchmark's load through a node: it comes from one
+/// address, faster than any one user would send.
+const LOAD_FLAGS: [&str; 10] = [
+    "--max-conns-per-ip",
+    "100000",
+    "--user-rate",
+    "1000000",
+    "--user-burst",
+    "1000000",
+    // Thousands of new ids from one address, through one local.
+    "--registrations-per-address",
+    "0",
+    "--registrations-per-server",
+    "0",
+];
+
 /// [`bench_node`] with these process options.
 pub(crate) fn bench_node_with(
     opts: NodeOptions,
@@ -91,22 +124,7 @@ pub(crate) fn bench_node_with(
     if no_mac {
         flags.push("--no-mac".into());
     }
-    flags.extend(
-        [
-            "--max-conns-per-ip",
-            "100000",
-            "--user-rate",
-            "1000000",
-            "--user-burst",
-            "1000000",
-            // Thousands of new ids from one address, through one local.
-            "--registrations-per-address",
-            "0",
-            "--registrations-per-server",
-            "0",
-        ]
-        .map(String::from),
-    );
+    flags.extend(LOAD_FLAGS.map(String::from));
     NodeProc::start(opts, dir, role, &flags)
 }
 

@@ -75,6 +75,11 @@ impl Router {
                 return self.send(conn, user, Message::Error(error));
             }
         };
+        for (dest, _) in &intake.dests {
+            if let Dest::User(u) = dest {
+                self.addressed(u);
+            }
+        }
         // Refused content (a full quota) is never also acknowledged: the
         // sender keeps it and learns why from the error (PROTOCOL.md C12).
         if self.take(intake, None) == Taken::Refused {
@@ -274,6 +279,11 @@ impl Router {
             return;
         };
         let (sender, dests) = self.relayed_dests(server, &env, &mut content, &msg_id);
+        // A DM for one of our users: its sender is likely to be answered.
+        let here = |d: &(Dest, Option<String>)| matches!(&d.0, Dest::User(u) if self.sessions.contains_key(u));
+        if matches!(content, Content::Dm(_)) && dests.iter().any(here) {
+            self.addressed(&sender);
+        }
         let intake = Intake {
             msg_id: msg_id.clone(),
             content,

@@ -188,6 +188,9 @@ pub(crate) struct LinkHelloIn {
     pub socp: bool,
     /// The peer answers registrations that carry a `req_id`.
     pub answers_registrations: bool,
+    /// The peer listed `presence-lookup-v1` (a local asks for presence on
+    /// demand; a master serves it).
+    pub lookup: bool,
     /// We dialed it (its hello is the answer to ours).
     pub dialed: bool,
     /// We dialed it as our master (`--master-url`).
@@ -228,6 +231,7 @@ impl LinkHelloIn {
             to: env.to.clone(),
             socp,
             answers_registrations,
+            lookup: lists(super::CAP_PRESENCE_LOOKUP),
             dialed,
             dialed_master,
             session,

@@ -55,6 +55,7 @@ impl Router {
         }
         if hello.dialed_master {
             self.master_id = Some(id.clone());
+            self.master_serves_lookups = hello.lookup;
         }
         if !hello.dialed && !answered {
             self.answer_link_hello(&hello);
@@ -69,6 +70,7 @@ impl Router {
             conn: hello.conn,
             socp: hello.socp,
             answers_registrations: hello.answers_registrations,
+            lookup: hello.lookup,
             dialed: hello.dialed,
         };
         self.links.insert(id.clone(), link);
@@ -76,6 +78,9 @@ impl Router {
         tracing::info!(server = %id, role = ?hello.role, "link up");
         self.restore_presence(&id, hello.socp);
         self.send_snapshot(&id);
+        if hello.dialed_master {
+            self.resubscribe();
+        }
         self.announce_local(&hello);
         self.pump_all();
     }
@@ -203,7 +208,7 @@ impl Router {
             port: self.cfg.port,
             pubkey: self.cfg.pubkey.clone(),
             role,
-            caps: Some(our_caps(hello.session.is_some())),
+            caps: Some(our_caps(hello.session.is_some(), self.cfg.lists_lookup())),
             session: session_offer(&hello.session),
             extra: answer_fields(&self.cfg.url, &hello.server_id, self.now),
         });
@@ -222,6 +227,7 @@ impl Router {
         if self.links.get(&server).is_some_and(|l| l.conn == conn) {
             self.links.remove(&server);
             self.forget_announced(&server);
+            self.subs.drop_server(&server);
             tracing::info!(server = %server, "link down");
             let carried: Vec<String> = self
                 .presence
@@ -243,12 +249,12 @@ impl Router {
                 self.online.set(&user, super::online::REMOTE, false);
                 if self.cfg.master {
                     let remove = Message::UserRemove(Presence {
-                        user_id: user,
+                        user_id: user.clone(),
                         location: p.location.clone(),
                         proof: None,
                         extra: Map::new(),
                     });
-                    self.broadcast(Some(&server), &remove);
+                    self.broadcast_presence(Some(&server), &user, &remove);
                 }
             }
             self.hop_down(&Hop::Link(server));
@@ -295,6 +301,9 @@ impl Router {
             }
             Message::Error(e) => self.peer_error(&server, &env, e),
             Message::PeerAnnounce(a) => self.peer_announce(&server, a),
+            Message::PresenceSubscribe(s) if self.cfg.master => self.peer_subscribe(&server, s),
+            Message::UserListReq(q) if self.cfg.master => self.peer_list(&server, &env.to, q),
+            Message::UserList(l) if !self.cfg.master => self.list_from_master(&server, &env.to, l),
             Message::Heartbeat(_) | Message::PeerHelloLink(_) => {}
             other => {
                 tracing::debug!(server = %server, kind = other.type_name(), "ignored link frame")

@@ -15,6 +15,7 @@ mod fanout;
 mod groups;
 mod link_hold;
 mod links;
+mod lookup;
 mod online;
 mod peers;
 mod persist;
@@ -51,11 +52,11 @@ use super::records::UserRecord;
 use super::records::{GroupRecord, PresenceRecord, ProofOwner, ServerRecord};
 use super::state::{Snapshot, StoreFailure};
 use crate::crypto::{self, PublicKey};
+use crate::wire::canonical;
 use crate::wire::messages::{
     ErrorBody, Message, Presence, Proof, RegisterUser, Role, UserLookupAnswer,
 };
 use crate::wire::{Envelope, ErrorCode};
-use crate::wire::{canonical, ids};
 
 pub(crate) use super::records::ConnId;
 
@@ -78,14 +79,20 @@ fn session_offer(wrapped: &Option<String>) -> Option<crate::wire::messages::Sess
         })
 }
 
-/// The capabilities we list in a hello.
-pub(crate) fn our_caps(mac: bool) -> Vec<String> {
+/// The capabilities we list in a hello (`lookup`: presence on demand, see
+/// [`RouterConfig::lists_lookup`]).
+pub(crate) fn our_caps(mac: bool, lookup: bool) -> Vec<String> {
     let mut caps = vec![CAP_SOCP.to_owned(), CAP_REGISTER_ANSWER.to_owned()];
     if mac {
         caps.push(crate::crypto::session::CAP_MAC_V1.to_owned());
     }
+    if lookup {
+        caps.push(CAP_PRESENCE_LOOKUP.to_owned());
+    }
     caps
 }
+
+pub use lookup::CAP_PRESENCE_LOOKUP;
 
 /// The capability a `socp` peer lists in its hello.
 pub const CAP_SOCP: &str = "socp-v1";
@@ -112,6 +119,19 @@ pub(crate) struct RouterConfig {
     pub max_file_size: u64,
     /// `--admit` and the registration policy.
     pub admission: super::policy::Admission,
+    /// At a local, `--presence-cache`: remote users whose presence it holds
+    /// when its master serves presence on demand (0: everyone's, as a
+    /// reference local). Unused at the master.
+    pub presence_cache: usize,
+}
+
+impl RouterConfig {
+    /// True if our link hellos list [`CAP_PRESENCE_LOOKUP`]: a master
+    /// serves presence on demand; a local asks for it unless configured
+    /// to hold everyone's.
+    pub fn lists_lookup(&self) -> bool {
+        self.master || self.presence_cache > 0
+    }
 }
 
 /// Bounds of the master's offline mailbox, per recipient.
@@ -168,6 +188,8 @@ struct Link {
     socp: bool,
     /// It listed [`CAP_REGISTER_ANSWER`].
     answers_registrations: bool,
+    /// It listed [`CAP_PRESENCE_LOOKUP`].
+    lookup: bool,
     /// We dialed it (else it dialed us).
     dialed: bool,
 }
@@ -194,6 +216,14 @@ pub(crate) struct Router {
     /// Second links waiting to prove their key (`link_hold.rs`).
     held: link_hold::HeldLinks,
     presence: HashMap<String, PresenceRecord>,
+    /// At a local in lookup mode: the remote users our users addressed,
+    /// whose presence we hold (`lookup.rs`).
+    cache: lookup::Cache,
+    /// At the master: which users each lookup-mode local subscribed to.
+    subs: lookup::Subscriptions,
+    /// Our master listed [`CAP_PRESENCE_LOOKUP`] on its last link (assumed
+    /// until a link says otherwise).
+    master_serves_lookups: bool,
     /// Users online here or live elsewhere, sorted (`USER_LIST` pages):
     /// whatever sets a session or a presence record's `live` updates it.
     online: online::Online,
@@ -261,6 +291,26 @@ impl Router {
         for p in presence.values_mut() {
             p.live = false; // dormant until the link it came over is back
         }
+        // A local that holds presence on demand keeps what it persisted as
+        // its cache, within the bound (the rest is forgotten).
+        let mut cache = lookup::Cache::default();
+        let mut out = Vec::new();
+        if !cfg.master && cfg.presence_cache > 0 {
+            let mut held: Vec<(&String, i64)> =
+                presence.iter().map(|(u, p)| (u, p.updated_ms)).collect();
+            held.sort_by_key(|(u, t)| (std::cmp::Reverse(*t), (*u).clone()));
+            let cap = cfg.presence_cache.min(lookup::SUBSCRIPTIONS_MAX);
+            let (kept, dropped) = held.split_at(held.len().min(cap));
+            let mut kept: Vec<(&String, i64)> = kept.to_vec();
+            kept.reverse();
+            for (u, _) in kept {
+                cache.touch(u);
+            }
+            for (u, _) in dropped {
+                out.push(Output::Persist(StoreOp::RemovePresence((*u).clone())));
+            }
+            presence.retain(|u, _| cache.contains(u));
+        }
         Router {
             master_id,
             users: directory::Directory::new(snapshot.store, directory::DIRECTORY_CACHE),
@@ -271,6 +321,9 @@ impl Router {
             conn_links: HashMap::new(),
             held: HashMap::new(),
             presence,
+            cache,
+            subs: Default::default(),
+            master_serves_lookups: true,
             online: Default::default(),
             verified: Default::default(),
             master_answered_ms: 0,
@@ -293,7 +346,7 @@ impl Router {
             req_ids: req_ids::ReqIds::random(),
             announced: Default::default(),
             via_master: sticky::ViaMaster::new(resumed),
-            out: Vec::new(),
+            out,
             now: 0,
             cfg,
         }
@@ -381,12 +434,12 @@ impl Router {
         let users: Vec<String> = self.sessions.keys().cloned().collect();
         for user in users {
             let remove = Message::UserRemove(Presence {
-                user_id: user,
+                user_id: user.clone(),
                 location: self.cfg.me.clone(),
                 proof: None,
                 extra: Map::new(),
             });
-            self.broadcast(None, &remove);
+            self.broadcast_presence(None, &user, &remove);
         }
     }
 
@@ -462,19 +515,6 @@ impl Router {
                 true
             }
             None => false,
-        }
-    }
-
-    /// Sends to every link but `except`'s.
-    fn broadcast(&mut self, except: Option<&str>, msg: &Message) {
-        let targets: Vec<ConnId> = self
-            .links
-            .iter()
-            .filter(|(id, _)| Some(id.as_str()) != except)
-            .map(|(_, l)| l.conn)
-            .collect();
-        for conn in targets {
-            self.send(conn, ids::TO_ALL, msg.clone());
         }
     }
 

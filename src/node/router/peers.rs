@@ -171,6 +171,7 @@ mod tests {
             max_group_members: 16,
             max_file_size: 1 << 20,
             admission: Default::default(),
+            presence_cache: 0,
         };
         Router::new(cfg, Snapshot::default())
     }
@@ -182,7 +183,7 @@ mod tests {
             port: 9,
             pubkey: k.public().to_b64().to_owned(),
             role,
-            caps: socp.then(|| super::super::our_caps(false)),
+            caps: socp.then(|| super::super::our_caps(false, false)),
             session: None,
             extra: super::super::url_field(&format!("ws://127.0.0.1:{conn}")),
         };

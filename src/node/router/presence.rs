@@ -37,21 +37,26 @@ impl Router {
                 p.live = true;
                 self.online.set(&user, online::REMOTE, true);
                 let adv = Message::UserAdvertise(Presence {
-                    user_id: user,
+                    user_id: user.clone(),
                     location: p.location.clone(),
                     proof: p.proof.clone(),
                     extra: Map::new(),
                 });
                 if self.cfg.master {
-                    self.broadcast(Some(server), &adv);
+                    self.broadcast_presence(Some(server), &user, &adv);
                 }
             }
         }
     }
 
     /// A new link learns who is online: our own users (registered first,
-    /// if it is our master) and, from the master, everyone else's.
+    /// if it is our master) and, from the master, everyone else's. A local
+    /// in lookup mode learns nothing here: it subscribes to whom it needs
+    /// (`lookup.rs`).
     pub(super) fn send_snapshot(&mut self, server: &str) {
+        if self.filtered(server) {
+            return;
+        }
         let own: Vec<String> = self.sessions.keys().cloned().collect();
         let is_master_link = self.master_id.as_deref() == Some(server);
         for user in &own {
@@ -123,6 +128,9 @@ impl Router {
                 tracing::warn!(server, user = %p.user_id, why, "refused presence claim");
                 return;
             }
+            if self.filtered(server) && self.online_elsewhere(&p.user_id, server) {
+                return self.name_in_use(server, &p.user_id);
+            }
         } else if !from_master {
             if p.location == server && self.links.get(server).is_some_and(|l| l.socp) {
                 return self.direct_claim(server, p);
@@ -131,6 +139,9 @@ impl Router {
             return;
         }
         if from_master && !self.cfg.master {
+            if !self.wants_presence(&p.user_id) {
+                return; // nobody here addressed them (lookup mode)
+            }
             self.key_vouched_by_master(&p);
         }
         if self.sessions.contains_key(&p.user_id) {
@@ -148,7 +159,8 @@ impl Router {
         self.persist(StoreOp::SetPresence(p.user_id.clone(), rec));
         let user = Dest::User(p.user_id.clone());
         if self.cfg.master {
-            self.broadcast(Some(server), &Message::UserAdvertise(p));
+            let id = p.user_id.clone();
+            self.broadcast_presence(Some(server), &id, &Message::UserAdvertise(p));
         }
         self.pump(&user);
     }
@@ -200,8 +212,9 @@ impl Router {
             self.online.set(&p.user_id, online::REMOTE, false);
             self.persist(StoreOp::RemovePresence(p.user_id.clone()));
             if self.cfg.master {
+                let id = p.user_id.clone();
                 let relay = Message::UserRemove(Presence { proof: None, ..p });
-                self.broadcast(Some(server), &relay);
+                self.broadcast_presence(Some(server), &id, &relay);
             }
         }
     }
@@ -213,7 +226,7 @@ impl Router {
     /// cached it from the master) and is fresh, or is the proof we already
     /// hold for that user there; otherwise the master's relay tells us.
     fn direct_claim(&mut self, server: &str, p: Presence) {
-        if self.sessions.contains_key(&p.user_id) {
+        if self.sessions.contains_key(&p.user_id) || !self.wants_presence(&p.user_id) {
             return;
         }
         if let Err(why) = self.check_direct_claim(&p) {

@@ -211,7 +211,7 @@ impl Router {
             }
         }
         let adv = self.own_advert(&user);
-        self.broadcast(None, &adv);
+        self.broadcast_presence(None, &user, &adv);
         for (env, msg) in early {
             self.user_frame(hello.conn, env, msg);
         }
@@ -244,12 +244,12 @@ impl Router {
             self.sessions.remove(&user);
             self.online.set(&user, online::HERE, false);
             let remove = Message::UserRemove(Presence {
-                user_id: user,
+                user_id: user.clone(),
                 location: self.cfg.me.clone(),
                 proof: None,
                 extra: Map::new(),
             });
-            self.broadcast(None, &remove);
+            self.broadcast_presence(None, &user, &remove);
         }
         self.hop_down(&Hop::Conn(conn));
     }
@@ -288,8 +288,10 @@ impl Router {
                         "one user list a second; ask again in a moment",
                     );
                 }
-                let list = self.user_list(&req);
-                self.send(conn, &user, Message::UserList(list));
+                if !self.forward_list(&user, &req) {
+                    let list = self.local_list(&req);
+                    self.send(conn, &user, Message::UserList(list));
+                }
             }
             Message::UserDbGetUser(q) => self.user_lookup(conn, &user, q.user_id),
             Message::MsgPrivate(_)
@@ -312,6 +314,7 @@ impl Router {
     }
 
     pub(super) fn user_lookup(&mut self, conn: ConnId, user: &str, target: String) {
+        self.addressed(&target); // a key is looked up to write to its owner
         if let Some(rec) = self.users.get(&target) {
             let answer = lookup_answer(&target, Some(&rec.pubkey));
             return self.send(conn, user, answer);

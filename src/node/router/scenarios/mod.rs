@@ -8,6 +8,7 @@ mod custody;
 mod directory;
 mod disk_state;
 mod groups;
+mod lookup;
 mod mesh;
 mod presence;
 mod restart;

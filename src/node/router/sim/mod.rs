@@ -301,6 +301,7 @@ impl Mesh {
             max_group_members: 1000,
             max_file_size: 1 << 30,
             admission: Default::default(),
+            presence_cache: 0,
         };
         tweak(&mut cfg);
         let router = Router::new(cfg.clone(), Default::default());

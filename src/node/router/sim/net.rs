@@ -297,7 +297,7 @@ impl Mesh {
             } else {
                 Role::Local
             },
-            caps: Some(our_caps(false)),
+            caps: Some(our_caps(false, node.cfg.lists_lookup())),
             session: None,
             extra: super::super::url_field(&node.cfg.url),
         });

@@ -33,6 +33,7 @@ fn router(master: bool) -> Router {
         max_group_members: 1000,
         max_file_size: 1 << 30,
         admission: Default::default(),
+        presence_cache: 0,
     };
     Router::new(cfg, Snapshot::default())
 }
@@ -78,6 +79,7 @@ fn link(conn: ConnId, id: &str, k: &PrivateKey, role: Role, dialed_master: bool)
         to: crate::wire::ids::TO_SERVER.into(),
         socp: true,
         answers_registrations: true,
+        lookup: false,
         dialed: dialed_master,
         dialed_master,
         session: None,
