@@ -316,9 +316,9 @@ pub struct NodeArgs {
     pub user_queue_bytes: usize,
     /// At a local: hold the presence of at most this many remote users, those
     /// its users addressed most recently, asking the master on demand
-    /// (presence-lookup-v1; at most 65536). 0: hold everyone's, as a
-    /// reference local does.
-    #[arg(long, default_value_t = 0)]
+    /// (presence-lookup-v1; at most 65536, the default). 0: hold everyone's,
+    /// as a reference local does.
+    #[arg(long, default_value_t = crate::node::PRESENCE_CACHE)]
     pub presence_cache: usize,
     /// Connections the node holds at once from all addresses; more are
     /// refused (RATE_LIMITED).

@@ -107,12 +107,16 @@ pub struct Limits {
     pub user_queue_bytes: usize,
     /// At a local: remote users whose presence it holds, those its users
     /// addressed most recently, when the master serves presence on demand
-    /// (`--presence-cache`; 0: everyone's, as before).
+    /// (`--presence-cache`, default [`PRESENCE_CACHE`]; 0: everyone's, as a
+    /// reference local does).
     pub presence_cache: usize,
 }
 
 /// Default for `--max-conns`.
 pub const MAX_CONNS: usize = 50_000;
+/// Default for `--presence-cache`: a local holds the presence of at most
+/// this many remote users, looked up on demand (the most it may hold).
+pub const PRESENCE_CACHE: usize = 65_536;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -127,7 +131,7 @@ impl Default for Limits {
             max_conns_per_ip: 256,
             max_group_members: 1000,
             max_file_size: 1 << 30,
-            presence_cache: 0,
+            presence_cache: PRESENCE_CACHE,
         }
     }
 }

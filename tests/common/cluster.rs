@@ -113,6 +113,12 @@ impl TestNode {
             web: true,
         };
         let mut config = config;
+        // These tests watch mesh-wide presence at every node (`wait_online`):
+        // their locals hold everyone's, as with `--presence-cache 0`. The
+        // default, presence on demand, has its own tests (`presence_lookup`,
+        // `mesh_direct`, the router's `scenarios::lookup`) and is what the
+        // tests that run `socp node` processes get.
+        config.limits.presence_cache = 0;
         adjust(&mut config);
         let node = Node::start(config.clone()).await.unwrap();
         config.listen = node.addr;

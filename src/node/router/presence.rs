@@ -111,7 +111,7 @@ impl Router {
             proof: None,
             extra: Map::new(),
         });
-        self.broadcast(None, &remove);
+        self.broadcast_presence(None, user, &remove);
     }
 
     pub(super) fn peer_advertise(&mut self, server: &str, p: Presence) {
