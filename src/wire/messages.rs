@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-pub use super::announce::PeerAnnounce;
+pub use super::announce::{PeerAnnounce, PeerWithdraw};
 use super::envelope::{Envelope, WireError};
 pub use super::payloads::*;
 
@@ -123,6 +123,7 @@ catalogue!(
     Receipt(Receipt) = "RECEIPT",
     Error(ErrorBody) = "ERROR",
     PeerAnnounce(PeerAnnounce) = "PEER_ANNOUNCE",
+    PeerWithdraw(PeerWithdraw) = "PEER_WITHDRAW",
 );
 
 impl Kind {

@@ -295,6 +295,7 @@ impl Router {
             }
             Message::Error(e) => self.peer_error(&server, &env, e),
             Message::PeerAnnounce(a) => self.peer_announce(&server, a),
+            Message::PeerWithdraw(w) => self.peer_withdraw(&server, w),
             Message::Heartbeat(_) | Message::PeerHelloLink(_) => {}
             other => {
                 tracing::debug!(server = %server, kind = other.type_name(), "ignored link frame")

@@ -392,6 +392,7 @@ impl Router {
                     self.pump(&dest);
                 }
             }
+            Some(Pending::Withdraw(server)) => self.withdraw_timeout(req_id, &server),
             None => {}
         }
     }
