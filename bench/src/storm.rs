@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -66,6 +66,9 @@ struct Phase {
     master_cpu_ms: f64,
     local_cpu_ms: f64,
     retries: u64,
+    /// Seconds from the start until half, 90% and 99% of the users were
+    /// welcomed.
+    welcomed_by: [f64; 3],
     /// The nodes' warnings during the storm: (node, message, count).
     warnings: Vec<(String, String, usize)>,
 }
@@ -79,6 +82,11 @@ impl Phase {
             "master_cpu_ms_per_login": self.master_cpu_ms / n,
             "local_cpu_ms_per_login": self.local_cpu_ms / n,
             "retries": self.retries,
+            "welcomed_by_s": {
+                "p50": self.welcomed_by[0],
+                "p90": self.welcomed_by[1],
+                "p99": self.welcomed_by[2],
+            },
             "warnings": self.warnings.iter().map(|(node, what, n)| json!({"node": node, "warning": what, "count": n})).collect::<Vec<_>>(),
         })
     }
@@ -137,11 +145,18 @@ enum Attempt {
     Again(String),
 }
 
-async fn attempt(url: &str, hello: String, probe: Option<String>) -> Attempt {
+/// How far an attempt got: [`CONNECTING`] until its WebSocket is open,
+/// then [`HELLO_SENT`] (what a timed-out attempt was waiting for).
+const CONNECTING: u8 = 0;
+const HELLO_SENT: u8 = 1;
+
+async fn attempt(url: &str, hello: String, probe: Option<String>, stage: &AtomicU8) -> Attempt {
+    stage.store(CONNECTING, Ordering::Relaxed);
     let ws = match tokio_tungstenite::connect_async(url).await {
         Ok((ws, _)) => ws,
         Err(e) => return Attempt::Again(format!("connect: {e}")),
     };
+    stage.store(HELLO_SENT, Ordering::Relaxed);
     let mut ws = ws;
     for text in std::iter::once(hello).chain(probe) {
         if let Err(e) = ws.send(WsMessage::text(text)).await {
@@ -215,17 +230,22 @@ async fn login(
     key: Arc<PrivateKey>,
     probe_sig: Option<Arc<String>>,
     retries: Arc<Retries>,
-) -> Result<Ws> {
+) -> Result<(Ws, Instant)> {
     let deadline = Instant::now() + LOGIN_PATIENCE;
     let mut hello = hello;
     let mut wait = Duration::from_millis(100);
+    let stage = AtomicU8::new(CONNECTING);
     loop {
         let probe = probe_sig.as_ref().map(|sig| probe_for(&user, sig));
-        let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(&url, hello, probe)).await;
+        let outcome =
+            tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(&url, hello, probe, &stage)).await;
         let why = match outcome {
-            Ok(Attempt::Welcomed(ws)) => return Ok(*ws),
+            Ok(Attempt::Welcomed(ws)) => return Ok((*ws, Instant::now())),
             Ok(Attempt::Again(why)) => why,
-            Err(_) => "no answer".to_owned(),
+            Err(_) if stage.load(Ordering::Relaxed) == CONNECTING => {
+                "no answer (still connecting)".to_owned()
+            }
+            Err(_) => "no answer (hello sent, no welcome)".to_owned(),
         };
         if Instant::now() > deadline {
             bail!("{user} was not welcomed in {LOGIN_PATIENCE:?}: {why}");
@@ -267,16 +287,25 @@ async fn storm(
         })
         .collect();
     let mut conns = Vec::with_capacity(tasks.len());
+    let mut welcomed_at = Vec::with_capacity(tasks.len());
     for t in tasks {
-        conns.push(t.await??);
+        let (ws, at) = t.await??;
+        conns.push(ws);
+        welcomed_at.push(at.duration_since(t0).as_secs_f64());
     }
     let secs = t0.elapsed().as_secs_f64();
+    welcomed_at.sort_by(f64::total_cmp);
+    let by = |q: f64| {
+        let i = ((welcomed_at.len() as f64 * q).ceil() as usize).clamp(1, welcomed_at.len());
+        welcomed_at[i - 1]
+    };
     tokio::time::sleep(SETTLE).await;
     let phase = Phase {
         secs,
         master_cpu_ms: master.cpu_ms() - m0,
         local_cpu_ms: local.cpu_ms() - l0,
         retries: retries.total.load(Ordering::Relaxed),
+        welcomed_by: [by(0.5), by(0.9), by(0.99)],
         warnings: [("master", master, logged.0), ("local", local, logged.1)]
             .into_iter()
             .flat_map(|(name, node, from)| {
@@ -286,6 +315,9 @@ async fn storm(
             })
             .collect(),
     };
+    let [p50, p90, p99] = phase.welcomed_by;
+    eprintln!("  welcomed: half by {p50:.1} s, 90% by {p90:.1} s, 99% by {p99:.1} s");
+    eprintln!("  welcomes per 2 s: {}", timeline(&welcomed_at));
     for (why, n) in retries.top() {
         eprintln!("  retried {n} x: {why}");
     }
@@ -293,6 +325,19 @@ async fn storm(
         eprintln!("  {node} warned {n} x: {what}");
     }
     Ok((phase, conns))
+}
+
+/// How many welcomes came in each 2-second window from the start.
+fn timeline(welcomed_at: &[f64]) -> String {
+    let last = welcomed_at.last().copied().unwrap_or(0.0);
+    let mut counts = vec![0usize; (last / 2.0) as usize + 1];
+    for t in welcomed_at {
+        if let Some(c) = counts.get_mut((t / 2.0) as usize) {
+            *c += 1;
+        }
+    }
+    let counts: Vec<String> = counts.iter().map(usize::to_string).collect();
+    counts.join(" ")
 }
 
 /// The nodes' warnings, without their fields and times, most frequent

@@ -16,7 +16,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use super::conn::{self, ConnCtx, HELLO_TIMEOUT, Peer};
 use super::reach::Scope;
 
-use super::router::{Input, LinkHelloIn, Outgoing, PeerDial};
+use super::router::{DialAsk, Input, LinkHelloIn, Outgoing};
 
 use crate::backoff::{Backoff, Retries};
 use crate::crypto::session::{self, CAP_MAC_V1, MacSession};
@@ -94,13 +94,14 @@ pub(crate) fn signed_hello(
 }
 
 /// Starts a dialer for each server the router asks to dial (announced by
-/// the master and checked), once per server id, until shutdown; `template`
+/// the master and checked), once per server id, until shutdown, and
+/// retires one the master withdrew (a live link of its stays); `template`
 /// gives what they share, `mesh_urls` (ours and the master's) which
 /// networks announced addresses may be on ([`Scope`]). At most
 /// [`MAX_ANNOUNCED`] at once: a newcomer retires the dialer that failed
 /// most (the oldest among equals) rather than being refused.
 pub(crate) async fn dial_announced(
-    mut asks: mpsc::UnboundedReceiver<PeerDial>,
+    mut asks: mpsc::UnboundedReceiver<DialAsk>,
     mut template: Dialer,
     mesh_urls: Vec<String>,
 ) {
@@ -118,6 +119,17 @@ pub(crate) async fn dial_announced(
         // new announce (the server linked to the master again).
         dialing.retain(|_, d| !d.handle.is_finished());
         retired.retain(|h| !h.is_finished());
+        let ask = match ask {
+            DialAsk::Dial(ask) => ask,
+            DialAsk::Stop(id) => {
+                if let Some(old) = dialing.remove(&id) {
+                    tracing::info!(server = %id, "stopped dialing a withdrawn server");
+                    old.state.retired.store(true, Ordering::Relaxed);
+                    retired.push(old.handle);
+                }
+                continue;
+            }
+        };
         if dialing.contains_key(&ask.server_id) {
             continue;
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub use super::router::LinkStatus;
-use super::router::{ConnId, Input, Outgoing, Output, Router};
+use super::router::{ConnId, DialAsk, Input, Outgoing, Output, Router};
 use super::state::{Outcome, PendingAck, Writer};
 use super::timers::Timers;
 use crate::wire::messages::{Ack, Message};
@@ -119,7 +119,7 @@ pub(crate) async fn run(
     writer: Writer,
     mut rx: mpsc::Receiver<HubEvent>,
     mut users: mpsc::Receiver<HubEvent>,
-    dials: mpsc::UnboundedSender<super::router::PeerDial>,
+    dials: mpsc::UnboundedSender<super::router::DialAsk>,
 ) {
     let mut hub = Hub {
         dials,
@@ -176,7 +176,7 @@ struct Hub {
     /// Set at shutdown: answered once no connection is left.
     closing: Option<oneshot::Sender<()>>,
     /// Servers to dial, to the announced-peer dialer (`dial.rs`).
-    dials: mpsc::UnboundedSender<super::router::PeerDial>,
+    dials: mpsc::UnboundedSender<super::router::DialAsk>,
 }
 
 impl Hub {
@@ -320,7 +320,10 @@ impl Hub {
                 Output::AckAfterPersist { conn, to, msg_id } => self.writer.ack(conn, to, msg_id),
                 Output::Timer { req_id, after } => self.timers.arm(req_id, after),
                 Output::Dial(peer) => {
-                    let _ = self.dials.send(peer);
+                    let _ = self.dials.send(DialAsk::Dial(peer));
+                }
+                Output::Undial(server) => {
+                    let _ = self.dials.send(DialAsk::Stop(server));
                 }
             }
         }

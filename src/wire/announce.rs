@@ -1,8 +1,9 @@
-//! `PEER_ANNOUNCE` (a `socp` addition, part B as documented in DESIGN.md
-//! "Discovery"): the master passes a linked local's own signed
-//! `PEER_HELLO_LINK` payload to the other `socp` locals, so they can dial
-//! each other without hand-made peer lists. Kept apart from `payloads.rs`:
-//! it is the one frame the mesh's discovery adds.
+//! `PEER_ANNOUNCE` and `PEER_WITHDRAW` (`socp` additions, part B as
+//! documented in DESIGN.md "Discovery"): the master passes a linked local's
+//! own signed `PEER_HELLO_LINK` payload to the other `socp` locals, so they
+//! can dial each other without hand-made peer lists, and tells them when
+//! that local has been gone a while, so they stop dialing it. Kept apart
+//! from `payloads.rs`: they are the frames the mesh's discovery adds.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,16 @@ use super::payloads::{Extra, Proof};
 pub struct PeerAnnounce {
     pub server_id: String,
     pub hello: Proof,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `PEER_WITHDRAW {server_id}`: the master no longer announces this local
+/// (its link has been gone a while); a local stops dialing it. Taken only
+/// from the master link; a live direct link to that server stays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerWithdraw {
+    pub server_id: String,
     #[serde(flatten)]
     pub extra: Extra,
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-pub use super::announce::PeerAnnounce;
+pub use super::announce::{PeerAnnounce, PeerWithdraw};
 use super::envelope::{Envelope, WireError};
 pub use super::payloads::*;
 
@@ -124,6 +124,7 @@ catalogue!(
     Error(ErrorBody) = "ERROR",
     PeerAnnounce(PeerAnnounce) = "PEER_ANNOUNCE",
     PresenceSubscribe(PresenceSubscribe) = "PRESENCE_SUBSCRIBE",
+    PeerWithdraw(PeerWithdraw) = "PEER_WITHDRAW",
 );
 
 impl Kind {

@@ -152,6 +152,8 @@ pub(crate) enum Output {
     LoadBodies(Vec<u64>),
     /// Dial a server the master announced (`peers.rs`).
     Dial(super::peers::PeerDial),
+    /// Stop dialing a server the master withdrew (`peers.rs`).
+    Undial(String),
     /// Read a page of a destination's custody rows back from disk
     /// (answered by `RowsRead`).
     LoadRows(RowsAsk),

@@ -304,6 +304,7 @@ impl Router {
             Message::PresenceSubscribe(s) if self.cfg.master => self.peer_subscribe(&server, s),
             Message::UserListReq(q) if self.cfg.master => self.peer_list(&server, &env.to, q),
             Message::UserList(l) if !self.cfg.master => self.list_from_master(&server, &env.to, l),
+            Message::PeerWithdraw(w) => self.peer_withdraw(&server, w),
             Message::Heartbeat(_) | Message::PeerHelloLink(_) => {}
             other => {
                 tracing::debug!(server = %server, kind = other.type_name(), "ignored link frame")

@@ -44,7 +44,7 @@ pub(crate) use events::{
     Frame, Input, LinkHelloIn, Names, Outgoing, Output, Relay, StoreOp, UserHelloIn,
 };
 pub(crate) use links::url_field;
-pub(crate) use peers::PeerDial;
+pub(crate) use peers::DialAsk;
 
 use super::custody::{self, Custody};
 #[cfg(test)]
@@ -201,6 +201,8 @@ enum Pending {
     Hello(UserHelloIn),
     /// Content the next hop could not store (`STORAGE`), to send again.
     Retry(Vec<custody::Dest>),
+    /// At the master: withdraw this local unless it linked again.
+    Withdraw(String),
 }
 
 /// The routing state of one node.

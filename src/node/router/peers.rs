@@ -3,16 +3,27 @@
 //! (`PEER_ANNOUNCE`); a local checks an announce as it would the hello
 //! itself (key policy, signature, pinning, `--admit`) and asks the node to
 //! dial it, so DMs between locals take one hop and the master carries none.
+//! A local whose link has been gone [`WITHDRAW_AFTER`] is withdrawn
+//! (`PEER_WITHDRAW`): the others stop dialing it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::{LinkHelloIn, Output, Router, canonical};
+use super::{LinkHelloIn, Output, Pending, Router, canonical};
 use crate::crypto::PublicKey;
 use crate::wire::announce::HELLO_URL;
 use crate::wire::ids::{self, IdKind};
-use crate::wire::messages::{Message, PeerAnnounce, PeerHelloLink, Proof, Role};
+use crate::wire::messages::{Message, PeerAnnounce, PeerHelloLink, PeerWithdraw, Proof, Role};
+
+/// How long an announced local's link may stay down before the master
+/// withdraws it: a restart or a moment's drop is not worth telling.
+pub const WITHDRAW_AFTER: Duration = Duration::from_secs(60);
+/// Withdrawals the master waits to make at once; a local that goes down
+/// beyond it is withdrawn at once (so links that come and go under many
+/// ids cannot grow the table).
+pub const MAX_WITHDRAWING: usize = 4096;
 
 /// A server to dial, as the master announced it and this local checked it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +39,19 @@ pub(crate) struct PeerDial {
 #[derive(Debug, Default)]
 pub(super) struct Announced {
     hellos: HashMap<String, Proof>,
+    /// Announced locals whose link is down, each with the timer that
+    /// withdraws it unless it links again first.
+    gone: HashMap<String, String>,
+}
+
+/// A message the router asks the announced-server dialer (`dial.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DialAsk {
+    /// Dial this server (announced by the master, checked).
+    Dial(PeerDial),
+    /// Stop dialing this server (the master withdrew it); a live link to it
+    /// stays until it drops.
+    Stop(String),
 }
 
 impl Router {
@@ -40,6 +64,10 @@ impl Router {
         let Some(signed) = hello.signed.clone() else {
             return;
         };
+        // Back before it was withdrawn: nothing to withdraw.
+        if let Some(req_id) = self.announced.gone.remove(&hello.server_id) {
+            self.pending.remove(&req_id);
+        }
         let new = announce(&hello.server_id, signed.clone());
         let others: Vec<(String, Proof)> = self
             .announced
@@ -59,9 +87,76 @@ impl Router {
             .insert(hello.server_id.clone(), signed);
     }
 
-    /// At the master, a local's link is gone: it is no longer announced.
+    /// At the master, a local's link is gone: it is no longer announced,
+    /// and the others are told so if it is not back within
+    /// [`WITHDRAW_AFTER`].
     pub(super) fn forget_announced(&mut self, server: &str) {
-        self.announced.hellos.remove(server);
+        if self.announced.hellos.remove(server).is_none() {
+            return;
+        }
+        if self.announced.gone.len() >= MAX_WITHDRAWING {
+            return self.withdraw(server);
+        }
+        let req_id = self.new_req_id();
+        self.pending
+            .insert(req_id.clone(), Pending::Withdraw(server.to_owned()));
+        if let Some(old) = self
+            .announced
+            .gone
+            .insert(server.to_owned(), req_id.clone())
+        {
+            self.pending.remove(&old);
+        }
+        self.out.push(Output::Timer {
+            req_id,
+            after: WITHDRAW_AFTER,
+        });
+    }
+
+    /// At the master, a gone local's time is up: withdrawn, unless it
+    /// linked again meanwhile.
+    pub(super) fn withdraw_timeout(&mut self, req_id: &str, server: &str) {
+        if self.announced.gone.get(server).map(String::as_str) != Some(req_id) {
+            return;
+        }
+        self.announced.gone.remove(server);
+        if !self.links.contains_key(server) {
+            self.withdraw(server);
+        }
+    }
+
+    /// Tells every linked `socp` local that `server` is no longer announced.
+    fn withdraw(&mut self, server: &str) {
+        tracing::info!(server = %server, "withdrawing an announced local: its link is gone");
+        let locals: Vec<String> = self
+            .links
+            .iter()
+            .filter(|(id, l)| l.socp && id.as_str() != server)
+            .filter(|(id, _)| self.servers.get(*id).is_some_and(|s| s.role == Role::Local))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let msg = Message::PeerWithdraw(PeerWithdraw {
+            server_id: server.to_owned(),
+            extra: Map::new(),
+        });
+        for id in locals {
+            self.send_link(&id, &id, msg.clone());
+        }
+    }
+
+    /// A local hears from its master that a server is withdrawn: its
+    /// dialer stops (a live link to it stays: it is proof the server is
+    /// alive), until the master announces it again.
+    pub(super) fn peer_withdraw(&mut self, from: &str, w: PeerWithdraw) {
+        if self.cfg.master || self.master_id.as_deref() != Some(from) {
+            tracing::debug!(server = from, "ignored PEER_WITHDRAW not from our master");
+            return;
+        }
+        if ids::classify(&w.server_id) != Ok(IdKind::LocalServer) {
+            return;
+        }
+        tracing::info!(server = %w.server_id, "the master withdrew an announced server: no longer dialing it");
+        self.out.push(Output::Undial(w.server_id));
     }
 
     /// A local hears of another local from its master: checked as the
@@ -335,6 +430,79 @@ mod tests {
             },
         );
         assert!(!out.iter().any(|o| matches!(o, Output::Dial(_))));
+    }
+
+    fn undials(l: &mut Router, conn: u64, from: &str, id: &str) -> Vec<String> {
+        let env = Envelope::new(Kind::PeerWithdraw.name(), from, FIRST, Map::new());
+        let msg = Message::PeerWithdraw(PeerWithdraw {
+            server_id: id.to_owned(),
+            extra: Map::new(),
+        });
+        l.step(3, Input::LinkFrame { conn, env, msg })
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Undial(id) => Some(id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_local_stops_dialing_only_what_its_master_withdraws() {
+        let (mut l, master) = local_with_master();
+        let id = ids::new_local_server_id();
+        assert_eq!(undials(&mut l, 1, &master, &id), std::slice::from_ref(&id));
+        // Not a local server's id: nothing to stop.
+        assert!(undials(&mut l, 1, &master, &master).is_empty());
+        // From another linked server: ignored.
+        let other = ids::new_local_server_id();
+        l.step(2, hello(2, &other, key("erin"), Role::Local, true, false));
+        assert!(undials(&mut l, 2, &other, &id).is_empty());
+    }
+
+    #[test]
+    fn the_master_withdraws_a_local_only_when_its_time_is_up_and_it_is_still_gone() {
+        let mut m = router(&ids::new_master_id(), true);
+        let (l1, l2) = (ids::new_local_server_id(), ids::new_local_server_id());
+        m.step(1, hello(1, &l1, key("alice"), Role::Local, true, false));
+        m.step(2, hello(2, &l2, key("bob"), Role::Local, true, false));
+        let timers = |out: &[Output]| -> Vec<String> {
+            out.iter()
+                .filter_map(|o| match o {
+                    Output::Timer { req_id, after } if *after == WITHDRAW_AFTER => {
+                        Some(req_id.clone())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let withdrawals = |out: &[Output]| -> Vec<(u64, String)> {
+            out.iter()
+                .filter_map(|o| match o {
+                    Output::Send(c, f) if kind_of(f) == Kind::PeerWithdraw => {
+                        Some((*c, payload_of(f)["server_id"].as_str()?.to_owned()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        // l2 drops and links again before its time is up: nothing said.
+        let first = timers(&m.step(3, Input::LinkClosed(2)));
+        assert_eq!(first.len(), 1);
+        let Input::LinkHello(mut again) = hello(3, &l2, key("bob"), Role::Local, true, false)
+        else {
+            unreachable!()
+        };
+        again.ts = 4; // a later hello than the one it linked with first
+        m.step(4, Input::LinkHello(again));
+        assert_eq!(m.links.get(&l2).map(|l| l.conn), Some(3), "l2 linked again");
+        let out = m.step(60_003, Input::Timeout(first[0].clone()));
+        assert_eq!(withdrawals(&out), []);
+        // l2 drops for good: withdrawn from l1 when its time is up.
+        let second = timers(&m.step(70_000, Input::LinkClosed(3)));
+        assert_eq!(second.len(), 1);
+        let out = m.step(130_000, Input::Timeout(second[0].clone()));
+        assert_eq!(withdrawals(&out), [(1, l2.clone())]);
     }
 
     fn extra(url: &str) -> Map<String, Value> {

@@ -398,6 +398,7 @@ impl Router {
                     self.pump(&dest);
                 }
             }
+            Some(Pending::Withdraw(server)) => self.withdraw_timeout(req_id, &server),
             None => {}
         }
     }

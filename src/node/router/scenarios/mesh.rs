@@ -220,3 +220,70 @@ fn a_direct_link_does_not_overtake_the_masters_mailbox() {
     );
     assert!(all_handed_on(&mesh, &["A", "B", "C", "M"]));
 }
+
+#[test]
+fn a_local_gone_a_minute_is_withdrawn_and_the_others_stop_dialing_it() {
+    let mut mesh = three_locals(76);
+    // The one of A and C that dialed the other is the one told to stop.
+    let (dialer, gone) = if mesh.dials("A", "C") > 0 {
+        ("A", "C")
+    } else {
+        ("C", "A")
+    };
+    assert!(mesh.dials(dialer, gone) > 0);
+    mesh.halt(gone);
+    // A moment's drop is not worth telling: no withdrawal yet, and the
+    // dialer keeps dialing.
+    mesh.advance(30_000);
+    assert_eq!(mesh.carried("M", dialer, Kind::PeerWithdraw), 0);
+    let before = mesh.dials(dialer, gone);
+    mesh.advance(31_000);
+    assert_eq!(mesh.carried("M", dialer, Kind::PeerWithdraw), 1);
+    assert_eq!(mesh.carried("M", "B", Kind::PeerWithdraw), 1);
+    assert!(
+        mesh.dials(dialer, gone) > before,
+        "dialed while not withdrawn"
+    );
+    let withdrawn = mesh.dials(dialer, gone);
+    mesh.advance(120_000);
+    assert_eq!(
+        mesh.dials(dialer, gone),
+        withdrawn,
+        "no dial once withdrawn"
+    );
+    // It comes back: the master announces it again, and it is dialed again.
+    mesh.start(gone);
+    mesh.advance(30_000);
+    assert!(mesh.linked(gone, "M"));
+    assert!(
+        mesh.linked(dialer, gone),
+        "linked again once announced again"
+    );
+    assert!(mesh.linked("B", gone));
+}
+
+#[test]
+fn a_local_back_within_the_minute_is_not_withdrawn() {
+    let mut mesh = three_locals(77);
+    mesh.halt("C");
+    mesh.advance(20_000);
+    mesh.start("C");
+    mesh.advance(70_000);
+    assert!(mesh.linked("C", "M"));
+    for local in ["A", "B"] {
+        assert_eq!(mesh.carried("M", local, Kind::PeerWithdraw), 0);
+        assert!(mesh.linked(local, "C"), "{local} and C are linked again");
+    }
+}
+
+#[test]
+fn a_withdrawal_leaves_a_live_direct_link_alone() {
+    // The master lost C (a cut between them only): C is alive and linked
+    // to A and B, and stays so after the withdrawal.
+    let mut mesh = three_locals(78);
+    mesh.cut("C", "M");
+    mesh.advance(61_000);
+    assert_eq!(mesh.carried("M", "A", Kind::PeerWithdraw), 1);
+    assert!(mesh.linked("A", "C"));
+    assert!(mesh.linked("B", "C"));
+}

@@ -140,6 +140,27 @@ impl Mesh {
         self.boot(node);
     }
 
+    /// Stops a node and leaves it down (its peers' dials to it fail) until
+    /// [`Mesh::start`].
+    pub fn halt(&mut self, node: &str) {
+        self.stop(node);
+    }
+
+    /// Starts a halted node again from the rows on its disk; its dialers
+    /// dial at their next try.
+    pub fn start(&mut self, node: &str) {
+        self.boot(node);
+    }
+
+    /// Dials `dialer` has made to `acceptor` so far (failed ones included).
+    pub fn dials(&self, dialer: &str, acceptor: &str) -> u64 {
+        self.wires
+            .iter()
+            .filter(|w| w.dialer == dialer && w.acceptor == acceptor)
+            .map(|w| w.dials)
+            .sum()
+    }
+
     fn stop(&mut self, node: &str) {
         self.node_mut(node).down = true;
         for wire in 0..self.wires.len() {

@@ -71,6 +71,7 @@ impl Mesh {
                 Output::AckAfterPersist { conn, to, msg_id } => acks.push((conn, to, msg_id)),
                 Output::LoadBodies(seqs) => loads.extend(seqs),
                 Output::Dial(peer) => self.dial_announced(name, &peer.server_id),
+                Output::Undial(server) => self.undial_announced(name, &server),
                 Output::LoadRows(ask) => rows.push(ask),
             }
         }

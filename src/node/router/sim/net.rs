@@ -40,6 +40,12 @@ pub(super) struct Wire {
     pub since: i64,
     /// The code of the last `ERROR` that answered our hello.
     pub refused: Option<ErrorCode>,
+    /// Dialed because the master announced the acceptor.
+    pub announced: bool,
+    /// The master withdrew the acceptor: no dial until it announces it again.
+    pub retired: bool,
+    /// Dials made, those that found the acceptor down included.
+    pub dials: u64,
 }
 
 /// One direction of a connection.
@@ -273,16 +279,37 @@ impl Mesh {
             backoff: REDIAL_MIN_MS,
             since: self.now,
             refused: None,
+            announced: false,
+            retired: false,
+            dials: 0,
         });
         self.dial(self.wires.len() - 1);
     }
 
     /// The dialer connects and says its hello.
     pub(super) fn dial(&mut self, wire: usize) {
-        let w = &mut self.wires[wire];
-        if w.up {
+        let w = &self.wires[wire];
+        if w.up || w.retired {
             return;
         }
+        let (dialer_down, acceptor_down) = (
+            self.node_ref(&w.dialer).down,
+            self.node_ref(&w.acceptor).down,
+        );
+        if dialer_down || acceptor_down {
+            // Nobody dials from a stopped node; a dial to one is refused:
+            // dialed again after the backoff.
+            let w = &mut self.wires[wire];
+            let backoff = w.backoff;
+            if !dialer_down {
+                w.dials += 1;
+                w.backoff = (w.backoff * 2).min(REDIAL_MAX_MS);
+            }
+            self.schedule(self.now + backoff, super::Timer::Redial(wire));
+            return;
+        }
+        let w = &mut self.wires[wire];
+        w.dials += 1;
         w.epoch += 1;
         w.up = true;
         w.since = self.now;
@@ -363,12 +390,36 @@ impl Mesh {
         else {
             return;
         };
-        let known = self.wires.iter().any(|w| {
+        let known = self.wires.iter().position(|w| {
             (w.dialer == node && w.acceptor == target) || (w.dialer == target && w.acceptor == node)
         });
-        if !known {
-            self.note(|| format!("{node} dials the announced {target}"));
-            self.add_link(node, &target);
+        match known {
+            None => {
+                self.note(|| format!("{node} dials the announced {target}"));
+                self.add_link(node, &target);
+                let last = self.wires.len() - 1;
+                self.wires[last].announced = true;
+            }
+            // Announced again after a withdrawal: dialed again.
+            Some(wire) if self.wires[wire].retired && self.wires[wire].dialer == node => {
+                self.wires[wire].retired = false;
+                self.dial(wire);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// A router's master withdrew the server `id`: the dialer it started
+    /// for it dials no more (a live link stays until it drops).
+    pub(super) fn undial_announced(&mut self, node: &str, id: &str) {
+        let found = self.wires.iter().position(|w| {
+            w.announced
+                && w.dialer == node
+                && self.nodes.get(&w.acceptor).is_some_and(|n| n.id == id)
+        });
+        if let Some(wire) = found {
+            self.note(|| format!("{node} stops dialing the withdrawn {id}"));
+            self.wires[wire].retired = true;
         }
     }
 
