@@ -37,8 +37,8 @@ pub(crate) enum HubEvent {
 /// What the hub tells a connection.
 #[derive(Debug)]
 ///
-/// Small (boxed variants): every connection's queue allocates a block of
-/// 32 of these up front, idle or not.
+/// Small (boxed variants): a connection's queue holds these in one
+/// buffer while they wait (`conn/queue.rs`).
 pub(crate) enum ConnCmd {
     Frame(Box<Outgoing>),
     /// Answer the peer's ping with these bytes (boxed: one word, where a
