@@ -43,6 +43,12 @@ struct BenchArgs {
     /// its hello, as the `socp` client's acceptance probe does.
     #[arg(long)]
     idle_probe: bool,
+    /// With --idle-scale: `memory` also measures, first, a node of this
+    /// build inside socp-bench with its users over in-memory pipes, at
+    /// every level (past the open-files limit); the socket runs keep to
+    /// the levels that fit.
+    #[arg(long, value_parser = ["socket", "memory"], default_value = "socket")]
+    transport: String,
     /// Instead: a master and two locals with small bounds, a probe user's
     /// DMs alone and then under every attack of issue 11 at once (--seconds
     /// per phase): probe latency, node RSS, what the nodes answered.
@@ -110,7 +116,14 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: BenchArgs) -> Result<()> {
-    socp::logging::init("info", args.log_format);
+    // With a node in this process (`--transport memory`), its own logs
+    // are left out, as the socket runs drop the nodes' logs.
+    let logs = if args.transport == "memory" {
+        "info,socp::node=warn"
+    } else {
+        "info"
+    };
+    socp::logging::init(logs, args.log_format);
     let socp = match args.socp {
         Some(path) => path,
         None => beside_this_binary()?,
@@ -152,6 +165,7 @@ fn run(args: BenchArgs) -> Result<()> {
             baseline: args.baseline,
             levels: args.idle_scale,
             probe: args.idle_probe,
+            memory: args.transport == "memory",
             out: args.out,
         };
         return runtime.block_on(socp_bench::run_idle(cfg)).map(|_| ());
