@@ -35,13 +35,13 @@ use crate::procfs::raise_fd_limit;
 use crate::throughput::bench_node_options;
 
 /// Logins in flight at once.
-const IN_FLIGHT: usize = 128;
+pub(crate) const IN_FLIGHT: usize = 128;
 /// Connections per source address: each source address has its own
 /// ~28,000 ephemeral ports (`IP_BIND_ADDRESS_NO_PORT`), and a port stays in
 /// TIME_WAIT for a minute after its run, so runs back to back need several.
 const PER_SOURCE: usize = 2_000;
 /// How long the node is left alone before its RSS is read.
-const SETTLE: Duration = Duration::from_secs(3);
+pub(crate) const SETTLE: Duration = Duration::from_secs(3);
 /// How long one login may take, retries included.
 const LOGIN_PATIENCE: Duration = Duration::from_secs(120);
 /// File descriptors asked for (this process and the nodes it starts).
@@ -65,20 +65,35 @@ pub struct IdleConfig {
     pub remote: bool,
     /// Flags for the nodes of the binary under test only (not the baseline).
     pub new_flags: Vec<String>,
+    /// Also (first) measure a node of this build inside this process, its
+    /// users over in-memory pipes, at every level; the socket runs then
+    /// keep to the levels that fit in the open-files limit.
+    pub memory: bool,
     pub out: Option<PathBuf>,
 }
 
 /// One measurement: a binary with `users` idle users online.
-struct Level {
-    users: usize,
-    rss_kib: f64,
-    per_user_kib: f64,
-    logins_per_s: f64,
-    node_cpu_ms_per_login: f64,
+pub(crate) struct Level {
+    pub users: usize,
+    pub rss_kib: f64,
+    pub per_user_kib: f64,
+    pub logins_per_s: f64,
+    /// None in memory mode: the node and its users share one process.
+    pub node_cpu_ms_per_login: Option<f64>,
     /// With `remote`: RSS growth per user at the master and at the other
     /// local (KiB).
-    master_per_user_kib: Option<f64>,
-    other_local_per_user_kib: Option<f64>,
+    pub master_per_user_kib: Option<f64>,
+    pub other_local_per_user_kib: Option<f64>,
+}
+
+/// The levels of one binary over one transport.
+struct Run {
+    label: &'static str,
+    transport: &'static str,
+    socp: String,
+    levels: Vec<Level>,
+    /// Memory mode: what the pipes themselves cost, per user.
+    pipe: Option<Value>,
 }
 
 /// Runs the benchmark and prints (and optionally writes) the figures.
@@ -90,22 +105,48 @@ pub async fn run_idle(cfg: IdleConfig) -> Result<Value> {
         bail!("--idle-scale needs at least one number of users");
     };
     let fds = raise_fd_limit_to(FD_WANTED);
-    if fds < most as u64 * 2 + 1000 {
+    let mut socket_levels = levels.clone();
+    if cfg.memory {
+        // Each process (the node, this one) holds one socket per user.
+        socket_levels.retain(|&n| n as u64 + 1000 <= fds);
+    } else if fds < most as u64 + 1000 {
         eprintln!(
             "socp-bench: warning: {fds} file descriptors allowed; {most} users need about {}",
-            most * 2 + 1000
+            most + 1000
         );
     }
     let key = Arc::new(tokio::task::spawn_blocking(PrivateKey::generate).await??);
+    let mut runs = Vec::new();
+    if cfg.memory {
+        // First, while this process's heap holds nothing freed by other
+        // runs that the node could reuse unseen.
+        eprintln!("socp-bench: new, in this process over in-memory pipes…");
+        let (measured, pipe) = crate::idle_memory::measure(&key, &levels, cfg.probe).await?;
+        runs.push(Run {
+            label: "new",
+            transport: "memory",
+            socp: "this build (socp-bench)".into(),
+            levels: measured,
+            pipe: Some(pipe),
+        });
+    }
     let mut binaries = vec![("new", cfg.socp.clone(), cfg.new_flags.clone())];
     if let Some(b) = &cfg.baseline {
         binaries.push(("baseline", b.clone(), Vec::new()));
     }
-    let mut runs = Vec::new();
-    for (label, socp, extra) in &binaries {
-        eprintln!("socp-bench: {label} ({})…", socp.display());
-        let measured = measure(socp, &key, &levels, cfg.probe, cfg.remote, extra).await?;
-        runs.push((*label, socp.clone(), measured));
+    if !socket_levels.is_empty() {
+        for (label, socp, extra) in &binaries {
+            eprintln!("socp-bench: {label} ({}) over sockets…", socp.display());
+            let measured =
+                measure(socp, &key, &socket_levels, cfg.probe, cfg.remote, extra).await?;
+            runs.push(Run {
+                label,
+                transport: "socket",
+                socp: socp.display().to_string(),
+                levels: measured,
+                pipe: None,
+            });
+        }
     }
     let figures = figures(&cfg, &runs);
     crate::publish(&table(&figures), &figures, cfg.out.as_deref())?;
@@ -215,7 +256,7 @@ async fn measure(
             rss_kib: rss,
             per_user_kib: (rss - rss0) / users as f64,
             logins_per_s: new / dt,
-            node_cpu_ms_per_login: cpu / new,
+            node_cpu_ms_per_login: Some(cpu / new),
             master_per_user_kib: grown.first().copied(),
             other_local_per_user_kib: grown.get(1).copied(),
         };
@@ -296,10 +337,30 @@ async fn idle_user(
 ) -> Result<Ws> {
     let socket = TcpSocket::new_v4()?;
     no_port_at_bind(&socket);
-    let source = Ipv4Addr::new(127, 0, 0, 1 + (i / PER_SOURCE) as u8);
-    socket.bind(SocketAddr::new(source.into(), 0))?;
+    socket.bind(SocketAddr::new(source_ip(i).into(), 0))?;
     let stream = socket.connect(server).await?;
-    // Small buffers: this process holds as many sockets as the node.
+    say_hello(stream, url, i, key, probe).await
+}
+
+/// The source address user `i` connects from: [`PER_SOURCE`] users each
+/// (`--transport memory` gives its pipes the same addresses).
+pub(crate) fn source_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + (i / PER_SOURCE) as u8)
+}
+
+/// Over a connected `stream`: the WebSocket handshake, user `i`'s signed
+/// hello (and `USER_LIST` with `probe`), then waits for the welcome.
+pub(crate) async fn say_hello<S>(
+    stream: S,
+    url: &str,
+    i: usize,
+    key: &Arc<PrivateKey>,
+    probe: bool,
+) -> Result<tokio_tungstenite::WebSocketStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    // Small buffers: this process holds as many connections as the node.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
@@ -370,14 +431,66 @@ fn hello(key: &PrivateKey, user: &str) -> Envelope {
     Message::UserHello(hello).into_envelope(user, ids::TO_SERVER)
 }
 
-/// Signs an envelope (off the reactor) and serializes it.
+/// Signs an envelope (off the reactor, on [`SIGNERS`]) and serializes it.
 async fn signed(key: &Arc<PrivateKey>, user: &str, mut env: Envelope) -> Result<String> {
     let bytes = env.signed_bytes()?;
-    let key = key.clone();
-    env.sig = tokio::task::spawn_blocking(move || key.sign_b64(&bytes))
+    let (done, signature) = tokio::sync::oneshot::channel();
+    signer()
+        .send((key.clone(), bytes, done))
+        .map_err(|_| anyhow::anyhow!("the signing threads are gone"))?;
+    env.sig = signature
         .await?
         .with_context(|| format!("signing for {user}"))?;
     Ok(env.to_json())
+}
+
+/// Threads that sign the users' frames. A fixed few rather than tokio's
+/// blocking pool, which starts a thread (with its own stack and heap) for
+/// each signature waiting, up to 512: with `--transport memory` those
+/// would share the process with the node and be counted as its memory.
+const SIGNERS: usize = 2;
+
+type SignJob = (
+    Arc<PrivateKey>,
+    Vec<u8>,
+    tokio::sync::oneshot::Sender<Result<String, socp::crypto::CryptoError>>,
+);
+
+/// The queue of [`SIGNERS`], started on first use.
+fn signer() -> &'static std::sync::mpsc::Sender<SignJob> {
+    static QUEUE: std::sync::OnceLock<std::sync::mpsc::Sender<SignJob>> =
+        std::sync::OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SignJob>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for _ in 0..SIGNERS {
+            let rx = rx.clone();
+            std::thread::spawn(move || {
+                loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((key, bytes, done)) = job else {
+                        return;
+                    };
+                    let _ = done.send(key.sign_b64(&bytes));
+                }
+            });
+        }
+        tx
+    })
+}
+
+/// Signs a few frames at once, so that the signing threads and their
+/// heaps exist before a first reading.
+pub(crate) async fn warm_signers(key: &Arc<PrivateKey>) -> Result<()> {
+    let users: Vec<String> = (0..SIGNERS * 4).map(|i| format!("warm{i}")).collect();
+    let warm = users.iter().map(|user| signed(key, user, hello(key, user)));
+    for r in futures_util::future::join_all(warm).await {
+        r?;
+    }
+    Ok(())
 }
 
 /// Reads and drops whatever the node sends, until the connection ends.
@@ -385,15 +498,18 @@ async fn stay_idle(mut ws: Ws) {
     while let Some(Ok(_)) = ws.next().await {}
 }
 
-fn figures(cfg: &IdleConfig, runs: &[(&str, PathBuf, Vec<Level>)]) -> Value {
+fn figures(cfg: &IdleConfig, runs: &[Run]) -> Value {
     let runs: Vec<Value> = runs
         .iter()
-        .map(|(label, socp, levels)| {
+        .map(|r| {
             json!({
-                "binary": label,
-                "socp": socp.display().to_string(),
-                "levels": levels.iter().map(|l| json!({
+                "binary": r.label,
+                "transport": r.transport,
+                "socp": r.socp,
+                "pipe": r.pipe,
+                "levels": r.levels.iter().enumerate().map(|(i, l)| json!({
                     "users": l.users,
+                    "marginal_kib_per_user": marginal(&r.levels, i),
                     "node_rss_kib": l.rss_kib,
                     "rss_per_idle_user_kib": l.per_user_kib,
                     "logins_per_s": l.logins_per_s,
@@ -407,7 +523,17 @@ fn figures(cfg: &IdleConfig, runs: &[(&str, PathBuf, Vec<Level>)]) -> Value {
     json!({ "idle_scale": { "probe": cfg.probe, "remote": cfg.remote, "runs": runs } })
 }
 
-/// The figures as a table: one row per level, a column pair per binary.
+/// RSS growth per user added since the level before `i` (None for the
+/// first): the fixed costs of a run (its threads' heaps, the login
+/// machinery) cancel out.
+fn marginal(levels: &[Level], i: usize) -> Option<f64> {
+    let (before, at) = (levels.get(i.checked_sub(1)?)?, levels.get(i)?);
+    let added = at.users.checked_sub(before.users).filter(|&n| n > 0)?;
+    Some((at.rss_kib - before.rss_kib) / added as f64)
+}
+
+/// The figures as a table: one row per level, a column pair per binary
+/// and transport ("-" where a run has no such level).
 pub fn table(f: &Value) -> String {
     use std::fmt::Write;
     let runs = f["idle_scale"]["runs"]
@@ -422,49 +548,68 @@ pub fn table(f: &Value) -> String {
     };
     let _ = writeln!(
         out,
-        "socp-bench: RSS per idle authenticated user on one node{probe}"
+        "socp-bench: RSS per idle authenticated user on one node{probe}\n\
+         (KiB/user: RSS growth since the node started, per user online; \
+         (+x): per user added since the level above)"
     );
+    let name = |r: &Value| match r["transport"].as_str() {
+        Some("memory") => format!("{} (mem)", r["binary"].as_str().unwrap_or("?")),
+        _ => r["binary"].as_str().unwrap_or("?").to_owned(),
+    };
     let mut head = format!("{:>8}", "users");
     for r in &runs {
-        let name = r["binary"].as_str().unwrap_or("?");
+        let name = name(r);
         head += &format!(
-            " {:>16} {:>14}",
+            " {:>22} {:>16}",
             format!("{name} KiB/user"),
             format!("{name} MiB")
         );
     }
     let _ = writeln!(out, "{head}");
-    let rows = runs
-        .first()
-        .and_then(|r| r["levels"].as_array())
-        .map_or(0, Vec::len);
-    for i in 0..rows {
-        let users = &runs[0]["levels"][i]["users"];
-        let mut line = format!("{:>8}", users.as_u64().unwrap_or(0));
+    let mut users: Vec<u64> = runs
+        .iter()
+        .flat_map(|r| r["levels"].as_array().cloned().unwrap_or_default())
+        .filter_map(|l| l["users"].as_u64())
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    for n in users {
+        let mut line = format!("{n:>8}");
         for r in &runs {
-            let l = &r["levels"][i];
-            let kib = l["rss_per_idle_user_kib"].as_f64().unwrap_or(0.0);
-            let mib = l["node_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0;
-            line += &format!(" {kib:>16.2} {mib:>14.0}");
+            let level = r["levels"]
+                .as_array()
+                .and_then(|ls| ls.iter().find(|l| l["users"].as_u64() == Some(n)));
+            match level {
+                Some(l) => {
+                    let kib = l["rss_per_idle_user_kib"].as_f64().unwrap_or(0.0);
+                    let mib = l["node_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0;
+                    let kib = match l["marginal_kib_per_user"].as_f64() {
+                        Some(m) => format!("{kib:.2} (+{m:.2})"),
+                        None => format!("{kib:.2}"),
+                    };
+                    line += &format!(" {kib:>22} {mib:>16.0}");
+                }
+                None => line += &format!(" {:>22} {:>16}", "-", "-"),
+            }
         }
         let _ = writeln!(out, "{line}");
     }
     for r in &runs {
-        let name = r["binary"].as_str().unwrap_or("?");
         let logins: Vec<String> = r["levels"]
             .as_array()
             .map(|ls| {
                 ls.iter()
                     .map(|l| {
-                        format!(
-                            "{:.0}/s, {:.2} ms CPU",
-                            l["logins_per_s"].as_f64().unwrap_or(0.0),
-                            l["node_cpu_ms_per_login"].as_f64().unwrap_or(0.0)
-                        )
+                        let rate = l["logins_per_s"].as_f64().unwrap_or(0.0);
+                        match l["node_cpu_ms_per_login"].as_f64() {
+                            Some(cpu) => format!("{rate:.0}/s, {cpu:.2} ms CPU"),
+                            None => format!("{rate:.0}/s"),
+                        }
                     })
                     .collect()
             })
             .unwrap_or_default();
+        let name = name(r);
         let _ = writeln!(out, "logins ({name}), per level: {}", logins.join("; "));
         if f["idle_scale"]["remote"].as_bool() == Some(true) {
             let costs: Vec<String> = r["levels"]
@@ -487,6 +632,19 @@ pub fn table(f: &Value) -> String {
                 costs.join("; ")
             );
         }
+    }
+    for r in runs.iter().filter(|r| r["pipe"].is_object()) {
+        let p = &r["pipe"];
+        let _ = writeln!(
+            out,
+            "{}: the node and its users in this process; the pipes' own share of the KiB/user above: {:.3} KiB ({} B: shared state {} B as allocated + {} B for the user's end); {} B sent to idle users after their welcome (dropped). Not in memory mode: the socket's entry in tokio's I/O driver",
+            name(r),
+            p["bytes_per_user"].as_f64().unwrap_or(0.0) / 1024.0,
+            p["bytes_per_user"],
+            p["shared_block_bytes"],
+            p["end_bytes"],
+            p["discarded_bytes"],
+        );
     }
     out
 }

@@ -11,8 +11,10 @@
 pub mod attacks;
 pub mod bigstate;
 pub mod idle;
+mod idle_memory;
 pub mod mesh;
 pub mod node_proc;
+pub mod pipe;
 pub mod procfs;
 pub mod storm;
 pub mod throughput;

@@ -52,6 +52,12 @@ struct BenchArgs {
     /// baseline's (repeat it; e.g. `--new-flag=--presence-cache=65536`).
     #[arg(long, allow_hyphen_values = true)]
     new_flag: Vec<String>,
+    /// With --idle-scale: `memory` also measures, first, a node of this
+    /// build inside socp-bench with its users over in-memory pipes, at
+    /// every level (past the open-files limit); the socket runs keep to
+    /// the levels that fit.
+    #[arg(long, value_parser = ["socket", "memory"], default_value = "socket")]
+    transport: String,
     /// Instead: a master and two locals with small bounds, a probe user's
     /// DMs alone and then under every attack of issue 11 at once (--seconds
     /// per phase): probe latency, node RSS, what the nodes answered.
@@ -119,7 +125,14 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: BenchArgs) -> Result<()> {
-    socp::logging::init("info", args.log_format);
+    // With a node in this process (`--transport memory`), its own logs
+    // are left out, as the socket runs drop the nodes' logs.
+    let logs = if args.transport == "memory" {
+        "info,socp::node=warn"
+    } else {
+        "info"
+    };
+    socp::logging::init(logs, args.log_format);
     let socp = match args.socp {
         Some(path) => path,
         None => beside_this_binary()?,
@@ -163,6 +176,7 @@ fn run(args: BenchArgs) -> Result<()> {
             probe: args.idle_probe,
             remote: args.idle_remote,
             new_flags: args.new_flag,
+            memory: args.transport == "memory",
             out: args.out,
         };
         return runtime.block_on(socp_bench::run_idle(cfg)).map(|_| ());

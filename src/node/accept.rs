@@ -23,7 +23,9 @@ use super::records::ConnId;
 use super::web;
 use crate::wire::{ErrorCode, ids};
 
-/// What the accept loop hands each connection.
+/// What the accept loop hands each connection (and
+/// [`super::Node::serve_connected`], which shares its counts).
+#[derive(Clone)]
 pub(crate) struct Acceptor {
     /// What every connection task shares (`peer_ip` is set per connection).
     pub ctx: ConnCtx,
@@ -33,6 +35,8 @@ pub(crate) struct Acceptor {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Serve the browser client to plain HTTP requests (`--web`).
     pub web: bool,
+    /// Connections open, in all and per address.
+    pub slots: Slots,
 }
 
 /// Connections from one address that is over `--max-conns-per-ip` told
@@ -58,7 +62,7 @@ pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
 /// Connections open, in all and per IP address; a slot is given back when
 /// dropped.
 #[derive(Clone, Default)]
-struct Slots(Arc<std::sync::Mutex<SlotCounts>>);
+pub(crate) struct Slots(Arc<std::sync::Mutex<SlotCounts>>);
 
 #[derive(Default)]
 struct SlotCounts {
@@ -74,14 +78,14 @@ struct SlotCounts {
 /// A connection's place in the counts: in all, and for its address unless
 /// it is being refused for its address (it still counts in all while it
 /// is told so, so refusals cannot pile up past `--max-conns`).
-struct Slot {
+pub(super) struct Slot {
     slots: Slots,
     ip: IpAddr,
     per_ip: bool,
 }
 
 /// Why a connection got no slot.
-enum NoSlot {
+pub(super) enum NoSlot {
     /// The node holds `--max-conns` connections already.
     Full,
     /// This address holds `--max-conns-per-ip` already: it is told so,
@@ -90,7 +94,7 @@ enum NoSlot {
 }
 
 impl Slots {
-    fn take(&self, ip: IpAddr, limits: &Limits) -> Result<Slot, NoSlot> {
+    pub(super) fn take(&self, ip: IpAddr, limits: &Limits) -> Result<Slot, NoSlot> {
         let Ok(mut m) = self.0.lock() else {
             return Err(NoSlot::Full);
         };
@@ -149,7 +153,7 @@ pub(crate) async fn serve(
     acceptor: Acceptor,
     mut door: watch::Receiver<bool>,
 ) {
-    let slots = Slots::default();
+    let slots = acceptor.slots.clone();
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -249,7 +253,7 @@ async fn accept_tls(
 /// browser client (or told the node is busy, when its address is over its
 /// cap: `admitted` false) and the connection closed; a WebSocket upgrade
 /// is handshaken and returned, to be served.
-async fn upgrade<S>(
+pub(super) async fn upgrade<S>(
     mut stream: S,
     (tls, web): (bool, bool),
     peer: SocketAddr,
@@ -300,7 +304,7 @@ where
 /// After the handshakes: serves the connection, or tells it that its
 /// address holds too many (`admitted` false) and closes it. The caller
 /// holds the connection's slot until this returns.
-async fn serve_or_refuse<S>(
+pub(super) async fn serve_or_refuse<S>(
     ws: &mut conn::WsConn<S>,
     peer: SocketAddr,
     admitted: bool,

@@ -5,6 +5,7 @@
 //! tick and the `--metrics` endpoint; [`Node::shutdown`] stops them in order.
 
 mod accept;
+mod attach;
 pub(crate) mod conn;
 pub(crate) mod custody;
 pub(crate) mod dial;
@@ -151,6 +152,8 @@ pub struct Node {
     stop: watch::Sender<bool>,
     /// Becomes true when the hub's task ends.
     hub_ended: watch::Receiver<bool>,
+    /// What the accept loop holds, for [`Node::serve_connected`].
+    acceptor: accept::Acceptor,
     tasks: Tasks,
     /// Held while the node runs: `socp admin` commands that change the
     /// directory refuse to run beside it.
@@ -303,16 +306,14 @@ impl Node {
             limits: config.limits,
             peer_ip: None,
         };
-        let listener = tokio::spawn(accept::serve(
-            listener,
-            accept::Acceptor {
-                ctx: ctx.clone(),
-                next_conn: next_conn.clone(),
-                tls: acceptor,
-                web: config.web,
-            },
-            door_rx.clone(),
-        ));
+        let acceptor = accept::Acceptor {
+            ctx: ctx.clone(),
+            next_conn: next_conn.clone(),
+            tls: acceptor,
+            web: config.web,
+            slots: Default::default(),
+        };
+        let listener = tokio::spawn(accept::serve(listener, acceptor.clone(), door_rx.clone()));
         let tick = tokio::spawn(tick(hub_tx.clone(), config.mailbox, door_rx));
         let hello = dial::our_hello(
             &addr.ip().to_string(),
@@ -359,6 +360,7 @@ impl Node {
             door,
             stop,
             hub_ended,
+            acceptor,
             tasks: Tasks {
                 hub: hub_task,
                 listener,
@@ -402,10 +404,12 @@ impl Node {
             door,
             stop,
             tasks,
+            acceptor,
             _lock: lock,
             ..
         } = self;
         let _ = door.send(true);
+        drop(acceptor);
         if !say_goodbye(&hub).await {
             tracing::warn!("connections still open after {GOODBYE:?}: ending them");
         }
