@@ -297,7 +297,34 @@ impl Browser {
     }
 
     /// Types `text` into an element (or, for a file input, picks that path).
+    /// ChromeDriver types only characters of the Basic Multilingual Plane
+    /// (148 refuses the rest: "ChromeDriver only supports characters in
+    /// the BMP"); a character beyond it (an emoji) is entered the way an
+    /// input method or a paste enters it, as an `insertText` edit of the
+    /// focused field, which fires the same `input` events.
     pub async fn type_into(&self, e: &Element, text: &str) {
+        let mut run = String::new();
+        for c in text.chars() {
+            if (c as u32) < 0x10000 {
+                run.push(c);
+                continue;
+            }
+            self.send_keys(e, &std::mem::take(&mut run)).await;
+            self.execute(
+                "arguments[0].focus(); \
+                 if (!document.execCommand('insertText', false, arguments[1])) \
+                 throw new Error('insertText refused');",
+                vec![json!({ ELEMENT_KEY: e.0 }), json!(c.to_string())],
+            )
+            .await;
+        }
+        self.send_keys(e, &run).await;
+    }
+
+    async fn send_keys(&self, e: &Element, text: &str) {
+        if text.is_empty() {
+            return;
+        }
         self.cmd(
             "POST",
             &format!("/element/{}/value", e.0),

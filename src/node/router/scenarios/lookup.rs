@@ -290,3 +290,37 @@ fn a_restarted_local_subscribes_again_to_what_it_held() {
     assert!(mesh.router("A").presence.get("bob").is_some_and(|p| p.live));
     assert_eq!(mesh.router("A").presence.len(), 1);
 }
+
+/// Review finding: a second session at another local, welcomed there and
+/// then refused by the master, made a directly linked local take its
+/// claim over the user's live presence, then drop the user altogether
+/// when the refused session's server withdrew it.
+#[test]
+fn a_refused_second_session_does_not_move_the_user_away_at_a_linked_local() {
+    let mut mesh = lookup_locals(100, 100);
+    everyone(&mut mesh);
+    mesh.dm("carol", "alice", "hi");
+    mesh.run();
+    assert_eq!(mesh.delivered("alice"), ["carol: hi"]);
+    let a = mesh.id("A");
+    let held_at = |mesh: &Mesh| {
+        mesh.router("C")
+            .presence
+            .get("alice")
+            .map(|p| p.location.clone())
+    };
+    assert_eq!(held_at(&mesh).as_deref(), Some(a.as_str()));
+    mesh.twin("alice-again", "alice");
+    mesh.connect("alice-again", "B");
+    mesh.run();
+    assert_eq!(mesh.errors("alice-again"), [ErrorCode::NameInUse]);
+    // B did tell C (a directly linked peer) before the master refused it.
+    assert!(advertised(&mesh, "B", "C").contains(&"alice".to_owned()));
+    assert_eq!(held_at(&mesh).as_deref(), Some(a.as_str()));
+    mesh.dm("carol", "alice", "still there?");
+    mesh.run();
+    assert_eq!(
+        mesh.delivered("alice"),
+        ["carol: hi", "carol: still there?"]
+    );
+}
