@@ -70,7 +70,9 @@ async fn status_shows_links_users_mailbox_and_quotas_of_a_running_mesh() {
         }
     }
 
-    // The JSON, once the mesh has settled (links up, both users seen).
+    // The JSON, once the mesh has settled (links up, both users seen at
+    // the master; the local holds presence on demand, the default: it knows
+    // of its own user only, nobody there having addressed bob).
     let deadline = tokio::time::Instant::now() + WAIT;
     let nodes = loop {
         let (ok, out) = admin_status(&[&m_url, &l_url], true).await;
@@ -78,7 +80,9 @@ async fn status_shows_links_users_mailbox_and_quotas_of_a_running_mesh() {
         let nodes: Vec<Value> = serde_json::from_str(&out).unwrap();
         let settled = nodes
             .iter()
-            .all(|n| n["users_online"] == 2 && n["links"].as_array().is_some_and(|l| l.len() == 1))
+            .all(|n| n["links"].as_array().is_some_and(|l| l.len() == 1))
+            && nodes[0]["users_online"] == 2
+            && nodes[1]["users_online"] == 1
             && nodes[0]["mailbox"]["frames"] == WAITING;
         if settled {
             break nodes;
@@ -94,6 +98,8 @@ async fn status_shows_links_users_mailbox_and_quotas_of_a_running_mesh() {
     assert_eq!(m["role"], "master");
     assert_eq!(l["id"], local.id.as_str(), "{l}");
     assert_eq!(l["role"], "local");
+    assert_eq!(m["presence_on_demand"], false, "{m}");
+    assert_eq!(l["presence_on_demand"], true, "{l}");
     // Each end of the link names the other.
     assert_eq!(m["links"][0]["server"], local.id.as_str(), "{m}");
     assert_eq!(m["links"][0]["role"], "local");
@@ -131,6 +137,8 @@ async fn status_shows_links_users_mailbox_and_quotas_of_a_running_mesh() {
         format!("{} (master)", master.id),
         format!("{} (local)", local.id),
         "users online: 2 in the mesh, 1 here".to_owned(),
+        "users online: 1 known here (presence on demand: the master has the mesh's), 1 here"
+            .to_owned(),
         format!("mailbox (users online nowhere): {WAITING} frames, {bytes} bytes"),
         "LINK".to_owned(),
         "QUOTA".to_owned(),

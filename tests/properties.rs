@@ -114,6 +114,7 @@ fn template(kind: &str) -> Vec<(&'static str, F)> {
         "ERROR" => vec![("code", S), ("detail", S)],
         "PEER_ANNOUNCE" => vec![("server_id", S)],
         "PRESENCE_SUBSCRIBE" => vec![("subscribe", Strings), ("unsubscribe", Strings)],
+        "PEER_WITHDRAW" => vec![("server_id", S)],
         other => panic!("no template for {other}; add one"),
     }
 }

@@ -152,6 +152,9 @@ pub struct NodeStatus {
     pub connections: u64,
     /// Users online anywhere in the mesh, as this node sees it.
     pub users_online: u64,
+    /// A local holding presence on demand: `users_online` is the users it
+    /// knows of (its own and those they addressed), not the mesh's.
+    pub presence_on_demand: bool,
     /// Users connected to this node itself.
     pub users_here: u64,
     pub links: Vec<Link>,
@@ -202,6 +205,7 @@ impl NodeStatus {
             role: label("role"),
             connections: get("socp_connections"),
             users_online: get("socp_users_online"),
+            presence_on_demand: get("socp_presence_on_demand") == 1,
             users_here: get("socp_users_here"),
             links,
             custody: Held {
@@ -294,8 +298,13 @@ pub fn render(nodes: &[NodeStatus]) -> String {
             out.push('\n');
         }
         out.push_str(&format!("{} ({}) at {}\n", n.id, n.role, n.metrics));
+        let scope = if n.presence_on_demand {
+            "known here (presence on demand: the master has the mesh's)"
+        } else {
+            "in the mesh"
+        };
         out.push_str(&format!(
-            "  users online: {} in the mesh, {} here; connections: {}\n",
+            "  users online: {} {scope}, {} here; connections: {}\n",
             n.users_online, n.users_here, n.connections
         ));
         out.push_str(&format!(

@@ -190,8 +190,13 @@ fn exposition(status: &Status) -> String {
         ),
         (
             "socp_users_online",
-            "Users online anywhere in the mesh.",
+            "Users online anywhere in the mesh (at a local holding presence on demand: those it knows of).",
             status.online.len(),
+        ),
+        (
+            "socp_presence_on_demand",
+            "1 at a local that holds presence on demand (socp_users_online counts the users it knows of).",
+            usize::from(status.presence_on_demand),
         ),
         (
             "socp_links",

@@ -82,6 +82,9 @@ pub struct Status {
     pub master: bool,
     /// Users connected to this node itself (`online` is the whole mesh's).
     pub users_here: usize,
+    /// A local holding presence on demand: `online` lists the users here
+    /// and those its users addressed, not the whole mesh.
+    pub presence_on_demand: bool,
     /// The live links, by server id.
     pub links: Vec<LinkStatus>,
     /// Payload bytes waiting for users online nowhere (master).
@@ -278,6 +281,7 @@ impl Hub {
             node_id: node_id.to_owned(),
             master,
             users_here: router.users_here(),
+            presence_on_demand: router.presence_on_demand(),
             links: router.link_status(),
             mailbox_bytes,
             fullest_user,

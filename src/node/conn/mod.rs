@@ -359,7 +359,7 @@ pub(crate) async fn run<S>(
 {
     ws.set_frame_timeout(ctx.limits.frame_timeout);
     let (tx, mut rx) = if peer.is_link() {
-        queue::queue(LINK_SEND_QUEUE, None)
+        queue::queue(LINK_SEND_QUEUE, Some(queue::LINK_QUEUE_BYTES))
     } else {
         queue::queue(SEND_QUEUE, Some(ctx.limits.user_queue_bytes))
     };

@@ -8,10 +8,13 @@
 //! Content from custody is not counted: it is shared with custody (which
 //! bounds it with its window of 256 frames per user and its byte limits)
 //! and custody sends it again after a close, so counting it would only
-//! close a slow reader of large files again and again. A server link keeps
-//! the frame bound alone (`LINK_SEND_QUEUE`): its other frames are small
-//! (acks, receipts, presence, directory answers) and its peer is an
-//! admitted server whose content custody bounds the same way.
+//! close a slow reader of large files again and again. A server link is
+//! bounded in frames (`LINK_SEND_QUEUE`) and its other frames in
+//! [`LINK_QUEUE_BYTES`]: most are small (acks, receipts, presence,
+//! directory answers), but a lookup local's forwarded `USER_LIST` is
+//! answered with pages of up to 64 KiB, and a local that asks for them
+//! faster than it reads could otherwise make its master hold 8,192 of them
+//! (512 MiB); past the budget the link is closed (and redialled).
 //!
 //! The queue is one small allocation shared by its ends (a lock around a
 //! `VecDeque`, the writer's waker and the counts), not tokio's `mpsc`: a
@@ -147,6 +150,11 @@ pub(crate) fn queue(frames: usize, bytes: Option<usize>) -> (SendQueue, QueueRx)
     };
     (send, QueueRx { shared })
 }
+
+/// Bytes of frames other than content one server link may have waiting:
+/// far above what an honest link queues (a full presence snapshot of 8,192
+/// adverts is ~12 MiB), far below 8,192 pages of `USER_LIST`.
+pub const LINK_QUEUE_BYTES: usize = 64 << 20;
 
 /// Bytes a command holds while queued, as counted against the budget (the
 /// same on the way in and out).
@@ -305,6 +313,37 @@ mod tests {
             extra: Default::default(),
         };
         ConnCmd::Frame(Box::new(Outgoing::new("alice", Message::UserList(list))))
+    }
+
+    #[tokio::test]
+    async fn a_link_queue_is_bounded_in_bytes_too() {
+        // Review finding: a link's queue was bounded in frames alone, so a
+        // lookup local asking its master for USER_LIST pages faster than it
+        // read them could make the master hold 8,192 pages of 64 KiB.
+        let (tx, rx) = queue(super::super::LINK_SEND_QUEUE, Some(LINK_QUEUE_BYTES));
+        let page = list(6_000);
+        let ConnCmd::Frame(out) = &page else {
+            unreachable!()
+        };
+        let Frame::Msg(msg) = &out.frame else {
+            unreachable!()
+        };
+        assert!(
+            msg.json_len() > 60_000,
+            "a page of {} bytes",
+            msg.json_len()
+        );
+        let mut taken = 0;
+        while tx.try_send(list(6_000)).is_ok() {
+            taken += 1;
+            assert!(taken < super::super::LINK_SEND_QUEUE, "no byte bound");
+        }
+        assert!(rx.overflowed());
+        assert!(
+            taken * 60_000 <= LINK_QUEUE_BYTES + 70_000,
+            "{taken} pages held"
+        );
+        assert!(taken >= 500, "an honest link's burst fits: {taken} pages");
     }
 
     #[tokio::test]

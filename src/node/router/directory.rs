@@ -146,6 +146,9 @@ impl Router {
         }
         match self.pending.remove(&a.req_id) {
             Some(Pending::Lookup { conn, user_id }) if user_id == a.user_id => {
+                if a.found {
+                    self.addressed(&a.user_id); // subscribed once the directory knows them
+                }
                 if let Some(user) = self.conn_users.get(&conn).cloned() {
                     let pubkey = a.found.then_some(a.pubkey.as_str());
                     self.send(conn, &user, lookup_answer(&a.user_id, pubkey));

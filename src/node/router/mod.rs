@@ -408,6 +408,12 @@ impl Router {
     }
 
     /// Users connected to this node itself.
+    /// True at a local that holds presence on demand (`lookup.rs`): its
+    /// `online` is the users it knows of, not the whole mesh.
+    pub fn presence_on_demand(&self) -> bool {
+        self.lookup_mode()
+    }
+
     pub fn users_here(&self) -> usize {
         self.sessions.len()
     }

@@ -314,8 +314,12 @@ impl Router {
     }
 
     pub(super) fn user_lookup(&mut self, conn: ConnId, user: &str, target: String) {
-        self.addressed(&target); // a key is looked up to write to its owner
         if let Some(rec) = self.users.get(&target) {
+            // A key is looked up to write to its owner: subscribed only once
+            // the directory knows them (here, or in the master's answer), so
+            // lookups of made-up ids, free to a user, cannot push real
+            // correspondents out of the cache (review finding).
+            self.addressed(&target);
             let answer = lookup_answer(&target, Some(&rec.pubkey));
             return self.send(conn, user, answer);
         }

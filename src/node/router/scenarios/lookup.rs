@@ -324,3 +324,29 @@ fn a_refused_second_session_does_not_move_the_user_away_at_a_linked_local() {
         ["carol: hi", "carol: still there?"]
     );
 }
+
+/// Review finding: a user looking up made-up ids by the thousand pushed
+/// real correspondents out of its local's cache (and spent the master's
+/// subscription rate). Only users the directory knows are subscribed.
+#[test]
+fn made_up_ids_do_not_push_real_correspondents_out_of_the_cache() {
+    let mut mesh = lookup_locals(101, 4);
+    everyone(&mut mesh);
+    mesh.dm("alice", "bob", "hi");
+    mesh.run();
+    assert!(mesh.router("A").cache.contains("bob"));
+    for i in 0..20 {
+        mesh.lookup("alice", &format!("nobody{i}"));
+    }
+    mesh.run();
+    assert!(
+        mesh.router("A").cache.contains("bob"),
+        "{:?}",
+        mesh.router("A").cache.users()
+    );
+    assert_eq!(mesh.router("A").cache.users(), ["bob"]);
+    mesh.lookup("alice", "carol");
+    mesh.run();
+    assert!(mesh.router("A").cache.contains("carol"));
+    assert!(mesh.router("M").subs.has(&mesh.id("A"), "carol"));
+}
