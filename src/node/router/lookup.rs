@@ -54,22 +54,24 @@ impl Cache {
         self.stamps.len()
     }
 
-    /// Marks `user` as just addressed. True if it was not held.
+    /// Marks `user` as just addressed. True if it was not held. Called for
+    /// every DM leaving for a remote user: a held user's id is moved, not
+    /// copied again.
     pub fn touch(&mut self, user: &str) -> bool {
         self.next += 1;
-        let fresh = match self.stamps.get_mut(user) {
+        match self.stamps.get_mut(user) {
             Some(stamp) => {
-                self.by_age.remove(stamp);
+                let name = self.by_age.remove(stamp).unwrap_or_else(|| user.to_owned());
                 *stamp = self.next;
+                self.by_age.insert(self.next, name);
                 false
             }
             None => {
                 self.stamps.insert(user.to_owned(), self.next);
+                self.by_age.insert(self.next, user.to_owned());
                 true
             }
-        };
-        self.by_age.insert(self.next, user.to_owned());
-        fresh
+        }
     }
 
     /// Takes out the least recently addressed user.
