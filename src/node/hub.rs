@@ -5,7 +5,7 @@
 //! At shutdown it has the router say goodbye and closes every connection
 //! through its queue, then flushes the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -115,6 +115,9 @@ pub(crate) async fn ask_status(hub: &mpsc::Sender<HubEvent>, within: Duration) -
 const WRITE_BACKLOG: usize = 20_000;
 /// How often a throttled hub looks at the store again.
 const THROTTLE_PAUSE: Duration = Duration::from_millis(2);
+/// How often the hub looks at the queues of links owed more (`owed.rs`)
+/// when nothing else wakes it.
+const DRAIN_POLL: Duration = Duration::from_millis(2);
 
 /// Runs the hub until told to stop, then flushes the store.
 pub(crate) async fn run(
@@ -132,8 +135,12 @@ pub(crate) async fn run(
         slow_disconnects: 0,
         timers: Timers::default(),
         closing: None,
+        owed: HashSet::new(),
     };
     loop {
+        // Links owed more than they were sent get it once their queue has
+        // drained, whatever woke the hub.
+        hub.feed_drained();
         // Receipts wait for a quiet moment, so that under load one frame
         // carries many. Checked before every wait, whatever the last event
         // was (an event handled without the router must not leave them held).
@@ -159,6 +166,7 @@ pub(crate) async fn run(
             }
             Some(e) = users.recv(), if !throttled => e,
             () = tokio::time::sleep(THROTTLE_PAUSE), if throttled => continue,
+            () = tokio::time::sleep(DRAIN_POLL), if !hub.owed.is_empty() => continue,
         };
         if let HubEvent::Stop = event {
             break;
@@ -180,6 +188,9 @@ struct Hub {
     closing: Option<oneshot::Sender<()>>,
     /// Servers to dial, to the announced-peer dialer (`dial.rs`).
     dials: mpsc::UnboundedSender<super::router::DialAsk>,
+    /// Links owed more than they were sent, to tell the router when their
+    /// queue has drained (`Output::WhenDrained`).
+    owed: HashSet<ConnId>,
 }
 
 impl Hub {
@@ -226,6 +237,32 @@ impl Hub {
             && let Some(done) = self.closing.take()
         {
             let _ = done.send(());
+        }
+    }
+
+    /// Tells the router which links owed more have drained to
+    /// [`super::conn::LINK_LOW_WATER`] frames other than content (or are
+    /// gone): with custody's window of 4,096 and a chunk of at most 1,024
+    /// frames, the queue stays within its 8,192.
+    fn feed_drained(&mut self) {
+        if self.owed.is_empty() {
+            return;
+        }
+        let ready: Vec<ConnId> = self
+            .owed
+            .iter()
+            .copied()
+            .filter(|conn| {
+                self.conns
+                    .get(conn)
+                    .is_none_or(|q| q.others_queued() <= super::conn::LINK_LOW_WATER)
+            })
+            .collect();
+        for conn in ready {
+            self.owed.remove(&conn);
+            if self.conns.contains_key(&conn) {
+                self.step(Input::Drained(conn));
+            }
         }
     }
 
@@ -328,6 +365,9 @@ impl Hub {
                 }
                 Output::Undial(server) => {
                     let _ = self.dials.send(DialAsk::Stop(server));
+                }
+                Output::WhenDrained(conn) => {
+                    self.owed.insert(conn);
                 }
             }
         }

@@ -50,6 +50,9 @@ pub const SEND_QUEUE: usize = 1024;
 /// The same for a server link: more than its custody window
 /// (`custody::LINK_WINDOW`) plus the acks, receipts and presence it carries.
 pub const LINK_SEND_QUEUE: usize = 8192;
+/// A link owed more than it was sent (`router/owed.rs`) is sent its next
+/// chunk once its queue is down to this many frames other than content.
+pub const LINK_LOW_WATER: usize = LINK_SEND_QUEUE / 4;
 /// How often a link sends `HEARTBEAT`.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// A link silent this long is closed (and redialled by its dialer).

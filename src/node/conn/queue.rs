@@ -54,6 +54,9 @@ struct State {
     queue: VecDeque<ConnCmd>,
     /// Bytes counted as queued (against `max_bytes`).
     held: usize,
+    /// Commands queued other than content (custody bounds content with
+    /// its windows; the hub paces what a link is owed by the rest).
+    others: usize,
     /// Set once a frame did not fit the byte budget: the connection is to
     /// be closed, and the queue takes nothing more.
     over: bool,
@@ -103,6 +106,7 @@ impl Shared {
             return Err(TrySendError::Full(cmd));
         }
         s.held += n;
+        s.others += usize::from(!is_content(&cmd));
         s.queue.push_back(cmd);
         let waker = s.waker.take();
         drop(s);
@@ -137,6 +141,7 @@ pub(crate) fn queue(frames: usize, bytes: Option<usize>) -> (SendQueue, QueueRx)
         state: Mutex::new(State {
             queue: VecDeque::new(),
             held: 0,
+            others: 0,
             over: false,
             senders: 1,
             receiving: true,
@@ -156,6 +161,11 @@ pub(crate) fn queue(frames: usize, bytes: Option<usize>) -> (SendQueue, QueueRx)
 /// adverts is ~12 MiB), far below 8,192 pages of `USER_LIST`.
 pub const LINK_QUEUE_BYTES: usize = 64 << 20;
 
+/// True for content from custody (shared with custody, which bounds it).
+fn is_content(cmd: &ConnCmd) -> bool {
+    matches!(cmd, ConnCmd::Frame(out) if matches!(out.frame, Frame::Content(_)))
+}
+
 /// Bytes a command holds while queued, as counted against the budget (the
 /// same on the way in and out).
 fn bytes_of(cmd: &ConnCmd) -> usize {
@@ -172,6 +182,13 @@ fn bytes_of(cmd: &ConnCmd) -> usize {
 impl SendQueue {
     pub(crate) fn try_send(&self, cmd: ConnCmd) -> Result<(), TrySendError<ConnCmd>> {
         self.shared.push(cmd)
+    }
+
+    /// Commands queued and not yet taken by the writer, other than
+    /// content (custody keeps up to its window of that queued on a link,
+    /// and would hold back what a link is owed behind a slow backlog).
+    pub(crate) fn others_queued(&self) -> usize {
+        self.shared.lock().others
     }
 
     pub(crate) fn downgrade(&self) -> WeakQueue {
@@ -250,6 +267,7 @@ impl QueueRx {
     /// gives back its buffer too (an idle connection holds none).
     fn take(&self, s: &mut State) -> Option<ConnCmd> {
         let cmd = s.queue.pop_front()?;
+        s.others -= usize::from(!is_content(&cmd));
         if self.shared.max_bytes.is_some() {
             s.held = s.held.saturating_sub(bytes_of(&cmd));
         }
@@ -288,6 +306,7 @@ impl Drop for QueueRx {
         let mut s = self.shared.lock();
         s.receiving = false;
         s.waker = None;
+        s.others = 0;
         let queued = std::mem::take(&mut s.queue);
         drop(s);
         // What was queued is freed now, not when the last sender goes.
@@ -397,6 +416,21 @@ mod tests {
             tx.try_send(ConnCmd::Frame(Box::new(out))).unwrap();
         }
         assert_eq!(rx.held(), 0);
+        // Nor in what the hub paces a link's owed presence by: a backlog of
+        // content must not hold that back (custody bounds it).
+        assert_eq!(tx.others_queued(), 0);
+    }
+
+    #[test]
+    fn frames_other_than_content_are_counted_until_taken() {
+        let (tx, mut rx) = queue(1024, None);
+        tx.try_send(list(1)).unwrap();
+        tx.try_send(ConnCmd::Close).unwrap();
+        assert_eq!(tx.others_queued(), 2);
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(tx.others_queued(), 1);
+        drop(rx);
+        assert_eq!(tx.others_queued(), 0);
     }
 
     #[test]

@@ -94,6 +94,13 @@ impl Router {
             let Some(route) = self.route(&head) else {
                 return;
             };
+            // A link still owed our own users' registrations and adverts
+            // gets content once they are out (`owed.rs` pumps then).
+            if let Hop::Link(server) = &route.hop
+                && self.owed.owes_own(server)
+            {
+                return;
+            }
             if self.custody.is_evicted(head.seq) {
                 // Its body is on disk: read a page back, then send on.
                 return self.page_in(dest);

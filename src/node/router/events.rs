@@ -157,6 +157,9 @@ pub(crate) enum Output {
     /// Read a page of a destination's custody rows back from disk
     /// (answered by `RowsRead`).
     LoadRows(RowsAsk),
+    /// Say `Input::Drained` when this link's queue has room again: it is
+    /// owed more than it was sent at once (`owed.rs`).
+    WhenDrained(ConnId),
 }
 
 /// A user hello whose key, signature and freshness the connection checked.
@@ -283,6 +286,9 @@ pub(crate) enum Input {
         bodies: Bodies,
         unread: Vec<u64>,
     },
+    /// The link on this connection drained its queue after a
+    /// [`Output::WhenDrained`]: it may be sent more (`owed.rs`).
+    Drained(ConnId),
 }
 
 impl Input {

@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value};
 
+use super::owed::Owed;
 use super::{
     ConnId, Link, LinkHelloIn, Output, Pending, Router, StoreOp, code_of, our_caps, session_offer,
     truncate,
@@ -11,7 +12,7 @@ use super::{
 use crate::node::custody::Hop;
 use crate::node::records::ServerRecord;
 use crate::wire::ids;
-use crate::wire::messages::{ErrorBody, Message, PeerHelloLink, Presence, Receipt, Role};
+use crate::wire::messages::{ErrorBody, Message, PeerHelloLink, Receipt, Role};
 use crate::wire::{Envelope, ErrorCode};
 
 impl Router {
@@ -228,6 +229,7 @@ impl Router {
             self.links.remove(&server);
             self.forget_announced(&server);
             self.subs.drop_server(&server);
+            self.owed.drop_server(&server);
             tracing::info!(server = %server, "link down");
             let carried: Vec<String> = self
                 .presence
@@ -248,13 +250,8 @@ impl Router {
                 p.live = false;
                 self.online.set(&user, super::online::REMOTE, false);
                 if self.cfg.master {
-                    let remove = Message::UserRemove(Presence {
-                        user_id: user.clone(),
-                        location: p.location.clone(),
-                        proof: None,
-                        extra: Map::new(),
-                    });
-                    self.broadcast_presence(Some(&server), &user, &remove);
+                    let location = p.location.clone();
+                    self.owe_to_all(&server, &user, &Owed::Gone(location));
                 }
             }
             self.hop_down(&Hop::Link(server));

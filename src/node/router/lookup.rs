@@ -11,10 +11,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Map;
 
+use super::owed::Owed;
 use super::{Router, StoreOp, online, truncate};
-use crate::wire::messages::{
-    ErrorBody, Message, Presence, PresenceSubscribe, UserList, UserListReq,
-};
+use crate::wire::messages::{ErrorBody, Message, PresenceSubscribe, UserList, UserListReq};
 use crate::wire::{ErrorCode, ids};
 
 /// The capability: listed by a local, it asks for presence on demand; listed
@@ -33,6 +32,10 @@ pub const SUBSCRIBE_RATE: f64 = 2_000.0;
 /// `USER_LIST` requests one lookup-mode local may forward at once, then
 /// as many more a second (each user is limited at their own server too).
 pub const LIST_RATE: f64 = 200.0;
+/// `USER_LIST` requests a lookup local forwards a second (and at once):
+/// three quarters of what its master takes ([`LIST_RATE`]), so that
+/// requests bunched by the link's queue still fit the master's bucket.
+pub const LIST_FORWARD_RATE: f64 = LIST_RATE * 0.75;
 /// The field of a `USER_LIST` a local answered alone (its master is down):
 /// it lists the users online here and those whose presence it holds.
 pub const LIST_PARTIAL: &str = "partial";
@@ -353,21 +356,13 @@ impl Router {
                     return;
                 }
             }
-            if self.sessions.contains_key(&user) {
-                let adv = self.own_advert(&user);
-                self.send_link(server, ids::TO_ALL, adv);
-            } else if let Some(p) = self
-                .presence
-                .get(&user)
-                .filter(|p| p.live && p.location != server)
-            {
-                let adv = Message::UserAdvertise(Presence {
-                    user_id: user.clone(),
-                    location: p.location.clone(),
-                    proof: p.proof.clone(),
-                    extra: Map::new(),
-                });
-                self.send_link(server, ids::TO_ALL, adv);
+            let online = self.sessions.contains_key(&user)
+                || self
+                    .presence
+                    .get(&user)
+                    .is_some_and(|p| p.live && p.location != server);
+            if online {
+                self.owe(server, user, Owed::Presence);
             }
         }
     }
@@ -377,7 +372,10 @@ impl Router {
     /// A user's `USER_LIST` at a local in lookup mode: the mesh-wide list
     /// lives at the master, which answers it (sent back to the user by
     /// [`Self::list_from_master`]). True if forwarded; false if it must be
-    /// answered here (not in lookup mode, or the master is down).
+    /// answered here (not in lookup mode, the master is down, or this
+    /// local forwarded [`LIST_FORWARD_RATE`] a second already: the master
+    /// drops what is over its own rate, and the user would wait for an
+    /// answer that never comes).
     pub(super) fn forward_list(&mut self, user: &str, req: &UserListReq) -> bool {
         if !self.lookup_mode() {
             return false;
@@ -385,6 +383,14 @@ impl Router {
         let Some(master) = self.master_link().map(str::to_owned) else {
             return false;
         };
+        let (tokens, at) = self.lists_forwarded;
+        let elapsed = (self.now - at).max(0) as f64 / 1000.0;
+        let tokens = (tokens + elapsed * LIST_FORWARD_RATE).min(LIST_FORWARD_RATE);
+        if tokens < 1.0 {
+            self.lists_forwarded = (tokens, self.now);
+            return false;
+        }
+        self.lists_forwarded = (tokens - 1.0, self.now);
         self.send_link(&master, user, Message::UserListReq(req.clone()))
     }
 

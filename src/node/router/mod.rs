@@ -17,6 +17,7 @@ mod link_hold;
 mod links;
 mod lookup;
 mod online;
+mod owed;
 mod peers;
 mod persist;
 mod presence;
@@ -223,6 +224,12 @@ pub(crate) struct Router {
     cache: lookup::Cache,
     /// At the master: which users each lookup-mode local subscribed to.
     subs: lookup::Subscriptions,
+    /// Presence owed to links in bulk, sent as they drain (`owed.rs`).
+    owed: owed::OwedLinks,
+    /// At a lookup-mode local: `USER_LIST` requests it may still forward
+    /// to the master (`lookup::LIST_FORWARD_RATE` a second, within the
+    /// master's own bound), and when the bucket was refilled (ms).
+    lists_forwarded: (f64, i64),
     /// Our master listed [`CAP_PRESENCE_LOOKUP`] on its last link (assumed
     /// until a link says otherwise).
     master_serves_lookups: bool,
@@ -325,6 +332,8 @@ impl Router {
             presence,
             cache,
             subs: Default::default(),
+            owed: Default::default(),
+            lists_forwarded: (lookup::LIST_FORWARD_RATE, 0),
             master_serves_lookups: true,
             online: Default::default(),
             verified: Default::default(),
@@ -439,6 +448,9 @@ impl Router {
 
     /// Tells every link that our users are gone (before the connections close).
     fn shutting_down(&mut self) {
+        // What links were still owed would follow the goodbyes below (and
+        // advertise users who are leaving): their closing says the rest.
+        self.owed.clear();
         let users: Vec<String> = self.sessions.keys().cloned().collect();
         for user in users {
             let remove = Message::UserRemove(Presence {
@@ -485,7 +497,9 @@ impl Router {
             Input::Stored(written) => self.stored(written),
             Input::RowsRead(read) => self.rows_read(read),
             Input::BodiesRead { bodies, unread } => self.bodies_read(bodies, unread),
+            Input::Drained(conn) => self.drained(conn),
         }
+        self.send_owed();
         if !self.waiting_hellos.is_empty() {
             self.confirm_waiting();
         }

@@ -9,10 +9,8 @@
 
 use serde_json::{Map, Value};
 
-use super::{
-    HELLO_FRESHNESS_MS, Router, StoreOp, online, proof_digest, proof_signed_by, registration,
-    truncate,
-};
+use super::owed::Owed;
+use super::{HELLO_FRESHNESS_MS, Router, StoreOp, online, proof_digest, proof_signed_by, truncate};
 use crate::node::custody::Dest;
 use crate::node::records::PresenceRecord;
 use crate::wire::ids;
@@ -36,14 +34,9 @@ impl Router {
             } else if let Some(p) = self.presence.get_mut(&user) {
                 p.live = true;
                 self.online.set(&user, online::REMOTE, true);
-                let adv = Message::UserAdvertise(Presence {
-                    user_id: user.clone(),
-                    location: p.location.clone(),
-                    proof: p.proof.clone(),
-                    extra: Map::new(),
-                });
+                // Every other link hears of them again, as the link drains.
                 if self.cfg.master {
-                    self.broadcast_presence(Some(server), &user, &adv);
+                    self.owe_to_all(server, &user, &Owed::Presence);
                 }
             }
         }
@@ -58,32 +51,23 @@ impl Router {
             return;
         }
         let own: Vec<String> = self.sessions.keys().cloned().collect();
-        let is_master_link = self.master_id.as_deref() == Some(server);
-        for user in &own {
-            if is_master_link && let Some(session) = self.sessions.get(user) {
-                let reg = registration(user, &session.key, session.proof());
-                self.send_link(server, server, reg);
-            }
-            let adv = self.own_advert(user);
-            self.send_link(server, ids::TO_ALL, adv);
+        for user in own {
+            self.owe(server, user, Owed::Own);
         }
         if self.cfg.master {
-            let others: Vec<(String, PresenceRecord)> = self
+            let others: Vec<String> = self
                 .presence
                 .iter()
                 .filter(|(_, p)| p.live && p.location != server)
-                .map(|(u, p)| (u.clone(), p.clone()))
+                .map(|(u, _)| u.clone())
                 .collect();
-            for (user, p) in others {
-                let adv = Message::UserAdvertise(Presence {
-                    user_id: user,
-                    location: p.location,
-                    proof: p.proof,
-                    extra: Map::new(),
-                });
-                self.send_link(server, ids::TO_ALL, adv);
+            for user in others {
+                self.owe(server, user, Owed::Presence);
             }
         }
+        // The first chunk goes now, before what the link-up sends next
+        // (custody, subscriptions); the rest as the link drains.
+        self.send_owed_to(server);
     }
 
     /// At the master, once `user` registered `key` after a key reset: a

@@ -48,6 +48,7 @@ impl Mesh {
         let mut acks = Vec::new();
         let mut loads = Vec::new();
         let mut rows = Vec::new();
+        let mut drained = Vec::new();
         for output in outputs {
             match output {
                 Output::Send(conn, out) => {
@@ -73,12 +74,18 @@ impl Mesh {
                 Output::Dial(peer) => self.dial_announced(name, &peer.server_id),
                 Output::Undial(server) => self.undial_announced(name, &server),
                 Output::LoadRows(ask) => rows.push(ask),
+                // The simulated links have no queue bound: one drains as
+                // soon as what was sent on it is handed to the network.
+                Output::WhenDrained(conn) => drained.push(conn),
             }
         }
         self.commit(name, ops, acks, loads);
         for ask in rows {
             let input = adapt::rows_read(&self.node_ref(name).disk.custody, ask);
             self.step(name, input);
+        }
+        for conn in drained {
+            self.step(name, Input::Drained(conn));
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod hold;
 mod links;
+mod owed;
 mod reference;
 mod users;
 mod vouched;
@@ -85,6 +86,23 @@ fn link(conn: ConnId, id: &str, k: &PrivateKey, role: Role, dialed_master: bool)
         session: None,
         signed: None,
     }
+}
+
+/// `user` online here on `conn`, as a login would leave them (without the
+/// hello's round trips).
+fn session_here(r: &mut Router, user: &str, conn: ConnId) {
+    r.sessions.insert(
+        user.to_owned(),
+        Session {
+            conn,
+            proof: None,
+            key: std::sync::Arc::from("k"),
+            lists: (LIST_BURST, 0),
+            undecryptable: false,
+        },
+    );
+    r.conn_users.insert(conn, user.to_owned());
+    r.online.set(user, super::online::HERE, true);
 }
 
 /// The link to our master (`master_server_m`), which we dialed, on `conn`.

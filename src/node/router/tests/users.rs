@@ -498,3 +498,52 @@ fn in_a_storm_hellos_wait_their_turn_for_the_master() {
     let reg = first_of(&out, Kind::DbRegisterUser);
     assert_eq!(reg["user_id"], format!("u{MAX_CONFIRMING}"));
 }
+
+/// User `u`'s `USER_LIST_REQ` at a lookup local whose master link is conn
+/// 9: (1, 0) if forwarded, (0, 1) if answered here.
+fn ask_list_at_lookup_local(r: &mut Router, now: i64, u: usize) -> (usize, usize) {
+    let name = format!("user{u:03}");
+    let conn = 100 + u as ConnId;
+    let env = Envelope::new(Kind::UserListReq.name(), &name, "server_*", Map::new());
+    let msg = Message::from_envelope(&env).unwrap();
+    let out = r.step(now, Input::UserFrame { conn, env, msg });
+    let (mut forwarded, mut here) = (0, 0);
+    for o in &out {
+        match o {
+            Output::Send(9, f) if kind_of(f) == Kind::UserListReq => forwarded += 1,
+            Output::Send(c, f) if *c == conn && kind_of(f) == Kind::UserList => {
+                assert_eq!(payload_of(f)["partial"], true, "marked partial");
+                here += 1;
+            }
+            _ => {}
+        }
+    }
+    (forwarded, here)
+}
+
+#[test]
+fn a_lookup_local_answers_lists_itself_past_what_its_master_would_take() {
+    // Review finding L1: the master answers a lookup local's forwarded
+    // `USER_LIST` requests `LIST_RATE` a second and drops the rest without
+    // a word: past that rate a user asked and never heard back.
+    let mut r = router(false);
+    r.cfg.presence_cache = 100;
+    let mut hello = link(9, "master_server_m", key("carol"), Role::Master, true);
+    hello.lookup = true;
+    r.step(0, Input::LinkHello(hello));
+    assert!(r.lookup_mode());
+    let users = 41;
+    let (mut forwarded, mut here) = (0, 0);
+    for u in 0..users {
+        session_here(&mut r, &format!("user{u:03}"), 100 + u as ConnId);
+        for _ in 0..LIST_BURST {
+            let (f, h) = ask_list_at_lookup_local(&mut r, 0, u);
+            (forwarded, here) = (forwarded + f, here + h);
+        }
+    }
+    let asked = users * LIST_BURST as usize;
+    assert_eq!(forwarded, lookup::LIST_FORWARD_RATE as usize);
+    assert_eq!(here, asked - forwarded, "every request answered");
+    // Refilled as time passes: a second later, forwarded again.
+    assert_eq!(ask_list_at_lookup_local(&mut r, 1_000, 0), (1, 0));
+}
