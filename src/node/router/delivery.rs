@@ -91,6 +91,9 @@ impl Router {
             let Some(head) = self.custody.next_pending(dest).cloned() else {
                 return;
             };
+            if self.waits_for_master_path(dest, &head) {
+                return;
+            }
             let Some(route) = self.route(&head) else {
                 return;
             };
@@ -189,6 +192,55 @@ impl Router {
     }
 
     /// Pumps every destination with something pending.
+    /// A DM to a user whose earlier DMs are still on the master's path
+    /// while a direct link to their server is up: it waits (at most
+    /// `sticky::BARRIER_MS`) for that path to drain, so that it can go
+    /// direct without overtaking them (`sticky.rs`).
+    fn waits_for_master_path(&mut self, dest: &Dest, head: &Entry) -> bool {
+        let Dest::User(user) = dest else {
+            return false;
+        };
+        if head.kind != ContentKind::Dm
+            || !self.via_master.holds(user)
+            || self.sessions.contains_key(user)
+        {
+            return false;
+        }
+        let direct = self
+            .presence
+            .get(user)
+            .filter(|p| p.live && p.location != self.cfg.me)
+            .is_some_and(|p| self.links.get(&p.location).is_some_and(|l| l.socp));
+        if !direct {
+            return false;
+        }
+        match self.via_master.barrier(user, self.now) {
+            super::sticky::Barrier::New => {
+                let req_id = self.new_req_id();
+                self.pending
+                    .insert(req_id.clone(), super::Pending::Barrier(user.clone()));
+                self.out.push(Output::Timer {
+                    req_id,
+                    after: std::time::Duration::from_millis(super::sticky::BARRIER_MS as u64),
+                });
+                true
+            }
+            super::sticky::Barrier::Waiting => true,
+            super::sticky::Barrier::Over => false,
+        }
+    }
+
+    /// The wait for `user`'s master path ran out: what waited goes that
+    /// way (and what comes in the next `sticky::BARRIER_MS`, then the next
+    /// DM waits again).
+    pub(super) fn barrier_over(&mut self, user: &str) {
+        if !self.via_master.holds(user) {
+            return; // drained meanwhile: it went direct then
+        }
+        self.via_master.barrier_over(user, self.now);
+        self.pump(&Dest::User(user.to_owned()));
+    }
+
     pub(super) fn pump_all(&mut self) {
         for dest in self.custody.pending_dests() {
             self.pump(&dest);
@@ -306,9 +358,14 @@ impl Router {
         if last_word && (self.sessions.contains_key(user) || self.cfg.master) {
             // Delivered (readable or not) is final: on the sender's own
             // server, and at the master once it relays it.
+            let mut drained = Vec::new();
             for id in &ok {
                 self.carried.forget(user, id);
-                self.via_master.confirm(user, id);
+                drained.extend(self.via_master.confirm(user, id));
+            }
+            // DMs that waited for the master's path to drain go now.
+            for recipient in drained {
+                self.pump(&Dest::User(recipient));
             }
         }
         ok

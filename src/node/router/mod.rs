@@ -204,6 +204,9 @@ enum Pending {
     Retry(Vec<custody::Dest>),
     /// At the master: withdraw this local unless it linked again.
     Withdraw(String),
+    /// New DMs to this user wait no longer for the master's path to drain
+    /// (`sticky.rs`).
+    Barrier(String),
 }
 
 /// The routing state of one node.

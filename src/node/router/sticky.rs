@@ -9,6 +9,15 @@
 //! local sends each recipient's DMs through the master (while it is up)
 //! until one of them is confirmed delivered, which shows the master's
 //! queue for that recipient drained.
+//!
+//! A recipient held this way while a direct link to their server exists is
+//! a trap for a sender that never pauses: some DM is always unconfirmed, so
+//! the whole stream stayed on the master (review finding). So new DMs to
+//! them *wait* instead, at most [`BARRIER_MS`], for the master's path to
+//! drain (every DM on it confirmed), then go direct: the order holds, and
+//! the master carries only what left before the direct path was known. If
+//! it has not drained by then (confirmations are slow or lost), what waited
+//! goes the master's way after the rest, and the next DM waits again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -18,6 +27,29 @@ pub const STICKY_MAX: usize = 100_000;
 /// How long a DM handed to the master keeps its recipient on that path
 /// without a receipt (receipts are best effort).
 pub const STICKY_MS: i64 = 10 * 60 * 1000;
+/// How long new DMs wait for the master's path to drain before they take
+/// it after all.
+pub const BARRIER_MS: i64 = 1_000;
+
+/// Where a recipient's wait stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// New DMs wait, since then (ms).
+    Since(i64),
+    /// The wait ran out: DMs take the master's path until then (ms), and
+    /// the next one after it waits again.
+    OverUntil(i64),
+}
+
+/// What a DM to a held recipient with a direct path does.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Barrier {
+    /// Waits (the first to: arm the timer that ends the wait).
+    New,
+    Waiting,
+    /// Takes the master's path: the wait ran out.
+    Over,
+}
 
 /// DMs handed to the master and not yet confirmed delivered.
 #[derive(Default)]
@@ -34,6 +66,8 @@ pub(crate) struct ViaMaster {
     started: Option<i64>,
     /// Recipients whose master path was seen drained since the start.
     cleared: HashSet<String>,
+    /// Recipients whose new DMs wait for the master's path to drain.
+    barriers: HashMap<String, Wait>,
 }
 
 impl ViaMaster {
@@ -68,13 +102,37 @@ impl ViaMaster {
     }
 
     /// The DM was delivered: it no longer holds its recipient's path.
-    pub fn confirm(&mut self, sender: &str, msg_id: &str) {
+    /// Returns the recipient if that was the last DM holding it (what
+    /// waited for them may go).
+    pub fn confirm(&mut self, sender: &str, msg_id: &str) -> Option<String> {
         let key = (sender.to_owned(), msg_id.to_owned());
-        if let Some((recipient, _)) = self.ids.remove(&key) {
-            self.release(&recipient);
-            if self.started.is_some() && self.cleared.len() < STICKY_MAX {
-                self.cleared.insert(recipient);
+        let (recipient, _) = self.ids.remove(&key)?;
+        self.release(&recipient);
+        if self.started.is_some() && self.cleared.len() < STICKY_MAX {
+            self.cleared.insert(recipient.clone());
+        }
+        (!self.holds(&recipient)).then_some(recipient)
+    }
+
+    /// A DM to `recipient`, held by the master's path while a direct one
+    /// exists: does it wait for the master's path to drain?
+    pub fn barrier(&mut self, recipient: &str, now: i64) -> Barrier {
+        match self.barriers.get(recipient) {
+            Some(Wait::Since(_)) => Barrier::Waiting,
+            Some(Wait::OverUntil(until)) if now < *until => Barrier::Over,
+            _ => {
+                self.barriers.insert(recipient.to_owned(), Wait::Since(now));
+                Barrier::New
             }
+        }
+    }
+
+    /// The wait for `recipient` ran out at `now`: what waited, and what
+    /// comes for [`BARRIER_MS`], takes the master's path (a body read back
+    /// from disk meanwhile still goes); then the next DM waits again.
+    pub fn barrier_over(&mut self, recipient: &str, now: i64) {
+        if let Some(b) = self.barriers.get_mut(recipient) {
+            *b = Wait::OverUntil(now + BARRIER_MS);
         }
     }
 
@@ -119,6 +177,7 @@ impl ViaMaster {
             *n -= 1;
             if *n == 0 {
                 self.by_recipient.remove(recipient);
+                self.barriers.remove(recipient);
             }
         }
     }
@@ -134,11 +193,11 @@ mod tests {
         v.record("alice", "m1", "bob", 0);
         v.record("alice", "m2", "bob", 5);
         v.record("alice", "m2", "bob", 6);
-        v.confirm("alice", "m1");
+        assert_eq!(v.confirm("alice", "m1"), None);
         assert!(v.holds("bob"));
-        v.confirm("alice", "m2");
+        assert_eq!(v.confirm("alice", "m2").as_deref(), Some("bob"));
         assert!(!v.holds("bob"));
-        v.confirm("alice", "m2");
+        assert_eq!(v.confirm("alice", "m2"), None);
         v.record("alice", "m3", "carol", 10);
         v.expire(10 + STICKY_MS - 1);
         assert!(v.holds("carol"));
@@ -160,5 +219,24 @@ mod tests {
         assert!(!v.unsure("bob") && v.unsure("carol"));
         v.expire(100 + STICKY_MS);
         assert!(!v.unsure("carol"));
+    }
+
+    #[test]
+    fn new_dms_wait_until_the_master_path_drains_or_the_wait_runs_out() {
+        let mut v = ViaMaster::default();
+        v.record("alice", "m1", "bob", 0);
+        assert_eq!(v.barrier("bob", 1), Barrier::New);
+        assert_eq!(v.barrier("bob", 2), Barrier::Waiting);
+        // Drained: the wait ends with it.
+        assert_eq!(v.confirm("alice", "m1").as_deref(), Some("bob"));
+        assert!(v.barriers.is_empty());
+        // Not drained in time: the master's path for a while, then a new
+        // wait.
+        v.record("alice", "m2", "bob", 3);
+        assert_eq!(v.barrier("bob", 4), Barrier::New);
+        v.barrier_over("bob", 1004);
+        assert_eq!(v.barrier("bob", 1005), Barrier::Over);
+        assert_eq!(v.barrier("bob", 2003), Barrier::Over);
+        assert_eq!(v.barrier("bob", 2004), Barrier::New);
     }
 }

@@ -403,6 +403,7 @@ impl Router {
                 }
             }
             Some(Pending::Withdraw(server)) => self.withdraw_timeout(req_id, &server),
+            Some(Pending::Barrier(user)) => self.barrier_over(&user),
             None => {}
         }
     }

@@ -350,3 +350,52 @@ fn made_up_ids_do_not_push_real_correspondents_out_of_the_cache() {
     assert!(mesh.router("A").cache.contains("carol"));
     assert!(mesh.router("M").subs.has(&mesh.id("A"), "carol"));
 }
+
+/// Review finding (the sticky-path trap): a recipient whose first DMs went
+/// through the master kept that path while any of them was unconfirmed,
+/// so a sender that never pauses for receipts kept its whole stream on the
+/// master. Now new DMs wait (briefly) for the master's path to drain, then
+/// go direct, in order.
+#[test]
+fn a_steady_stream_leaves_the_master_path_once_it_has_drained() {
+    let mut mesh = lookup_locals(102, 100);
+    everyone(&mut mesh);
+    let n = 500;
+    // alice writes to bob every 2 ms for a second, never pausing.
+    for i in 0..n {
+        mesh.dm("alice", "bob", &format!("m{i:03}"));
+        mesh.advance(2);
+    }
+    mesh.run();
+    let want: Vec<String> = (0..n).map(|i| format!("alice: m{i:03}")).collect();
+    assert_eq!(mesh.delivered("bob"), want, "every DM, once, in order");
+    let via_master = mesh.carried("A", "M", Kind::PeerDeliver);
+    assert!(
+        via_master < n / 10,
+        "{via_master} of {n} DMs went through the master"
+    );
+    assert_eq!(mesh.receipts("alice", "delivered").len(), n);
+}
+
+/// The wait has an end: when the master's path does not drain (here the
+/// first DM's receipt is lost), what waited follows it that way after
+/// `sticky::BARRIER_MS`, in order, and nothing is lost.
+#[test]
+fn dms_that_wait_too_long_for_the_masters_path_take_it_after_all() {
+    let mut mesh = lookup_locals(103, 100);
+    everyone(&mut mesh);
+    mesh.drop_next("M", "A", Kind::Receipt);
+    mesh.dm("alice", "bob", "first");
+    mesh.run();
+    assert_eq!(mesh.delivered("bob"), ["alice: first"]);
+    assert_eq!(mesh.carried("A", "M", Kind::PeerDeliver), 1);
+    mesh.dm("alice", "bob", "second");
+    mesh.run();
+    assert_eq!(mesh.delivered("bob"), ["alice: first"], "second waits");
+    mesh.advance(crate::node::router::sticky::BARRIER_MS + 100);
+    mesh.run();
+    assert_eq!(mesh.delivered("bob"), ["alice: first", "alice: second"]);
+    assert_eq!(mesh.carried("A", "M", Kind::PeerDeliver), 2);
+    assert_eq!(mesh.carried("A", "B", Kind::PeerDeliver), 0);
+    assert_eq!(mesh.custody("A"), 0);
+}

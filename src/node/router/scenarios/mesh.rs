@@ -210,10 +210,15 @@ fn a_direct_link_does_not_overtake_the_masters_mailbox() {
     mesh.release("M", "B");
     mesh.run();
     assert_eq!(mesh.delivered("bob"), ["alice: first", "alice: second"]);
-    // Once the master path has delivered, DMs go direct again.
+    // "second" waited for the master's path to deliver "first", then went
+    // direct (`sticky.rs`): the master carried only what left before bob
+    // was back.
+    assert_eq!(mesh.carried("A", "M", Kind::PeerDeliver), 1);
+    assert_eq!(mesh.carried("A", "B", Kind::PeerDeliver), 1);
+    // Once the master path has delivered, DMs go direct at once.
     mesh.dm("alice", "bob", "third");
     mesh.run();
-    assert_eq!(mesh.carried("A", "B", Kind::PeerDeliver), 1);
+    assert_eq!(mesh.carried("A", "B", Kind::PeerDeliver), 2);
     assert_eq!(
         mesh.delivered("bob"),
         ["alice: first", "alice: second", "alice: third"]
