@@ -60,7 +60,7 @@ impl Router {
                     // (and wait for it if it is down); just after a start,
                     // the master's path while it is up (`sticky.rs`).
                     let dm = e.kind == ContentKind::Dm;
-                    if dm && self.via_master.holds(u) {
+                    if dm && self.via_master.holds(&e.sender, u) {
                         return master.and_then(|m| link_route(m, &p.location));
                     }
                     if dm
@@ -201,24 +201,30 @@ impl Router {
             return false;
         };
         if head.kind != ContentKind::Dm
-            || !self.via_master.holds(user)
+            || !self.via_master.holds(&head.sender, user)
             || self.sessions.contains_key(user)
         {
             return false;
         }
+        // A direct path to switch to; and receipts to say the master's has
+        // drained (a client without a signed hello, no proof, sends none).
         let direct = self
             .presence
             .get(user)
-            .filter(|p| p.live && p.location != self.cfg.me)
+            .filter(|p| p.live && p.location != self.cfg.me && p.proof.is_some())
             .is_some_and(|p| self.links.get(&p.location).is_some_and(|l| l.socp));
         if !direct {
             return false;
         }
-        match self.via_master.barrier(user, self.now) {
-            super::sticky::Barrier::New => {
+        match self.via_master.barrier(&head.sender, user, self.now) {
+            super::sticky::Barrier::New(since) => {
                 let req_id = self.new_req_id();
-                self.pending
-                    .insert(req_id.clone(), super::Pending::Barrier(user.clone()));
+                let wait = super::Pending::Barrier {
+                    sender: head.sender.clone(),
+                    user: user.clone(),
+                    since,
+                };
+                self.pending.insert(req_id.clone(), wait);
                 self.out.push(Output::Timer {
                     req_id,
                     after: std::time::Duration::from_millis(super::sticky::BARRIER_MS as u64),
@@ -233,12 +239,19 @@ impl Router {
     /// The wait for `user`'s master path ran out: what waited goes that
     /// way (and what comes in the next `sticky::BARRIER_MS`, then the next
     /// DM waits again).
-    pub(super) fn barrier_over(&mut self, user: &str) {
-        if !self.via_master.holds(user) {
-            return; // drained meanwhile: it went direct then
-        }
-        self.via_master.barrier_over(user, self.now);
+    pub(super) fn barrier_over(&mut self, sender: &str, user: &str, since: i64) {
+        self.via_master.barrier_over(sender, user, since, self.now);
+        // Drained meanwhile (what waited went direct then), or not: either
+        // way, whatever still waits for `user` is sent now.
         self.pump(&Dest::User(user.to_owned()));
+    }
+
+    /// Sends what waited for recipients whose master path was released
+    /// (`sticky.rs`: confirmed, expired or forgotten).
+    pub(super) fn send_freed(&mut self) {
+        for recipient in self.via_master.take_freed() {
+            self.pump(&Dest::User(recipient));
+        }
     }
 
     pub(super) fn pump_all(&mut self) {
@@ -358,15 +371,17 @@ impl Router {
         if last_word && (self.sessions.contains_key(user) || self.cfg.master) {
             // Delivered (readable or not) is final: on the sender's own
             // server, and at the master once it relays it.
-            let mut drained = Vec::new();
             for id in &ok {
                 self.carried.forget(user, id);
-                drained.extend(self.via_master.confirm(user, id));
             }
-            // DMs that waited for the master's path to drain go now.
-            for recipient in drained {
-                self.pump(&Dest::User(recipient));
+        }
+        if last_word {
+            // The master's path drains whether or not the sender is still
+            // online here (only DMs this node handed the master count).
+            for id in &ok {
+                self.via_master.confirm(user, id);
             }
+            self.send_freed();
         }
         ok
     }
@@ -463,6 +478,7 @@ impl Router {
         self.sweep_custody();
         if !self.cfg.master {
             self.via_master.expire(self.now);
+            self.send_freed();
             return;
         }
         let cutoff = self.now - self.cfg.limits.max_age_ms;

@@ -204,9 +204,13 @@ enum Pending {
     Retry(Vec<custody::Dest>),
     /// At the master: withdraw this local unless it linked again.
     Withdraw(String),
-    /// New DMs to this user wait no longer for the master's path to drain
-    /// (`sticky.rs`).
-    Barrier(String),
+    /// New DMs from `sender` to `user`, waiting since then (ms), wait no
+    /// longer for the master's path to drain (`sticky.rs`).
+    Barrier {
+        sender: String,
+        user: String,
+        since: i64,
+    },
 }
 
 /// The routing state of one node.
@@ -503,6 +507,9 @@ impl Router {
             Input::Drained(conn) => self.drained(conn),
         }
         self.send_owed();
+        // DMs that waited for a master path released on the way (say, the
+        // oldest forgotten at `sticky::STICKY_MAX`).
+        self.send_freed();
         if !self.waiting_hellos.is_empty() {
             self.confirm_waiting();
         }

@@ -44,8 +44,8 @@ enum Wait {
 /// What a DM to a held recipient with a direct path does.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Barrier {
-    /// Waits (the first to: arm the timer that ends the wait).
-    New,
+    /// Waits (the first to: arm the timer that ends the wait begun then).
+    New(i64),
     Waiting,
     /// Takes the master's path: the wait ran out.
     Over,
@@ -57,8 +57,9 @@ pub(crate) struct ViaMaster {
     /// (sender, msg_id) -> (recipient, when it left).
     ids: HashMap<(String, String), (String, i64)>,
     order: VecDeque<(String, String)>,
-    /// Outstanding DMs by recipient.
-    by_recipient: HashMap<String, usize>,
+    /// Outstanding DMs by (sender, recipient): order is kept per pair, so
+    /// one sender's unconfirmed DMs hold no one else's.
+    by_pair: HashMap<(String, String), usize>,
     /// The router resumed from a store that had linked before: what it
     /// handed the master before the restart is not known.
     resumed: bool,
@@ -66,8 +67,12 @@ pub(crate) struct ViaMaster {
     started: Option<i64>,
     /// Recipients whose master path was seen drained since the start.
     cleared: HashSet<String>,
-    /// Recipients whose new DMs wait for the master's path to drain.
-    barriers: HashMap<String, Wait>,
+    /// (sender, recipient) pairs whose new DMs wait for the master's path
+    /// to drain.
+    barriers: HashMap<(String, String), Wait>,
+    /// Recipients whose wait ended because their master path was released
+    /// (confirmed, expired or forgotten): what waited may go now.
+    freed: Vec<String>,
 }
 
 impl ViaMaster {
@@ -79,7 +84,10 @@ impl ViaMaster {
         }
         self.ids.insert(key.clone(), (recipient.to_owned(), now));
         self.order.push_back(key);
-        *self.by_recipient.entry(recipient.to_owned()).or_default() += 1;
+        *self
+            .by_pair
+            .entry((sender.to_owned(), recipient.to_owned()))
+            .or_default() += 1;
         while self.ids.len() > STICKY_MAX {
             self.forget_oldest();
         }
@@ -102,44 +110,57 @@ impl ViaMaster {
     }
 
     /// The DM was delivered: it no longer holds its recipient's path.
-    /// Returns the recipient if that was the last DM holding it (what
-    /// waited for them may go).
+    /// Returns the recipient if that was the last DM of its sender holding
+    /// it (what waited may go).
     pub fn confirm(&mut self, sender: &str, msg_id: &str) -> Option<String> {
         let key = (sender.to_owned(), msg_id.to_owned());
         let (recipient, _) = self.ids.remove(&key)?;
-        self.release(&recipient);
+        self.release(sender, &recipient);
         if self.started.is_some() && self.cleared.len() < STICKY_MAX {
             self.cleared.insert(recipient.clone());
         }
-        (!self.holds(&recipient)).then_some(recipient)
+        (!self.holds(sender, &recipient)).then_some(recipient)
     }
 
-    /// A DM to `recipient`, held by the master's path while a direct one
-    /// exists: does it wait for the master's path to drain?
-    pub fn barrier(&mut self, recipient: &str, now: i64) -> Barrier {
-        match self.barriers.get(recipient) {
+    /// A DM from `sender` to `recipient`, held by the master's path while a
+    /// direct one exists: does it wait for the master's path to drain?
+    pub fn barrier(&mut self, sender: &str, recipient: &str, now: i64) -> Barrier {
+        let pair = (sender.to_owned(), recipient.to_owned());
+        match self.barriers.get(&pair) {
             Some(Wait::Since(_)) => Barrier::Waiting,
             Some(Wait::OverUntil(until)) if now < *until => Barrier::Over,
             _ => {
-                self.barriers.insert(recipient.to_owned(), Wait::Since(now));
-                Barrier::New
+                self.barriers.insert(pair, Wait::Since(now));
+                Barrier::New(now)
             }
         }
     }
 
-    /// The wait for `recipient` ran out at `now`: what waited, and what
-    /// comes for [`BARRIER_MS`], takes the master's path (a body read back
-    /// from disk meanwhile still goes); then the next DM waits again.
-    pub fn barrier_over(&mut self, recipient: &str, now: i64) {
-        if let Some(b) = self.barriers.get_mut(recipient) {
+    /// The wait of `sender`'s DMs to `recipient` begun at `since` ran out at
+    /// `now`: what waited, and what comes for [`BARRIER_MS`], takes the
+    /// master's path (a body read back from disk meanwhile still goes);
+    /// then the next DM waits again. A timer of an earlier wait ends
+    /// nothing.
+    pub fn barrier_over(&mut self, sender: &str, recipient: &str, since: i64, now: i64) {
+        let pair = (sender.to_owned(), recipient.to_owned());
+        if let Some(b) = self.barriers.get_mut(&pair)
+            && *b == Wait::Since(since)
+        {
             *b = Wait::OverUntil(now + BARRIER_MS);
         }
     }
 
-    /// True if DMs to `recipient` went through the master and may still be
-    /// on their way: they must wait for it.
-    pub fn holds(&self, recipient: &str) -> bool {
-        self.by_recipient.contains_key(recipient)
+    /// Recipients whose wait ended since the last call (their master path
+    /// was released): the router sends what waited.
+    pub fn take_freed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.freed)
+    }
+
+    /// True if `sender`'s DMs to `recipient` went through the master and
+    /// may still be on their way: the next ones must not overtake them.
+    pub fn holds(&self, sender: &str, recipient: &str) -> bool {
+        self.by_pair
+            .contains_key(&(sender.to_owned(), recipient.to_owned()))
     }
 
     /// True if, so soon after the start, DMs to `recipient` may still be
@@ -168,16 +189,19 @@ impl ViaMaster {
         if let Some(key) = self.order.pop_front()
             && let Some((recipient, _)) = self.ids.remove(&key)
         {
-            self.release(&recipient);
+            self.release(&key.0, &recipient);
         }
     }
 
-    fn release(&mut self, recipient: &str) {
-        if let Some(n) = self.by_recipient.get_mut(recipient) {
+    fn release(&mut self, sender: &str, recipient: &str) {
+        let pair = (sender.to_owned(), recipient.to_owned());
+        if let Some(n) = self.by_pair.get_mut(&pair) {
             *n -= 1;
             if *n == 0 {
-                self.by_recipient.remove(recipient);
-                self.barriers.remove(recipient);
+                self.by_pair.remove(&pair);
+                if self.barriers.remove(&pair).is_some() {
+                    self.freed.push(pair.1);
+                }
             }
         }
     }
@@ -194,15 +218,16 @@ mod tests {
         v.record("alice", "m2", "bob", 5);
         v.record("alice", "m2", "bob", 6);
         assert_eq!(v.confirm("alice", "m1"), None);
-        assert!(v.holds("bob"));
+        assert!(v.holds("alice", "bob"));
+        assert!(!v.holds("erin", "bob"), "one sender holds no one else");
         assert_eq!(v.confirm("alice", "m2").as_deref(), Some("bob"));
-        assert!(!v.holds("bob"));
+        assert!(!v.holds("alice", "bob"));
         assert_eq!(v.confirm("alice", "m2"), None);
         v.record("alice", "m3", "carol", 10);
         v.expire(10 + STICKY_MS - 1);
-        assert!(v.holds("carol"));
+        assert!(v.holds("alice", "carol"));
         v.expire(10 + STICKY_MS);
-        assert!(!v.holds("carol"));
+        assert!(!v.holds("alice", "carol"));
     }
 
     #[test]
@@ -225,18 +250,25 @@ mod tests {
     fn new_dms_wait_until_the_master_path_drains_or_the_wait_runs_out() {
         let mut v = ViaMaster::default();
         v.record("alice", "m1", "bob", 0);
-        assert_eq!(v.barrier("bob", 1), Barrier::New);
-        assert_eq!(v.barrier("bob", 2), Barrier::Waiting);
-        // Drained: the wait ends with it.
+        assert_eq!(v.barrier("alice", "bob", 1), Barrier::New(1));
+        assert_eq!(v.barrier("alice", "bob", 2), Barrier::Waiting);
+        // Drained: the wait ends with it, and says so.
         assert_eq!(v.confirm("alice", "m1").as_deref(), Some("bob"));
         assert!(v.barriers.is_empty());
+        assert_eq!(v.take_freed(), ["bob"]);
         // Not drained in time: the master's path for a while, then a new
-        // wait.
+        // wait. The first wait's timer ends nothing of a later one.
         v.record("alice", "m2", "bob", 3);
-        assert_eq!(v.barrier("bob", 4), Barrier::New);
-        v.barrier_over("bob", 1004);
-        assert_eq!(v.barrier("bob", 1005), Barrier::Over);
-        assert_eq!(v.barrier("bob", 2003), Barrier::Over);
-        assert_eq!(v.barrier("bob", 2004), Barrier::New);
+        assert_eq!(v.barrier("alice", "bob", 4), Barrier::New(4));
+        v.barrier_over("alice", "bob", 1, 1001);
+        assert_eq!(v.barrier("alice", "bob", 1002), Barrier::Waiting);
+        v.barrier_over("alice", "bob", 4, 1004);
+        assert_eq!(v.barrier("alice", "bob", 1005), Barrier::Over);
+        assert_eq!(v.barrier("alice", "bob", 2003), Barrier::Over);
+        assert_eq!(v.barrier("alice", "bob", 2004), Barrier::New(2004));
+        // Released without a receipt (too old): freed all the same.
+        v.expire(3 + STICKY_MS);
+        assert!(!v.holds("alice", "bob"));
+        assert_eq!(v.take_freed(), ["bob"]);
     }
 }

@@ -403,7 +403,11 @@ impl Router {
                 }
             }
             Some(Pending::Withdraw(server)) => self.withdraw_timeout(req_id, &server),
-            Some(Pending::Barrier(user)) => self.barrier_over(&user),
+            Some(Pending::Barrier {
+                sender,
+                user,
+                since,
+            }) => self.barrier_over(&sender, &user, since),
             None => {}
         }
     }

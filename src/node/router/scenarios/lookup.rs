@@ -399,3 +399,27 @@ fn dms_that_wait_too_long_for_the_masters_path_take_it_after_all() {
     assert_eq!(mesh.carried("A", "B", Kind::PeerDeliver), 0);
     assert_eq!(mesh.custody("A"), 0);
 }
+
+/// A sender who logs off before the receipts of their DMs via the master
+/// come back: the path drains all the same (their node recorded the DMs),
+/// so the next sender's DMs to the same user go direct at once instead of
+/// waiting for ten minutes of master paths (review of the wait).
+#[test]
+fn a_sender_gone_offline_still_frees_the_masters_path_for_the_others() {
+    let mut mesh = lookup_locals(104, 100);
+    everyone(&mut mesh);
+    mesh.user("erin", "A");
+    mesh.run();
+    mesh.hold("B", "M");
+    mesh.dm("alice", "bob", "first");
+    mesh.run();
+    assert_eq!(mesh.delivered("bob"), ["alice: first"]);
+    mesh.disconnect("alice");
+    mesh.run();
+    mesh.release("B", "M");
+    mesh.run();
+    mesh.dm("erin", "bob", "no wait");
+    mesh.run();
+    assert_eq!(mesh.delivered("bob"), ["alice: first", "erin: no wait"]);
+    assert_eq!(mesh.carried("A", "B", Kind::PeerDeliver), 1, "direct");
+}
