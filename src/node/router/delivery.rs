@@ -191,7 +191,6 @@ impl Router {
         ));
     }
 
-    /// Pumps every destination with something pending.
     /// A DM to a user whose earlier DMs are still on the master's path
     /// while a direct link to their server is up: it waits (at most
     /// `sticky::BARRIER_MS`) for that path to drain, so that it can go
@@ -254,6 +253,7 @@ impl Router {
         }
     }
 
+    /// Pumps every destination with something pending.
     pub(super) fn pump_all(&mut self) {
         for dest in self.custody.pending_dests() {
             self.pump(&dest);
