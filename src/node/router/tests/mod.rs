@@ -7,6 +7,7 @@ mod hold;
 mod links;
 mod owed;
 mod reference;
+mod sticky;
 mod users;
 mod vouched;
 
